@@ -1,0 +1,229 @@
+"""The shard folder's ``manifest.json``: the contract between ``shards`` and ``pipelines``.
+
+Normative description: ``docs/shard-format.md``. Everything a reader needs to stream a
+build (codec, sample rate, label layout, shard lists with counts and checksums) is
+here, so the pipeline can refuse a build it cannot serve before any GPU work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from shards.atomic import atomic_write_text
+
+FORMAT = "musicstream.shards"
+VERSION = 1
+MANIFEST = "manifest.json"
+REJECTS = "rejects.jsonl"
+
+# Member extensions inside a sample (key.EXT). DALI takes everything after the first
+# dot as the extension, so keys never contain dots.
+AUDIO_EXT = {"pcm16": "pcm", "flac": "flac", "ogg": "ogg"}
+LABEL_EXT = "lbl"  # little-endian int64 vector, TaskSpec.label_width entries
+TRACK_EXT = "tid"  # little-endian int64 [1]: the track's index within its split
+META_EXT = "json"  # human-readable metadata (source id, labels by name, durations)
+
+TaskKind = Literal["single", "multi", "hier"]
+Codec = Literal["pcm16", "flac", "ogg"]
+
+
+@dataclass(kw_only=True)
+class Level:
+    """One level of a hierarchical task; ``parent[i]`` is class i's index one level up."""
+
+    name: str
+    classes: list[str]
+    parent: list[int] | None = None
+
+
+@dataclass(kw_only=True)
+class TaskSpec:
+    """What the labels mean: single-label classes, multi-label tags, or hierarchy levels."""
+
+    kind: TaskKind
+    name: str = "genre"
+    classes: list[str] = field(default_factory=list)  # single: classes; multi: tags
+    levels: list[Level] = field(default_factory=list)  # hier only
+
+    def __post_init__(self) -> None:
+        self.levels = [lv if isinstance(lv, Level) else Level(**lv) for lv in self.levels]
+        if self.kind not in ("single", "multi", "hier"):
+            raise ValueError(f"task.kind: {self.kind!r} is not single, multi or hier")
+        if self.kind == "hier":
+            if len(self.levels) < 2:
+                raise ValueError("task.levels: a hierarchical task needs at least two levels")
+            for up, lv in zip(self.levels, self.levels[1:]):
+                if lv.parent is None or len(lv.parent) != len(lv.classes):
+                    raise ValueError(f"task.levels[{lv.name}].parent: one parent per class needed")
+                bad = [p for p in lv.parent if not 0 <= p < len(up.classes)]
+                if bad:
+                    raise ValueError(f"task.levels[{lv.name}].parent: indices {bad} outside level {up.name}")
+        elif not self.classes:
+            raise ValueError("task.classes: empty vocabulary")
+
+    @property
+    def head_sizes(self) -> list[int]:
+        """Output sizes per head: one head, or one per hierarchy level."""
+        if self.kind == "hier":
+            return [len(lv.classes) for lv in self.levels]
+        return [len(self.classes)]
+
+    @property
+    def label_width(self) -> int:
+        """int64 entries in a sample's ``.lbl`` component."""
+        return {"single": 1, "multi": len(self.classes), "hier": len(self.levels)}[self.kind]
+
+    def vocab(self) -> dict[str, Any]:
+        """The vocabulary as plain data (stored in checkpoints, compared on resume/eval)."""
+        return _plain(self)
+
+    def encode(self, labels: Any) -> bytes:
+        """Encode one sample's labels as the ``.lbl`` bytes.
+
+        single: class name or index; multi: iterable of tag names; hier: one name per level.
+        """
+        if self.kind == "single":
+            idx = labels if isinstance(labels, (int, np.integer)) else self.classes.index(labels)
+            vec = [int(idx)]
+        elif self.kind == "multi":
+            pos = {t: i for i, t in enumerate(self.classes)}
+            vec = [0] * len(self.classes)
+            for t in labels:
+                vec[pos[t]] = 1
+        else:
+            vec = [lv.classes.index(n) if isinstance(n, str) else int(n) for lv, n in zip(self.levels, labels)]
+            if len(vec) != len(self.levels):
+                raise ValueError(f"hierarchical label {labels!r} needs {len(self.levels)} levels")
+        return np.asarray(vec, dtype="<i8").tobytes()
+
+    def decode(self, raw: bytes | np.ndarray) -> np.ndarray:
+        arr = np.frombuffer(raw, dtype="<i8") if isinstance(raw, bytes) else np.asarray(raw)
+        if arr.size != self.label_width:
+            raise ValueError(f"label has {arr.size} entries, task {self.name} expects {self.label_width}")
+        return arr
+
+
+@dataclass(kw_only=True)
+class ShardInfo:
+    tar: str  # path relative to the build folder, e.g. "train/000000.tar"
+    index: str  # DALI index beside it, e.g. "train/000000.idx"
+    num_samples: int
+    sha256: str
+    bytes: int
+
+
+@dataclass(kw_only=True)
+class SplitInfo:
+    num_samples: int
+    seconds: float
+    min_seconds: float
+    max_seconds: float
+    shards: list[ShardInfo]
+
+    def __post_init__(self) -> None:
+        self.shards = [s if isinstance(s, ShardInfo) else ShardInfo(**s) for s in self.shards]
+
+
+@dataclass(kw_only=True)
+class Manifest:
+    source: str
+    sample_rate: int
+    codec: Codec
+    task: TaskSpec
+    splits: dict[str, SplitInfo]
+    totals: dict[str, int]  # input, written, rejected
+    build: dict[str, Any] = field(default_factory=dict)  # arguments of the build, for provenance
+    format: str = FORMAT
+    version: int = VERSION
+    root: Path | None = field(default=None, compare=False)  # folder it was read from (not stored)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.task, TaskSpec):
+            self.task = TaskSpec(**self.task)
+        self.splits = {k: v if isinstance(v, SplitInfo) else SplitInfo(**v) for k, v in self.splits.items()}
+
+    @property
+    def audio_ext(self) -> str:
+        return AUDIO_EXT[self.codec]
+
+    def split(self, name: str) -> SplitInfo:
+        if name not in self.splits:
+            where = self.root / MANIFEST if self.root else MANIFEST
+            raise ValueError(f"{where}: no split {name!r}; splits are {sorted(self.splits)}")
+        return self.splits[name]
+
+    def paths(self, split: str) -> tuple[list[Path], list[Path]]:
+        """Absolute tar and index paths of a split, checked to lie inside the build folder."""
+        assert self.root is not None, "manifest not read from disk"
+        info = self.split(split)
+        tars = [_inside(self.root, s.tar) for s in info.shards]
+        idxs = [_inside(self.root, s.index) for s in info.shards]
+        return tars, idxs
+
+    def to_json(self) -> str:
+        d = _plain(self)
+        d.pop("root", None)
+        return json.dumps(d, indent=2, sort_keys=False) + "\n"
+
+
+def _plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _inside(root: Path, rel: str) -> Path:
+    p = (root / rel).resolve()
+    if Path(rel).is_absolute() or not p.is_relative_to(root.resolve()):
+        raise ValueError(f"{root / MANIFEST}: path {rel!r} points outside the build folder")
+    return p
+
+
+def write_manifest(folder: str | Path, manifest: Manifest) -> Path:
+    """Write ``manifest.json`` atomically (it is written last: its presence means done)."""
+    path = Path(folder) / MANIFEST
+    atomic_write_text(path, manifest.to_json())
+    return path
+
+
+def read_manifest(folder: str | Path, *, check_files: bool = True) -> Manifest:
+    """Read and validate a build's manifest; any problem is one error naming the file."""
+    root = Path(folder)
+    path = root / MANIFEST if root.is_dir() or not root.name.endswith(".json") else root
+    root = path.parent
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no shard manifest here (build shards with `python -m shards build`)")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path}: not valid JSON: {e}") from None
+    if data.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a musicstream shard manifest (format={data.get('format')!r})")
+    if data.get("version") != VERSION:
+        raise ValueError(
+            f"{path}: manifest format version {data.get('version')!r}, this musicstream reads version {VERSION}"
+        )
+    try:
+        m = Manifest(**data)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: malformed manifest: {e}") from None
+    m.root = root
+    for name, info in m.splits.items():
+        for s in info.shards:
+            for rel in (s.tar, s.index):
+                p = _inside(root, rel)
+                if check_files and not p.is_file():
+                    raise FileNotFoundError(f"{p}: listed in {path} (split {name}) but missing")
+    return m

@@ -1,0 +1,164 @@
+"""The one shard writer: size-bounded WebDataset tars with a DALI index beside each.
+
+Importers only yield records; this writer owns the on-disk layout (``SPLIT/%06d.tar``
+plus ``SPLIT/%06d.idx``), the checksums and the atomic renames. The index is written
+here, from the offsets we just wrote, so DALI never has to scan a tar at start-up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import tarfile
+from pathlib import Path
+from types import TracebackType
+
+from shards.atomic import atomic_path
+from shards.manifest import ShardInfo
+
+INDEX_VERSION = "v1.2"  # the version DALI's wds2idx writes
+_KEY_BAD = re.compile(r"[^A-Za-z0-9_\-]")
+
+
+def sanitize_key(text: str) -> str:
+    """A tar-member stem DALI and webdataset both split correctly: no dots, no slashes."""
+    key = _KEY_BAD.sub("_", str(text)).strip("_")
+    if not key:
+        raise ValueError(f"cannot make a shard key from {text!r}")
+    return key[:80]
+
+
+class _HashingFile(io.RawIOBase):
+    """File wrapper that hashes and counts every byte written through it."""
+
+    def __init__(self, f: io.BufferedWriter) -> None:
+        self.f, self.h, self.n = f, hashlib.sha256(), 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: bytes) -> int:  # type: ignore[override]
+        self.f.write(b)
+        self.h.update(b)
+        self.n += len(b)
+        return len(b)
+
+    def tell(self) -> int:
+        return self.n
+
+
+def shard_name(index: int) -> str:
+    return f"{index:06d}"
+
+
+class ShardWriter:
+    """Write samples of one split into ``folder/split/%06d.tar`` shards of at most
+    ``max_bytes`` each (a single sample larger than that gets a shard of its own).
+
+    ``write(key, {ext: bytes})`` adds one sample; ``output`` lists the finished shards.
+    """
+
+    def __init__(self, folder: str | Path, split: str, *, max_bytes: int = 256 << 20, start: int = 0) -> None:
+        self.dir = Path(folder) / split
+        self.split = split
+        self.max_bytes = max_bytes
+        self.next_index = start
+        self.output: list[ShardInfo] = []
+        self._tar: tarfile.TarFile | None = None
+        self._ctx = None
+        self._hf: _HashingFile | None = None
+        self._raw = None
+        self._lines: list[str] = []
+        self._keys: set[str] = set()
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, et: type | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        if et is None:
+            self.close()
+        else:
+            self._abort()
+
+    def _open(self) -> None:
+        name = shard_name(self.next_index)
+        self._tar_path = self.dir / f"{name}.tar"
+        self._ctx = atomic_path(self._tar_path)
+        tmp = self._ctx.__enter__()
+        self._raw = open(tmp, "wb")
+        self._hf = _HashingFile(self._raw)
+        self._tar = tarfile.open(fileobj=self._hf, mode="w", format=tarfile.USTAR_FORMAT)  # type: ignore[arg-type]
+        self._lines, self._keys = [], set()
+
+    def write(self, key: str, components: dict[str, bytes]) -> None:
+        """Add one sample; ``key`` must already be sanitised and unique within the shard."""
+        if key != sanitize_key(key):
+            raise ValueError(f"shard key {key!r} is not sanitised (use sanitize_key)")
+        size = sum(512 + ((len(b) + 511) // 512) * 512 for b in components.values())
+        if self._tar is not None and self._lines and self._hf.tell() + size > self.max_bytes:  # type: ignore[union-attr]
+            self._finish()
+        if self._tar is None:
+            self._open()
+        if key in self._keys:
+            raise ValueError(f"duplicate shard key {key!r} in {self._tar_path}")
+        self._keys.add(key)
+        parts = []
+        for ext, data in components.items():
+            name = f"{key}.{ext}"
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o644
+            offset = self._tar.offset + 512  # type: ignore[union-attr]  # USTAR: one header block
+            self._tar.addfile(info, io.BytesIO(data))  # type: ignore[union-attr]
+            parts.append(f"{ext} {offset} {len(data)} {name}")
+        self._lines.append(" ".join(parts))
+
+    def _finish(self) -> None:
+        assert self._tar is not None and self._hf is not None and self._ctx is not None
+        self._tar.close()
+        self._raw.close()  # type: ignore[union-attr]
+        self._ctx.__exit__(None, None, None)
+        idx_path = self._tar_path.with_suffix(".idx")
+        with atomic_path(idx_path) as tmp:
+            tmp.write_text(f"{INDEX_VERSION} {len(self._lines)}\n" + "\n".join(self._lines) + "\n")
+        root = self.dir.parent
+        self.output.append(
+            ShardInfo(
+                tar=self._tar_path.relative_to(root).as_posix(),
+                index=idx_path.relative_to(root).as_posix(),
+                num_samples=len(self._lines),
+                sha256=self._hf.h.hexdigest(),
+                bytes=self._hf.tell(),
+            )
+        )
+        self._tar = None
+        self.next_index += 1
+
+    def _abort(self) -> None:
+        if self._tar is not None and self._ctx is not None:
+            self._raw.close()  # type: ignore[union-attr]
+            self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
+            self._tar = None
+
+    def close(self) -> None:
+        if self._tar is not None:
+            self._finish()
+
+
+def read_index(path: str | Path) -> list[dict[str, tuple[int, int]]]:
+    """Parse a DALI index: one dict ``ext -> (offset, size)`` per sample."""
+    path = Path(path)
+    lines = path.read_text().splitlines()
+    if not lines or not lines[0].startswith(INDEX_VERSION + " "):
+        raise ValueError(f"{path}: not a DALI {INDEX_VERSION} webdataset index")
+    n = int(lines[0].split()[1])
+    samples = []
+    for ln in lines[1 : n + 1]:
+        f = ln.split()
+        if len(f) % 4:
+            raise ValueError(f"{path}: malformed line {ln!r}")
+        samples.append({f[i]: (int(f[i + 1]), int(f[i + 2])) for i in range(0, len(f), 4)})
+    if len(samples) != n:
+        raise ValueError(f"{path}: header says {n} samples, found {len(samples)}")
+    return samples
