@@ -1,0 +1,1 @@
+"""musicstream shards: raw datasets -> WebDataset tar shards + DALI index + manifest (docs/shard-format.md)."""

@@ -97,7 +97,9 @@ class TaskSpec:
             for t in labels:
                 vec[pos[t]] = 1
         else:
-            vec = [lv.classes.index(n) if isinstance(n, str) else int(n) for lv, n in zip(self.levels, labels)]
+            vec = [
+                lv.classes.index(n) if isinstance(n, str) else int(n) for lv, n in zip(self.levels, labels)
+            ]
             if len(vec) != len(self.levels):
                 raise ValueError(f"hierarchical label {labels!r} needs {len(self.levels)} levels")
         return np.asarray(vec, dtype="<i8").tobytes()
@@ -204,7 +206,9 @@ def read_manifest(folder: str | Path, *, check_files: bool = True) -> Manifest:
     path = root / MANIFEST if root.is_dir() or not root.name.endswith(".json") else root
     root = path.parent
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no shard manifest here (build shards with `python -m shards build`)")
+        raise FileNotFoundError(
+            f"{path}: no shard manifest here (build shards with `python -m shards build`)"
+        )
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:

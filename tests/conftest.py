@@ -1,4 +1,5 @@
-"""Shared pytest setup: GPU tests skip cleanly without CUDA; small thread pools (CI has 2 cores)."""
+"""Shared pytest setup: GPU tests skip cleanly without CUDA; small thread pools (CI has 2 cores);
+``synth_shards``, a session-cached factory of tiny synthetic shard builds."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-import pytest
+from collections.abc import Callable  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -18,3 +22,47 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def synth_shards(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """Factory ``synth_shards(task="single", codec="pcm16", tracks=24, seconds=8.0,
+    sample_rate=22050, seed=0, shard_size_mb=2.0) -> Path`` of a built shard folder.
+
+    Built once per argument set and session (``shards.synth.build_synth_shards``); every
+    split (train/validation/test) holds >= 2 tracks; with the defaults: 16/4/4 tracks,
+    train in 4 shards. The raw synthetic dataset stays beside it in ``../raw``
+    (``labels.csv`` + audio files) for tests that compare against the source audio.
+    Labels follow ``shards.synth`` (genre = ``class_of_signal`` of the audio).
+    """
+    from shards.synth import build_synth_shards
+
+    cache: dict[tuple, Path] = {}
+
+    def make(
+        task: str = "single",
+        codec: str = "pcm16",
+        tracks: int = 24,
+        seconds: float = 8.0,
+        sample_rate: int = 22050,
+        seed: int = 0,
+        shard_size_mb: float = 2.0,
+    ) -> Path:
+        key = (task, codec, tracks, float(seconds), sample_rate, seed, float(shard_size_mb))
+        if key not in cache:
+            base = tmp_path_factory.mktemp(f"synth-{task}-{codec}-{tracks}")
+            cache[key] = build_synth_shards(
+                base / "shards",
+                task=task,
+                codec=codec,
+                tracks=tracks,
+                seconds=seconds,
+                sample_rate=sample_rate,
+                seed=seed,
+                shard_size_mb=shard_size_mb,
+                workers=1,
+                raw=base / "raw",
+            )
+        return cache[key]
+
+    return make

@@ -1,0 +1,101 @@
+"""Decode -> mono -> band-limited resample -> encode, for one record (runs in worker processes).
+
+Kept free of builder state so a process pool can call it with plain arguments. Every
+failure becomes a reason string (never an exception), so one broken MP3 becomes a
+line in rejects.jsonl instead of a crashed build.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+SOXR_QUALITY = "HQ"  # soxr's high-quality band-limited resampler
+
+
+@dataclass(frozen=True)
+class AudioSpec:
+    """What the builder wants out of every record's audio."""
+
+    sample_rate: int
+    codec: str
+    min_seconds: float
+
+
+@dataclass
+class Encoded:
+    """A decoded-and-re-encoded track: the audio member's bytes plus facts for the .json."""
+
+    data: bytes
+    seconds: float
+    orig_sample_rate: int
+    orig_channels: int
+
+
+def decode(audio: Path | bytes) -> tuple[np.ndarray, int]:
+    """Any soundfile-readable file/bytes -> (float32 (n, channels), sample rate)."""
+    src = io.BytesIO(audio) if isinstance(audio, bytes) else str(audio)
+    x, sr = sf.read(src, dtype="float32", always_2d=True)
+    return x, int(sr)
+
+
+def to_mono(x: np.ndarray, sr: int, target: int) -> np.ndarray:
+    """Average the channels, then resample with soxr (band-limited) to ``target`` Hz."""
+    ch = x.shape[1]
+    y = x[:, 0].copy()
+    if ch > 1:  # column sums: ~10x faster than x.mean(axis=1), numpy's strided reduction
+        for c in range(1, ch):
+            y += x[:, c]
+        y *= np.float32(1.0 / ch)
+    if sr != target:
+        y = soxr.resample(y, sr, target, quality=SOXR_QUALITY)
+    return np.ascontiguousarray(y, dtype=np.float32)
+
+
+def encode(y: np.ndarray, sr: int, codec: str) -> bytes:
+    """Mono float32 -> the stored member: raw little-endian int16 (pcm16), FLAC or OGG Vorbis bytes."""
+    if codec == "pcm16":
+        z = y * np.float32(32767.0)
+        np.clip(z, -32767.0, 32767.0, out=z)
+        return np.rint(z, out=z).astype("<i2").tobytes()
+    buf = io.BytesIO()
+    if codec == "flac":
+        sf.write(buf, y, sr, format="FLAC", subtype="PCM_16")
+    elif codec == "ogg":
+        sf.write(buf, y, sr, format="OGG", subtype="VORBIS")
+    else:
+        raise ValueError(f"codec: {codec!r} is not pcm16, flac or ogg")
+    return buf.getvalue()
+
+
+def process(audio: Path | bytes, spec: AudioSpec) -> Encoded | str:
+    """The whole per-record job; returns ``Encoded`` or a one-line reject reason."""
+    if isinstance(audio, Path) and not audio.is_file():
+        return "missing file"
+    try:
+        x, sr = decode(audio)
+    except Exception as e:  # libsndfile raises several types for corrupt input
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return f"decode failed: {msg}"
+    if x.shape[0] == 0 or sr <= 0:
+        return "decode failed: no audio frames"
+    seconds = x.shape[0] / sr
+    if seconds < spec.min_seconds:
+        return f"too short: {seconds:.2f} s < min_seconds {spec.min_seconds:g}"
+    y = to_mono(x, sr, spec.sample_rate)
+    if not np.isfinite(y).all():  # a NaN/inf in any channel survives the downmix
+        return "decode failed: non-finite samples"
+    return Encoded(
+        encode(y, spec.sample_rate, spec.codec), y.shape[0] / spec.sample_rate, sr, int(x.shape[1])
+    )
+
+
+def process_indexed(job: tuple[int, Path | bytes, AudioSpec]) -> tuple[int, Encoded | str]:
+    """Pool entry point: keeps the record index with the result."""
+    i, audio, spec = job
+    return i, process(audio, spec)

@@ -1,0 +1,315 @@
+"""The one builder: importer records -> decoded, shuffled, size-bounded shards + manifest.
+
+Resume: the per-split order is a seeded shuffle of the importer's records, so it is the
+same on every run with the same config. After each finished shard the builder writes
+``.build-state.json`` (atomically) with how many records of the split that shard ended
+at; a re-run with the same fingerprint keeps those shards untouched and decodes only
+the rest. ``manifest.json`` is written last: its presence means the build is complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import multiprocessing as mp
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from shards.atomic import atomic_write_text
+from shards.audio import AudioSpec, Encoded, process_indexed
+from shards.config import BuildConfig
+from shards.configtools import to_dict
+from shards.manifest import (
+    AUDIO_EXT,
+    LABEL_EXT,
+    MANIFEST,
+    META_EXT,
+    REJECTS,
+    TRACK_EXT,
+    Manifest,
+    SplitInfo,
+    read_manifest,
+    write_manifest,
+)
+from shards.records import SPLITS, Dataset, Record
+from shards.writer import ShardWriter, sanitize_key
+
+STATE = ".build-state.json"
+_SHARD_FILE = re.compile(r"^\d{6}\.(tar|idx)$")
+_TEMP_FILE = re.compile(r"^\.\d{6}\.(tar|idx)\..*\.tmp$")  # left by a killed run (atomic_path)
+
+
+def load_source(cfg: BuildConfig) -> Dataset:
+    """Run the importer named by ``cfg.source``."""
+    module = importlib.import_module(f"shards.{cfg.source}")  # one module per source, each with load()
+    return module.load(cfg)
+
+
+def plan(ds: Dataset, seed: int) -> dict[str, list[tuple[str, Record]]]:
+    """Unique sanitised keys, then a seeded shuffle per split (classes mix across shards)."""
+    used: set[str] = set()
+    by_split: dict[str, list[tuple[str, Record]]] = {}
+    for rec in ds.records:
+        base = key = sanitize_key(rec.key)
+        n = 1
+        while key in used:
+            n += 1
+            key = f"{base}_{n}"
+        used.add(key)
+        by_split.setdefault(rec.split, []).append((key, rec))
+    order = [s for s in SPLITS if s in by_split] + sorted(set(by_split) - set(SPLITS))
+    out = {}
+    for i, split in enumerate(order):
+        items = by_split[split]
+        perm = np.random.default_rng([seed, i]).permutation(len(items))
+        out[split] = [items[j] for j in perm]
+    return out
+
+
+def fingerprint(cfg: BuildConfig, ds: Dataset, planned: dict[str, list[tuple[str, Record]]]) -> str:
+    h = hashlib.sha256(json.dumps(cfg.fingerprint_fields(), sort_keys=True, default=str).encode())
+    h.update(json.dumps(ds.task.vocab(), sort_keys=True).encode())
+    for split, items in planned.items():
+        h.update(split.encode())
+        for key, rec in items:
+            h.update(f"{key}\0{rec.path}\0".encode())
+    return h.hexdigest()
+
+
+def _fresh_split() -> dict[str, Any]:
+    return {
+        "shards": [],
+        "consumed": 0,
+        "written": 0,
+        "seconds": 0.0,
+        "min": None,
+        "max": None,
+        "rejects": [],
+        "done": False,
+    }
+
+
+def _load_state(out: Path, fp: str, splits: list[str]) -> dict[str, Any] | None:
+    """The resumable state of a previous run with the same fingerprint, trimmed to shards
+    still on disk with their recorded size; None when nothing can be reused."""
+    path = out / STATE
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if state.get("fingerprint") != fp:
+        return None
+    for split in splits:
+        st = state["splits"].setdefault(split, _fresh_split())
+        for k, s in enumerate(st["shards"]):
+            tar, idx = out / s["tar"], out / s["index"]
+            if not (tar.is_file() and idx.is_file() and tar.stat().st_size == s["bytes"]):
+                keep, rejects = st["shards"][:k], st["rejects"]
+                st.update(keep[-1]["resume"] if keep else _fresh_split())
+                st["rejects"] = rejects[: st["rejects"]] if keep else []
+                st["shards"], st["done"] = keep, False
+                break
+    return state
+
+
+def _snapshot(st: dict[str, Any]) -> dict[str, Any]:
+    """A split's counters at a shard boundary; rejects by count (the list only grows)."""
+    snap = {k: v for k, v in st.items() if k not in ("shards", "rejects")}
+    return snap | {"rejects": len(st["rejects"])}
+
+
+class _SplitRun:
+    """Writes one split: the writer, running stats and state checkpoints after each shard."""
+
+    def __init__(self, builder: Builder, split: str) -> None:
+        self.b, self.split = builder, split
+        self.st = builder.state["splits"][split]
+        self.items = builder.planned[split]
+        start = len(self.st["shards"])
+        self.writer = ShardWriter(builder.cfg.out, split, max_bytes=builder.cfg.shard_bytes, start=start)
+        self.n_done = len(self.writer.output)
+
+    def add(self, i: int, result: Encoded | str) -> None:
+        key, rec = self.items[i]
+        if isinstance(result, str):
+            self.st["rejects"].append({"path": rec.path, "reason": result, "key": key, "split": self.split})
+        else:
+            tid = self.st["written"]
+            meta = {
+                "key": key,
+                "source": self.b.ds.source,
+                "source_id": rec.key,
+                "path": rec.path,
+                "split": self.split,
+                "tid": tid,
+                "labels": rec.labels,
+                "seconds": round(result.seconds, 4),
+                "sample_rate": self.b.cfg.sample_rate,
+                "orig_sample_rate": result.orig_sample_rate,
+                "orig_channels": result.orig_channels,
+                **rec.meta,
+            }
+            self.writer.write(
+                key,
+                {
+                    AUDIO_EXT[self.b.cfg.codec]: result.data,
+                    LABEL_EXT: self.b.ds.task.encode(rec.labels),
+                    TRACK_EXT: np.asarray([tid], dtype="<i8").tobytes(),
+                    META_EXT: json.dumps(meta, sort_keys=True).encode(),
+                },
+            )
+            self._checkpoint(consumed=i)  # a shard may have closed before this sample
+            self.st["written"] += 1
+            self.st["seconds"] += result.seconds
+            self.st["min"] = result.seconds if self.st["min"] is None else min(self.st["min"], result.seconds)
+            self.st["max"] = result.seconds if self.st["max"] is None else max(self.st["max"], result.seconds)
+        self.st["consumed"] = i + 1
+
+    def _checkpoint(self, consumed: int) -> None:
+        while self.n_done < len(self.writer.output):
+            info = self.writer.output[self.n_done]
+            resume = _snapshot(self.st) | {"consumed": consumed}
+            self.st["shards"].append(to_dict(info) | {"resume": resume})
+            self.n_done += 1
+            self.b.save_state()
+
+    def finish(self) -> None:
+        self.writer.close()
+        self._checkpoint(consumed=len(self.items))
+        self.st["done"] = True
+        self.b.save_state()
+
+
+class Builder:
+    """One build: import, plan, resume, decode in a pool, write shards, manifest and rejects."""
+
+    def __init__(self, cfg: BuildConfig, *, progress: bool = True) -> None:
+        self.cfg, self.progress = cfg, progress
+        self.ds = load_source(cfg)
+        self.planned = plan(self.ds, cfg.seed)
+        self.fp = fingerprint(cfg, self.ds, self.planned)
+        self.spec = AudioSpec(cfg.sample_rate, cfg.codec, cfg.min_seconds)
+        self.state: dict[str, Any] = {}
+
+    def save_state(self) -> None:
+        atomic_write_text(self.cfg.out / STATE, json.dumps(self.state) + "\n")
+
+    def up_to_date(self) -> Manifest | None:
+        """The existing manifest when a previous identical build completed (nothing to do)."""
+        if self.cfg.force or not (self.cfg.out / MANIFEST).is_file():
+            return None
+        state = _load_state(self.cfg.out, self.fp, list(self.planned))
+        if not state or not all(state["splits"][s]["done"] for s in self.planned):
+            return None
+        try:
+            m = read_manifest(self.cfg.out)
+        except (OSError, ValueError):
+            return None
+        return m if m.build.get("fingerprint") == self.fp else None
+
+    def run(self) -> Manifest:
+        out = self.cfg.out
+        out.mkdir(parents=True, exist_ok=True)
+        done = self.up_to_date()
+        if done is not None:
+            return done
+        for stale in (MANIFEST, REJECTS):
+            (out / stale).unlink(missing_ok=True)
+        state = None if self.cfg.force else _load_state(out, self.fp, list(self.planned))
+        self.state = state or {"fingerprint": self.fp, "splits": {s: _fresh_split() for s in self.planned}}
+        self.save_state()
+        self._write_all()
+        manifest = self._manifest()
+        self._remove_stale(manifest)
+        rejects = [{"path": r.path, "reason": r.reason, "key": r.key, "split": None} for r in self.ds.rejects]
+        rejects += [r for s in self.planned for r in self.state["splits"][s]["rejects"]]
+        atomic_write_text(out / REJECTS, "".join(json.dumps(r) + "\n" for r in rejects))
+        write_manifest(out, manifest)  # last: its presence means the build is complete
+        return read_manifest(out)
+
+    def _remaining(self) -> dict[str, range]:
+        """Per unfinished split, the positions in its planned order still to decode."""
+        sts = self.state["splits"]
+        return {
+            s: range(sts[s]["consumed"], len(items))
+            for s, items in self.planned.items()
+            if not sts[s]["done"]
+        }
+
+    def _write_all(self) -> None:
+        remaining = self._remaining()
+        jobs = ((i, self.planned[s][i][1].audio, self.spec) for s, todo in remaining.items() for i in todo)
+        total = sum(len(r) for r in remaining.values())
+        workers = min(self.cfg.num_workers, max(1, total))
+        pool = mp.get_context("spawn").Pool(workers) if workers > 1 else None
+        bar = tqdm(total=total, desc=f"shards {self.cfg.source}", unit="track", disable=not self.progress)
+        try:
+            # ordered results: the writer sees each split's records in the planned order
+            results = iter(
+                pool.imap(process_indexed, jobs, chunksize=2) if pool else map(process_indexed, jobs)
+            )
+            for split, todo in remaining.items():
+                run = _SplitRun(self, split)
+                with run.writer:  # on an error the open shard's temp file is removed
+                    for _ in todo:
+                        run.add(*next(results))
+                        bar.update(1)
+                    run.finish()
+        finally:
+            bar.close()
+            if pool is not None:
+                pool.terminate()
+                pool.join()
+
+    def _manifest(self) -> Manifest:
+        splits = {}
+        written = rejected = 0
+        for split in self.planned:
+            st = self.state["splits"][split]
+            written += st["written"]
+            rejected += len(st["rejects"])
+            if st["written"]:
+                shards = [{k: v for k, v in s.items() if k != "resume"} for s in st["shards"]]
+                splits[split] = SplitInfo(
+                    num_samples=st["written"],
+                    seconds=round(st["seconds"], 3),
+                    min_seconds=round(st["min"], 4),
+                    max_seconds=round(st["max"], 4),
+                    shards=shards,
+                )
+        rejected += len(self.ds.rejects)
+        totals = {"input": self.ds.num_inputs, "written": written, "rejected": rejected}
+        assert totals["input"] == written + rejected, totals
+        build = to_dict(self.cfg) | {"fingerprint": self.fp}
+        for k in ("force", "strict", "workers"):
+            build.pop(k, None)
+        return Manifest(
+            source=self.ds.source,
+            sample_rate=self.cfg.sample_rate,
+            codec=self.cfg.codec,
+            task=self.ds.task,
+            splits=splits,
+            totals=totals,
+            build=build,
+        )
+
+    def _remove_stale(self, manifest: Manifest) -> None:
+        """Delete shard files a previous, different build left behind."""
+        keep = {s.tar for info in manifest.splits.values() for s in info.shards}
+        keep |= {s.index for info in manifest.splits.values() for s in info.shards}
+        for d in self.cfg.out.iterdir():
+            if d.is_dir():
+                for f in d.iterdir():
+                    stale = _SHARD_FILE.match(f.name) and f"{d.name}/{f.name}" not in keep
+                    if stale or _TEMP_FILE.match(f.name):
+                        f.unlink()
+
+
+def build(cfg: BuildConfig, *, progress: bool = True) -> Manifest:
+    """Build (or resume, or confirm up to date) the shard folder ``cfg.out``; returns its manifest."""
+    return Builder(cfg, progress=progress).run()

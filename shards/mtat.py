@@ -1,0 +1,90 @@
+"""``mtat`` importer: MagnaTagATune ``annotations_final.csv`` + clips under ``0``..``f``.
+
+The annotations file is tab-separated and quoted: ``clip_id``, 188 binary tag columns,
+``mp3_path`` (e.g. ``f/artist-album-01-title-30-59.mp3``). Split by the standard folder
+rule: ``0``-``b`` train, ``c`` validation, ``d``-``f`` test.
+
+- multi (default): the ``--top-n`` most frequent tags over all clips (ties: file order);
+  ``--clean`` rejects clips carrying none of them (else they stay with an all-zero label).
+- single: the seed's 9 "main genres" (``MAIN_GENRES``). Rule: each genre owns the tags in
+  ``GENRE_TAGS``; a clip's genre is the one with the most of its tags, ties broken by
+  ``PRIORITY`` (specific styles before broad ones: metal > hiphop > jazz > folk > ambient >
+  electronic > classical > rock > pop). Clips with no such tag are rejected
+  ("no main-genre tag").
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from shards.config import BuildConfig
+from shards.manifest import TaskSpec
+from shards.records import Dataset, Record, Reject, read_table, require_columns, require_dir
+
+DEFAULT_CSV = "annotations_final.csv"
+MAIN_GENRES = ["classical", "electronic", "rock", "ambient", "folk", "jazz", "pop", "hiphop", "metal"]
+GENRE_TAGS: dict[str, list[str]] = {
+    "classical": ["classical", "classic", "baroque", "opera", "orchestra", "symphonic"],
+    "electronic": ["electronic", "electro", "electronica", "techno", "trance", "house", "dance", "disco"],
+    "rock": ["rock", "hard rock", "soft rock", "punk", "alternative"],
+    "ambient": ["ambient", "new age", "meditation"],
+    "folk": ["folk", "country", "celtic", "irish"],
+    "jazz": ["jazz", "jazzy", "blues", "swing"],
+    "pop": ["pop"],
+    "hiphop": ["hip hop", "hiphop", "rap"],
+    "metal": ["metal", "heavy metal", "heavy"],
+}
+PRIORITY = ["metal", "hiphop", "jazz", "folk", "ambient", "electronic", "classical", "rock", "pop"]
+SPLIT_OF_FOLDER = {**{c: "train" for c in "0123456789ab"}, "c": "validation", **{c: "test" for c in "def"}}
+
+
+def main_genre(tags: list[str]) -> str | None:
+    """The documented tag -> genre rule (see module docstring); None when no genre tag."""
+    present = set(tags)
+    counts = {g: sum(t in present for t in GENRE_TAGS[g]) for g in PRIORITY}
+    best = max(counts.values())
+    return next(g for g in PRIORITY if counts[g] == best) if best else None
+
+
+def load(cfg: BuildConfig) -> Dataset:
+    require_dir(cfg.root, "MagnaTagATune root")
+    path = cfg.root / (cfg.csv or DEFAULT_CSV)
+    df = read_table(path, sep="\t", dtype=str, keep_default_na=False)
+    require_columns(df, ["clip_id", "mp3_path"], path)
+    tag_cols = [c for c in df.columns if c not in ("clip_id", "mp3_path")]
+    if not tag_cols:
+        raise ValueError(f"{path}: malformed CSV: no tag columns between clip_id and mp3_path")
+    try:
+        hot = df[tag_cols].apply(lambda c: c.str.strip().replace("", "0").astype(int)).to_numpy() > 0
+    except ValueError as e:
+        raise ValueError(f"{path}: malformed CSV: tag values must be 0/1 ({e})") from None
+    if cfg.task == "multi":
+        freq = hot.sum(axis=0)
+        top = sorted(np.argsort(-freq, kind="stable")[: cfg.top_n].tolist())
+        vocab = [tag_cols[i] for i in top]
+        task = TaskSpec(kind="multi", name="tags", classes=vocab)
+    else:
+        task = TaskSpec(kind="single", name="genre", classes=MAIN_GENRES)
+    records, rejects = [], []
+    for i, (clip, rel) in enumerate(zip(df["clip_id"].str.strip(), df["mp3_path"].str.strip())):
+        split = SPLIT_OF_FOLDER.get(rel[:1]) if "/" in rel else None
+        tags = [tag_cols[j] for j in np.flatnonzero(hot[i])]
+        if split is None:
+            rejects.append(
+                Reject(path=rel or f"clip {clip}", reason="mp3_path not under a 0..f folder", key=clip)
+            )
+            continue
+        if cfg.task == "multi":
+            labels: object = [t for t in vocab if t in tags]
+            if cfg.clean and not labels:
+                rejects.append(Reject(path=rel, reason=f"no top-{cfg.top_n} tag (--clean)", key=clip))
+                continue
+        else:
+            labels = main_genre(tags)
+            if labels is None:
+                rejects.append(Reject(path=rel, reason="no main-genre tag", key=clip))
+                continue
+        records.append(
+            Record(key=clip, audio=cfg.root / rel, labels=labels, split=split, path=rel, meta={"tags": tags})
+        )
+    return Dataset(source="mtat", task=task, records=records, rejects=rejects)

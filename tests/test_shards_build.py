@@ -1,0 +1,296 @@
+"""The builder through the CLI on a tiny folder dataset: resume, force, errors, DALI and webdataset readers."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from shards.cli import main
+from shards.manifest import read_manifest
+from shards.synth import GENRES, class_of_signal, make_synth
+
+
+@pytest.fixture(scope="module")
+def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """6 synthetic tracks plus a broken mp3 and a too-short wav, with a weird file name."""
+    root = tmp_path_factory.mktemp("raw")
+    csv = make_synth(root, tracks=6, seconds=1.5, seed=2)
+    df = pd.read_csv(csv, keep_default_na=False)
+    (root / "audio" / "broken.mp3").write_bytes(b"")
+    import soundfile as sf
+
+    sf.write(root / "audio" / "short file.v2.wav", np.zeros(800, dtype=np.float32), 16000)
+    extra = [
+        dict(
+            path="audio/broken.mp3",
+            label="blues",
+            tags="bass",
+            level1="calm",
+            level2="blues",
+            level3="blues_plain",
+            split="train",
+        ),
+        dict(
+            path="audio/short file.v2.wav",
+            label="disco",
+            tags="",
+            level1="loud",
+            level2="disco",
+            level3="disco_plain",
+            split="test",
+        ),
+    ]
+    pd.concat([df, pd.DataFrame(extra)]).to_csv(csv, index=False)
+    return root
+
+
+def _run(*args: str) -> int:
+    return main(["build", "folder", *args, "--quiet", "--workers", "1"])
+
+
+def test_build_counts_rejects_and_resume(raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out"
+    assert _run("--root", str(raw), "--out", str(out), "--shard-size", "0.05") == 0
+    m = read_manifest(out)
+    assert m.totals == {"input": 8, "written": 6, "rejected": 2}
+    assert {s: i.num_samples for s, i in m.splits.items()} == {"train": 2, "validation": 2, "test": 2}
+    assert [len(i.shards) for i in m.splits.values()] == [2, 2, 2]  # 66 KB per track > 0.05 MiB shard
+    rejects = [json.loads(x) for x in (out / "rejects.jsonl").read_text().splitlines()]
+    by_path = {r["path"]: r["reason"] for r in rejects}
+    assert by_path["audio/broken.mp3"].startswith("decode failed")
+    assert by_path["audio/short file.v2.wav"] == "too short: 0.05 s < min_seconds 1"
+    files = sorted(out.rglob("*.tar")) + sorted(out.rglob("*.idx")) + [out / "manifest.json"]
+    before = {f: f.stat().st_mtime_ns for f in files}
+    assert _run("--root", str(raw), "--out", str(out), "--shard-size", "0.05") == 0
+    assert {f: f.stat().st_mtime_ns for f in files} == before  # up to date: nothing rewritten
+    # a lost shard is rebuilt, the others are kept
+    lost = out / "train" / "000001.tar"
+    lost.unlink()
+    assert _run("--root", str(raw), "--out", str(out), "--shard-size", "0.05") == 0
+    assert lost.is_file()
+    after = {f: f.stat().st_mtime_ns for f in files}
+    changed = sorted(f.relative_to(out).as_posix() for f in files if after[f] != before[f])
+    assert changed == ["manifest.json", "train/000001.idx", "train/000001.tar"]
+    assert read_manifest(out).splits == m.splits  # same bytes, same checksums
+    assert read_manifest(out).totals == m.totals
+    assert sorted((out / "rejects.jsonl").read_text().splitlines()) == sorted(map(json.dumps, rejects))
+    # --force rewrites everything; --strict exits 1 on rejects
+    assert _run("--root", str(raw), "--out", str(out), "--shard-size", "0.05", "--force", "--strict") == 1
+    assert all(f.stat().st_mtime_ns != before[f] for f in files if f.suffix == ".tar")
+    assert "2 input(s) rejected" in capsys.readouterr().err
+
+
+def test_dali_reader_accepts_index(raw: Path, tmp_path: Path) -> None:
+    from nvidia.dali import fn, pipeline_def, types
+
+    out = tmp_path / "out"
+    assert _run("--root", str(raw), "--out", str(out), "--shard-size", "0.05") == 0
+    m = read_manifest(out)
+    (train_tars, train_idxs), (test_tars, test_idxs) = m.paths("train"), m.paths("test")
+    tars, idxs = train_tars + test_tars, train_idxs + test_idxs
+
+    @pipeline_def(batch_size=2, num_threads=1, device_id=None)
+    def pipe():
+        pcm, lbl, tid = fn.readers.webdataset(
+            paths=[str(p) for p in tars],
+            index_paths=[str(p) for p in idxs],
+            ext=["pcm", "lbl", "tid"],
+            dtypes=[types.INT16, types.INT64, types.INT64],
+            missing_component_behavior="error",
+            name="r",
+        )
+        return pcm, lbl, tid
+
+    p = pipe()
+    p.build()
+    assert p.reader_meta("r")["epoch_size"] == 4
+    seen = []
+    for _ in range(2):
+        pcm, lbl, tid = p.run()
+        for k in range(2):
+            x, y = np.array(pcm.at(k)), int(np.array(lbl.at(k))[0])
+            assert x.dtype == np.int16 and x.size == int(1.5 * 22050)
+            assert class_of_signal(x, 22050) == y
+            seen.append(int(np.array(tid.at(k))[0]))
+    assert sorted(seen) == [0, 0, 1, 1]  # tids of train (0, 1) and test (0, 1)
+
+
+def test_webdataset_reads_tars(raw: Path, tmp_path: Path) -> None:
+    import webdataset as wds
+
+    out = tmp_path / "out"
+    assert _run("--root", str(raw), "--out", str(out), "--task", "multi") == 0
+    m = read_manifest(out)
+    tars, _ = m.paths("validation")
+    rows = list(wds.WebDataset([str(t) for t in tars], shardshuffle=False))
+    assert len(rows) == 2
+    csv = pd.read_csv(raw / "labels.csv", keep_default_na=False).set_index("path")
+    for r in rows:
+        vec = np.frombuffer(r["lbl"], dtype="<i8")
+        meta = json.loads(r["json"])
+        assert [m.task.classes[i] for i in np.flatnonzero(vec)] == meta["labels"]
+        assert meta["labels"] == [t for t in csv.at[meta["path"], "tags"].split(";") if t]
+        genre = GENRES[class_of_signal(np.frombuffer(r["pcm"], "<i2"), 22050)]
+        assert genre == csv.at[meta["path"], "label"]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--root", "{tmp}/nope", "--out", "{tmp}/o"], "nope: folder dataset root not found"),
+        (
+            ["--root", "{raw}", "--out", "{tmp}/o", "--csv", "missing.csv"],
+            "missing.csv: label file not found",
+        ),
+        (
+            ["--root", "{raw}", "--out", "{tmp}/o", "--csv", "bad.csv"],
+            "bad.csv: malformed CSV: missing column(s) ['path']",
+        ),
+        (
+            ["--root", "{raw}", "--out", "{tmp}/o", "--csv", "ragged.csv"],
+            "ragged.csv: malformed CSV: Error tokenizing",
+        ),
+        (
+            ["--root", "{raw}", "--out", "{tmp}/o", "--csv", "badsplit.csv"],
+            "badsplit.csv row 2: unknown split 'dev'",
+        ),
+        (["--root", "{raw}", "--out", "{tmp}/o", "--sample-rate", "100"], "sample_rate: 100 outside"),
+        (["--root", "{raw}"], "command line: missing out"),
+        (
+            ["--root", "{raw}", "--out", "{tmp}/o", "--task", "hier", "--csv", "twoparents.csv"],
+            "has two parents",
+        ),
+    ],
+)
+def test_clear_errors(
+    raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture, args: list[str], message: str
+) -> None:
+    (raw / "bad.csv").write_text("file,label\na.wav,x\n")
+    (raw / "twoparents.csv").write_text("path,level1,level2\na.wav,x,y\nb.wav,z,y\n")
+    (raw / "ragged.csv").write_text("path,label\na.wav,x\nb.wav,y,z,w\n")
+    (raw / "badsplit.csv").write_text("path,label,split\na.wav,x,dev\n")
+    argv = [a.format(tmp=tmp_path, raw=raw) for a in args]
+    assert main(["build", "folder", *argv, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and len(err.splitlines()) == 1
+
+
+def test_toml_config_and_cli_override(raw: Path, tmp_path: Path) -> None:
+    cfg = tmp_path / "b.toml"
+    cfg.write_text(
+        f'[shards]\nsource = "folder"\nroot = "{raw}"\nout = "{tmp_path}/o"\ncodec = "flac"\nsample_rate = 16000\n'
+    )
+    assert main(["build", "--config", str(cfg), "--sample-rate", "8000", "--quiet", "--workers", "1"]) == 0
+    m = read_manifest(tmp_path / "o")
+    assert (m.codec, m.sample_rate, m.build["sample_rate"]) == ("flac", 8000, 8000)
+    cfg.write_text('[shards]\nsource = "folder"\ncodex = "flac"\n')
+    assert main(["build", "--config", str(cfg), "--quiet"]) == 2
+
+
+def test_manifest_pointing_outside_is_refused(raw: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    assert _run("--root", str(raw), "--out", str(out)) == 0
+    data = json.loads((out / "manifest.json").read_text())
+    data["splits"]["train"]["shards"][0]["tar"] = "../../etc/passwd"
+    (out / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="points outside the build folder"):
+        read_manifest(out)
+    assert os.path.exists(out / "train" / "000000.tar")
+
+
+def test_interrupted_build_resumes_after_last_finished_shard(
+    raw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import shards.builder as builder
+    from shards.config import BuildConfig
+
+    cfg = BuildConfig(source="folder", root=raw, out=tmp_path / "o", workers=1, shard_size_mb=0.01)
+    real, calls = builder.process_indexed, []
+
+    def crash_on_fifth(job):  # one sample per shard; train: 2 ok + broken.mp3, then validation
+        calls.append(job[0])
+        if calls == [0, 1, 2, 0, 1]:  # only in the first run
+            raise RuntimeError("killed")
+        return real(job)
+
+    monkeypatch.setattr(builder, "process_indexed", crash_on_fifth)
+    with pytest.raises(RuntimeError, match="killed"):
+        builder.build(cfg, progress=False)
+    assert not (cfg.out / "manifest.json").exists() and not list(cfg.out.rglob("*.tmp"))
+    done = sorted(cfg.out.rglob("*.tar"))
+    # validation/000000 was still open (a shard closes when the next sample does not fit)
+    assert [p.relative_to(cfg.out).as_posix() for p in done] == ["train/000000.tar", "train/000001.tar"]
+    mtimes = {p: p.stat().st_mtime_ns for p in done}
+    calls.clear()
+    m = builder.build(cfg, progress=False)
+    assert len(calls) == 5  # validation's 2 + test's 3 records; train is not decoded again
+    assert {p: p.stat().st_mtime_ns for p in done} == mtimes
+    fresh = builder.build(BuildConfig(**{**vars(cfg), "out": tmp_path / "fresh"}), progress=False)
+    assert m.splits == fresh.splits and m.totals == fresh.totals == {"input": 8, "written": 6, "rejected": 2}
+
+
+def test_hash_split_without_split_column(tmp_path: Path) -> None:
+    from shards.config import BuildConfig
+    from shards.folder import load
+
+    rows = "".join(f"audio/x{i}.wav,a\n" for i in range(400))  # load() does not open the audio
+    (tmp_path / "labels.csv").write_text("path,label\n" + rows)
+    cfg = BuildConfig(source="folder", root=tmp_path, out=tmp_path / "o")
+    a = [r.split for r in load(cfg).records]
+    assert a == [r.split for r in load(cfg).records]  # deterministic
+    counts = pd.Series(a).value_counts().to_dict()
+    assert 290 <= counts["train"] <= 350 and 20 <= counts["validation"] <= 60 and 20 <= counts["test"] <= 60
+    assert [r.split for r in load(BuildConfig(**{**vars(cfg), "seed": 1})).records] != a
+
+
+@pytest.mark.parametrize("codec", ["flac", "ogg"])
+def test_dali_decodes_compressed_codecs(raw: Path, tmp_path: Path, codec: str) -> None:
+    from nvidia.dali import fn, pipeline_def, types
+
+    out = tmp_path / "o"
+    assert _run("--root", str(raw), "--out", str(out), "--codec", codec, "--sample-rate", "16000") == 0
+    m = read_manifest(out)
+    tars, idxs = m.paths("validation")
+
+    @pipeline_def(batch_size=2, num_threads=1, device_id=None)
+    def pipe():
+        enc, lbl = fn.readers.webdataset(
+            paths=[str(p) for p in tars],
+            index_paths=[str(p) for p in idxs],
+            ext=[codec, "lbl"],
+            dtypes=[types.UINT8, types.INT64],
+            missing_component_behavior="error",
+        )
+        audio, rate = fn.decoders.audio(enc, dtype=types.INT16, downmix=True)
+        return audio, rate, lbl
+
+    p = pipe()
+    p.build()
+    audio, rate, lbl = p.run()
+    for k in range(2):
+        x = np.array(audio.at(k)).reshape(-1)
+        assert float(np.array(rate.at(k))) == 16000.0
+        assert abs(x.size - 1.5 * 16000) < 2000  # vorbis may pad a little
+        assert class_of_signal(x, 16000) == int(np.array(lbl.at(k))[0])
+
+
+def test_keys_are_sanitised_and_unique() -> None:
+    from shards.builder import plan
+    from shards.manifest import TaskSpec
+    from shards.records import Dataset, Record
+
+    recs = [
+        Record(key=k, audio=Path(k), labels="x", split="train", path=k)
+        for k in ["a.b", "a b", "a/b", "ü.mp3"]
+    ]
+    planned = plan(
+        Dataset(source="folder", task=TaskSpec(kind="single", classes=["x"]), records=recs), seed=0
+    )
+    keys = sorted(k for k, _ in planned["train"])
+    assert keys == ["a_b", "a_b_2", "a_b_3", "mp3"]
+    assert sorted(r.key for _, r in planned["train"]) == sorted(r.key for r in recs)  # a permutation
