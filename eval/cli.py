@@ -1,0 +1,196 @@
+"""``python -m eval``: score checkpoints on a shard split and write the report.
+
+Thin on purpose: parse the ``[eval]`` config, check the inputs (checkpoint files, the
+split, vocabularies) before any model runs, evaluate each checkpoint, and let rank 0
+write the report. Runs under ``torchrun`` too (every rank scores its share of tracks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from eval import runner
+from eval import thresholds as th
+from eval.config import EvalConfig
+from eval.report import write_report
+from shards.configtools import load_sections, load_toml
+from shards.manifest import Manifest, TaskSpec, read_manifest
+
+LoaderFactory = Callable[[str], Iterable[dict[str, Any]]]
+
+
+def evaluate_checkpoint(
+    predictor: Any, make_loader: LoaderFactory, task: TaskSpec, cfg: EvalConfig
+) -> runner.EvalResult:
+    """Evaluate one model on ``cfg.split``; multi-label thresholds are searched on
+    ``cfg.threshold_split`` first and applied unchanged (the reported split is never
+    passed to the search)."""
+    cfg.check_threshold_split(task.kind)
+    found = None
+    if task.kind == "multi" and cfg.threshold_split:
+        val = runner.evaluate_model(
+            predictor,
+            make_loader(cfg.threshold_split),
+            task,
+            aggregate=cfg.aggregate,
+            split=cfg.threshold_split,
+        )
+        found = th.search_thresholds(
+            val.track.probs, val.track.target, split=cfg.threshold_split, classes=task.classes
+        )
+    return runner.evaluate_model(
+        predictor,
+        make_loader(cfg.split),
+        task,
+        aggregate=cfg.aggregate,
+        thresholds=found,
+        split=cfg.split,
+        top_k=cfg.top_k,
+    )
+
+
+def check_split(manifest: Manifest, split: str) -> None:
+    """A missing or empty split is one clear error before any model is loaded."""
+    info = manifest.split(split)  # raises, naming the manifest and the splits it has
+    if info.num_samples == 0 or not info.shards:
+        raise ValueError(f"{manifest.root}: split {split!r} is empty (0 tracks)")
+
+
+def check_vocab(model_task: TaskSpec, data_task: TaskSpec, checkpoint: Path, shards: Path) -> None:
+    """The checkpoint's label vocabulary must be the shards' (same kind, names, order)."""
+    a, b = model_task.vocab(), data_task.vocab()
+    if a == b:
+        return
+    diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    raise ValueError(
+        f"{checkpoint}: label vocabulary does not match the shards in {shards} (differs in {diff}); "
+        f"checkpoint {model_task.kind} {_brief(model_task)} vs shards {data_task.kind} {_brief(data_task)}"
+    )
+
+
+def _brief(task: TaskSpec) -> str:
+    names = task.classes if task.kind != "hier" else [n for lv in task.levels for n in lv.classes]
+    return f"{names[:6]}{'...' if len(names) > 6 else ''} ({len(names)})"
+
+
+def parse_args(argv: list[str] | None = None) -> EvalConfig:
+    """CLI flags > ``--eval.key=value`` > ``--config`` TOML ``[eval]`` > defaults."""
+    ap = argparse.ArgumentParser(prog="python -m eval", description="Evaluate checkpoints on a shard split.")
+    ap.add_argument("--checkpoint", nargs="+", type=Path, help="one or more checkpoints")
+    ap.add_argument("--shards", type=Path, help="shard build folder (manifest.json)")
+    ap.add_argument("--split", help="split to report on (default test)")
+    ap.add_argument("--threshold-split", help="multi-label: split to tune thresholds on ('' = none)")
+    ap.add_argument("--aggregate", choices=["mean", "max"], help="chunk -> track aggregation")
+    ap.add_argument("--out", type=Path, help="report folder")
+    ap.add_argument("--config", type=Path, help="experiment TOML (its [eval] section is used)")
+    args, rest = ap.parse_known_args(argv)
+    bad = [a for a in rest if not a.startswith("--eval.")]
+    if bad:
+        ap.error(f"unrecognized arguments: {' '.join(bad)} (config overrides look like --eval.key=value)")
+    cfg = load_sections({"eval": EvalConfig}, args.config, rest, allow_other=True)["eval"]
+    flags = {
+        "checkpoints": args.checkpoint,
+        "shards": args.shards,
+        "split": args.split,
+        "threshold_split": args.threshold_split,
+        "aggregate": args.aggregate,
+        "out": args.out,
+    }
+    if cfg.shards is None and args.shards is None and args.config is not None:
+        flags["shards"] = load_toml(args.config).get("data", {}).get("shards")  # the experiment's own build
+    cfg = dataclasses.replace(cfg, **{k: v for k, v in flags.items() if v is not None})
+    if not cfg.checkpoints:
+        ap.error("no checkpoint given (--checkpoint CKPT [CKPT ...])")
+    if cfg.shards is None:
+        ap.error("no shard folder given (--shards DIR)")
+    cfg.shards = Path(cfg.shards)
+    return cfg
+
+
+def run(cfg: EvalConfig) -> dict[str, runner.EvalResult]:
+    """Evaluate every checkpoint of ``cfg``; rank 0 writes the report to ``cfg.out``."""
+    assert cfg.shards is not None
+    missing = [str(p) for p in cfg.checkpoints if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"checkpoint(s) not found: {missing}")
+    manifest = read_manifest(cfg.shards)
+    task = manifest.task
+    cfg.check_threshold_split(task.kind)
+    check_split(manifest, cfg.split)
+    if task.kind == "multi" and cfg.threshold_split:
+        check_split(manifest, cfg.threshold_split)
+
+    from pipelines.loader import build_loader  # heavy (DALI); only once the inputs are known good
+    from train import distributed
+    from train.checkpoint import load_predictor
+
+    info = distributed.init(cfg.device)
+    results: dict[str, runner.EvalResult] = {}
+    predictors = [load_predictor(path, info.device) for path in cfg.checkpoints]
+    for path, predictor in zip(cfg.checkpoints, predictors):  # every mismatch before any scoring
+        check_vocab(predictor.task, task, path, cfg.shards)
+    for path, predictor in zip(cfg.checkpoints, predictors):
+        confs = {k: _section(predictor.configs, k) for k in ("features", "augment", "loader")}
+
+        def make_loader(split: str, confs: dict[str, Any] = confs) -> Iterable[dict[str, Any]]:
+            return build_loader(
+                manifest,
+                split,
+                mode="eval",
+                rank=info.rank,
+                world_size=info.world_size,
+                device=info.device,
+                **confs,
+            )
+
+        name = str(getattr(predictor, "name", "") or path.stem)
+        name = name if name not in results else f"{name} ({path})"
+        results[name] = evaluate_checkpoint(predictor, make_loader, task, cfg)
+    if info.is_main:
+        write_report(
+            cfg.out, results, task, split=cfg.split, aggregate=cfg.aggregate, max_pr_curves=cfg.max_pr_curves
+        )
+    return results
+
+
+def _section(configs: Any, name: str) -> Any:
+    return configs[name] if isinstance(configs, dict) else getattr(configs, name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; user mistakes become one ``error:`` line and exit status 2."""
+    try:
+        cfg = parse_args(argv)
+        results = run(cfg)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        _close()
+    if not _is_main():
+        return 0
+    for name, res in results.items():
+        print(
+            f"{name}: " + ", ".join(f"{k}={v:.4f}" for k, v in res.metrics.items() if k.startswith("track/"))
+        )
+    print(f"report: {cfg.out / 'report.md'}")
+    return 0
+
+
+def _is_main() -> bool:
+    from train.distributed import env_rank
+
+    return env_rank()[0] == 0
+
+
+def _close() -> None:
+    try:
+        from train import distributed
+    except ImportError:
+        return
+    distributed.close()

@@ -1,0 +1,195 @@
+"""Run a model over an eval loader and score it: chunk level and track level.
+
+Each rank scores its own chunks and aggregates its own tracks (the eval loader keeps a
+track's chunks on one rank); the predictions are then gathered through a torchmetrics
+state (``dist_reduce_fx="cat"``), so every rank computes the same numbers from the
+same rows, whatever the world size. The trainer calls ``evaluate_model`` every epoch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+from eval.aggregate import Predictions, aggregate_tracks
+from eval.config import Aggregate
+from eval.metrics import PRIMARY, MetricSet, compute_metrics
+from eval.thresholds import Thresholds
+from shards.manifest import TaskSpec
+
+ProbaFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class EvalResult:
+    """Flat metrics plus the gathered predictions (numpy) and tables for the report."""
+
+    metrics: dict[str, float]
+    """``chunk/...`` and ``track/...`` keys, e.g. ``track/accuracy``, ``track/micro_f1``."""
+    chunk: Predictions
+    track: Predictions
+    details: dict[str, MetricSet] = field(default_factory=dict)
+    """``"chunk"`` / ``"track"`` -> tables and confusion matrices."""
+    thresholds: Thresholds | None = None
+    task_kind: str = "single"
+
+    @property
+    def primary(self) -> float:
+        """The number to pick checkpoints by (track accuracy / ROC-AUC / level mean)."""
+        return self.metrics[f"track/{PRIMARY[self.task_kind]}"]
+
+
+class PredictionStore(Metric):
+    """Rows of (probs, target, track); torchmetrics concatenates them across ranks."""
+
+    full_state_update = False
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.add_state("probs", default=[], dist_reduce_fx="cat")
+        self.add_state("target", default=[], dist_reduce_fx="cat")
+        self.add_state("track", default=[], dist_reduce_fx="cat")
+
+    def update(self, p: Predictions) -> None:  # type: ignore[override]
+        self.probs.append(p.probs.float())
+        self.target.append(p.target.long())
+        self.track.append(p.track.long())
+
+    def compute(self) -> Predictions:
+        return Predictions(dim_zero_cat(self.probs), dim_zero_cat(self.target), dim_zero_cat(self.track))
+
+
+def gather(local: Predictions) -> Predictions:
+    """All ranks' rows on every rank, sorted by track id (stable within a track)."""
+    store = PredictionStore().to(_comm_device())
+    # one update, even of zero rows: every rank contributes a (0, ...)-shaped state at worst
+    store.update(Predictions(*(t.to(store.device) for t in (local.probs, local.target, local.track))))
+    out = store.compute()
+    order = torch.argsort(out.track, stable=True)
+    return Predictions(out.probs[order].cpu(), out.target[order].cpu(), out.track[order].cpu())
+
+
+def evaluate_model(
+    model_or_predictor: Any,
+    loader: Iterable[dict[str, torch.Tensor]],
+    task: TaskSpec,
+    *,
+    aggregate: Aggregate = "mean",
+    thresholds: Thresholds | None = None,
+    device: str | torch.device | None = None,
+    split: str | None = None,
+    probabilities: ProbaFn | None = None,
+    top_k: tuple[int, ...] | list[int] = (3, 5),
+) -> EvalResult:
+    """Score every chunk the loader yields ({x (B,C,F,T), y, track (B,)} dicts).
+
+    ``model_or_predictor``: a Predictor (``.predict_proba``), an ``nn.Module`` returning
+    logits (turned into probabilities by ``probabilities`` or ``train.tasks.TaskHead``),
+    or any callable x -> probabilities. ``thresholds`` (multi-label) must come from a
+    different ``split``. Collective when a process group is up: call it on every rank.
+    """
+    if thresholds is not None:
+        if task.kind != "multi":
+            raise ValueError("thresholds only apply to multi-label tasks")
+        if split is None:
+            raise ValueError(
+                "applying thresholds needs split= (the split reported on, never the tuning split)"
+            )
+        thresholds.check(task, split)
+    with _scoring(model_or_predictor, task, probabilities, device) as (predict, dev):
+        chunks = _collect(predict, loader, task, dev)
+    tracks = aggregate_tracks(chunks, aggregate)
+    chunk_all, track_all = gather(chunks), gather(tracks)
+    if len(track_all) == 0:
+        raise ValueError(f"split {split or '?'}: the loader yielded no chunks (empty split?)")
+    if torch.unique(track_all.track).numel() != len(track_all):
+        raise RuntimeError(
+            "a track's chunks were spread over several ranks; the eval loader must shard by track"
+        )
+    details = {
+        "chunk": compute_metrics(task, chunk_all.probs, chunk_all.target, top_k=top_k),
+        "track": compute_metrics(task, track_all.probs, track_all.target, thresholds=thresholds, top_k=top_k),
+    }
+    metrics = {f"{level}/{k}": v for level, m in details.items() for k, v in m.scalars.items()}
+    metrics["chunk/count"], metrics["track/count"] = float(len(chunk_all)), float(len(track_all))
+    return EvalResult(metrics, chunk_all.numpy(), track_all.numpy(), details, thresholds, task.kind)
+
+
+@contextlib.contextmanager
+def _scoring(
+    obj: Any, task: TaskSpec, probabilities: ProbaFn | None, device: str | torch.device | None
+) -> Iterator[tuple[ProbaFn, torch.device | None]]:
+    """(x -> probabilities, input device); a module is put in eval mode and restored after."""
+    dev = torch.device(device) if device is not None else None
+    if hasattr(obj, "predict_proba"):
+        yield obj.predict_proba, dev
+        return
+    if not isinstance(obj, nn.Module):
+        if not callable(obj):
+            raise TypeError(
+                f"cannot evaluate a {type(obj).__name__}: need predict_proba, an nn.Module or a callable"
+            )
+        yield obj, dev
+        return
+    module = (
+        obj.module if isinstance(obj, nn.parallel.DistributedDataParallel) else obj
+    )  # no collectives per batch
+    if probabilities is None:
+        from train.tasks import TaskHead  # eval sits above train; imported only when needed
+
+        probabilities = TaskHead(task).probabilities
+    if dev is None:
+        dev = next((p.device for p in module.parameters()), None)
+    was_training = module.training
+    module.eval()
+    try:
+        yield (lambda x: probabilities(module(x).float())), dev
+    finally:
+        module.train(was_training)
+
+
+@torch.no_grad()
+def _collect(
+    predict: ProbaFn, loader: Iterable[dict[str, torch.Tensor]], task: TaskSpec, dev: Any
+) -> Predictions:
+    """Chunk predictions of this rank, on the CPU."""
+    probs, target, track = [_empty(task).probs], [_empty(task).target], [_empty(task).track]
+    width = sum(task.head_sizes)
+    for batch in loader:
+        x = batch["x"].to(dev) if dev is not None else batch["x"]
+        p = predict(x).float()
+        if p.dim() != 2 or p.shape != (x.shape[0], width):
+            raise ValueError(f"predictions of shape {tuple(p.shape)}, expected ({x.shape[0]}, {width})")
+        y = batch["y"]
+        y = y.round().long() if y.is_floating_point() else y.long()
+        probs.append(p.cpu())
+        target.append(y.reshape(x.shape[0], *_target_shape(task)).cpu())
+        track.append(batch["track"].reshape(-1).long().cpu())
+    return Predictions(torch.cat(probs), torch.cat(target), torch.cat(track))
+
+
+def _target_shape(task: TaskSpec) -> tuple[int, ...]:
+    return () if task.kind == "single" else (task.label_width,)
+
+
+def _empty(task: TaskSpec) -> Predictions:
+    return Predictions(
+        torch.zeros(0, sum(task.head_sizes)),
+        torch.zeros((0, *_target_shape(task)), dtype=torch.long),
+        torch.zeros(0, dtype=torch.long),
+    )
+
+
+def _comm_device() -> torch.device:
+    """Where gathered tensors must live: the rank's GPU under nccl, else the CPU."""
+    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
