@@ -1,0 +1,296 @@
+"""``python -m pipelines.bench``: DALI gpu / DALI cpu / webdataset+torchaudio baseline, side by side.
+
+Same shards, same features, one process. Each pipeline gets a warm-up, then a fixed
+number of training batches; we report chunks/s, hours of audio per second, mean wait
+per batch, CPU cores busy (process + worker CPU time / wall) and GPU memory.
+``--train-step FAMILY`` instead measures a model's training step on GPU-resident
+synthetic batches vs the real loader (how input-bound training is).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
+from shards.configtools import load_sections, to_dict
+
+PIPELINES = ("dali-gpu", "dali-cpu", "baseline")
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its live children (DataLoader workers), in seconds."""
+    t = os.times()
+    total = t.user + t.system
+    tick = os.sysconf("SC_CLK_TCK")
+    for pid in _children(os.getpid()):
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            kids = [int(k) for k in task.read_text().split()]
+        except OSError:
+            continue
+        for k in kids:
+            out += [k, *_children(k)]
+    return out
+
+
+def _forever(loader: Iterable[dict[str, torch.Tensor]]) -> Iterator[dict[str, torch.Tensor]]:
+    while True:
+        yield from loader
+
+
+def time_batches(
+    loader: Iterable[dict[str, torch.Tensor]],
+    *,
+    warmup: int,
+    batches: int,
+    chunk_seconds: float,
+    step: Any = None,
+) -> dict[str, float]:
+    """Consume ``warmup`` then ``batches`` batches (optionally running ``step(batch)`` on each)."""
+    cuda = torch.cuda.is_available()
+    it = _forever(loader)
+    for _ in range(warmup):
+        b = next(it)
+        if step is not None:
+            step(b)
+    if cuda:
+        torch.cuda.synchronize()
+    chunks, wait = 0, 0.0
+    cpu0, t0 = cpu_seconds(), time.perf_counter()
+    for _ in range(batches):
+        w0 = time.perf_counter()
+        b = next(it)
+        if cuda:
+            torch.cuda.synchronize()
+        wait += time.perf_counter() - w0
+        chunks += b["x"].shape[0]
+        if step is not None:
+            step(b)
+    if cuda:
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    cpu = cpu_seconds() - cpu0
+    del it
+    return {
+        "batches": batches,
+        "chunks": chunks,
+        "seconds": round(wall, 3),
+        "chunks_per_s": round(chunks / wall, 1),
+        "audio_hours_per_s": round(chunks * chunk_seconds / 3600 / wall, 4),
+        "mean_wait_ms": round(1000 * wait / batches, 2),
+        "cpu_cores": round(cpu / wall, 2),
+        "steps_per_s": round(batches / wall, 3),
+    }
+
+
+def make_loader(name: str, shards: Path, cfg: dict[str, Any], workers: int, split: str) -> Any:
+    """One of PIPELINES as an iterable of training batches."""
+    from pipelines.baseline import BaselineLoader
+    from pipelines.loader import build_loader
+
+    kw = dict(mode="train", features=cfg["features"], augment=cfg["augment"], loader=cfg["loader"])
+    if name == "baseline":
+        dev = "cuda" if torch.cuda.is_available() else "cpu"
+        return BaselineLoader(shards, split, workers=workers, rank=0, world_size=1, device=dev, **kw)
+    dev = "cuda" if name == "dali-gpu" else "cpu"
+    return build_loader(shards, split, rank=0, world_size=1, device=dev, **kw)
+
+
+def bench_pipeline(name: str, shards: Path, cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.synchronize()
+        free0 = torch.cuda.mem_get_info()[0]
+        torch.cuda.reset_peak_memory_stats()
+    loader = make_loader(name, shards, cfg, args.workers, args.split)
+    res = time_batches(
+        loader, warmup=args.warmup, batches=args.batches, chunk_seconds=cfg["loader"].chunk_seconds
+    )
+    res["pipeline"] = name
+    if cuda:
+        res["gpu_mem_device_mib"] = round((free0 - torch.cuda.mem_get_info()[0]) / 2**20, 1)
+        res["gpu_mem_torch_peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    del loader
+    gc.collect()
+    return res
+
+
+def bench_train_step(shards: Path, cfg: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Steps/s of ``args.train_step`` on GPU-resident synthetic batches vs the real DALI loader."""
+    from pipelines.loader import build_loader
+    from train.config import ModelConfig  # lazy: train is a layer above pipelines
+    from train.models import build_model
+    from train.synthetic import SyntheticLoader
+    from train.tasks import TaskHead
+
+    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    real = build_loader(
+        shards,
+        args.split,
+        mode="train",
+        features=cfg["features"],
+        augment=cfg["augment"],
+        loader=cfg["loader"],
+        rank=0,
+        world_size=1,
+        device=dev,
+    )
+    task = real.manifest.task
+    shape = real.feature_shape
+    model = build_model(
+        ModelConfig(family=args.train_step), in_chans=shape[0], head_sizes=task.head_sizes, input_shape=shape
+    ).to(dev)
+    model = model.to(memory_format=torch.channels_last) if dev.type == "cuda" else model
+    head = TaskHead(task)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    amp = dev.type == "cuda"
+
+    def step(b: dict[str, torch.Tensor]) -> None:
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            loss = head.loss(model(b["x"]), b["y"])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    synth = SyntheticLoader(
+        task,
+        shape,
+        batches=8,
+        batch_size=cfg["loader"].batch_size,
+        chunks_per_track=cfg["loader"].chunks_per_track,
+        resident=True,
+        device=dev,
+    )
+    out = []
+    for name, loader in (("synthetic-resident", synth), ("dali-" + ("gpu" if amp else "cpu"), real)):
+        r = time_batches(
+            loader,
+            warmup=args.warmup,
+            batches=args.batches,
+            chunk_seconds=cfg["loader"].chunk_seconds,
+            step=step,
+        )
+        r["pipeline"], r["model"] = name, args.train_step
+        out.append(r)
+    out[1]["vs_synthetic"] = round(out[1]["steps_per_s"] / out[0]["steps_per_s"], 3)
+    return out
+
+
+def machine() -> dict[str, Any]:
+    m: dict[str, Any] = {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+    }
+    try:
+        import nvidia.dali as dali
+
+        m["dali"] = dali.__version__
+    except ImportError:
+        pass
+    if torch.cuda.is_available():
+        m["gpu"] = torch.cuda.get_device_name()
+    return m
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipelines.bench", description=__doc__.splitlines()[0])
+    ap.add_argument("shards", nargs="?", type=Path, help="shard build folder")
+    ap.add_argument("--synth", type=Path, help="build synthetic shards here first if absent, and use them")
+    ap.add_argument("--synth-tracks", type=int, default=32)
+    ap.add_argument("--synth-seconds", type=float, default=30.0)
+    ap.add_argument("--config", type=Path, help="experiment TOML ([features] [augment] [loader] are used)")
+    ap.add_argument("--split", default="train")
+    ap.add_argument("--pipelines", default=",".join(PIPELINES), help="comma list of " + ", ".join(PIPELINES))
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="baseline DataLoader workers")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--batches", type=int, default=20)
+    ap.add_argument(
+        "--train-step", metavar="FAMILY", help="measure this model's step: synthetic vs real loader"
+    )
+    ap.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    args, overrides = ap.parse_known_args(argv)
+    cfg = load_sections(
+        {"features": FeatureConfig, "augment": AugmentConfig, "loader": LoaderConfig},
+        args.config,
+        overrides,
+        allow_other=True,
+    )
+    shards = args.shards or args.synth
+    if shards is None:
+        ap.error("give SHARDS or --synth DIR")
+    if args.synth is not None and not (args.synth / "manifest.json").is_file():
+        from shards.synth import build_synth_shards
+
+        build_synth_shards(
+            args.synth,
+            tracks=args.synth_tracks,
+            seconds=args.synth_seconds,
+            sample_rate=cfg["features"].sample_rate,
+            progress=not args.json,
+        )
+    if args.train_step:
+        results = bench_train_step(shards, cfg, args)
+    else:
+        names = [n.strip() for n in args.pipelines.split(",") if n.strip()]
+        bad = [n for n in names if n not in PIPELINES]
+        if bad:
+            ap.error(f"--pipelines: unknown {bad}; choose from {PIPELINES}")
+        if "dali-gpu" in names and not torch.cuda.is_available():
+            names.remove("dali-gpu")
+        results = [bench_pipeline(n, shards, cfg, args) for n in names]
+    doc = {
+        "machine": machine(),
+        "shards": str(shards),
+        "config": {k: to_dict(v) for k, v in cfg.items()},
+        "workers": args.workers,
+        "results": results,
+    }
+    if args.json:
+        print(json.dumps(doc, indent=2))
+    else:
+        print_table(doc)
+    return 0
+
+
+def print_table(doc: dict[str, Any]) -> None:
+    cols = [
+        "pipeline",
+        "chunks_per_s",
+        "audio_hours_per_s",
+        "mean_wait_ms",
+        "cpu_cores",
+        "steps_per_s",
+        "gpu_mem_device_mib",
+        "vs_synthetic",
+    ]
+    rows = doc["results"]
+    cols = [c for c in cols if any(c in r for r in rows)]
+    print(f"machine: {doc['machine']}; shards: {doc['shards']}; baseline workers: {doc['workers']}")
+    print(" | ".join(cols))
+    for r in rows:
+        print(" | ".join(str(r.get(c, "")) for c in cols))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

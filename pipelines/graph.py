@@ -1,0 +1,210 @@
+"""The one DALI graph: read -> decode -> resample -> chunk -> STFT -> mel/dB/MFCC (+ masks).
+
+The same definition builds a ``gpu`` pipeline (production) and a ``cpu`` one
+(``device_id=None``, CI). Anything used as an argument input (chunk offsets, SpecAugment
+anchors and widths, track lengths) is computed on CPU nodes; the heavy signal work runs
+on ``device``.
+
+Chunks are laid out one per ``Framing.stride`` samples and framed once (DALI's
+spectrogram takes only 1-D input), which equals a centred, zero-padded STFT of each
+chunk. Outputs per sample (= one track), F_all = frames of the whole layout:
+``mel (n_mels, F_all)``, ``mfcc (n_mfcc, F_all)``, optionally ``power (n_fft/2+1, F_all)``,
+in training ``mask (K, n_mels, T)`` uint8, then ``lbl``, ``tid`` and ``nchunks``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from nvidia.dali import fn, pipeline_def, types
+from nvidia.dali import math as dmath
+from nvidia.dali.pipeline import Pipeline
+
+from pipelines.config import AugmentConfig, FeatureConfig, Framing, LoaderConfig
+
+READER = "reader"
+Mode = Literal["train", "eval"]
+
+
+@dataclass(kw_only=True)
+class GraphSpec:
+    """Everything the graph depends on; equal specs build identical (checkpoint-compatible) pipelines."""
+
+    tars: list[Path]
+    idxs: list[Path]
+    codec: str
+    shards_rate: int
+    features: FeatureConfig
+    augment: AugmentConfig
+    loader: LoaderConfig
+    framing: Framing
+    mode: Mode
+    device: Literal["gpu", "cpu"]
+    shard_id: int
+    num_shards: int
+    device_id: int | None = None  # CUDA device for device="gpu"; None = the current one
+
+    @property
+    def batch_size(self) -> int:
+        """Tracks per DALI batch."""
+        return self.loader.tracks_per_batch if self.mode == "train" else self.loader.eval_tracks_per_batch
+
+    @property
+    def output_names(self) -> list[str]:
+        names = ["mel", "mfcc"]
+        if self.features.needs_power:
+            names.append("power")
+        if self.mode == "train" and self.augment.active:
+            names.append("mask")
+        return [*names, "lbl", "tid", "nchunks"]
+
+
+def build_pipeline(spec: GraphSpec, checkpoint: str | None = None) -> Pipeline:
+    """Build (not yet run) the DALI pipeline for ``spec``; ``checkpoint`` restores a reader position."""
+    device_id = None
+    if spec.device == "gpu":
+        device_id = spec.device_id if spec.device_id is not None else torch.cuda.current_device()
+    seed = spec.loader.seed * 1000 + spec.shard_id + 1
+
+    @pipeline_def(
+        batch_size=spec.batch_size,
+        num_threads=spec.loader.num_threads,
+        device_id=device_id,
+        seed=seed,
+        prefetch_queue_depth=spec.loader.prefetch,
+        enable_checkpointing=True,
+        exec_dynamic=True,
+    )
+    def music_pipeline():  # type: ignore[no-untyped-def]
+        return _graph(spec)
+
+    kwargs = {"checkpoint": checkpoint} if checkpoint is not None else {}
+    pipe = music_pipeline(**kwargs)
+    pipe.build()
+    return pipe
+
+
+def _read(spec: GraphSpec):  # type: ignore[no-untyped-def]
+    audio_dtype = types.INT16 if spec.codec == "pcm16" else types.UINT8
+    train = spec.mode == "train"
+    return fn.readers.webdataset(
+        paths=[str(p) for p in spec.tars],
+        index_paths=[str(p) for p in spec.idxs],
+        ext=[{"pcm16": "pcm"}.get(spec.codec, spec.codec), "lbl", "tid"],
+        dtypes=[audio_dtype, types.INT64, types.INT64],
+        missing_component_behavior="error",
+        shard_id=spec.shard_id,
+        num_shards=spec.num_shards,
+        random_shuffle=train and spec.loader.shuffle,
+        initial_fill=spec.loader.initial_fill,
+        pad_last_batch=True,
+        stick_to_shard=not train,
+        name=READER,
+    )
+
+
+def _decode(spec: GraphSpec, audio):  # type: ignore[no-untyped-def]
+    """-> (signal float32 on device at features.sample_rate, its length in samples as a CPU float)."""
+    rate = spec.features.sample_rate
+    if spec.codec == "pcm16":
+        n_in = fn.cast(audio.shape(), dtype=types.FLOAT)
+        sig = audio.gpu() if spec.device == "gpu" else audio
+        sig = fn.cast(sig, dtype=types.FLOAT) * (1.0 / 32768.0)
+        if spec.shards_rate != rate:
+            sig = fn.audio_resample(sig, in_rate=float(spec.shards_rate), out_rate=float(rate))
+            n_in = dmath.ceil(n_in * (rate / spec.shards_rate))
+        return sig, n_in
+    sig, _ = fn.decoders.audio(audio, dtype=types.FLOAT, downmix=True, sample_rate=float(rate))
+    n = fn.cast(sig.shape(), dtype=types.FLOAT)
+    return (sig.gpu() if spec.device == "gpu" else sig), n
+
+
+def _train_rows(spec: GraphSpec, sig, n):  # type: ignore[no-untyped-def]
+    """K random chunks per track, stacked ``(K, L)``; short tracks are zero-padded."""
+    L = spec.framing.chunk
+    room = dmath.max(n - float(L), 0.0)
+    rows = []
+    for _ in range(spec.loader.chunks_per_track):
+        u = fn.random.uniform(range=[0.0, 1.0], shape=[1])
+        start = fn.cast(dmath.floor(u * room), dtype=types.INT32)
+        rows.append(fn.slice(sig, start=start, shape=[L], axes=[0], out_of_bounds_policy="pad"))
+    return fn.stack(*rows)
+
+
+def _eval_rows(spec: GraphSpec, sig, n):  # type: ignore[no-untyped-def]
+    """Consecutive chunks ``(n_max, L)``: tracks are zero-padded to the batch's longest,
+    rounded up to whole chunks; ``nchunks`` says how many rows of each are real."""
+    L = spec.framing.chunk
+    padded = fn.pad(sig, axes=[0], align=[L], fill_value=0.0)
+    return fn.reshape(padded, shape=[-1, L])
+
+
+def _masks(spec: GraphSpec):  # type: ignore[no-untyped-def]
+    """SpecAugment keep-masks ``(K, n_mels, T)`` uint8: DALI erases random bands of ones,
+    anchors and widths drawn on the CPU from the pipeline's seeded RNG."""
+    k, f, t = spec.loader.chunks_per_track, spec.features.n_mels, spec.framing.frames
+    a = spec.augment
+    mask = types.Constant(np.ones((k, f, t), dtype=np.uint8), device=spec.device)
+    for count, width, extent, axis in (
+        (a.freq_masks, a.freq_width, f, 1),
+        (a.time_masks, a.time_width, t, 2),
+    ):
+        width = min(width, extent)
+        if count == 0 or width == 0:
+            continue
+        regions = k * count
+        chunk_of = types.Constant(np.repeat(np.arange(k, dtype=np.float32), count), device="cpu")
+        w = dmath.floor(fn.random.uniform(range=[0.0, width + 1.0], shape=[regions]))
+        w = dmath.min(w, float(width))
+        start = dmath.floor(fn.random.uniform(range=[0.0, 1.0], shape=[regions]) * (extent - w + 1.0))
+        ones = types.Constant(np.ones(regions, dtype=np.float32), device="cpu")
+        anchor = fn.reshape(fn.stack(chunk_of, start, axis=1), shape=[-1])
+        shape = fn.reshape(fn.stack(ones, w, axis=1), shape=[-1])
+        mask = fn.erase(mask, anchor=anchor, shape=shape, axes=[0, axis], fill_value=0)
+    return mask
+
+
+def _graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
+    fc, fr = spec.features, spec.framing
+    audio, lbl, tid = _read(spec)
+    sig, n = _decode(spec, audio)
+    if spec.mode == "train":
+        rows = _train_rows(spec, sig, n)
+        nchunks = types.Constant(np.array([spec.loader.chunks_per_track], dtype=np.int64), device="cpu")
+    else:
+        rows = _eval_rows(spec, sig, n)
+        nchunks = fn.cast(dmath.max(dmath.ceil(n / float(fr.chunk)), 1.0), dtype=types.INT64)
+    laid = fn.slice(rows, start=[-fr.lead], shape=[fr.stride], axes=[1], out_of_bounds_policy="pad")
+    flat = fn.reshape(laid, shape=[-1])
+    window = torch.hann_window(fc.n_fft, periodic=True, dtype=torch.float64).tolist()
+    power = fn.spectrogram(
+        flat,
+        nfft=fc.n_fft,
+        window_length=fc.n_fft,
+        window_step=fc.hop_length,
+        window_fn=window,
+        center_windows=False,
+        power=2,
+        layout="ft",
+    )
+    mel = fn.mel_filter_bank(
+        power,
+        sample_rate=float(fc.sample_rate),
+        nfilter=fc.n_mels,
+        freq_low=fc.f_min,
+        freq_high=fc.mel_fmax,
+        normalize=True,
+        mel_formula="slaney",
+    )
+    mel_db = fn.to_decibels(mel, multiplier=10.0, reference=1.0, cutoff_db=fc.db_floor)
+    mfcc = fn.mfcc(mel_db, n_mfcc=fc.n_mfcc, dct_type=2, normalize=True, axis=0)
+    outs = [mel_db, mfcc]
+    if fc.needs_power:
+        outs.append(power)
+    if spec.mode == "train" and spec.augment.active:
+        outs.append(_masks(spec))
+    return (*outs, lbl, tid, nchunks)

@@ -1,0 +1,200 @@
+"""``build_loader`` / ``MusicLoader``: the DALI pipeline as the trainer and evaluator see it.
+
+Yields ``{x: float32 (B, C, F, T) on device, y: labels, track: int64 (B,)}``. How the
+contract's guarantees are met (details in docs/pipeline.md):
+
+- equal batches per rank in training: the reader pads every rank's shard to the same
+  length (``pad_last_batch``) and the iterator drops the last partial batch, with its
+  epoch length taken from the reader's global metadata (``reader_name``);
+- exactly-once evaluation: each rank sticks to its contiguous shard, the last batch is
+  partial, and DALI's padding repeats are dropped here by their track id;
+- resumable: DALI reader checkpointing (the reader position and every RNG) plus our epoch
+  counter, rebuilt into an identical pipeline by ``load_state_dict``.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from nvidia.dali.plugin.base_iterator import LastBatchPolicy
+from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig, framing
+from pipelines.features import FeatureAssembler, stats_path
+from pipelines.graph import READER, GraphSpec, build_pipeline
+from pipelines.validate import load_manifest, validate_split
+from shards.manifest import Manifest, TaskSpec
+
+
+def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
+    """Explicit arguments win; otherwise torchrun's RANK / WORLD_SIZE; otherwise 0 / 1."""
+    r = int(os.environ.get("RANK", 0)) if rank is None else rank
+    w = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
+    if w < 1 or not 0 <= r < w:
+        raise ValueError(f"rank {r} / world_size {w}: need 0 <= rank < world_size")
+    return r, w
+
+
+def labels_to_y(lbl: torch.Tensor, task: TaskSpec) -> torch.Tensor:
+    """``lbl (B, label_width)`` int64 -> single ``(B,)`` int64, multi ``(B, n)`` float32, hier ``(B, L)``."""
+    if task.kind == "single":
+        return lbl[:, 0]
+    if task.kind == "multi":
+        return lbl.to(torch.float32)
+    return lbl
+
+
+class MusicLoader:
+    """Re-iterable loader: one ``for batch in loader`` pass is one epoch on this rank."""
+
+    def __init__(self, spec: GraphSpec, manifest: Manifest, task: TaskSpec, device: torch.device) -> None:
+        self.spec = spec
+        self.manifest = manifest
+        self.task = task
+        self.device = device
+        self.mode = spec.mode
+        self.epoch = 0
+        root = manifest.root
+        self.assembler = FeatureAssembler(spec.features, device, stats_path(spec.features, root))
+        self._it = self._make_iterator(None)
+        self._seen: set[int] = set()  # eval: tracks already yielded this epoch (drops DALI padding)
+
+    def _make_iterator(self, checkpoint: str | None) -> DALIGenericIterator:
+        pipe = build_pipeline(self.spec, checkpoint)
+        policy = LastBatchPolicy.DROP if self.mode == "train" else LastBatchPolicy.PARTIAL
+        return DALIGenericIterator(
+            [pipe],
+            self.spec.output_names,
+            reader_name=READER,
+            last_batch_policy=policy,
+            auto_reset=False,
+        )
+
+    @property
+    def feature_shape(self) -> tuple[int, int, int]:
+        """``(C, F, T)`` of one chunk."""
+        f = self.spec.features
+        return len(f.channels), f.n_mels, self.spec.framing.frames
+
+    def __len__(self) -> int:
+        return len(self._it)
+
+    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
+        for out in self._it:
+            batch = self._convert(out[0])
+            if batch is not None:
+                yield batch
+        self._it.reset()
+        self._seen.clear()
+        self.epoch += 1
+
+    def _convert(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        fr = self.spec.framing
+        tid = out["tid"][:, 0].to(torch.int64)
+        nchunks = out["nchunks"].reshape(-1).to(torch.int64).cpu()
+        keep = torch.ones(tid.numel(), dtype=torch.bool)
+        if self.mode == "eval":  # DALI's pad_last_batch repeats the last track: drop repeats
+            for i, t in enumerate(tid.tolist()):
+                keep[i] = t not in self._seen
+                self._seen.add(t)
+            if not keep.any():
+                return None
+        n_max = int(nchunks.max())
+
+        def chunks(a: torch.Tensor) -> torch.Tensor:
+            """(B, rows, frames_all) -> chunks (B, K, rows, T) as a view when every chunk is real
+            (training), else gathered (N, rows, T). Frame j*stride_frames + t is frame t of chunk j."""
+            b, rows, _ = a.shape
+            s = a.stride()
+            v = a.as_strided((b, n_max, rows, fr.frames), (s[0], fr.stride_frames * s[2], s[1], s[2]))
+            return v if dense else v[sel.to(a.device)]
+
+        sel = keep[:, None] & (torch.arange(n_max)[None, :] < nchunks[:, None])
+        dense = bool(sel.all())
+        raw = self.assembler.raw_channels(out["mel"], out["mfcc"], out.get("power"))  # frame-local
+        mask = chunks_mask(out["mask"], keep) if "mask" in out else None
+        x = self.assembler.stack([chunks(c) for c in raw.values()], mask)
+        counts = nchunks[keep]
+        y = labels_to_y(out["lbl"].to(torch.int64)[keep.to(out["lbl"].device)], self.task)
+        return {
+            "x": x.to(self.device, non_blocking=True),
+            "y": y.to(self.device).repeat_interleave(counts.to(self.device), dim=0),
+            "track": tid[keep.to(tid.device)].to(self.device).repeat_interleave(counts.to(self.device)),
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Plain data: the DALI checkpoint (reader position, RNG states) and the epoch counter."""
+        return {"dali": self._it.checkpoints()[0], "epoch": self.epoch, "seen": sorted(self._seen)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Rebuild the identical pipeline at the saved position: the next batches are the ones
+        the saved loader would have produced."""
+        self._it = self._make_iterator(state["dali"])
+        self.epoch = int(state["epoch"])
+        self._seen = set(state.get("seen", []))
+
+
+def chunks_mask(mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``(B, K, F, T)`` masks of kept tracks -> ``(N, F, T)``."""
+    return mask[keep.to(mask.device)].flatten(0, 1)
+
+
+def _warn_downsampling(shards_rate: int, rate: int) -> None:
+    """DALI 2.4's resampler evaluates its sinc at the input rate, so it
+    does not low-pass when downsampling (content above rate/2 aliases)."""
+    warnings.warn(
+        f"shards are at {shards_rate} Hz and features at {rate} Hz: DALI's audio_resample does not "
+        f"low-pass when downsampling, so content above {rate / 2:.0f} Hz folds into the features; "
+        f"build the shards at {rate} Hz (python -m shards ... sample_rate={rate}) for clean features",
+        stacklevel=3,
+    )
+
+
+def build_loader(
+    shards: str | Path | Manifest,
+    split: str,
+    *,
+    mode: Literal["train", "eval"],
+    features: FeatureConfig,
+    augment: AugmentConfig,
+    loader: LoaderConfig,
+    rank: int | None = None,
+    world_size: int | None = None,
+    device: str | torch.device = "cpu",
+) -> MusicLoader:
+    """Validate the shards against the configs, then build this rank's loader.
+
+    DALI runs on the GPU when ``device`` is CUDA, CPU-only (``device_id=None``) otherwise.
+    """
+    if mode not in ("train", "eval"):
+        raise ValueError(f"mode: {mode!r} is not 'train' or 'eval'")
+    r, w = resolve_rank(rank, world_size)
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    m = load_manifest(shards)
+    validate_split(m, split, features=features, loader=loader, world_size=w, train=mode == "train")
+    if m.sample_rate > features.sample_rate:
+        _warn_downsampling(m.sample_rate, features.sample_rate)
+    tars, idxs = m.paths(split)
+    spec = GraphSpec(
+        tars=tars,
+        idxs=idxs,
+        codec=m.codec,
+        shards_rate=m.sample_rate,
+        features=features,
+        augment=augment,
+        loader=loader,
+        framing=framing(features, loader),
+        mode=mode,
+        device="gpu" if dev.type == "cuda" else "cpu",
+        shard_id=r,
+        num_shards=w,
+        device_id=dev.index if dev.type == "cuda" else None,
+    )
+    return MusicLoader(spec, m, m.task, dev)

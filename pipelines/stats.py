@@ -1,0 +1,97 @@
+"""``python -m pipelines.stats SHARDS``: per-channel mean/std for ``features.normalize='meanstd'``.
+
+Computed once from the training split (evaluation chunks, no augmentation, no
+normalisation) for every channel, written atomically beside the manifest as
+``feature_stats.json`` together with the feature settings it is valid for.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from pipelines.config import CHANNELS, AugmentConfig, FeatureConfig, LoaderConfig
+from pipelines.features import STATS_FILE, stats_key
+from pipelines.loader import build_loader
+from shards.atomic import atomic_write_text
+from shards.configtools import load_sections
+
+
+def compute_stats(
+    shards: str | Path,
+    *,
+    features: FeatureConfig,
+    loader: LoaderConfig,
+    split: str = "train",
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict:
+    """Mean and std of every channel over all chunks of ``split`` (float64 accumulation)."""
+    fc = dataclasses.replace(features, channels=list(CHANNELS), normalize="none")
+    dl = build_loader(
+        shards,
+        split,
+        mode="eval",
+        features=fc,
+        augment=AugmentConfig(enabled=False),
+        loader=loader,
+        rank=0,
+        world_size=1,
+        device=device,
+    )
+    total = torch.zeros(len(CHANNELS), dtype=torch.float64)
+    square = torch.zeros_like(total)
+    count = 0
+    chunks = 0
+    for batch in tqdm(dl, total=len(dl), desc="stats", unit="batch", disable=not progress):
+        x = batch["x"].to(torch.float64)
+        total += x.sum(dim=(0, 2, 3)).cpu()
+        square += (x * x).sum(dim=(0, 2, 3)).cpu()
+        count += x[:, 0].numel()
+        chunks += x.shape[0]
+    mean = total / count
+    std = (square / count - mean * mean).clamp_min(0).sqrt()
+    return {
+        "features": stats_key(features),
+        "split": split,
+        "chunks": chunks,
+        "mean": {c: float(v) for c, v in zip(CHANNELS, mean)},
+        "std": {c: float(v) for c, v in zip(CHANNELS, std)},
+    }
+
+
+def write_stats(shards: str | Path, stats: dict, out: Path | None = None) -> Path:
+    path = out or Path(shards) / STATS_FILE
+    atomic_write_text(path, json.dumps(stats, indent=2) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipelines.stats", description=__doc__.splitlines()[0])
+    ap.add_argument("shards", type=Path, help="shard build folder (with manifest.json)")
+    ap.add_argument("--config", type=Path, help="experiment TOML ([features] and [loader] are used)")
+    ap.add_argument("--split", default="train")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", type=Path, help=f"output file (default SHARDS/{STATS_FILE})")
+    args, overrides = ap.parse_known_args(argv)
+    cfg = load_sections(
+        {"features": FeatureConfig, "loader": LoaderConfig}, args.config, overrides, allow_other=True
+    )
+    stats = compute_stats(
+        args.shards, features=cfg["features"], loader=cfg["loader"], split=args.split, device=args.device
+    )
+    path = write_stats(args.shards, stats, args.out)
+    print(
+        f"{path}: {stats['chunks']} chunks; "
+        + ", ".join(f"{c} {stats['mean'][c]:.3g}±{stats['std'][c]:.3g}" for c in CHANNELS)
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,120 @@
+"""Refuse shards the pipeline cannot serve, before any DALI work, with one clear error.
+
+DALI's own failures on a bad tar come from a worker thread mid-epoch; checking the
+manifest, each tar's size and its index here names the file and the problem up front.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from pipelines.config import FeatureConfig, LoaderConfig
+from shards.manifest import LABEL_EXT, MANIFEST, TRACK_EXT, Manifest, read_manifest
+from shards.writer import read_index
+
+
+class ShardError(ValueError):
+    """A shard build the pipeline cannot read; the message names the file."""
+
+
+def load_manifest(shards: str | Path | Manifest) -> Manifest:
+    """A validated manifest from a folder, a manifest.json path, or an already read Manifest."""
+    if isinstance(shards, Manifest):
+        if shards.root is None:
+            raise ShardError("manifest was not read from disk (use shards.manifest.read_manifest)")
+        return shards
+    try:
+        return read_manifest(shards)
+    except (ValueError, FileNotFoundError) as e:
+        raise ShardError(str(e)) from None
+
+
+def validate_split(
+    m: Manifest,
+    split: str,
+    *,
+    features: FeatureConfig,
+    loader: LoaderConfig,
+    world_size: int = 1,
+    train: bool = False,
+    checksums: bool = False,
+) -> None:
+    """Check one split's tars and indexes against the manifest and the configs."""
+    assert m.root is not None
+    where = m.root / MANIFEST
+    if m.codec not in ("pcm16", "flac", "ogg"):
+        raise ShardError(f"{where}: codec {m.codec!r} cannot be read (pcm16, flac, ogg)")
+    try:
+        info = m.split(split)
+    except ValueError as e:
+        raise ShardError(str(e)) from None
+    if info.num_samples < world_size:
+        raise ShardError(
+            f"{where}: split {split!r} has {info.num_samples} tracks, fewer than {world_size} ranks"
+        )
+    if loader.chunk_seconds > info.max_seconds:
+        raise ShardError(
+            f"{where}: loader.chunk_seconds={loader.chunk_seconds} is longer than every track of split "
+            f"{split!r} (longest {info.max_seconds:.2f} s)"
+        )
+    per_rank = info.num_samples // world_size
+    if train and per_rank < loader.tracks_per_batch:
+        raise ShardError(
+            f"{where}: split {split!r} gives {per_rank} tracks per rank, fewer than one training batch "
+            f"({loader.tracks_per_batch} tracks); lower loader.batch_size"
+        )
+    tars, idxs = m.paths(split)
+    total = 0
+    for shard, tar, idx in zip(info.shards, tars, idxs):
+        _check_shard(tar, idx, shard.bytes, shard.num_samples, m, checksums and shard.sha256)
+        total += shard.num_samples
+    if total != info.num_samples:
+        raise ShardError(
+            f"{where}: split {split!r} lists {info.num_samples} tracks but its shards hold {total}"
+        )
+
+
+def _check_shard(tar: Path, idx: Path, size: int, count: int, m: Manifest, sha: str | bool) -> None:
+    actual = tar.stat().st_size
+    if actual != size:
+        raise ShardError(f"{tar}: {actual} bytes, the manifest says {size} (truncated or corrupt shard)")
+    if sha and _sha256(tar) != sha:
+        raise ShardError(f"{tar}: sha256 does not match the manifest (corrupt shard)")
+    try:
+        samples = read_index(idx)
+    except (ValueError, IndexError) as e:
+        raise ShardError(f"{idx}: unreadable index: {e}") from None
+    if len(samples) != count:
+        raise ShardError(f"{idx}: {len(samples)} samples, the manifest says {count} for {tar.name}")
+    need = {m.audio_ext: None, LABEL_EXT: 8 * m.task.label_width, TRACK_EXT: 8}
+    for i, sample in enumerate(samples):
+        for ext, want in need.items():
+            if ext not in sample:
+                raise ShardError(f"{idx}: sample {i} has no .{ext} component")
+            off, n = sample[ext]
+            if off % 512 or off + n > actual:
+                raise ShardError(
+                    f"{idx}: .{ext} of sample {i} at {off}+{n} does not fit {tar} ({actual} bytes)"
+                )
+            if want is not None and n != want:
+                raise ShardError(f"{idx}: .{ext} of sample {i} has {n} bytes, expected {want}")
+        if m.codec == "pcm16" and sample[m.audio_ext][1] % 2:
+            raise ShardError(f"{idx}: .pcm of sample {i} has an odd byte count (not int16)")
+    with open(tar, "rb") as f:  # the index must point at the members it names
+        for sample in (samples[0], samples[-1]) if samples else ():
+            for ext, (off, _) in sample.items():
+                f.seek(off - 512)
+                name = f.read(100).split(b"\0", 1)[0].decode("utf-8", "replace")
+                if not name.endswith("." + ext):
+                    raise ShardError(
+                        f"{idx}: offset {off} points at tar member {name!r}, not a .{ext} (index does not match {tar.name})"
+                    )
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -1,0 +1,160 @@
+"""Bad shards and bad settings fail before any DALI work, with one error naming the file;
+configs validate their fields; 'meanstd' statistics round-trip."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import pytest
+import torch
+
+from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
+from pipelines.features import STATS_FILE
+from pipelines.loader import build_loader
+from pipelines.stats import compute_stats, write_stats
+from pipelines.stats import main as stats_main
+from pipelines.testing import small_configs
+from pipelines.validate import ShardError
+from shards.configtools import load_sections
+
+
+@pytest.fixture
+def shards(synth_shards, tmp_path):
+    """A private copy we may damage."""
+    src = synth_shards(tracks=8, seconds=2.5, sample_rate=8000, shard_size_mb=0.1)
+    return shutil.copytree(src, tmp_path / "shards")
+
+
+def load(path, mode="eval", **loader):
+    fc, aug, lc = small_configs(**loader)
+    return build_loader(path, "train", mode=mode, features=fc, augment=aug, loader=lc)
+
+
+def test_missing_shard(shards):
+    (shards / "train" / "000001.tar").unlink()
+    with pytest.raises(ShardError, match=r"train/000001\.tar.*missing"):
+        load(shards)
+
+
+def test_truncated_shard(shards):
+    tar = shards / "train" / "000000.tar"
+    tar.write_bytes(tar.read_bytes()[:-1024])
+    with pytest.raises(ShardError, match=r"000000\.tar: .*truncated or corrupt"):
+        load(shards)
+
+
+def test_index_not_matching_its_tar(shards):
+    idx = shards / "train" / "000000.idx"
+    lines = idx.read_text().splitlines()
+    f = lines[1].split()
+    f[1] = str(int(f[1]) + 512)  # first member's offset now points at the wrong header
+    idx.write_text("\n".join([lines[0], " ".join(f), *lines[2:]]) + "\n")
+    with pytest.raises(
+        ShardError, match=r"000000\.idx: .*does not match 000000\.tar|000000\.idx: .*does not fit"
+    ):
+        load(shards)
+
+
+def test_index_with_wrong_sample_count(shards):
+    idx = shards / "train" / "000000.idx"
+    lines = idx.read_text().splitlines()
+    idx.write_text("\n".join([f"v1.2 {len(lines) - 2}", *lines[1:-1]]) + "\n")
+    with pytest.raises(ShardError, match=r"000000\.idx: \d+ samples, the manifest says"):
+        load(shards)
+
+
+def test_other_manifest_version(shards):
+    path = shards / "manifest.json"
+    data = json.loads(path.read_text())
+    data["version"] = 99
+    path.write_text(json.dumps(data))
+    with pytest.raises(ShardError, match=r"manifest\.json: manifest format version 99"):
+        load(shards)
+
+
+def test_chunk_longer_than_every_track(shards):
+    with pytest.raises(
+        ShardError, match=r"manifest\.json: loader\.chunk_seconds=3\.0 is longer than every track"
+    ):
+        load(shards, chunk_seconds=3.0)
+
+
+def test_split_too_small_for_a_training_batch(shards):
+    with pytest.raises(ShardError, match=r"fewer than one training batch"):
+        load(shards, mode="train", batch_size=40, chunks_per_track=2)
+
+
+def test_unknown_split_and_bad_mode(shards):
+    fc, aug, lc = small_configs()
+    with pytest.raises(ShardError, match="no split 'nope'"):
+        build_loader(shards, "nope", mode="eval", features=fc, augment=aug, loader=lc)
+    with pytest.raises(ValueError, match="mode"):
+        build_loader(shards, "train", mode="test", features=fc, augment=aug, loader=lc)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("make", "field"),
+    [
+        (lambda: FeatureConfig(n_mfcc=0), "features.n_mfcc"),
+        (lambda: FeatureConfig(n_fft=1023), "features.n_fft"),
+        (lambda: FeatureConfig(channels=["mel", "spectral"]), "features.channels"),  # type: ignore[list-item]
+        (lambda: FeatureConfig(f_max=20000.0), "features.f_max"),
+        (lambda: AugmentConfig(time_width=-1), "augment.time_width"),
+        (lambda: LoaderConfig(batch_size=6, chunks_per_track=4), "loader.batch_size"),
+        (lambda: LoaderConfig(chunk_seconds=0.0), "loader.chunk_seconds"),
+    ],
+)
+def test_config_fields_are_validated(make, field):
+    with pytest.raises(ValueError, match=field.replace(".", r"\.")):
+        make()
+
+
+def test_toml_sections(tmp_path):
+    cfg = tmp_path / "x.toml"
+    cfg.write_text('[features]\nn_mels = 128\nchannels = ["mel", "cqt"]\n[loader]\nbatch_size = 32\n')
+    out = load_sections(
+        {"features": FeatureConfig, "augment": AugmentConfig, "loader": LoaderConfig},
+        cfg,
+        ["--augment.freq_masks=1"],
+    )
+    assert out["features"].n_mels == 128 and out["features"].channels == ["mel", "cqt"]
+    assert out["loader"].batch_size == 32 and out["augment"].freq_masks == 1
+    cfg.write_text("[features]\nn_mel = 128\n")
+    with pytest.raises(ValueError, match=r"\[features\]: unknown key\(s\) \['n_mel'\]"):
+        load_sections({"features": FeatureConfig}, cfg)
+
+
+def test_meanstd_statistics(shards):
+    fc, aug, lc = small_configs()
+    ms = dataclasses.replace(fc, normalize="meanstd", channels=["cqt", "mel"])
+    with pytest.raises(FileNotFoundError, match=STATS_FILE):
+        build_loader(shards, "train", mode="eval", features=ms, augment=aug, loader=lc)
+    assert (
+        stats_main(
+            [
+                str(shards),
+                "--features.sample_rate=8000",
+                "--features.n_fft=256",
+                "--features.hop_length=128",
+                "--features.n_mels=32",
+                "--features.n_mfcc=13",
+                "--loader.chunk_seconds=1.0",
+                "--loader.num_threads=1",
+            ]
+        )
+        == 0
+    )
+    stats = json.loads((shards / STATS_FILE).read_text())
+    assert stats["chunks"] == 4 * 3  # 8 tracks: 4 in train (2 validation, 2 test), 3 chunks each
+    x = torch.cat(
+        [b["x"] for b in build_loader(shards, "train", mode="eval", features=ms, augment=aug, loader=lc)]
+    )
+    assert x.shape[0] == stats["chunks"]
+    assert torch.allclose(x.mean(dim=(0, 2, 3)), torch.zeros(2), atol=1e-3)
+    assert torch.allclose(x.std(dim=(0, 2, 3), correction=0), torch.ones(2), atol=1e-3)
+    other = dataclasses.replace(fc, n_mels=16)
+    write_stats(shards, compute_stats(shards, features=other, loader=lc, progress=False))
+    with pytest.raises(ValueError, match="computed for other features"):
+        build_loader(shards, "train", mode="eval", features=ms, augment=aug, loader=lc)
