@@ -1,0 +1,191 @@
+"""Checkpointing as a component, and the checkpoint -> eval hand-over.
+
+Files live in ``OUT/checkpoints/``: ``step_00001234.pt`` (every N steps, each epoch
+end, on SIGTERM; the newest ``keep_last`` are kept) and ``best.pt``. Each is written
+atomically and holds only tensors and plain data, so ``torch.load(weights_only=True)``
+reads it. Keys (docs/contracts.md): model, ema, optimizer, scheduler, scaler, step,
+epoch, rng (per rank), loader (per rank), config, task, family, input_shape, metrics, best.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from shards.atomic import atomic_path
+from shards.manifest import TaskSpec
+from train.config import CheckpointConfig, Experiment, experiment_from_tree
+
+STEP_RE = re.compile(r"^step_(\d{8})\.pt$")
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's RNG streams (torch CPU/CUDA, numpy, random) as tensors and plain data."""
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+        "python": _plain_random_state(random.getstate()),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(gauss)))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+
+
+def _plain_random_state(s: tuple) -> list[Any]:
+    return [s[0], list(s[1]), s[2]]
+
+
+class Checkpointer:
+    """When to save, atomic writes, keep-last-k + best, and which file to resume from."""
+
+    def __init__(self, folder: str | Path, cfg: CheckpointConfig, *, is_main: bool = True) -> None:
+        self.folder, self.cfg, self.is_main = Path(folder), cfg, is_main
+        self.best: float | None = None
+
+    def due(self, step: int) -> bool:
+        """True when ``step`` (optimiser steps done) hits the every_steps interval."""
+        return self.cfg.every_steps is not None and step > 0 and step % self.cfg.every_steps == 0
+
+    def step_files(self) -> list[Path]:
+        if not self.folder.is_dir():
+            return []
+        return sorted(p for p in self.folder.iterdir() if STEP_RE.match(p.name))
+
+    def latest(self) -> Path | None:
+        files = self.step_files()
+        return files[-1] if files else None
+
+    def resume_path(self) -> Path | None:
+        """auto: the newest step file, if any; none: None; otherwise the given file (must exist)."""
+        r = self.cfg.resume
+        if r == "none":
+            return None
+        if r == "auto":
+            return self.latest()
+        p = Path(r)
+        if not p.is_file():
+            raise FileNotFoundError(f"checkpoint.resume: {p} not found")
+        return p
+
+    def save(self, state: dict[str, Any], step: int) -> Path | None:
+        """Write step_N.pt (rank 0 only) and prune to keep_last."""
+        path = self.folder / f"step_{step:08d}.pt"
+        if not self.is_main:
+            return None
+        write(state, path)
+        for old in self.step_files()[: -self.cfg.keep_last]:
+            old.unlink(missing_ok=True)
+        return path
+
+    def improved(self, value: float, mode: str) -> bool:
+        """Whether ``value`` beats the best so far (and remember it)."""
+        if self.best is None or (value > self.best if mode == "max" else value < self.best):
+            self.best = value
+            return True
+        return False
+
+    def save_best(self, state: dict[str, Any]) -> Path | None:
+        if not self.is_main:
+            return None
+        path = self.folder / "best.pt"
+        write(state, path)
+        return path
+
+
+def write(state: dict[str, Any], path: Path) -> None:
+    """torch.save through a temp file + rename (a crash never leaves half a checkpoint)."""
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def read(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load a checkpoint with weights_only=True (no pickled objects)."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"{p}: checkpoint not found")
+    try:
+        return torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch raises various types for corrupt files
+        raise ValueError(f"{p}: not a loadable musicstream checkpoint: {e}") from None
+
+
+def check_vocab(ckpt: dict[str, Any], task: TaskSpec, source: str) -> None:
+    """Refuse to resume when the shards' labels differ from the checkpoint's."""
+    if ckpt.get("task") != task.vocab():
+        raise ValueError(
+            f"{source}: the checkpoint was trained on a different label vocabulary than these shards "
+            f"(checkpoint task {ckpt.get('task', {}).get('name')!r} with heads {_heads(ckpt)}, "
+            f"shards heads {task.head_sizes}); use a fresh train.out or checkpoint.resume=none"
+        )
+
+
+def _heads(ckpt: dict[str, Any]) -> list[int] | None:
+    try:
+        return TaskSpec(**ckpt["task"]).head_sizes
+    except Exception:  # noqa: BLE001
+        return None
+
+
+class Predictor:
+    """A trained model as eval sees it: ``predict_proba(x (B,C,F,T)) -> (B, sum(head_sizes))``."""
+
+    def __init__(
+        self, model: nn.Module, task: TaskSpec, experiment: Experiment, *, name: str, device: torch.device
+    ) -> None:
+        from train.tasks import TaskHead
+
+        self.model, self.task, self.experiment, self.name = model, task, experiment, name
+        self.device = device
+        self.head = TaskHead(task)
+        self.configs = {
+            "features": experiment.features,
+            "augment": experiment.augment,
+            "loader": experiment.loader,
+        }
+        self.channels_last = experiment.train.channels_last
+
+    @torch.no_grad()
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        self.model.eval()
+        x = x.to(self.device, non_blocking=True)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.head.probabilities(self.model(x))
+
+    __call__ = predict_proba
+
+
+def load_predictor(path: str | Path, device: str | torch.device = "cpu") -> Predictor:
+    """Rebuild the model of a checkpoint (EMA weights when present) for evaluation."""
+    from train.models import build_model
+
+    ckpt = read(path)
+    for key in ("model", "config", "task", "input_shape"):
+        if key not in ckpt:
+            raise ValueError(f"{path}: not a musicstream checkpoint (no {key!r})")
+    exp = experiment_from_tree(ckpt["config"], str(path))
+    exp.model.pretrained = None  # the checkpoint carries the weights
+    task = TaskSpec(**ckpt["task"])
+    shape = tuple(ckpt["input_shape"])
+    model = build_model(exp.model, in_chans=shape[0], head_sizes=task.head_sizes, input_shape=shape)
+    model.load_state_dict(ckpt.get("ema") or ckpt["model"])
+    dev = torch.device(device)
+    model.to(dev).eval()
+    if exp.train.channels_last:
+        model.to(memory_format=torch.channels_last)
+    return Predictor(model, task, exp, name=f"{exp.model.family}:{Path(path).name}", device=dev)

@@ -1,0 +1,105 @@
+"""Process-group setup in one place: torchrun or SLURM env, nccl on GPU, gloo on CPU.
+
+Everything that splits data takes explicit ``rank``/``world_size``; this module is
+only where those numbers come from, so the same trainer runs in one CPU process, under
+``torchrun --nproc_per_node=N`` and in multi-node jobs (torchrun rendezvous flags).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def env_rank() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun variables, else SLURM, else (0, 1, 0)."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
+    return 0, 1, 0
+
+
+def pick_device(want: str, local_rank: int) -> torch.device:
+    """auto -> cuda:LOCAL_RANK when CUDA is present, else cpu."""
+    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ValueError("train.device: cuda requested but no CUDA device is visible")
+        torch.cuda.set_device(local_rank)
+        return torch.device("cuda", local_rank)
+    return torch.device("cpu")
+
+
+def init(device: str = "auto", timeout_s: int = 1800) -> DistInfo:
+    """Join the process group when launched with world_size > 1 (env:// rendezvous)."""
+    rank, world, local = env_rank()
+    dev = pick_device(device, local)
+    if world > 1 and not dist.is_initialized():
+        if "MASTER_ADDR" not in os.environ:  # SLURM without torchrun: single-node default
+            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+            os.environ.setdefault("MASTER_PORT", "29500")
+            os.environ.setdefault("RANK", str(rank))
+            os.environ.setdefault("WORLD_SIZE", str(world))
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        kwargs: dict[str, Any] = {"device_id": dev} if dev.type == "cuda" else {}
+        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s), **kwargs)
+    return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
+
+
+def close() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_mean(value: torch.Tensor) -> torch.Tensor:
+    """Mean of a tensor over ranks (identity in one process)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        value = value.clone()
+        dist.all_reduce(value)
+        value /= dist.get_world_size()
+    return value
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """Rank ``src``'s Python object on every rank (used for decisions made on rank 0)."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def gather_tensors(t: torch.Tensor) -> list[torch.Tensor] | None:
+    """All ranks' tensors (different first dims allowed) on rank 0; None on others."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return [t]
+    out: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(t.cpu(), out, dst=0)
+    return out

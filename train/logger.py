@@ -1,0 +1,48 @@
+"""Rank-0 metrics: one JSON object per line in OUT/metrics.jsonl, TensorBoard when installed."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+
+class MetricsLogger:
+    """Appends {"step", "epoch", "time", ...metrics} lines; a no-op on ranks other than 0."""
+
+    def __init__(self, out: str | Path, *, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self.path = Path(out) / "metrics.jsonl"
+        self._tb = None
+        if enabled:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self._tb = SummaryWriter(str(Path(out) / "tb"))
+            except ImportError:
+                self._tb = None
+
+    def log(self, step: int, epoch: int, metrics: dict[str, Any]) -> None:
+        if not self.enabled:
+            return
+        row = {"step": step, "epoch": epoch, "time": round(time.time(), 3), **metrics}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self._tb is not None:
+            for k, v in metrics.items():
+                if isinstance(v, (int, float)):
+                    self._tb.add_scalar(k, v, step)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def read_metrics(out: str | Path) -> list[dict[str, Any]]:
+    """All lines of OUT/metrics.jsonl (for tests, the demo and reports)."""
+    path = Path(out) / "metrics.jsonl"
+    return (
+        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    )
