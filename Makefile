@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install demo test test-all test-gpu lint format bench clean
+.PHONY: install demo test test-all test-gpu lint format bench bench-step bench-train bench-shards clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -38,8 +38,21 @@ format: $(STAMP)
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
+## Input pipeline: DALI gpu (with CUDA) vs DALI cpu vs the webdataset+torchaudio DataLoader.
 bench: $(STAMP)
-	$(BIN)/python -m pipelines.bench --synth $(DEMO_DIR)/bench
+	$(BIN)/python -m pipelines.bench --synth $(DEMO_DIR)/bench --workers $(JOBS)
+
+## How input-bound training is: steps/s on GPU-resident synthetic batches vs the real loader.
+bench-step: $(STAMP)
+	$(BIN)/python -m pipelines.bench --synth $(DEMO_DIR)/bench --train-step efficientnet_b2
+
+## Training throughput per model family on synthetic batches.
+bench-train: $(STAMP)
+	$(BIN)/python -m train.bench --shape 3,64,64 --batch 16 --steps 8 --warmup 2 --repeat 3
+
+## Shard building from MP3 sources (x real time per core).
+bench-shards: $(STAMP)
+	$(BIN)/python -m shards bench --tracks 48 --seconds 30 --dir /tmp/shards-bench
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache

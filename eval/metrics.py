@@ -217,4 +217,20 @@ def _hier(task: TaskSpec, probs: torch.Tensor, target: torch.Tensor) -> MetricSe
     for i, lv in enumerate(task.levels[1:], start=1):
         consistent &= torch.tensor(lv.parent)[pred[:, i]] == pred[:, i - 1]
     out["hierarchy_consistent"] = _f(consistent.float().mean())
+    out |= _hier_path(task, probs, target, rows)
     return MetricSet(dict(sorted(out.items())), {"per_level": rows}, confusion)
+
+
+def _hier_path(task: TaskSpec, probs: torch.Tensor, target: torch.Tensor, rows: list[dict]) -> dict[str, float]:
+    """The same scores for the most probable root-to-leaf path (``TaskHead.predict``): the
+    prediction a user of the model gets, which always respects the parent links."""
+    from train.tasks import TaskHead
+
+    path = TaskHead(task).predict(probs.float())
+    out: dict[str, float] = {}
+    for i, (lv, row) in enumerate(zip(task.levels, rows)):
+        acc = _f((path[:, i] == target[:, i]).float().mean())
+        out[f"level/{lv.name}/path_accuracy"] = row["path_accuracy"] = acc
+    out["path_level_mean_accuracy"] = float(np.mean([r["path_accuracy"] for r in rows]))
+    out["path_all_levels_accuracy"] = _f((path == target).all(dim=1).float().mean())
+    return out

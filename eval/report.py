@@ -34,7 +34,12 @@ _SUMMARY = {
         "track/macro_f1_thr_class",
         "chunk/roc_auc",
     ],
-    "hier": ["track/level_mean_accuracy", "track/all_levels_accuracy", "chunk/level_mean_accuracy"],
+    "hier": [
+        "track/level_mean_accuracy",
+        "track/path_level_mean_accuracy",
+        "track/all_levels_accuracy",
+        "chunk/level_mean_accuracy",
+    ],
 }
 
 

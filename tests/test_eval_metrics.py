@@ -122,6 +122,11 @@ def test_hierarchical_hand_worked() -> None:
     assert s["level_mean_accuracy"] == pytest.approx(0.75)  # the ccmusic "overall"
     assert s["all_levels_accuracy"] == pytest.approx(0.5)
     assert s["hierarchy_consistent"] == pytest.approx(0.5)
+    # best root-to-leaf path (prob products): rows -> baroque .54, romantic .16, pop .56, pop .28
+    assert s["level/top/path_accuracy"] == pytest.approx(1.0)
+    assert s["level/genre/path_accuracy"] == pytest.approx(1.0)
+    assert s["path_level_mean_accuracy"] == pytest.approx(1.0)
+    assert s["path_all_levels_accuracy"] == pytest.approx(1.0)
     assert [r["level"] for r in m.tables["per_level"]] == ["top", "genre"]
     _, cm = m.confusion["confusion_genre"]
     np.testing.assert_array_equal(cm, [[1, 0, 0], [0, 0, 1], [0, 0, 2]])
