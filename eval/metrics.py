@@ -221,7 +221,9 @@ def _hier(task: TaskSpec, probs: torch.Tensor, target: torch.Tensor) -> MetricSe
     return MetricSet(dict(sorted(out.items())), {"per_level": rows}, confusion)
 
 
-def _hier_path(task: TaskSpec, probs: torch.Tensor, target: torch.Tensor, rows: list[dict]) -> dict[str, float]:
+def _hier_path(
+    task: TaskSpec, probs: torch.Tensor, target: torch.Tensor, rows: list[dict]
+) -> dict[str, float]:
     """The same scores for the most probable root-to-leaf path (``TaskHead.predict``): the
     prediction a user of the model gets, which always respects the parent links."""
     from train.tasks import TaskHead

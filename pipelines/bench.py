@@ -2,7 +2,9 @@
 
 Same shards, same features, one process. Each pipeline gets a warm-up, then a fixed
 number of training batches; we report chunks/s, hours of audio per second, mean wait
-per batch, CPU cores busy (process + worker CPU time / wall) and GPU memory.
+per batch, CPU cores busy (process + worker CPU time / wall) and GPU memory. The same
+CPU parallelism for both: ``--workers N`` is the baseline's DataLoader workers and DALI's
+``num_threads`` (it overrides ``loader.num_threads``).
 ``--train-step FAMILY`` instead measures a model's training step on GPU-resident
 synthetic batches vs the real loader (how input-bound training is).
 """
@@ -10,6 +12,7 @@ synthetic batches vs the real loader (how input-bound training is).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import json
 import os
@@ -196,11 +199,32 @@ def bench_train_step(shards: Path, cfg: dict[str, Any], args: argparse.Namespace
     return out
 
 
+def _warn_short_epoch(shards: Path, cfg: dict[str, Any], args: argparse.Namespace) -> None:
+    """Epoch boundaries inside the timed window measure start-up, not throughput: at each one
+    DALI computes and drops the reader's padded last batch (up to one batch per epoch) and
+    the baseline restarts its workers' prefetching."""
+    import sys
+
+    from pipelines.validate import load_manifest
+
+    tracks = load_manifest(shards).split(args.split).num_samples
+    per_epoch = tracks // cfg["loader"].tracks_per_batch
+    if per_epoch < args.warmup + args.batches:
+        print(
+            f"note: {args.split} has {tracks} tracks = {per_epoch} training batch(es) per epoch, fewer than "
+            f"the {args.warmup + args.batches} run: every epoch boundary costs DALI a padded batch it computes "
+            "and drops and the baseline a restart of its workers; use more tracks (--synth-tracks) for "
+            "steady-state figures",
+            file=sys.stderr,
+        )
+
+
 def machine() -> dict[str, Any]:
     m: dict[str, Any] = {
         "cpu_count": os.cpu_count(),
         "platform": platform.platform(),
         "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
     }
     try:
         import nvidia.dali as dali
@@ -222,7 +246,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", type=Path, help="experiment TOML ([features] [augment] [loader] are used)")
     ap.add_argument("--split", default="train")
     ap.add_argument("--pipelines", default=",".join(PIPELINES), help="comma list of " + ", ".join(PIPELINES))
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="baseline DataLoader workers")
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 2,
+        help="baseline DataLoader workers and DALI num_threads (overrides loader.num_threads)",
+    )
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--batches", type=int, default=20)
     ap.add_argument(
@@ -236,6 +265,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides,
         allow_other=True,
     )
+    if cfg["loader"].num_threads != args.workers:  # a fair comparison: as many DALI threads as workers
+        cfg["loader"] = dataclasses.replace(cfg["loader"], num_threads=args.workers)
     shards = args.shards or args.synth
     if shards is None:
         ap.error("give SHARDS or --synth DIR")
@@ -258,12 +289,14 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"--pipelines: unknown {bad}; choose from {PIPELINES}")
         if "dali-gpu" in names and not torch.cuda.is_available():
             names.remove("dali-gpu")
+        _warn_short_epoch(shards, cfg, args)
         results = [bench_pipeline(n, shards, cfg, args) for n in names]
     doc = {
         "machine": machine(),
         "shards": str(shards),
         "config": {k: to_dict(v) for k, v in cfg.items()},
         "workers": args.workers,
+        "load_average": [round(x, 2) for x in os.getloadavg()],  # at the end of the run (1, 5, 15 min)
         "results": results,
     }
     if args.json:

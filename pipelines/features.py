@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from pipelines.config import FeatureConfig
 from shards.configtools import to_dict
@@ -35,6 +34,22 @@ def chroma_filterbank(sample_rate: int, n_fft: int, n_chroma: int = 12) -> np.nd
     w = np.exp(-0.5 * (2.0 * d) ** 2)
     w /= np.linalg.norm(w, axis=0, keepdims=True) + _EPS
     return np.concatenate([np.zeros((n_chroma, 1)), w], axis=1).astype(np.float32)
+
+
+def dct_matrix(n_mfcc: int, n_mels: int) -> np.ndarray:
+    """``(n_mfcc, n_mels)`` orthonormal DCT-II (what ``fn.mfcc(dct_type=2, normalize=True)`` and
+    ``torchaudio.functional.create_dct(norm="ortho")`` apply): ``mfcc = D @ mel_db``."""
+    n = np.arange(n_mels, dtype=np.float64)
+    k = np.arange(n_mfcc, dtype=np.float64)[:, None]
+    d = np.cos(np.pi / n_mels * (n + 0.5) * k) * np.sqrt(2.0 / n_mels)
+    d[0] *= np.sqrt(0.5)
+    return d.astype(np.float32)
+
+
+def nearest_rows(rows: int, out: int) -> np.ndarray:
+    """Source row of each of ``out`` rows under nearest-row resizing (``F.interpolate(mode="nearest")``)."""
+    scale = np.float32(rows) / np.float32(out)
+    return np.minimum(np.floor(np.arange(out, dtype=np.float32) * scale).astype(np.int64), rows - 1)
 
 
 def cqt_filterbank(sample_rate: int, n_fft: int, bins: int, fmin: float) -> np.ndarray:
@@ -83,10 +98,11 @@ def stats_key(features: FeatureConfig) -> dict:
 class FeatureAssembler:
     """Turn DALI's (or the reference's) per-chunk outputs into the model input ``(N, C, F, T)``.
 
-    Inputs, N chunks of T frames: ``mel_db (N, n_mels, T)``, ``mfcc (N, n_mfcc, T)``,
-    ``power (N, n_fft//2+1, T)`` (only when chroma/cqt are requested), ``mask (N, F, T)``
-    (1 keep / 0 masked, training only). Masks are applied after normalisation so a masked
-    cell is 0 whatever the channel's scale.
+    Inputs, N chunks of T frames: ``mel_db (N, n_mels, T)``, ``mfcc (N, n_mfcc, T)`` (None:
+    computed here from the dB mel), ``power (N, n_fft//2+1, T)`` (only when chroma/cqt are
+    requested), ``mask (N, F, T)`` (1 keep / 0 masked, training only). Any of them may be a
+    strided view (the loader passes DALI's frame-major outputs transposed). Masks are applied
+    after normalisation so a masked cell is 0 whatever the channel's scale.
     """
 
     def __init__(
@@ -99,6 +115,8 @@ class FeatureAssembler:
         self.cqt_fb = torch.from_numpy(cqt_filterbank(fc.sample_rate, ff, fc.cqt_bins, fc.cqt_fmin)).to(
             self.device
         )
+        self.dct = torch.from_numpy(dct_matrix(fc.n_mfcc, fc.n_mels)).to(self.device)
+        self._rows: dict[tuple[int, torch.device], torch.Tensor] = {}
         self.mean = self.std = None
         if features.normalize == "meanstd":
             if stats is None:
@@ -109,29 +127,30 @@ class FeatureAssembler:
         self.floor = 10.0 ** (features.db_floor / 10.0)
 
     def raw_channels(
-        self, mel_db: torch.Tensor, mfcc: torch.Tensor, power: torch.Tensor | None
+        self, mel_db: torch.Tensor, mfcc: torch.Tensor | None, power: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:
-        """Each requested channel at its own height, before resizing and normalisation."""
+        """Each requested channel at its own height ``(..., rows, T)``, before resizing and
+        normalisation. ``mfcc=None``: the orthonormal DCT-II of ``mel_db`` is computed here."""
         out: dict[str, torch.Tensor] = {}
         for name in self.cfg.channels:
             if name == "mel":
                 out[name] = mel_db
             elif name == "mfcc":
-                out[name] = mfcc
+                out[name] = mfcc if mfcc is not None else torch.matmul(self.dct, mel_db)
             elif name == "chroma":
                 assert power is not None
                 chroma = torch.matmul(self.chroma_fb, power)
-                out[name] = chroma / chroma.amax(dim=1, keepdim=True).clamp_min(_EPS)
+                out[name] = chroma.div_(chroma.amax(dim=-2, keepdim=True).clamp_min(_EPS))
             else:
                 assert power is not None
                 cqt = torch.matmul(self.cqt_fb, power)
-                out[name] = 10.0 * torch.log10(cqt.clamp_min(self.floor))
+                out[name] = cqt.clamp_min_(self.floor).log10_().mul_(10.0)
         return out
 
     def __call__(
         self,
         mel_db: torch.Tensor,
-        mfcc: torch.Tensor,
+        mfcc: torch.Tensor | None = None,
         power: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
     ) -> torch.Tensor:
@@ -142,21 +161,42 @@ class FeatureAssembler:
         """Channels ``(*lead, rows_c, T)`` -> resized to F rows, stacked, normalised, masked ``(N, C, F, T)``.
 
         Everything before this step is frame-local, so the loader computes raw channels on a
-        whole track's frames and passes (possibly strided) chunk views ``(B, K, rows, T)``:
-        each is copied once, straight into the output. ``mask`` is ``(N, F, T)``."""
+        whole track's frames and passes (possibly strided) chunk views ``(B, K, rows, T)``.
+        Normalisation is per chunk and channel and nearest-row resizing only repeats rows, so
+        each channel is normalised at its own height and written once into the output
+        (resized by a row gather): the same values as resizing, stacking and then calling
+        :meth:`normalize`, in fewer passes over the big tensor. ``mask`` is ``(N, F, T)``."""
         *lead, _, t = chans[0].shape
-        f = self.cfg.n_mels
-        x = torch.empty((*lead, len(chans), f, t), dtype=torch.float32, device=chans[0].device)
+        f, n_ch = self.cfg.n_mels, len(chans)
+        x = torch.empty((*lead, n_ch, f, t), dtype=torch.float32, device=chans[0].device)
         for i, c in enumerate(chans):
+            c = self._normalize_channel(c, i)
+            dst = x[..., i, :, :]
             if c.shape[-2] == f:
-                x[..., i, :, :] = c
+                dst.copy_(c)
             else:  # brought to the mel's height as the seeds' images were: nearest-row repetition
-                small = c.reshape(-1, 1, c.shape[-2], t)
-                x[..., i, :, :] = F.interpolate(small, size=(f, t), mode="nearest").view(*lead, f, t)
-        x = self.normalize(x.view(-1, len(chans), f, t))
+                dst.copy_(c.index_select(-2, self._nearest(c.shape[-2], c.device)))
+        x = x.view(-1, n_ch, f, t)
         if mask is not None:
-            x.mul_(mask.unsqueeze(1).to(x.dtype))
+            x.mul_(mask.unsqueeze(1))
         return x
+
+    def _nearest(self, rows: int, device: torch.device) -> torch.Tensor:
+        key = (rows, device)
+        if key not in self._rows:
+            self._rows[key] = torch.from_numpy(nearest_rows(rows, self.cfg.n_mels)).to(device)
+        return self._rows[key]
+
+    def _normalize_channel(self, c: torch.Tensor, i: int) -> torch.Tensor:
+        """Channel ``i`` ``(*lead, rows, T)`` normalised as :meth:`normalize` would (a new tensor)."""
+        if self.cfg.normalize == "minmax":
+            lo = c.amin(dim=(-2, -1), keepdim=True)
+            hi = c.amax(dim=(-2, -1), keepdim=True)
+            return (c - lo).div_((hi - lo).clamp_min(_EPS))
+        if self.cfg.normalize == "meanstd":
+            assert self.mean is not None and self.std is not None
+            return (c - self.mean[0, i]).div_(self.std[0, i])
+        return c
 
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
         """In place: per-chunk, per-channel min-max to [0, 1], dataset mean/std, or nothing."""

@@ -7,9 +7,13 @@ on ``device``.
 
 Chunks are laid out one per ``Framing.stride`` samples and framed once (DALI's
 spectrogram takes only 1-D input), which equals a centred, zero-padded STFT of each
-chunk. Outputs per sample (= one track), F_all = frames of the whole layout:
-``mel (n_mels, F_all)``, ``mfcc (n_mfcc, F_all)``, optionally ``power (n_fft/2+1, F_all)``,
-in training ``mask (K, n_mels, T)`` uint8, then ``lbl``, ``tid`` and ``nchunks``.
+chunk. Outputs per sample (= one track), F_all = frames of the whole layout, all
+frame-major (``"tf"``, DALI's native spectrogram layout: its ``"ft"`` layout costs a
+transpose of the whole power spectrogram, half of the CPU graph's time):
+``mel (F_all, n_mels)`` in dB, optionally ``power (F_all, n_fft/2+1)`` (chroma/CQT),
+in training ``mask (K, n_mels, T)`` uint8, then ``lbl``, ``tid`` and ``nchunks``. The MFCC
+(an orthonormal DCT-II, i.e. one small matrix) is applied in torch with the other filter
+banks: DALI's CPU ``fn.mfcc`` costs as much as the mel filter bank and the dB together.
 """
 
 from __future__ import annotations
@@ -55,7 +59,7 @@ class GraphSpec:
 
     @property
     def output_names(self) -> list[str]:
-        names = ["mel", "mfcc"]
+        names = ["mel"]
         if self.features.needs_power:
             names.append("power")
         if self.mode == "train" and self.augment.active:
@@ -189,7 +193,7 @@ def _graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
         window_fn=window,
         center_windows=False,
         power=2,
-        layout="ft",
+        layout="tf",
     )
     mel = fn.mel_filter_bank(
         power,
@@ -201,8 +205,7 @@ def _graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
         mel_formula="slaney",
     )
     mel_db = fn.to_decibels(mel, multiplier=10.0, reference=1.0, cutoff_db=fc.db_floor)
-    mfcc = fn.mfcc(mel_db, n_mfcc=fc.n_mfcc, dct_type=2, normalize=True, axis=0)
-    outs = [mel_db, mfcc]
+    outs = [mel_db]
     if fc.needs_power:
         outs.append(power)
     if spec.mode == "train" and spec.augment.active:

@@ -116,7 +116,10 @@ class MusicLoader:
 
         sel = keep[:, None] & (torch.arange(n_max)[None, :] < nchunks[:, None])
         dense = bool(sel.all())
-        raw = self.assembler.raw_channels(out["mel"], out["mfcc"], out.get("power"))  # frame-local
+        # DALI's outputs are frame-major (B, frames, rows): transposed views, no copy. The MFCC
+        # and chroma/CQT filter banks are matmuls on them, frame-local like everything up to here.
+        power = out["power"].transpose(1, 2) if "power" in out else None
+        raw = self.assembler.raw_channels(out["mel"].transpose(1, 2), None, power)
         mask = chunks_mask(out["mask"], keep) if "mask" in out else None
         x = self.assembler.stack([chunks(c) for c in raw.values()], mask)
         counts = nchunks[keep]
@@ -140,7 +143,9 @@ class MusicLoader:
 
 
 def chunks_mask(mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """``(B, K, F, T)`` masks of kept tracks -> ``(N, F, T)``."""
+    """``(B, K, F, T)`` masks of kept tracks -> ``(N, F, T)`` (a view when all are kept)."""
+    if bool(keep.all()):
+        return mask.flatten(0, 1)
     return mask[keep.to(mask.device)].flatten(0, 1)
 
 
