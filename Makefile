@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install demo test test-all test-gpu lint format bench bench-step bench-train bench-shards clean
+.PHONY: install demo test test-quick test-gpu lint format bench bench-step bench-train bench-shards clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,12 +20,13 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m train.demo --out $(DEMO_DIR)
 
-## The default test run (CPU; GPU tests skip without CUDA).
+## The whole test suite, slow tests included (CPU; GPU tests skip without CUDA). CI runs this.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m ""
 
-test-all: $(STAMP)
-	$(BIN)/python -m pytest -q -m "" 
+## The quick subset a plain `pytest` runs (no `slow` tests).
+test-quick: $(STAMP)
+	$(BIN)/python -m pytest -q
 
 test-gpu: $(STAMP)
 	$(BIN)/python -m pytest -q -m gpu
