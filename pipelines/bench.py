@@ -28,6 +28,8 @@ from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
 from shards.configtools import load_sections, to_dict
 
 PIPELINES = ("dali-gpu", "dali-cpu", "baseline")
+# --train-step without --config: the experiment whose [features] [loader] [train] it uses
+DEFAULT_STEP_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_customcnn.toml"
 
 
 def cpu_seconds() -> float:
@@ -138,65 +140,24 @@ def bench_pipeline(name: str, shards: Path, cfg: dict[str, Any], args: argparse.
     return res
 
 
-def bench_train_step(shards: Path, cfg: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
-    """Steps/s of ``args.train_step`` on GPU-resident synthetic batches vs the real DALI loader."""
-    from pipelines.loader import build_loader
-    from train.config import ModelConfig  # lazy: train is a layer above pipelines
-    from train.models import build_model
-    from train.synthetic import SyntheticLoader
-    from train.tasks import TaskHead
+def bench_train_step(shards: Path, args: argparse.Namespace, overrides: list[str]) -> list[dict[str, Any]]:
+    """Steps/s of ``args.train_step`` on GPU-resident synthetic batches vs the real DALI loader.
 
-    dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    real = build_loader(
-        shards,
-        args.split,
-        mode="train",
-        features=cfg["features"],
-        augment=cfg["augment"],
-        loader=cfg["loader"],
-        rank=0,
-        world_size=1,
-        device=dev,
-    )
-    task = real.manifest.task
-    shape = real.feature_shape
-    model = build_model(
-        ModelConfig(family=args.train_step), in_chans=shape[0], head_sizes=task.head_sizes, input_shape=shape
-    ).to(dev)
-    model = model.to(memory_format=torch.channels_last) if dev.type == "cuda" else model
-    head = TaskHead(task)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    amp = dev.type == "cuda"
+    Delegates to ``train.bench.bench_real_loader`` (lazy import: train is a layer above
+    pipelines), which times the real ``Trainer.train_step`` both ways, with the production
+    settings (bf16 autocast, channels_last; both neutral on CPU).
+    """
+    from train.bench import bench_real_loader
 
-    def step(b: dict[str, torch.Tensor]) -> None:
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            loss = head.loss(model(b["x"]), b["y"])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    synth = SyntheticLoader(
-        task,
-        shape,
-        batches=8,
-        batch_size=cfg["loader"].batch_size,
-        chunks_per_track=cfg["loader"].chunks_per_track,
-        resident=True,
-        device=dev,
-    )
-    out = []
-    for name, loader in (("synthetic-resident", synth), ("dali-" + ("gpu" if amp else "cpu"), real)):
-        r = time_batches(
-            loader,
-            warmup=args.warmup,
-            batches=args.batches,
-            chunk_seconds=cfg["loader"].chunk_seconds,
-            step=step,
-        )
-        r["pipeline"], r["model"] = name, args.train_step
-        out.append(r)
-    out[1]["vs_synthetic"] = round(out[1]["steps_per_s"] / out[0]["steps_per_s"], 3)
-    return out
+    config = args.config or DEFAULT_STEP_CONFIG
+    extra = ["train.amp=bf16", "train.channels_last=true", *[o.removeprefix("--") for o in overrides]]
+    r = bench_real_loader(config, shards, args.train_step, args.batches, args.warmup, extra)
+    real = "dali-gpu" if torch.cuda.is_available() else "dali-cpu"
+    common = {"model": args.train_step, "shape": r["shape"], "batch": r["batch"]}
+    return [
+        {"pipeline": "synthetic-resident", "steps_per_s": r["synthetic_steps_per_s"], **common},
+        {"pipeline": real, "steps_per_s": r["real_steps_per_s"], "vs_synthetic": r["ratio"], **common},
+    ]
 
 
 def _warn_short_epoch(shards: Path, cfg: dict[str, Any], args: argparse.Namespace) -> None:
@@ -281,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.json,
         )
     if args.train_step:
-        results = bench_train_step(shards, cfg, args)
+        results = bench_train_step(shards, args, overrides)
     else:
         names = [n.strip() for n in args.pipelines.split(",") if n.strip()]
         bad = [n for n in names if n not in PIPELINES]
