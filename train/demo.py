@@ -112,7 +112,7 @@ def print_summary(summary: dict[str, object]) -> None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m train.demo", description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("demo"), help="folder for data, shards, run and report")
-    ap.add_argument("--tracks", type=int, default=96, help="synthetic tracks (80/10/10 split)")
+    ap.add_argument("--tracks", type=int, default=200, help="synthetic tracks (80/10/10 split)")
     ap.add_argument("--seconds", type=float, default=6.0, help="length of each synthetic track")
     ap.add_argument("--config", type=Path, default=CONFIG, help="experiment TOML to train with")
     args = ap.parse_args(argv)
