@@ -112,25 +112,40 @@ def _read(spec: GraphSpec):  # type: ignore[no-untyped-def]
 
 
 def _decode(spec: GraphSpec, audio):  # type: ignore[no-untyped-def]
-    """-> (signal float32 on device at features.sample_rate, its length in samples as a CPU float)."""
+    """-> (signal float32 on device at features.sample_rate, its length in samples as a CPU float64).
+
+    The length is float64: float32 counts samples exactly only up to 2**24 (12.7 min at
+    22050 Hz), and chunk counts and resampled lengths are derived from it.
+    """
     rate = spec.features.sample_rate
     if spec.codec == "pcm16":
-        n_in = fn.cast(audio.shape(), dtype=types.FLOAT)
+        n_in = samples(audio)
         sig = audio.gpu() if spec.device == "gpu" else audio
         sig = fn.cast(sig, dtype=types.FLOAT) * (1.0 / 32768.0)
         if spec.shards_rate != rate:
             sig = fn.audio_resample(sig, in_rate=float(spec.shards_rate), out_rate=float(rate))
-            n_in = dmath.ceil(n_in * (rate / spec.shards_rate))
+            # the resampler's output length, ceil(n * out_rate / in_rate), in double precision
+            # (integer constants keep the arithmetic in float64; a Python float enters as float32)
+            n_in = dmath.ceil(n_in * int(rate) / int(spec.shards_rate))
         return sig, n_in
     sig, _ = fn.decoders.audio(audio, dtype=types.FLOAT, downmix=True, sample_rate=float(rate))
-    n = fn.cast(sig.shape(), dtype=types.FLOAT)
-    return (sig.gpu() if spec.device == "gpu" else sig), n
+    return (sig.gpu() if spec.device == "gpu" else sig), samples(sig)
+
+
+def samples(signal):  # type: ignore[no-untyped-def]
+    """Length of a CPU 1-D signal node as a float64 CPU node (exact for any track length)."""
+    return fn.cast(signal.shape(), dtype=types.FLOAT64)
+
+
+def chunk_count(n, chunk: int):  # type: ignore[no-untyped-def]
+    """Eval chunks of a track of ``n`` samples (float64 CPU node): ``max(ceil(n / chunk), 1)`` int64."""
+    return fn.cast(dmath.max(dmath.ceil(n / int(chunk)), 1), dtype=types.INT64)
 
 
 def _train_rows(spec: GraphSpec, sig, n):  # type: ignore[no-untyped-def]
     """K random chunks per track, stacked ``(K, L)``; short tracks are zero-padded."""
     L = spec.framing.chunk
-    room = dmath.max(n - float(L), 0.0)
+    room = dmath.max(n - int(L), 0)
     rows = []
     for _ in range(spec.loader.chunks_per_track):
         u = fn.random.uniform(range=[0.0, 1.0], shape=[1])
@@ -181,7 +196,7 @@ def _graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
         nchunks = types.Constant(np.array([spec.loader.chunks_per_track], dtype=np.int64), device="cpu")
     else:
         rows = _eval_rows(spec, sig, n)
-        nchunks = fn.cast(dmath.max(dmath.ceil(n / float(fr.chunk)), 1.0), dtype=types.INT64)
+        nchunks = chunk_count(n, fr.chunk)
     laid = fn.slice(rows, start=[-fr.lead], shape=[fr.stride], axes=[1], out_of_bounds_policy="pad")
     flat = fn.reshape(laid, shape=[-1])
     window = torch.hann_window(fc.n_fft, periodic=True, dtype=torch.float64).tolist()

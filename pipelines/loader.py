@@ -52,8 +52,16 @@ def labels_to_y(lbl: torch.Tensor, task: TaskSpec) -> torch.Tensor:
 class MusicLoader:
     """Re-iterable loader: one ``for batch in loader`` pass is one epoch on this rank."""
 
-    def __init__(self, spec: GraphSpec, manifest: Manifest, task: TaskSpec, device: torch.device) -> None:
+    def __init__(
+        self,
+        spec: GraphSpec,
+        manifest: Manifest,
+        task: TaskSpec,
+        device: torch.device,
+        tracks: int | None = None,
+    ) -> None:
         self.spec = spec
+        self.tracks = tracks  # tracks in the split (all ranks): eval's len()
         self.manifest = manifest
         self.task = task
         self.device = device
@@ -63,6 +71,7 @@ class MusicLoader:
         self.assembler = FeatureAssembler(spec.features, device, stats_path(spec.features, root))
         self._it = self._make_iterator(None)
         self._seen: set[int] = set()  # eval: tracks already yielded this epoch (drops DALI padding)
+        self._batch = 0  # DALI batches consumed in this epoch (== len(self._it) at its end)
 
     def _make_iterator(self, checkpoint: str | None) -> DALIGenericIterator:
         pipe = build_pipeline(self.spec, checkpoint)
@@ -82,20 +91,38 @@ class MusicLoader:
         return len(f.channels), f.n_mels, self.spec.framing.frames
 
     def __len__(self) -> int:
-        return len(self._it)
+        """Batches one pass yields on this rank. Training: DALI's epoch length (the same on every
+        rank). Evaluation: this rank's own tracks in whole or partial batches; DALI's length is
+        the largest rank's, whose extra batch would hold only padding repeats (dropped here)."""
+        if self.mode == "train" or self.tracks is None:
+            return len(self._it)
+        n, w, r = self.tracks, self.spec.num_shards, self.spec.shard_id
+        mine = (r + 1) * n // w - r * n // w  # the reader's contiguous range for this shard
+        return -(-mine // self.spec.batch_size)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        for out in self._it:
-            batch = self._convert(out[0])
-            if batch is not None:
-                yield batch
+        if self._batch < len(self._it):  # else restored at the end of an epoch: this pass is its (empty) rest
+            for out in self._it:
+                self._batch += 1
+                batch = self._convert(out[0])
+                if batch is not None:
+                    yield batch
         self._it.reset()
         self._seen.clear()
+        self._batch = 0
         self.epoch += 1
 
     def _convert(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+        """One DALI batch -> ``{x, y, track}`` on ``self.device``.
+
+        ``lbl``, ``tid`` and ``nchunks`` are CPU outputs (the reader is CPU-only and they never
+        go to the GPU), so all bookkeeping is host-side; what reaches the GPU goes as pinned,
+        non-blocking copies and is indexed with integer tensors, so no step here waits for the
+        GPU (a blocking ``.to(cuda)``, a boolean-mask index or ``repeat_interleave`` with device
+        repeats would each synchronise the host with the training stream every batch).
+        """
         fr = self.spec.framing
-        tid = out["tid"][:, 0].to(torch.int64)
+        tid = out["tid"][:, 0].to(torch.int64).cpu()  # .cpu(): no-ops, they are CPU outputs
         nchunks = out["nchunks"].reshape(-1).to(torch.int64).cpu()
         keep = torch.ones(tid.numel(), dtype=torch.bool)
         if self.mode == "eval":  # DALI's pad_last_batch repeats the last track: drop repeats
@@ -105,6 +132,9 @@ class MusicLoader:
             if not keep.any():
                 return None
         n_max = int(nchunks.max())
+        sel = keep[:, None] & (torch.arange(n_max)[None, :] < nchunks[:, None])
+        dense = bool(sel.all())
+        pick = None if dense else sel.nonzero(as_tuple=True)  # (track, chunk) of each real chunk
 
         def chunks(a: torch.Tensor) -> torch.Tensor:
             """(B, rows, frames_all) -> chunks (B, K, rows, T) as a view when every chunk is real
@@ -112,10 +142,10 @@ class MusicLoader:
             b, rows, _ = a.shape
             s = a.stride()
             v = a.as_strided((b, n_max, rows, fr.frames), (s[0], fr.stride_frames * s[2], s[1], s[2]))
-            return v if dense else v[sel.to(a.device)]
+            if pick is None:
+                return v
+            return v[to_device(pick[0], a.device), to_device(pick[1], a.device)]
 
-        sel = keep[:, None] & (torch.arange(n_max)[None, :] < nchunks[:, None])
-        dense = bool(sel.all())
         # DALI's outputs are frame-major (B, frames, rows): transposed views, no copy. The MFCC
         # and chroma/CQT filter banks are matmuls on them, frame-local like everything up to here.
         power = out["power"].transpose(1, 2) if "power" in out else None
@@ -123,16 +153,22 @@ class MusicLoader:
         mask = chunks_mask(out["mask"], keep) if "mask" in out else None
         x = self.assembler.stack([chunks(c) for c in raw.values()], mask)
         counts = nchunks[keep]
-        y = labels_to_y(out["lbl"].to(torch.int64)[keep.to(out["lbl"].device)], self.task)
+        y = labels_to_y(out["lbl"].to(torch.int64).cpu()[keep], self.task).repeat_interleave(counts, dim=0)
+        track = tid[keep].repeat_interleave(counts)
         return {
             "x": x.to(self.device, non_blocking=True),
-            "y": y.to(self.device).repeat_interleave(counts.to(self.device), dim=0),
-            "track": tid[keep.to(tid.device)].to(self.device).repeat_interleave(counts.to(self.device)),
+            "y": to_device(y, self.device),
+            "track": to_device(track, self.device),
         }
 
     def state_dict(self) -> dict[str, Any]:
         """Plain data: the DALI checkpoint (reader position, RNG states) and the epoch counter."""
-        return {"dali": self._it.checkpoints()[0], "epoch": self.epoch, "seen": sorted(self._seen)}
+        return {
+            "dali": self._it.checkpoints()[0],
+            "epoch": self.epoch,
+            "seen": sorted(self._seen),
+            "batch": self._batch,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Rebuild the identical pipeline at the saved position: the next batches are the ones
@@ -140,13 +176,35 @@ class MusicLoader:
         self._it = self._make_iterator(state["dali"])
         self.epoch = int(state["epoch"])
         self._seen = set(state.get("seen", []))
+        self._batch = int(state.get("batch", 0))
 
 
 def chunks_mask(mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """``(B, K, F, T)`` masks of kept tracks -> ``(N, F, T)`` (a view when all are kept)."""
+    """``(B, K, F, T)`` masks of kept tracks (``keep``: CPU bool) -> ``(N, F, T)`` (a view when all are kept)."""
     if bool(keep.all()):
         return mask.flatten(0, 1)
-    return mask[keep.to(mask.device)].flatten(0, 1)
+    return mask.index_select(0, to_device(keep.nonzero().squeeze(1), mask.device)).flatten(0, 1)
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device`` without making the host wait for the GPU: a pinned,
+    non-blocking copy (a plain ``.to("cuda")`` synchronises the stream, i.e. waits for
+    everything queued on it, such as the previous training step)."""
+    if device.type != "cuda" or t.device == device:
+        return t
+    return t.pin_memory().to(device, non_blocking=True)
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``device`` with a CUDA index: a bare ``"cuda"`` means ``cuda:LOCAL_RANK`` under torchrun
+    (when that device exists), else the current CUDA device."""
+    dev = torch.device(device)
+    if dev.type != "cuda" or dev.index is not None:
+        return dev
+    local = os.environ.get("LOCAL_RANK")
+    if local is not None and 0 <= int(local) < torch.cuda.device_count():
+        return torch.device("cuda", int(local))
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 def _warn_downsampling(shards_rate: int, rate: int) -> None:
@@ -179,9 +237,7 @@ def build_loader(
     if mode not in ("train", "eval"):
         raise ValueError(f"mode: {mode!r} is not 'train' or 'eval'")
     r, w = resolve_rank(rank, world_size)
-    dev = torch.device(device)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", torch.cuda.current_device())
+    dev = resolve_device(device)
     m = load_manifest(shards)
     validate_split(m, split, features=features, loader=loader, world_size=w, train=mode == "train")
     if m.sample_rate > features.sample_rate:
@@ -202,4 +258,4 @@ def build_loader(
         num_shards=w,
         device_id=dev.index if dev.type == "cuda" else None,
     )
-    return MusicLoader(spec, m, m.task, dev)
+    return MusicLoader(spec, m, m.task, dev, tracks=m.split(split).num_samples)

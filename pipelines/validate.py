@@ -99,6 +99,8 @@ def _check_shard(tar: Path, idx: Path, size: int, count: int, m: Manifest, sha: 
                 )
             if want is not None and n != want:
                 raise ShardError(f"{idx}: .{ext} of sample {i} has {n} bytes, expected {want}")
+        if sample[m.audio_ext][1] == 0:
+            raise ShardError(f"{idx}: .{m.audio_ext} of sample {i} is empty (a track needs audio)")
         if m.codec == "pcm16" and sample[m.audio_ext][1] % 2:
             raise ShardError(f"{idx}: .pcm of sample {i} has an odd byte count (not int16)")
     with open(tar, "rb") as f:  # the index must point at the members it names

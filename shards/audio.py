@@ -88,6 +88,8 @@ def process(audio: Path | bytes, spec: AudioSpec) -> Encoded | str:
     if seconds < spec.min_seconds:
         return f"too short: {seconds:.2f} s < min_seconds {spec.min_seconds:g}"
     y = to_mono(x, sr, spec.sample_rate)
+    if y.shape[0] == 0:  # a few samples downsampled to none (possible with min_seconds=0)
+        return f"too short: no samples left at {spec.sample_rate} Hz"
     if not np.isfinite(y).all():  # a NaN/inf in any channel survives the downmix
         return "decode failed: non-finite samples"
     return Encoded(

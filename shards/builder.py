@@ -37,7 +37,7 @@ from shards.manifest import (
     write_manifest,
 )
 from shards.records import SPLITS, Dataset, Record
-from shards.writer import ShardWriter, sanitize_key
+from shards.writer import MAX_KEY, ShardWriter, sanitize_key
 
 STATE = ".build-state.json"
 _SHARD_FILE = re.compile(r"^\d{6}\.(tar|idx)$")
@@ -59,7 +59,8 @@ def plan(ds: Dataset, seed: int) -> dict[str, list[tuple[str, Record]]]:
         n = 1
         while key in used:
             n += 1
-            key = f"{base}_{n}"
+            suffix = f"_{n}"  # within MAX_KEY, or the writer refuses the key as unsanitised
+            key = base[: MAX_KEY - len(suffix)] + suffix
         used.add(key)
         by_split.setdefault(rec.split, []).append((key, rec))
     order = [s for s in SPLITS if s in by_split] + sorted(set(by_split) - set(SPLITS))

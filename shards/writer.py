@@ -18,6 +18,7 @@ from shards.atomic import atomic_path
 from shards.manifest import ShardInfo
 
 INDEX_VERSION = "v1.2"  # the version DALI's wds2idx writes
+MAX_KEY = 80  # characters: KEY.EXT stays within USTAR's 100-character member names
 _KEY_BAD = re.compile(r"[^A-Za-z0-9_\-]")
 
 
@@ -26,7 +27,7 @@ def sanitize_key(text: str) -> str:
     key = _KEY_BAD.sub("_", str(text)).strip("_")
     if not key:
         raise ValueError(f"cannot make a shard key from {text!r}")
-    return key[:80]
+    return key[:MAX_KEY]
 
 
 class _HashingFile(io.RawIOBase):

@@ -86,6 +86,41 @@ def test_split_too_small_for_a_training_batch(shards):
         load(shards, mode="train", batch_size=40, chunks_per_track=2)
 
 
+def test_fewer_tracks_than_ranks(shards):
+    from shards.manifest import read_manifest
+
+    n = read_manifest(shards).split("train").num_samples
+    fc, aug, lc = small_configs()
+    with pytest.raises(
+        ShardError, match=rf"manifest\.json: split 'train' has {n} tracks, fewer than {n + 1} ranks"
+    ):
+        build_loader(
+            shards, "train", mode="eval", features=fc, augment=aug, loader=lc, rank=0, world_size=n + 1
+        )
+
+
+def test_index_sample_without_its_labels(shards):
+    idx = shards / "train" / "000000.idx"
+    lines = idx.read_text().splitlines()
+    f = lines[1].split()
+    i = f.index("lbl")
+    lines[1] = " ".join(f[:i] + f[i + 4 :])
+    idx.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ShardError, match=r"000000\.idx: sample 0 has no \.lbl component"):
+        load(shards)
+
+
+def test_index_sample_with_empty_audio(shards):
+    idx = shards / "train" / "000000.idx"
+    lines = idx.read_text().splitlines()
+    f = lines[1].split()
+    f[f.index("pcm") + 2] = "0"
+    lines[1] = " ".join(f)
+    idx.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ShardError, match=r"000000\.idx: \.pcm of sample 0 is empty"):
+        load(shards)
+
+
 def test_unknown_split_and_bad_mode(shards):
     fc, aug, lc = small_configs()
     with pytest.raises(ShardError, match="no split 'nope'"):

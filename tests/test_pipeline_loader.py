@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from pipelines.config import AugmentConfig
-from pipelines.loader import build_loader
+from pipelines.loader import build_loader, resolve_device
 from pipelines.testing import mel_centres, read_tracks, small_configs
 from shards.synth import GENRE_BANDS, class_of_signal
 
@@ -176,3 +176,50 @@ def test_resume_mid_epoch(shards, device):
     nxt = epoch(resumed)
     for p, q in zip([*got, *rest, *nxt], want):
         assert all(torch.equal(p[k].cpu(), q[k]) for k in p)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_resume_at_epoch_boundary(shards, device, mode):
+    """A state saved at an epoch's last batch (inside the loop, as the trainer saves) resumes
+    with that epoch's empty rest, then the next epoch, as the saved loader would have gone on;
+    not with the next epoch's batches counted as this epoch's (train), nor an epoch of nothing
+    (eval: every track looked already seen)."""
+    ref = make(shards, mode, device, batch_size=4)
+    first, want = epoch(ref), epoch(ref)
+    src = make(shards, mode, device, batch_size=4)
+    it = iter(src)
+    for _ in first:
+        next(it)
+    buf = io.BytesIO()
+    torch.save(src.state_dict(), buf)
+    state = torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
+    assert list(it) == [] and src.epoch == 1  # the saved loader: nothing left in this epoch
+    resumed = make(shards, mode, device, batch_size=4)
+    resumed.load_state_dict(state)
+    assert epoch(resumed) == [] and resumed.epoch == 1
+    got = epoch(resumed)
+    assert len(got) == len(want) > 0 and resumed.epoch == 2
+    for p, q in zip(got, want):
+        assert all(torch.equal(p[k], q[k]) for k in p)
+
+
+def test_eval_len_is_what_each_rank_yields(shards):
+    """9 tracks on 2 ranks: 4 + 5, i.e. 2 and 3 batches of 2 (DALI's own length is the larger)."""
+    for rank, batches in enumerate([2, 3]):
+        loader = make(shards, "eval", "cpu", rank=rank, world_size=2, eval_tracks_per_batch=2)
+        assert len(loader) == len(epoch(loader)) == batches
+
+
+def test_bare_cuda_device_follows_local_rank(monkeypatch):
+    """Under torchrun, ``device="cuda"`` is ``cuda:LOCAL_RANK``, not every rank's current device 0."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert resolve_device("cuda") == torch.device("cuda", 1)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    assert resolve_device("cpu") == torch.device("cpu")
+    monkeypatch.setenv("LOCAL_RANK", "3")  # e.g. one visible device per process
+    assert resolve_device("cuda") == torch.device("cuda", 0)
+    monkeypatch.delenv("LOCAL_RANK")
+    assert resolve_device("cuda") == torch.device("cuda", 0)

@@ -294,3 +294,40 @@ def test_keys_are_sanitised_and_unique() -> None:
     keys = sorted(k for k, _ in planned["train"])
     assert keys == ["a_b", "a_b_2", "a_b_3", "mp3"]
     assert sorted(r.key for _, r in planned["train"]) == sorted(r.key for r in recs)  # a permutation
+
+
+def test_long_keys_stay_sanitised_when_made_unique(tmp_path: Path) -> None:
+    """Two paths alike in their first 80 key characters (deep folders, long titles): the
+    de-duplicated key must still be one the writer accepts (it refused ``<80 chars>_2``)."""
+    from shards.builder import plan
+    from shards.manifest import TaskSpec
+    from shards.records import Dataset, Record
+    from shards.writer import MAX_KEY, ShardWriter, sanitize_key
+
+    recs = [
+        Record(key=k, audio=Path(k), labels="x", split="train", path=k)
+        for k in ["a" * 90 + "1", "a" * 90 + "2", "a" * 90 + "3"]
+    ]
+    planned = plan(
+        Dataset(source="folder", task=TaskSpec(kind="single", classes=["x"]), records=recs), seed=0
+    )
+    keys = [k for k, _ in planned["train"]]
+    assert len(set(keys)) == 3 and all(k == sanitize_key(k) and len(k) <= MAX_KEY for k in keys)
+    with ShardWriter(tmp_path, "train") as w:
+        for k in keys:
+            w.write(k, {"pcm": b"\0\0"})
+
+
+def test_track_resampled_to_nothing_is_rejected() -> None:
+    """With min_seconds=0, two samples at 48 kHz become none at 8 kHz: a reject, never an
+    empty audio member (the pipeline cannot cut a chunk from zero samples)."""
+    import io
+
+    import numpy as np
+    import soundfile as sf
+
+    from shards.audio import AudioSpec, process
+
+    buf = io.BytesIO()
+    sf.write(buf, np.ones(2, dtype=np.float32) * 0.1, 48000, format="WAV")
+    assert process(buf.getvalue(), AudioSpec(8000, "pcm16", 0.0)) == "too short: no samples left at 8000 Hz"
