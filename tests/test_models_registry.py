@@ -118,3 +118,17 @@ def test_gbm_fits_and_round_trips_through_state_dict() -> None:
     assert torch.allclose(clone(x), out)
     with pytest.raises(RuntimeError, match="before fit"):
         _build("gbm")(x)
+
+
+def test_customcnn_honours_local_weights_and_warns_on_unused_options(tmp_path: Path) -> None:
+    """model.pretrained is never silently ignored: customcnn loads it; options a family has no
+    use for (customcnn drop_path; gbm pretrained/dropout) warn."""
+    src = _build("customcnn", preset="tiny")
+    path = tmp_path / "cnn.pt"
+    torch.save({"model": src.state_dict()}, path)  # a musicstream checkpoint holds it under "model"
+    model = _build("customcnn", preset="tiny", pretrained=path)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), src.state_dict().values()))
+    with pytest.warns(UserWarning, match="drop_path has no effect"):
+        _build("customcnn", preset="tiny", drop_path=0.1)
+    with pytest.warns(UserWarning, match="no effect on the gbm"):
+        _build("gbm", dropout=0.1)

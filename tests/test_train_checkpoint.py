@@ -129,3 +129,89 @@ def test_keep_last_and_every_steps(tmp_path: Path) -> None:
 def test_explicit_resume_path_must_exist(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="checkpoint.resume"):
         Trainer(synthetic_experiment(tmp_path, [f"checkpoint.resume='{tmp_path / 'nope.pt'}'"]))
+
+
+def test_epoch_checkpoint_carries_this_epochs_best(tmp_path: Path) -> None:
+    """The step file written at an epoch end already knows the epoch's score, so a resumed
+    run compares against it (and does not overwrite a better best.pt with a worse one)."""
+    trainer = _train(tmp_path, ["train.epochs=1", "data.val_split=validation"])
+    score = trainer.metrics["track/accuracy"]
+    step = torch.load(tmp_path / "checkpoints" / "step_00000003.pt", weights_only=True)
+    assert step["best"] == score
+    resumed = Trainer(
+        synthetic_experiment(tmp_path, COMMON + ["train.epochs=2", "data.val_split=validation"])
+    )
+    assert resumed.checkpointer.best == score
+
+
+def test_nan_score_never_becomes_the_best(tmp_path: Path) -> None:
+    from train.checkpoint import Checkpointer
+    from train.config import CheckpointConfig
+
+    c = Checkpointer(tmp_path, CheckpointConfig())
+    assert not c.improved(float("nan"), "max") and c.best is None
+    assert c.improved(0.5, "max") and not c.improved(float("nan"), "max") and c.best == 0.5
+    c.best = float("nan")  # written by an older run
+    assert c.improved(0.1, "max") and c.best == 0.1
+
+
+def test_resume_keeps_a_fresh_scaler_when_the_checkpoint_had_none(tmp_path: Path) -> None:
+    """A bf16/CPU run saves an empty scaler state; resuming it with fp16 must not crash."""
+    _train(tmp_path, ["train.epochs=1"])
+    state = torch.load(tmp_path / "checkpoints" / "step_00000003.pt", weights_only=True)
+    assert state["scaler"] == {}
+    trainer = Trainer(synthetic_experiment(tmp_path, COMMON + ["train.epochs=2", "checkpoint.resume=none"]))
+    trainer.scaler = torch.amp.GradScaler("cpu", enabled=True)  # what fp16 on CUDA builds
+    trainer.load_state_dict(state)
+    assert trainer.step == 3 and trainer.scaler.is_enabled()
+
+
+class _FakeDDP:
+    """Records which micro-batches ran under no_sync (gradients not all-reduced)."""
+
+    def __init__(self) -> None:
+        self.unsynced: list[int] = []
+        self.batch = 0
+
+    def no_sync(self):  # noqa: ANN201
+        import contextlib
+
+        self.unsynced.append(self.batch)
+        return contextlib.nullcontext()
+
+
+def test_partial_accumulation_group_at_epoch_end_is_synchronised(tmp_path: Path) -> None:
+    """5 batches, grad_accum=2: groups (0,1) (2,3) (4). Batch 4 closes its own group, so DDP
+    all-reduces it; under no_sync its gradients would differ per rank and the ranks diverge."""
+    fake = _FakeDDP()
+
+    def count(trainer: Trainer) -> None:
+        fake.batch = trainer.batch_in_epoch
+
+    trainer = Trainer(synthetic_experiment(tmp_path, COMMON + ["train.epochs=1"]), hooks=[count])
+    trainer.ddp = fake  # type: ignore[assignment]
+    for i, batch in enumerate(trainer.data.train):
+        fake.batch = i
+        trainer.train_step(batch)
+        trainer.batch_in_epoch += 1
+    assert fake.unsynced == [0, 2]  # batches 1, 3 and 4 end a group and synchronise
+    assert trainer.step == 3 and trainer.micro == 0
+    assert trainer.total_steps == 3  # the schedule counts the partial group's step
+
+
+def test_signal_after_the_last_agreement_does_not_skip_the_final_save(tmp_path: Path) -> None:
+    """max_steps ends the run mid-epoch; a SIGTERM landing after the ranks last agreed must
+    not make this rank skip the final (collective) save that the other ranks enter."""
+    trainer = Trainer(synthetic_experiment(tmp_path, COMMON + ["optim.grad_accum=1", "train.max_steps=2"]))
+    done = trainer._done
+
+    def late_signal() -> bool:
+        if done():
+            trainer.stop_requested = True  # what the handler does, after _should_stop ran
+        return done()
+
+    trainer._done = late_signal  # type: ignore[method-assign]
+    result = trainer.train()
+    trainer.close()
+    assert result["step"] == 2 and not result["stopped"]
+    assert (tmp_path / "checkpoints" / "step_00000002.pt").is_file()

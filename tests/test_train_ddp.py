@@ -42,10 +42,11 @@ def test_two_ranks_end_with_identical_weights(tmp_path: Path) -> None:
             "--data.synthetic_batch_size=8", "--data.synthetic_signal=1.0", "--model.family=customcnn",
             "--model.preset=tiny", "--model.dropout=0.2", "--train.amp=none", "--train.epochs=2",
             "--train.device=cpu", "--train.log_every=1", f"--train.out={out}",
+            "--optim.grad_accum=3",  # 4 batches: groups (0,1,2) (3): the partial one must all-reduce too
         ]
     )  # fmt: skip
     result = json.loads(proc.stdout.strip().splitlines()[-1])  # rank 0 prints the summary
-    assert result["step"] == 8 and result["epoch"] == 2
+    assert result["step"] == 4 and result["epoch"] == 2
     rows = read_metrics(out)
     sync = [r for r in rows if "sync/max_diff" in r][-1]
     assert len(sync["sync/fingerprints"]) == 2
@@ -54,7 +55,7 @@ def test_two_ranks_end_with_identical_weights(tmp_path: Path) -> None:
     # validation saw every synthetic validation track once across both ranks
     val = [r for r in rows if "val/track/count" in r][-1]
     assert val["val/track/count"] == 2 * 2 * 4  # ranks x batches x tracks per batch
-    ckpt = torch.load(out / "checkpoints" / "step_00000008.pt", weights_only=True)
+    ckpt = torch.load(out / "checkpoints" / "step_00000004.pt", weights_only=True)
     assert len(ckpt["rng"]) == 2 and len(ckpt["loader"]) == 2 and ckpt["world_size"] == 2
 
 
@@ -72,3 +73,39 @@ def test_two_ranks_gbm_extracts_everywhere_fits_once(tmp_path: Path) -> None:
     row = [r for r in read_metrics(out) if "gbm/samples" in r][-1]
     assert row["gbm/samples"] == 2 * 6 * 16  # both ranks' chunks reached rank 0
     assert row["val/track/accuracy"] > 0.6
+
+
+SIGTERM_ONE_RANK = """
+import json, os, signal, sys
+from train.synthetic import synthetic_experiment
+from train.trainer import Trainer
+
+def preempt(trainer):
+    if trainer.info.rank == 1 and trainer.step == 2:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+exp = synthetic_experiment(sys.argv[1], ["data.synthetic_batches=4", "data.synthetic_batch_size=8",
+                                         "train.epochs=2", "train.log_every=10"])
+trainer = Trainer(exp, hooks=[preempt])
+result = trainer.train()
+trainer.close()
+print(json.dumps({"rank": trainer.info.rank, **result}))
+"""
+
+
+def test_sigterm_on_one_rank_stops_every_rank_at_the_next_step(tmp_path: Path) -> None:
+    """Only rank 1 is signalled, at step 2 (log_every is 10): both ranks agree at once, save
+    step 2 and return stopped, with no deadlock."""
+    script = tmp_path / "preempt.py"
+    script.write_text(SIGTERM_ONE_RANK)
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+        f"--master_port={_free_port()}", str(script), str(tmp_path / "run"),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+    assert sorted(r["rank"] for r in rows) == [0, 1]
+    assert all(r["stopped"] and r["step"] == 2 for r in rows), rows
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_00000002.pt"]

@@ -26,11 +26,14 @@ STEP_RE = re.compile(r"^step_(\d{8})\.pt$")
 
 
 def rng_state() -> dict[str, Any]:
-    """This process's RNG streams (torch CPU/CUDA, numpy, random) as tensors and plain data."""
+    """This process's RNG streams (torch CPU/CUDA, numpy, random) as tensors and plain data.
+
+    CUDA: only this rank's own device (``[state]``): the other visible GPUs belong to other
+    ranks, and a resume may see a different number of them (SLURM one GPU per task)."""
     np_state = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": [torch.cuda.get_rng_state(torch.cuda.current_device())] if torch.cuda.is_available() else [],
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
         "python": _plain_random_state(random.getstate()),
     }
@@ -38,8 +41,11 @@ def rng_state() -> dict[str, Any]:
 
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    if state.get("cuda") and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = list(state.get("cuda") or [])
+    if cuda and torch.cuda.is_available():
+        dev = torch.cuda.current_device()
+        # [this device's state]; older checkpoints hold one per visible device: take ours
+        torch.cuda.set_rng_state(cuda[0] if len(cuda) == 1 else cuda[min(dev, len(cuda) - 1)], dev)
     name, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((name, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(gauss)))
     version, internal, gauss_next = state["python"]
@@ -93,8 +99,15 @@ class Checkpointer:
         return path
 
     def improved(self, value: float, mode: str) -> bool:
-        """Whether ``value`` beats the best so far (and remember it)."""
-        if self.best is None or (value > self.best if mode == "max" else value < self.best):
+        """Whether ``value`` beats the best so far (and remember it). An undefined (NaN)
+        score never improves, and a NaN best (older checkpoints) is beaten by any number."""
+        if value != value:
+            return False
+        if (
+            self.best is None
+            or self.best != self.best
+            or (value > self.best if mode == "max" else value < self.best)
+        ):
             self.best = value
             return True
         return False

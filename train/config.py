@@ -128,7 +128,7 @@ class TrainConfig:
     max_steps: int | None = None
     """Stop after this many optimiser steps (overrides epochs when reached first)."""
     amp: AmpMode = "bf16"
-    """Autocast dtype; fp16 adds a GradScaler; bf16 on CPU autocasts too."""
+    """Autocast dtype on CUDA; fp16 adds a GradScaler; ignored (float32, with a warning) on CPU."""
     channels_last: bool = False
     """Use channels_last memory format (faster convnets on GPU)."""
     compile: bool = False
@@ -138,9 +138,11 @@ class TrainConfig:
     label_smoothing: float = 0.0
     """Cross-entropy label smoothing (single/hier tasks)."""
     seed: int = 0
-    """Seed of model init and RNG streams (rank is added for data RNG)."""
+    """Seed of model init (the same on every rank) and of the torch RNG used by dropout /
+    drop-path afterwards (plus the rank) and of synthetic data; the shard pipeline's
+    shuffling, chunk offsets and SpecAugment masks use ``loader.seed``."""
     out: Path = Path("runs/default")
-    """Run folder: checkpoints, metrics.jsonl, config.toml."""
+    """Run folder: checkpoints/, metrics.jsonl, config.json (and tb/ when tensorboard is installed)."""
     log_every: int = 10
     """Optimiser steps between metric lines."""
     best_metric: str | None = None
@@ -175,7 +177,7 @@ class CheckpointConfig:
     every_steps: int | None = None
     """Save every N optimiser steps (plus every epoch end); none = epoch ends only."""
     keep_last: int = 2
-    """Step/epoch checkpoints kept (best.pt and last.pt are extra)."""
+    """Step/epoch checkpoints kept (best.pt is extra)."""
     resume: str = "auto"
     """auto (latest in out/checkpoints if any), none, or a checkpoint path."""
 

@@ -43,28 +43,58 @@ def env_rank() -> tuple[int, int, int]:
 
 
 def pick_device(want: str, local_rank: int) -> torch.device:
-    """auto -> cuda:LOCAL_RANK when CUDA is present, else cpu."""
+    """auto -> cuda:LOCAL_RANK when CUDA is present, else cpu; set as the current device
+    (before NCCL starts) so collectives and object gathers use this rank's GPU.
+
+    A process that sees exactly one GPU (SLURM ``--gpus-per-task=1``, or a per-rank
+    ``CUDA_VISIBLE_DEVICES``) uses it whatever its local rank."""
     if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise ValueError("train.device: cuda requested but no CUDA device is visible")
-        torch.cuda.set_device(local_rank)
-        return torch.device("cuda", local_rank)
+        count = torch.cuda.device_count()
+        index = 0 if count == 1 else local_rank
+        if index >= count:
+            raise ValueError(
+                f"local rank {local_rank} has no GPU: this process sees {count} CUDA devices; "
+                "start at most one process per visible GPU (torchrun --nproc_per_node)"
+            )
+        torch.cuda.set_device(index)
+        return torch.device("cuda", index)
     return torch.device("cpu")
+
+
+def rendezvous_env(rank: int, world: int) -> None:
+    """Fill what env:// needs when SLURM started the processes without torchrun.
+
+    One node: MASTER_ADDR/PORT default to 127.0.0.1:29500. Several nodes: MASTER_ADDR
+    must be exported by the job script (guessing it would hang every rank)."""
+    env = os.environ
+    if "MASTER_ADDR" not in env:
+        nodes = int(env.get("SLURM_JOB_NUM_NODES", env.get("SLURM_NNODES", "1")) or 1)
+        if nodes > 1:
+            raise ValueError(
+                f"SLURM job on {nodes} nodes without torchrun: export MASTER_ADDR (e.g. "
+                "$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n 1)) and MASTER_PORT, "
+                "or launch with torchrun"
+            )
+        env["MASTER_ADDR"] = "127.0.0.1"
+    env.setdefault("MASTER_PORT", "29500")
+    env.setdefault("RANK", str(rank))
+    env.setdefault("WORLD_SIZE", str(world))
 
 
 def init(device: str = "auto", timeout_s: int = 1800) -> DistInfo:
     """Join the process group when launched with world_size > 1 (env:// rendezvous)."""
     rank, world, local = env_rank()
+    if world > 1 and not dist.is_initialized():
+        rendezvous_env(rank, world)  # before any CUDA work: a config mistake fails fast
     dev = pick_device(device, local)
     if world > 1 and not dist.is_initialized():
-        if "MASTER_ADDR" not in os.environ:  # SLURM without torchrun: single-node default
-            os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-            os.environ.setdefault("MASTER_PORT", "29500")
-            os.environ.setdefault("RANK", str(rank))
-            os.environ.setdefault("WORLD_SIZE", str(world))
         backend = "nccl" if dev.type == "cuda" else "gloo"
         kwargs: dict[str, Any] = {"device_id": dev} if dev.type == "cuda" else {}
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s), **kwargs)
+        dist.init_process_group(
+            backend, timeout=timedelta(seconds=timeout_s), rank=rank, world_size=world, **kwargs
+        )
     return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
 
 

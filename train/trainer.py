@@ -71,11 +71,16 @@ class Trainer:
         ).to(self.device)
         if exp.train.channels_last:
             self.raw.to(memory_format=torch.channels_last)
+        # same init on every rank (above); from here each rank draws its own dropout /
+        # drop-path masks (identical masks on every rank would correlate the noise)
+        torch.manual_seed(exp.train.seed + self.info.rank)
         self.step, self.epoch, self.micro = 0, 0, 0
+        self._group = exp.optim.grad_accum  # micro-batches in the current accumulation group
         self.batch_in_epoch = 0  # batches consumed in the current epoch (resume-aware)
         self._saved_step = -1
         self.metrics: dict[str, float] = {}
-        self.stop_requested = False
+        self.stop_requested = False  # set by the signal handler on this rank
+        self.stopped = False  # every rank agreed to stop (what train() acts on)
         self.logger = MetricsLogger(self.out, enabled=self.info.is_main)
         self._amp = self._amp_dtype()
         if self.family.trainable:
@@ -96,16 +101,19 @@ class Trainer:
 
     def _build_optimisation(self) -> None:
         o, t = self.exp.optim, self.exp.train
-        per_epoch = max(1, len(self.data.train) // o.grad_accum)
+        per_epoch = max(1, -(-len(self.data.train) // o.grad_accum))  # a partial last group steps too
         self.total_steps = min(t.max_steps or 10**12, per_epoch * t.epochs)
         self.optimizer = build_optimizer(self.raw, o)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, o)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self._amp == torch.float16)
         self.ema = EMA(self.raw, t.ema_decay) if t.ema_decay else None
         model: nn.Module = self.raw
+        self.ddp: DDP | None = None
         if self.info.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            model = DDP(model, device_ids=ids)
+            model = self.ddp = DDP(model, device_ids=ids)
+        # compile wraps DDP (torch's DDP + compile recipe); no_sync() is taken from self.ddp,
+        # because the compiled wrapper is not a DDP instance
         self.model = torch.compile(model) if t.compile else model
 
     def _write_config(self) -> None:
@@ -126,7 +134,9 @@ class Trainer:
         finally:
             restore()
         self.sync_buffers()
-        if not self.stop_requested and self._saved_step != self.step:
+        # the agreed flag, not this rank's: a signal that lands after the last agreement
+        # must not make one rank skip a collective save that the others enter
+        if not self.stopped and self._saved_step != self.step:
             self.save()
         self.check_ranks_in_sync()
         return self.summary()
@@ -152,6 +162,7 @@ class Trainer:
             for hook in self.hooks:
                 hook(self)
             if self._should_stop():
+                self.stopped = True
                 self.save()
                 bar.close()
                 return True
@@ -160,7 +171,8 @@ class Trainer:
             if self._done():
                 break
         bar.close()
-        if self.micro:  # flush a partial accumulation at epoch end
+        if self.micro:  # the loader ended before len(loader) batches: sync by hand, then step
+            self._all_reduce_grads()
             self._optimizer_step()
         if self._done() and self.batch_in_epoch < len(self.data.train):
             return True  # max_steps inside an epoch: stop without a half-epoch validation
@@ -168,8 +180,7 @@ class Trainer:
         self.batch_in_epoch = 0
         self.metrics = self.validate()
         self.logger.log(self.step, self.epoch, {f"val/{k}": v for k, v in self.metrics.items()})
-        self.save()
-        self._maybe_save_best()
+        self._save_with_best()
         return False
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -179,23 +190,30 @@ class Trainer:
         x, y = batch["x"], batch["y"]
         if self.exp.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        accum = self.exp.optim.grad_accum
-        last_micro = self.micro + 1 == accum
-        sync = (
-            contextlib.nullcontext()
-            if last_micro or not isinstance(self.model, DDP)
-            else self.model.no_sync()
-        )
+        if self.micro == 0:
+            self._group = self._group_size()
+        last_micro = self.micro + 1 >= self._group
+        # the last micro-batch of a group all-reduces (DDP); the epoch's last batch always
+        # closes its group, so a partial group is synchronised like a full one
+        ddp = getattr(self, "ddp", None)
+        sync = contextlib.nullcontext() if last_micro or ddp is None else ddp.no_sync()
         with sync:
             with torch.autocast(
                 self.device.type, dtype=self._amp or torch.float32, enabled=self._amp is not None
             ):
                 loss = self.head.loss(self.model(x), y)
-            self.scaler.scale(loss / accum).backward()
+            self.scaler.scale(loss / self._group).backward()
         self.micro += 1
         if last_micro:
             self._optimizer_step()
         return loss.detach().float()
+
+    def _group_size(self) -> int:
+        """Micro-batches in the accumulation group starting now: grad_accum, or fewer when
+        the epoch ends first (``len(loader)`` is the same on every rank)."""
+        accum = self.exp.optim.grad_accum
+        left = len(self.data.train) - self.batch_in_epoch
+        return min(accum, left) if left > 0 else accum
 
     def _optimizer_step(self) -> None:
         clip = self.exp.optim.clip_norm
@@ -211,22 +229,40 @@ class Trainer:
         self.step += 1
         self.micro = 0
 
+    def _all_reduce_grads(self) -> None:
+        """Average gradients over ranks (what DDP does when a group's last backward syncs)."""
+        if not self.info.distributed:
+            return
+        for p in self.raw.parameters():
+            if p.grad is not None:
+                torch.distributed.all_reduce(p.grad)
+                p.grad /= self.info.world_size
+
     def _done(self) -> bool:
         return self.exp.train.max_steps is not None and self.step >= self.exp.train.max_steps
 
     def _should_stop(self) -> bool:
-        """SIGTERM/SIGINT on any rank stops every rank at the same step.
+        """SIGTERM/SIGINT on any rank stops every rank at the same (the next) optimiser step.
 
-        Ranks agree through an all-reduce every ``log_every`` steps (not every step: that
-        would add a host sync per step on the GPU)."""
+        Ranks agree through a one-element all-reduce every step on a CPU (gloo) group: no
+        host-GPU sync per step, and a preempted job (torchrun gives its workers ~30 s after
+        SIGTERM) saves at once instead of up to ``log_every`` steps later."""
         if not self.info.distributed:
             return self.stop_requested
-        if self.step % self.exp.train.log_every:
-            return False
-        flag = torch.tensor([float(self.stop_requested)], device=self.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        flag = torch.tensor([float(self.stop_requested)])
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self._control_group())
         self.stop_requested = bool(flag.item())
         return self.stop_requested
+
+    def _control_group(self) -> Any:
+        """The process group for CPU control flags: the default one under gloo, a gloo
+        group beside NCCL otherwise (created on first use: every rank reaches it at the same step)."""
+        if getattr(self, "_ctl", None) is None:
+            if torch.distributed.get_backend() == "gloo":
+                self._ctl = torch.distributed.group.WORLD
+            else:
+                self._ctl = torch.distributed.new_group(backend="gloo")
+        return self._ctl
 
     def _log_train(self, mean_loss: torch.Tensor, bar: tqdm) -> None:
         loss = distributed.all_reduce_mean(mean_loss.reshape(1)).item()
@@ -258,17 +294,24 @@ class Trainer:
         self.raw.train()
         return metrics
 
-    def _maybe_save_best(self) -> None:
+    def _save_with_best(self) -> None:
+        """Epoch-end save. The best value is updated *before* the step file is written, so a
+        run resumed from it knows this epoch's score and never overwrites a better best.pt."""
+        improved = self._update_best()
+        self.save()
+        if improved:
+            self.checkpointer.save_best(self.state_dict())
+
+    def _update_best(self) -> bool:
         name, mode = self.exp.train.best_metric or primary_metric(self.task.kind), self.exp.train.best_mode
         if not self.metrics:
-            return
+            return False
         if name not in self.metrics:
             warnings.warn(
                 f"train.best_metric {name!r} not among {sorted(self.metrics)}; no best.pt", stacklevel=2
             )
-            return
-        if self.checkpointer.improved(self.metrics[name], mode):
-            self.checkpointer.save_best(self.state_dict())
+            return False
+        return self.checkpointer.improved(self.metrics[name], mode)
 
     def _fit_gbm(self) -> dict[str, Any]:
         from train.gbm_fit import fit_distributed
@@ -279,8 +322,7 @@ class Trainer:
         self.step, self.epoch = 1, self.exp.train.epochs
         self.metrics = self.validate()
         self.logger.log(self.step, self.epoch, {**stats, **{f"val/{k}": v for k, v in self.metrics.items()}})
-        self.save()
-        self._maybe_save_best()
+        self._save_with_best()
         return self.summary()
 
     # ------------------------------------------------------------ state
@@ -318,7 +360,8 @@ class Trainer:
         if self.family.trainable:
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
-            self.scaler.load_state_dict(state["scaler"])
+            if state.get("scaler"):  # empty when saved without fp16 (bf16, or CPU): keep a fresh scaler
+                self.scaler.load_state_dict(state["scaler"])
             if self.ema is not None and state.get("ema") is not None:
                 self.ema.load_state_dict(state["ema"])
         if int(state.get("world_size", 1)) == self.info.world_size:
@@ -362,7 +405,7 @@ class Trainer:
             "step": self.step,
             "epoch": self.epoch,
             "metrics": dict(self.metrics),
-            "stopped": self.stop_requested,
+            "stopped": self.stopped,
         }
 
     def _install_signals(self) -> Callable[[], None]:

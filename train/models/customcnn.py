@@ -7,12 +7,14 @@ frames. Sizes are presets (data), not code branches.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 import torch.nn as nn
 
 from train.config import ModelConfig
+from train.models.pretrained import load_matching, read_state_dict
 from train.models.registry import Family, register_family
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -106,7 +108,12 @@ def build_customcnn(
     min_side = 2 ** (len(kwargs.get("widths", [1])) - 1)
     if min(input_shape[1:]) < min_side:
         raise ValueError(f"model customcnn: input {input_shape} too small for {min_side}x downsampling")
-    return CustomCNN(in_chans=in_chans, num_outputs=num_outputs, dropout=cfg.dropout, **kwargs)
+    if cfg.drop_path:
+        warnings.warn("model.drop_path has no effect on customcnn (no stochastic depth)", stacklevel=2)
+    model = CustomCNN(in_chans=in_chans, num_outputs=num_outputs, dropout=cfg.dropout, **kwargs)
+    if cfg.pretrained is not None:  # a local customcnn state_dict or musicstream checkpoint
+        load_matching(model, read_state_dict(cfg.pretrained), source=str(cfg.pretrained))
+    return model
 
 
 register_family(Family(name="customcnn", builder=build_customcnn, presets=PRESETS, default_preset="small"))

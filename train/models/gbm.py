@@ -9,6 +9,7 @@ The module holds no trainable parameters: everything lives in ``get_extra_state`
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -145,6 +146,9 @@ def _predict(b: Any, z: np.ndarray) -> np.ndarray:
 def build_gbm(
     cfg: ModelConfig, *, in_chans: int, num_outputs: int, input_shape: tuple[int, int, int], **kwargs: Any
 ) -> nn.Module:
+    unused = [n for n in ("pretrained", "dropout", "drop_path") if getattr(cfg, n)]
+    if unused:
+        warnings.warn(f"model.{', model.'.join(unused)}: no effect on the gbm family", stacklevel=2)
     return GBMModel(num_outputs=num_outputs, **kwargs)
 
 
