@@ -8,18 +8,9 @@ import sys
 import time
 
 from pipelines.bench import cpu_seconds, main
+from pipelines.testing import small_overrides
 
-SMALL = [
-    "--features.sample_rate=8000",
-    "--features.n_fft=256",
-    "--features.hop_length=128",
-    "--features.n_mels=32",
-    "--features.n_mfcc=13",
-    "--loader.chunk_seconds=1.0",
-    "--loader.batch_size=4",
-    "--loader.chunks_per_track=2",
-    "--loader.num_threads=1",
-]
+SMALL = small_overrides(batch_size=4, chunks_per_track=2)
 
 
 def test_bench_json_on_synthetic_shards(tmp_path, capsys):

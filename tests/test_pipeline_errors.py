@@ -15,7 +15,7 @@ from pipelines.features import STATS_FILE
 from pipelines.loader import build_loader
 from pipelines.stats import compute_stats, write_stats
 from pipelines.stats import main as stats_main
-from pipelines.testing import small_configs
+from pipelines.testing import small_configs, small_overrides
 from pipelines.validate import ShardError
 from shards.configtools import load_sections
 
@@ -166,21 +166,7 @@ def test_meanstd_statistics(shards):
     ms = dataclasses.replace(fc, normalize="meanstd", channels=["cqt", "mel"])
     with pytest.raises(FileNotFoundError, match=STATS_FILE):
         build_loader(shards, "train", mode="eval", features=ms, augment=aug, loader=lc)
-    assert (
-        stats_main(
-            [
-                str(shards),
-                "--features.sample_rate=8000",
-                "--features.n_fft=256",
-                "--features.hop_length=128",
-                "--features.n_mels=32",
-                "--features.n_mfcc=13",
-                "--loader.chunk_seconds=1.0",
-                "--loader.num_threads=1",
-            ]
-        )
-        == 0
-    )
+    assert stats_main([str(shards), *small_overrides()]) == 0
     stats = json.loads((shards / STATS_FILE).read_text())
     assert stats["chunks"] == 4 * 3  # 8 tracks: 4 in train (2 validation, 2 test), 3 chunks each
     x = torch.cat(
