@@ -50,6 +50,8 @@ def test_trains_validates_and_checkpoints_on_shards(single: Path, tmp_path: Path
     assert trainer.step == 2 * len(trainer.data.train) > 0
     rows = read_metrics(tmp_path)
     assert [r["epoch"] for r in rows if "val/track/accuracy" in r] == [1, 2]
+    curves = tmp_path / "curves.png"  # written by close() on rank 0
+    assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     best = load_predictor(tmp_path / "checkpoints" / "best.pt")
     assert best.task.classes == trainer.task.classes
     assert best.configs["features"].n_mels == 32

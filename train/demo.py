@@ -90,7 +90,13 @@ def run(out: Path, *, tracks: int, seconds: float, config: Path = CONFIG) -> dic
     metrics = json.loads((report / "metrics.json").read_text())
     manifest = json.loads((shards / "manifest.json").read_text())
     n_classes = len(manifest["task"]["classes"])
-    return {"metrics": metrics, "timings": timings, "chance": 1.0 / n_classes, "report": report / "report.md"}
+    return {
+        "metrics": metrics,
+        "timings": timings,
+        "chance": 1.0 / n_classes,
+        "report": report / "report.md",
+        "curves": run_dir / "curves.png",
+    }
 
 
 def print_summary(summary: dict[str, object]) -> None:
@@ -106,7 +112,7 @@ def print_summary(summary: dict[str, object]) -> None:
         if metrics.get(key) is not None:
             print(f"{key:<38} {metrics[key]:>8.3f}")
     print(f"{'chance (1 / classes)':<38} {summary['chance']:>8.3f}")
-    print(f"\nfull report: {summary['report']}")
+    print(f"\nfull report: {summary['report']}; training curves: {summary['curves']}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -421,3 +421,17 @@ class Trainer:
 
     def close(self) -> None:
         self.logger.close()
+        if self.info.is_main:
+            self._plot_curves()
+
+    def _plot_curves(self) -> None:
+        """``OUT/curves.png``: loss and validation metrics so far (also after a stop or a crash)."""
+        from eval.plots import plot_training_curves
+        from train.logger import read_metrics
+
+        try:
+            plot_training_curves(
+                read_metrics(self.out), self.out / "curves.png", f"{self.exp.model.family}: {self.out}"
+            )
+        except (OSError, ValueError, RuntimeError) as e:  # a plot must never lose a finished run
+            warnings.warn(f"{self.out / 'curves.png'}: could not plot the training curves: {e}", stacklevel=2)
