@@ -8,39 +8,44 @@ chunks of a track on one rank, so this runs locally before anything is gathered.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import numpy as np
 import torch
 
 from eval.config import Aggregate
 
+Array = TypeVar("Array", torch.Tensor, np.ndarray)
+"""The array type of a ``Predictions``: torch tensors or numpy arrays."""
+
 
 @dataclass
-class Predictions:
+class Predictions(Generic[Array]):
     """Rows of probabilities with their labels and track ids.
 
     ``probs`` (N, sum(head_sizes)) float32; ``target`` single (N,), multi (N, K) 0/1,
-    hier (N, L), all int64; ``track`` (N,) int64. Torch tensors while evaluating,
-    numpy arrays in an ``EvalResult``.
+    hier (N, L), all int64; ``track`` (N,) int64. Torch tensors while evaluating
+    (``Predictions[torch.Tensor]``), numpy arrays in an ``EvalResult``
+    (``Predictions[np.ndarray]``).
     """
 
-    probs: torch.Tensor | np.ndarray
-    target: torch.Tensor | np.ndarray
-    track: torch.Tensor | np.ndarray
+    probs: Array
+    target: Array
+    track: Array
 
     def __len__(self) -> int:
         return int(self.track.shape[0])
 
-    def numpy(self) -> Predictions:
+    def numpy(self) -> Predictions[np.ndarray]:
         conv = lambda a: a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)  # noqa: E731
         return Predictions(conv(self.probs), conv(self.target), conv(self.track))
 
-    def torch(self) -> Predictions:
+    def torch(self) -> Predictions[torch.Tensor]:
         conv = lambda a: a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
         return Predictions(conv(self.probs), conv(self.target), conv(self.track))
 
 
-def aggregate_tracks(chunks: Predictions, how: Aggregate = "mean") -> Predictions:
+def aggregate_tracks(chunks: Predictions, how: Aggregate = "mean") -> Predictions[torch.Tensor]:
     """One row per track (sorted by track id): mean or max of its chunks' probabilities.
 
     Every chunk of a track must carry the same label; a mismatch means the loader mixed

@@ -162,12 +162,14 @@ def _multi(task: TaskSpec, probs: torch.Tensor, target: torch.Tensor, thresholds
 
 def _f1s(pred: torch.Tensor, target: torch.Tensor, k: int, suffix: str) -> dict[str, float]:
     """Micro/macro F1 (and micro P/R) of 0/1 decisions; macro averages over all tags."""
-    kw = {"zero_division": 0}
+    zd = 0  # an undefined score (no predicted / no true positives) counts as 0
     return {
-        f"micro_f1{suffix}": _f(multilabel_f1_score(pred, target, k, average="micro", **kw)),
-        f"macro_f1{suffix}": _f(multilabel_f1_score(pred, target, k, average="macro", **kw)),
-        f"micro_precision{suffix}": _f(multilabel_precision(pred, target, k, average="micro", **kw)),
-        f"micro_recall{suffix}": _f(multilabel_recall(pred, target, k, average="micro", **kw)),
+        f"micro_f1{suffix}": _f(multilabel_f1_score(pred, target, k, average="micro", zero_division=zd)),
+        f"macro_f1{suffix}": _f(multilabel_f1_score(pred, target, k, average="macro", zero_division=zd)),
+        f"micro_precision{suffix}": _f(
+            multilabel_precision(pred, target, k, average="micro", zero_division=zd)
+        ),
+        f"micro_recall{suffix}": _f(multilabel_recall(pred, target, k, average="micro", zero_division=zd)),
     }
 
 

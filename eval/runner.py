@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
@@ -34,8 +35,8 @@ class EvalResult:
 
     metrics: dict[str, float]
     """``chunk/...`` and ``track/...`` keys, e.g. ``track/accuracy``, ``track/micro_f1``."""
-    chunk: Predictions
-    track: Predictions
+    chunk: Predictions[np.ndarray]
+    track: Predictions[np.ndarray]
     details: dict[str, MetricSet] = field(default_factory=dict)
     """``"chunk"`` / ``"track"`` -> tables and confusion matrices."""
     thresholds: Thresholds | None = None
@@ -51,6 +52,10 @@ class PredictionStore(Metric):
     """Rows of (probs, target, track); torchmetrics concatenates them across ranks."""
 
     full_state_update = False
+    # list states (torchmetrics' own convention): rows appended per update, concatenated on sync
+    probs: list[torch.Tensor]
+    target: list[torch.Tensor]
+    track: list[torch.Tensor]
 
     def __init__(self) -> None:
         super().__init__()
@@ -58,16 +63,16 @@ class PredictionStore(Metric):
         self.add_state("target", default=[], dist_reduce_fx="cat")
         self.add_state("track", default=[], dist_reduce_fx="cat")
 
-    def update(self, p: Predictions) -> None:  # type: ignore[override]
+    def update(self, p: Predictions[torch.Tensor]) -> None:  # type: ignore[override]
         self.probs.append(p.probs.float())
         self.target.append(p.target.long())
         self.track.append(p.track.long())
 
-    def compute(self) -> Predictions:
+    def compute(self) -> Predictions[torch.Tensor]:
         return Predictions(dim_zero_cat(self.probs), dim_zero_cat(self.target), dim_zero_cat(self.track))
 
 
-def gather(local: Predictions) -> Predictions:
+def gather(local: Predictions[torch.Tensor]) -> Predictions[torch.Tensor]:
     """All ranks' rows on every rank, sorted by track id (stable within a track)."""
     store = PredictionStore().to(_comm_device())
     # one update, even of zero rows: every rank contributes a (0, ...)-shaped state at worst
@@ -159,7 +164,7 @@ def _scoring(
 @torch.no_grad()
 def _collect(
     predict: ProbaFn, loader: Iterable[dict[str, torch.Tensor]], task: TaskSpec, dev: Any
-) -> Predictions:
+) -> Predictions[torch.Tensor]:
     """Chunk predictions of this rank, on the CPU."""
     probs, target, track = [_empty(task).probs], [_empty(task).target], [_empty(task).track]
     width = sum(task.head_sizes)
@@ -180,7 +185,7 @@ def _target_shape(task: TaskSpec) -> tuple[int, ...]:
     return () if task.kind == "single" else (task.label_width,)
 
 
-def _empty(task: TaskSpec) -> Predictions:
+def _empty(task: TaskSpec) -> Predictions[torch.Tensor]:
     return Predictions(
         torch.zeros(0, sum(task.head_sizes)),
         torch.zeros((0, *_target_shape(task)), dtype=torch.long),

@@ -48,7 +48,9 @@ class Thresholds:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Thresholds:
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        # JSON lists back to tuples; unknown or missing keys stay a TypeError from the constructor
+        fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+        return cls(**fields)
 
 
 def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:

@@ -74,7 +74,8 @@ class _Featurize:
                 rng=self._rng,
             )
         with torch.no_grad():
-            x = self._asm(*self._ref(chunks), mask)
+            mel_db, mfcc, power = self._ref(chunks)
+            x = self._asm(mel_db, mfcc, power, mask)
         lbl = torch.from_numpy(np.frombuffer(sample["lbl"], dtype="<i8").copy())
         tid = int(np.frombuffer(sample["tid"], dtype="<i8")[0])
         n = x.shape[0]

@@ -128,7 +128,7 @@ def bench_pipeline(name: str, shards: Path, cfg: dict[str, Any], args: argparse.
         free0 = torch.cuda.mem_get_info()[0]
         torch.cuda.reset_peak_memory_stats()
     loader = make_loader(name, shards, cfg, args.workers, args.split)
-    res = time_batches(
+    res: dict[str, Any] = time_batches(
         loader, warmup=args.warmup, batches=args.batches, chunk_seconds=cfg["loader"].chunk_seconds
     )
     res["pipeline"] = name

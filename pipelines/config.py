@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-CHANNELS = ("mel", "mfcc", "chroma", "cqt")
 Channel = Literal["mel", "mfcc", "chroma", "cqt"]
+CHANNELS: tuple[Channel, ...] = ("mel", "mfcc", "chroma", "cqt")
 Normalize = Literal["minmax", "meanstd", "none"]
 
 

@@ -205,6 +205,7 @@ class FeatureAssembler:
             hi = x.amax(dim=(2, 3), keepdim=True)
             x.sub_(lo).div_((hi - lo).clamp_min(_EPS))
         elif self.cfg.normalize == "meanstd":
+            assert self.mean is not None and self.std is not None  # set by __init__ for meanstd
             x.sub_(self.mean).div_(self.std)
         return x
 

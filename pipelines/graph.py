@@ -82,7 +82,7 @@ def build_pipeline(spec: GraphSpec, checkpoint: str | None = None) -> Pipeline:
         prefetch_queue_depth=spec.loader.prefetch,
         enable_checkpointing=True,
         exec_dynamic=True,
-    )
+    )  # type: ignore[call-overload]  # DALI stubs lack exec_dynamic
     def music_pipeline():  # type: ignore[no-untyped-def]
         return _graph(spec)
 
@@ -93,13 +93,13 @@ def build_pipeline(spec: GraphSpec, checkpoint: str | None = None) -> Pipeline:
 
 
 def _read(spec: GraphSpec):  # type: ignore[no-untyped-def]
-    audio_dtype = types.INT16 if spec.codec == "pcm16" else types.UINT8
+    audio_dtype = types.DALIDataType.INT16 if spec.codec == "pcm16" else types.DALIDataType.UINT8
     train = spec.mode == "train"
     return fn.readers.webdataset(
         paths=[str(p) for p in spec.tars],
         index_paths=[str(p) for p in spec.idxs],
         ext=[{"pcm16": "pcm"}.get(spec.codec, spec.codec), "lbl", "tid"],
-        dtypes=[audio_dtype, types.INT64, types.INT64],
+        dtypes=[audio_dtype, types.DALIDataType.INT64, types.DALIDataType.INT64],
         missing_component_behavior="error",
         shard_id=spec.shard_id,
         num_shards=spec.num_shards,
@@ -121,25 +121,25 @@ def _decode(spec: GraphSpec, audio):  # type: ignore[no-untyped-def]
     if spec.codec == "pcm16":
         n_in = samples(audio)
         sig = audio.gpu() if spec.device == "gpu" else audio
-        sig = fn.cast(sig, dtype=types.FLOAT) * (1.0 / 32768.0)
+        sig = fn.cast(sig, dtype=types.DALIDataType.FLOAT) * (1.0 / 32768.0)
         if spec.shards_rate != rate:
             sig = fn.audio_resample(sig, in_rate=float(spec.shards_rate), out_rate=float(rate))
             # the resampler's output length, ceil(n * out_rate / in_rate), in double precision
             # (integer constants keep the arithmetic in float64; a Python float enters as float32)
             n_in = dmath.ceil(n_in * int(rate) / int(spec.shards_rate))
         return sig, n_in
-    sig, _ = fn.decoders.audio(audio, dtype=types.FLOAT, downmix=True, sample_rate=float(rate))
+    sig, _ = fn.decoders.audio(audio, dtype=types.DALIDataType.FLOAT, downmix=True, sample_rate=float(rate))
     return (sig.gpu() if spec.device == "gpu" else sig), samples(sig)
 
 
 def samples(signal):  # type: ignore[no-untyped-def]
     """Length of a CPU 1-D signal node as a float64 CPU node (exact for any track length)."""
-    return fn.cast(signal.shape(), dtype=types.FLOAT64)
+    return fn.cast(signal.shape(), dtype=types.DALIDataType.FLOAT64)
 
 
 def chunk_count(n, chunk: int):  # type: ignore[no-untyped-def]
     """Eval chunks of a track of ``n`` samples (float64 CPU node): ``max(ceil(n / chunk), 1)`` int64."""
-    return fn.cast(dmath.max(dmath.ceil(n / int(chunk)), 1), dtype=types.INT64)
+    return fn.cast(dmath.max(dmath.ceil(n / int(chunk)), 1), dtype=types.DALIDataType.INT64)
 
 
 def _train_rows(spec: GraphSpec, sig, n):  # type: ignore[no-untyped-def]
@@ -149,7 +149,7 @@ def _train_rows(spec: GraphSpec, sig, n):  # type: ignore[no-untyped-def]
     rows = []
     for _ in range(spec.loader.chunks_per_track):
         u = fn.random.uniform(range=[0.0, 1.0], shape=[1])
-        start = fn.cast(dmath.floor(u * room), dtype=types.INT32)
+        start = fn.cast(dmath.floor(u * room), dtype=types.DALIDataType.INT32)
         rows.append(fn.slice(sig, start=start, shape=[L], axes=[0], out_of_bounds_policy="pad"))
     return fn.stack(*rows)
 

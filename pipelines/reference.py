@@ -20,6 +20,8 @@ from pipelines.features import FeatureAssembler
 class ReferenceFeatures(torch.nn.Module):
     """``chunks (N, L)`` float32 -> ``mel_db (N, n_mels, T)``, ``mfcc (N, n_mfcc, T)``, ``power (N, n_fft/2+1, T)``."""
 
+    dct: torch.Tensor  # registered buffer (n_mfcc, n_mels)
+
     def __init__(self, features: FeatureConfig) -> None:
         super().__init__()
         fc = features

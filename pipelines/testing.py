@@ -54,7 +54,7 @@ SMALL_FEATURES = dict(sample_rate=8000, n_fft=256, hop_length=128, n_mels=32, n_
 
 def small_overrides(**loader: object) -> list[str]:
     """The same tiny features as CLI overrides (``--features.k=v``, ``--loader.k=v``) for the CLIs."""
-    items = [("features", k, v) for k, v in SMALL_FEATURES.items()]
+    items: list[tuple[str, str, object]] = [("features", k, v) for k, v in SMALL_FEATURES.items()]
     items += [("loader", k, v) for k, v in {"chunk_seconds": 1.0, "num_threads": 1, **loader}.items()]
     return [f"--{section}.{k}={v}" for section, k, v in items]
 

@@ -93,8 +93,12 @@ def main(a: argparse.Namespace) -> int:
 
     cores = len(os.sched_getaffinity(0))
     workers = sorted({1, a.workers or cores})
-    tmp = None if a.dir else Path(tempfile.mkdtemp(prefix="shards-bench-"))
-    work = a.dir or tmp
+    tmp: Path | None = None
+    work: Path
+    if a.dir:
+        work = a.dir
+    else:
+        work = tmp = Path(tempfile.mkdtemp(prefix="shards-bench-"))
     try:
         res = run(work, tracks=a.tracks, seconds=a.seconds, workers=workers, source_rate=a.sample_rate)
     finally:

@@ -32,6 +32,7 @@ from shards.manifest import (
     REJECTS,
     TRACK_EXT,
     Manifest,
+    ShardInfo,
     SplitInfo,
     read_manifest,
     write_manifest,
@@ -275,7 +276,7 @@ class Builder:
             written += st["written"]
             rejected += len(st["rejects"])
             if st["written"]:
-                shards = [{k: v for k, v in s.items() if k != "resume"} for s in st["shards"]]
+                shards = [ShardInfo(**{k: v for k, v in s.items() if k != "resume"}) for s in st["shards"]]
                 splits[split] = SplitInfo(
                     num_samples=st["written"],
                     seconds=round(st["seconds"], 3),

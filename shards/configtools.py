@@ -12,9 +12,12 @@ import tomllib
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 def load_toml(path: str | Path) -> dict[str, Any]:
@@ -96,7 +99,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ValueError(f"{where}: expected a table, got {value!r}")
         return dict(value)
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         if not isinstance(value, dict):
             raise ValueError(f"{where}: expected a table, got {value!r}")
         return from_dict(hint, value, where)
@@ -176,7 +179,7 @@ def load_sections(
         extra = sorted(set(tree) - set(sections))
         if extra:
             raise ValueError(f"{label}: unknown section(s) {extra}; known: {sorted(sections)}")
-    out = {}
+    out: dict[str, Any] = {}
     for name, cls in sections.items():
         table = tree.get(name, {})
         if not isinstance(table, dict):

@@ -46,7 +46,7 @@ def level_columns(df: pd.DataFrame) -> list[str]:
 
 def hierarchy(rows: list[list[str]], names: list[str], where: str) -> TaskSpec:
     """Levels with parent links from observed label paths; a class with two parents is an error."""
-    levels = []
+    levels: list[Level] = []
     for d, name in enumerate(names):
         classes = sorted({r[d] for r in rows})
         parent = None

@@ -27,6 +27,7 @@ import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import pandas as pd
@@ -34,6 +35,9 @@ import soundfile as sf
 from tqdm import tqdm
 
 from shards.atomic import atomic_path, atomic_write_text
+
+if TYPE_CHECKING:
+    from shards.manifest import Codec, TaskKind
 
 GENRES = ["ambient", "blues", "classical", "disco"]
 GENRE_BANDS: list[tuple[float, float]] = [(180.0, 260.0), (420.0, 600.0), (950.0, 1350.0), (2100.0, 2900.0)]
@@ -206,16 +210,19 @@ def build_synth_shards(
     from shards.builder import build
     from shards.config import BuildConfig
 
-    tmp = None if raw is not None else Path(tempfile.mkdtemp(prefix="musicstream-synth-"))
-    root = Path(raw) if raw is not None else tmp
+    tmp: Path | None = None
+    if raw is not None:
+        root = Path(raw)
+    else:
+        root = tmp = Path(tempfile.mkdtemp(prefix="musicstream-synth-"))
     try:
         make_synth(root, tracks=tracks, seconds=seconds, seed=seed, progress=progress)
         cfg = BuildConfig(
             source="folder",
             root=root,
             out=Path(out),
-            task=task,
-            codec=codec,  # type: ignore[arg-type]
+            task=cast("TaskKind", task),  # validated by BuildConfig
+            codec=cast("Codec", codec),  # validated by BuildConfig
             sample_rate=sample_rate,
             seed=seed,
             shard_size_mb=shard_size_mb,

@@ -7,6 +7,7 @@ here, from the offsets we just wrote, so DALI never has to scan a tar at start-u
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import re
@@ -67,9 +68,9 @@ class ShardWriter:
         self.next_index = start
         self.output: list[ShardInfo] = []
         self._tar: tarfile.TarFile | None = None
-        self._ctx = None
+        self._ctx: contextlib.AbstractContextManager[Path] | None = None
         self._hf: _HashingFile | None = None
-        self._raw = None
+        self._raw: io.BufferedWriter | None = None
         self._lines: list[str] = []
         self._keys: set[str] = set()
 

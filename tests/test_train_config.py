@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
 
 from train.__main__ import main
 from train.config import load_experiment
+from train.data import read_task
 from train.models import check_model_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
@@ -83,6 +85,14 @@ def test_bad_values_name_the_field(override: str, field: str) -> None:
 def test_shards_required_unless_synthetic() -> None:
     with pytest.raises(ValueError, match="shards"):
         load_experiment(None, ["model.family=customcnn"])
+
+
+def test_read_task_names_missing_shards_on_a_hand_built_experiment() -> None:
+    """An Experiment assembled in code skips the loader's check; read_task still names the key."""
+    exp = load_experiment(None, ["data.synthetic=true"])
+    exp = dataclasses.replace(exp, data=dataclasses.replace(exp.data, synthetic=False))
+    with pytest.raises(ValueError, match="data.shards"):
+        read_task(exp)
 
 
 def test_cli_overrides_win_over_file(tmp_path: Path) -> None:

@@ -30,7 +30,9 @@ def rng_state() -> dict[str, Any]:
 
     CUDA: only this rank's own device (``[state]``): the other visible GPUs belong to other
     ranks, and a resume may see a different number of them (SLURM one GPU per task)."""
-    np_state = np.random.get_state()
+    np_state = np.random.get_state(legacy=True)
+    if not isinstance(np_state, tuple):  # only a non-MT19937 global bit generator gives a dict
+        raise RuntimeError("numpy's global RNG is not MT19937; its state cannot be checkpointed")
     return {
         "torch": torch.get_rng_state(),
         "cuda": [torch.cuda.get_rng_state(torch.cuda.current_device())] if torch.cuda.is_available() else [],

@@ -257,9 +257,9 @@ def experiment_from_tree(tree: dict[str, Any], label: str = "config") -> Experim
     for name, cls in TRAIN_SECTIONS.items():
         out[name] = from_dict(cls, _table(tree, name, label), f"{label} [{name}]")
     for name in OTHER_SECTIONS:
-        cls = other_section_class(name)
+        other = other_section_class(name)
         table = _table(tree, name, label)
-        out[name] = from_dict(cls, table, f"{label} [{name}]") if cls is not None else table
+        out[name] = from_dict(other, table, f"{label} [{name}]") if other is not None else table
     exp = Experiment(**out, source=label)
     if not exp.data.synthetic and exp.data.shards is None:
         raise ValueError(f"{label} [data] shards: required unless data.synthetic = true")

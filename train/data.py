@@ -7,7 +7,8 @@ loaders with this rank's share, all with the ``MusicLoader`` interface.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import Any, TypedDict
 
 import torch
 
@@ -24,11 +25,30 @@ class DataBundle:
     feature_shape: tuple[int, int, int]
 
 
+class _SyntheticCommon(TypedDict):
+    """Keyword arguments both synthetic loaders (train and validation) share."""
+
+    batch_size: int
+    learnable: bool
+    signal: float
+    seed: int
+    rank: int
+    world_size: int
+    device: torch.device
+
+
+def _shards(exp: Experiment) -> Path:
+    """``data.shards``, which a shard-fed (non-synthetic) run cannot do without."""
+    if exp.data.shards is None:
+        raise ValueError("data.shards: required unless data.synthetic = true")
+    return exp.data.shards
+
+
 def read_task(exp: Experiment) -> TaskSpec:
     """The task and vocabularies: the manifest's, or the synthetic one (no GPU work)."""
     if exp.data.synthetic:
         return synthetic_task(exp.data.synthetic_task, exp.data.synthetic_classes)
-    return read_manifest(exp.data.shards).task
+    return read_manifest(_shards(exp)).task
 
 
 def build_data(exp: Experiment, *, rank: int, world_size: int, device: torch.device) -> DataBundle:
@@ -45,18 +65,19 @@ def build_data(exp: Experiment, *, rank: int, world_size: int, device: torch.dev
         world_size=world_size,
         device=device,
     )
-    manifest = read_manifest(exp.data.shards)
+    manifest = read_manifest(_shards(exp))
     train = build_loader(manifest, exp.data.train_split, mode="train", **common)
     val = None
     if exp.data.val_split:
         val = build_loader(manifest, exp.data.val_split, mode="eval", **common)
-    return DataBundle(task=task, train=train, val=val, feature_shape=tuple(train.feature_shape))
+    c, f, t = train.feature_shape
+    return DataBundle(task=task, train=train, val=val, feature_shape=(c, f, t))
 
 
 def _synthetic(exp: Experiment, task: TaskSpec, rank: int, world: int, device: torch.device) -> DataBundle:
     d = exp.data
     shape = (d.synthetic_shape[0], d.synthetic_shape[1], d.synthetic_shape[2])
-    common = dict(
+    common = _SyntheticCommon(
         batch_size=d.synthetic_batch_size,
         learnable=d.synthetic_learnable,
         signal=d.synthetic_signal,

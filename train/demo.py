@@ -13,6 +13,7 @@ import json
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, cast
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_customcnn.toml"
 
@@ -100,12 +101,12 @@ def run(out: Path, *, tracks: int, seconds: float, config: Path = CONFIG) -> dic
 
 
 def print_summary(summary: dict[str, object]) -> None:
-    models = summary["metrics"]["models"]  # type: ignore[index]
+    models = cast("dict[str, Any]", summary["metrics"])["models"]
     metrics = next(iter(models.values()))["metrics"]
     wanted = ("chunk/accuracy", "track/accuracy", "track/macro_f1")
     print("\n=== musicstream demo: summary ===")
     print(f"{'stage':<38} {'seconds':>8}")
-    for name, sec in summary["timings"].items():  # type: ignore[union-attr]
+    for name, sec in cast("dict[str, float]", summary["timings"]).items():
         print(f"{name:<38} {sec:>8.1f}")
     print(f"\n{'test metric (custom CNN, tiny)':<38} {'value':>8}")
     for key in wanted:

@@ -13,7 +13,8 @@ from train.config import OptimConfig
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:
     """AdamW with weight decay only on weights of rank >= 2 (not biases, norms, tokens)."""
-    decay, no_decay = [], []
+    decay: list[nn.Parameter] = []
+    no_decay: list[nn.Parameter] = []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
@@ -48,8 +49,8 @@ class EMA:
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
-        ema_p = list(self.module.parameters())
-        own_p = list(model.parameters())
+        ema_p: list[torch.Tensor] = list(self.module.parameters())
+        own_p: list[torch.Tensor] = list(model.parameters())
         torch._foreach_lerp_(ema_p, own_p, 1.0 - self.decay)
         for b_ema, b in zip(self.module.buffers(), model.buffers()):
             b_ema.copy_(b)

@@ -14,11 +14,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
-from shards.manifest import Level, TaskSpec
+from shards.manifest import Level, TaskKind, TaskSpec
 
 
 def synthetic_task(kind: str, classes: list[int]) -> TaskSpec:
@@ -31,7 +31,10 @@ def synthetic_task(kind: str, classes: list[int]) -> TaskSpec:
             parent = [j * up // n for j in range(n)]
             levels.append(Level(name=f"level{d}", classes=[f"l{d}_c{i}" for i in range(n)], parent=parent))
         return TaskSpec(kind="hier", name="synthetic", levels=levels)
-    return TaskSpec(kind=kind, name="synthetic", classes=[f"c{i}" for i in range(classes[0])])
+    # TaskSpec refuses a kind other than single/multi/hier
+    return TaskSpec(
+        kind=cast("TaskKind", kind), name="synthetic", classes=[f"c{i}" for i in range(classes[0])]
+    )
 
 
 class SyntheticLoader:

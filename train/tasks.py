@@ -8,6 +8,8 @@ hier:   one softmax head per level, losses summed; ``predict`` picks the most pr
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 
@@ -44,9 +46,13 @@ class TaskHead:
         if self.spec.kind == "multi":
             return F.binary_cross_entropy_with_logits(logits, y.float())
         heads = self.split(logits)
-        return sum(
-            F.cross_entropy(h, y[:, i].long(), label_smoothing=self.label_smoothing)
-            for i, h in enumerate(heads)
+        # TaskSpec guarantees >= 2 hierarchy levels, so the sum is a tensor (never the start value 0)
+        return cast(
+            torch.Tensor,
+            sum(
+                F.cross_entropy(h, y[:, i].long(), label_smoothing=self.label_smoothing)
+                for i, h in enumerate(heads)
+            ),
         )
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:

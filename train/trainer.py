@@ -13,7 +13,7 @@ import signal
 import threading
 import warnings
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn as nn
@@ -31,6 +31,11 @@ from train.models import build_model, check_model_config
 from train.optim import EMA, build_optimizer, build_scheduler
 from train.tasks import TaskHead
 from train.validation import primary_metric, validate
+
+if TYPE_CHECKING:
+    from torch.distributed import ProcessGroup
+
+    from train.models.gbm import GBMModel
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -261,7 +266,8 @@ class Trainer:
             if torch.distributed.get_backend() == "gloo":
                 self._ctl = torch.distributed.group.WORLD
             else:
-                self._ctl = torch.distributed.new_group(backend="gloo")
+                # every rank is a member (ranks=None), so this is a ProcessGroup, never NON_GROUP_MEMBER
+                self._ctl = cast("ProcessGroup", torch.distributed.new_group(backend="gloo"))
         return self._ctl
 
     def _log_train(self, mean_loss: torch.Tensor, bar: tqdm) -> None:
@@ -273,7 +279,8 @@ class Trainer:
     # ------------------------------------------------------------ validation
     def predictor(self) -> Predictor:
         """The model being validated (EMA weights when enabled) as eval's Predictor."""
-        module = self.ema.module if getattr(self, "ema", None) is not None else self.raw
+        ema: EMA | None = getattr(self, "ema", None)
+        module = ema.module if ema is not None else self.raw
         return Predictor(module, self.task, self.exp, name=self.exp.model.family, device=self.device)
 
     def sync_buffers(self) -> None:
@@ -281,7 +288,8 @@ class Trainer:
         forward, so after an epoch each rank would validate and save slightly different stats."""
         if not self.info.distributed:
             return
-        modules = [self.raw] + ([self.ema.module] if getattr(self, "ema", None) is not None else [])
+        ema: EMA | None = getattr(self, "ema", None)
+        modules = [self.raw] + ([ema.module] if ema is not None else [])
         for module in modules:
             for buf in module.buffers():
                 torch.distributed.broadcast(buf, src=0)
@@ -316,8 +324,13 @@ class Trainer:
     def _fit_gbm(self) -> dict[str, Any]:
         from train.gbm_fit import fit_distributed
 
+        # the only non-trainable family is gbm: its builder returns a GBMModel
         stats = fit_distributed(
-            self.raw, self.data.train, self.task, is_main=self.info.is_main, threads=self.exp.train.threads
+            cast("GBMModel", self.raw),
+            self.data.train,
+            self.task,
+            is_main=self.info.is_main,
+            threads=self.exp.train.threads,
         )
         self.step, self.epoch = 1, self.exp.train.epochs
         self.metrics = self.validate()
@@ -417,7 +430,12 @@ class Trainer:
             self.stop_requested = True
 
         old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-        return lambda: [signal.signal(s, h) for s, h in old.items()] and None
+
+        def restore() -> None:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+        return restore
 
     def close(self) -> None:
         self.logger.close()

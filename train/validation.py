@@ -7,13 +7,16 @@ track-level metrics here, so the swap is this one module.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.distributed as dist
 
 from shards.manifest import TaskSpec
 from train.tasks import TaskHead
+
+if TYPE_CHECKING:
+    from eval.config import Aggregate
 
 
 def validate(predictor: Any, loader: Any, task: TaskSpec, eval_cfg: Any = None) -> dict[str, float]:
@@ -22,7 +25,8 @@ def validate(predictor: Any, loader: Any, task: TaskSpec, eval_cfg: Any = None) 
         from eval.runner import evaluate_model
     except ImportError:
         return fallback_metrics(predictor, loader, task)
-    aggregate = getattr(eval_cfg, "aggregate", "mean")
+    # EvalConfig validates its aggregate; evaluate_model refuses anything but mean/max
+    aggregate = cast("Aggregate", getattr(eval_cfg, "aggregate", "mean"))
     top_k = tuple(getattr(eval_cfg, "top_k", (3, 5)))
     return dict(evaluate_model(predictor, loader, task, aggregate=aggregate, top_k=top_k).metrics)
 

@@ -7,7 +7,8 @@ file, with the first conv adapted to ``in_chans`` and the classifier re-initiali
 from __future__ import annotations
 
 import warnings
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 import timm
 import torch.nn as nn
@@ -41,7 +42,7 @@ def build_timm(
 def reset_classifier(model: nn.Module) -> None:
     """Small-normal classifier init: timm's EfficientNet init scales with 1/sqrt(num_classes),
     which for our 2-50 outputs gives initial logits of size ~10 and a loss that first explodes."""
-    head = model.get_classifier()
+    head = cast("Callable[[], nn.Module]", model.get_classifier)()  # a timm model's method
     if isinstance(head, nn.Linear):
         nn.init.trunc_normal_(head.weight, std=0.01)
         nn.init.zeros_(head.bias)
@@ -50,8 +51,9 @@ def reset_classifier(model: nn.Module) -> None:
 def load_timm_weights(model: nn.Module, path: Any, in_chans: int) -> None:
     """Load local ImageNet weights: adapt the first conv, skip the classifier."""
     state = read_state_dict(path)
-    first = model.pretrained_cfg.get("first_conv")
-    classifier = model.pretrained_cfg.get("classifier")
+    pretrained_cfg = cast("dict[str, Any]", model.pretrained_cfg)  # a timm model's attribute
+    first = pretrained_cfg.get("first_conv")
+    classifier = pretrained_cfg.get("classifier")
     if first and f"{first}.weight" in state:
         state[f"{first}.weight"] = adapt_conv_weight(state[f"{first}.weight"], in_chans)
     if classifier:
