@@ -134,7 +134,8 @@ class MusicLoader:
         n_max = int(nchunks.max())
         sel = keep[:, None] & (torch.arange(n_max)[None, :] < nchunks[:, None])
         dense = bool(sel.all())
-        pick = None if dense else sel.nonzero(as_tuple=True)  # (track, chunk) of each real chunk
+        # (track, chunk) of each real chunk, copied once to DALI's device for every channel
+        pick = None if dense else tuple(to_device(i, out["mel"].device) for i in sel.nonzero(as_tuple=True))
 
         def chunks(a: torch.Tensor) -> torch.Tensor:
             """(B, rows, frames_all) -> chunks (B, K, rows, T) as a view when every chunk is real
@@ -144,7 +145,7 @@ class MusicLoader:
             v = a.as_strided((b, n_max, rows, fr.frames), (s[0], fr.stride_frames * s[2], s[1], s[2]))
             if pick is None:
                 return v
-            return v[to_device(pick[0], a.device), to_device(pick[1], a.device)]
+            return v[pick[0], pick[1]]
 
         # DALI's outputs are frame-major (B, frames, rows): transposed views, no copy. The MFCC
         # and chroma/CQT filter banks are matmuls on them, frame-local like everything up to here.

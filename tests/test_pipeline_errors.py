@@ -27,6 +27,14 @@ def shards(synth_shards, tmp_path):
     return shutil.copytree(src, tmp_path / "shards")
 
 
+def edit_first_sample(shards, edit):
+    """Rewrite the first sample line of train/000000.idx as ``edit(fields) -> fields``."""
+    idx = shards / "train" / "000000.idx"
+    lines = idx.read_text().splitlines()
+    lines[1] = " ".join(edit(lines[1].split()))
+    idx.write_text("\n".join(lines) + "\n")
+
+
 def load(path, mode="eval", **loader):
     fc, aug, lc = small_configs(**loader)
     return build_loader(path, "train", mode=mode, features=fc, augment=aug, loader=lc)
@@ -46,11 +54,8 @@ def test_truncated_shard(shards):
 
 
 def test_index_not_matching_its_tar(shards):
-    idx = shards / "train" / "000000.idx"
-    lines = idx.read_text().splitlines()
-    f = lines[1].split()
-    f[1] = str(int(f[1]) + 512)  # first member's offset now points at the wrong header
-    idx.write_text("\n".join([lines[0], " ".join(f), *lines[2:]]) + "\n")
+    # the first member's offset now points at the wrong header
+    edit_first_sample(shards, lambda f: [f[0], str(int(f[1]) + 512), *f[2:]])
     with pytest.raises(
         ShardError, match=r"000000\.idx: .*does not match 000000\.tar|000000\.idx: .*does not fit"
     ):
@@ -100,23 +105,13 @@ def test_fewer_tracks_than_ranks(shards):
 
 
 def test_index_sample_without_its_labels(shards):
-    idx = shards / "train" / "000000.idx"
-    lines = idx.read_text().splitlines()
-    f = lines[1].split()
-    i = f.index("lbl")
-    lines[1] = " ".join(f[:i] + f[i + 4 :])
-    idx.write_text("\n".join(lines) + "\n")
+    edit_first_sample(shards, lambda f: f[: f.index("lbl")] + f[f.index("lbl") + 4 :])
     with pytest.raises(ShardError, match=r"000000\.idx: sample 0 has no \.lbl component"):
         load(shards)
 
 
 def test_index_sample_with_empty_audio(shards):
-    idx = shards / "train" / "000000.idx"
-    lines = idx.read_text().splitlines()
-    f = lines[1].split()
-    f[f.index("pcm") + 2] = "0"
-    lines[1] = " ".join(f)
-    idx.write_text("\n".join(lines) + "\n")
+    edit_first_sample(shards, lambda f: [*f[: f.index("pcm") + 2], "0", *f[f.index("pcm") + 3 :]])
     with pytest.raises(ShardError, match=r"000000\.idx: \.pcm of sample 0 is empty"):
         load(shards)
 
