@@ -8,7 +8,6 @@ write the report. Runs under ``torchrun`` too (every rank scores its share of tr
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -18,7 +17,8 @@ from eval import runner
 from eval import thresholds as th
 from eval.config import EvalConfig
 from eval.report import write_report
-from shards.configtools import load_sections, load_toml
+from train.config import DataConfig
+from shards.configtools import load_sections
 from shards.manifest import Manifest, TaskSpec, read_manifest
 
 LoaderFactory = Callable[[str], Iterable[dict[str, Any]]]
@@ -92,7 +92,6 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
     bad = [a for a in rest if not a.startswith("--eval.")]
     if bad:
         ap.error(f"unrecognized arguments: {' '.join(bad)} (config overrides look like --eval.key=value)")
-    cfg = load_sections({"eval": EvalConfig}, args.config, rest, allow_other=True)["eval"]
     flags = {
         "checkpoints": args.checkpoint,
         "shards": args.shards,
@@ -101,14 +100,17 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
         "aggregate": args.aggregate,
         "out": args.out,
     }
-    if cfg.shards is None and args.shards is None and args.config is not None:
-        flags["shards"] = load_toml(args.config).get("data", {}).get("shards")  # the experiment's own build
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in flags.items() if v is not None})
+    flags = {k: v for k, v in flags.items() if v is not None}
+    sections = load_sections(
+        {"eval": EvalConfig, "data": DataConfig}, args.config, rest, allow_other=True, values={"eval": flags}
+    )
+    cfg: EvalConfig = sections["eval"]
+    if cfg.shards is None and args.config is not None:
+        cfg.shards = sections["data"].shards  # the experiment's own build
     if not cfg.checkpoints:
         ap.error("no checkpoint given (--checkpoint CKPT [CKPT ...])")
     if cfg.shards is None:
         ap.error("no shard folder given (--shards DIR)")
-    cfg.shards = Path(cfg.shards)
     return cfg
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from shards.configtools import from_dict, load_toml
+from shards.configtools import load_toml, section_table, sections_from_tree
 from shards.manifest import Codec, TaskKind
 
 Source = Literal["fma", "mtat", "ccmusic", "folder"]
@@ -115,19 +115,12 @@ class BuildConfig:
 
 def load_build_config(path: str | Path | None, cli: dict[str, Any]) -> BuildConfig:
     """CLI values (already without unset ones) over the TOML file's ``[shards]`` table over defaults."""
-    table: dict[str, Any] = {}
-    where = "command line"
-    if path is not None:
-        tree = load_toml(path)
-        extra = sorted(set(tree) - {"shards"})
-        if extra:
-            raise ValueError(f"{path}: unknown section(s) {extra}; a build config has only [shards]")
-        table = dict(tree.get("shards", {}))
-        where = f"{path} [shards]"
-    table.update(cli)
+    where = f"{path} [shards]" if path is not None else "command line"
+    tree = load_toml(path) if path is not None else {}
+    table = {**section_table(tree, "shards", str(path)), **cli}
     missing = [k for k in ("source", "root", "out") if k not in table]
     if missing:
         raise ValueError(
             f"{where}: missing {', '.join(missing)} (give them on the command line or in [shards])"
         )
-    return from_dict(BuildConfig, table, where)
+    return sections_from_tree({"shards": BuildConfig}, {**tree, "shards": table}, str(path or where))["shards"]

@@ -193,7 +193,7 @@ def load_predictor(path: str | Path, device: str | torch.device = "cpu") -> Pred
     for key in ("model", "config", "task", "input_shape"):
         if key not in ckpt:
             raise ValueError(f"{path}: not a musicstream checkpoint (no {key!r})")
-    exp = experiment_from_tree(ckpt["config"], str(path))
+    exp = experiment_from_tree(ckpt["config"], str(path), strict=False)  # outlives config changes
     exp.model.pretrained = None  # the checkpoint carries the weights
     task = TaskSpec(**ckpt["task"])
     shape = tuple(ckpt["input_shape"])
