@@ -7,8 +7,6 @@ write the report. Runs under ``torchrun`` too (every rank scores its share of tr
 
 from __future__ import annotations
 
-import argparse
-import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -17,9 +15,12 @@ from eval import runner
 from eval import thresholds as th
 from eval.config import EvalConfig
 from eval.report import write_report
-from train.config import DataConfig
+from shards.cli_errors import CliParser, run_cli
 from shards.configtools import load_sections
 from shards.manifest import Manifest, TaskSpec, read_manifest
+from shards.ranks import is_main_process
+from train import distributed
+from train.config import DataConfig
 
 LoaderFactory = Callable[[str], Iterable[dict[str, Any]]]
 
@@ -80,7 +81,7 @@ def _brief(task: TaskSpec) -> str:
 
 def parse_args(argv: list[str] | None = None) -> EvalConfig:
     """CLI flags > ``--eval.key=value`` > ``--config`` TOML ``[eval]`` > defaults."""
-    ap = argparse.ArgumentParser(prog="python -m eval", description="Evaluate checkpoints on a shard split.")
+    ap = CliParser(prog="python -m eval", description="Evaluate checkpoints on a shard split.")
     ap.add_argument("--checkpoint", nargs="+", type=Path, help="one or more checkpoints")
     ap.add_argument("--shards", type=Path, help="shard build folder (manifest.json)")
     ap.add_argument("--split", help="split to report on (default test)")
@@ -128,7 +129,6 @@ def run(cfg: EvalConfig) -> dict[str, runner.EvalResult]:
         check_split(manifest, cfg.threshold_split)
 
     from pipelines.loader import build_loader  # heavy (DALI); only once the inputs are known good
-    from train import distributed
     from train.checkpoint import load_predictor
 
     info = distributed.init(cfg.device)
@@ -166,15 +166,16 @@ def _section(configs: Any, name: str) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user mistakes become one ``error:`` line and exit status 2."""
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         cfg = parse_args(argv)
         results = run(cfg)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     finally:
-        _close()
-    if not _is_main():
+        distributed.close()
+    if not is_main_process():
         return 0
     for name, res in results.items():
         print(
@@ -182,17 +183,3 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"report: {cfg.out / 'report.md'}")
     return 0
-
-
-def _is_main() -> bool:
-    from train.distributed import env_rank
-
-    return env_rank()[0] == 0
-
-
-def _close() -> None:
-    try:
-        from train import distributed
-    except ImportError:
-        return
-    distributed.close()

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
+from shards.cli_errors import CliParser, run_cli
 from shards.configtools import load_sections, to_dict
 
 PIPELINES = ("dali-gpu", "dali-cpu", "baseline")
@@ -199,7 +200,7 @@ def machine() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipelines.bench", description=__doc__.splitlines()[0])
+    ap = CliParser(prog="python -m pipelines.bench", description=__doc__.splitlines()[0])
     ap.add_argument("shards", nargs="?", type=Path, help="shard build folder")
     ap.add_argument("--synth", type=Path, help="build synthetic shards here first if absent, and use them")
     ap.add_argument("--synth-tracks", type=int, default=32)
@@ -287,4 +288,4 @@ def print_table(doc: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

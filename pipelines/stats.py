@@ -7,7 +7,6 @@ normalisation) for every channel, written atomically beside the manifest as
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -19,6 +18,7 @@ from pipelines.config import CHANNELS, AugmentConfig, FeatureConfig, LoaderConfi
 from pipelines.features import STATS_FILE, stats_key
 from pipelines.loader import build_loader
 from shards.atomic import atomic_write_text
+from shards.cli_errors import CliParser, run_cli
 from shards.configtools import load_sections
 
 
@@ -72,7 +72,7 @@ def write_stats(shards: str | Path, stats: dict, out: Path | None = None) -> Pat
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipelines.stats", description=__doc__.splitlines()[0])
+    ap = CliParser(prog="python -m pipelines.stats", description=__doc__.splitlines()[0])
     ap.add_argument("shards", type=Path, help="shard build folder (with manifest.json)")
     ap.add_argument("--config", type=Path, help="experiment TOML ([features] and [loader] are used)")
     ap.add_argument("--split", default="train")
@@ -94,4 +94,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from shards.cli_errors import CliParser, run_cli
 from shards.config import SOURCES, BuildConfig, load_build_config
 
 # CLI flag -> BuildConfig field; unset flags stay None so the TOML file can supply them.
@@ -30,8 +31,8 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
 ]
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m shards", description="Build musicstream WebDataset shards.")
+def _parser() -> CliParser:
+    p = CliParser(prog="python -m shards", description="Build musicstream WebDataset shards.")
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="pack a raw dataset into shards")
     b.add_argument("source", nargs="?", choices=SOURCES, help="importer (or [shards] source in --config)")
@@ -99,15 +100,16 @@ def _synth(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = _parser().parse_args(argv)
-    try:
-        if a.cmd == "build":
-            return _build(a)
-        if a.cmd == "synth":
-            return _synth(a)
-        from shards.bench import main as bench_main
+    """Entry point; user mistakes become one ``error:`` line and exit status 2."""
+    return run_cli(_main, argv)
 
-        return bench_main(a)
-    except (ValueError, FileNotFoundError, NotADirectoryError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+
+def _main(argv: list[str] | None) -> int:
+    a = _parser().parse_args(argv)
+    if a.cmd == "build":
+        return _build(a)
+    if a.cmd == "synth":
+        return _synth(a)
+    from shards.bench import main as bench_main
+
+    return bench_main(a)

@@ -8,12 +8,13 @@ same entry point a user would (``python -m shards|pipelines.bench|train|eval``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
+
+from shards.cli_errors import CliParser, run_cli
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_customcnn.toml"
 
@@ -117,7 +118,7 @@ def print_summary(summary: dict[str, object]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m train.demo", description=__doc__.splitlines()[0])
+    ap = CliParser(prog="python -m train.demo", description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("demo"), help="folder for data, shards, run and report")
     ap.add_argument("--tracks", type=int, default=200, help="synthetic tracks (80/10/10 split)")
     ap.add_argument("--seconds", type=float, default=6.0, help="length of each synthetic track")
@@ -128,4 +129,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))
