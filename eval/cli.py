@@ -20,6 +20,7 @@ from shards.configtools import load_sections
 from shards.manifest import Manifest, TaskSpec, read_manifest
 from shards.ranks import is_main_process
 from train import distributed
+from train.checkpoint import check_vocab
 from train.config import DataConfig
 
 LoaderFactory = Callable[[str], Iterable[dict[str, Any]]]
@@ -60,23 +61,6 @@ def check_split(manifest: Manifest, split: str) -> None:
     info = manifest.split(split)  # raises, naming the manifest and the splits it has
     if info.num_samples == 0 or not info.shards:
         raise ValueError(f"{manifest.root}: split {split!r} is empty (0 tracks)")
-
-
-def check_vocab(model_task: TaskSpec, data_task: TaskSpec, checkpoint: Path, shards: Path) -> None:
-    """The checkpoint's label vocabulary must be the shards' (same kind, names, order)."""
-    a, b = model_task.vocab(), data_task.vocab()
-    if a == b:
-        return
-    diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-    raise ValueError(
-        f"{checkpoint}: label vocabulary does not match the shards in {shards} (differs in {diff}); "
-        f"checkpoint {model_task.kind} {_brief(model_task)} vs shards {data_task.kind} {_brief(data_task)}"
-    )
-
-
-def _brief(task: TaskSpec) -> str:
-    names = task.classes if task.kind != "hier" else [n for lv in task.levels for n in lv.classes]
-    return f"{names[:6]}{'...' if len(names) > 6 else ''} ({len(names)})"
 
 
 def parse_args(argv: list[str] | None = None) -> EvalConfig:

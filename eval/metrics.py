@@ -29,10 +29,8 @@ from torchmetrics.functional.classification import (
     multilabel_recall,
 )
 
+from pipelines.tasks import TaskOutputs
 from shards.manifest import TaskSpec
-
-#: The one number to select checkpoints by, per task kind (with the ``track/`` prefix).
-PRIMARY = {"single": "accuracy", "multi": "roc_auc", "hier": "level_mean_accuracy"}
 
 
 @dataclass
@@ -228,9 +226,7 @@ def _hier_path(
 ) -> dict[str, float]:
     """The same scores for the most probable root-to-leaf path (``TaskHead.predict``): the
     prediction a user of the model gets, which always respects the parent links."""
-    from train.tasks import TaskHead
-
-    path = TaskHead(task).predict(probs.float())
+    path = TaskOutputs(task).predict(probs.float())
     out: dict[str, float] = {}
     for i, (lv, row) in enumerate(zip(task.levels, rows)):
         acc = _f((path[:, i] == target[:, i]).float().mean())

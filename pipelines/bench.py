@@ -5,8 +5,8 @@ number of training batches; we report chunks/s, hours of audio per second, mean 
 per batch, CPU cores busy (process + worker CPU time / wall) and GPU memory. The same
 CPU parallelism for both: ``--workers N`` is the baseline's DataLoader workers and DALI's
 ``num_threads`` (it overrides ``loader.num_threads``).
-``--train-step FAMILY`` instead measures a model's training step on GPU-resident
-synthetic batches vs the real loader (how input-bound training is).
+It knows no model: a model's training step on the real loader vs resident batches (how
+input-bound training is) is ``python -m train.stepbench``.
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ from shards.cli_errors import CliParser, run_cli
 from shards.configtools import load_sections, to_dict
 
 PIPELINES = ("dali-gpu", "dali-cpu", "baseline")
-# --train-step without --config: the experiment whose [features] [loader] [train] it uses
-DEFAULT_STEP_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_customcnn.toml"
 
 
 def cpu_seconds() -> float:
@@ -141,26 +139,6 @@ def bench_pipeline(name: str, shards: Path, cfg: dict[str, Any], args: argparse.
     return res
 
 
-def bench_train_step(shards: Path, args: argparse.Namespace, overrides: list[str]) -> list[dict[str, Any]]:
-    """Steps/s of ``args.train_step`` on GPU-resident synthetic batches vs the real DALI loader.
-
-    Delegates to ``train.bench.bench_real_loader`` (lazy import: train is a layer above
-    pipelines), which times the real ``Trainer.train_step`` both ways, with the production
-    settings (bf16 autocast, channels_last; both neutral on CPU).
-    """
-    from train.bench import bench_real_loader
-
-    config = args.config or DEFAULT_STEP_CONFIG
-    extra = ["train.amp=bf16", "train.channels_last=true", *[o.removeprefix("--") for o in overrides]]
-    r = bench_real_loader(config, shards, args.train_step, args.batches, args.warmup, extra)
-    real = "dali-gpu" if torch.cuda.is_available() else "dali-cpu"
-    common = {"model": args.train_step, "shape": r["shape"], "batch": r["batch"]}
-    return [
-        {"pipeline": "synthetic-resident", "steps_per_s": r["synthetic_steps_per_s"], **common},
-        {"pipeline": real, "steps_per_s": r["real_steps_per_s"], "vs_synthetic": r["ratio"], **common},
-    ]
-
-
 def _warn_short_epoch(shards: Path, cfg: dict[str, Any], args: argparse.Namespace) -> None:
     """Epoch boundaries inside the timed window measure start-up, not throughput: at each one
     DALI computes and drops the reader's padded last batch (up to one batch per epoch) and
@@ -216,9 +194,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--batches", type=int, default=20)
-    ap.add_argument(
-        "--train-step", metavar="FAMILY", help="measure this model's step: synthetic vs real loader"
-    )
     ap.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     args, overrides = ap.parse_known_args(argv)
     cfg = load_sections(
@@ -242,17 +217,14 @@ def main(argv: list[str] | None = None) -> int:
             sample_rate=cfg["features"].sample_rate,
             progress=not args.json,
         )
-    if args.train_step:
-        results = bench_train_step(shards, args, overrides)
-    else:
-        names = [n.strip() for n in args.pipelines.split(",") if n.strip()]
-        bad = [n for n in names if n not in PIPELINES]
-        if bad:
-            ap.error(f"--pipelines: unknown {bad}; choose from {PIPELINES}")
-        if "dali-gpu" in names and not torch.cuda.is_available():
-            names.remove("dali-gpu")
-        _warn_short_epoch(shards, cfg, args)
-        results = [bench_pipeline(n, shards, cfg, args) for n in names]
+    names = [n.strip() for n in args.pipelines.split(",") if n.strip()]
+    bad = [n for n in names if n not in PIPELINES]
+    if bad:
+        ap.error(f"--pipelines: unknown {bad}; choose from {PIPELINES}")
+    if "dali-gpu" in names and not torch.cuda.is_available():
+        names.remove("dali-gpu")
+    _warn_short_epoch(shards, cfg, args)
+    results = [bench_pipeline(n, shards, cfg, args) for n in names]
     doc = {
         "machine": machine(),
         "shards": str(shards),

@@ -107,12 +107,3 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
-
-
-def gather_tensors(t: torch.Tensor) -> list[torch.Tensor] | None:
-    """All ranks' tensors (different first dims allowed) on rank 0; None on others."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return [t]
-    out: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
-    dist.gather_object(t.cpu(), out, dst=0)
-    return out

@@ -13,9 +13,22 @@ from typing import Any
 
 import torch.nn as nn
 
+from shards.manifest import TaskSpec
 from train.config import ModelConfig
 
 Builder = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class FitContext:
+    """What a family's own fit may know about the run (nothing else of the trainer)."""
+
+    is_main: bool
+    threads: int | None
+
+
+FitFn = Callable[[nn.Module, Any, TaskSpec, FitContext], dict[str, float]]
+"""fit(model, training loader, task, context) -> stats to log; called on every rank."""
 
 
 @dataclass(frozen=True)
@@ -27,7 +40,13 @@ class Family:
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     default_preset: str | None = None
     tasks: frozenset[str] = frozenset({"single", "multi", "hier"})
-    trainable: bool = True  # False: fitted outside the gradient loop (gbm)
+    fit: FitFn | None = None
+    """The family's own one-pass fit instead of the gradient loop (gbm: PCA + LightGBM)."""
+
+    @property
+    def trainable(self) -> bool:
+        """Trained by the gradient loop (optimiser, scheduler, DDP); False when it has ``fit``."""
+        return self.fit is None
 
 
 _FAMILIES: dict[str, Family] = {}
