@@ -177,12 +177,32 @@ def machine() -> dict[str, Any]:
     return m
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = CliParser(prog="python -m pipelines.bench", description=__doc__.splitlines()[0])
+def add_shard_args(ap: CliParser) -> None:
+    """SHARDS or ``--synth DIR`` (built there first when absent): the benchmarks' input."""
     ap.add_argument("shards", nargs="?", type=Path, help="shard build folder")
     ap.add_argument("--synth", type=Path, help="build synthetic shards here first if absent, and use them")
     ap.add_argument("--synth-tracks", type=int, default=32)
     ap.add_argument("--synth-seconds", type=float, default=30.0)
+
+
+def bench_shards(ap: CliParser, args: argparse.Namespace, sample_rate: int, progress: bool) -> Path:
+    """The shard folder of ``add_shard_args``, building the synthetic one when asked."""
+    shards: Path | None = args.shards or args.synth
+    if shards is None:
+        ap.error("give SHARDS or --synth DIR")
+    if args.synth is not None and not (args.synth / "manifest.json").is_file():
+        from shards.synth import build_synth_shards
+
+        build_synth_shards(
+            args.synth, tracks=args.synth_tracks, seconds=args.synth_seconds, sample_rate=sample_rate,
+            progress=progress,
+        )  # fmt: skip
+    return shards
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = CliParser(prog="python -m pipelines.bench", description=__doc__.splitlines()[0])
+    add_shard_args(ap)
     ap.add_argument("--config", type=Path, help="experiment TOML ([features] [augment] [loader] are used)")
     ap.add_argument("--split", default="train")
     ap.add_argument("--pipelines", default=",".join(PIPELINES), help="comma list of " + ", ".join(PIPELINES))
@@ -204,19 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if cfg["loader"].num_threads != args.workers:  # a fair comparison: as many DALI threads as workers
         cfg["loader"] = dataclasses.replace(cfg["loader"], num_threads=args.workers)
-    shards = args.shards or args.synth
-    if shards is None:
-        ap.error("give SHARDS or --synth DIR")
-    if args.synth is not None and not (args.synth / "manifest.json").is_file():
-        from shards.synth import build_synth_shards
-
-        build_synth_shards(
-            args.synth,
-            tracks=args.synth_tracks,
-            seconds=args.synth_seconds,
-            sample_rate=cfg["features"].sample_rate,
-            progress=not args.json,
-        )
+    shards = bench_shards(ap, args, cfg["features"].sample_rate, progress=not args.json)
     names = [n.strip() for n in args.pipelines.split(",") if n.strip()]
     bad = [n for n in names if n not in PIPELINES]
     if bad:

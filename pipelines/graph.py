@@ -29,6 +29,7 @@ from nvidia.dali import math as dmath
 from nvidia.dali.pipeline import Pipeline
 
 from pipelines.config import AugmentConfig, FeatureConfig, Framing, LoaderConfig
+from shards.manifest import AUDIO_EXT, LABEL_EXT, TRACK_EXT
 
 READER = "reader"
 Mode = Literal["train", "eval"]
@@ -98,7 +99,7 @@ def _read(spec: GraphSpec):  # type: ignore[no-untyped-def]
     return fn.readers.webdataset(
         paths=[str(p) for p in spec.tars],
         index_paths=[str(p) for p in spec.idxs],
-        ext=[{"pcm16": "pcm"}.get(spec.codec, spec.codec), "lbl", "tid"],
+        ext=[AUDIO_EXT[spec.codec], LABEL_EXT, TRACK_EXT],
         dtypes=[audio_dtype, types.DALIDataType.INT64, types.DALIDataType.INT64],
         missing_component_behavior="error",
         shard_id=spec.shard_id,

@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from shards.atomic import atomic_path
 from shards.config import BuildConfig
 from shards.manifest import Level, TaskSpec
-from shards.records import SPLITS, Dataset, Record, Reject, hash_split, require_dir
+from shards.records import SPLITS, Dataset, Record, Reject, hash_split, hierarchy_levels, require_dir
 
 LEVELS = ["fst_level_label", "sec_level_label", "thr_level_label"]
 EXTRACT_DIR = ".ccmusic-audio"
@@ -52,25 +52,10 @@ def file_split(path: Path, root: Path) -> str | None:
     return {"valid": "validation"}.get(m[-1], m[-1]) if m else None
 
 
-def parents(rows: list[tuple[int, ...]], names: dict[str, list[str]], where: str) -> list[Level]:
-    """Levels with parent links observed in ``rows`` (one index per level), checked consistent."""
-    levels = [Level(name=LEVELS[0], classes=names[LEVELS[0]])]
-    for d in range(1, len(LEVELS)):
-        up_names, classes = names[LEVELS[d - 1]], names[LEVELS[d]]
-        seen: dict[int, int] = {}
-        for r in rows:
-            if seen.setdefault(r[d], r[d - 1]) != r[d - 1]:
-                raise ValueError(
-                    f"{where}: {LEVELS[d]} {classes[r[d]]!r} has two parents "
-                    f"({up_names[seen[r[d]]]!r} and {up_names[r[d - 1]]!r})"
-                )
-        parent = []
-        for i, c in enumerate(classes):
-            if i not in seen and c not in up_names:
-                raise ValueError(f"{where}: {LEVELS[d]} {c!r} never occurs, so its parent is unknown")
-            parent.append(seen[i] if i in seen else up_names.index(c))
-        levels.append(Level(name=LEVELS[d], classes=classes, parent=parent))
-    return levels
+def _levels(rows: list[tuple[int, ...]], names: dict[str, list[str]], where: str) -> list[Level]:
+    """The hierarchy of the rows' ClassLabel indexes (one per level)."""
+    paths = [tuple(names[lv][i] for lv, i in zip(LEVELS, r)) for r in rows]
+    return hierarchy_levels(paths, [(lv, names[lv]) for lv in LEVELS], where)
 
 
 def _extract(audio: dict | None, dest: Path) -> str | None:
@@ -139,7 +124,7 @@ def load(cfg: BuildConfig) -> Dataset:
                 )
     assert names is not None
     if cfg.task == "hier":
-        task = TaskSpec(kind="hier", name="genre", levels=parents(rows, names, str(files[0])))
+        task = TaskSpec(kind="hier", name="genre", levels=_levels(rows, names, str(files[0])))
     else:
         task = TaskSpec(kind="single", name="genre", classes=names[LEVELS[1]])
     assert all(r.split in SPLITS for r in records)

@@ -123,4 +123,6 @@ def load_build_config(path: str | Path | None, cli: dict[str, Any]) -> BuildConf
         raise ValueError(
             f"{where}: missing {', '.join(missing)} (give them on the command line or in [shards])"
         )
-    return sections_from_tree({"shards": BuildConfig}, {**tree, "shards": table}, str(path or where))["shards"]
+    return sections_from_tree({"shards": BuildConfig}, {**tree, "shards": table}, str(path or where))[
+        "shards"
+    ]

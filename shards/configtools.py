@@ -230,7 +230,9 @@ def sections_from_tree(
     if extra and strict and not allow_other:
         raise ValueError(f"{label}: unknown section(s) {extra}; known: {sorted(sections)}")
     if extra and not strict:
-        warnings.warn(f"{label}: ignoring unknown section(s) {extra} (stored by another version)", stacklevel=2)
+        warnings.warn(
+            f"{label}: ignoring unknown section(s) {extra} (stored by another version)", stacklevel=2
+        )
     return {
         name: from_dict(cls, section_table(tree, name, label), f"{label} [{name}]", strict=strict)
         for name, cls in sections.items()

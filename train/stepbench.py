@@ -14,8 +14,10 @@ from typing import Any
 
 import torch
 
-from pipelines.bench import machine
+from pipelines.bench import add_shard_args, bench_shards, machine
+from pipelines.config import FeatureConfig
 from shards.cli_errors import CliParser, run_cli
+from shards.configtools import load_sections
 from train.bench import bench_real_loader
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_customcnn.toml"
@@ -38,25 +40,15 @@ def bench_train_step(
 
 def main(argv: list[str] | None = None) -> int:
     ap = CliParser(prog="python -m train.stepbench", description=__doc__.splitlines()[0])
-    ap.add_argument("shards", nargs="?", type=Path, help="shard build folder")
-    ap.add_argument("--synth", type=Path, help="build synthetic shards here first if absent, and use them")
-    ap.add_argument("--synth-tracks", type=int, default=32)
-    ap.add_argument("--synth-seconds", type=float, default=30.0)
+    add_shard_args(ap)
     ap.add_argument("--family", default="efficientnet_b2", help="model family whose step is timed")
     ap.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="experiment TOML")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--batches", type=int, default=20)
     ap.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     args, overrides = ap.parse_known_args(argv)
-    shards = args.shards or args.synth
-    if shards is None:
-        ap.error("give SHARDS or --synth DIR")
-    if args.synth is not None and not (args.synth / "manifest.json").is_file():
-        from shards.synth import build_synth_shards
-
-        build_synth_shards(
-            args.synth, tracks=args.synth_tracks, seconds=args.synth_seconds, progress=not args.json
-        )
+    rate = load_sections({"features": FeatureConfig}, args.config, allow_other=True)["features"].sample_rate
+    shards = bench_shards(ap, args, rate, progress=not args.json)
     rows = bench_train_step(
         shards, args.family, config=args.config, batches=args.batches, warmup=args.warmup, overrides=overrides
     )
