@@ -14,7 +14,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pipelines.config import CHANNELS, AugmentConfig, FeatureConfig, LoaderConfig
+from pipelines.channels import channel_names
+from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
 from pipelines.features import STATS_FILE, stats_key
 from pipelines.loader import build_loader
 from shards.atomic import atomic_write_text
@@ -32,7 +33,8 @@ def compute_stats(
     progress: bool = True,
 ) -> dict:
     """Mean and std of every channel over all chunks of ``split`` (float64 accumulation)."""
-    fc = dataclasses.replace(features, channels=list(CHANNELS), normalize="none")
+    names = list(channel_names())  # every registered channel, so any later choice finds its stats
+    fc = dataclasses.replace(features, channels=names, normalize="none")
     dl = build_loader(
         shards,
         split,
@@ -44,7 +46,7 @@ def compute_stats(
         world_size=1,
         device=device,
     )
-    total = torch.zeros(len(CHANNELS), dtype=torch.float64)
+    total = torch.zeros(len(names), dtype=torch.float64)
     square = torch.zeros_like(total)
     count = 0
     chunks = 0
@@ -60,8 +62,8 @@ def compute_stats(
         "features": stats_key(features),
         "split": split,
         "chunks": chunks,
-        "mean": {c: float(v) for c, v in zip(CHANNELS, mean)},
-        "std": {c: float(v) for c, v in zip(CHANNELS, std)},
+        "mean": {c: float(v) for c, v in zip(names, mean)},
+        "std": {c: float(v) for c, v in zip(names, std)},
     }
 
 
@@ -88,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     path = write_stats(args.shards, stats, args.out)
     print(
         f"{path}: {stats['chunks']} chunks; "
-        + ", ".join(f"{c} {stats['mean'][c]:.3g}±{stats['std'][c]:.3g}" for c in CHANNELS)
+        + ", ".join(f"{c} {stats['mean'][c]:.3g}±{stats['std'][c]:.3g}" for c in stats["mean"])
     )
     return 0
 
