@@ -10,7 +10,6 @@ the rest. ``manifest.json`` is written last: its presence means the build is com
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 import multiprocessing as mp
 import re
@@ -24,6 +23,7 @@ from shards.atomic import atomic_write_text
 from shards.audio import AudioSpec, Encoded, process_indexed
 from shards.config import BuildConfig
 from shards.configtools import to_dict
+from shards.importers import get_importer
 from shards.manifest import (
     AUDIO_EXT,
     LABEL_EXT,
@@ -46,9 +46,8 @@ _TEMP_FILE = re.compile(r"^\.\d{6}\.(tar|idx)\..*\.tmp$")  # left by a killed ru
 
 
 def load_source(cfg: BuildConfig) -> Dataset:
-    """Run the importer named by ``cfg.source``."""
-    module = importlib.import_module(f"shards.{cfg.source}")  # one module per source, each with load()
-    return module.load(cfg)
+    """Run the registered importer named by ``cfg.source``."""
+    return get_importer(cfg.source).load(cfg)
 
 
 def plan(ds: Dataset, seed: int) -> dict[str, list[tuple[str, Record]]]:

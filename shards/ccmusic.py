@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 
 from shards.atomic import atomic_path
 from shards.config import BuildConfig
+from shards.importers import Importer, register_importer
 from shards.manifest import Level, TaskSpec
 from shards.records import SPLITS, Dataset, Record, Reject, hash_split, hierarchy_levels, require_dir
 
@@ -129,3 +130,6 @@ def load(cfg: BuildConfig) -> Dataset:
         task = TaskSpec(kind="single", name="genre", classes=names[LEVELS[1]])
     assert all(r.split in SPLITS for r in records)
     return Dataset(source="ccmusic", task=task, records=records, rejects=rejects)
+
+
+register_importer(Importer(name="ccmusic", load=load, tasks=("hier", "single")))

@@ -7,7 +7,9 @@ a typo we can name (file, section and key) instead of a silently ignored setting
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import inspect
 import tomllib
 import types
 import typing
@@ -122,6 +124,8 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             raise ValueError(f"{where}: expected a table, got {value!r}")
         return dict(value)
     if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):  # already built (e.g. an importer's options)
+            return value
         if not isinstance(value, dict):
             raise ValueError(f"{where}: expected a table, got {value!r}")
         return from_dict(hint, value, where)
@@ -245,3 +249,21 @@ def section_table(tree: dict[str, Any], name: str, label: str) -> dict[str, Any]
     if not isinstance(table, dict):
         raise ValueError(f"{label}: [{name}] must be a table")
     return table
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Each field's docstring line (the string under it, style.md), for generated CLI help."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        try:
+            body = ast.parse(inspect.getsource(klass)).body[0]
+        except (OSError, TypeError, SyntaxError):  # no source (built at runtime): no help text
+            continue
+        assert isinstance(body, ast.ClassDef)
+        for stmt, nxt in zip(body.body, body.body[1:]):
+            if isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name):
+                if isinstance(nxt, ast.Expr) and isinstance(nxt.value, ast.Constant):
+                    docs[stmt.target.id] = " ".join(str(nxt.value.value).split())
+    return docs

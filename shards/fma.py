@@ -9,12 +9,31 @@ empty or too-short MP3s (some real FMA files are) are rejected by the builder.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import pandas as pd
 
-from shards.config import FMA_SUBSETS, BuildConfig
+from shards.config import BuildConfig
+from shards.importers import Importer, LabelFileOptions, register_importer
 from shards.records import Dataset, Record, Reject, normalize_split, read_table, require_dir, single_task
 
 DEFAULT_CSV = "fma_metadata/tracks.csv"
+FMA_SUBSETS = ("small", "medium", "large")
+
+
+@dataclass(kw_only=True)
+class FMAOptions(LabelFileOptions):
+    """``[shards]`` keys only the fma importer reads (``csv`` default: fma_metadata/tracks.csv)."""
+
+    subset: Literal["small", "medium", "large"] = "small"
+    """Take tracks whose subset is <= this (small < medium < large); audio under fma_SUBSET/."""
+
+    def __post_init__(self) -> None:
+        if self.subset not in FMA_SUBSETS:
+            raise ValueError(f"subset: {self.subset!r} is not one of {list(FMA_SUBSETS)}")
+
+
 COLUMNS = [("set", "subset"), ("set", "split"), ("track", "genre_top")]
 
 
@@ -25,8 +44,9 @@ def audio_path(track_id: int, subset: str) -> str:
 
 
 def load(cfg: BuildConfig) -> Dataset:
+    opts = cfg.importer_options(FMAOptions)
     require_dir(cfg.root, "FMA root")
-    path = cfg.root / (cfg.csv or DEFAULT_CSV)
+    path = cfg.root / (opts.csv or DEFAULT_CSV)
     df = read_table(path, index_col=0, header=[0, 1], low_memory=False)
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:
@@ -40,10 +60,10 @@ def load(cfg: BuildConfig) -> Dataset:
         raise ValueError(
             f"{path}: malformed CSV: track {bad[0]} has subset {df.at[bad[0], ('set', 'subset')]!r}"
         )
-    df = df.loc[subset <= rank[cfg.subset], [("set", "split"), ("track", "genre_top")]]
+    df = df.loc[subset <= rank[opts.subset], [("set", "split"), ("track", "genre_top")]]
     records, rejects = [], []
     for track_id, split_name, genre in df.itertuples(name=None):  # 100k+ rows: no iterrows
-        rel = audio_path(int(track_id), cfg.subset)
+        rel = audio_path(int(track_id), opts.subset)
         if pd.isna(genre) or not str(genre).strip():
             rejects.append(Reject(path=rel, reason="no genre_top", key=str(track_id)))
             continue
@@ -58,6 +78,9 @@ def load(cfg: BuildConfig) -> Dataset:
             )
         )
     if not records:
-        raise ValueError(f"{path}: no track with a genre_top in subset <= {cfg.subset!r}")
+        raise ValueError(f"{path}: no track with a genre_top in subset <= {opts.subset!r}")
     task = single_task("genre", [r.labels for r in records])
     return Dataset(source="fma", task=task, records=records, rejects=rejects)
+
+
+register_importer(Importer(name="fma", load=load, options=FMAOptions, tasks=("single",)))

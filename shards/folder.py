@@ -17,6 +17,7 @@ import re
 import pandas as pd
 
 from shards.config import BuildConfig
+from shards.importers import Importer, LabelFileOptions, register_importer
 from shards.manifest import TaskSpec
 from shards.records import (
     Dataset,
@@ -52,8 +53,9 @@ def hierarchy(rows: list[list[str]], names: list[str], where: str) -> TaskSpec:
 
 
 def load(cfg: BuildConfig) -> Dataset:
+    opts = cfg.importer_options(LabelFileOptions)
     require_dir(cfg.root, "folder dataset root")
-    path = cfg.root / (cfg.csv or DEFAULT_CSV)
+    path = cfg.root / (opts.csv or DEFAULT_CSV)
     df = read_table(path, dtype=str, keep_default_na=False)
     require_columns(df, ["path"], path)
     if cfg.task == "single":
@@ -85,3 +87,8 @@ def load(cfg: BuildConfig) -> Dataset:
         key = rel.rsplit(".", 1)[0]
         records.append(Record(key=key, audio=cfg.root / rel, labels=lab, split=split, path=rel))
     return Dataset(source="folder", task=task, records=records)
+
+
+register_importer(
+    Importer(name="folder", load=load, options=LabelFileOptions, tasks=("single", "multi", "hier"))
+)

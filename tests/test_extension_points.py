@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -14,6 +16,13 @@ from pipelines.channels import Channel, ChannelFn, ChannelInputs, register_chann
 from pipelines.config import FeatureConfig
 from pipelines.loader import build_loader
 from pipelines.testing import small_configs
+from shards.cli import main
+from shards.config import BuildConfig, load_build_config
+from shards.importers import Importer, ImporterOptions, register_importer, unregister_importer
+from shards.manifest import read_manifest
+from shards.mtat import MTATOptions
+from shards.records import Dataset, Record, hash_split, read_table, single_task
+from shards.synth import make_synth
 
 
 def _double_mel(fc: FeatureConfig, device: torch.device) -> ChannelFn:
@@ -63,3 +72,74 @@ def test_a_registered_channel_flows_through_the_dali_loader(new_channels: None, 
     c = next(iter(loader))["x"][:, 1]
     assert torch.equal(c, c[:, :1].expand_as(c))  # one row, repeated to n_mels rows
     assert float(c.min()) >= 0.0 and float(c.max()) <= 1.0 and float(c.std()) > 0.0
+
+
+# ---------------------------------------------------------------- a new importer
+
+
+@dataclass(kw_only=True)
+class TsvOptions(ImporterOptions):
+    """Options only the test importer declares."""
+
+    delimiter: str = "\t"
+    """Column separator of the label file."""
+    genre_column: str = "label"
+    """Column holding the class name."""
+
+
+def _load_tsv(cfg: BuildConfig) -> Dataset:
+    opts = cfg.importer_options(TsvOptions)
+    path = cfg.root / "labels.tsv"
+    df = read_table(path, sep=opts.delimiter, dtype=str, keep_default_na=False)
+    labels = [str(v) for v in df[opts.genre_column]]
+    records = [
+        Record(
+            key=rel.rsplit(".", 1)[0],
+            audio=cfg.root / rel,
+            labels=lab,
+            split=hash_split(rel, cfg.seed),
+            path=rel,
+        )
+        for rel, lab in zip(df["path"], labels)
+    ]
+    return Dataset(source="tsv", task=single_task("genre", labels), records=records)
+
+
+@pytest.fixture
+def tsv_importer() -> Iterator[None]:
+    register_importer(Importer(name="tsv", load=_load_tsv, options=TsvOptions, tasks=("single",)))
+    yield
+    unregister_importer("tsv")
+
+
+def test_a_registered_importer_builds_with_its_own_options(
+    tsv_importer: None, tmp_path: Path, capsys
+) -> None:
+    raw = tmp_path / "raw"
+    csv = make_synth(raw, tracks=10, seconds=1.5, seed=3, formats=["wav"])
+    table = pd.read_csv(csv)
+    table[["path", "label"]].rename(columns={"label": "style"}).to_csv(
+        raw / "labels.tsv", sep=";", index=False
+    )
+    out = tmp_path / "shards"
+    argv = ["build", "tsv", "--root", str(raw), "--out", str(out), "--workers", "1", "--quiet"]
+    assert main([*argv, "--delimiter", ";", "--genre-column", "style"]) == 0  # generated flags
+    m = read_manifest(out)
+    assert m.totals["written"] == 10 and m.task.classes == sorted(set(table["label"]))
+    assert m.build["options"] == {"delimiter": ";", "genre_column": "style"}
+    # an option of another importer is refused, naming the importer and the key
+    assert main([*argv, "--force", "--top-n", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "command line (tsv options): unknown key(s) ['top_n']" in err
+
+
+def test_an_importer_option_in_a_toml_file_belongs_to_its_importer(tmp_path: Path) -> None:
+    cfg = tmp_path / "b.toml"
+    cfg.write_text(
+        f'[shards]\nsource = "mtat"\nroot = "{tmp_path}"\nout = "{tmp_path / "o"}"\ntop_n = 7\nclean = true\n'
+    )
+    b = load_build_config(cfg, {})
+    assert b.importer_options(MTATOptions).top_n == 7 and b.importer_options(MTATOptions).clean
+    cfg.write_text(f'[shards]\nsource = "fma"\nroot = "{tmp_path}"\nout = "{tmp_path / "o"}"\ntop_n = 7\n')
+    with pytest.raises(ValueError, match=r"b\.toml \[shards\] \(fma options\): unknown key\(s\) \['top_n'\]"):
+        load_build_config(cfg, {})
