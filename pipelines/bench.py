@@ -22,6 +22,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import nvidia.dali
 import torch
 
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
@@ -165,13 +166,8 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "dali": nvidia.dali.__version__,
     }
-    try:
-        import nvidia.dali as dali
-
-        m["dali"] = dali.__version__
-    except ImportError:
-        pass
     if torch.cuda.is_available():
         m["gpu"] = torch.cuda.get_device_name()
     return m

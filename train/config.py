@@ -7,6 +7,7 @@ evaluator's [eval]; ``load_experiment`` reads them all from one TOML file plus
 
 from __future__ import annotations
 
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -143,9 +144,11 @@ class TrainConfig:
     drop-path afterwards (plus the rank) and of synthetic data; the shard pipeline's
     shuffling, chunk offsets and SpecAugment masks use ``loader.seed``."""
     out: Path = Path("runs/default")
-    """Run folder: checkpoints/, metrics.jsonl, config.json (and tb/ when tensorboard is installed)."""
+    """Run folder: checkpoints/, metrics.jsonl, config.json, curves.png (and tb/ with ``tensorboard``)."""
     log_every: int = 10
     """Optimiser steps between metric lines."""
+    tensorboard: bool = False
+    """Also write TensorBoard event files to ``out/tb`` (needs the ``tensorboard`` extra)."""
     best_metric: str | None = None
     """Validation metric that selects ``best.pt``; none = the task's primary track metric
     (single track/accuracy, multi track/roc_auc, hier track/level_mean_accuracy)."""
@@ -169,6 +172,10 @@ class TrainConfig:
             raise ValueError("train.log_every: must be >= 1")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"train.device: {self.device!r} is not auto, cpu or cuda")
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+            raise ValueError(
+                "train.tensorboard: the tensorboard package is not installed (pip install .[tensorboard])"
+            )
 
 
 @dataclass(kw_only=True)

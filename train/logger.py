@@ -1,4 +1,4 @@
-"""Rank-0 metrics: one JSON object per line in OUT/metrics.jsonl, TensorBoard when installed."""
+"""Rank-0 metrics: one JSON object per line in OUT/metrics.jsonl, plus TensorBoard when asked for."""
 
 from __future__ import annotations
 
@@ -11,18 +11,16 @@ from typing import Any
 class MetricsLogger:
     """Appends {"step", "epoch", "time", ...metrics} lines; a no-op on ranks other than 0."""
 
-    def __init__(self, out: str | Path, *, enabled: bool = True) -> None:
+    def __init__(self, out: str | Path, *, enabled: bool = True, tensorboard: bool = False) -> None:
         self.enabled = enabled
         self.path = Path(out) / "metrics.jsonl"
         self._tb = None
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+        if enabled and tensorboard:  # train.tensorboard, checked installed when the config loaded
+            from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(Path(out) / "tb"))
-            except ImportError:
-                self._tb = None
+            self._tb = SummaryWriter(str(Path(out) / "tb"))
 
     def log(self, step: int, epoch: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:

@@ -124,7 +124,7 @@ class Trainer:
         self._saved_step = -1
         self.stop = StopSignal(i.distributed)
         self.stopped = False  # every rank agreed to stop (what train() acts on)
-        self.logger = MetricsLogger(self.out, enabled=i.is_main)
+        self.logger = MetricsLogger(self.out, enabled=i.is_main, tensorboard=exp.train.tensorboard)
         self._amp = self._amp_dtype()
         self.ema: EMA | None = None
         self.ddp: DDP | None = None
