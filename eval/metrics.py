@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +59,24 @@ def apply_thresholds(probs: torch.Tensor, thresholds: float | Sequence[float] | 
     return (probs >= thr).long()
 
 
+MetricFn = Callable[[TaskSpec, torch.Tensor, torch.Tensor], dict[str, float]]
+"""fn(task, probs (N, sum(head_sizes)), target) -> unprefixed scalars, on gathered rows."""
+
+_EXTRA: dict[str, dict[str, MetricFn]] = {"single": {}, "multi": {}, "hier": {}}
+
+
+def register_metric(kind: str, name: str, fn: MetricFn) -> None:
+    """Add a metric of ``kind`` tasks to every evaluation (validation, reports), at chunk and
+    track level: one call in the metric's own module."""
+    if name in _EXTRA[kind]:
+        raise ValueError(f"metric {name!r} registered twice for {kind} tasks")
+    _EXTRA[kind][name] = fn
+
+
+def unregister_metric(kind: str, name: str) -> None:
+    _EXTRA[kind].pop(name, None)
+
+
 def compute_metrics(
     task: TaskSpec,
     probs: torch.Tensor,
@@ -76,10 +94,15 @@ def compute_metrics(
     if probs.shape[0] == 0:
         raise ValueError("no predictions to score")
     if task.kind == "single":
-        return _single(task, probs, target.reshape(-1), top_k)
-    if task.kind == "multi":
-        return _multi(task, probs, target, thresholds)
-    return _hier(task, probs, target)
+        target = target.reshape(-1)
+        out = _single(task, probs, target, top_k)
+    elif task.kind == "multi":
+        out = _multi(task, probs, target, thresholds)
+    else:
+        out = _hier(task, probs, target)
+    for fn in _EXTRA[task.kind].values():
+        out.scalars = dict(sorted({**out.scalars, **fn(task, probs, target)}.items()))
+    return out
 
 
 def _f(t: torch.Tensor) -> float:

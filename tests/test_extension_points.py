@@ -1,4 +1,4 @@
-"""A new feature channel and a new dataset importer, added from outside the existing modules:
+"""A new feature channel, dataset importer and metric, added from outside the existing modules:
 each is one definition plus one registration call."""
 
 from __future__ import annotations
@@ -8,10 +8,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from eval.metrics import register_metric, unregister_metric
+from eval.runner import evaluate_model
+from eval.testing import batches, identity
 from pipelines.channels import Channel, ChannelFn, ChannelInputs, register_channel, unregister_channel
 from pipelines.config import FeatureConfig
 from pipelines.loader import build_loader
@@ -19,7 +23,7 @@ from pipelines.testing import small_configs
 from shards.cli import main
 from shards.config import BuildConfig, load_build_config
 from shards.importers import Importer, ImporterOptions, register_importer, unregister_importer
-from shards.manifest import read_manifest
+from shards.manifest import TaskSpec, read_manifest
 from shards.mtat import MTATOptions
 from shards.records import Dataset, Record, hash_split, read_table, single_task
 from shards.synth import make_synth
@@ -143,3 +147,29 @@ def test_an_importer_option_in_a_toml_file_belongs_to_its_importer(tmp_path: Pat
     cfg.write_text(f'[shards]\nsource = "fma"\nroot = "{tmp_path}"\nout = "{tmp_path / "o"}"\ntop_n = 7\n')
     with pytest.raises(ValueError, match=r"b\.toml \[shards\] \(fma options\): unknown key\(s\) \['top_n'\]"):
         load_build_config(cfg, {})
+
+
+# ---------------------------------------------------------------- a new metric
+
+
+def _brier(task, probs: torch.Tensor, target: torch.Tensor) -> dict[str, float]:  # noqa: ANN001
+    onehot = torch.nn.functional.one_hot(target, probs.shape[1]).float()
+    return {"brier": float(((probs - onehot) ** 2).sum(1).mean())}
+
+
+def test_a_registered_metric_reaches_every_evaluation() -> None:
+    probs = torch.tensor([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.3, 0.3, 0.4], [0.6, 0.3, 0.1]])
+    target = torch.tensor([0, 1, 0, 0])
+    task = TaskSpec(kind="single", classes=["a", "b", "c"])
+    register_metric("single", "brier", _brier)
+    try:
+        result = evaluate_model(identity, batches(probs, target, torch.arange(4), size=2), task)
+    finally:
+        unregister_metric("single", "brier")
+    want = float(
+        np.mean([(0.3**2 + 0.04 + 0.01), (0.01 + 0.04 + 0.01), (0.49 + 0.09 + 0.16), (0.16 + 0.09 + 0.01)])
+    )
+    assert (
+        abs(result.metrics["track/brier"] - want) < 1e-6 and abs(result.metrics["chunk/brier"] - want) < 1e-6
+    )
+    assert result.metrics["track/accuracy"] == 0.75  # the built-in metrics are untouched

@@ -34,10 +34,10 @@ def _check(rc: object, what: str) -> None:
 
 def run(out: Path, *, tracks: int, seconds: float, config: Path = CONFIG) -> dict[str, object]:
     """Run every stage into ``out``; returns the summary printed at the end."""
-    from shards.configtools import load_toml
+    from pipelines.config import FeatureConfig
+    from shards.configtools import load_sections
 
-    cfg = load_toml(config)
-    rate = int(cfg.get("features", {}).get("sample_rate", 22050))
+    rate = load_sections({"features": FeatureConfig}, config, allow_other=True)["features"].sample_rate
     shards, run_dir, report = out / "shards", out / "run", out / "eval"
     timings: dict[str, float] = {}
 
