@@ -68,6 +68,7 @@ class BuildConfig:
             raise ValueError(
                 f"options: {self.source} takes {importer.options.__name__}, got {type(self.options).__name__}"
             )
+        self.options.check(self)
         if not 4000 <= self.sample_rate <= 192000:
             raise ValueError(f"sample_rate: {self.sample_rate} outside 4000..192000")
         if self.codec not in ("pcm16", "flac", "ogg"):

@@ -23,6 +23,10 @@ if TYPE_CHECKING:
 class ImporterOptions:
     """Base of every importer's own options (``[shards]`` keys / CLI flags only it reads)."""
 
+    def check(self, cfg: BuildConfig) -> None:
+        """Refuse combinations with the shared settings (e.g. an option that needs a task);
+        ``__post_init__`` checks the options alone. Called by ``BuildConfig``."""
+
 
 @dataclass(kw_only=True)
 class LabelFileOptions(ImporterOptions):
