@@ -298,7 +298,7 @@ class Predictor:
         self.model, self.task, self.experiment, self.name = model, task, experiment, name
         self.device = device
         self.head = TaskHead(task)
-        self.configs = {
+        self.configs: dict[str, Any] = {  # features, augment, loader: what the loader is rebuilt from
             "features": experiment.features,
             "augment": experiment.augment,
             "loader": experiment.loader,
