@@ -96,9 +96,10 @@ class BuildConfig:
 
     def fingerprint_fields(self) -> dict[str, Any]:
         """Fields that change the shards' bytes (resume only reuses shards built with the same)."""
-        skip = {"workers", "force", "strict", "out", "options"}
-        common = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(self).items() if k not in skip}
-        return common | to_dict(self.options)
+        d = to_dict(self)
+        for k in ("workers", "force", "strict", "out"):
+            d.pop(k)
+        return d | d.pop("options")  # the importer's options as top-level keys
 
 
 COMMON_FIELDS = frozenset(f.name for f in dataclasses.fields(BuildConfig)) - {"options"}
