@@ -31,6 +31,7 @@ from torchmetrics.functional.classification import (
 
 from pipelines.tasks import TaskOutputs
 from shards.manifest import TaskSpec
+from shards.registry import Registry
 
 
 @dataclass
@@ -62,19 +63,16 @@ def apply_thresholds(probs: torch.Tensor, thresholds: float | Sequence[float] | 
 MetricFn = Callable[[TaskSpec, torch.Tensor, torch.Tensor], dict[str, float]]
 """fn(task, probs (N, sum(head_sizes)), target) -> unprefixed scalars, on gathered rows."""
 
-_EXTRA: dict[str, dict[str, MetricFn]] = {"single": {}, "multi": {}, "hier": {}}
+METRICS: dict[str, Registry[MetricFn]] = {
+    k: Registry(f"{k}-task metric") for k in ("single", "multi", "hier")
+}
+"""Metrics beyond the built-in ones, per task kind (``METRICS[kind].unregister(name)`` undoes)."""
 
 
 def register_metric(kind: str, name: str, fn: MetricFn) -> None:
     """Add a metric of ``kind`` tasks to every evaluation (validation, reports), at chunk and
     track level: one call in the metric's own module."""
-    if name in _EXTRA[kind]:
-        raise ValueError(f"metric {name!r} registered twice for {kind} tasks")
-    _EXTRA[kind][name] = fn
-
-
-def unregister_metric(kind: str, name: str) -> None:
-    _EXTRA[kind].pop(name, None)
+    METRICS[kind].register(name, fn)
 
 
 def compute_metrics(
@@ -100,7 +98,8 @@ def compute_metrics(
         out = _multi(task, probs, target, thresholds)
     else:
         out = _hier(task, probs, target)
-    for fn in _EXTRA[task.kind].values():
+    for name in METRICS[task.kind]:
+        fn = METRICS[task.kind].get(name)
         out.scalars = dict(sorted({**out.scalars, **fn(task, probs, target)}.items()))
     return out
 

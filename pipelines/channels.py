@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import torch
 
+from shards.registry import Registry
+
 if TYPE_CHECKING:
     from pipelines.config import FeatureConfig
 
@@ -55,31 +57,21 @@ class Channel:
     build: Callable[[FeatureConfig, torch.device], ChannelFn]
 
 
-_CHANNELS: dict[str, Channel] = {}
+CHANNELS: Registry[Channel] = Registry(
+    "feature channel",
+    unknown=lambda name, known: f"features.channels: unknown channel {name!r}; registered: {known}",
+)
+get_channel = CHANNELS.get
 
 
 def register_channel(channel: Channel) -> Channel:
     """Make ``channel.name`` valid in ``features.channels``."""
-    if channel.name in _CHANNELS:
-        raise ValueError(f"feature channel {channel.name!r} registered twice")
-    _CHANNELS[channel.name] = channel
-    return channel
-
-
-def unregister_channel(name: str) -> None:
-    """Forget a registered channel (tests that register their own)."""
-    _CHANNELS.pop(name, None)
-
-
-def get_channel(name: str) -> Channel:
-    if name not in _CHANNELS:
-        raise ValueError(f"features.channels: unknown channel {name!r}; registered: {channel_names()}")
-    return _CHANNELS[name]
+    return CHANNELS.register(channel.name, channel)
 
 
 def channel_names() -> tuple[str, ...]:
     """Every registered channel, built-ins first, in registration order."""
-    return tuple(_CHANNELS)
+    return tuple(CHANNELS.names())
 
 
 def chroma_filterbank(sample_rate: int, n_fft: int, n_chroma: int = 12) -> np.ndarray:

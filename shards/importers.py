@@ -14,6 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from shards.registry import Registry
+
 if TYPE_CHECKING:
     from shards.config import BuildConfig
     from shards.records import Dataset
@@ -49,39 +51,18 @@ class Importer:
     """Label tasks it can produce; the first is its natural task (``--task`` unset)."""
 
 
-_IMPORTERS: dict[str, Importer] = {}
+def _load_builtin() -> None:
+    """Import the built-in importer modules (each ends with its register_importer call)."""
+    from shards import ccmusic, fma, folder, mtat  # noqa: F401
+
+
+IMPORTERS: Registry[Importer] = Registry(
+    "importer", builtin=_load_builtin, unknown=lambda name, known: f"source: {name!r} is not one of {known}"
+)
+get_importer = IMPORTERS.get
+importer_names = IMPORTERS.names
 
 
 def register_importer(importer: Importer) -> Importer:
-    if importer.name in _IMPORTERS:
-        raise ValueError(f"importer {importer.name!r} registered twice")
-    _IMPORTERS[importer.name] = importer
-    return importer
-
-
-def unregister_importer(name: str) -> None:
-    """Forget an importer (tests that register their own)."""
-    _IMPORTERS.pop(name, None)
-
-
-def get_importer(name: str) -> Importer:
-    _load_builtin()
-    if name not in _IMPORTERS:
-        raise ValueError(f"source: {name!r} is not one of {importer_names()}")
-    return _IMPORTERS[name]
-
-
-def importer_names() -> list[str]:
-    _load_builtin()
-    return list(_IMPORTERS)
-
-
-_loaded = False
-
-
-def _load_builtin() -> None:
-    """Import the built-in importer modules (each ends with its register_importer call)."""
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        from shards import ccmusic, fma, folder, mtat  # noqa: F401
+    """Make ``importer.name`` a ``source`` of ``python -m shards build``."""
+    return IMPORTERS.register(importer.name, importer)

@@ -13,16 +13,16 @@ import pandas as pd
 import pytest
 import torch
 
-from eval.metrics import register_metric, unregister_metric
+from eval.metrics import METRICS, register_metric
 from eval.runner import evaluate_model
 from eval.testing import batches, identity
-from pipelines.channels import Channel, ChannelFn, ChannelInputs, register_channel, unregister_channel
+from pipelines.channels import CHANNELS, Channel, ChannelFn, ChannelInputs, register_channel
 from pipelines.config import FeatureConfig
 from pipelines.loader import build_loader
 from pipelines.testing import small_configs
 from shards.cli import main
 from shards.config import BuildConfig, load_build_config
-from shards.importers import Importer, ImporterOptions, register_importer, unregister_importer
+from shards.importers import IMPORTERS, Importer, ImporterOptions, register_importer
 from shards.manifest import TaskSpec, read_manifest
 from shards.mtat import MTATOptions
 from shards.records import Dataset, Record, hash_split, read_table, single_task
@@ -49,8 +49,8 @@ def new_channels() -> Iterator[None]:
     register_channel(Channel(name="double_mel", needs="mel", build=_double_mel))
     register_channel(Channel(name="centroid", needs="power", build=_centroid))
     yield
-    unregister_channel("double_mel")
-    unregister_channel("centroid")
+    CHANNELS.unregister("double_mel")
+    CHANNELS.unregister("centroid")
 
 
 def test_unknown_channel_is_refused_by_name() -> None:
@@ -113,7 +113,7 @@ def _load_tsv(cfg: BuildConfig) -> Dataset:
 def tsv_importer() -> Iterator[None]:
     register_importer(Importer(name="tsv", load=_load_tsv, options=TsvOptions, tasks=("single",)))
     yield
-    unregister_importer("tsv")
+    IMPORTERS.unregister("tsv")
 
 
 def test_a_registered_importer_builds_with_its_own_options(
@@ -165,7 +165,7 @@ def test_a_registered_metric_reaches_every_evaluation() -> None:
     try:
         result = evaluate_model(identity, batches(probs, target, torch.arange(4), size=2), task)
     finally:
-        unregister_metric("single", "brier")
+        METRICS["single"].unregister("brier")
     want = float(
         np.mean([(0.3**2 + 0.04 + 0.01), (0.01 + 0.04 + 0.01), (0.49 + 0.09 + 0.16), (0.16 + 0.09 + 0.01)])
     )

@@ -144,11 +144,12 @@ class TrainConfig:
     drop-path afterwards (plus the rank) and of synthetic data; the shard pipeline's
     shuffling, chunk offsets and SpecAugment masks use ``loader.seed``."""
     out: Path = Path("runs/default")
-    """Run folder: checkpoints/, metrics.jsonl, config.json, curves.png (and tb/ with ``tensorboard``)."""
+    """Run folder: checkpoints/, metrics.jsonl, config.json, curves.png (and tb/ with TensorBoard)."""
     log_every: int = 10
     """Optimiser steps between metric lines."""
-    tensorboard: bool = False
-    """Also write TensorBoard event files to ``out/tb`` (needs the ``tensorboard`` extra)."""
+    tensorboard: bool | None = None
+    """Also write TensorBoard event files to ``out/tb``: true (needs the ``tensorboard`` extra),
+    false, or none = when the extra is installed."""
     best_metric: str | None = None
     """Validation metric that selects ``best.pt``; none = the task's primary track metric
     (single track/accuracy, multi track/roc_auc, hier track/level_mean_accuracy)."""
@@ -172,7 +173,7 @@ class TrainConfig:
             raise ValueError("train.log_every: must be >= 1")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"train.device: {self.device!r} is not auto, cpu or cuda")
-        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:  # asked for, absent
             raise ValueError(
                 "train.tensorboard: the tensorboard package is not installed (pip install .[tensorboard])"
             )

@@ -14,6 +14,7 @@ from typing import Any
 import torch.nn as nn
 
 from shards.manifest import TaskSpec
+from shards.registry import Registry
 from train.config import ModelConfig
 
 Builder = Callable[..., nn.Module]
@@ -49,26 +50,27 @@ class Family:
         return self.fit is None
 
 
-_FAMILIES: dict[str, Family] = {}
+def _load_builtin() -> None:
+    """Import the built-in family modules (each registers itself) on first use."""
+    from train.models import ast, customcnn, gbm, timm_family  # noqa: F401
+
+
+FAMILIES: Registry[Family] = Registry("model family", builtin=_load_builtin)
 
 
 def register_family(family: Family) -> Family:
-    if family.name in _FAMILIES:
-        raise ValueError(f"model family {family.name!r} registered twice")
-    _FAMILIES[family.name] = family
-    return family
+    return FAMILIES.register(family.name, family)
 
 
 def list_families() -> list[str]:
-    _load_builtin()
-    return sorted(_FAMILIES)
+    return sorted(FAMILIES.names())
 
 
 def get_family(name: str) -> Family:
     """The registered family, or a timm family for any model name timm knows."""
-    _load_builtin()
-    if name in _FAMILIES:
-        return _FAMILIES[name]
+    family = FAMILIES.find(name)
+    if family is not None:
+        return family
     import timm
 
     if timm.is_model(name):
@@ -126,14 +128,3 @@ def build_model(
         if "unexpected keyword" not in str(e):
             raise
         raise ValueError(f"model.kwargs: {family.name} does not accept this option: {e}") from None
-
-
-_loaded = False
-
-
-def _load_builtin() -> None:
-    """Import the built-in family modules (each registers itself) on first use."""
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        from train.models import ast, customcnn, gbm, timm_family  # noqa: F401
