@@ -30,6 +30,8 @@ from shards.cli_errors import CliParser, run_cli
 from shards.configtools import load_sections, to_dict
 
 PIPELINES = ("dali-gpu", "dali-cpu", "baseline")
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_customcnn.toml"
+"""The experiment whose sections a benchmark uses when it needs one and has no --config."""
 
 
 def cpu_seconds() -> float:

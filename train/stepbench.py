@@ -14,14 +14,11 @@ from typing import Any
 
 import torch
 
-from pipelines.bench import add_shard_args, bench_shards, machine
+from pipelines.bench import DEFAULT_CONFIG, add_shard_args, bench_shards, machine
 from pipelines.config import FeatureConfig
 from shards.cli_errors import CliParser, run_cli
 from shards.configtools import load_sections
 from train.bench import bench_real_loader
-
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_customcnn.toml"
-"""The experiment whose [features] [loader] [train] sections are used without --config."""
 
 
 def bench_train_step(
