@@ -20,7 +20,7 @@ from shards.configtools import load_sections
 from shards.manifest import Manifest, TaskSpec, read_manifest
 from shards.ranks import is_main_process
 from train import distributed
-from train.checkpoint import check_vocab
+from train.checkpoint import check_vocab, load_predictor
 from train.config import DataConfig
 
 LoaderFactory = Callable[[str], Iterable[dict[str, Any]]]
@@ -113,7 +113,6 @@ def run(cfg: EvalConfig) -> dict[str, runner.EvalResult]:
         check_split(manifest, cfg.threshold_split)
 
     from pipelines.loader import build_loader  # heavy (DALI); only once the inputs are known good
-    from train.checkpoint import load_predictor
 
     info = distributed.init(cfg.device)
     results: dict[str, runner.EvalResult] = {}
@@ -121,7 +120,7 @@ def run(cfg: EvalConfig) -> dict[str, runner.EvalResult]:
     for path, predictor in zip(cfg.checkpoints, predictors):  # every mismatch before any scoring
         check_vocab(predictor.task, task, path, cfg.shards)
     for path, predictor in zip(cfg.checkpoints, predictors):
-        confs = {k: _section(predictor.configs, k) for k in ("features", "augment", "loader")}
+        confs = {k: predictor.configs[k] for k in ("features", "augment", "loader")}
 
         def make_loader(split: str, confs: dict[str, Any] = confs) -> Iterable[dict[str, Any]]:
             return build_loader(
@@ -142,10 +141,6 @@ def run(cfg: EvalConfig) -> dict[str, runner.EvalResult]:
             cfg.out, results, task, split=cfg.split, aggregate=cfg.aggregate, max_pr_curves=cfg.max_pr_curves
         )
     return results
-
-
-def _section(configs: Any, name: str) -> Any:
-    return configs[name] if isinstance(configs, dict) else getattr(configs, name)
 
 
 def main(argv: list[str] | None = None) -> int:
