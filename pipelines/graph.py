@@ -18,7 +18,7 @@ banks: DALI's CPU ``fn.mfcc`` costs as much as the mel filter bank and the dB to
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -51,6 +51,7 @@ class GraphSpec:
     shard_id: int
     num_shards: int
     device_id: int | None = None  # CUDA device for device="gpu"; None = the current one
+    image_exts: list[str] = field(default_factory=list)  # image builds: per channel, "mel.jpg;mel.png"
 
     @property
     def batch_size(self) -> int:
@@ -162,12 +163,11 @@ def _eval_rows(spec: GraphSpec, sig, n):  # type: ignore[no-untyped-def]
     return fn.reshape(padded, shape=[-1, L])
 
 
-def _masks(spec: GraphSpec):  # type: ignore[no-untyped-def]
-    """SpecAugment keep-masks ``(K, n_mels, T)`` uint8: DALI erases random bands of ones,
-    anchors and widths drawn on the CPU from the pipeline's seeded RNG."""
-    k, f, t = spec.loader.chunks_per_track, spec.features.n_mels, spec.framing.frames
-    a = spec.augment
-    mask = types.Constant(np.ones((k, f, t), dtype=np.uint8), device=spec.device)
+def masks(a: AugmentConfig, k: int, f: int, t: int, device: str):  # type: ignore[no-untyped-def]
+    """SpecAugment keep-masks ``(K, F, T)`` uint8 for the K chunks (or image crops) of a sample:
+    DALI erases random bands of ones, anchors and widths drawn on the CPU from the pipeline's
+    seeded RNG. Shared by the audio and the image graph."""
+    mask = types.Constant(np.ones((k, f, t), dtype=np.uint8), device=device)
     for count, width, extent, axis in (
         (a.freq_masks, a.freq_width, f, 1),
         (a.time_masks, a.time_width, t, 2),
@@ -224,5 +224,5 @@ def _graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
     if fc.needs_power:
         outs.append(power)
     if spec.mode == "train" and spec.augment.active:
-        outs.append(_masks(spec))
+        outs.append(masks(spec.augment, spec.loader.chunks_per_track, fc.n_mels, fr.frames, spec.device))
     return (*outs, lbl, tid, nchunks)

@@ -124,13 +124,9 @@ class MusicLoader:
         fr = self.spec.framing
         tid = out["tid"][:, 0].to(torch.int64).cpu()  # .cpu(): no-ops, they are CPU outputs
         nchunks = out["nchunks"].reshape(-1).to(torch.int64).cpu()
-        keep = torch.ones(tid.numel(), dtype=torch.bool)
-        if self.mode == "eval":  # DALI's pad_last_batch repeats the last track: drop repeats
-            for i, t in enumerate(tid.tolist()):
-                keep[i] = t not in self._seen
-                self._seen.add(t)
-            if not keep.any():
-                return None
+        keep = self._keep(tid)
+        if not keep.any():
+            return None
         n_max = int(nchunks.max())
         sel = keep[:, None] & (torch.arange(n_max)[None, :] < nchunks[:, None])
         dense = bool(sel.all())
@@ -161,6 +157,16 @@ class MusicLoader:
             "y": to_device(y, self.device),
             "track": to_device(track, self.device),
         }
+
+    def _keep(self, tid: torch.Tensor) -> torch.Tensor:
+        """CPU bool ``(B,)``: the tracks to yield. Eval drops DALI's ``pad_last_batch`` repeats
+        of the last track (by track id); training keeps all."""
+        keep = torch.ones(tid.numel(), dtype=torch.bool)
+        if self.mode == "eval":
+            for i, t in enumerate(tid.tolist()):
+                keep[i] = t not in self._seen
+                self._seen.add(t)
+        return keep
 
     def state_dict(self) -> dict[str, Any]:
         """Plain data: the DALI checkpoint (reader position, RNG states) and the epoch counter."""
@@ -241,6 +247,10 @@ def build_loader(
     dev = resolve_device(device)
     m = load_manifest(shards)
     validate_split(m, split, features=features, loader=loader, world_size=w, train=mode == "train")
+    if m.kind == "image":  # spectrogram-image shards: their own DALI branch, the same contract
+        from pipelines.image_graph import build_image_loader
+
+        return build_image_loader(m, split, mode, features, augment, loader, rank=r, world_size=w, device=dev)
     if m.sample_rate > features.sample_rate:
         _warn_downsampling(m.sample_rate, features.sample_rate)
     tars, idxs = m.paths(split)
