@@ -18,9 +18,10 @@ banks: DALI's CPU ``fn.mfcc`` costs as much as the mel filter bank and the dB to
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -68,8 +69,11 @@ class GraphSpec:
         return [*names, "lbl", "tid", "nchunks"]
 
 
-def build_pipeline(spec: GraphSpec, checkpoint: str | None = None) -> Pipeline:
-    """Build (not yet run) the DALI pipeline for ``spec``; ``checkpoint`` restores a reader position."""
+def build_pipeline(
+    spec: GraphSpec, checkpoint: str | None = None, graph: Callable[[GraphSpec], Any] | None = None
+) -> Pipeline:
+    """Build (not yet run) the DALI pipeline for ``spec``; ``checkpoint`` restores a reader position.
+    ``graph`` defines the nodes (default: the audio graph; the image branch passes its own)."""
     device_id = None
     if spec.device == "gpu":
         device_id = spec.device_id if spec.device_id is not None else torch.cuda.current_device()
@@ -85,7 +89,7 @@ def build_pipeline(spec: GraphSpec, checkpoint: str | None = None) -> Pipeline:
         exec_dynamic=True,
     )  # type: ignore[call-overload]  # DALI stubs lack exec_dynamic
     def music_pipeline():  # type: ignore[no-untyped-def]
-        return _graph(spec)
+        return (graph or _graph)(spec)
 
     kwargs = {"checkpoint": checkpoint} if checkpoint is not None else {}
     pipe = music_pipeline(**kwargs)
@@ -95,12 +99,18 @@ def build_pipeline(spec: GraphSpec, checkpoint: str | None = None) -> Pipeline:
 
 def _read(spec: GraphSpec):  # type: ignore[no-untyped-def]
     audio_dtype = types.DALIDataType.INT16 if spec.codec == "pcm16" else types.DALIDataType.UINT8
+    return read(spec, [{"pcm16": "pcm"}.get(spec.codec, spec.codec)], [audio_dtype])
+
+
+def read(spec: GraphSpec, media: list[str], dtypes: list[types.DALIDataType]) -> Any:
+    """The webdataset reader: ``media`` members (ext alternatives as ``"a;b"``) then ``lbl``, ``tid``.
+    Shuffled and moving across shards in training; each rank's contiguous range in evaluation."""
     train = spec.mode == "train"
     return fn.readers.webdataset(
         paths=[str(p) for p in spec.tars],
         index_paths=[str(p) for p in spec.idxs],
-        ext=[{"pcm16": "pcm"}.get(spec.codec, spec.codec), "lbl", "tid"],
-        dtypes=[audio_dtype, types.DALIDataType.INT64, types.DALIDataType.INT64],
+        ext=[*media, "lbl", "tid"],
+        dtypes=[*dtypes, types.DALIDataType.INT64, types.DALIDataType.INT64],
         missing_component_behavior="error",
         shard_id=spec.shard_id,
         num_shards=spec.num_shards,

@@ -18,12 +18,9 @@ from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
 
-from pipelines.baseline import BaselineLoader
-from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
-from pipelines.features import FeatureAssembler, stats_path
+from pipelines.baseline import BaselineLoader, _Featurize
 from pipelines.image_graph import image_frames
 from pipelines.reference import spec_augment_mask
-from shards.manifest import Manifest
 
 
 def decode_image(data: bytes, color: str) -> torch.Tensor:
@@ -49,16 +46,12 @@ def reference_image(
     return out
 
 
-class _ImageFeaturize:
+class _ImageFeaturize(_Featurize):
     """Per-worker stage: one image sample -> ``{x (K, C, F, T), lbl, track}``."""
 
-    def __init__(
-        self, m: Manifest, features: FeatureConfig, augment: AugmentConfig, loader: LoaderConfig, mode: str, seed: int
-    ) -> None:
-        self.m, self.fc, self.aug, self.lc, self.mode, self.seed = m, features, augment, loader, mode, seed
-        self.size = (features.n_mels, image_frames(features, loader))
-        self._asm: FeatureAssembler | None = None
-        self._rng: np.random.Generator | None = None
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.fc.n_mels, image_frames(self.fc, self.lc)
 
     def _member(self, sample: dict[str, Any], channel: str) -> bytes:
         for ext in self.m.images[channel].exts:
@@ -68,10 +61,8 @@ class _ImageFeaturize:
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, torch.Tensor]:
         if self._asm is None:
-            info = torch.utils.data.get_worker_info()
-            self._rng = np.random.default_rng([self.seed, info.id if info is not None else 0])
-            self._asm = FeatureAssembler(self.fc, "cpu", stats_path(self.fc, self.m.root))
-        assert self._rng is not None
+            self._init()
+        assert self._rng is not None and self._asm is not None
         train = self.mode == "train"
         k = self.lc.chunks_per_track if train else 1
         crop = self.aug.time_crop if train else 1.0
@@ -79,7 +70,9 @@ class _ImageFeaturize:
         planes: list[torch.Tensor] = []
         for ch in self.fc.channels:
             data = self._member(sample, ch)
-            crops = torch.stack([reference_image(data, self.size, self.fc.image_color, (s, s + crop)) for s in starts])
+            crops = torch.stack(
+                [reference_image(data, self.size, self.fc.image_color, (s, s + crop)) for s in starts]
+            )
             planes += [crops[:, j] for j in range(crops.shape[1])]  # (K, F, T) each
         mask = None
         if train and self.aug.active:

@@ -14,16 +14,14 @@ the loader contract's ``(B, C, F, T)`` (C = channels x 1 or 3), normalised by th
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any
 
 import numpy as np
 import torch
-from nvidia.dali import fn, pipeline_def, types
-from nvidia.dali.pipeline import Pipeline
-from nvidia.dali.plugin.pytorch import DALIGenericIterator
+from nvidia.dali import fn, types
 
-from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig, framing
-from pipelines.graph import READER, GraphSpec, masks
+from pipelines.config import FeatureConfig, LoaderConfig, framing
+from pipelines.graph import GraphSpec, masks, read
 from pipelines.loader import MusicLoader, chunks_mask, labels_to_y, to_device
 from pipelines.validate import ShardError
 from shards.manifest import MANIFEST, Manifest
@@ -40,13 +38,13 @@ def planes(features: FeatureConfig) -> int:
 
 
 def output_names(spec: GraphSpec) -> list[str]:
-    names = list(spec.features.channels)
+    names: list[str] = list(spec.features.channels)
     if spec.mode == "train" and spec.augment.active:
         names.append("mask")
     return [*names, "lbl", "tid"]
 
 
-def _crop_windows(spec: GraphSpec, k: int) -> list[tuple[object, object]]:
+def _crop_windows(spec: GraphSpec, k: int) -> list[tuple[Any, Any]]:
     """K relative ROIs ``([0, start], [1, start + crop])`` (y, x): a random time window per crop."""
     crop = spec.augment.time_crop
     zero = types.Constant(np.zeros(1, dtype=np.float32), device="cpu")
@@ -60,74 +58,38 @@ def _crop_windows(spec: GraphSpec, k: int) -> list[tuple[object, object]]:
 
 def _image_graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
     train = spec.mode == "train"
-    n = len(spec.image_exts)
-    *images, lbl, tid = fn.readers.webdataset(
-        paths=[str(p) for p in spec.tars],
-        index_paths=[str(p) for p in spec.idxs],
-        ext=[*spec.image_exts, "lbl", "tid"],
-        dtypes=[types.DALIDataType.UINT8] * n + [types.DALIDataType.INT64, types.DALIDataType.INT64],
-        missing_component_behavior="error",
-        shard_id=spec.shard_id,
-        num_shards=spec.num_shards,
-        random_shuffle=train and spec.loader.shuffle,
-        initial_fill=spec.loader.initial_fill,
-        pad_last_batch=True,
-        stick_to_shard=not train,
-        name=READER,
-    )
+    *images, lbl, tid = read(spec, spec.image_exts, [types.DALIDataType.UINT8] * len(spec.image_exts))
     f, t, k = spec.features.n_mels, image_frames(spec.features, spec.loader), spec.loader.chunks_per_track
     color = types.DALIImageType.RGB if spec.features.image_color == "rgb" else types.DALIImageType.GRAY
     decoder_device = "mixed" if spec.device == "gpu" else "cpu"
-    size = dict(resize_y=float(f), resize_x=float(t), dtype=types.DALIDataType.FLOAT)
+    fy, fx, dtype = float(f), float(t), types.DALIDataType.FLOAT
     windows = _crop_windows(spec, k) if train else []
-    outs = []
+    outs: list[Any] = []
     for data in images:
         img = fn.decoders.image(data, device=decoder_device, output_type=color)
         if train:  # (K, F, T, planes): the same windows for every channel of the sample
-            crops = [fn.resize(img, roi_start=a, roi_end=b, roi_relative=True, **size) for a, b in windows]
+            crops: list[Any] = [
+                fn.resize(
+                    img, resize_y=fy, resize_x=fx, dtype=dtype, roi_start=a, roi_end=b, roi_relative=True
+                )
+                for a, b in windows
+            ]
             outs.append(fn.stack(*crops))
         else:  # (F, T, planes): the whole image once
-            outs.append(fn.resize(img, **size))
+            outs.append(fn.resize(img, resize_y=fy, resize_x=fx, dtype=dtype))
     if train and spec.augment.active:
         outs.append(masks(spec.augment, k, f, t, spec.device))
     return (*outs, lbl, tid)
 
 
-def build_image_pipeline(spec: GraphSpec, checkpoint: str | None = None) -> Pipeline:
-    """Build the image pipeline for ``spec`` (``checkpoint`` restores a reader position)."""
-    device_id = None
-    if spec.device == "gpu":
-        device_id = spec.device_id if spec.device_id is not None else torch.cuda.current_device()
-
-    @pipeline_def(
-        batch_size=spec.batch_size,
-        num_threads=spec.loader.num_threads,
-        device_id=device_id,
-        seed=spec.loader.seed * 1000 + spec.shard_id + 1,
-        prefetch_queue_depth=spec.loader.prefetch,
-        enable_checkpointing=True,
-        exec_dynamic=True,
-    )  # type: ignore[call-overload]  # DALI stubs lack exec_dynamic
-    def image_pipeline():  # type: ignore[no-untyped-def]
-        return _image_graph(spec)
-
-    kwargs = {"checkpoint": checkpoint} if checkpoint is not None else {}
-    pipe = image_pipeline(**kwargs)
-    pipe.build()
-    return pipe
-
-
 class ImageLoader(MusicLoader):
     """``MusicLoader`` over image shards: the same iteration, length, state and output contract."""
 
-    def _make_iterator(self, checkpoint: str | None) -> DALIGenericIterator:
-        from nvidia.dali.plugin.base_iterator import LastBatchPolicy
+    graph = staticmethod(_image_graph)
 
-        pipe = build_image_pipeline(self.spec, checkpoint)
-        policy = LastBatchPolicy.DROP if self.mode == "train" else LastBatchPolicy.PARTIAL
-        return DALIGenericIterator(
-            [pipe], output_names(self.spec), reader_name=READER, last_batch_policy=policy, auto_reset=False
-        )
+    @property
+    def output_names(self) -> list[str]:
+        return output_names(self.spec)
 
     @property
     def feature_shape(self) -> tuple[int, int, int]:
@@ -168,41 +130,11 @@ def check_channels(m: Manifest, features: FeatureConfig) -> list[str]:
     where = m.root / MANIFEST if m.root else MANIFEST
     missing = [c for c in features.channels if c not in m.images]
     if missing:
-        raise ShardError(f"{where}: image build has channels {list(m.images)}, not {missing} (features.channels)")
+        raise ShardError(
+            f"{where}: image build has channels {list(m.images)}, not {missing} (features.channels)"
+        )
     if features.normalize == "meanstd" and features.image_color == "rgb":
-        raise ShardError(f"{where}: features.normalize='meanstd' needs image_color='gray' (stats are per channel)")
+        raise ShardError(
+            f"{where}: features.normalize='meanstd' needs image_color='gray' (stats are per channel)"
+        )
     return [";".join(m.images[c].exts) for c in features.channels]
-
-
-def build_image_loader(
-    m: Manifest,
-    split: str,
-    mode: Literal["train", "eval"],
-    features: FeatureConfig,
-    augment: AugmentConfig,
-    loader: LoaderConfig,
-    *,
-    rank: int,
-    world_size: int,
-    device: torch.device,
-) -> ImageLoader:
-    """This rank's loader over an image build (called by ``pipelines.loader.build_loader``)."""
-    exts = check_channels(m, features)
-    tars, idxs = m.paths(split)
-    spec = GraphSpec(
-        tars=tars,
-        idxs=idxs,
-        codec=m.codec,
-        shards_rate=m.sample_rate,
-        features=features,
-        augment=augment,
-        loader=loader,
-        framing=framing(features, loader),
-        mode=mode,
-        device="gpu" if device.type == "cuda" else "cpu",
-        shard_id=rank,
-        num_shards=world_size,
-        device_id=device.index if device.type == "cuda" else None,
-        image_exts=exts,
-    )
-    return ImageLoader(spec, m, m.task, device, tracks=m.split(split).num_samples)

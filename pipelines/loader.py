@@ -73,12 +73,18 @@ class MusicLoader:
         self._seen: set[int] = set()  # eval: tracks already yielded this epoch (drops DALI padding)
         self._batch = 0  # DALI batches consumed in this epoch (== len(self._it) at its end)
 
+    graph: Any = None  # the DALI graph function (None: the audio graph); the image loader sets its own
+
+    @property
+    def output_names(self) -> list[str]:
+        return self.spec.output_names
+
     def _make_iterator(self, checkpoint: str | None) -> DALIGenericIterator:
-        pipe = build_pipeline(self.spec, checkpoint)
+        pipe = build_pipeline(self.spec, checkpoint, graph=self.graph)
         policy = LastBatchPolicy.DROP if self.mode == "train" else LastBatchPolicy.PARTIAL
         return DALIGenericIterator(
             [pipe],
-            self.spec.output_names,
+            self.output_names,
             reader_name=READER,
             last_batch_policy=policy,
             auto_reset=False,
@@ -247,11 +253,12 @@ def build_loader(
     dev = resolve_device(device)
     m = load_manifest(shards)
     validate_split(m, split, features=features, loader=loader, world_size=w, train=mode == "train")
+    image_exts: list[str] = []
     if m.kind == "image":  # spectrogram-image shards: their own DALI branch, the same contract
-        from pipelines.image_graph import build_image_loader
+        from pipelines.image_graph import ImageLoader, check_channels
 
-        return build_image_loader(m, split, mode, features, augment, loader, rank=r, world_size=w, device=dev)
-    if m.sample_rate > features.sample_rate:
+        image_exts = check_channels(m, features)
+    elif m.sample_rate > features.sample_rate:
         _warn_downsampling(m.sample_rate, features.sample_rate)
     tars, idxs = m.paths(split)
     spec = GraphSpec(
@@ -268,5 +275,7 @@ def build_loader(
         shard_id=r,
         num_shards=w,
         device_id=dev.index if dev.type == "cuda" else None,
+        image_exts=image_exts,
     )
-    return MusicLoader(spec, m, m.task, dev, tracks=m.split(split).num_samples)
+    cls = ImageLoader if m.kind == "image" else MusicLoader
+    return cls(spec, m, m.task, dev, tracks=m.split(split).num_samples)

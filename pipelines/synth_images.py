@@ -26,9 +26,8 @@ from shards.atomic import atomic_path, atomic_write_text
 from shards.audio import decode, to_mono
 from shards.synth import make_synth
 
-IMAGE_CHANNELS = ("mel", "cqt", "chroma")
 # small, fast render settings (the images are the dataset: the pipeline resizes them anyway)
-RENDER = FeatureConfig(n_fft=1024, hop_length=256, n_mels=64, n_mfcc=20, channels=list(IMAGE_CHANNELS))
+RENDER = FeatureConfig(n_fft=1024, hop_length=256, n_mels=64, n_mfcc=20, channels=["mel", "cqt", "chroma"])
 
 
 def render(signal: np.ndarray, features: FeatureConfig = RENDER) -> dict[str, np.ndarray]:

@@ -25,6 +25,7 @@ from shards.atomic import atomic_write_text
 from shards.audio import AudioSpec, Encoded, process
 from shards.config import BuildConfig
 from shards.configtools import to_dict
+from shards.images import EncodedImages, ImageSpec, process_images
 from shards.manifest import (
     AUDIO_EXT,
     LABEL_EXT,
@@ -39,7 +40,6 @@ from shards.manifest import (
     read_manifest,
     write_manifest,
 )
-from shards.images import EncodedImages, ImageSpec, process_images
 from shards.records import SPLITS, Dataset, Record
 from shards.writer import MAX_KEY, ShardWriter, sanitize_key
 
@@ -193,7 +193,12 @@ class _SplitRun:
         """An image sample: the images' bytes unchanged, labels, track id, metadata; sizes tallied."""
         tid = self.st["written"]
         sizes = {ch: list(hw) for ch, hw in result.sizes.items()}
-        meta = {"key": key, "source": self.b.ds.source, "source_id": rec.key, "path": rec.path}
+        meta: dict[str, Any] = {
+            "key": key,
+            "source": self.b.ds.source,
+            "source_id": rec.key,
+            "path": rec.path,
+        }
         meta |= {"split": self.split, "tid": tid, "labels": rec.labels, "image_sizes": sizes, **rec.meta}
         self.writer.write(
             key,

@@ -99,7 +99,9 @@ def load(cfg: BuildConfig) -> Dataset:
     is_image = [str(p).lower().endswith(IMAGE_SUFFIXES) for p in df["path"]]
     image = bool(is_image) and all(is_image)
     if any(is_image) and not image:
-        raise ValueError(f"{path}: column 'path' mixes image and audio files (row {is_image.index(not is_image[0]) + 2})")
+        raise ValueError(
+            f"{path}: column 'path' mixes image and audio files (row {is_image.index(not is_image[0]) + 2})"
+        )
     channels = ["mel", *(c for c in EXTRA_IMAGE_CHANNELS if c in df.columns)] if image else []
     records = []
     for row, (rel, lab) in enumerate(zip(df["path"], labels)):

@@ -85,7 +85,9 @@ def _saved_files(split_dir: Path) -> list[Path]:
             raise ValueError(f"{state}: not a datasets state.json ({e!r})") from None
         missing = [n for n in names if not (split_dir / n).is_file()]
         if missing:
-            raise FileNotFoundError(f"{split_dir / missing[0]}: listed in {state} but missing (incomplete download?)")
+            raise FileNotFoundError(
+                f"{split_dir / missing[0]}: listed in {state} but missing (incomplete download?)"
+            )
         return [split_dir / n for n in names]
     return sorted(split_dir.glob("*.arrow"))
 
@@ -122,10 +124,14 @@ def discover(root: Path, config: str | None = None) -> list[HfFile]:
         raise ValueError(f"{root}: several dataset configs {groups}; choose one with --hf-config")
     kinds = {f.path.suffix for f in files}
     if len(kinds) > 1:
-        raise ValueError(f"{root}: both .arrow and .parquet files for config {files[0].group!r}; keep one copy")
+        raise ValueError(
+            f"{root}: both .arrow and .parquet files for config {files[0].group!r}; keep one copy"
+        )
     if len(files) > 1 and any(f.split is None for f in files):
         f = next(f for f in files if f.split is None)
-        raise ValueError(f"{f.path}: file name names no split (train/validation/test) and there are several files")
+        raise ValueError(
+            f"{f.path}: file name names no split (train/validation/test) and there are several files"
+        )
     return files
 
 

@@ -161,7 +161,9 @@ class Manifest:
         if not isinstance(self.task, TaskSpec):
             self.task = TaskSpec(**self.task)
         self.splits = {k: v if isinstance(v, SplitInfo) else SplitInfo(**v) for k, v in self.splits.items()}
-        self.images = {k: v if isinstance(v, ImageChannel) else ImageChannel(**v) for k, v in self.images.items()}
+        self.images = {
+            k: v if isinstance(v, ImageChannel) else ImageChannel(**v) for k, v in self.images.items()
+        }
         if self.kind not in ("audio", "image"):
             raise ValueError(f"kind: {self.kind!r} is not audio or image")
         if self.kind == "image" and not self.images:

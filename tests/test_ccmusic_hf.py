@@ -31,7 +31,15 @@ THR = ["Symphony", "Opera", "Teen_pop", "Soft_rock", "Dance_pop"]
 LEVELS = ["fst_level_label", "sec_level_label", "thr_level_label"]
 # (fst, sec, thr, broken media): train has one truncated/undecodable sample and one -1 label
 ROWS = {
-    "train": [(0, 0, 0, 0), (0, 1, 1, 0), (1, 2, 2, 0), (1, 3, 3, 1), (1, 2, 4, 0), (1, 3, 3, 0), (1, -1, 3, 0)],
+    "train": [
+        (0, 0, 0, 0),
+        (0, 1, 1, 0),
+        (1, 2, 2, 0),
+        (1, 3, 3, 1),
+        (1, 2, 4, 0),
+        (1, 3, 3, 0),
+        (1, -1, 3, 0),
+    ],
     "validation": [(0, 0, 0, 0), (1, 2, 4, 0), (1, 3, 3, 0)],
     "test": [(0, 1, 1, 0), (1, 2, 2, 0), (1, 3, 3, 0)],
 }
@@ -58,12 +66,19 @@ def _split(config: str, rows: list[tuple[int, int, int, int]], seed: int) -> dat
     labels = {c: datasets.ClassLabel(names=n) for c, n in zip(LEVELS, (FST, SEC, THR))}
     cols = {c: [r[k] for r in rows] for k, c in enumerate(LEVELS)}
     if config == "eval":
-        feats = datasets.Features({"mel": datasets.Image(), "cqt": datasets.Image(), "chroma": datasets.Image(), **labels})
+        feats = datasets.Features(
+            {"mel": datasets.Image(), "cqt": datasets.Image(), "chroma": datasets.Image(), **labels}
+        )
         for c in ("mel", "cqt", "chroma"):  # the cqt of the broken row is a truncated JPEG
-            cols[c] = [{"bytes": _jpg(seed + i, r[3] == 1 and c == "cqt"), "path": f"{seed + i}.jpg"} for i, r in enumerate(rows)]
+            cols[c] = [
+                {"bytes": _jpg(seed + i, r[3] == 1 and c == "cqt"), "path": f"{seed + i}.jpg"}
+                for i, r in enumerate(rows)
+            ]
     else:
         feats = datasets.Features({"audio": datasets.Audio(sampling_rate=22050, decode=False), **labels})
-        cols["audio"] = [{"bytes": _wav(seed + i, r[3] == 1), "path": f"{seed + i}.wav"} for i, r in enumerate(rows)]
+        cols["audio"] = [
+            {"bytes": _wav(seed + i, r[3] == 1), "path": f"{seed + i}.wav"} for i, r in enumerate(rows)
+        ]
     return _dataset(cols, feats)
 
 
@@ -87,7 +102,9 @@ def write_ccmusic(root: Path, config: str, layout: str) -> None:
 
 
 def _build(root: Path, out: Path, *extra: str) -> int:
-    return main(["build", "ccmusic", "--root", str(root), "--out", str(out), "--quiet", "--workers", "1", *extra])
+    return main(
+        ["build", "ccmusic", "--root", str(root), "--out", str(out), "--quiet", "--workers", "1", *extra]
+    )
 
 
 def _rejects(out: Path) -> dict[str, str]:
@@ -128,13 +145,17 @@ def test_every_layout_and_config(tmp_path: Path, config: str, layout: str) -> No
     broken = "image decode failed: cqt: image file is truncated" if config == "eval" else "decode failed:"
     rejects = _rejects(out)
     media, label = (f"{config}/{w}" for w in WHERE[layout])
-    assert sorted(rejects) == sorted([media, label]) and rejects[label] == "label missing: sec_level_label is -1"
+    assert (
+        sorted(rejects) == sorted([media, label]) and rejects[label] == "label missing: sec_level_label is -1"
+    )
     assert rejects[media].startswith(broken), rejects[media]
     if config == "eval":
         assert m.kind == "image" and list(m.images) == ["mel", "cqt", "chroma"]
         assert m.images["mel"].exts == ["mel.jpg"] and m.images["cqt"].max_size == [24, 40]
         assert m.codec == "none" and m.sample_rate == 0
-        assert all(e == {"mel.jpg", "cqt.jpg", "chroma.jpg", "lbl", "tid", "json"} for e in _members(out, "train"))
+        assert all(
+            e == {"mel.jpg", "cqt.jpg", "chroma.jpg", "lbl", "tid", "json"} for e in _members(out, "train")
+        )
     else:
         assert m.kind == "audio" and m.codec == "pcm16" and m.splits["test"].max_seconds == 2.0
         assert "kind" not in json.loads((out / "manifest.json").read_text())  # absent = audio
@@ -159,7 +180,9 @@ def test_older_revisions(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     None third level for classical pieces import; ids without names fail in one line."""
     rows = [("1_Classic", "3_Symphony", None), ("1_Classic", "4_Opera", "None"), ("2_Non_classic", "10_Soul_or_r_and_b", "10_Soul_or_r_and_b"),
             ("2_Non_classic", "7_Pop", "14_Teen_pop"), ("2_Non_classic", "7_Pop", "12_Pop_vocal_ballad")]  # fmt: skip
-    feats = datasets.Features({"audio": datasets.Audio(decode=False), **{c: datasets.Value("string") for c in LEVELS}})
+    feats = datasets.Features(
+        {"audio": datasets.Audio(decode=False), **{c: datasets.Value("string") for c in LEVELS}}
+    )
     cols = {c: [r[k] for r in rows] for k, c in enumerate(LEVELS)}
     cols["audio"] = [{"bytes": _wav(i), "path": f"{i}.wav"} for i in range(len(rows))]
     root = tmp_path / "old"
@@ -171,7 +194,9 @@ def test_older_revisions(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert l3.classes == ["3_Symphony", "4_Opera", "10_Soul_or_r_and_b", "12_Pop_vocal_ballad", "14_Teen_pop"]
     assert l3.parent == [0, 1, 3, 2, 2]
 
-    feats = datasets.Features({"audio": datasets.Audio(decode=False), **{c: datasets.Value("int64") for c in LEVELS}})
+    feats = datasets.Features(
+        {"audio": datasets.Audio(decode=False), **{c: datasets.Value("int64") for c in LEVELS}}
+    )
     cols = {c: [1, 3, 12] for c in LEVELS} | {"audio": [{"bytes": _wav(0), "path": "0.wav"}] * 3}
     bad = tmp_path / "ids"
     _dataset(cols, feats).to_parquet(str(bad / "data" / "train-00000-of-00001.parquet"))
@@ -185,7 +210,9 @@ def test_ids_beyond_the_names_and_several_configs(tmp_path: Path, capsys: pytest
     write_ccmusic(root, "eval", "push_to_hub")
     write_ccmusic(root, "default", "parquet")
     assert _build(root, tmp_path / "o") == 2
-    assert "several dataset configs ['default', 'eval']; choose one with --hf-config" in capsys.readouterr().err
+    assert (
+        "several dataset configs ['default', 'eval']; choose one with --hf-config" in capsys.readouterr().err
+    )
     assert _build(root, tmp_path / "o", "--hf-config", "default") == 0
     assert read_manifest(tmp_path / "o").kind == "audio"
 

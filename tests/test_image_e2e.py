@@ -31,7 +31,12 @@ def test_build_train_eval_on_images(synth_image_shards: Callable[..., Path], tmp
     over = [f"--data.shards={shards}", f"--train.out={run}", "--train.epochs=4", *(f"--{o}" for o in IMAGE)]
     assert train_main(["--config", str(ROOT / "configs" / "demo_customcnn.toml"), *over]) == 0
     ckpt = run / "checkpoints" / "best.pt"
-    assert eval_main(["--checkpoint", str(ckpt), "--shards", str(shards), "--out", str(out), "--eval.device=cpu"]) == 0
+    assert (
+        eval_main(
+            ["--checkpoint", str(ckpt), "--shards", str(shards), "--out", str(out), "--eval.device=cpu"]
+        )
+        == 0
+    )
     metrics = next(iter(json.loads((out / "metrics.json").read_text())["models"].values()))["metrics"]
     # 4 balanced classes, chance 0.25; this run scores 5 of the 7 test tracks (0.71)
     assert metrics["track/accuracy"] >= 0.5, metrics

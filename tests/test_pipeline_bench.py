@@ -80,7 +80,11 @@ def test_bench_image_shards_dali_cpu_vs_pil_torchvision(synth_image_shards, caps
     shards = synth_image_shards(tracks=24, seconds=3.0)
     args = [str(shards), "--json", "--pipelines", "dali-cpu,baseline", "--workers", "1", "--warmup", "1"]
     args += ["--batches", "3", "--features.n_mels=32", "--features.n_mfcc=8", "--features.image_frames=48"]
-    args += ['--features.channels=["mel","cqt","chroma"]', "--loader.batch_size=4", "--loader.chunks_per_track=2"]
+    args += [
+        '--features.channels=["mel","cqt","chroma"]',
+        "--loader.batch_size=4",
+        "--loader.chunks_per_track=2",
+    ]
     assert main(args) == 0
     rows = json.loads(capsys.readouterr().out)["results"]
     assert [r["pipeline"] for r in rows] == ["dali-cpu", "baseline"]

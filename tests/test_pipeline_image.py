@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import torch
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
 from pipelines.image_baseline import ImageBaselineLoader, reference_image
 from pipelines.loader import build_loader
+from pipelines.testing import read_members
 from pipelines.validate import ShardError
 from shards.manifest import read_manifest
 
@@ -29,7 +29,9 @@ def _features(color: str = "gray", normalize: str = "none", **kw: object) -> Fea
                          normalize=normalize, **kw)  # type: ignore[arg-type]  # fmt: skip
 
 
-LOADER = LoaderConfig(batch_size=4, chunks_per_track=2, num_threads=1, eval_tracks_per_batch=3, initial_fill=8)
+LOADER = LoaderConfig(
+    batch_size=4, chunks_per_track=2, num_threads=1, eval_tracks_per_batch=3, initial_fill=8
+)
 AUGMENT = AugmentConfig(freq_width=4, time_width=6)
 
 
@@ -38,36 +40,24 @@ def shards(synth_image_shards: Callable[..., Path]) -> Path:
     return synth_image_shards(tracks=24, seconds=3.0)
 
 
-def _members(shards: Path, split: str) -> dict[int, dict[str, bytes]]:
-    """Each sample's members by track id, read with tarfile (independent of DALI/webdataset)."""
-    out: dict[int, dict[str, bytes]] = {}
-    for tar in read_manifest(shards).paths(split)[0]:
-        by_key: dict[str, dict[str, bytes]] = {}
-        with tarfile.open(tar) as tf:
-            for info in tf.getmembers():
-                key, ext = info.name.split(".", 1)
-                f = tf.extractfile(info)
-                assert f is not None
-                by_key.setdefault(key, {})[ext] = f.read()
-        for m in by_key.values():
-            out[int(np.frombuffer(m["tid"], "<i8")[0])] = m
-    return out
-
-
 def _eval_all(shards: Path, features: FeatureConfig, device: str = "cpu") -> dict[str, torch.Tensor]:
-    loader = build_loader(shards, "test", mode="eval", features=features, augment=AUGMENT, loader=LOADER, device=device)
+    loader = build_loader(
+        shards, "test", mode="eval", features=features, augment=AUGMENT, loader=LOADER, device=device
+    )
     batches = list(loader)
     return {k: torch.cat([b[k].cpu() for b in batches]) for k in ("x", "y", "track")}
 
 
 @pytest.mark.parametrize("color", ["gray", "rgb"])
 def test_decode_resize_normalise_match_pil_torchvision(shards: Path, color: str) -> None:
-    members = _members(shards, "test")
+    members = read_members(shards, "test")
     for normalize in ("none", "minmax"):
         out = _eval_all(shards, _features(color, normalize))
         assert out["x"].shape == (4, 3 * (3 if color == "rgb" else 1), 32, 48)
         for x, tid in zip(out["x"], out["track"].tolist()):
-            ref = torch.cat([reference_image(members[tid][f"{c}.jpg"], (32, 48), color) for c in CHANNELS]).numpy()
+            ref = torch.cat(
+                [reference_image(members[tid][f"{c}.jpg"], (32, 48), color) for c in CHANNELS]
+            ).numpy()
             ref = ref / 255.0
             if normalize == "minmax":  # independent of the shared FeatureAssembler: per plane in numpy
                 lo, hi = ref.min(axis=(1, 2), keepdims=True), ref.max(axis=(1, 2), keepdims=True)
@@ -78,7 +68,7 @@ def test_decode_resize_normalise_match_pil_torchvision(shards: Path, color: str)
 
 def test_eval_each_image_once_and_training_batches(shards: Path) -> None:
     m = read_manifest(shards)
-    members = _members(shards, "test")
+    members = read_members(shards, "test")
     out = _eval_all(shards, _features(normalize="minmax"))
     assert sorted(out["track"].tolist()) == sorted(members) == list(range(m.splits["test"].num_samples))
     for y, tid in zip(out["y"].tolist(), out["track"].tolist()):
@@ -101,13 +91,17 @@ def test_eval_each_image_once_and_training_batches(shards: Path) -> None:
 
 def test_missing_channel_is_one_error(shards: Path) -> None:
     fc = FeatureConfig(n_mels=32, n_mfcc=8, channels=["mel", "mfcc"])
-    with pytest.raises(ShardError, match=r"image build has channels \['mel', 'chroma', 'cqt'\], not \['mfcc'\]"):
+    with pytest.raises(
+        ShardError, match=r"image build has channels \['mel', 'chroma', 'cqt'\], not \['mfcc'\]"
+    ):
         build_loader(shards, "test", mode="eval", features=fc, augment=AUGMENT, loader=LOADER)
 
 
 def test_baseline_yields_the_same_contract(shards: Path) -> None:
     fc = _features(normalize="minmax")
-    base = ImageBaselineLoader(shards, "test", mode="eval", features=fc, augment=AUGMENT, loader=LOADER, workers=0)
+    base = ImageBaselineLoader(
+        shards, "test", mode="eval", features=fc, augment=AUGMENT, loader=LOADER, workers=0
+    )
     batches = list(base)
     x = torch.cat([b["x"] for b in batches])
     track = torch.cat([b["track"] for b in batches])
