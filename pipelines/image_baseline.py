@@ -19,7 +19,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
 
 from pipelines.baseline import BaselineLoader, _Featurize
-from pipelines.image_graph import image_frames
+from pipelines.image_graph import image_frames, to_unit
 from pipelines.reference import spec_augment_mask
 
 
@@ -86,9 +86,7 @@ class _ImageFeaturize(_Featurize):
                 time_width=a.time_width,
                 rng=self._rng,
             )
-        x = self._asm.stack(planes, mask)
-        if self.fc.normalize == "none":
-            x.mul_(1.0 / 255.0)
+        x = self._asm.stack(to_unit(planes, self.fc), mask)
         lbl = torch.from_numpy(np.frombuffer(sample["lbl"], dtype="<i8").copy())
         tid = int(np.frombuffer(sample["tid"], dtype="<i8")[0])
         return {"x": x, "lbl": lbl.expand(k, -1), "track": torch.full((k,), tid, dtype=torch.int64)}

@@ -113,9 +113,7 @@ class ImageLoader(MusicLoader):
             a = a.reshape(-1, *a.shape[-3:])  # (N, F, T, p)
             chans += [a[..., j] for j in range(a.shape[-1])]
         mask = chunks_mask(out["mask"], keep) if "mask" in out else None
-        x = self.assembler.stack(chans, mask)
-        if self.spec.features.normalize == "none":
-            x.mul_(1.0 / 255.0)  # pixel values as [0, 1]; masked cells stay 0
+        x = self.assembler.stack(to_unit(chans, self.spec.features), mask)
         y = labels_to_y(out["lbl"].to(torch.int64).cpu()[keep], self.task).repeat_interleave(per, dim=0)
         track = tid[keep].repeat_interleave(per)
         return {
@@ -123,6 +121,14 @@ class ImageLoader(MusicLoader):
             "y": to_device(y, self.device),
             "track": to_device(track, self.device),
         }
+
+
+def to_unit(planes: list[torch.Tensor], features: FeatureConfig) -> list[torch.Tensor]:
+    """Pixel values 0..255 -> [0, 1] before normalisation ('none', and the 'meanstd' statistics
+    are in these units); skipped for 'minmax', which does not depend on the scale."""
+    if features.normalize == "minmax":
+        return planes
+    return [p * (1.0 / 255.0) for p in planes]
 
 
 def check_channels(m: Manifest, features: FeatureConfig) -> list[str]:

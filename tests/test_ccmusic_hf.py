@@ -225,3 +225,32 @@ def test_ids_beyond_the_names_and_several_configs(tmp_path: Path, capsys: pytest
     assert _build(bad.parent, tmp_path / "o3") == 2
     err = capsys.readouterr().err
     assert "train-00000-of-00001.parquet#0: thr_level_label id 7 outside its 5 ClassLabel names" in err
+
+
+def test_folder_of_precomputed_spectrogram_pngs(tmp_path: Path) -> None:
+    """The seeds' PNG route: a CSV whose ``path`` names mel images and a ``cqt`` column; a missing
+    and a truncated image are rejects with reasons, sizes land in the manifest."""
+    root = tmp_path / "pngs"
+    (root / "img").mkdir(parents=True)
+    rows = []
+    for i in range(6):
+        for ch, h in (("mel", 20), ("cqt", 30)):
+            a = (np.random.default_rng(i).random((h, 50 + i)) * 255).astype("uint8")
+            buf = io.BytesIO()
+            Image.fromarray(a).save(buf, format="PNG")
+            data = buf.getvalue()
+            (root / "img" / f"{i}_{ch}.png").write_bytes(data[:60] if (i, ch) == (4, "cqt") else data)
+        rows.append(f"img/{i}_mel.png,img/{i}_cqt.png,{'ab'[i % 2]},{['train', 'test'][i // 3]}")
+    (root / "img" / "5_cqt.png").unlink()
+    (root / "labels.csv").write_text("path,cqt,label,split\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    assert main(["build", "folder", "--root", str(root), "--out", str(out), "--quiet", "--workers", "1"]) == 0
+    m = read_manifest(out)
+    assert m.kind == "image" and list(m.images) == ["mel", "cqt"]
+    assert m.images["mel"].exts == ["mel.png"] and m.images["mel"].min_size == [20, 50]
+    assert m.images["cqt"].max_size == [30, 53] and m.task.classes == ["a", "b"]
+    assert {s: i.num_samples for s, i in m.splits.items()} == {"train": 3, "test": 1}
+    rejects = _rejects(out)
+    assert rejects["img/5_mel.png"] == "missing file: cqt"
+    assert rejects["img/4_mel.png"].startswith("image decode failed: cqt: ")
+    assert all(e == {"mel.png", "cqt.png", "lbl", "tid", "json"} for e in _members(out, "train"))

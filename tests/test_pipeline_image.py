@@ -89,6 +89,18 @@ def test_eval_each_image_once_and_training_batches(shards: Path) -> None:
     assert len(seen) == len(set(seen)) and masked > 0
 
 
+def test_meanstd_statistics_of_image_shards(shards: Path, tmp_path: Path) -> None:
+    from pipelines.stats import compute_stats, write_stats
+
+    fc = _features(normalize="meanstd", stats_file=tmp_path / "stats.json")
+    stats = compute_stats(shards, features=fc, loader=LOADER, split="test", progress=False)
+    assert sorted(stats["mean"]) == ["chroma", "cqt", "mel"] and 0 < stats["mean"]["mel"] < 1
+    write_stats(shards, stats, tmp_path / "stats.json")
+    x = _eval_all(shards, fc)["x"].double()
+    assert torch.allclose(x.mean(dim=(0, 2, 3)), torch.zeros(3, dtype=torch.float64), atol=1e-4)
+    assert torch.allclose(x.std(dim=(0, 2, 3)), torch.ones(3, dtype=torch.float64), atol=1e-2)
+
+
 def test_missing_channel_is_one_error(shards: Path) -> None:
     fc = FeatureConfig(n_mels=32, n_mfcc=8, channels=["mel", "mfcc"])
     with pytest.raises(
