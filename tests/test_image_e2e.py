@@ -40,3 +40,20 @@ def test_build_train_eval_on_images(synth_image_shards: Callable[..., Path], tmp
     metrics = next(iter(json.loads((out / "metrics.json").read_text())["models"].values()))["metrics"]
     # 4 balanced classes, chance 0.25; this run scores 5 of the 7 test tracks (0.71)
     assert metrics["track/accuracy"] >= 0.5, metrics
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["efficientnet_b0", "ast", "customcnn", "gbm_pca"])
+def test_ccmusic_seed_configs_read_image_shards(synth_image_shards: Callable[..., Path], name: str) -> None:
+    """The four ccmusic seed configs, unchanged, feed (3, 256, 256) mel + cqt + chroma batches."""
+    from pipelines.loader import build_loader
+    from train.config import load_experiment
+
+    shards = synth_image_shards(task="hier", tracks=24, seconds=3.0)
+    exp = load_experiment(ROOT / "configs" / f"ccmusic_{name}.toml", [f"--data.shards={shards}"])
+    kw = dict(features=exp.features, augment=exp.augment, loader=exp.loader)
+    train = build_loader(shards, "train", mode="train", **kw)  # type: ignore[arg-type]
+    assert train.feature_shape == (3, 256, 256)
+    batch = next(iter(train))
+    assert batch["x"].shape == (exp.loader.batch_size, 3, 256, 256) and batch["y"].shape[1] == 3
+    assert float(batch["x"].max()) == 1.0 and float(batch["x"].min()) == 0.0  # min-max per plane
