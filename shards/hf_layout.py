@@ -43,13 +43,22 @@ class HfFile:
     """The config's folder relative to ROOT ('.' for the root itself): files of one group are one dataset."""
 
     def read_schema(self) -> pa.Schema:
-        if self.path.suffix == ".parquet":
-            return pq.ParquetFile(self.path).schema_arrow
-        with pa.memory_map(str(self.path)) as src:
-            return ipc.open_stream(src).schema
+        try:
+            if self.path.suffix == ".parquet":
+                return pq.ParquetFile(self.path).schema_arrow
+            with pa.memory_map(str(self.path)) as src:
+                return ipc.open_stream(src).schema
+        except (pa.ArrowException, OSError) as e:
+            raise ValueError(f"{self.path}: unreadable {self.path.suffix[1:]} file: {e}") from None
 
     def batches(self, columns: list[str], rows: int = 16) -> Iterator[list[dict[str, Any]]]:
         """Rows as dicts, ``rows`` at a time (memory stays flat whatever the file size)."""
+        try:
+            yield from self._batches(columns, rows)
+        except (pa.ArrowException, OSError) as e:
+            raise ValueError(f"{self.path}: unreadable {self.path.suffix[1:]} file: {e}") from None
+
+    def _batches(self, columns: list[str], rows: int) -> Iterator[list[dict[str, Any]]]:
         if self.path.suffix == ".parquet":
             for b in pq.ParquetFile(self.path).iter_batches(batch_size=rows, columns=columns):
                 yield b.to_pylist()

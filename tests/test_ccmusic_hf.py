@@ -226,6 +226,13 @@ def test_ids_beyond_the_names_and_several_configs(tmp_path: Path, capsys: pytest
     err = capsys.readouterr().err
     assert "train-00000-of-00001.parquet#0: thr_level_label id 7 outside its 5 ClassLabel names" in err
 
+    junk = tmp_path / "junk" / "train"
+    junk.mkdir(parents=True)
+    (junk / "data-00000-of-00001.arrow").write_bytes(b"not arrow at all")
+    assert _build(junk.parent, tmp_path / "o4") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "data-00000-of-00001.arrow: unreadable arrow file" in err
+
 
 def test_folder_of_precomputed_spectrogram_pngs(tmp_path: Path) -> None:
     """The seeds' PNG route: a CSV whose ``path`` names mel images and a ``cqt`` column; a missing
