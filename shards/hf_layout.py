@@ -136,11 +136,10 @@ def discover(root: Path, config: str | None = None) -> list[HfFile]:
         raise ValueError(
             f"{root}: both .arrow and .parquet files for config {files[0].group!r}; keep one copy"
         )
-    if len(files) > 1 and any(f.split is None for f in files):
+    named = [f for f in files if f.split is not None]
+    if named and len(named) < len(files):  # none named (a saved Dataset): seeded split by the importer
         f = next(f for f in files if f.split is None)
-        raise ValueError(
-            f"{f.path}: file name names no split (train/validation/test) and there are several files"
-        )
+        raise ValueError(f"{f.path}: names no split (train/validation/test) while {named[0].path.name} does")
     return files
 
 

@@ -261,3 +261,22 @@ def test_folder_of_precomputed_spectrogram_pngs(tmp_path: Path) -> None:
     assert rejects["img/5_mel.png"] == "missing file: cqt"
     assert rejects["img/4_mel.png"].startswith("image decode failed: cqt: ")
     assert all(e == {"mel.png", "cqt.png", "lbl", "tid", "json"} for e in _members(out, "train"))
+
+
+def test_a_saved_dataset_without_splits_is_split_by_hash(tmp_path: Path) -> None:
+    """``Dataset.save_to_disk`` (no DatasetDict): Arrow files that name no split -> seeded 80/10/10."""
+    rows = [(0, 0, 0, 0), (0, 1, 1, 0), (1, 2, 2, 0), (1, 3, 3, 0), (1, 2, 4, 0)] * 4
+    root = tmp_path / "flat"
+    _split("eval", rows, 0).save_to_disk(str(root), num_shards=2)
+    assert sorted(p.name for p in root.glob("*.arrow")) == [
+        "data-00000-of-00002.arrow",
+        "data-00001-of-00002.arrow",
+    ]
+    assert _build(root, tmp_path / "o", "--task", "single") == 0
+    m = read_manifest(tmp_path / "o")
+    assert m.totals == {"input": 20, "written": 20, "rejected": 0} and set(m.splits) <= {
+        "train",
+        "validation",
+        "test",
+    }
+    assert m.splits["train"].num_samples >= 10
