@@ -21,6 +21,7 @@ from pipelines.loader import build_loader
 from shards.atomic import atomic_write_text
 from shards.cli_errors import CliParser, run_cli
 from shards.configtools import load_sections
+from shards.manifest import read_manifest
 
 
 def compute_stats(
@@ -33,8 +34,11 @@ def compute_stats(
     progress: bool = True,
 ) -> dict:
     """Mean and std of every channel over all chunks of ``split`` (float64 accumulation)."""
-    names = list(channel_names())  # every registered channel, so any later choice finds its stats
-    fc = dataclasses.replace(features, channels=names, normalize="none")
+    m = read_manifest(shards)
+    # image builds: their channels; audio: every registered channel, so any later choice finds its stats
+    names = list(m.images) if m.kind == "image" else list(channel_names())
+    # (images: gray, one plane per channel, as 'meanstd' needs)
+    fc = dataclasses.replace(features, channels=names, normalize="none", image_color="gray")
     dl = build_loader(
         shards,
         split,
