@@ -1,0 +1,94 @@
+"""``make gpu-proof``: the device lease's one script, dry-run on CPU so it cannot rot between leases."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from train.gpu_proof import CPU, STAGES, Context, Proc, StageTimeout, last_json
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_cpu_dry_run_fills_every_stage_with_real_figures(tmp_path: Path) -> None:
+    out = tmp_path / "proof"
+    cmd = ["make", "-s", "gpu-proof", "DEVICE=cpu", f"PY={sys.executable}", f"GPU_PROOF_OUT={out}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    doc = json.loads((out / "gpu-proof.json").read_text())
+    st = doc["stages"]
+    assert list(st) == list(STAGES)
+    assert [st[s]["status"] for s in STAGES] == ["ok", "ok", "ok", "ok", "skipped"], st
+    for s in STAGES[:4]:
+        assert 0 < st[s]["seconds"] <= st[s]["budget_s"] + 1
+    assert doc["elapsed_s"] <= doc["total_budget_s"]
+    # 1. the gpu tests are collected, and skip: the dry run hides any GPU
+    t = st["gpu_tests"]
+    assert (t["passed"], t["failed"], t["errors"], t["skipped"]) == (0, 0, 0, 3)
+    # 2. the bench ran on the shards the run built (24 tracks: 16/4/4), both CPU pipelines
+    b = st["pipeline_bench"]
+    assert b["shards"]["splits"] == {"train": 16, "validation": 4, "test": 4}
+    assert [r["pipeline"] for r in b["results"]] == ["dali-cpu", "baseline"]
+    for r in b["results"]:
+        assert r["batches"] == CPU.bench_batches and r["chunks"] == CPU.bench_batches * 8
+        assert r["chunks_per_s"] > 0 and r["cpu_cores"] >= 0 and r["machine_cpu_cores"] >= 0
+        assert math.isclose(r["chunks_per_s"], r["chunks"] / r["seconds"], rel_tol=0.01)
+    # 3. the input-bound ratio is the ratio of the two measured rates
+    (row,) = st["input_bound"]["rows"]
+    assert row["family"] == "customcnn" and row["shape"] == [3, 32, 32] and row["batch"] == 8
+    assert row["synthetic_steps_per_s"] > 0 and row["real_steps_per_s"] > 0
+    assert abs(row["vs_synthetic"] - row["real_steps_per_s"] / row["synthetic_steps_per_s"]) < 0.01
+    # 4. SIGTERM landed mid-run, the resumed run ended where the uninterrupted one did, same weights
+    r = st["resume"]
+    assert r["passed"] and CPU.sigterm_after <= r["stopped_at_step"] < CPU.resume_steps
+    c = r["comparison"]
+    assert c["position_full"] == c["position_resumed"] and c["position_full"]["step"] == CPU.resume_steps
+    assert all(c["checks"].values()) and c["dali_checkpoint_equal"]
+    assert c["weights_rel_l2"] < 1e-6  # CPU kernels are deterministic
+    assert c["loss_full"] > 0 and math.isclose(c["loss_full"], c["loss_resumed"], rel_tol=1e-6)
+    md = (out / "gpu-proof.md").read_text()
+    assert "| resume | ok |" in md and "| dali-cpu |" in md and "**passed**" in md
+    assert md in proc.stdout  # the block is also the end of the output (what a device reply shows)
+
+
+def _ctx(tmp_path: Path) -> Context:
+    ctx = Context(CPU, tmp_path, tmp_path / "work", sys.executable, {"PATH": "/usr/bin:/bin"}, {"stages": {}})
+    ctx.logs.mkdir(parents=True)
+    return ctx
+
+
+def test_a_stage_over_budget_is_stopped_with_its_children(tmp_path: Path) -> None:
+    code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
+    proc = Proc([sys.executable, "-c", code], "sleeper", _ctx(tmp_path))
+    t0 = time.monotonic()
+    with pytest.raises(StageTimeout, match="sleeper"):
+        proc.wait(time.monotonic() + 1.0)
+    assert time.monotonic() - t0 < 15 and proc.p.poll() is not None
+    assert _alive_in_session(proc.p.pid) == []  # the whole session went, not only the direct child
+    assert (tmp_path / "logs" / "sleeper.err.txt").read_text().startswith("$ ")
+
+
+def _alive_in_session(sid: int) -> list[int]:
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid and fields[0] != "Z":
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def test_last_json_takes_the_final_document_after_other_output() -> None:
+    text = 'note: warming up\n{"a": 1}\nmore\n{\n  "results": [\n    {"x": 2}\n  ]\n}\n'
+    assert last_json(text, "t") == {"results": [{"x": 2}]}
+    with pytest.raises(Exception, match="no JSON"):
+        last_json("progress only\n", "t")
