@@ -65,8 +65,9 @@ bench-shards: $(STAMP)
 ## machine its python3; `make gpu-proof DEVICE=cpu PY=.venv/bin/python` is the tiny CPU dry run.
 DEVICE ?= gpu
 GPU_PROOF_OUT ?= /tmp/musicstream-gpu-proof
+GPU_PROOF_ARGS ?=
 gpu-proof:
-	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(PY) -m train.gpu_proof --device $(DEVICE) --out $(GPU_PROOF_OUT)
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(PY) -m train.gpu_proof --device $(DEVICE) --out $(GPU_PROOF_OUT) $(GPU_PROOF_ARGS)
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache

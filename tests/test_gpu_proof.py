@@ -29,9 +29,15 @@ def test_cpu_dry_run_fills_every_stage_with_real_figures(tmp_path: Path) -> None
     for s in STAGES[:4]:
         assert 0 < st[s]["seconds"] <= st[s]["budget_s"] + 1
     assert doc["elapsed_s"] <= doc["total_budget_s"]
-    # 1. the gpu tests are collected, and skip: the dry run hides any GPU
+    # 1. every gpu test is collected, and skips: the dry run hides any GPU
     t = st["gpu_tests"]
-    assert (t["passed"], t["failed"], t["errors"], t["skipped"]) == (0, 0, 0, 3)
+    assert "tests/test_train_gpu.py" in t["files"] and "tests/test_pipeline_parity.py" in t["files"]
+    listed = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "gpu", "-p", "no:cacheprovider", *t["files"]],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    n_gpu = sum(1 for line in listed.stdout.splitlines() if "::" in line)
+    assert n_gpu >= 20 and (t["passed"], t["failed"], t["errors"], t["skipped"]) == (0, 0, 0, n_gpu)
     # 2. the bench ran on the shards the run built (24 tracks: 16/4/4), both CPU pipelines
     b = st["pipeline_bench"]
     assert b["shards"]["splits"] == {"train": 16, "validation": 4, "test": 4}
@@ -92,3 +98,27 @@ def test_last_json_takes_the_final_document_after_other_output() -> None:
     assert last_json(text, "t") == {"results": [{"x": 2}]}
     with pytest.raises(Exception, match="no JSON"):
         last_json("progress only\n", "t")
+
+
+def test_the_lease_profile_commands_resolve(tmp_path: Path) -> None:
+    """The GPU profile cannot be run here: check at least that every config and override it
+    passes resolves (a typo would otherwise surface only during a lease), at the seed shape."""
+    from pipelines.config import framing
+    from train.__main__ import parse_args
+    from train.config import load_experiment
+    from train.gpu_proof import GPU
+    from train.gpu_proof_resume import torchrun_cmd
+    from train.models import check_model_config
+
+    ctx = Context(GPU, tmp_path, tmp_path / "work", sys.executable, {}, {"stages": {}})
+    cmd = torchrun_cmd(ctx, tmp_path / "shards", tmp_path / "run")
+    args, overrides = parse_args(cmd[cmd.index("train") + 1 :])
+    exp = load_experiment(ROOT / args.config, overrides)
+    check_model_config(exp.model)
+    assert (exp.model.family, exp.train.max_steps, exp.train.device, exp.data.val_split) == ("customcnn", 200, "cuda", None)
+    assert GPU.resume_steps % GPU.log_every == 0  # the final loss is logged at the last step
+    for family in GPU.families:
+        exp = load_experiment(ROOT / GPU.config, [f"data.shards={tmp_path}", f"model.family={family}", *GPU.overrides])
+        check_model_config(exp.model)
+        shape = (len(exp.features.channels), exp.features.n_mels, framing(exp.features, exp.loader).frames)
+        assert shape == (3, 256, 259)

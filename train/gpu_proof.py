@@ -76,7 +76,6 @@ class Profile:
     """SIGTERM the interrupted run once its metrics show this step."""
     log_every: int
     resume_overrides: tuple[str, ...]
-    tests: tuple[str, ...]
     budgets: dict[str, float] = field(default_factory=dict)
     total_s: float = 480.0
 
@@ -89,7 +88,6 @@ GPU = Profile(
     resume_steps=200, sigterm_after=100, log_every=10,
     resume_overrides=("--model.family=customcnn", "--model.preset=small", "--model.drop_path=0.0",
                       "--train.amp=none", "--optim.warmup_steps=20"),
-    tests=("tests",),
     budgets={"gpu_tests": 90, "pipeline_bench": 150, "input_bound": 120, "resume": 90, "pipeline_bench_flac": 60},
     total_s=480.0,
 )  # fmt: skip
@@ -105,7 +103,6 @@ CPU = Profile(
     config="configs/demo_customcnn.toml", overrides=TINY, workers=1, bench_warmup=1, bench_batches=3,
     families=("customcnn",), step_warmup=1, step_batches=3, resume_steps=30, sigterm_after=4, log_every=1,
     resume_overrides=("--train.amp=none", "--train.threads=1", "--optim.warmup_steps=2"),
-    tests=("tests/test_train_gpu.py",),
     budgets={"gpu_tests": 90, "pipeline_bench": 90, "input_bound": 120, "resume": 180, "pipeline_bench_flac": 0},
     total_s=600.0,  # a loaded 2-core CI box: each torchrun start alone can take 20 s there
 )  # fmt: skip
@@ -272,9 +269,15 @@ def shards_step(ctx: Context, st: dict[str, Any], codec: str, tracks: int, deadl
 TEST_LINE = re.compile(r"^(\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b", re.M)
 
 
+def gpu_test_files() -> list[str]:
+    """The test modules holding ``gpu``-marked tests: only those are collected, so a module that
+    needs a package the device machine lacks (one unrelated to the GPU path) cannot stop the run."""
+    return sorted(str(f.relative_to(ROOT)) for f in (ROOT / "tests").glob("test_*.py") if "mark.gpu" in f.read_text())
+
+
 def stage_gpu_tests(ctx: Context, st: dict[str, Any], deadline: float) -> None:
-    cmd = [ctx.python, "-m", "pytest", "-v", "-m", "gpu", "-p", "no:cacheprovider", "--timeout=120",
-           *ctx.profile.tests]  # fmt: skip
+    st["files"] = files = gpu_test_files()
+    cmd = [ctx.python, "-m", "pytest", "-v", "-m", "gpu", "-p", "no:cacheprovider", "--timeout=120", *files]
     proc = Proc(cmd, "gpu_tests", ctx)
     try:
         rc = proc.wait(deadline)
@@ -412,7 +415,9 @@ def main(argv: list[str] | None = None) -> int:
     if bad := [s for s in names if s not in STAGES]:
         ap.error(f"--stages: unknown {bad}; choose from {STAGES}")
     if missing := missing_modules():
-        print(f"gpu-proof: {sys.executable} lacks {missing}; carry them (docs/benchmarks.md, GPU proof)", file=sys.stderr)
+        msg = f"{sys.executable} cannot import {missing}: carry them as wheels (docs/benchmarks.md, GPU proof)"
+        atomic_write_text(args.out / "gpu-proof.json", json.dumps({"error": msg}) + "\n")
+        print(f"gpu-proof: {msg}", file=sys.stderr)
         return 2
     import torch
 
