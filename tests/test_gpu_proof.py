@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from train.gpu_proof import CPU, STAGES, Context, Proc, StageTimeout, last_json
+from train.gpu_proof import CPU, GPU, STAGES
+from train.gpu_proof_stages import Context, Proc, StageTimeout, gpu_test_files, last_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,8 +20,14 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_cpu_dry_run_fills_every_stage_with_real_figures(tmp_path: Path) -> None:
     out = tmp_path / "proof"
+    files = gpu_test_files()
+    listing = subprocess.Popen(  # meanwhile: which gpu tests exist (each must show up, skipped)
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "gpu", "-p", "no:cacheprovider", *files],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
     cmd = ["make", "-s", "gpu-proof", "DEVICE=cpu", f"PY={sys.executable}", f"GPU_PROOF_OUT={out}"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    n_gpu = sum(1 for line in listing.communicate(timeout=300)[0].splitlines() if "::" in line)
     assert proc.returncode == 0, proc.stderr[-4000:]
     doc = json.loads((out / "gpu-proof.json").read_text())
     st = doc["stages"]
@@ -31,12 +38,11 @@ def test_cpu_dry_run_fills_every_stage_with_real_figures(tmp_path: Path) -> None
     assert doc["elapsed_s"] <= doc["total_budget_s"]
     # 1. every gpu test is collected, and skips: the dry run hides any GPU
     t = st["gpu_tests"]
-    assert "tests/test_train_gpu.py" in t["files"] and "tests/test_pipeline_parity.py" in t["files"]
-    listed = subprocess.run(
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "gpu", "-p", "no:cacheprovider", *t["files"]],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    n_gpu = sum(1 for line in listed.stdout.splitlines() if "::" in line)
+    assert (
+        t["files"] == files
+        and "tests/test_train_gpu.py" in files
+        and "tests/test_pipeline_parity.py" in files
+    )
     assert n_gpu >= 20 and (t["passed"], t["failed"], t["errors"], t["skipped"]) == (0, 0, 0, n_gpu)
     # 2. the bench ran on the shards the run built (24 tracks: 16/4/4), both CPU pipelines
     b = st["pipeline_bench"]
@@ -106,7 +112,6 @@ def test_the_lease_profile_commands_resolve(tmp_path: Path) -> None:
     from pipelines.config import framing
     from train.__main__ import parse_args
     from train.config import load_experiment
-    from train.gpu_proof import GPU
     from train.gpu_proof_resume import torchrun_cmd
     from train.models import check_model_config
 
@@ -115,10 +120,17 @@ def test_the_lease_profile_commands_resolve(tmp_path: Path) -> None:
     args, overrides = parse_args(cmd[cmd.index("train") + 1 :])
     exp = load_experiment(ROOT / args.config, overrides)
     check_model_config(exp.model)
-    assert (exp.model.family, exp.train.max_steps, exp.train.device, exp.data.val_split) == ("customcnn", 200, "cuda", None)
+    assert (exp.model.family, exp.train.max_steps, exp.train.device, exp.data.val_split) == (
+        "customcnn",
+        200,
+        "cuda",
+        None,
+    )
     assert GPU.resume_steps % GPU.log_every == 0  # the final loss is logged at the last step
     for family in GPU.families:
-        exp = load_experiment(ROOT / GPU.config, [f"data.shards={tmp_path}", f"model.family={family}", *GPU.overrides])
+        exp = load_experiment(
+            ROOT / GPU.config, [f"data.shards={tmp_path}", f"model.family={family}", *GPU.overrides]
+        )
         check_model_config(exp.model)
         shape = (len(exp.features.channels), exp.features.n_mels, framing(exp.features, exp.loader).frames)
         assert shape == (3, 256, 259)

@@ -179,13 +179,18 @@ def test_dali_gpu_matches_dali_cpu_on_every_output(synth_shards, mode):
         for a, b in zip(g["mel"], w["mel"]):
             assert a.shape == b.shape and a.dtype == b.dtype == np.float32
             if mode == "eval":  # train: chunk offsets are random draws; compare shapes only
-                assert float(np.abs(a - b).max()) <= TOL["mel"][0] and float(np.abs(a - b).mean()) <= TOL["mel"][1]
+                assert (
+                    float(np.abs(a - b).max()) <= TOL["mel"][0]
+                    and float(np.abs(a - b).mean()) <= TOL["mel"][1]
+                )
         for a, b in zip(g["power"], w["power"]):
             assert a.shape == b.shape
             if mode == "eval":
                 assert float(np.abs(a - b).max()) <= 1e-4 * float(b.max())
         if mode == "train":
-            assert all(a.shape == b.shape and a.dtype == b.dtype == np.uint8 for a, b in zip(g["mask"], w["mask"]))
+            assert all(
+                a.shape == b.shape and a.dtype == b.dtype == np.uint8 for a, b in zip(g["mask"], w["mask"])
+            )
     if mode == "eval":
         on_gpu = by_track(gpu)
         on_cpu = by_track(build_loader(path, "train", device="cpu", **kw))

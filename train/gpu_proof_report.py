@@ -52,13 +52,22 @@ def _input_bound(st: dict[str, Any]) -> list[str]:
     if not rows:
         return []
     ok = [r for r in rows if r["status"] == "ok"]
-    shape = f"shape {tuple(ok[0]['shape'])}, batch {ok[0]['batch']}, real loader {ok[0]['pipeline']}" if ok else ""
+    shape = (
+        f"shape {tuple(ok[0]['shape'])}, batch {ok[0]['batch']}, real loader {ok[0]['pipeline']}"
+        if ok
+        else ""
+    )
     lines = [f"**Input-bound** (bf16 autocast + channels_last; {shape}; target vs_synthetic >= 0.95):", ""]
     lines += _table(
         ["family", "synthetic resident steps/s", "real loader steps/s", "vs_synthetic", "seconds"],
         [
-            [r["family"], r.get("synthetic_steps_per_s"), r.get("real_steps_per_s"),
-             r.get("vs_synthetic", r["status"]), r["seconds"]]  # fmt: skip
+            [
+                r["family"],
+                r.get("synthetic_steps_per_s"),
+                r.get("real_steps_per_s"),
+                r.get("vs_synthetic", r["status"]),
+                r["seconds"],
+            ]  # fmt: skip
             for r in rows
         ],
     )
@@ -68,7 +77,11 @@ def _input_bound(st: dict[str, Any]) -> list[str]:
 def _resume(st: dict[str, Any]) -> list[str]:
     c = st.get("comparison")
     if not c:
-        return [f"**Resume** ({st.get('status')}): {str(st.get('error', st.get('reason', '')))[:300]}", ""] if st else []
+        return (
+            [f"**Resume** ({st.get('status')}): {str(st.get('error', st.get('reason', '')))[:300]}", ""]
+            if st
+            else []
+        )
     pos = c["position_full"]
     verdict = "passed" if st.get("passed") else "FAILED " + str([k for k, v in c["checks"].items() if not v])
     return [
@@ -87,7 +100,7 @@ def _resume(st: dict[str, Any]) -> list[str]:
 
 def markdown(doc: dict[str, Any]) -> str:
     m = doc["machine"]
-    where = m.get("gpu", "CPU dry run (no GPU)")
+    where = f"{m['gpu']} ({m['gpu_memory']}, driver {m['driver']})" if "gpu" in m else "CPU dry run (no GPU)"
     stages = doc["stages"]
     lines = [
         f"### GPU proof: {where}, {doc['started']}",
@@ -100,8 +113,13 @@ def markdown(doc: dict[str, Any]) -> str:
     lines += _table(
         ["stage", "status", "seconds", "budget s", "note"],
         [
-            [name, st["status"], st.get("seconds", ""), st["budget_s"],
-             str(st.get("error", st.get("reason", "")))[:160].replace("|", "/").replace("\n", " ")]  # fmt: skip
+            [
+                name,
+                st["status"],
+                st.get("seconds", ""),
+                st["budget_s"],
+                str(st.get("error", st.get("reason", "")))[:160].replace("|", "/").replace("\n", " "),
+            ]  # fmt: skip
             for name, st in stages.items()
         ],
     )

@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from train.gpu_proof import Proc, StageFailed, StageTimeout, free_port, last_json
+from train.gpu_proof_stages import Proc, StageFailed, StageTimeout, free_port, last_json
 from train.logger import read_metrics
 
 if TYPE_CHECKING:
-    from train.gpu_proof import Context
+    from train.gpu_proof_stages import Context
 
 WEIGHT_RTOL = 1e-3
 LOSS_RTOL = 1e-2
@@ -55,7 +55,9 @@ def logged_step(out: Path) -> int:
 def wait_for_step(proc: Proc, out: Path, step: int, deadline: float) -> int:
     while time.monotonic() < deadline:
         if proc.p.poll() is not None:
-            raise StageFailed(f"{proc.label}: ended (status {proc.p.returncode}) before step {step}: {proc.err_tail()}")
+            raise StageFailed(
+                f"{proc.label}: ended (status {proc.p.returncode}) before step {step}: {proc.err_tail()}"
+            )
         try:
             seen = logged_step(out)
         except ValueError:  # a line being written
