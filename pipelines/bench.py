@@ -38,7 +38,7 @@ def cpu_seconds() -> float:
     t = os.times()
     total = t.user + t.system
     tick = os.sysconf("SC_CLK_TCK")
-    for pid in _children(os.getpid()):
+    for pid in descendants(os.getpid()):
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / tick
@@ -63,7 +63,8 @@ def machine_cpu_seconds() -> float | None:
     return None
 
 
-def _children(pid: int) -> list[int]:
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (children, theirs, ...), from /proc."""
     out: list[int] = []
     for task in Path(f"/proc/{pid}/task").glob("*/children"):
         try:
@@ -71,7 +72,7 @@ def _children(pid: int) -> list[int]:
         except OSError:
             continue
         for k in kids:
-            out += [k, *_children(k)]
+            out += [k, *descendants(k)]
     return out
 
 

@@ -77,25 +77,33 @@ def _ctx(tmp_path: Path) -> Context:
 
 
 def test_a_stage_over_budget_is_stopped_with_its_children(tmp_path: Path) -> None:
-    code = "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']); time.sleep(60)"
+    # the grandchild starts a session of its own (as torchrun's workers do): a process-group kill misses it
+    code = (
+        "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(61.2345)'],"
+        " start_new_session=True); time.sleep(61.2345)"
+    )
     proc = Proc([sys.executable, "-c", code], "sleeper", _ctx(tmp_path))
     t0 = time.monotonic()
     with pytest.raises(StageTimeout, match="sleeper"):
         proc.wait(time.monotonic() + 1.0)
     assert time.monotonic() - t0 < 15 and proc.p.poll() is not None
-    assert _alive_in_session(proc.p.pid) == []  # the whole session went, not only the direct child
+    assert (
+        _alive_with("time.sleep(61.2345)") == []
+    )  # every process it started went, not only the direct child
     assert (tmp_path / "logs" / "sleeper.err.txt").read_text().startswith("$ ")
 
 
-def _alive_in_session(sid: int) -> list[int]:
+def _alive_with(token: str) -> list[int]:
+    """Live processes whose command line holds ``token``."""
     pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
+            text = cmdline.read_bytes().decode(errors="replace")
+            state = (cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()[0]
         except OSError:
             continue
-        if int(fields[3]) == sid and fields[0] != "Z":
-            pids.append(int(stat.parent.name))
+        if token in text and state != "Z":
+            pids.append(int(cmdline.parent.name))
     return pids
 
 

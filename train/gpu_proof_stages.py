@@ -5,6 +5,7 @@ JSON the CLIs print. Stage 4 (resume) lives in ``train.gpu_proof_resume``.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -58,18 +59,25 @@ class Proc:
         return rc
 
     def stop(self) -> None:
-        """SIGTERM to the whole session, SIGKILL 10 s later."""
+        """SIGTERM to every process below it (also those in sessions of their own, e.g. torchrun's
+        workers), SIGKILL to those left 10 s later."""
+        from pipelines.bench import descendants
+
+        procs = [self.p.pid, *descendants(self.p.pid)]  # before any exits: orphans leave the tree
         for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
-            try:
-                os.killpg(self.p.pid, sig)
-            except ProcessLookupError:
+            for pid in procs:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, sig)
+            t_end = time.monotonic() + grace
+            while self._running(procs) and time.monotonic() < t_end:
+                time.sleep(0.1)
+            if not self._running(procs):
                 break
-            try:
-                self.p.wait(timeout=grace)
-                break
-            except subprocess.TimeoutExpired:
-                continue
+        self.p.wait()
         self._close()
+
+    def _running(self, procs: list[int]) -> bool:
+        return self.p.poll() is None or any(_alive(p) for p in procs[1:])
 
     def _close(self) -> None:
         self._out.close()
@@ -112,6 +120,14 @@ class Context:
 
         atomic_write_text(self.out / "gpu-proof.json", json.dumps(self.doc, indent=2) + "\n")
         atomic_write_text(self.out / "gpu-proof.md", markdown(self.doc))
+
+
+def _alive(pid: int) -> bool:
+    """A process that still runs (not gone, not a zombie waiting for its parent)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def last_json(text: str, label: str) -> Any:
