@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from train.gpu_proof import CPU, GPU, STAGES
+from train.gpu_proof import GPU, STAGES, cpu_profile
 from train.gpu_proof_stages import Context, Proc, StageTimeout, gpu_test_files, last_json
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_cpu_dry_run_fills_every_stage_with_real_figures(tmp_path: Path) -> None:
-    out = tmp_path / "proof"
+    out, cpu = tmp_path / "proof", cpu_profile()
     files = gpu_test_files()
     listing = subprocess.Popen(  # meanwhile: which gpu tests exist (each must show up, skipped)
         [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "gpu", "-p", "no:cacheprovider", *files],
@@ -49,19 +49,19 @@ def test_cpu_dry_run_fills_every_stage_with_real_figures(tmp_path: Path) -> None
     assert b["shards"]["splits"] == {"train": 16, "validation": 4, "test": 4}
     assert [r["pipeline"] for r in b["results"]] == ["dali-cpu", "baseline"]
     for r in b["results"]:
-        assert r["batches"] == CPU.bench_batches and r["chunks"] == CPU.bench_batches * 8
+        assert r["batches"] == cpu.bench_batches and r["chunks"] == cpu.bench_batches * 8
         assert r["chunks_per_s"] > 0 and r["cpu_cores"] >= 0 and r["machine_cpu_cores"] >= 0
         assert math.isclose(r["chunks_per_s"], r["chunks"] / r["seconds"], rel_tol=0.01)
     # 3. the input-bound ratio is the ratio of the two measured rates
     (row,) = st["input_bound"]["rows"]
-    assert row["family"] == "customcnn" and row["shape"] == [3, 32, 32] and row["batch"] == 8
+    assert row["family"] == "customcnn" and row["shape"] == [3, 32, 1 + 8000 // 128] and row["batch"] == 8
     assert row["synthetic_steps_per_s"] > 0 and row["real_steps_per_s"] > 0
     assert abs(row["vs_synthetic"] - row["real_steps_per_s"] / row["synthetic_steps_per_s"]) < 0.01
     # 4. SIGTERM landed mid-run, the resumed run ended where the uninterrupted one did, same weights
     r = st["resume"]
-    assert r["passed"] and CPU.sigterm_after <= r["stopped_at_step"] < CPU.resume_steps
+    assert r["passed"] and cpu.sigterm_after <= r["stopped_at_step"] < cpu.resume_steps
     c = r["comparison"]
-    assert c["position_full"] == c["position_resumed"] and c["position_full"]["step"] == CPU.resume_steps
+    assert c["position_full"] == c["position_resumed"] and c["position_full"]["step"] == cpu.resume_steps
     assert all(c["checks"].values()) and c["dali_checkpoint_equal"]
     assert c["weights_rel_l2"] < 1e-6  # CPU kernels are deterministic
     assert c["loss_full"] > 0 and math.isclose(c["loss_full"], c["loss_resumed"], rel_tol=1e-6)
@@ -71,7 +71,9 @@ def test_cpu_dry_run_fills_every_stage_with_real_figures(tmp_path: Path) -> None
 
 
 def _ctx(tmp_path: Path) -> Context:
-    ctx = Context(CPU, tmp_path, tmp_path / "work", sys.executable, {"PATH": "/usr/bin:/bin"}, {"stages": {}})
+    ctx = Context(
+        cpu_profile(), tmp_path, tmp_path / "work", sys.executable, {"PATH": "/usr/bin:/bin"}, {"stages": {}}
+    )
     ctx.logs.mkdir(parents=True)
     return ctx
 

@@ -87,21 +87,22 @@ GPU = Profile(
     budgets={"gpu_tests": 90, "pipeline_bench": 150, "input_bound": 120, "resume": 90, "pipeline_bench_flac": 60},
     total_s=480.0,
 )  # fmt: skip
-# 8 kHz, 1 s chunks, 32 mel rows: (3, 32, 32) per chunk, every step cheap on 2 cores
-TINY = (
-    "--features.sample_rate=8000", "--features.n_fft=256", "--features.hop_length=256", "--features.n_mels=32",
-    "--features.n_mfcc=16", "--loader.batch_size=8", "--loader.chunks_per_track=2", "--loader.chunk_seconds=1.0",
-    "--loader.num_threads=1", "--loader.eval_tracks_per_batch=4", "--loader.initial_fill=8",
-    "--augment.freq_width=4", "--augment.time_width=4",
-)  # fmt: skip
-CPU = Profile(
-    device="cpu", tracks=24, distinct=12, seconds=3.0, sample_rate=8000, flac_tracks=0,
-    config="configs/demo_customcnn.toml", overrides=TINY, workers=1, bench_warmup=1, bench_batches=3,
-    families=("customcnn",), step_warmup=1, step_batches=3, resume_steps=30, sigterm_after=4, log_every=1,
-    resume_overrides=("--train.amp=none", "--train.threads=1", "--optim.warmup_steps=2"),
-    budgets={"gpu_tests": 90, "pipeline_bench": 90, "input_bound": 120, "resume": 180, "pipeline_bench_flac": 0},
-    total_s=600.0,  # a loaded 2-core CI box: each torchrun start alone can take 20 s there
-)  # fmt: skip
+
+
+def cpu_profile() -> Profile:
+    """The dry run: the test suite's tiny pipeline settings (pipelines.testing: 8 kHz, 1 s chunks,
+    (3, 32, 63) per chunk), customcnn tiny, 30 steps; imported once the modules are checked."""
+    from pipelines.testing import small_overrides
+
+    tiny = small_overrides(batch_size=8, chunks_per_track=2, eval_tracks_per_batch=4, initial_fill=8)
+    return Profile(
+        device="cpu", tracks=24, distinct=12, seconds=3.0, sample_rate=8000, flac_tracks=0,
+        config="configs/demo_customcnn.toml", overrides=tuple(tiny), workers=1, bench_warmup=1, bench_batches=3,
+        families=("customcnn",), step_warmup=1, step_batches=3, resume_steps=30, sigterm_after=4, log_every=1,
+        resume_overrides=("--train.amp=none", "--train.threads=1", "--optim.warmup_steps=2"),
+        budgets={"gpu_tests": 90, "pipeline_bench": 90, "input_bound": 120, "resume": 180, "pipeline_bench_flac": 0},
+        total_s=600.0,  # a loaded 2-core CI box: each torchrun start alone can take 20 s there
+    )  # fmt: skip
 
 
 def run_stage(ctx: Context, name: str, t_end: float) -> None:
@@ -172,14 +173,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--total", type=float, help="seconds for the whole run (default: the profile's)")
     ap.add_argument("--stages", default=",".join(STAGES), help="comma list of " + ", ".join(STAGES))
     args = ap.parse_args(argv)
-    profile = GPU if args.device == "gpu" else CPU
-    if args.total:
-        profile = dataclasses.replace(profile, total_s=args.total)
-    if args.device == "gpu" and profile.workers > (os.cpu_count() or 1):
-        profile = dataclasses.replace(profile, workers=os.cpu_count() or 1)
-    names = [s.strip() for s in args.stages.split(",") if s.strip()]
-    if bad := [s for s in names if s not in STAGES]:
-        ap.error(f"--stages: unknown {bad}; choose from {STAGES}")
     if missing := missing_modules():
         msg = (
             f"{sys.executable} cannot import {missing}: carry them as wheels (docs/benchmarks.md, GPU proof)"
@@ -187,6 +180,14 @@ def main(argv: list[str] | None = None) -> int:
         atomic_write_text(args.out / "gpu-proof.json", json.dumps({"error": msg}) + "\n")
         print(f"gpu-proof: {msg}", file=sys.stderr)
         return 2
+    profile = GPU if args.device == "gpu" else cpu_profile()
+    if args.total:
+        profile = dataclasses.replace(profile, total_s=args.total)
+    if args.device == "gpu" and profile.workers > (os.cpu_count() or 1):
+        profile = dataclasses.replace(profile, workers=os.cpu_count() or 1)
+    names = [s.strip() for s in args.stages.split(",") if s.strip()]
+    if bad := [s for s in names if s not in STAGES]:
+        ap.error(f"--stages: unknown {bad}; choose from {STAGES}")
     import torch
 
     if args.device == "gpu" and not torch.cuda.is_available():

@@ -42,6 +42,15 @@ def _pipeline(title: str, st: dict[str, Any]) -> list[str]:
     if results:
         cols = [(k, h) for k, h in PIPELINE_COLS if any(k in r for r in results)]
         lines += _table([h for _, h in cols], [[r.get(k) for k, _ in cols] for r in results])
+        by = {r["pipeline"]: r for r in results}
+        if "baseline" in by and by["baseline"]["chunks_per_s"] > 0:
+            ratios = [
+                f"{n} {by[n]['chunks_per_s'] / by['baseline']['chunks_per_s']:.2f}x"
+                for n in by
+                if n != "baseline"
+            ]
+            lines += ["", f"vs the baseline: {', '.join(ratios)} (targets, one GPU: DALI gpu >= 20,000 chunks/s "
+                      "with <= 4 CPU cores busy, >= 10x the baseline)"]  # fmt: skip
     else:
         lines.append(f"(no figures: {st.get('status')}: {str(st.get('error', ''))[:300]})")
     return [*lines, ""]
