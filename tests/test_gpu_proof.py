@@ -55,7 +55,7 @@ def test_cpu_dry_run_fills_every_stage_with_real_figures(tmp_path: Path) -> None
     # 3. the input-bound ratio is the ratio of the two measured rates
     (row,) = st["input_bound"]["rows"]
     assert row["family"] == "customcnn" and row["shape"] == [3, 32, 1 + 8000 // 128] and row["batch"] == 8
-    assert row["synthetic_steps_per_s"] > 0 and row["real_steps_per_s"] > 0
+    assert row["synthetic_steps_per_s"] > 0 and row["real_steps_per_s"] > 0 and row["params_m"] > 0
     assert abs(row["vs_synthetic"] - row["real_steps_per_s"] / row["synthetic_steps_per_s"]) < 0.01
     # 4. SIGTERM landed mid-run, the resumed run ended where the uninterrupted one did, same weights
     r = st["resume"]

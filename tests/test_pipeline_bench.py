@@ -87,6 +87,7 @@ def test_train_step_mode_compares_real_loader_with_resident_batches(synth_shards
     rows = json.loads(capsys.readouterr().out)["results"]
     assert [r["pipeline"] for r in rows] == ["synthetic-resident", "dali-cpu"]
     assert all(r["model"] == "customcnn" and r["batch"] == 8 and r["steps_per_s"] > 0 for r in rows)
+    assert rows[0]["params_m"] == rows[1]["params_m"] > 0
     assert abs(rows[1]["vs_synthetic"] - rows[1]["steps_per_s"] / rows[0]["steps_per_s"]) < 0.01
 
 

@@ -68,10 +68,18 @@ def _input_bound(st: dict[str, Any]) -> list[str]:
     )
     lines = [f"**Input-bound** (bf16 autocast + channels_last; {shape}; target vs_synthetic >= 0.95):", ""]
     lines += _table(
-        ["family", "synthetic resident steps/s", "real loader steps/s", "vs_synthetic", "seconds"],
+        [
+            "family",
+            "params (M)",
+            "synthetic resident steps/s",
+            "real loader steps/s",
+            "vs_synthetic",
+            "seconds",
+        ],
         [
             [
                 r["family"],
+                r.get("params_m"),
                 r.get("synthetic_steps_per_s"),
                 r.get("real_steps_per_s"),
                 r.get("vs_synthetic", r["status"]),

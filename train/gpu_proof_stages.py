@@ -273,7 +273,7 @@ def stage_input_bound(ctx: Context, st: dict[str, Any], deadline: float) -> None
             rows = last_json(Proc(cmd, f"step-{fam}", ctx).check(deadline), fam)["results"]
             synth, real = rows
             row = {"family": fam, "status": "ok", "shape": real["shape"], "batch": real["batch"],
-                   "pipeline": real["pipeline"], "synthetic_steps_per_s": synth["steps_per_s"],
+                   "pipeline": real["pipeline"], "params_m": real["params_m"], "synthetic_steps_per_s": synth["steps_per_s"],
                    "real_steps_per_s": real["steps_per_s"], "vs_synthetic": real["vs_synthetic"]}  # fmt: skip
         except StageFailed as e:  # one family's failure must not hide the others' figures
             row, bad = {"family": fam, "status": "failed", "error": str(e)[-800:]}, [*bad, fam]
