@@ -92,7 +92,7 @@ def test_a_stage_over_budget_is_stopped_with_its_children(tmp_path: Path) -> Non
     assert (
         _alive_with("time.sleep(61.2345)") == []
     )  # every process it started went, not only the direct child
-    assert (tmp_path / "logs" / "sleeper.err.txt").read_text().startswith("$ ")
+    assert (tmp_path / "work" / "logs" / "sleeper.err.txt").read_text().startswith("$ ")
 
 
 def _alive_with(token: str) -> list[int]:

@@ -16,7 +16,7 @@ the next one still runs):
 
 Writes ``OUT/gpu-proof.json`` (every figure, per-stage status, seconds and budget; rewritten
 atomically after every stage, so a killed run still leaves what finished), ``OUT/gpu-proof.md``
-(the block for docs/benchmarks.md) and ``OUT/logs/``. Imports no model code: it runs from the
+(the block for docs/benchmarks.md), and each subprocess's output in ``WORK/logs/``. Imports no model code: it runs from the
 source tree with any Python that has torch and DALI (the device machine's python3, no install).
 """
 
@@ -167,9 +167,12 @@ def main(argv: list[str] | None = None) -> int:
         "--device", choices=("gpu", "cpu"), default="gpu", help="gpu: the lease; cpu: tiny dry run"
     )
     ap.add_argument(
-        "--out", type=Path, default=Path("/tmp/musicstream-gpu-proof"), help="JSON, markdown, logs"
+        "--out",
+        type=Path,
+        default=Path("/tmp/musicstream-gpu-proof"),
+        help="gpu-proof.json and gpu-proof.md only",
     )
-    ap.add_argument("--work", type=Path, help="shards and runs (default OUT/work)")
+    ap.add_argument("--work", type=Path, help="shards, runs and logs/ (default OUT-work, beside OUT)")
     ap.add_argument("--total", type=float, help="seconds for the whole run (default: the profile's)")
     ap.add_argument("--stages", default=",".join(STAGES), help="comma list of " + ", ".join(STAGES))
     args = ap.parse_args(argv)
@@ -208,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         "total_budget_s": profile.total_s,
         "stages": {},
     }
-    ctx = Context(profile, args.out, args.work or args.out / "work", sys.executable, env, doc)
+    work = args.work or args.out.parent / f"{args.out.name}-work"
+    ctx = Context(profile, args.out, work, sys.executable, env, doc)
     ctx.logs.mkdir(parents=True, exist_ok=True)
     ctx.work.mkdir(parents=True, exist_ok=True)
     for name in names:

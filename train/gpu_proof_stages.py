@@ -108,7 +108,9 @@ class Context:
 
     @property
     def logs(self) -> Path:
-        return self.out / "logs"
+        """Beside the shards, not in OUT: OUT holds only the JSON and the markdown, so it can be
+        the device call's $OUT (what is there comes back even from a call stopped at its limit)."""
+        return self.work / "logs"
 
     @property
     def cuda(self) -> bool:
