@@ -144,3 +144,36 @@ def test_the_lease_profile_commands_resolve(tmp_path: Path) -> None:
         check_model_config(exp.model)
         shape = (len(exp.features.channels), exp.features.n_mels, framing(exp.features, exp.loader).frames)
         assert shape == (3, 256, 259)
+
+
+def test_markdown_of_a_gpu_run_shows_its_gpu_only_figures() -> None:
+    """The GPU-only fields (device, memory, NCCL, DALI gpu row) never appear in the dry run."""
+    from train.gpu_proof_report import markdown
+
+    shards = {"tracks": 2000, "seconds": 30.0, "codec": "pcm16", "sample_rate": 22050, "distinct": 64,
+              "gb": 2.65, "splits": {"train": 1376, "validation": 312, "test": 312}}  # fmt: skip
+    row = {"chunks_per_s": 21000.0, "cpu_cores": 3.5, "gpu_mem_device_mib": 900.0}
+    checks = {"same_step_and_loader_position": True, "same_dali_reader_state": True}
+    pos = {"step": 200, "epoch": 2, "batch_in_epoch": 28, "loader_epoch": 2, "loader_batch": 28}
+    doc = {
+        "started": "2026-12-02T15:00:00Z", "command": "python3 -m train.gpu_proof", "elapsed_s": 400.0,
+        "total_budget_s": 480.0,
+        "machine": {"gpu": "NVIDIA H200", "gpu_memory": "143771 MiB", "driver": "580.159.04", "cpu_count": 16,
+                    "python": "3.12.3", "torch": "2.11.0+cu130"},
+        "stages": {
+            "pipeline_bench": {"status": "ok", "budget_s": 150, "seconds": 80.0, "shards": shards, "workers": 16,
+                               "results": [{"pipeline": "dali-gpu", **row},
+                                           {"pipeline": "baseline", "chunks_per_s": 2100.0, "cpu_cores": 15.0}]},
+            "resume": {"status": "ok", "budget_s": 90, "seconds": 60.0, "backend": "nccl", "nccl_version": "2.27.7",
+                       "steps": 200, "signalled_at_logged_step": 100, "stopped_at_step": 101, "resume_s": 20.0,
+                       "passed": True,
+                       "comparison": {"position_full": pos, "position_resumed": pos, "dali_checkpoint_equal": True,
+                                      "lr_full": 1e-5, "lr_resumed": 1e-5, "loss_full": 1.2, "loss_resumed": 1.2,
+                                      "loss_rel_diff": 0.0, "weights_rel_l2": 2e-5, "weights_max_abs": 1e-6,
+                                      "tolerances": {"weights_rel_l2": 1e-3, "loss_rel_diff": 1e-2}, "checks": checks}},
+        },
+    }  # fmt: skip
+    md = markdown(doc)
+    assert md.startswith("### GPU proof: NVIDIA H200 (143771 MiB, driver 580.159.04)")
+    assert "| dali-gpu | 21000.0 |" in md and "dali-gpu 10.00x" in md and "| 900.0 |" in md
+    assert "(nccl, NCCL 2.27.7)" in md and "stopped at step 101" in md and "**passed**" in md
