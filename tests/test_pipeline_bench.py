@@ -108,3 +108,19 @@ def test_real_and_synthetic_step_time_the_same_network(synth_shards):
     r = bench_real_loader(ROOT / "configs" / "demo_customcnn.toml", shards, "ast", 1, 1, extra)
     assert 6 < r["params_m"] < 10  # AST base at depth 1 (7.7M); tiny at depth 1 would be 0.5M
     assert r["real_steps_per_s"] > 0 and r["synthetic_steps_per_s"] > 0
+
+
+def test_bench_image_shards_dali_cpu_vs_pil_torchvision(synth_image_shards, capsys):
+    """On image shards the baseline is webdataset + PIL + torchvision; both yield the same batches."""
+    shards = synth_image_shards(tracks=24, seconds=3.0)
+    args = [str(shards), "--json", "--pipelines", "dali-cpu,baseline", "--workers", "1", "--warmup", "1"]
+    args += ["--batches", "3", "--features.n_mels=32", "--features.n_mfcc=8", "--features.image_frames=48"]
+    args += [
+        '--features.channels=["mel","cqt","chroma"]',
+        "--loader.batch_size=4",
+        "--loader.chunks_per_track=2",
+    ]
+    assert main(args) == 0
+    rows = json.loads(capsys.readouterr().out)["results"]
+    assert [r["pipeline"] for r in rows] == ["dali-cpu", "baseline"]
+    assert all(r["batches"] == 3 and r["chunks"] == 12 and r["chunks_per_s"] > 0 for r in rows)
