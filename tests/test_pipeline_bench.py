@@ -6,10 +6,12 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from pipelines.bench import cpu_seconds, main
+from pipelines.bench import cpu_seconds, machine_cpu_seconds, main
 from pipelines.testing import small_overrides
 
+ROOT = Path(__file__).resolve().parents[1]
 SMALL = small_overrides(batch_size=4, chunks_per_track=2)
 
 
@@ -41,6 +43,7 @@ def test_bench_json_on_synthetic_shards(tmp_path, capsys):
     for r in doc["results"]:
         assert r["batches"] == 3 and r["chunks"] == 3 * 4
         assert r["chunks_per_s"] > 0 and r["cpu_cores"] >= 0  # tiny runs can stay under one clock tick
+        assert r["machine_cpu_cores"] >= 0
         assert abs(r["audio_hours_per_s"] - r["chunks_per_s"] * 1.0 / 3600) < 1e-3
     assert doc["config"]["loader"]["batch_size"] == 4 and doc["machine"]["cpu_count"] >= 1
 
@@ -61,6 +64,16 @@ def test_cpu_seconds_counts_live_worker_processes():
     finally:
         child.kill()
         child.wait()
+
+
+def test_machine_cpu_seconds_count_this_process_too():
+    """The machine-wide figure (/proc/stat) sees CPU work: 0.5 s burnt here shows up."""
+    before = machine_cpu_seconds()
+    t = time.process_time()
+    while time.process_time() - t < 0.5:
+        pass
+    after = machine_cpu_seconds()
+    assert before is not None and after is not None and after - before >= 0.4
 
 
 def test_bench_image_shards_dali_cpu_vs_pil_torchvision(synth_image_shards, capsys):

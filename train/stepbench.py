@@ -28,7 +28,7 @@ def bench_train_step(
     extra = ["train.amp=bf16", "train.channels_last=true", *[o.removeprefix("--") for o in overrides]]
     r = bench_real_loader(config, shards, family, batches, warmup, extra)
     real = "dali-gpu" if torch.cuda.is_available() else "dali-cpu"
-    common = {"model": family, "shape": r["shape"], "batch": r["batch"]}
+    common = {"model": family, "shape": r["shape"], "batch": r["batch"], "params_m": r["params_m"]}
     return [
         {"pipeline": "synthetic-resident", "steps_per_s": r["synthetic_steps_per_s"], **common},
         {"pipeline": real, "steps_per_s": r["real_steps_per_s"], "vs_synthetic": r["ratio"], **common},
