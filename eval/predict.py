@@ -58,7 +58,12 @@ def expand_inputs(inputs: Iterable[str | Path]) -> tuple[list[Path], list[dict[s
                 if f.suffix.lower() in AUDIO_EXTS:
                     files.append(f)
                 else:
-                    skipped.append({"path": str(f), "reason": f"skipped: not an audio file ({f.suffix or 'no extension'})"})
+                    skipped.append(
+                        {
+                            "path": str(f),
+                            "reason": f"skipped: not an audio file ({f.suffix or 'no extension'})",
+                        }
+                    )
         elif p.suffix.lower() == ".csv":
             df = read_table(p, dtype=str, keep_default_na=False)
             require_columns(df, ["path"], p)
@@ -98,7 +103,11 @@ class Predictor:
         if top_k < 1:
             raise ValueError(f"top_k: must be >= 1, got {top_k}")
         self.model, self.task = model, model.task
-        self.thresholds = thresholds if thresholds is not None or model.task.kind != "multi" else default_thresholds(model.task)
+        self.thresholds = (
+            thresholds
+            if thresholds is not None or model.task.kind != "multi"
+            else default_thresholds(model.task)
+        )
         self.top_k, self.aggregate, self.workers, self.progress = top_k, aggregate, workers, progress
         self.checkpoint = checkpoint
 
@@ -132,12 +141,22 @@ class Predictor:
             rows = self._score(manifest) if SPLIT in manifest.splits else {}
         order = sorted(rows)
         probs = np.stack([rows[i] for i in order]) if order else np.zeros((0, sum(self.task.head_sizes)))
-        tracks = [{"path": str(files[i]), **d} for i, d in zip(order, describe(self.task, probs, top_k=self.top_k, thresholds=self.thresholds))]
+        tracks = [
+            {"path": str(files[i]), **d}
+            for i, d in zip(order, describe(self.task, probs, top_k=self.top_k, thresholds=self.thresholds))
+        ]
         rejected = skipped + [{"path": str(files[int(r["key"])]), "reason": r["reason"]} for r in rejects]
         assert len(tracks) + len(rejects) == len(files), "every input is predicted or rejected"
-        info: dict[str, Any] = {"checkpoint": self.checkpoint, "model": self.model.name, "aggregate": self.aggregate}
+        info: dict[str, Any] = {
+            "checkpoint": self.checkpoint,
+            "model": self.model.name,
+            "aggregate": self.aggregate,
+        }
         if self.thresholds is not None:
-            info["thresholds"] = {"source": self.thresholds.source, "values": [float(v) for v in self.thresholds.values]}
+            info["thresholds"] = {
+                "source": self.thresholds.source,
+                "values": [float(v) for v in self.thresholds.values],
+            }
         return PredictionSet(self.task, tracks, probs, rejected, info)
 
     def _transcode(self, files: list[Path], tmp: Path) -> tuple[Manifest, list[dict[str, Any]]]:
@@ -146,7 +165,9 @@ class Predictor:
         from shards.config import BuildConfig
 
         labels = placeholder_labels(self.task)
-        records = [Record(key=f"{i}", audio=f, labels=labels, split=SPLIT, path=str(f)) for i, f in enumerate(files)]
+        records = [
+            Record(key=f"{i}", audio=f, labels=labels, split=SPLIT, path=str(f)) for i, f in enumerate(files)
+        ]
         cfg = BuildConfig(
             source="folder",
             root=tmp,
@@ -157,7 +178,9 @@ class Predictor:
             workers=self.workers,
             min_seconds=0.0,
         )
-        manifest = build(cfg, progress=self.progress, dataset=Dataset(source="predict", task=self.task, records=records))
+        manifest = build(
+            cfg, progress=self.progress, dataset=Dataset(source="predict", task=self.task, records=records)
+        )
         lines = (cfg.out / REJECTS).read_text().splitlines()
         return manifest, [json.loads(line) for line in lines if line.strip()]
 
@@ -193,12 +216,22 @@ def track_index(manifest: Manifest) -> dict[int, int]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m eval.predict", description="Predict genres/tags of audio files.")
-    ap.add_argument("inputs", nargs="+", help="audio files, folders (searched recursively) or CSVs with a 'path' column")
+    ap = argparse.ArgumentParser(
+        prog="python -m eval.predict", description="Predict genres/tags of audio files."
+    )
+    ap.add_argument(
+        "inputs", nargs="+", help="audio files, folders (searched recursively) or CSVs with a 'path' column"
+    )
     ap.add_argument("--checkpoint", required=True, type=Path, help="a musicstream checkpoint (best.pt)")
     ap.add_argument("--out", type=Path, default=Path("predictions"), help="folder for predictions.csv/.json")
-    ap.add_argument("--metrics", type=Path, help="python -m eval's metrics.json (tag thresholds; default: beside the checkpoint)")
-    ap.add_argument("--thresholds", choices=["class", "global"], default="class", help="per-tag or global thresholds")
+    ap.add_argument(
+        "--metrics",
+        type=Path,
+        help="python -m eval's metrics.json (tag thresholds; default: beside the checkpoint)",
+    )
+    ap.add_argument(
+        "--thresholds", choices=["class", "global"], default="class", help="per-tag or global thresholds"
+    )
     ap.add_argument("--top-k", type=int, default=5, help="classes/tags listed per track")
     ap.add_argument("--aggregate", choices=["mean", "max"], default="mean", help="chunk -> track aggregation")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")

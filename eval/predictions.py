@@ -55,7 +55,9 @@ def load_thresholds(
 
 
 def default_thresholds(task: TaskSpec) -> TagThresholds:
-    return TagThresholds(np.full(len(task.classes), DEFAULT_THRESHOLD), f"{DEFAULT_THRESHOLD} (no metrics.json)")
+    return TagThresholds(
+        np.full(len(task.classes), DEFAULT_THRESHOLD), f"{DEFAULT_THRESHOLD} (no metrics.json)"
+    )
 
 
 def _top(names: list[str], p: np.ndarray, k: int) -> list[dict[str, Any]]:
@@ -69,15 +71,22 @@ def describe(
     """``probs (N, sum(head_sizes))`` -> one dict per track: ``prediction`` (a class, the tags
     joined by ';', or the root-to-leaf path joined by '/'), ``top_k`` and the task's details."""
     if task.kind == "single":
-        return [{"prediction": task.classes[int(p.argmax())], "top_k": _top(task.classes, p, top_k)} for p in probs]
+        return [
+            {"prediction": task.classes[int(p.argmax())], "top_k": _top(task.classes, p, top_k)}
+            for p in probs
+        ]
     if task.kind == "multi":
         thr = (thresholds or default_thresholds(task)).values
-        out = []
+        out: list[dict[str, Any]] = []
         for p in probs:
             on = [i for i in np.argsort(-p, kind="stable") if p[i] >= thr[i]]
             tags = [{"label": task.classes[i], "prob": float(p[i]), "threshold": float(thr[i])} for i in on]
             out.append(
-                {"prediction": ";".join(t["label"] for t in tags), "tags": tags, "top_k": _top(task.classes, p, top_k)}
+                {
+                    "prediction": ";".join(t["label"] for t in tags),
+                    "tags": tags,
+                    "top_k": _top(task.classes, p, top_k),
+                }
             )
         return out
     from train.tasks import TaskHead  # the path users get: consistent with the parent links
@@ -88,7 +97,7 @@ def describe(
     out = []
     for p, path in zip(probs, paths):
         levels = [p[bounds[d] : bounds[d + 1]] for d in range(len(task.levels))]
-        steps = [
+        steps: list[dict[str, Any]] = [
             {"level": lv.name, "label": lv.classes[int(i)], "prob": float(levels[d][int(i)])}
             for d, (lv, i) in enumerate(zip(task.levels, path))
         ]
@@ -137,7 +146,9 @@ class PredictionSet:
         w = csv.writer(buf, lineterminator="\n")
         w.writerow(["path", "status", "prediction", "top_k", "reason", *cols])
         for t, p in zip(self.tracks, self.probs):
-            w.writerow([t["path"], "ok", t["prediction"], _top_text(t["top_k"]), "", *(f"{v:.6g}" for v in p)])
+            w.writerow(
+                [t["path"], "ok", t["prediction"], _top_text(t["top_k"]), "", *(f"{v:.6g}" for v in p)]
+            )
         for r in self.rejected:
             w.writerow([r["path"], "error", "", "", r["reason"], *([""] * len(cols))])
         return buf.getvalue()

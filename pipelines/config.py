@@ -98,8 +98,12 @@ class FeatureConfig:
             raise ValueError(f"features.sample_rate: must be positive, got {self.sample_rate}")
         if self.n_fft < 16 or self.n_fft % 2:
             raise ValueError(f"features.n_fft: must be an even number >= 16, got {self.n_fft}")
-        if self.win_length is not None and not (16 <= self.win_length <= self.n_fft and self.win_length % 2 == 0):
-            raise ValueError(f"features.win_length: must be an even number in 16..n_fft, got {self.win_length}")
+        if self.win_length is not None and not (
+            16 <= self.win_length <= self.n_fft and self.win_length % 2 == 0
+        ):
+            raise ValueError(
+                f"features.win_length: must be an even number in 16..n_fft, got {self.win_length}"
+            )
         if not 0 < self.hop_length <= self.n_fft:
             raise ValueError(f"features.hop_length: must be in 1..n_fft, got {self.hop_length}")
         if self.n_mels <= 0:

@@ -40,7 +40,17 @@ def _eval_track_probs(ckpt: Path, shards: Path, raw: Path) -> dict[str, np.ndarr
     """``python -m eval``'s track-level probabilities on the test split, by source file."""
     from eval.cli import parse_args, run
 
-    cfg = parse_args(["--checkpoint", str(ckpt), "--shards", str(shards), "--eval.device=cpu", "--out", str(shards.parent / "ev")])
+    cfg = parse_args(
+        [
+            "--checkpoint",
+            str(ckpt),
+            "--shards",
+            str(shards),
+            "--eval.device=cpu",
+            "--out",
+            str(shards.parent / "ev"),
+        ]
+    )
     res = next(iter(run(cfg).values()))
     by_tid = {}
     for tar in read_manifest(shards).paths("test")[0]:
@@ -55,7 +65,9 @@ def _eval_track_probs(ckpt: Path, shards: Path, raw: Path) -> dict[str, np.ndarr
 
 
 @pytest.mark.slow
-def test_predictions_equal_eval_track_results_and_bad_files_are_listed(trained: dict[str, Path], tmp_path: Path) -> None:
+def test_predictions_equal_eval_track_results_and_bad_files_are_listed(
+    trained: dict[str, Path], tmp_path: Path
+) -> None:
     want = _eval_track_probs(trained["ckpt"], trained["shards"], trained["raw"])
     files = sorted(want)
     kinds = {(Path(f).suffix, sf.info(f).channels) for f in files} | {
@@ -69,7 +81,10 @@ def test_predictions_equal_eval_track_results_and_bad_files_are_listed(trained: 
     assert [t["path"] for t in preds.tracks] == files  # input order, the bad ones left out of tracks ...
     reasons = {r["path"]: r["reason"] for r in preds.rejected}  # ... and listed with their reason
     assert set(reasons) == {str(broken), str(tmp_path / "missing.wav")}
-    assert reasons[str(broken)].startswith("decode failed") and reasons[str(tmp_path / "missing.wav")] == "missing file"
+    assert (
+        reasons[str(broken)].startswith("decode failed")
+        and reasons[str(tmp_path / "missing.wav")] == "missing file"
+    )
     got = np.stack([preds.probs[i] for i in range(len(files))])
     assert np.ptp(got, axis=0).max() > 0.01  # tracks get different predictions: not a vacuous match
     np.testing.assert_allclose(got, np.stack([want[f] for f in files]), atol=1e-5, rtol=0)
@@ -79,7 +94,9 @@ def test_predictions_equal_eval_track_results_and_bad_files_are_listed(trained: 
 
 
 @pytest.mark.slow
-def test_cli_writes_csv_and_json_for_a_folder(trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_cli_writes_csv_and_json_for_a_folder(
+    trained: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     folder = tmp_path / "songs"
     folder.mkdir()
     audio = sorted(trained["raw"].glob("audio/*"))[:3]
@@ -87,11 +104,28 @@ def test_cli_writes_csv_and_json_for_a_folder(trained: dict[str, Path], tmp_path
         (folder / f.name).write_bytes(f.read_bytes())
     (folder / "notes.txt").write_text("not audio")
     out = tmp_path / "out"
-    rc = main([str(folder), "--checkpoint", str(trained["ckpt"]), "--out", str(out), "--device", "cpu", "--workers", "1", "--quiet", "--top-k", "2"])
+    rc = main(
+        [
+            str(folder),
+            "--checkpoint",
+            str(trained["ckpt"]),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--workers",
+            "1",
+            "--quiet",
+            "--top-k",
+            "2",
+        ]
+    )
     assert rc == 0
     rows = list(csv.DictReader((out / "predictions.csv").open()))
     assert [r["status"] for r in rows] == ["ok"] * 3 + ["error"]
-    assert rows[-1]["path"].endswith("notes.txt") and rows[-1]["reason"] == "skipped: not an audio file (.txt)"
+    assert (
+        rows[-1]["path"].endswith("notes.txt") and rows[-1]["reason"] == "skipped: not an audio file (.txt)"
+    )
     assert all(len(r["top_k"].split("; ")) == 2 for r in rows[:3])
     data = json.loads((out / "predictions.json").read_text())
     assert len(data["tracks"]) == 3 and data["rejected"][0]["path"].endswith("notes.txt")
@@ -109,8 +143,15 @@ def test_expand_inputs_reads_csv_paths_relative_to_the_csv(tmp_path: Path) -> No
 def test_tags_use_the_thresholds_python_m_eval_searched(tmp_path: Path) -> None:
     task = TaskSpec(kind="multi", name="tags", classes=["bass", "drums", "noise"])
     metrics = tmp_path / "metrics.json"
-    thr = {"split": "validation", "classes": task.classes, "global_threshold": 0.4, "per_class": [0.2, 0.6, 0.5]}
-    metrics.write_text(json.dumps({"task": task.vocab(), "models": {"cnn:best.pt": {"metrics": {}, "thresholds": thr}}}))
+    thr = {
+        "split": "validation",
+        "classes": task.classes,
+        "global_threshold": 0.4,
+        "per_class": [0.2, 0.6, 0.5],
+    }
+    metrics.write_text(
+        json.dumps({"task": task.vocab(), "models": {"cnn:best.pt": {"metrics": {}, "thresholds": thr}}})
+    )
     probs = np.array([[0.3, 0.55, 0.5]])
     per_class = describe(task, probs, thresholds=load_thresholds(metrics, task, "cnn:best.pt"))[0]
     assert per_class["prediction"] == "noise;bass"  # 0.5 >= 0.5, 0.3 >= 0.2; drums 0.55 < 0.6
@@ -126,7 +167,10 @@ def test_hierarchical_prediction_is_a_consistent_path() -> None:
     task = TaskSpec(
         kind="hier",
         name="h",
-        levels=[Level(name="l1", classes=["a", "b"]), Level(name="l2", classes=["a1", "b1", "b2"], parent=[0, 1, 1])],
+        levels=[
+            Level(name="l1", classes=["a", "b"]),
+            Level(name="l2", classes=["a1", "b1", "b2"], parent=[0, 1, 1]),
+        ],
     )
     # level-wise argmaxes disagree (l1 says a, l2 says b1); the best path is b/b1 (0.45*0.5 > 0.55*0.3)
     probs = np.array([[0.55, 0.45, 0.3, 0.5, 0.2]])

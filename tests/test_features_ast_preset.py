@@ -75,7 +75,9 @@ def test_dali_graph_matches_reference_with_the_preset(synth_shards) -> None:
     eval graph computes what the reference computes."""
     path = synth_shards(tracks=6, seconds=2.5, sample_rate=16000)
     fc = FeatureConfig(preset="ast_audioset")
-    lc = LoaderConfig(chunk_seconds=1.0, eval_tracks_per_batch=2, num_threads=1, batch_size=4, chunks_per_track=2)
+    lc = LoaderConfig(
+        chunk_seconds=1.0, eval_tracks_per_batch=2, num_threads=1, batch_size=4, chunks_per_track=2
+    )
     got: dict[int, list[torch.Tensor]] = {}
     for b in build_loader(path, "validation", mode="eval", features=fc, augment=AugmentConfig(), loader=lc):
         for t in b["track"].unique().tolist():

@@ -30,7 +30,9 @@ def _randomize(model: torch.nn.Module, seed: int = 0) -> None:
             p.copy_(torch.randn(p.shape, generator=g) * 0.2)
 
 
-def _hf_ast(tmp_path: Path, *, classifier: bool, mel: int = 36, frames: int = 46) -> tuple[torch.nn.Module, Path]:
+def _hf_ast(
+    tmp_path: Path, *, classifier: bool, mel: int = 36, frames: int = 46
+) -> tuple[torch.nn.Module, Path]:
     from transformers import ASTConfig, ASTForAudioClassification, ASTModel
 
     cfg = ASTConfig(
@@ -50,7 +52,9 @@ def _hf_ast(tmp_path: Path, *, classifier: bool, mel: int = 36, frames: int = 46
     return hf, out
 
 
-def _our_ast(pretrained: str, *, in_chans: int = 1, shape: tuple[int, int] = (36, 46), outputs: int = 5) -> torch.nn.Module:
+def _our_ast(
+    pretrained: str, *, in_chans: int = 1, shape: tuple[int, int] = (36, 46), outputs: int = 5
+) -> torch.nn.Module:
     cfg = ModelConfig(
         family="ast",
         preset="audioset",
@@ -100,7 +104,9 @@ def test_transformers_ast_architecture_mismatch_is_one_error(tmp_path: Path) -> 
     folder = tmp_path / "cfg_only"
     folder.mkdir()
     (folder / "config.json").write_text(
-        json.dumps({"model_type": "audio-spectrogram-transformer", "hidden_size": 768, "num_hidden_layers": 12})
+        json.dumps(
+            {"model_type": "audio-spectrogram-transformer", "hidden_size": 768, "num_hidden_layers": 12}
+        )
     )
     from safetensors.torch import save_file
 
@@ -140,7 +146,9 @@ def test_timm_local_dir_in_hub_format(tmp_path: Path) -> None:
         cfg = ModelConfig(family=TIMM_NAME, pretrained=f"local-dir:{tmp_path / 'hub'}")
         model = build_model(cfg, in_chans=in_chans, head_sizes=[4], input_shape=(in_chans, 32, 32))
         _check_timm_weights(model, src, in_chans)
-    with pytest.raises(ValueError, match="holds 'test_efficientnet' weights, but model.family is 'test_resnet'"):
+    with pytest.raises(
+        ValueError, match="holds 'test_efficientnet' weights, but model.family is 'test_resnet'"
+    ):
         build_model(
             ModelConfig(family="test_resnet", pretrained=f"local-dir:{tmp_path / 'hub'}"),
             in_chans=3,
@@ -206,3 +214,53 @@ def test_timm_offline_hub_cache_and_clear_error_when_missing(tmp_path: Path) -> 
     assert isinstance(empty, str)
     assert f"{TIMM_HUB_ID} is not in the Hugging Face cache {tmp_path / 'empty' / 'hub'}" in empty
     assert "HF_HUB_OFFLINE is set" in empty and "hf download" in empty and "local-dir:" in empty
+
+
+def _rank_zero_first_worker(rank: int, port: int, folder: str) -> None:
+    import torch.distributed as dist
+
+    from train.models.pretrained import rank_zero_first
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1")
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    marker = Path(folder) / "downloaded"
+
+    def fetch() -> str:
+        if rank == 0:
+            import time
+
+            time.sleep(0.5)
+            marker.write_text("cache filled")
+            return "first"
+        return "cache hit" if marker.is_file() else "raced"  # rank 1 must see rank 0's download
+
+    out = rank_zero_first(fetch)
+
+    def fail() -> str:
+        if rank == 0:
+            raise ValueError("not in the Hugging Face cache")
+        return "should not run"
+
+    try:
+        rank_zero_first(fail)
+        err = "no error"
+    except ValueError as e:
+        err = str(e)
+    (Path(folder) / f"rank{rank}.json").write_text(json.dumps([out, err]))
+    dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_rank_zero_fetches_first_and_its_failure_reaches_every_rank(tmp_path: Path) -> None:
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(_rank_zero_first_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0 == ["first", "not in the Hugging Face cache"]
+    assert r1 == ["cache hit", "not in the Hugging Face cache"]

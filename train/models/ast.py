@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -66,7 +66,7 @@ class AST(nn.Module):
             raise ValueError(f"model ast: input (F={f}, T={t}) is smaller than one {patch}x{patch} patch")
         self.patch, self.stride, self.mlp_ratio, self.norm_eps = patch, stride, mlp_ratio, norm_eps
         self.dim, self.depth, self.heads = dim, depth, heads
-        norm = partial(nn.LayerNorm, eps=norm_eps)
+        norm = cast("type[nn.Module]", partial(nn.LayerNorm, eps=norm_eps))  # timm types it as a class
         self.grid = patch_grid((f, t), patch, stride)
         self.patch_embed = nn.Conv2d(in_chans, dim, kernel_size=patch, stride=stride)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -74,7 +74,10 @@ class AST(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, N_PREFIX + self.grid[0] * self.grid[1], dim))
         rates = torch.linspace(0, drop_path, depth).tolist()
         self.blocks = nn.Sequential(
-            *[Block(dim, heads, mlp_ratio=mlp_ratio, qkv_bias=True, drop_path=r, norm_layer=norm) for r in rates]
+            *[
+                Block(dim, heads, mlp_ratio=mlp_ratio, qkv_bias=True, drop_path=r, norm_layer=norm)
+                for r in rates
+            ]
         )
         self.norm = norm(dim)
         self.head_norm = norm(dim) if head_norm else nn.Identity()  # transformers' ASTMLPHead has one

@@ -76,12 +76,22 @@ def check_config(cfg: dict[str, Any], model: Any, source: str) -> None:
         "hidden_act": "gelu",
         "qkv_bias": True,
     }
-    defaults = {"patch_size": 16, "frequency_stride": 10, "time_stride": 10, "hidden_act": "gelu", "qkv_bias": True}
-    diff = [f"{k}={cfg.get(k, defaults.get(k))!r} (model: {v!r})" for k, v in want.items() if cfg.get(k, defaults.get(k)) != v]
+    defaults = {
+        "patch_size": 16,
+        "frequency_stride": 10,
+        "time_stride": 10,
+        "hidden_act": "gelu",
+        "qkv_bias": True,
+    }
+    diff = [
+        f"{k}={cfg.get(k, defaults.get(k))!r} (model: {v!r})"
+        for k, v in want.items()
+        if cfg.get(k, defaults.get(k)) != v
+    ]
     if diff:
         raise ValueError(
             f"model.pretrained: {source} is an AST with another architecture: {', '.join(diff)}; "
-            f"use model.preset = \"audioset\" for the AudioSet checkpoints, or matching model.kwargs"
+            f'use model.preset = "audioset" for the AudioSet checkpoints, or matching model.kwargs'
         )
     eps = float(cfg.get("layer_norm_eps", 1e-12))
     if abs(eps - model.norm_eps) > 1e-15:
@@ -109,7 +119,9 @@ def map_state(weights: Weights, model: Any) -> dict[str, torch.Tensor]:
         "norm.bias": sd["layernorm.bias"],
     }
     pos = sd["embeddings.position_embeddings"]
-    grid = resample_abs_pos_embed(pos[:, 2:], list(model.grid), list(source_grid(weights.config)), num_prefix_tokens=0)
+    grid = resample_abs_pos_embed(
+        pos[:, 2:], list(model.grid), list(source_grid(weights.config)), num_prefix_tokens=0
+    )
     out["pos_embed"] = torch.cat([pos[:, :2], grid], 1)
     for i in range(model.depth):
         src = names["layer"].format(i=i)
@@ -134,7 +146,9 @@ def load_hf_ast(model: Any, weights: Weights) -> None:
     try:
         state = map_state(weights, model)
     except KeyError as e:
-        raise ValueError(f"model.pretrained: {weights.source}: missing tensor {e} for an AST checkpoint") from None
+        raise ValueError(
+            f"model.pretrained: {weights.source}: missing tensor {e} for an AST checkpoint"
+        ) from None
     missing = load_matching(model, state, source=weights.source)
     encoder = [k for k in missing if not k.startswith(("head.", "head_norm."))]
     if encoder:

@@ -108,7 +108,9 @@ def _from_hub(repo: str, spec: str) -> Weights:
     if cfg is None or weights is None:
         if not_cached:
             raise ValueError(not_cached_message(repo_id, spec))
-        raise ValueError(f"model.pretrained: {spec}: {repo_id} has no config.json + {' or '.join(WEIGHT_FILES)}")
+        raise ValueError(
+            f"model.pretrained: {spec}: {repo_id} has no config.json + {' or '.join(WEIGHT_FILES)}"
+        )
     return Weights(read_state_dict(weights), _read_json(cfg), spec)
 
 
