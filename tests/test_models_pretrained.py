@@ -264,3 +264,28 @@ def test_rank_zero_fetches_first_and_its_failure_reaches_every_rank(tmp_path: Pa
     r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert r0 == ["first", "not in the Hugging Face cache"]
     assert r1 == ["cache hit", "not in the Hugging Face cache"]
+
+
+def test_transformers_ast_through_the_offline_hub_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """hf-hub:OWNER/NAME reads a save_pretrained folder from the hub cache, offline (the cache
+    folder and the offline flag patched where huggingface_hub reads them at call time)."""
+    from huggingface_hub import constants
+
+    hf, folder = _hf_ast(tmp_path, classifier=True)
+    _populate_hf_cache(tmp_path / "home", "MIT/ast-tiny-test", folder)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "home" / "hub"))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    x = torch.randn(2, 1, 36, 46)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            _our_ast("hf-hub:MIT/ast-tiny-test")(x),
+            hf(input_values=x[:, 0].transpose(1, 2)).logits,
+            atol=1e-4,
+            rtol=0,
+        )
+    with pytest.raises(
+        ValueError, match="MIT/ast-other is not in the Hugging Face cache .* HF_HUB_OFFLINE is set"
+    ):
+        _our_ast("hf-hub:MIT/ast-other")
