@@ -75,7 +75,8 @@ def test_preset_matches_transformers_ast_feature_extractor() -> None:
 
 
 @EMPTY_FILTER
-def test_dali_graph_matches_reference_with_the_preset(synth_shards) -> None:
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_dali_graph_matches_reference_with_the_preset(synth_shards, device: str) -> None:
     """HTK mel, unnormalised filters, pre-emphasis and a 400-sample window in a 512 FFT: the DALI
     eval graph computes what the reference computes."""
     path = synth_shards(tracks=6, seconds=2.5, sample_rate=16000)
@@ -84,9 +85,12 @@ def test_dali_graph_matches_reference_with_the_preset(synth_shards) -> None:
         chunk_seconds=1.0, eval_tracks_per_batch=2, num_threads=1, batch_size=4, chunks_per_track=2
     )
     got: dict[int, list[torch.Tensor]] = {}
-    for b in build_loader(path, "validation", mode="eval", features=fc, augment=AugmentConfig(), loader=lc):
+    loader = build_loader(
+        path, "validation", mode="eval", features=fc, augment=AugmentConfig(), loader=lc, device=device
+    )
+    for b in loader:
         for t in b["track"].unique().tolist():
-            got.setdefault(t, []).append(b["x"][b["track"] == t])
+            got.setdefault(t, []).append(b["x"][b["track"] == t].cpu())
     tracks = read_tracks(path, "validation")
     assert sorted(got) == sorted(tracks)
     for tid, tr in tracks.items():
