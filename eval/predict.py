@@ -145,7 +145,8 @@ class Predictor:
             {"path": str(files[i]), **d}
             for i, d in zip(order, describe(self.task, probs, top_k=self.top_k, thresholds=self.thresholds))
         ]
-        rejected = skipped + [{"path": str(files[int(r["key"])]), "reason": r["reason"]} for r in rejects]
+        failed = sorted(rejects, key=lambda r: int(r["key"]))  # input order, like the tracks
+        rejected = skipped + [{"path": str(files[int(r["key"])]), "reason": r["reason"]} for r in failed]
         assert len(tracks) + len(rejects) == len(files), "every input is predicted or rejected"
         info: dict[str, Any] = {
             "checkpoint": self.checkpoint,
