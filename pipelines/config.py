@@ -42,6 +42,7 @@ FEATURE_PRESETS: dict[str, dict[str, Any]] = {
         "norm_std": [round(_DB_PER_NEPER * 4.5689974 * 2, 5)],
     },
 }
+ImageColor = Literal["gray", "rgb"]
 
 
 @dataclass(kw_only=True)
@@ -90,6 +91,10 @@ class FeatureConfig:
     """Fixed per-channel means for 'meanstd' (a pretrained model's, e.g. AST's) instead of stats_file."""
     norm_std: list[float] | None = None
     """Fixed per-channel standard deviations, with norm_mean."""
+    image_frames: int | None = None
+    """Image shards: width T every image is resized to (height F = n_mels); None = an audio chunk's frames."""
+    image_color: ImageColor = "gray"
+    """Image shards: decode each image as 'gray' (1 plane) or 'rgb' (3 planes per channel)."""
 
     def __post_init__(self) -> None:
         if self.preset is not None:
@@ -124,6 +129,10 @@ class FeatureConfig:
             raise ValueError(f"features.channels: {self.channels} must be distinct names from {CHANNELS}")
         if self.normalize not in ("minmax", "meanstd", "none"):
             raise ValueError(f"features.normalize: {self.normalize!r} is not minmax, meanstd or none")
+        if self.image_frames is not None and self.image_frames < 2:
+            raise ValueError(f"features.image_frames: must be >= 2 or None, got {self.image_frames}")
+        if self.image_color not in ("gray", "rgb"):
+            raise ValueError(f"features.image_color: {self.image_color!r} is not gray or rgb")
         if self.db_floor >= 0:
             raise ValueError(f"features.db_floor: must be negative, got {self.db_floor}")
         if self.mel_formula not in ("slaney", "htk"):
@@ -185,11 +194,15 @@ class AugmentConfig:
     """Time masks per chunk."""
     time_width: int = 40
     """Maximum time mask width in frames (width drawn in 0..time_width)."""
+    time_crop: float = 0.9
+    """Image shards, training: each crop keeps this fraction of the image width (random start), resized to T."""
 
     def __post_init__(self) -> None:
         for name in ("freq_masks", "freq_width", "time_masks", "time_width"):
             if getattr(self, name) < 0:
                 raise ValueError(f"augment.{name}: must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.time_crop <= 1:
+            raise ValueError(f"augment.time_crop: must be in (0, 1], got {self.time_crop}")
 
     @property
     def active(self) -> bool:

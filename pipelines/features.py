@@ -92,7 +92,12 @@ def stats_key(features: FeatureConfig) -> dict:
     d = to_dict(features)
     for k in ("channels", "normalize", "stats_file", "preset", "norm_mean", "norm_std"):
         d.pop(k, None)
-    for k, default in (("mel_formula", "slaney"), ("mel_norm", True), ("preemphasis", 0.0)):
+    for k, default in (
+        ("win_length", None),
+        ("mel_formula", "slaney"),
+        ("mel_norm", True),
+        ("preemphasis", 0.0),
+    ):
         if d.get(k) == default:  # keys added later: statistics written before them stay valid
             d.pop(k, None)
     return d
