@@ -96,7 +96,7 @@ def evaluate_model(
 ) -> EvalResult:
     """Score every chunk the loader yields ({x (B,C,F,T), y, track (B,)} dicts).
 
-    ``model_or_predictor``: a Predictor (``.predict_proba``), an ``nn.Module`` returning
+    ``model_or_predictor``: a ``train.checkpoint.ChunkPredictor`` (``.predict_proba``), an ``nn.Module`` returning
     logits (turned into probabilities by ``probabilities`` or ``train.tasks.TaskHead``),
     or any callable x -> probabilities. ``thresholds`` (multi-label) must come from a
     different ``split``. Collective when a process group is up: call it on every rank.
@@ -109,16 +109,11 @@ def evaluate_model(
                 "applying thresholds needs split= (the split reported on, never the tuning split)"
             )
         thresholds.check(task, split)
-    with _scoring(model_or_predictor, task, probabilities, device) as (predict, dev):
-        chunks = _collect(predict, loader, task, dev)
-    tracks = aggregate_tracks(chunks, aggregate)
-    chunk_all, track_all = gather(chunks), gather(tracks)
+    chunk_all, track_all = score_tracks(
+        model_or_predictor, loader, task, aggregate=aggregate, device=device, probabilities=probabilities
+    )
     if len(track_all) == 0:
         raise ValueError(f"split {split or '?'}: the loader yielded no chunks (empty split?)")
-    if torch.unique(track_all.track).numel() != len(track_all):
-        raise RuntimeError(
-            "a track's chunks were spread over several ranks; the eval loader must shard by track"
-        )
     details = {
         "chunk": compute_metrics(task, chunk_all.probs, chunk_all.target, top_k=top_k),
         "track": compute_metrics(task, track_all.probs, track_all.target, thresholds=thresholds, top_k=top_k),
@@ -126,6 +121,28 @@ def evaluate_model(
     metrics = {f"{level}/{k}": v for level, m in details.items() for k, v in m.scalars.items()}
     metrics["chunk/count"], metrics["track/count"] = float(len(chunk_all)), float(len(track_all))
     return EvalResult(metrics, chunk_all.numpy(), track_all.numpy(), details, thresholds, task.kind)
+
+
+def score_tracks(
+    model_or_predictor: Any,
+    loader: Iterable[dict[str, torch.Tensor]],
+    task: TaskSpec,
+    *,
+    aggregate: Aggregate = "mean",
+    device: str | torch.device | None = None,
+    probabilities: ProbaFn | None = None,
+) -> tuple[Predictions[torch.Tensor], Predictions[torch.Tensor]]:
+    """(chunk, track) predictions of every rank, sorted by track id: what ``evaluate_model``
+    scores, and what ``eval.predict`` reports (no labels needed). Collective, like it."""
+    with _scoring(model_or_predictor, task, probabilities, device) as (predict, dev):
+        chunks = _collect(predict, loader, task, dev)
+    tracks = aggregate_tracks(chunks, aggregate)
+    chunk_all, track_all = gather(chunks), gather(tracks)
+    if torch.unique(track_all.track).numel() != len(track_all):
+        raise RuntimeError(
+            "a track's chunks were spread over several ranks; the eval loader must shard by track"
+        )
+    return chunk_all, track_all
 
 
 @contextlib.contextmanager

@@ -201,6 +201,8 @@ def _graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
     fc, fr = spec.features, spec.framing
     audio, lbl, tid = _read(spec)
     sig, n = _decode(spec, audio)
+    if fc.preemphasis:  # kaldi's y[0] = x[0] - c x[0]: border "clamp"
+        sig = fn.preemphasis_filter(sig, preemph_coeff=fc.preemphasis, border="clamp")
     if spec.mode == "train":
         rows = _train_rows(spec, sig, n)
         nchunks = types.Constant(np.array([spec.loader.chunks_per_track], dtype=np.int64), device="cpu")
@@ -209,11 +211,11 @@ def _graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
         nchunks = chunk_count(n, fr.chunk)
     laid = fn.slice(rows, start=[-fr.lead], shape=[fr.stride], axes=[1], out_of_bounds_policy="pad")
     flat = fn.reshape(laid, shape=[-1])
-    window = torch.hann_window(fc.n_fft, periodic=True, dtype=torch.float64).tolist()
+    window = torch.hann_window(fc.window, periodic=True, dtype=torch.float64).tolist()
     power = fn.spectrogram(
         flat,
         nfft=fc.n_fft,
-        window_length=fc.n_fft,
+        window_length=fc.window,
         window_step=fc.hop_length,
         window_fn=window,
         center_windows=False,
@@ -226,8 +228,8 @@ def _graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
         nfilter=fc.n_mels,
         freq_low=fc.f_min,
         freq_high=fc.mel_fmax,
-        normalize=True,
-        mel_formula="slaney",
+        normalize=fc.mel_norm,
+        mel_formula=fc.mel_formula,
     )
     mel_db = fn.to_decibels(mel, multiplier=10.0, reference=1.0, cutoff_db=fc.db_floor)
     outs = [mel_db]

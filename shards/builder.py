@@ -238,9 +238,9 @@ class _SplitRun:
 class Builder:
     """One build: import, plan, resume, decode in a pool, write shards, manifest and rejects."""
 
-    def __init__(self, cfg: BuildConfig, *, progress: bool = True) -> None:
+    def __init__(self, cfg: BuildConfig, *, progress: bool = True, dataset: Dataset | None = None) -> None:
         self.cfg, self.progress = cfg, progress
-        self.ds = load_source(cfg)
+        self.ds = dataset if dataset is not None else load_source(cfg)  # given: records made by the caller
         self.planned = plan(self.ds, cfg.seed)
         self.fp = fingerprint(cfg, self.ds, self.planned)
         self.spec: AudioSpec | ImageSpec = (
@@ -387,6 +387,7 @@ class Builder:
                         f.unlink()
 
 
-def build(cfg: BuildConfig, *, progress: bool = True) -> Manifest:
-    """Build (or resume, or confirm up to date) the shard folder ``cfg.out``; returns its manifest."""
-    return Builder(cfg, progress=progress).run()
+def build(cfg: BuildConfig, *, progress: bool = True, dataset: Dataset | None = None) -> Manifest:
+    """Build (or resume, or confirm up to date) the shard folder ``cfg.out``; returns its manifest.
+    ``dataset``: records to write instead of running ``cfg.source``'s importer (eval.predict)."""
+    return Builder(cfg, progress=progress, dataset=dataset).run()

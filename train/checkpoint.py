@@ -156,8 +156,9 @@ def _heads(ckpt: dict[str, Any]) -> list[int] | None:
         return None
 
 
-class Predictor:
-    """A trained model as eval sees it: ``predict_proba(x (B,C,F,T)) -> (B, sum(head_sizes))``."""
+class ChunkPredictor:
+    """A trained model on feature tensors, as eval sees it: ``predict_proba(x (B,C,F,T)) ->
+    (B, sum(head_sizes))``. (On audio files: ``eval.predict.Predictor``.)"""
 
     def __init__(
         self, model: nn.Module, task: TaskSpec, experiment: Experiment, *, name: str, device: torch.device
@@ -185,7 +186,7 @@ class Predictor:
     __call__ = predict_proba
 
 
-def load_predictor(path: str | Path, device: str | torch.device = "cpu") -> Predictor:
+def load_predictor(path: str | Path, device: str | torch.device = "cpu") -> ChunkPredictor:
     """Rebuild the model of a checkpoint (EMA weights when present) for evaluation."""
     from train.models import build_model
 
@@ -203,4 +204,4 @@ def load_predictor(path: str | Path, device: str | torch.device = "cpu") -> Pred
     model.to(dev).eval()
     if exp.train.channels_last:
         model.to(memory_format=torch.channels_last)
-    return Predictor(model, task, exp, name=f"{exp.model.family}:{Path(path).name}", device=dev)
+    return ChunkPredictor(model, task, exp, name=f"{exp.model.family}:{Path(path).name}", device=dev)

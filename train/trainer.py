@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from shards.atomic import atomic_write_text
 from train import distributed
-from train.checkpoint import Checkpointer, Predictor, check_vocab, read, rng_state, set_rng_state
+from train.checkpoint import Checkpointer, ChunkPredictor, check_vocab, read, rng_state, set_rng_state
 from train.config import Experiment
 from train.data import build_data, read_task
 from train.distributed import DistInfo
@@ -277,11 +277,11 @@ class Trainer:
         self.logger.log(self.step, self.epoch, {"train/loss": loss, "train/lr": lr})
 
     # ------------------------------------------------------------ validation
-    def predictor(self) -> Predictor:
-        """The model being validated (EMA weights when enabled) as eval's Predictor."""
+    def predictor(self) -> ChunkPredictor:
+        """The model being validated (EMA weights when enabled) as eval's ChunkPredictor."""
         ema: EMA | None = getattr(self, "ema", None)
         module = ema.module if ema is not None else self.raw
-        return Predictor(module, self.task, self.exp, name=self.exp.model.family, device=self.device)
+        return ChunkPredictor(module, self.task, self.exp, name=self.exp.model.family, device=self.device)
 
     def sync_buffers(self) -> None:
         """Rank 0's buffers (BatchNorm statistics) everywhere: DDP only syncs them at the next
