@@ -57,6 +57,11 @@ class BuildConfig:
     """mtat multi-label: keep the N most frequent tags."""
     clean: bool = False
     """mtat multi-label: reject clips that carry none of the top-N tags."""
+    verify: bool = False
+    """fma: check every mp3 against ``fma_SUBSET/checksums`` (sha1) and reject mismatches."""
+    split_files: str | None = None
+    """mtat: folder with a published split (train/valid/test.npy or *_list_pub.cP + tag list),
+    relative to root or absolute; builds exactly that split and its tags (docs/shard-format.md)."""
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -86,6 +91,13 @@ class BuildConfig:
             raise ValueError(f"subset: {self.subset!r} is not one of {list(FMA_SUBSETS)}")
         if self.top_n < 1:
             raise ValueError(f"top_n: must be >= 1, got {self.top_n}")
+        if self.split_files is not None and self.source == "mtat":
+            if self.task != "multi":
+                raise ValueError("split_files: a published MTAT split is a tagging split; use task 'multi'")
+            if self.top_n != 50 or self.clean:
+                raise ValueError(
+                    "split_files: the published split fixes its tags and clips; drop top_n/clean"
+                )
         self._warn_unused()
 
     def _warn_unused(self) -> None:
@@ -93,8 +105,10 @@ class BuildConfig:
         unused = []
         if self.source != "mtat" and (self.top_n != 50 or self.clean):
             unused.append("top_n/clean (mtat only)")
-        if self.source != "fma" and self.subset != "small":
-            unused.append("subset (fma only)")
+        if self.source != "fma" and (self.subset != "small" or self.verify):
+            unused.append("subset/verify (fma only)")
+        if self.source != "mtat" and self.split_files is not None:
+            unused.append("split_files (mtat only)")
         if unused:
             warnings.warn(f"{', '.join(unused)}: no effect with source {self.source!r}", stacklevel=4)
 
