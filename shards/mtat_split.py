@@ -119,7 +119,7 @@ def _rows_of(path: Path, entries: list[str], mp3_paths: list[str]) -> list[int]:
                 continue
             rows.append(int(idx))
         else:  # Lee et al.: the mp3_path with another extension
-            i = row_of_stem.get(e.rsplit(".", 1)[0])
+            i = row_of_stem.get(e.lstrip("./").rsplit(".", 1)[0])  # "./f/x.npy", "/f/x.npy" too
             if i is None:
                 bad.append(repr(e))
                 continue
