@@ -66,7 +66,7 @@ def decode_or_reason(audio: Path | bytes) -> tuple[np.ndarray, int] | str:
     try:
         x, sr = decode(audio)
     except NoAudio:
-        return reasons.no_audio_frames(reasons.size_of(audio))
+        return reasons.not_audio(audio)
     except Exception as e:  # libsndfile raises several types for a stream damaged mid-way
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         return f"decode failed: {msg}"

@@ -56,3 +56,16 @@ def file_fault(audio: Path | bytes) -> str | None:
 
 def size_of(audio: Path | bytes) -> int:
     return len(audio) if isinstance(audio, bytes) else audio.stat().st_size
+
+
+def not_audio(audio: Path | bytes) -> str:
+    """Why libsndfile could not open a non-empty file: an MP4/M4A container (AAC, which it
+    cannot decode) is named as such; anything else holds no audio frames it recognises."""
+    if isinstance(audio, bytes):
+        head = audio[:12]
+    else:
+        with audio.open("rb") as f:
+            head = f.read(12)
+    if head[4:8] == b"ftyp":
+        return f"unsupported format: MP4/M4A ({size_of(audio)} bytes); convert it to FLAC, WAV, OGG or MP3"
+    return no_audio_frames(size_of(audio))

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from shards.audio import AudioSpec, process
 from shards.manifest import read_manifest
 from shards.mtat import GENRE_TAGS, main_genre
 from shards.mtat_columns import MTAT_COLUMNS
@@ -314,3 +315,18 @@ def test_mtat_split_files_errors(mtat_root: Path, tmp_path: Path, capsys: pytest
     np.save(bad / "valid.npy", np.array(["0\t0/artist-a-01-x-0-29.mp3"]))  # also in train.npy
     assert build_cli("mtat", mtat_root, tmp_path / "o", "--split-files", str(bad)) == 2
     assert "row 0 ('0/artist-a-01-x-0-29.mp3') is also in the train list" in capsys.readouterr().err
+
+
+def test_reasons_for_files_that_exist(tmp_path: Path) -> None:
+    """The decoder's reasons for every source (folder, ccmusic bytes too), never libsndfile's
+    'File does not exist' for a file that does."""
+    spec = AudioSpec(22050, "pcm16", 1.0)
+    m4a = tmp_path / "song.m4a"
+    m4a.write_bytes(b"\x00\x00\x00\x20ftypM4A " + bytes(500))
+    assert (
+        process(m4a, spec) == "unsupported format: MP4/M4A (512 bytes); convert it to FLAC, WAV, OGG or MP3"
+    )
+    assert process(NO_AUDIO, spec) == "no audio frames (1752 bytes)"
+    assert process(b"", spec) == "empty file (0 bytes)"
+    assert process(tmp_path / "absent.mp3", spec) == "missing file"
+    assert process(mp3_bytes(2.4), AudioSpec(22050, "pcm16", 5.0)) == "too short: 2.4 s < min_seconds 5"
