@@ -73,12 +73,18 @@ class MusicLoader:
         self._seen: set[int] = set()  # eval: tracks already yielded this epoch (drops DALI padding)
         self._batch = 0  # DALI batches consumed in this epoch (== len(self._it) at its end)
 
+    graph: Any = None  # the DALI graph function (None: the audio graph); the image loader sets its own
+
+    @property
+    def output_names(self) -> list[str]:
+        return self.spec.output_names
+
     def _make_iterator(self, checkpoint: str | None) -> DALIGenericIterator:
-        pipe = build_pipeline(self.spec, checkpoint)
+        pipe = build_pipeline(self.spec, checkpoint, graph=self.graph)
         policy = LastBatchPolicy.DROP if self.mode == "train" else LastBatchPolicy.PARTIAL
         return DALIGenericIterator(
             [pipe],
-            self.spec.output_names,
+            self.output_names,
             reader_name=READER,
             last_batch_policy=policy,
             auto_reset=False,
@@ -124,13 +130,9 @@ class MusicLoader:
         fr = self.spec.framing
         tid = out["tid"][:, 0].to(torch.int64).cpu()  # .cpu(): no-ops, they are CPU outputs
         nchunks = out["nchunks"].reshape(-1).to(torch.int64).cpu()
-        keep = torch.ones(tid.numel(), dtype=torch.bool)
-        if self.mode == "eval":  # DALI's pad_last_batch repeats the last track: drop repeats
-            for i, t in enumerate(tid.tolist()):
-                keep[i] = t not in self._seen
-                self._seen.add(t)
-            if not keep.any():
-                return None
+        keep = self._keep(tid)
+        if not keep.any():
+            return None
         n_max = int(nchunks.max())
         sel = keep[:, None] & (torch.arange(n_max)[None, :] < nchunks[:, None])
         dense = bool(sel.all())
@@ -161,6 +163,16 @@ class MusicLoader:
             "y": to_device(y, self.device),
             "track": to_device(track, self.device),
         }
+
+    def _keep(self, tid: torch.Tensor) -> torch.Tensor:
+        """CPU bool ``(B,)``: the tracks to yield. Eval drops DALI's ``pad_last_batch`` repeats
+        of the last track (by track id); training keeps all."""
+        keep = torch.ones(tid.numel(), dtype=torch.bool)
+        if self.mode == "eval":
+            for i, t in enumerate(tid.tolist()):
+                keep[i] = t not in self._seen
+                self._seen.add(t)
+        return keep
 
     def state_dict(self) -> dict[str, Any]:
         """Plain data: the DALI checkpoint (reader position, RNG states) and the epoch counter."""
@@ -241,7 +253,12 @@ def build_loader(
     dev = resolve_device(device)
     m = load_manifest(shards)
     validate_split(m, split, features=features, loader=loader, world_size=w, train=mode == "train")
-    if m.sample_rate > features.sample_rate:
+    image_exts: list[str] = []
+    if m.kind == "image":  # spectrogram-image shards: their own DALI branch, the same contract
+        from pipelines.image_graph import ImageLoader, check_channels
+
+        image_exts = check_channels(m, features)
+    elif m.sample_rate > features.sample_rate:
         _warn_downsampling(m.sample_rate, features.sample_rate)
     tars, idxs = m.paths(split)
     spec = GraphSpec(
@@ -258,5 +275,7 @@ def build_loader(
         shard_id=r,
         num_shards=w,
         device_id=dev.index if dev.type == "cuda" else None,
+        image_exts=image_exts,
     )
-    return MusicLoader(spec, m, m.task, dev, tracks=m.split(split).num_samples)
+    cls = ImageLoader if m.kind == "image" else MusicLoader
+    return cls(spec, m, m.task, dev, tracks=m.split(split).num_samples)

@@ -25,11 +25,11 @@ class Track:
     label: np.ndarray  # int64 (label_width,)
 
 
-def read_tracks(shards: str | Path | Manifest, split: str) -> dict[int, Track]:
-    """Every track of a pcm16 split by track id, read with ``tarfile``."""
+def read_members(shards: str | Path | Manifest, split: str) -> dict[int, dict[str, bytes]]:
+    """Every sample's members ``{ext: bytes}`` of a split by track id, read with ``tarfile``."""
     m = shards if isinstance(shards, Manifest) else read_manifest(shards)
     tars, _ = m.paths(split)
-    out: dict[int, Track] = {}
+    out: dict[int, dict[str, bytes]] = {}
     for tar in tars:
         members: dict[str, dict[str, bytes]] = {}
         with tarfile.open(tar) as tf:
@@ -39,13 +39,18 @@ def read_tracks(shards: str | Path | Manifest, split: str) -> dict[int, Track]:
                 assert f is not None
                 members.setdefault(key, {})[ext] = f.read()
         for parts in members.values():
-            tid = int(np.frombuffer(parts["tid"], dtype="<i8")[0])
-            sig = (
-                np.frombuffer(parts["pcm"], dtype="<i2").astype(np.float32) / 32768.0
-                if "pcm" in parts
-                else None
-            )
-            out[tid] = Track(tid, sig, np.frombuffer(parts["lbl"], dtype="<i8").copy())  # type: ignore[arg-type]
+            out[int(np.frombuffer(parts["tid"], dtype="<i8")[0])] = parts
+    return out
+
+
+def read_tracks(shards: str | Path | Manifest, split: str) -> dict[int, Track]:
+    """Every track of a pcm16 split by track id, read with ``tarfile``."""
+    out: dict[int, Track] = {}
+    for tid, parts in read_members(shards, split).items():
+        sig = (
+            np.frombuffer(parts["pcm"], dtype="<i2").astype(np.float32) / 32768.0 if "pcm" in parts else None
+        )
+        out[tid] = Track(tid, sig, np.frombuffer(parts["lbl"], dtype="<i8").copy())  # type: ignore[arg-type]
     return out
 
 

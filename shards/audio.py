@@ -121,9 +121,3 @@ def process(audio: Path | bytes, spec: AudioSpec) -> Encoded | str:
     return Encoded(
         encode(y, spec.sample_rate, spec.codec), y.shape[0] / spec.sample_rate, sr, int(x.shape[1])
     )
-
-
-def process_indexed(job: tuple[int, Path | bytes, AudioSpec]) -> tuple[int, Encoded | str]:
-    """Pool entry point: keeps the record index with the result."""
-    i, audio, spec = job
-    return i, process(audio, spec)

@@ -9,6 +9,7 @@ the rest. ``manifest.json`` is written last: its presence means the build is com
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib
 import json
@@ -21,9 +22,10 @@ import numpy as np
 from tqdm import tqdm
 
 from shards.atomic import atomic_write_text
-from shards.audio import AudioSpec, Encoded, process_indexed
+from shards.audio import AudioSpec, Encoded, process
 from shards.config import BuildConfig
 from shards.configtools import to_dict
+from shards.images import EncodedImages, ImageSpec, process_images
 from shards.manifest import (
     AUDIO_EXT,
     LABEL_EXT,
@@ -31,6 +33,7 @@ from shards.manifest import (
     META_EXT,
     REJECTS,
     TRACK_EXT,
+    ImageChannel,
     Manifest,
     ShardInfo,
     SplitInfo,
@@ -43,6 +46,14 @@ from shards.writer import MAX_KEY, ShardWriter, sanitize_key
 STATE = ".build-state.json"
 _SHARD_FILE = re.compile(r"^\d{6}\.(tar|idx)$")
 _TEMP_FILE = re.compile(r"^\.\d{6}\.(tar|idx)\..*\.tmp$")  # left by a killed run (atomic_path)
+
+
+def process_indexed(job: tuple[int, Any, AudioSpec | ImageSpec]) -> tuple[int, Encoded | EncodedImages | str]:
+    """Pool entry point: one record's audio or images, with the record index kept."""
+    i, payload, spec = job
+    if isinstance(spec, ImageSpec):
+        return i, process_images(payload, spec)
+    return i, process(payload, spec)
 
 
 def load_source(cfg: BuildConfig) -> Dataset:
@@ -93,6 +104,7 @@ def _fresh_split() -> dict[str, Any]:
         "max": None,
         "rejects": [],
         "done": False,
+        "images": {},  # image kind: channel -> {"exts": [...], "min": [h, w], "max": [h, w]}
     }
 
 
@@ -121,7 +133,7 @@ def _load_state(out: Path, fp: str, splits: list[str]) -> dict[str, Any] | None:
 
 def _snapshot(st: dict[str, Any]) -> dict[str, Any]:
     """A split's counters at a shard boundary; rejects by count (the list only grows)."""
-    snap = {k: v for k, v in st.items() if k not in ("shards", "rejects")}
+    snap = {k: copy.deepcopy(v) for k, v in st.items() if k not in ("shards", "rejects")}
     return snap | {"rejects": len(st["rejects"])}
 
 
@@ -136,10 +148,12 @@ class _SplitRun:
         self.writer = ShardWriter(builder.cfg.out, split, max_bytes=builder.cfg.shard_bytes, start=start)
         self.n_done = len(self.writer.output)
 
-    def add(self, i: int, result: Encoded | str) -> None:
+    def add(self, i: int, result: Encoded | EncodedImages | str) -> None:
         key, rec = self.items[i]
         if isinstance(result, str):
             self.st["rejects"].append({"path": rec.path, "reason": result, "key": key, "split": self.split})
+        elif isinstance(result, EncodedImages):
+            self._add_images(i, key, rec, result)
         else:
             tid = self.st["written"]
             meta = {
@@ -166,11 +180,45 @@ class _SplitRun:
                 },
             )
             self._checkpoint(consumed=i)  # a shard may have closed before this sample
-            self.st["written"] += 1
-            self.st["seconds"] += result.seconds
-            self.st["min"] = result.seconds if self.st["min"] is None else min(self.st["min"], result.seconds)
-            self.st["max"] = result.seconds if self.st["max"] is None else max(self.st["max"], result.seconds)
+            self._count(result.seconds)
         self.st["consumed"] = i + 1
+
+    def _count(self, seconds: float) -> None:
+        self.st["written"] += 1
+        self.st["seconds"] += seconds
+        self.st["min"] = seconds if self.st["min"] is None else min(self.st["min"], seconds)
+        self.st["max"] = seconds if self.st["max"] is None else max(self.st["max"], seconds)
+
+    def _add_images(self, i: int, key: str, rec: Record, result: EncodedImages) -> None:
+        """An image sample: the images' bytes unchanged, labels, track id, metadata; sizes tallied."""
+        tid = self.st["written"]
+        sizes = {ch: list(hw) for ch, hw in result.sizes.items()}
+        meta: dict[str, Any] = {
+            "key": key,
+            "source": self.b.ds.source,
+            "source_id": rec.key,
+            "path": rec.path,
+        }
+        meta |= {"split": self.split, "tid": tid, "labels": rec.labels, "image_sizes": sizes, **rec.meta}
+        self.writer.write(
+            key,
+            {
+                **result.members,
+                LABEL_EXT: self.b.ds.task.encode(rec.labels),
+                TRACK_EXT: np.asarray([tid], dtype="<i8").tobytes(),
+                META_EXT: json.dumps(meta, sort_keys=True).encode(),
+            },
+        )
+        self._checkpoint(consumed=i)
+        self._count(0.0)  # image samples carry no audio
+        for member in result.members:
+            ch = member.split(".", 1)[0]
+            h, w = result.sizes[ch]
+            t = self.st["images"].setdefault(ch, {"exts": [], "min": [h, w], "max": [h, w]})
+            if member not in t["exts"]:
+                t["exts"].append(member)
+            t["min"] = [min(t["min"][0], h), min(t["min"][1], w)]
+            t["max"] = [max(t["max"][0], h), max(t["max"][1], w)]
 
     def _checkpoint(self, consumed: int) -> None:
         while self.n_done < len(self.writer.output):
@@ -195,7 +243,11 @@ class Builder:
         self.ds = load_source(cfg)
         self.planned = plan(self.ds, cfg.seed)
         self.fp = fingerprint(cfg, self.ds, self.planned)
-        self.spec = AudioSpec(cfg.sample_rate, cfg.codec, cfg.min_seconds)
+        self.spec: AudioSpec | ImageSpec = (
+            ImageSpec(tuple(self.ds.channels))
+            if self.ds.kind == "image"
+            else AudioSpec(cfg.sample_rate, cfg.codec, cfg.min_seconds)
+        )
         self.state: dict[str, Any] = {}
 
     def save_state(self) -> None:
@@ -245,7 +297,13 @@ class Builder:
 
     def _write_all(self) -> None:
         remaining = self._remaining()
-        jobs = ((i, self.planned[s][i][1].audio, self.spec) for s, todo in remaining.items() for i in todo)
+        image = self.ds.kind == "image"
+        jobs = (
+            (i, rec.images if image else rec.audio, self.spec)
+            for s, todo in remaining.items()
+            for i in todo
+            for rec in [self.planned[s][i][1]]
+        )
         total = sum(len(r) for r in remaining.values())
         workers = min(self.cfg.num_workers, max(1, total))
         pool = mp.get_context("spawn").Pool(workers) if workers > 1 else None
@@ -290,15 +348,32 @@ class Builder:
         build = to_dict(self.cfg) | {"fingerprint": self.fp}
         for k in ("force", "strict", "workers"):
             build.pop(k, None)
+        image = self.ds.kind == "image"
         return Manifest(
             source=self.ds.source,
-            sample_rate=self.cfg.sample_rate,
-            codec=self.cfg.codec,
+            sample_rate=0 if image else self.cfg.sample_rate,
+            codec="none" if image else self.cfg.codec,
             task=self.ds.task,
             splits=splits,
             totals=totals,
             build=build,
+            kind="image" if image else "audio",
+            images=self._image_channels() if image else {},
         )
+
+    def _image_channels(self) -> dict[str, ImageChannel]:
+        """Each channel's member extensions and the smallest/largest image over every split."""
+        out: dict[str, ImageChannel] = {}
+        for ch in self.ds.channels:
+            seen = [self.state["splits"][s]["images"][ch] for s in self.planned]
+            seen = [t for t in seen if t]
+            if not seen:
+                continue
+            exts = sorted({e for t in seen for e in t["exts"]})
+            lo = [min(t["min"][k] for t in seen) for k in (0, 1)]
+            hi = [max(t["max"][k] for t in seen) for k in (0, 1)]
+            out[ch] = ImageChannel(exts=exts, min_size=lo, max_size=hi)
+        return out
 
     def _remove_stale(self, manifest: Manifest) -> None:
         """Delete shard files a previous, different build left behind."""

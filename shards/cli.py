@@ -28,6 +28,19 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--subset", "subset", dict(choices=["small", "medium", "large"], help="fma subset (default small)")),
     ("--top-n", "top_n", dict(type=int, help="mtat: number of tags (default 50)")),
     ("--split-files", "split_files", dict(help="mtat: folder with a published split (docs/shard-format.md)")),
+    (
+        "--media",
+        "media",
+        dict(
+            choices=["auto", "audio", "image"],
+            help="ccmusic: store the image columns or the audio (default auto)",
+        ),
+    ),
+    (
+        "--hf-config",
+        "hf_config",
+        dict(help="ccmusic: dataset config folder when ROOT holds several (eval, default)"),
+    ),
 ]
 
 

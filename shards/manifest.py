@@ -30,7 +30,8 @@ TRACK_EXT = "tid"  # little-endian int64 [1]: the track's index within its split
 META_EXT = "json"  # human-readable metadata (source id, labels by name, durations)
 
 TaskKind = Literal["single", "multi", "hier"]
-Codec = Literal["pcm16", "flac", "ogg"]
+Codec = Literal["pcm16", "flac", "ogg", "none"]  # "none": image builds store no audio
+SampleKind = Literal["audio", "image"]
 
 
 @dataclass(kw_only=True)
@@ -133,6 +134,15 @@ class SplitInfo:
 
 
 @dataclass(kw_only=True)
+class ImageChannel:
+    """One image channel of an image build: its member extensions and the image sizes seen."""
+
+    exts: list[str]  # member extensions, e.g. ["mel.jpg"] (several when formats are mixed)
+    min_size: list[int]  # [height, width], smallest seen
+    max_size: list[int]  # [height, width], largest seen
+
+
+@dataclass(kw_only=True)
 class Manifest:
     source: str
     sample_rate: int
@@ -143,15 +153,26 @@ class Manifest:
     build: dict[str, Any] = field(default_factory=dict)  # arguments of the build, for provenance
     format: str = FORMAT
     version: int = VERSION
+    kind: SampleKind = "audio"  # absent in a manifest = "audio"
+    images: dict[str, ImageChannel] = field(default_factory=dict)  # image kind: channel -> info, in order
     root: Path | None = field(default=None, compare=False)  # folder it was read from (not stored)
 
     def __post_init__(self) -> None:
         if not isinstance(self.task, TaskSpec):
             self.task = TaskSpec(**self.task)
         self.splits = {k: v if isinstance(v, SplitInfo) else SplitInfo(**v) for k, v in self.splits.items()}
+        self.images = {
+            k: v if isinstance(v, ImageChannel) else ImageChannel(**v) for k, v in self.images.items()
+        }
+        if self.kind not in ("audio", "image"):
+            raise ValueError(f"kind: {self.kind!r} is not audio or image")
+        if self.kind == "image" and not self.images:
+            raise ValueError("images: an image build lists its channels")
 
     @property
     def audio_ext(self) -> str:
+        if self.kind != "audio":
+            raise ValueError(f"{self.root or ''}: an {self.kind} build has no audio member")
         return AUDIO_EXT[self.codec]
 
     def split(self, name: str) -> SplitInfo:
@@ -171,6 +192,9 @@ class Manifest:
     def to_json(self) -> str:
         d = _plain(self)
         d.pop("root", None)
+        if self.kind == "audio":  # absent = audio: audio manifests read the same by older readers
+            d.pop("kind")
+            d.pop("images")
         return json.dumps(d, indent=2, sort_keys=False) + "\n"
 
 
