@@ -15,6 +15,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from shards import reasons
+
 SOXR_QUALITY = "HQ"  # soxr's high-quality band-limited resampler
 
 
@@ -37,11 +39,40 @@ class Encoded:
     orig_channels: int
 
 
+class NoAudio(Exception):
+    """libsndfile found no audio stream at all (it cannot even open the data as audio)."""
+
+
 def decode(audio: Path | bytes) -> tuple[np.ndarray, int]:
-    """Any soundfile-readable file/bytes -> (float32 (n, channels), sample rate)."""
+    """Any soundfile-readable file/bytes -> (float32 (n, channels), sample rate).
+
+    Opening and reading fail differently: a file libsndfile cannot open holds no audio
+    it recognises (``NoAudio``); a read error after a good open is a damaged stream."""
     src = io.BytesIO(audio) if isinstance(audio, bytes) else str(audio)
-    x, sr = sf.read(src, dtype="float32", always_2d=True)
-    return x, int(sr)
+    try:
+        f = sf.SoundFile(src)
+    except sf.LibsndfileError as e:
+        raise NoAudio(str(e)) from None
+    with f:
+        x = f.read(dtype="float32", always_2d=True)
+        return x, int(f.samplerate)
+
+
+def decode_or_reason(audio: Path | bytes) -> tuple[np.ndarray, int] | str:
+    """``decode``, or the reject reason (shards.reasons) when the file has no usable audio."""
+    fault = reasons.file_fault(audio)
+    if fault:
+        return fault
+    try:
+        x, sr = decode(audio)
+    except NoAudio:
+        return reasons.not_audio(audio)
+    except Exception as e:  # libsndfile raises several types for a stream damaged mid-way
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return f"decode failed: {msg}"
+    if x.shape[0] == 0 or sr <= 0:
+        return reasons.no_audio_frames(reasons.size_of(audio))
+    return x, sr
 
 
 def to_mono(x: np.ndarray, sr: int, target: int) -> np.ndarray:
@@ -75,18 +106,13 @@ def encode(y: np.ndarray, sr: int, codec: str) -> bytes:
 
 def process(audio: Path | bytes, spec: AudioSpec) -> Encoded | str:
     """The whole per-record job; returns ``Encoded`` or a one-line reject reason."""
-    if isinstance(audio, Path) and not audio.is_file():
-        return "missing file"
-    try:
-        x, sr = decode(audio)
-    except Exception as e:  # libsndfile raises several types for corrupt input
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return f"decode failed: {msg}"
-    if x.shape[0] == 0 or sr <= 0:
-        return "decode failed: no audio frames"
+    decoded = decode_or_reason(audio)
+    if isinstance(decoded, str):
+        return decoded
+    x, sr = decoded
     seconds = x.shape[0] / sr
     if seconds < spec.min_seconds:
-        return f"too short: {seconds:.2f} s < min_seconds {spec.min_seconds:g}"
+        return reasons.too_short(seconds, spec.min_seconds)
     y = to_mono(x, sr, spec.sample_rate)
     if y.shape[0] == 0:  # a few samples downsampled to none (possible with min_seconds=0)
         return f"too short: no samples left at {spec.sample_rate} Hz"

@@ -27,6 +27,7 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--csv", "csv", dict(help="label file relative to --root")),
     ("--subset", "subset", dict(choices=["small", "medium", "large"], help="fma subset (default small)")),
     ("--top-n", "top_n", dict(type=int, help="mtat: number of tags (default 50)")),
+    ("--split-files", "split_files", dict(help="mtat: folder with a published split (docs/shard-format.md)")),
     (
         "--media",
         "media",
@@ -55,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
         ("--force", "force", "rebuild instead of resuming"),
         ("--strict", "strict", "exit 1 when any input is rejected"),
         ("--clean", "clean", "mtat: reject clips without a top-N tag"),
+        ("--verify", "verify", "fma: check each mp3 against fma_SUBSET/checksums"),
     ]:
         b.add_argument(flag, dest=dest, action="store_const", const=True, default=None, help=text)
     b.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -79,7 +81,7 @@ def _build(a: argparse.Namespace) -> int:
     from shards.builder import build
 
     cli = {dest: getattr(a, dest) for _, dest, _ in _FLAGS if getattr(a, dest) is not None}
-    cli |= {k: True for k in ("force", "strict", "clean") if getattr(a, k)}
+    cli |= {k: True for k in ("force", "strict", "clean", "verify") if getattr(a, k)}
     if a.source:
         cli["source"] = a.source
     cfg: BuildConfig = load_build_config(a.config, cli)

@@ -57,6 +57,11 @@ class BuildConfig:
     """mtat multi-label: keep the N most frequent tags."""
     clean: bool = False
     """mtat multi-label: reject clips that carry none of the top-N tags."""
+    verify: bool = False
+    """fma: check every mp3 against ``fma_SUBSET/checksums`` (sha1) and reject mismatches."""
+    split_files: str | None = None
+    """mtat: folder with a published split (train/valid/test.npy or *_list_pub.cP + tag list),
+    relative to root or absolute; builds exactly that split and its tags (docs/shard-format.md)."""
     media: Literal["auto", "audio", "image"] = "auto"
     """ccmusic: store the spectrogram image columns or the audio column (auto: images when present)."""
     hf_config: str | None = None
@@ -92,6 +97,13 @@ class BuildConfig:
             raise ValueError(f"media: {self.media!r} is not auto, audio or image")
         if self.top_n < 1:
             raise ValueError(f"top_n: must be >= 1, got {self.top_n}")
+        if self.split_files is not None and self.source == "mtat":
+            if self.task != "multi":
+                raise ValueError("split_files: a published MTAT split is a tagging split; use task 'multi'")
+            if self.top_n != 50 or self.clean:
+                raise ValueError(
+                    "split_files: the published split fixes its tags and clips; drop top_n/clean"
+                )
         self._warn_unused()
 
     def _warn_unused(self) -> None:
@@ -101,8 +113,10 @@ class BuildConfig:
             unused.append("top_n/clean (mtat only)")
         if self.source != "ccmusic" and (self.media != "auto" or self.hf_config is not None):
             unused.append("media/hf_config (ccmusic only)")
-        if self.source != "fma" and self.subset != "small":
-            unused.append("subset (fma only)")
+        if self.source != "fma" and (self.subset != "small" or self.verify):
+            unused.append("subset/verify (fma only)")
+        if self.source != "mtat" and self.split_files is not None:
+            unused.append("split_files (mtat only)")
         if unused:
             warnings.warn(f"{', '.join(unused)}: no effect with source {self.source!r}", stacklevel=4)
 
