@@ -1,9 +1,9 @@
 """Run a model over an eval loader and score it: chunk level and track level.
 
-Each rank scores its own chunks and aggregates its own tracks (the eval loader keeps a
-track's chunks on one rank); the predictions are then gathered through a torchmetrics
-state (``dist_reduce_fx="cat"``), so every rank computes the same numbers from the
-same rows, whatever the world size. The trainer calls ``evaluate_model`` every epoch.
+Each rank scores its own chunks; the chunk predictions are gathered through a torchmetrics
+state (``dist_reduce_fx="cat"``) and only then aggregated to tracks, because a long track's
+segments may land on different ranks. Every rank computes the same numbers from the same
+rows, whatever the world size. The trainer calls ``evaluate_model`` every epoch.
 """
 
 from __future__ import annotations
@@ -111,14 +111,10 @@ def evaluate_model(
         thresholds.check(task, split)
     with _scoring(model_or_predictor, task, probabilities, device) as (predict, dev):
         chunks = _collect(predict, loader, task, dev)
-    tracks = aggregate_tracks(chunks, aggregate)
-    chunk_all, track_all = gather(chunks), gather(tracks)
-    if len(track_all) == 0:
+    chunk_all = gather(chunks)  # before aggregating: a track's segments may be on several ranks
+    if len(chunk_all) == 0:
         raise ValueError(f"split {split or '?'}: the loader yielded no chunks (empty split?)")
-    if torch.unique(track_all.track).numel() != len(track_all):
-        raise RuntimeError(
-            "a track's chunks were spread over several ranks; the eval loader must shard by track"
-        )
+    track_all = aggregate_tracks(chunk_all, aggregate)
     details = {
         "chunk": compute_metrics(task, chunk_all.probs, chunk_all.target, top_k=top_k),
         "track": compute_metrics(task, track_all.probs, track_all.target, thresholds=thresholds, top_k=top_k),

@@ -14,6 +14,7 @@ from typing import Literal
 Channel = Literal["mel", "mfcc", "chroma", "cqt"]
 CHANNELS: tuple[Channel, ...] = ("mel", "mfcc", "chroma", "cqt")
 Normalize = Literal["minmax", "meanstd", "none"]
+TrackWeighting = Literal["uniform_time", "uniform_track"]
 
 
 @dataclass(kw_only=True)
@@ -138,6 +139,10 @@ class LoaderConfig:
     """Base seed: shuffling, chunk offsets and masks are reproducible from it."""
     prefetch: int = 2
     """DALI prefetch queue depth (batches computed ahead)."""
+    track_weighting: TrackWeighting = "uniform_time"
+    """Training draws: 'uniform_time' = every chunk position of the split equally likely (a
+    track contributes in proportion to its length), 'uniform_track' = chunks_per_track per
+    track on average, whatever its length or segment count (see docs/pipeline.md)."""
 
     def __post_init__(self) -> None:
         if self.chunks_per_track <= 0:
@@ -154,6 +159,10 @@ class LoaderConfig:
                 raise ValueError(f"loader.{name}: must be positive, got {getattr(self, name)}")
         if self.seed < 0:
             raise ValueError(f"loader.seed: must be >= 0, got {self.seed}")
+        if self.track_weighting not in ("uniform_time", "uniform_track"):
+            raise ValueError(
+                f"loader.track_weighting: {self.track_weighting!r} is not uniform_time or uniform_track"
+            )
 
     @property
     def tracks_per_batch(self) -> int:

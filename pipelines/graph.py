@@ -29,6 +29,7 @@ from nvidia.dali import math as dmath
 from nvidia.dali.pipeline import Pipeline
 
 from pipelines.config import AugmentConfig, FeatureConfig, Framing, LoaderConfig
+from shards.manifest import SEGMENT_EXT, SEGMENT_FIELDS
 
 READER = "reader"
 Mode = Literal["train", "eval"]
@@ -51,6 +52,9 @@ class GraphSpec:
     shard_id: int
     num_shards: int
     device_id: int | None = None  # CUDA device for device="gpu"; None = the current one
+    segmented: bool = False  # samples carry a ``seg`` member (manifest version 2)
+    segment_samples: int | None = None  # samples per full segment at shards_rate (None: whole tracks)
+    longest_sample: int = 0  # samples of the split's longest sample at shards_rate (uniform_time)
 
     @property
     def batch_size(self) -> int:
@@ -64,7 +68,10 @@ class GraphSpec:
             names.append("power")
         if self.mode == "train" and self.augment.active:
             names.append("mask")
-        return [*names, "lbl", "tid", "nchunks"]
+        names += ["lbl", "tid", "nchunks"]
+        if self.mode == "train":
+            names.append("start")
+        return [*names, "seg"] if self.segmented else names
 
 
 def build_pipeline(spec: GraphSpec, checkpoint: str | None = None) -> Pipeline:
@@ -95,11 +102,16 @@ def build_pipeline(spec: GraphSpec, checkpoint: str | None = None) -> Pipeline:
 def _read(spec: GraphSpec):  # type: ignore[no-untyped-def]
     audio_dtype = types.DALIDataType.INT16 if spec.codec == "pcm16" else types.DALIDataType.UINT8
     train = spec.mode == "train"
+    ext = [{"pcm16": "pcm"}.get(spec.codec, spec.codec), "lbl", "tid"]
+    dtypes = [audio_dtype, types.DALIDataType.INT64, types.DALIDataType.INT64]
+    if spec.segmented:
+        ext.append(SEGMENT_EXT)
+        dtypes.append(types.DALIDataType.INT64)
     return fn.readers.webdataset(
         paths=[str(p) for p in spec.tars],
         index_paths=[str(p) for p in spec.idxs],
-        ext=[{"pcm16": "pcm"}.get(spec.codec, spec.codec), "lbl", "tid"],
-        dtypes=[audio_dtype, types.DALIDataType.INT64, types.DALIDataType.INT64],
+        ext=ext,
+        dtypes=dtypes,
         missing_component_behavior="error",
         shard_id=spec.shard_id,
         num_shards=spec.num_shards,
@@ -142,16 +154,54 @@ def chunk_count(n, chunk: int):  # type: ignore[no-untyped-def]
     return fn.cast(dmath.max(dmath.ceil(n / int(chunk)), 1), dtype=types.DALIDataType.INT64)
 
 
-def _train_rows(spec: GraphSpec, sig, n):  # type: ignore[no-untyped-def]
-    """K random chunks per track, stacked ``(K, L)``; short tracks are zero-padded."""
+def _train_rows(spec: GraphSpec, sig, n, seg):  # type: ignore[no-untyped-def]
+    """K random chunks per sample, stacked ``(K, L)`` (short samples are zero-padded), their
+    starts ``(K,)``, and how many of them the loader keeps (``count``, see ``_keep_weight``).
+
+    A chunk lies inside one sample (segment): its start is uniform over the sample's
+    ``max(n - L, 1)`` positions. Keeping each of the K with probability
+    ``positions / reference`` makes every position of the split (uniform_time) or of the
+    track (uniform_track) equally likely to be drawn, whatever the segment lengths."""
     L = spec.framing.chunk
     room = dmath.max(n - int(L), 0)
-    rows = []
+    rows, starts = [], []
     for _ in range(spec.loader.chunks_per_track):
         u = fn.random.uniform(range=[0.0, 1.0], shape=[1])
         start = fn.cast(dmath.floor(u * room), dtype=types.DALIDataType.INT32)
+        starts.append(start)
         rows.append(fn.slice(sig, start=start, shape=[L], axes=[0], out_of_bounds_policy="pad"))
-    return fn.stack(*rows)
+    k = spec.loader.chunks_per_track
+    keep = fn.random.uniform(range=[0.0, 1.0], shape=[k]) < _keep_weight(spec, dmath.max(room, 1), seg)
+    count = fn.reductions.sum(fn.cast(keep, dtype=types.DALIDataType.INT64))
+    start_all = fn.cast(fn.cat(*starts), dtype=types.DALIDataType.INT64)
+    return fn.stack(*rows), start_all, count
+
+
+def positions(samples: int, chunk: int) -> int:
+    """Chunk starts a training draw can take in ``samples`` samples (``floor(u * room)``)."""
+    return max(samples - chunk, 1)
+
+
+def _keep_weight(spec: GraphSpec, pos, seg):  # type: ignore[no-untyped-def]
+    """Probability (<= 1) of keeping each drawn chunk of a sample with ``pos`` start positions.
+
+    uniform_time: ``pos / pos(longest sample of the split)``: the expected chunks starting at
+    any one position are the same for every sample of the split. uniform_track: ``pos /
+    pos(all segments of the track)``: each track yields chunks_per_track chunks on average
+    (a whole-track sample keeps all of them, the pre-segment behaviour)."""
+    fr, rate, src = spec.framing, int(spec.features.sample_rate), int(spec.shards_rate)
+    if spec.loader.track_weighting == "uniform_time":
+        longest = -(-spec.longest_sample * rate // src)
+        return dmath.min(pos / int(positions(longest, fr.chunk)), 1)
+    if seg is None or spec.segment_samples is None:
+        return 1.0  # whole tracks: keep all K (u < 1 always)
+    i = SEGMENT_FIELDS.index
+    count = fn.cast(seg[i("count")], dtype=types.DALIDataType.FLOAT64)
+    total = fn.cast(seg[i("track_samples")], dtype=types.DALIDataType.FLOAT64)
+    full = -(-spec.segment_samples * rate // src)  # a full segment's length at the feature rate
+    tail = dmath.ceil((total - (count - 1) * int(spec.segment_samples)) * rate / src)
+    track_pos = (count - 1) * int(positions(full, fr.chunk)) + dmath.max(tail - int(fr.chunk), 1)
+    return pos / track_pos
 
 
 def _eval_rows(spec: GraphSpec, sig, n):  # type: ignore[no-untyped-def]
@@ -189,11 +239,13 @@ def _masks(spec: GraphSpec):  # type: ignore[no-untyped-def]
 
 def _graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
     fc, fr = spec.features, spec.framing
-    audio, lbl, tid = _read(spec)
+    read = _read(spec)
+    audio, lbl, tid = read[:3]
+    seg = read[3] if spec.segmented else None
     sig, n = _decode(spec, audio)
+    starts = None
     if spec.mode == "train":
-        rows = _train_rows(spec, sig, n)
-        nchunks = types.Constant(np.array([spec.loader.chunks_per_track], dtype=np.int64), device="cpu")
+        rows, starts, nchunks = _train_rows(spec, sig, n, seg)
     else:
         rows = _eval_rows(spec, sig, n)
         nchunks = chunk_count(n, fr.chunk)
@@ -225,4 +277,7 @@ def _graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
         outs.append(power)
     if spec.mode == "train" and spec.augment.active:
         outs.append(_masks(spec))
-    return (*outs, lbl, tid, nchunks)
+    outs += [lbl, tid, nchunks]
+    if starts is not None:
+        outs.append(starts)
+    return (*outs, seg) if seg is not None else tuple(outs)

@@ -10,7 +10,8 @@ import hashlib
 from pathlib import Path
 
 from pipelines.config import FeatureConfig, LoaderConfig
-from shards.manifest import LABEL_EXT, MANIFEST, TRACK_EXT, Manifest, read_manifest
+from pipelines.config import framing
+from shards.manifest import LABEL_EXT, MANIFEST, SEGMENT_EXT, SEGMENT_FIELDS, TRACK_EXT, Manifest, read_manifest
 from shards.writer import read_index
 
 
@@ -58,6 +59,8 @@ def validate_split(
             f"{where}: loader.chunk_seconds={loader.chunk_seconds} is longer than every track of split "
             f"{split!r} (longest {info.max_seconds:.2f} s)"
         )
+    if not train and info.num_samples > info.tracks:
+        _check_segment_alignment(m, features, loader)
     per_rank = info.num_samples // world_size
     if train and per_rank < loader.tracks_per_batch:
         raise ShardError(
@@ -75,6 +78,20 @@ def validate_split(
         )
 
 
+def _check_segment_alignment(m: Manifest, features: FeatureConfig, loader: LoaderConfig) -> None:
+    """Evaluation chunks a track from its first sample; with segments that equals chunking each
+    segment only if a full segment is a whole number of chunks at the feature rate."""
+    seg, src, rate = m.segment_samples or 0, m.sample_rate, features.sample_rate
+    chunk = framing(features, loader).chunk
+    if (seg * rate) % src or ((seg * rate) // src) % chunk:
+        raise ShardError(
+            f"{m.root / MANIFEST if m.root else MANIFEST}: tracks are stored in segments of "
+            f"{seg / src:g} s, not a whole number of loader.chunk_seconds={loader.chunk_seconds:g} "
+            f"chunks: evaluation chunks would straddle segments; use a chunk length that divides "
+            f"{seg / src:g} s or rebuild the shards with --segment-seconds a multiple of it"
+        )
+
+
 def _check_shard(tar: Path, idx: Path, size: int, count: int, m: Manifest, sha: str | bool) -> None:
     actual = tar.stat().st_size
     if actual != size:
@@ -88,6 +105,8 @@ def _check_shard(tar: Path, idx: Path, size: int, count: int, m: Manifest, sha: 
     if len(samples) != count:
         raise ShardError(f"{idx}: {len(samples)} samples, the manifest says {count} for {tar.name}")
     need = {m.audio_ext: None, LABEL_EXT: 8 * m.task.label_width, TRACK_EXT: 8}
+    if m.segmented:
+        need[SEGMENT_EXT] = 8 * len(SEGMENT_FIELDS)
     for i, sample in enumerate(samples):
         for ext, want in need.items():
             if ext not in sample:
