@@ -26,10 +26,12 @@ class Track:
 
 
 def read_tracks(shards: str | Path | Manifest, split: str) -> dict[int, Track]:
-    """Every track of a pcm16 split by track id, read with ``tarfile``."""
+    """Every track of a pcm16 split by track id, read with ``tarfile``; the segments of a
+    long track (version 2) are put back together in segment order."""
     m = shards if isinstance(shards, Manifest) else read_manifest(shards)
     tars, _ = m.paths(split)
-    out: dict[int, Track] = {}
+    pieces: dict[int, list[tuple[int, np.ndarray | None]]] = {}
+    labels: dict[int, np.ndarray] = {}
     for tar in tars:
         members: dict[str, dict[str, bytes]] = {}
         with tarfile.open(tar) as tf:
@@ -40,12 +42,21 @@ def read_tracks(shards: str | Path | Manifest, split: str) -> dict[int, Track]:
                 members.setdefault(key, {})[ext] = f.read()
         for parts in members.values():
             tid = int(np.frombuffer(parts["tid"], dtype="<i8")[0])
+            index = int(np.frombuffer(parts["seg"], dtype="<i8")[1]) if "seg" in parts else 0
             sig = (
                 np.frombuffer(parts["pcm"], dtype="<i2").astype(np.float32) / 32768.0
                 if "pcm" in parts
                 else None
             )
-            out[tid] = Track(tid, sig, np.frombuffer(parts["lbl"], dtype="<i8").copy())  # type: ignore[arg-type]
+            pieces.setdefault(tid, []).append((index, sig))
+            labels[tid] = np.frombuffer(parts["lbl"], dtype="<i8").copy()
+    out: dict[int, Track] = {}
+    for tid, segs in pieces.items():
+        segs.sort(key=lambda p: p[0])
+        assert [i for i, _ in segs] == list(range(len(segs))), f"track {tid}: segments {segs}"
+        sigs = [s for _, s in segs]
+        signal = None if sigs[0] is None else np.concatenate(sigs)  # type: ignore[arg-type]
+        out[tid] = Track(tid, signal, labels[tid])  # type: ignore[arg-type]
     return out
 
 
