@@ -364,11 +364,10 @@ def _pooled(jobs: list[Job], workers: int) -> Iterator[tuple[int, Encoded | str]
             try:
                 result = fut.result()
             except BrokenProcessPool:
-                retry = [job, *(j for j, _ in flight)]
+                stuck = [(job, fut), *flight]
                 flight.clear()
                 pool.shutdown(wait=True, cancel_futures=True)
-                for j in retry:
-                    yield _alone(j, ctx)
+                yield from _one_by_one(stuck, ctx)
                 pool = ProcessPoolExecutor(workers, mp_context=ctx)
                 continue
             yield result
@@ -376,13 +375,32 @@ def _pooled(jobs: list[Job], workers: int) -> Iterator[tuple[int, Encoded | str]
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _alone(job: Job, ctx: Any) -> tuple[int, Encoded | str]:
-    """One job in its own process: its result, or ``WORKER_DIED`` when that process dies too."""
-    with ProcessPoolExecutor(1, mp_context=ctx) as one:
-        try:
-            return one.submit(process_indexed, job).result()
-        except BrokenProcessPool:
-            return job[0], WORKER_DIED
+def _succeeded(fut: Future[Any]) -> bool:
+    return fut.done() and not fut.cancelled() and fut.exception() is None
+
+
+def _one_by_one(
+    entries: list[tuple[Job, Future[tuple[int, Encoded | str]]]], ctx: Any
+) -> Iterator[tuple[int, Encoded | str]]:
+    """Results of the jobs a broken pool was running, in order: those that finished as they
+    came, the others one at a time in a one-process pool; a job whose process dies again
+    is ``WORKER_DIED``."""
+    solo: ProcessPoolExecutor | None = None
+    try:
+        for job, fut in entries:
+            if _succeeded(fut):
+                yield fut.result()
+                continue
+            solo = solo or ProcessPoolExecutor(1, mp_context=ctx)
+            try:
+                yield solo.submit(process_indexed, job).result()
+            except BrokenProcessPool:
+                solo.shutdown(wait=True)
+                solo = None
+                yield job[0], WORKER_DIED
+    finally:
+        if solo is not None:
+            solo.shutdown(wait=True)
 
 
 def build(cfg: BuildConfig, *, progress: bool = True) -> Manifest:
