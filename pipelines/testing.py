@@ -55,7 +55,7 @@ def read_tracks(shards: str | Path | Manifest, split: str) -> dict[int, Track]:
         segs.sort(key=lambda p: p[0])
         assert [i for i, _ in segs] == list(range(len(segs))), f"track {tid}: segments {segs}"
         sigs = [s for _, s in segs]
-        signal = None if sigs[0] is None else np.concatenate(sigs)  # type: ignore[arg-type]
+        signal: np.ndarray | None = None if sigs[0] is None else np.concatenate(sigs)  # type: ignore[arg-type]
         out[tid] = Track(tid, signal, labels[tid])  # type: ignore[arg-type]
     return out
 

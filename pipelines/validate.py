@@ -9,9 +9,16 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from pipelines.config import FeatureConfig, LoaderConfig
-from pipelines.config import framing
-from shards.manifest import LABEL_EXT, MANIFEST, SEGMENT_EXT, SEGMENT_FIELDS, TRACK_EXT, Manifest, read_manifest
+from pipelines.config import FeatureConfig, LoaderConfig, framing
+from shards.manifest import (
+    LABEL_EXT,
+    MANIFEST,
+    SEGMENT_EXT,
+    SEGMENT_FIELDS,
+    TRACK_EXT,
+    Manifest,
+    read_manifest,
+)
 from shards.writer import read_index
 
 

@@ -101,7 +101,10 @@ def segment_bounds(n: int, segment: int | None) -> list[tuple[int, int]]:
 
 def encode_segments(y: np.ndarray, spec: AudioSpec) -> list[bytes]:
     """The track cut at ``segment_bounds``, each segment encoded on its own (a complete file)."""
-    return [encode(y[a:b], spec.sample_rate, spec.codec) for a, b in segment_bounds(y.shape[0], spec.segment_samples)]
+    return [
+        encode(y[a:b], spec.sample_rate, spec.codec)
+        for a, b in segment_bounds(y.shape[0], spec.segment_samples)
+    ]
 
 
 def process(audio: Path | bytes, spec: AudioSpec) -> Encoded | str:
@@ -123,9 +126,7 @@ def process(audio: Path | bytes, spec: AudioSpec) -> Encoded | str:
         return f"too short: no samples left at {spec.sample_rate} Hz"
     if not np.isfinite(y).all():  # a NaN/inf in any channel survives the downmix
         return "decode failed: non-finite samples"
-    return Encoded(
-        encode_segments(y, spec), y.shape[0], y.shape[0] / spec.sample_rate, sr, int(x.shape[1])
-    )
+    return Encoded(encode_segments(y, spec), y.shape[0], y.shape[0] / spec.sample_rate, sr, int(x.shape[1]))
 
 
 def process_indexed(job: tuple[int, Path | bytes, AudioSpec]) -> tuple[int, Encoded | str]:

@@ -16,7 +16,7 @@ import json
 import multiprocessing as mp
 import re
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -336,13 +336,13 @@ class Builder:
                         f.unlink()
 
 
-def _inline(jobs: list[Job]) -> Iterator[tuple[int, Encoded | str]]:
+def _inline(jobs: list[Job]) -> Generator[tuple[int, Encoded | str]]:
     """In this process (``workers=1``): no pool to start, tracebacks stay readable."""
     for job in jobs:
         yield process_indexed(job)
 
 
-def _pooled(jobs: list[Job], workers: int) -> Iterator[tuple[int, Encoded | str]]:
+def _pooled(jobs: list[Job], workers: int) -> Generator[tuple[int, Encoded | str]]:
     """``process_indexed`` over ``jobs`` in ``workers`` processes, results in job order.
 
     A worker that dies (a segfault in a codec library, the OOM killer) breaks the whole

@@ -64,7 +64,10 @@ def test_a_dead_worker_is_a_reject_not_a_hang(tmp_path: Path, monkeypatch: pytes
     names = ["a", "b", "crash", "c", "d", "e"]
     for i, name in enumerate(names):
         sf.write(raw / f"audio/{name}.wav", np.full(2 * SR, 0.1 * (i + 1), dtype=np.float32), SR)
-    rows = [{"path": f"audio/{n}.wav", "label": "x" if i % 2 else "y", "split": "train"} for i, n in enumerate(names)]
+    rows = [
+        {"path": f"audio/{n}.wav", "label": "x" if i % 2 else "y", "split": "train"}
+        for i, n in enumerate(names)
+    ]
     pd.DataFrame(rows).to_csv(raw / "labels.csv", index=False)
     monkeypatch.setattr(builder, "process_indexed", die_on_crash_file)
     cfg = BuildConfig(source="folder", root=raw, out=tmp_path / "out", sample_rate=SR, workers=2)
