@@ -140,8 +140,8 @@ class LoaderConfig:
     prefetch: int = 2
     """DALI prefetch queue depth (batches computed ahead)."""
     track_weighting: TrackWeighting = "uniform_time"
-    """Training draws: 'uniform_time' = every chunk position of the split equally likely (a
-    track contributes in proportion to its length), 'uniform_track' = chunks_per_track per
+    """Training draws: 'uniform_time' = chunks in proportion to the audio (every second of the
+    split equally likely, a track weighs its length), 'uniform_track' = chunks_per_track per
     track on average, whatever its length or segment count (see docs/pipeline.md)."""
 
     def __post_init__(self) -> None:

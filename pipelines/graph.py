@@ -159,9 +159,9 @@ def _train_rows(spec: GraphSpec, sig, n, seg):  # type: ignore[no-untyped-def]
     starts ``(K,)``, and how many of them the loader keeps (``count``, see ``_keep_weight``).
 
     A chunk lies inside one sample (segment): its start is uniform over the sample's
-    ``max(n - L, 1)`` positions. Keeping each of the K with probability
-    ``positions / reference`` makes every position of the split (uniform_time) or of the
-    track (uniform_track) equally likely to be drawn, whatever the segment lengths."""
+    ``max(n - L, 1)`` positions. Each of the K is kept with a probability proportional to
+    the sample's length (``_keep_weight``), so the expected chunks per second of audio are
+    the same for every sample, whatever the segment lengths."""
     L = spec.framing.chunk
     room = dmath.max(n - int(L), 0)
     rows, starts = [], []
@@ -171,37 +171,30 @@ def _train_rows(spec: GraphSpec, sig, n, seg):  # type: ignore[no-untyped-def]
         starts.append(start)
         rows.append(fn.slice(sig, start=start, shape=[L], axes=[0], out_of_bounds_policy="pad"))
     k = spec.loader.chunks_per_track
-    keep = fn.random.uniform(range=[0.0, 1.0], shape=[k]) < _keep_weight(spec, dmath.max(room, 1), seg)
+    keep = fn.random.uniform(range=[0.0, 1.0], shape=[k]) < _keep_weight(spec, n, seg)
     count = fn.reductions.sum(fn.cast(keep, dtype=types.DALIDataType.INT64))
     start_all = fn.cast(fn.cat(*starts), dtype=types.DALIDataType.INT64)
     return fn.stack(*rows), start_all, count
 
 
-def positions(samples: int, chunk: int) -> int:
-    """Chunk starts a training draw can take in ``samples`` samples (``floor(u * room)``)."""
-    return max(samples - chunk, 1)
+def _keep_weight(spec: GraphSpec, n, seg):  # type: ignore[no-untyped-def]
+    """Probability (<= 1) of keeping each drawn chunk of a sample of ``n`` samples (float64).
 
-
-def _keep_weight(spec: GraphSpec, pos, seg):  # type: ignore[no-untyped-def]
-    """Probability (<= 1) of keeping each drawn chunk of a sample with ``pos`` start positions.
-
-    uniform_time: ``pos / pos(longest sample of the split)``: the expected chunks starting at
-    any one position are the same for every sample of the split. uniform_track: ``pos /
-    pos(all segments of the track)``: each track yields chunks_per_track chunks on average
-    (a whole-track sample keeps all of them, the pre-segment behaviour)."""
-    fr, rate, src = spec.framing, int(spec.features.sample_rate), int(spec.shards_rate)
+    uniform_time: ``n / (longest sample of the split)``: every sample yields K chunks per
+    longest-sample's worth of audio, so each second of the split is as likely to be drawn
+    as any other (averaged over its sample). uniform_track: ``segment / track`` length:
+    each track yields K chunks on average, spread over its segments by their length (a
+    whole-track sample keeps all K: the pre-segment behaviour)."""
     if spec.loader.track_weighting == "uniform_time":
-        longest = -(-spec.longest_sample * rate // src)
-        return dmath.min(pos / int(positions(longest, fr.chunk)), 1)
+        rate, src = int(spec.features.sample_rate), int(spec.shards_rate)
+        longest = max(-(-spec.longest_sample * rate // src), 1)  # at the feature rate, as ``n`` is
+        return dmath.min(n / longest, 1)
     if seg is None or spec.segment_samples is None:
         return 1.0  # whole tracks: keep all K (u < 1 always)
     i = SEGMENT_FIELDS.index
-    count = fn.cast(seg[i("count")], dtype=types.DALIDataType.FLOAT64)
+    start = fn.cast(seg[i("start")], dtype=types.DALIDataType.FLOAT64)
     total = fn.cast(seg[i("track_samples")], dtype=types.DALIDataType.FLOAT64)
-    full = -(-spec.segment_samples * rate // src)  # a full segment's length at the feature rate
-    tail = dmath.ceil((total - (count - 1) * int(spec.segment_samples)) * rate / src)
-    track_pos = (count - 1) * int(positions(full, fr.chunk)) + dmath.max(tail - int(fr.chunk), 1)
-    return pos / track_pos
+    return dmath.min(total - start, int(spec.segment_samples)) / total  # shard-rate samples
 
 
 def _eval_rows(spec: GraphSpec, sig, n):  # type: ignore[no-untyped-def]

@@ -63,7 +63,7 @@ def test_a_dead_worker_is_a_reject_not_a_hang(tmp_path: Path, monkeypatch: pytes
     (raw / "audio").mkdir(parents=True)
     names = ["a", "b", "crash", "c", "d", "e"]
     for i, name in enumerate(names):
-        sf.write(raw / f"audio/{name}.wav", np.full(2 * SR, 0.1 * (i + 1), dtype=np.float32), SR)
+        sf.write(raw / f"audio/{name}.wav", np.full(300 * SR, 0.1 * (i + 1), dtype=np.float32), SR)
     rows = [
         {"path": f"audio/{n}.wav", "label": "x" if i % 2 else "y", "split": "train"}
         for i, n in enumerate(names)
@@ -75,6 +75,7 @@ def test_a_dead_worker_is_a_reject_not_a_hang(tmp_path: Path, monkeypatch: pytes
     assert m.totals == {"input": 6, "written": 5, "rejected": 1}
     rejects = [json.loads(line) for line in (cfg.out / "rejects.jsonl").read_text().splitlines()]
     assert [(r["path"], r["reason"]) for r in rejects] == [("audio/crash.wav", builder.WORKER_DIED)]
-    assert read_manifest(cfg.out).split("train").num_tracks == 5
+    info = read_manifest(cfg.out).split("train")
+    assert (info.num_tracks, info.num_samples) == (5, 50)  # 5-minute tracks: ten 30-s segments each
     levels = sorted(round(float(t.signal.mean()), 2) for t in read_tracks(cfg.out, "train").values())
     assert levels == [0.1, 0.2, 0.4, 0.5, 0.6]  # the other five, whole (one level per file)
