@@ -7,11 +7,13 @@ on ``device``.
 
 Chunks are laid out one per ``Framing.stride`` samples and framed once (DALI's
 spectrogram takes only 1-D input), which equals a centred, zero-padded STFT of each
-chunk. Outputs per sample (= one track), F_all = frames of the whole layout, all
+chunk. Outputs per sample (a track or a segment), F_all = frames of the whole layout, all
 frame-major (``"tf"``, DALI's native spectrogram layout: its ``"ft"`` layout costs a
 transpose of the whole power spectrogram, half of the CPU graph's time):
 ``mel (F_all, n_mels)`` in dB, optionally ``power (F_all, n_fft/2+1)`` (chroma/CQT),
-in training ``mask (K, n_mels, T)`` uint8, then ``lbl``, ``tid`` and ``nchunks``. The MFCC
+in training ``mask (K, n_mels, T)`` uint8, then ``lbl``, ``tid``, ``nchunks`` (chunks to keep), in
+training ``start (K,)`` (chunk offsets in the sample) and, for version-2 shards, ``seg``.
+A sample is a track or one segment of a long track (docs/shard-format.md). The MFCC
 (an orthonormal DCT-II, i.e. one small matrix) is applied in torch with the other filter
 banks: DALI's CPU ``fn.mfcc`` costs as much as the mel filter bank and the dB together.
 """
@@ -159,9 +161,9 @@ def _train_rows(spec: GraphSpec, sig, n, seg):  # type: ignore[no-untyped-def]
     starts ``(K,)``, and how many of them the loader keeps (``count``, see ``_keep_weight``).
 
     A chunk lies inside one sample (segment): its start is uniform over the sample's
-    ``max(n - L, 1)`` positions. Each of the K is kept with a probability proportional to
-    the sample's length (``_keep_weight``), so the expected chunks per second of audio are
-    the same for every sample, whatever the segment lengths."""
+    ``max(n - L, 1)`` positions. Each of the K is kept with the probability
+    ``_keep_weight`` gives (the ``loader.track_weighting``), so segment lengths never
+    over-weight a track."""
     L = spec.framing.chunk
     room = dmath.max(n - int(L), 0)
     rows, starts = [], []

@@ -77,7 +77,10 @@ def _build(a: argparse.Namespace) -> int:
     cfg: BuildConfig = load_build_config(a.config, cli)
     m = build(cfg, progress=not a.quiet)
     t = m.totals
-    per = ", ".join(f"{s} {i.num_samples}" for s, i in m.splits.items())
+    per = ", ".join(
+        f"{s} {i.tracks}" + (f" in {i.num_samples} segments" if i.num_samples != i.tracks else "")
+        for s, i in m.splits.items()
+    )
     print(f"{cfg.out}: {t['written']} written ({per}), {t['rejected']} rejected of {t['input']} inputs")
     if cfg.strict and t["rejected"]:
         print(

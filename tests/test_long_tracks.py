@@ -68,7 +68,7 @@ def configs(**loader: object):
     return dataclasses.replace(fc, channels=["mel", "mfcc", "chroma"]), aug, lc
 
 
-def loader_for(shards, split, mode, *, rank=0, world_size=1, augment=None, **kw):
+def loader_for(shards, split, mode, *, rank=0, world_size=1, augment=None, device="cpu", **kw):
     fc, aug, lc = configs(**kw)
     return build_loader(
         shards,
@@ -79,6 +79,7 @@ def loader_for(shards, split, mode, *, rank=0, world_size=1, augment=None, **kw)
         loader=lc,
         rank=rank,
         world_size=world_size,
+        device=device,
     )
 
 
@@ -114,9 +115,10 @@ def _expected_chunks(tracks, chunk):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("world_size", [1, 2, 3])
 def test_eval_covers_every_chunk_once_and_matches_the_whole_track_reference(
-    long_build: Path, world_size: int
+    long_build: Path, world_size: int, device: str
 ) -> None:
     fc, _, lc = configs()
     fr = framing(fc, lc)
@@ -125,8 +127,8 @@ def test_eval_covers_every_chunk_once_and_matches_the_whole_track_reference(
     counts: Counter = Counter()
     biggest = 0
     for rank in range(world_size):
-        loader = loader_for(long_build, "test", "eval", rank=rank, world_size=world_size)
-        batches = list(loader)
+        loader = loader_for(long_build, "test", "eval", rank=rank, world_size=world_size, device=device)
+        batches = [{k: v.cpu() for k, v in b.items()} for b in loader]
         assert len(batches) == len(loader)
         for b in batches:
             biggest = max(biggest, b["x"].shape[0])
@@ -136,7 +138,7 @@ def test_eval_covers_every_chunk_once_and_matches_the_whole_track_reference(
     assert set(counts) == _expected_chunks(tracks, fr.chunk) and set(counts.values()) == {1}
     assert biggest <= lc.eval_tracks_per_batch * SEG // fr.chunk  # bounded whatever the track length
     worst = 0.0
-    for tid, t in tracks.items():
+    for tid, t in tracks.items():  # every chunk, those beside a segment boundary included
         ref = reference_track(torch.from_numpy(t.signal), fc, fr)
         for j in range(ref.shape[0]):
             worst = max(worst, float((got[(tid, j * fr.chunk)] - ref[j]).abs().max()))
