@@ -2,8 +2,8 @@
 
 ``throughput``: the same total audio as 30-s tracks and as 300-s tracks (stored in 30-s
 segments), plus the 300-s tracks stored whole (``--segment-seconds 300``: how every track was
-stored before segments), each through the DALI cpu training loader in one run; prints
-chunks/s per set and the ratios to the 30-s set.
+stored before segments), each through the DALI cpu training loader in one run (``--repeat``
+interleaved runs, median shown); prints chunks/s per set and the ratios to the 30-s set.
 ``eval-data``: a folder dataset of long tracks (default 8 test tracks of 10 minutes) to build
 and evaluate with ``python -m eval`` when measuring its peak memory (docs/benchmarks.md).
 """
@@ -23,6 +23,7 @@ from pipelines.bench import DEFAULT_STEP_CONFIG, make_loader, time_batches
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
 from shards.audio import write_blocks
 from shards.configtools import load_sections
+from shards.manifest import Codec
 from shards.synth import CSV_NAME, GENRES, make_synth, synth_track
 
 
@@ -33,15 +34,20 @@ def _all_train(raw: Path) -> None:
     df.to_csv(raw / CSV_NAME, index=False)
 
 
-def _shards(raw: Path, out: Path, rate: int, segment: float, workers: int) -> Path:
+def _shards(raw: Path, out: Path, rate: int, segment: float, codec: Codec, workers: int) -> Path:
     from shards.builder import build
     from shards.config import BuildConfig
 
-    if not (out / "manifest.json").is_file():
-        cfg = BuildConfig(
-            source="folder", root=raw, out=out, sample_rate=rate, segment_seconds=segment, workers=workers
-        )
-        build(cfg, progress=False)
+    cfg = BuildConfig(
+        source="folder",
+        root=raw,
+        out=out,
+        sample_rate=rate,
+        segment_seconds=segment,
+        codec=codec,
+        workers=workers,
+    )
+    build(cfg, progress=False)  # resumes: nothing to do when already built with these settings
     return out
 
 
@@ -60,15 +66,22 @@ def throughput(args: argparse.Namespace, cfg: dict[str, Any]) -> list[dict[str, 
         if not (raw / CSV_NAME).is_file():
             make_synth(raw, tracks=tracks, seconds=seconds, formats=["wav"], sample_rates=[rate])
             _all_train(raw)
-        sets.append((name, _shards(raw, args.dir / f"shards-{name}", rate, segment, args.build_workers)))
+        out = args.dir / f"shards-{args.codec}-{name}"
+        sets.append((name, _shards(raw, out, rate, segment, args.codec, args.build_workers)))
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in sets}
+    for _ in range(args.repeat):  # interleaved, so a change in the machine's load hits every set
+        for name, shards in sets:
+            loader = make_loader("dali-cpu", shards, cfg, args.workers, "train")
+            chunk = cfg["loader"].chunk_seconds
+            runs[name].append(
+                time_batches(loader, warmup=args.warmup, batches=args.batches, chunk_seconds=chunk)
+            )
+            del loader
     rows = []
-    for name, shards in sets:
-        loader = make_loader("dali-cpu", shards, cfg, args.workers, "train")
-        res = time_batches(
-            loader, warmup=args.warmup, batches=args.batches, chunk_seconds=cfg["loader"].chunk_seconds
-        )
-        rows.append({"set": name, **res})
-        del loader
+    for name, res in runs.items():
+        speeds = sorted(r["chunks_per_s"] for r in res)
+        median = res[[r["chunks_per_s"] for r in res].index(speeds[len(speeds) // 2])]
+        rows.append({"set": name, **median, "runs": "/".join(str(v) for v in speeds)})
     base = rows[0]["chunks_per_s"]
     for r in rows:
         r["vs_short"] = round(r["chunks_per_s"] / base, 3)
@@ -103,8 +116,10 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--config", type=Path, default=DEFAULT_STEP_CONFIG, help="experiment TOML")
     t.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="DALI num_threads")
     t.add_argument("--build-workers", type=int, default=1)
+    t.add_argument("--codec", choices=["pcm16", "flac", "ogg"], default="pcm16", help="stored audio")
     t.add_argument("--warmup", type=int, default=3)
-    t.add_argument("--batches", type=int, default=30)
+    t.add_argument("--batches", type=int, default=100)
+    t.add_argument("--repeat", type=int, default=3, help="runs per set (interleaved); the median is shown")
     e = sub.add_parser("eval-data", help="a folder dataset of long test tracks")
     e.add_argument("--out", type=Path, required=True)
     e.add_argument("--tracks", type=int, default=8)
@@ -124,8 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     cfg["loader"] = dataclasses.replace(cfg["loader"], num_threads=args.workers)
     rows = throughput(args, cfg)
-    cols = ["set", "chunks", "seconds", "chunks_per_s", "vs_short", "cpu_cores", "mean_wait_ms"]
-    print(f"config: {args.config} {' '.join(overrides)}; load average {os.getloadavg()}")
+    cols = ["set", "chunks", "seconds", "chunks_per_s", "vs_short", "cpu_cores", "mean_wait_ms", "runs"]
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"config: {args.config} {' '.join(overrides)}; codec {args.codec}; load average {load}")
     print(" | ".join(cols))
     for r in rows:
         print(" | ".join(str(r.get(c, "")) for c in cols))

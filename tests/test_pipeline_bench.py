@@ -79,7 +79,19 @@ def test_bench_long_compares_the_same_audio_three_ways(tmp_path, capsys):
     from pipelines.bench_long import main as long_main
 
     args = ["throughput", "--dir", str(tmp_path), "--total-seconds", "24", "--short-seconds", "2"]
-    args += ["--long-seconds", "4", "--workers", "1", "--warmup", "1", "--batches", "2", *SMALL]
+    args += [
+        "--long-seconds",
+        "4",
+        "--workers",
+        "1",
+        "--warmup",
+        "1",
+        "--batches",
+        "2",
+        "--repeat",
+        "1",
+        *SMALL,
+    ]
     assert long_main(args) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     rows = [dict(zip(lines[1].split(" | "), ln.split(" | "))) for ln in lines[2:]]
@@ -88,5 +100,7 @@ def test_bench_long_compares_the_same_audio_three_ways(tmp_path, capsys):
     assert float(rows[0]["vs_short"]) == 1.0 and all(float(r["chunks_per_s"]) > 0 for r in rows)
     from shards.manifest import read_manifest
 
-    seg, whole = (read_manifest(tmp_path / f"shards-4s-{k}").split("train") for k in ("segmented", "whole"))
+    seg, whole = (
+        read_manifest(tmp_path / f"shards-pcm16-4s-{k}").split("train") for k in ("segmented", "whole")
+    )
     assert (seg.num_tracks, seg.num_samples, whole.num_samples) == (6, 12, 6)
