@@ -3,7 +3,7 @@
 ``throughput``: the same total audio as 30-s tracks and as 300-s tracks (stored in 30-s
 segments), plus the 300-s tracks stored whole (``--segment-seconds 300``: how every track was
 stored before segments), each through the DALI cpu training loader in one run (``--repeat``
-interleaved runs, median shown); prints chunks/s per set and the ratios to the 30-s set.
+interleaved runs in rotated order, median shown); prints chunks/s per set and the ratios to the 30-s set.
 ``eval-data``: a folder dataset of long tracks (default 8 test tracks of 10 minutes) to build
 and evaluate with ``python -m eval`` when measuring its peak memory (docs/benchmarks.md).
 """
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import gc
 import os
 from pathlib import Path
 from typing import Any
@@ -69,14 +70,15 @@ def throughput(args: argparse.Namespace, cfg: dict[str, Any]) -> list[dict[str, 
         out = args.dir / f"shards-{args.codec}-{name}"
         sets.append((name, _shards(raw, out, rate, segment, args.codec, args.build_workers)))
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in sets}
-    for _ in range(args.repeat):  # interleaved, so a change in the machine's load hits every set
-        for name, shards in sets:
+    for r in range(args.repeat):  # interleaved and rotated: load changes and run position hit every set
+        for name, shards in sets[r % len(sets) :] + sets[: r % len(sets)]:
             loader = make_loader("dali-cpu", shards, cfg, args.workers, "train")
             chunk = cfg["loader"].chunk_seconds
             runs[name].append(
                 time_batches(loader, warmup=args.warmup, batches=args.batches, chunk_seconds=chunk)
             )
             del loader
+            gc.collect()  # the previous pipeline's threads and buffers go before the next one starts
     rows = []
     for name, res in runs.items():
         speeds = sorted(r["chunks_per_s"] for r in res)
