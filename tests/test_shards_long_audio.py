@@ -79,3 +79,40 @@ def test_a_dead_worker_is_a_reject_not_a_hang(tmp_path: Path, monkeypatch: pytes
     assert (info.num_tracks, info.num_samples) == (5, 50)  # 5-minute tracks: ten 30-s segments each
     levels = sorted(round(float(t.signal.mean()), 2) for t in read_tracks(cfg.out, "train").values())
     assert levels == [0.1, 0.2, 0.4, 0.5, 0.6]  # the other five, whole (one level per file)
+
+
+def test_resume_keeps_whole_tracks_of_segments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A shard ends only between tracks, so a resumed build equals a fresh one, segment for segment."""
+    import pandas as pd
+
+    import shards.builder as builder
+    from shards.config import BuildConfig
+
+    raw = tmp_path / "raw"
+    (raw / "audio").mkdir(parents=True)
+    rows = []
+    for i in range(5):
+        sf.write(raw / f"audio/t{i}.wav", np.full(70 * SR, 0.1 * (i + 1), dtype=np.float32), SR)
+        rows.append({"path": f"audio/t{i}.wav", "label": "ab"[i % 2], "split": "train"})
+    pd.DataFrame(rows).to_csv(raw / "labels.csv", index=False)
+    # 0.6 MiB shards: one 70-s track (3 segments, 1.07 MiB) per shard
+    cfg = BuildConfig(
+        source="folder", root=raw, out=tmp_path / "o", sample_rate=SR, workers=1, shard_size_mb=0.6
+    )
+    real, calls = builder.process_indexed, []
+
+    def crash_on_fourth(job):  # type: ignore[no-untyped-def]
+        calls.append(job[0])
+        if calls == [0, 1, 2, 3]:
+            raise RuntimeError("killed")
+        return real(job)
+
+    monkeypatch.setattr(builder, "process_indexed", crash_on_fourth)
+    with pytest.raises(RuntimeError, match="killed"):
+        builder.build(cfg, progress=False)
+    assert len(list((cfg.out / "train").glob("*.tar"))) == 2  # the third track's shard was still open
+    calls.clear()
+    m = builder.build(cfg, progress=False)
+    assert calls == [2, 3, 4]
+    fresh = builder.build(BuildConfig(**{**vars(cfg), "out": tmp_path / "fresh"}), progress=False)
+    assert m.splits == fresh.splits and m.split("train").num_samples == 15
