@@ -111,12 +111,15 @@ def time_batches(
 def make_loader(name: str, shards: Path, cfg: dict[str, Any], workers: int, split: str) -> Any:
     """One of PIPELINES as an iterable of training batches."""
     from pipelines.baseline import BaselineLoader
+    from pipelines.image_baseline import ImageBaselineLoader
     from pipelines.loader import build_loader
+    from pipelines.validate import load_manifest
 
     kw = dict(mode="train", features=cfg["features"], augment=cfg["augment"], loader=cfg["loader"])
-    if name == "baseline":
+    if name == "baseline":  # on image shards: PIL + torchvision in the same DataLoader
         dev = "cuda" if torch.cuda.is_available() else "cpu"
-        return BaselineLoader(shards, split, workers=workers, rank=0, world_size=1, device=dev, **kw)
+        base = ImageBaselineLoader if load_manifest(shards).kind == "image" else BaselineLoader
+        return base(shards, split, workers=workers, rank=0, world_size=1, device=dev, **kw)
     dev = "cuda" if name == "dali-gpu" else "cpu"
     return build_loader(shards, split, rank=0, world_size=1, device=dev, **kw)
 
@@ -204,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--synth", type=Path, help="build synthetic shards here first if absent, and use them")
     ap.add_argument("--synth-tracks", type=int, default=32)
     ap.add_argument("--synth-seconds", type=float, default=30.0)
+    ap.add_argument(
+        "--synth-images", action="store_true", help="--synth builds image shards (spectrogram JPEGs) instead"
+    )
     ap.add_argument("--config", type=Path, help="experiment TOML ([features] [augment] [loader] are used)")
     ap.add_argument("--split", default="train")
     ap.add_argument("--pipelines", default=",".join(PIPELINES), help="comma list of " + ", ".join(PIPELINES))
@@ -231,7 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     shards = args.shards or args.synth
     if shards is None:
         ap.error("give SHARDS or --synth DIR")
-    if args.synth is not None and not (args.synth / "manifest.json").is_file():
+    if args.synth is not None and args.synth_images and not (args.synth / "manifest.json").is_file():
+        from pipelines.synth_images import build_synth_image_shards
+
+        raw = args.synth.with_name(args.synth.name + "-raw")
+        build_synth_image_shards(args.synth, raw=raw, tracks=args.synth_tracks, seconds=args.synth_seconds)
+    elif args.synth is not None and not (args.synth / "manifest.json").is_file():
         from shards.synth import build_synth_shards
 
         build_synth_shards(

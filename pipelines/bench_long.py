@@ -70,8 +70,8 @@ def throughput(args: argparse.Namespace, cfg: dict[str, Any]) -> list[dict[str, 
         out = args.dir / f"shards-{args.codec}-{name}"
         sets.append((name, _shards(raw, out, rate, segment, args.codec, args.build_workers)))
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in sets}
-    for r in range(args.repeat):  # interleaved and rotated: load changes and run position hit every set
-        for name, shards in sets[r % len(sets) :] + sets[: r % len(sets)]:
+    for turn in range(args.repeat):  # interleaved and rotated: load changes and run position hit every set
+        for name, shards in sets[turn % len(sets) :] + sets[: turn % len(sets)]:
             loader = make_loader("dali-cpu", shards, cfg, args.workers, "train")
             chunk = cfg["loader"].chunk_seconds
             runs[name].append(

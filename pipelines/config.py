@@ -15,6 +15,7 @@ Channel = Literal["mel", "mfcc", "chroma", "cqt"]
 CHANNELS: tuple[Channel, ...] = ("mel", "mfcc", "chroma", "cqt")
 Normalize = Literal["minmax", "meanstd", "none"]
 TrackWeighting = Literal["uniform_time", "uniform_track"]
+ImageColor = Literal["gray", "rgb"]
 
 
 @dataclass(kw_only=True)
@@ -49,6 +50,10 @@ class FeatureConfig:
     """'minmax' per chunk and channel (seeds), 'meanstd' from stats_file, or 'none'."""
     stats_file: Path | None = None
     """Per-channel mean/std JSON for 'meanstd'; None means SHARDS/feature_stats.json."""
+    image_frames: int | None = None
+    """Image shards: width T every image is resized to (height F = n_mels); None = an audio chunk's frames."""
+    image_color: ImageColor = "gray"
+    """Image shards: decode each image as 'gray' (1 plane) or 'rgb' (3 planes per channel)."""
 
     def __post_init__(self) -> None:
         if self.sample_rate <= 0:
@@ -75,6 +80,10 @@ class FeatureConfig:
             raise ValueError(f"features.channels: {self.channels} must be distinct names from {CHANNELS}")
         if self.normalize not in ("minmax", "meanstd", "none"):
             raise ValueError(f"features.normalize: {self.normalize!r} is not minmax, meanstd or none")
+        if self.image_frames is not None and self.image_frames < 2:
+            raise ValueError(f"features.image_frames: must be >= 2 or None, got {self.image_frames}")
+        if self.image_color not in ("gray", "rgb"):
+            raise ValueError(f"features.image_color: {self.image_color!r} is not gray or rgb")
         if self.db_floor >= 0:
             raise ValueError(f"features.db_floor: must be negative, got {self.db_floor}")
 
@@ -106,11 +115,15 @@ class AugmentConfig:
     """Time masks per chunk."""
     time_width: int = 40
     """Maximum time mask width in frames (width drawn in 0..time_width)."""
+    time_crop: float = 0.9
+    """Image shards, training: each crop keeps this fraction of the image width (random start), resized to T."""
 
     def __post_init__(self) -> None:
         for name in ("freq_masks", "freq_width", "time_masks", "time_width"):
             if getattr(self, name) < 0:
                 raise ValueError(f"augment.{name}: must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.time_crop <= 1:
+            raise ValueError(f"augment.time_crop: must be in (0, 1], got {self.time_crop}")
 
     @property
     def active(self) -> bool:

@@ -20,9 +20,10 @@ banks: DALI's CPU ``fn.mfcc`` costs as much as the mel filter bank and the dB to
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -57,6 +58,7 @@ class GraphSpec:
     segmented: bool = False  # samples carry a ``seg`` member (manifest version 2)
     segment_samples: int | None = None  # samples per full segment at shards_rate (None: whole tracks)
     longest_sample: int = 0  # samples of the split's longest sample at shards_rate (uniform_time)
+    image_exts: list[str] = field(default_factory=list)  # image builds: per channel, "mel.jpg;mel.png"
 
     @property
     def batch_size(self) -> int:
@@ -76,8 +78,11 @@ class GraphSpec:
         return [*names, "seg"] if self.segmented else names
 
 
-def build_pipeline(spec: GraphSpec, checkpoint: str | None = None) -> Pipeline:
-    """Build (not yet run) the DALI pipeline for ``spec``; ``checkpoint`` restores a reader position."""
+def build_pipeline(
+    spec: GraphSpec, checkpoint: str | None = None, graph: Callable[[GraphSpec], Any] | None = None
+) -> Pipeline:
+    """Build (not yet run) the DALI pipeline for ``spec``; ``checkpoint`` restores a reader position.
+    ``graph`` defines the nodes (default: the audio graph; the image branch passes its own)."""
     device_id = None
     if spec.device == "gpu":
         device_id = spec.device_id if spec.device_id is not None else torch.cuda.current_device()
@@ -93,7 +98,7 @@ def build_pipeline(spec: GraphSpec, checkpoint: str | None = None) -> Pipeline:
         exec_dynamic=True,
     )  # type: ignore[call-overload]  # DALI stubs lack exec_dynamic
     def music_pipeline():  # type: ignore[no-untyped-def]
-        return _graph(spec)
+        return (graph or _graph)(spec)
 
     kwargs = {"checkpoint": checkpoint} if checkpoint is not None else {}
     pipe = music_pipeline(**kwargs)
@@ -103,17 +108,23 @@ def build_pipeline(spec: GraphSpec, checkpoint: str | None = None) -> Pipeline:
 
 def _read(spec: GraphSpec):  # type: ignore[no-untyped-def]
     audio_dtype = types.DALIDataType.INT16 if spec.codec == "pcm16" else types.DALIDataType.UINT8
+    return read(spec, [{"pcm16": "pcm"}.get(spec.codec, spec.codec)], [audio_dtype])
+
+
+def read(spec: GraphSpec, media: list[str], dtypes: list[types.DALIDataType]) -> Any:
+    """The webdataset reader: ``media`` members (ext alternatives as ``"a;b"``) then ``lbl``, ``tid``
+    (and ``seg`` for segmented shards). Shuffled and moving across shards in training; each
+    rank's contiguous range in evaluation."""
     train = spec.mode == "train"
-    ext = [{"pcm16": "pcm"}.get(spec.codec, spec.codec), "lbl", "tid"]
-    dtypes = [audio_dtype, types.DALIDataType.INT64, types.DALIDataType.INT64]
+    ext, types_ = [*media, "lbl", "tid"], [*dtypes, types.DALIDataType.INT64, types.DALIDataType.INT64]
     if spec.segmented:
         ext.append(SEGMENT_EXT)
-        dtypes.append(types.DALIDataType.INT64)
+        types_.append(types.DALIDataType.INT64)
     return fn.readers.webdataset(
         paths=[str(p) for p in spec.tars],
         index_paths=[str(p) for p in spec.idxs],
         ext=ext,
-        dtypes=dtypes,
+        dtypes=types_,
         missing_component_behavior="error",
         shard_id=spec.shard_id,
         num_shards=spec.num_shards,
@@ -207,12 +218,11 @@ def _eval_rows(spec: GraphSpec, sig, n):  # type: ignore[no-untyped-def]
     return fn.reshape(padded, shape=[-1, L])
 
 
-def _masks(spec: GraphSpec):  # type: ignore[no-untyped-def]
-    """SpecAugment keep-masks ``(K, n_mels, T)`` uint8: DALI erases random bands of ones,
-    anchors and widths drawn on the CPU from the pipeline's seeded RNG."""
-    k, f, t = spec.loader.chunks_per_track, spec.features.n_mels, spec.framing.frames
-    a = spec.augment
-    mask = types.Constant(np.ones((k, f, t), dtype=np.uint8), device=spec.device)
+def masks(a: AugmentConfig, k: int, f: int, t: int, device: str):  # type: ignore[no-untyped-def]
+    """SpecAugment keep-masks ``(K, F, T)`` uint8 for the K chunks (or image crops) of a sample:
+    DALI erases random bands of ones, anchors and widths drawn on the CPU from the pipeline's
+    seeded RNG. Shared by the audio and the image graph."""
+    mask = types.Constant(np.ones((k, f, t), dtype=np.uint8), device=device)
     for count, width, extent, axis in (
         (a.freq_masks, a.freq_width, f, 1),
         (a.time_masks, a.time_width, t, 2),
@@ -234,9 +244,9 @@ def _masks(spec: GraphSpec):  # type: ignore[no-untyped-def]
 
 def _graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
     fc, fr = spec.features, spec.framing
-    read = _read(spec)
-    audio, lbl, tid = read[:3]
-    seg = read[3] if spec.segmented else None
+    members = _read(spec)
+    audio, lbl, tid = members[:3]
+    seg = members[3] if spec.segmented else None
     sig, n = _decode(spec, audio)
     starts = None
     if spec.mode == "train":
@@ -271,7 +281,7 @@ def _graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
     if fc.needs_power:
         outs.append(power)
     if spec.mode == "train" and spec.augment.active:
-        outs.append(_masks(spec))
+        outs.append(masks(spec.augment, spec.loader.chunks_per_track, fc.n_mels, fr.frames, spec.device))
     outs += [lbl, tid, nchunks]
     if starts is not None:
         outs.append(starts)

@@ -73,12 +73,18 @@ class MusicLoader:
         self._seen: set[int] = set()  # eval: samples already yielded this epoch (drops DALI padding)
         self._batch = 0  # DALI batches consumed in this epoch (== len(self._it) at its end)
 
+    graph: Any = None  # the DALI graph function (None: the audio graph); the image loader sets its own
+
+    @property
+    def output_names(self) -> list[str]:
+        return self.spec.output_names
+
     def _make_iterator(self, checkpoint: str | None) -> DALIGenericIterator:
-        pipe = build_pipeline(self.spec, checkpoint)
+        pipe = build_pipeline(self.spec, checkpoint, graph=self.graph)
         policy = LastBatchPolicy.DROP if self.mode == "train" else LastBatchPolicy.PARTIAL
         return DALIGenericIterator(
             [pipe],
-            self.spec.output_names,
+            self.output_names,
             reader_name=READER,
             last_batch_policy=policy,
             auto_reset=False,
@@ -126,15 +132,11 @@ class MusicLoader:
         seg = out["seg"].to(torch.int64).cpu() if "seg" in out else None
         uid = seg[:, 0] if seg is not None else tid  # unique per sample (segment)
         nchunks = out["nchunks"].reshape(-1).to(torch.int64).cpu()
-        keep = torch.ones(tid.numel(), dtype=torch.bool)
-        if self.mode == "eval":  # DALI's pad_last_batch repeats the last sample: drop repeats
-            for i, u in enumerate(uid.tolist()):
-                keep[i] = u not in self._seen
-                self._seen.add(u)
-            if not keep.any():
-                return None
-        elif int(nchunks.sum()) == 0:  # every draw thinned away (rare): a batch is still owed to DDP
-            nchunks = nchunks.clone()
+        keep = self._keep(uid)
+        if not keep.any():
+            return None
+        if self.mode == "train" and int(nchunks.sum()) == 0:  # every draw thinned away (rare):
+            nchunks = nchunks.clone()  # a batch is still owed to DDP
             nchunks[0] = 1
         n_max = int(nchunks.max())
         sel = keep[:, None] & (torch.arange(n_max)[None, :] < nchunks[:, None])
@@ -182,6 +184,16 @@ class MusicLoader:
             return offset + out["start"].to(torch.int64).cpu()[rows, cols]
         return offset + cols * sp.framing.chunk
 
+    def _keep(self, ids: torch.Tensor) -> torch.Tensor:
+        """CPU bool ``(B,)``: the samples to yield. Eval drops DALI's ``pad_last_batch`` repeats
+        of the last sample by its unique id (a segment's own, not its track's); training keeps all."""
+        keep = torch.ones(ids.numel(), dtype=torch.bool)
+        if self.mode == "eval":
+            for i, t in enumerate(ids.tolist()):
+                keep[i] = t not in self._seen
+                self._seen.add(t)
+        return keep
+
     def state_dict(self) -> dict[str, Any]:
         """Plain data: the DALI checkpoint (reader position, RNG states) and the epoch counter."""
         return {
@@ -198,6 +210,13 @@ class MusicLoader:
         self.epoch = int(state["epoch"])
         self._seen = set(state.get("seen", []))
         self._batch = int(state.get("batch", 0))
+
+
+def chunks_mask(mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """``(B, K, F, T)`` masks of kept tracks (``keep``: CPU bool) -> ``(N, F, T)`` (a view when all are kept)."""
+    if bool(keep.all()):
+        return mask.flatten(0, 1)
+    return mask.index_select(0, to_device(keep.nonzero().squeeze(1), mask.device)).flatten(0, 1)
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -254,7 +273,12 @@ def build_loader(
     dev = resolve_device(device)
     m = load_manifest(shards)
     validate_split(m, split, features=features, loader=loader, world_size=w, train=mode == "train")
-    if m.sample_rate > features.sample_rate:
+    image_exts: list[str] = []
+    if m.kind == "image":  # spectrogram-image shards: their own DALI branch, the same contract
+        from pipelines.image_graph import ImageLoader, check_channels
+
+        image_exts = check_channels(m, features)
+    elif m.sample_rate > features.sample_rate:
         _warn_downsampling(m.sample_rate, features.sample_rate)
     tars, idxs = m.paths(split)
     info = m.split(split)
@@ -275,5 +299,7 @@ def build_loader(
         segmented=m.segmented,
         segment_samples=m.segment_samples,
         longest_sample=round(info.longest_sample_seconds * m.sample_rate),
+        image_exts=image_exts,
     )
-    return MusicLoader(spec, m, m.task, dev, samples=info.num_samples)
+    cls = ImageLoader if m.kind == "image" else MusicLoader
+    return cls(spec, m, m.task, dev, samples=info.num_samples)

@@ -20,6 +20,7 @@ from pipelines.features import STATS_FILE, stats_key
 from pipelines.loader import build_loader
 from shards.atomic import atomic_write_text
 from shards.configtools import load_sections
+from shards.manifest import read_manifest
 
 
 def compute_stats(
@@ -32,7 +33,10 @@ def compute_stats(
     progress: bool = True,
 ) -> dict:
     """Mean and std of every channel over all chunks of ``split`` (float64 accumulation)."""
-    fc = dataclasses.replace(features, channels=list(CHANNELS), normalize="none")
+    m = read_manifest(shards)
+    channels = list(m.images) if m.kind == "image" else list(CHANNELS)  # image builds: their channels
+    # (images: gray, one plane per channel, as 'meanstd' needs)
+    fc = dataclasses.replace(features, channels=channels, normalize="none", image_color="gray")  # type: ignore[arg-type]
     dl = build_loader(
         shards,
         split,
@@ -44,7 +48,7 @@ def compute_stats(
         world_size=1,
         device=device,
     )
-    total = torch.zeros(len(CHANNELS), dtype=torch.float64)
+    total = torch.zeros(len(channels), dtype=torch.float64)
     square = torch.zeros_like(total)
     count = 0
     chunks = 0
@@ -60,8 +64,8 @@ def compute_stats(
         "features": stats_key(features),
         "split": split,
         "chunks": chunks,
-        "mean": {c: float(v) for c, v in zip(CHANNELS, mean)},
-        "std": {c: float(v) for c, v in zip(CHANNELS, std)},
+        "mean": {c: float(v) for c, v in zip(channels, mean)},
+        "std": {c: float(v) for c, v in zip(channels, std)},
     }
 
 

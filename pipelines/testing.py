@@ -25,13 +25,12 @@ class Track:
     label: np.ndarray  # int64 (label_width,)
 
 
-def read_tracks(shards: str | Path | Manifest, split: str) -> dict[int, Track]:
-    """Every track of a pcm16 split by track id, read with ``tarfile``; the segments of a
-    long track (version 2) are put back together in segment order."""
+def read_members(shards: str | Path | Manifest, split: str) -> dict[int, dict[str, bytes]]:
+    """Every sample's members ``{ext: bytes}`` of a split, read with ``tarfile``, by sample id
+    (the ``seg`` member's; the track id where samples are whole tracks)."""
     m = shards if isinstance(shards, Manifest) else read_manifest(shards)
     tars, _ = m.paths(split)
-    pieces: dict[int, list[tuple[int, np.ndarray | None]]] = {}
-    labels: dict[int, np.ndarray] = {}
+    out: dict[int, dict[str, bytes]] = {}
     for tar in tars:
         members: dict[str, dict[str, bytes]] = {}
         with tarfile.open(tar) as tf:
@@ -41,15 +40,24 @@ def read_tracks(shards: str | Path | Manifest, split: str) -> dict[int, Track]:
                 assert f is not None
                 members.setdefault(key, {})[ext] = f.read()
         for parts in members.values():
-            tid = int(np.frombuffer(parts["tid"], dtype="<i8")[0])
-            index = int(np.frombuffer(parts["seg"], dtype="<i8")[1]) if "seg" in parts else 0
-            sig = (
-                np.frombuffer(parts["pcm"], dtype="<i2").astype(np.float32) / 32768.0
-                if "pcm" in parts
-                else None
-            )
-            pieces.setdefault(tid, []).append((index, sig))
-            labels[tid] = np.frombuffer(parts["lbl"], dtype="<i8").copy()
+            ids = np.frombuffer(parts.get("seg", parts["tid"]), dtype="<i8")
+            out[int(ids[0])] = parts
+    return out
+
+
+def read_tracks(shards: str | Path | Manifest, split: str) -> dict[int, Track]:
+    """Every track of a pcm16 split by track id, read with ``tarfile``; the segments of a
+    long track (version 2) are put back together in segment order."""
+    pieces: dict[int, list[tuple[int, np.ndarray | None]]] = {}
+    labels: dict[int, np.ndarray] = {}
+    for parts in read_members(shards, split).values():
+        tid = int(np.frombuffer(parts["tid"], dtype="<i8")[0])
+        index = int(np.frombuffer(parts["seg"], dtype="<i8")[1]) if "seg" in parts else 0
+        sig = (
+            np.frombuffer(parts["pcm"], dtype="<i2").astype(np.float32) / 32768.0 if "pcm" in parts else None
+        )
+        pieces.setdefault(tid, []).append((index, sig))
+        labels[tid] = np.frombuffer(parts["lbl"], dtype="<i8").copy()
     out: dict[int, Track] = {}
     for tid, segs in pieces.items():
         segs.sort(key=lambda p: p[0])

@@ -51,7 +51,7 @@ def validate_split(
     """Check one split's tars and indexes against the manifest and the configs."""
     assert m.root is not None
     where = m.root / MANIFEST
-    if m.codec not in ("pcm16", "flac", "ogg"):
+    if m.kind == "audio" and m.codec not in ("pcm16", "flac", "ogg"):
         raise ShardError(f"{where}: codec {m.codec!r} cannot be read (pcm16, flac, ogg)")
     try:
         info = m.split(split)
@@ -61,7 +61,7 @@ def validate_split(
         raise ShardError(
             f"{where}: split {split!r} has {info.num_samples} tracks, fewer than {world_size} ranks"
         )
-    if loader.chunk_seconds > info.max_seconds:
+    if m.kind == "audio" and loader.chunk_seconds > info.max_seconds:
         raise ShardError(
             f"{where}: loader.chunk_seconds={loader.chunk_seconds} is longer than every track of split "
             f"{split!r} (longest {info.max_seconds:.2f} s)"
@@ -111,10 +111,14 @@ def _check_shard(tar: Path, idx: Path, size: int, count: int, m: Manifest, sha: 
         raise ShardError(f"{idx}: unreadable index: {e}") from None
     if len(samples) != count:
         raise ShardError(f"{idx}: {len(samples)} samples, the manifest says {count} for {tar.name}")
-    need = {m.audio_ext: None, LABEL_EXT: 8 * m.task.label_width, TRACK_EXT: 8}
+    # media: one member per entry, any of its alternatives (an image channel may mix formats)
+    media = [(m.audio_ext,)] if m.kind == "audio" else [tuple(c.exts) for c in m.images.values()]
+    fixed = {LABEL_EXT: 8 * m.task.label_width, TRACK_EXT: 8}
     if m.segmented:
-        need[SEGMENT_EXT] = 8 * len(SEGMENT_FIELDS)
+        fixed[SEGMENT_EXT] = 8 * len(SEGMENT_FIELDS)
     for i, sample in enumerate(samples):
+        found = [next((e for e in alts if e in sample), alts[0]) for alts in media]
+        need: dict[str, int | None] = {**dict.fromkeys(found), **fixed}
         for ext, want in need.items():
             if ext not in sample:
                 raise ShardError(f"{idx}: sample {i} has no .{ext} component")
@@ -125,9 +129,10 @@ def _check_shard(tar: Path, idx: Path, size: int, count: int, m: Manifest, sha: 
                 )
             if want is not None and n != want:
                 raise ShardError(f"{idx}: .{ext} of sample {i} has {n} bytes, expected {want}")
-        if sample[m.audio_ext][1] == 0:
-            raise ShardError(f"{idx}: .{m.audio_ext} of sample {i} is empty (a track needs audio)")
-        if m.codec == "pcm16" and sample[m.audio_ext][1] % 2:
+        for ext in found:
+            if sample[ext][1] == 0:
+                raise ShardError(f"{idx}: .{ext} of sample {i} is empty (a sample needs its media)")
+        if m.kind == "audio" and m.codec == "pcm16" and sample[m.audio_ext][1] % 2:
             raise ShardError(f"{idx}: .pcm of sample {i} has an odd byte count (not int16)")
     with open(tar, "rb") as f:  # the index must point at the members it names
         for sample in (samples[0], samples[-1]) if samples else ():

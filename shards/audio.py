@@ -127,9 +127,3 @@ def process(audio: Path | bytes, spec: AudioSpec) -> Encoded | str:
     if not np.isfinite(y).all():  # a NaN/inf in any channel survives the downmix
         return "decode failed: non-finite samples"
     return Encoded(encode_segments(y, spec), y.shape[0], y.shape[0] / spec.sample_rate, sr, int(x.shape[1]))
-
-
-def process_indexed(job: tuple[int, Path | bytes, AudioSpec]) -> tuple[int, Encoded | str]:
-    """Pool entry point: keeps the record index with the result."""
-    i, audio, spec = job
-    return i, process(audio, spec)

@@ -10,6 +10,7 @@ the rest. ``manifest.json`` is written last: its presence means the build is com
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import importlib
 import json
@@ -26,9 +27,10 @@ import numpy as np
 from tqdm import tqdm
 
 from shards.atomic import atomic_write_text
-from shards.audio import AudioSpec, Encoded, process_indexed, segment_bounds
+from shards.audio import AudioSpec, Encoded, process, segment_bounds
 from shards.config import BuildConfig
 from shards.configtools import to_dict
+from shards.images import EncodedImages, ImageSpec, process_images
 from shards.manifest import (
     AUDIO_EXT,
     LABEL_EXT,
@@ -38,6 +40,7 @@ from shards.manifest import (
     SEGMENT_EXT,
     SEGMENT_FIELDS,
     TRACK_EXT,
+    ImageChannel,
     Manifest,
     ShardInfo,
     SplitInfo,
@@ -50,9 +53,18 @@ from shards.writer import MAX_KEY, ShardWriter, sanitize_key
 STATE = ".build-state.json"
 WORKER_DIED = "decode failed: the worker process died on this file (a crash inside the audio library)"
 _SEGMENT_SUFFIX = re.compile(r"-s\d+$")  # segment keys are KEY-sNNNN; no record key may look like one
-Job = tuple[int, Path | bytes, AudioSpec]
+Job = tuple[int, Any, AudioSpec | ImageSpec]
+Result = tuple[int, Encoded | EncodedImages | str]
 _SHARD_FILE = re.compile(r"^\d{6}\.(tar|idx)$")
 _TEMP_FILE = re.compile(r"^\.\d{6}\.(tar|idx)\..*\.tmp$")  # left by a killed run (atomic_path)
+
+
+def process_indexed(job: tuple[int, Any, AudioSpec | ImageSpec]) -> tuple[int, Encoded | EncodedImages | str]:
+    """Pool entry point: one record's audio or images, with the record index kept."""
+    i, payload, spec = job
+    if isinstance(spec, ImageSpec):
+        return i, process_images(payload, spec)
+    return i, process(payload, spec)
 
 
 def load_source(cfg: BuildConfig) -> Dataset:
@@ -108,6 +120,7 @@ def _fresh_split() -> dict[str, Any]:
         "max": None,
         "rejects": [],
         "done": False,
+        "images": {},  # image kind: channel -> {"exts": [...], "min": [h, w], "max": [h, w]}
     }
 
 
@@ -136,7 +149,7 @@ def _load_state(out: Path, fp: str, splits: list[str]) -> dict[str, Any] | None:
 
 def _snapshot(st: dict[str, Any]) -> dict[str, Any]:
     """A split's counters at a shard boundary; rejects by count (the list only grows)."""
-    snap = {k: v for k, v in st.items() if k not in ("shards", "rejects")}
+    snap = {k: copy.deepcopy(v) for k, v in st.items() if k not in ("shards", "rejects")}
     return snap | {"rejects": len(st["rejects"])}
 
 
@@ -151,10 +164,12 @@ class _SplitRun:
         self.writer = ShardWriter(builder.cfg.out, split, max_bytes=builder.cfg.shard_bytes, start=start)
         self.n_done = len(self.writer.output)
 
-    def add(self, i: int, result: Encoded | str) -> None:
+    def add(self, i: int, result: Encoded | EncodedImages | str) -> None:
         key, rec = self.items[i]
         if isinstance(result, str):
             self.st["rejects"].append({"path": rec.path, "reason": result, "key": key, "split": self.split})
+        elif isinstance(result, EncodedImages):
+            self._add_images(i, key, rec, result)
         else:
             self._write_track(i, key, rec, result)
         self.st["consumed"] = i + 1
@@ -162,7 +177,7 @@ class _SplitRun:
     def _write_track(self, i: int, key: str, rec: Record, result: Encoded) -> None:
         """One sample per segment, all in one shard; each carries the track's id, labels and length."""
         tid, rate = self.st["written"], self.b.cfg.sample_rate
-        bounds = segment_bounds(result.samples, self.b.spec.segment_samples)
+        bounds = segment_bounds(result.samples, self.b.cfg.segment_samples)
         label = self.b.ds.task.encode(rec.labels)
         group = []
         for index, ((start, end), data) in enumerate(zip(bounds, result.segments)):
@@ -197,10 +212,46 @@ class _SplitRun:
         self._checkpoint(consumed=i)  # a shard may have closed before this track
         self.st["samples"] += len(bounds)
         self.st["max_segment"] = max(self.st["max_segment"], max(b - a for a, b in bounds) / rate)
+        self._count(result.seconds)
+
+    def _count(self, seconds: float) -> None:
+        """One more track written (its samples are counted by the caller)."""
         self.st["written"] += 1
-        self.st["seconds"] += result.seconds
-        self.st["min"] = result.seconds if self.st["min"] is None else min(self.st["min"], result.seconds)
-        self.st["max"] = result.seconds if self.st["max"] is None else max(self.st["max"], result.seconds)
+        self.st["seconds"] += seconds
+        self.st["min"] = seconds if self.st["min"] is None else min(self.st["min"], seconds)
+        self.st["max"] = seconds if self.st["max"] is None else max(self.st["max"], seconds)
+
+    def _add_images(self, i: int, key: str, rec: Record, result: EncodedImages) -> None:
+        """An image sample: the images' bytes unchanged, labels, track id, metadata; sizes tallied."""
+        tid = self.st["written"]
+        sizes = {ch: list(hw) for ch, hw in result.sizes.items()}
+        meta: dict[str, Any] = {
+            "key": key,
+            "source": self.b.ds.source,
+            "source_id": rec.key,
+            "path": rec.path,
+        }
+        meta |= {"split": self.split, "tid": tid, "labels": rec.labels, "image_sizes": sizes, **rec.meta}
+        self.writer.write(
+            key,
+            {
+                **result.members,
+                LABEL_EXT: self.b.ds.task.encode(rec.labels),
+                TRACK_EXT: np.asarray([tid], dtype="<i8").tobytes(),
+                META_EXT: json.dumps(meta, sort_keys=True).encode(),
+            },
+        )
+        self._checkpoint(consumed=i)
+        self.st["samples"] += 1
+        self._count(0.0)  # image samples carry no audio
+        for member in result.members:
+            ch = member.split(".", 1)[0]
+            h, w = result.sizes[ch]
+            t = self.st["images"].setdefault(ch, {"exts": [], "min": [h, w], "max": [h, w]})
+            if member not in t["exts"]:
+                t["exts"].append(member)
+            t["min"] = [min(t["min"][0], h), min(t["min"][1], w)]
+            t["max"] = [max(t["max"][0], h), max(t["max"][1], w)]
 
     def _checkpoint(self, consumed: int) -> None:
         while self.n_done < len(self.writer.output):
@@ -225,7 +276,11 @@ class Builder:
         self.ds = load_source(cfg)
         self.planned = plan(self.ds, cfg.seed)
         self.fp = fingerprint(cfg, self.ds, self.planned)
-        self.spec = AudioSpec(cfg.sample_rate, cfg.codec, cfg.min_seconds, cfg.segment_samples)
+        self.spec: AudioSpec | ImageSpec = (
+            ImageSpec(tuple(self.ds.channels))
+            if self.ds.kind == "image"
+            else AudioSpec(cfg.sample_rate, cfg.codec, cfg.min_seconds, cfg.segment_samples)
+        )
         self.state: dict[str, Any] = {}
 
     def save_state(self) -> None:
@@ -275,7 +330,13 @@ class Builder:
 
     def _write_all(self) -> None:
         remaining = self._remaining()
-        jobs = [(i, self.planned[s][i][1].audio, self.spec) for s, todo in remaining.items() for i in todo]
+        image = self.ds.kind == "image"
+        jobs = [
+            (i, rec.images if image else rec.audio, self.spec)
+            for s, todo in remaining.items()
+            for i in todo
+            for rec in [self.planned[s][i][1]]
+        ]
         workers = min(self.cfg.num_workers, max(1, len(jobs)))
         bar = tqdm(total=len(jobs), desc=f"shards {self.cfg.source}", unit="track", disable=not self.progress)
         # ordered results: the writer sees each split's records in the planned order
@@ -292,6 +353,7 @@ class Builder:
     def _manifest(self) -> Manifest:
         splits = {}
         written = rejected = 0
+        image = self.ds.kind == "image"
         for split in self.planned:
             st = self.state["splits"][split]
             written += st["written"]
@@ -304,7 +366,7 @@ class Builder:
                     seconds=round(st["seconds"], 3),
                     min_seconds=round(st["min"], 4),
                     max_seconds=round(st["max"], 4),
-                    max_segment_seconds=round(st["max_segment"], 4),
+                    max_segment_seconds=None if image else round(st["max_segment"], 4),
                     shards=shards,
                 )
         rejected += len(self.ds.rejects)
@@ -315,14 +377,30 @@ class Builder:
             build.pop(k, None)
         return Manifest(
             source=self.ds.source,
-            sample_rate=self.cfg.sample_rate,
-            codec=self.cfg.codec,
+            sample_rate=0 if image else self.cfg.sample_rate,
+            codec="none" if image else self.cfg.codec,
             task=self.ds.task,
             splits=splits,
             totals=totals,
             build=build,
-            segment_samples=self.cfg.segment_samples,
+            segment_samples=None if image else self.cfg.segment_samples,
+            kind="image" if image else "audio",
+            images=self._image_channels() if image else {},
         )
+
+    def _image_channels(self) -> dict[str, ImageChannel]:
+        """Each channel's member extensions and the smallest/largest image over every split."""
+        out: dict[str, ImageChannel] = {}
+        for ch in self.ds.channels:
+            seen = [self.state["splits"][s]["images"][ch] for s in self.planned]
+            seen = [t for t in seen if t]
+            if not seen:
+                continue
+            exts = sorted({e for t in seen for e in t["exts"]})
+            lo = [min(t["min"][k] for t in seen) for k in (0, 1)]
+            hi = [max(t["max"][k] for t in seen) for k in (0, 1)]
+            out[ch] = ImageChannel(exts=exts, min_size=lo, max_size=hi)
+        return out
 
     def _remove_stale(self, manifest: Manifest) -> None:
         """Delete shard files a previous, different build left behind."""
@@ -336,13 +414,13 @@ class Builder:
                         f.unlink()
 
 
-def _inline(jobs: list[Job]) -> Generator[tuple[int, Encoded | str]]:
+def _inline(jobs: list[Job]) -> Generator[Result]:
     """In this process (``workers=1``): no pool to start, tracebacks stay readable."""
     for job in jobs:
         yield process_indexed(job)
 
 
-def _pooled(jobs: list[Job], workers: int) -> Generator[tuple[int, Encoded | str]]:
+def _pooled(jobs: list[Job], workers: int) -> Generator[Result]:
     """``process_indexed`` over ``jobs`` in ``workers`` processes, results in job order.
 
     A worker that dies (a segfault in a codec library, the OOM killer) breaks the whole
@@ -353,7 +431,7 @@ def _pooled(jobs: list[Job], workers: int) -> Generator[tuple[int, Encoded | str
     """
     ctx = mp.get_context("spawn")
     pending: deque[Job] = deque(jobs)
-    flight: deque[tuple[Job, Future[tuple[int, Encoded | str]]]] = deque()
+    flight: deque[tuple[Job, Future[Result]]] = deque()
     pool = ProcessPoolExecutor(workers, mp_context=ctx)
     try:
         while pending or flight:
@@ -379,9 +457,7 @@ def _succeeded(fut: Future[Any]) -> bool:
     return fut.done() and not fut.cancelled() and fut.exception() is None
 
 
-def _one_by_one(
-    entries: list[tuple[Job, Future[tuple[int, Encoded | str]]]], ctx: Any
-) -> Iterator[tuple[int, Encoded | str]]:
+def _one_by_one(entries: list[tuple[Job, Future[Result]]], ctx: Any) -> Iterator[Result]:
     """Results of the jobs a broken pool was running, in order: those that finished as they
     came, the others one at a time in a one-process pool; a job whose process dies again
     is ``WORKER_DIED``."""

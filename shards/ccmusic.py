@@ -1,146 +1,194 @@
-"""``ccmusic`` importer: a local copy of Hugging Face ``ccmusic-database/music_genre`` (parquet).
+"""``ccmusic`` importer: a local copy of Hugging Face ``ccmusic-database/music_genre``.
 
-Layout: ``*.parquet`` files anywhere under ROOT with an ``audio`` column (struct of
-``bytes`` and ``path``) and integer ClassLabel columns ``fst_level_label`` (2),
-``sec_level_label`` (9), ``thr_level_label`` (16). Class names come from the
-``huggingface`` key of the parquet schema metadata (``info.features.COL.names``).
-Splits come from the file names (``train``/``validation``/``test`` in the path); with a
-single file that names no split, a seeded 80/10/10 split by hash of the key.
+Any layout ``shards.hf_layout`` reads (save_to_disk / snapshot Arrow, auto-converted
+parquet, push_to_hub parquet), either config:
+- ``eval``: 11.4 s segments as three spectrogram ``Image`` columns ``mel``, ``cqt``, ``chroma``
+  -> image samples (bytes unchanged, decode-checked at build time);
+- ``default`` (older revisions): whole pieces in an ``Audio`` column -> audio samples.
+``--media`` picks when a dataset has both. Labels: ClassLabel columns ``fst_level_label`` (2),
+``sec_level_label`` (9), ``thr_level_label`` (16), names from the features. A label of -1
+(HF's "missing") is a reject. Older revisions: string labels (``3_Symphony``, ordered by
+their number), a ``None`` / null third level (it takes the second level's class, as today's
+revision does) import; integer ids without names, or ids beyond the names, fail in one line.
 
 hier (default): three levels, parent links derived from the rows and checked (a class
 with two parents is an error; a class never seen takes the same-named class one level
-up, as ``3_Symphony`` does, else it is an error). single: ``sec_level_label``.
+up, else it is an error). single: ``sec_level_label``.
 
-The audio bytes are extracted once, streaming, to ``OUT/.ccmusic-audio/`` (kept for
-resume, removed by ``--force``) so workers read files and memory stays flat.
+Media bytes are extracted once, streaming, to ``OUT/.ccmusic-media/`` (kept for resume,
+removed by ``--force``) so workers read files and memory stays flat.
 """
 
 from __future__ import annotations
 
-import json
 import re
 import shutil
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from shards.atomic import atomic_path
 from shards.config import BuildConfig
+from shards.hf_layout import HfFile, columns_of_type, discover, features
 from shards.manifest import Level, TaskSpec
-from shards.records import SPLITS, Dataset, Record, Reject, hash_split, require_dir
+from shards.records import Dataset, Record, Reject, hash_split, require_dir
 
 LEVELS = ["fst_level_label", "sec_level_label", "thr_level_label"]
-EXTRACT_DIR = ".ccmusic-audio"
-_SPLIT_WORD = re.compile(r"(?<![a-z])(train|validation|valid|test)(?![a-z])")
+EXTRACT_DIR = ".ccmusic-media"
+_NUMBERED = re.compile(r"^(\d+)_")
 
 
-def class_names(path: Path, schema: Any) -> dict[str, list[str]]:
-    """ClassLabel names per level column from the parquet's ``huggingface`` metadata."""
-    raw = (schema.metadata or {}).get(b"huggingface")
-    if raw is None:
-        raise ValueError(f"{path}: no 'huggingface' key in the parquet schema metadata (not a HF export?)")
-    try:
-        feats = json.loads(raw)["info"]["features"]
-        return {c: list(feats[c]["names"]) for c in LEVELS}
-    except (KeyError, TypeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: huggingface metadata lacks ClassLabel names for {LEVELS}: {e!r}") from None
+def class_names(f: HfFile, feats: dict[str, Any]) -> dict[str, list[str] | None]:
+    """ClassLabel names per level column; None for a string column (names come from the rows)."""
+    out: dict[str, list[str] | None] = {}
+    missing = [c for c in LEVELS if c not in feats]
+    if missing:
+        raise ValueError(f"{f.path}: missing column(s) {missing}; has {sorted(feats)}")
+    for c in LEVELS:
+        ft = feats[c] if isinstance(feats[c], dict) else {}
+        if ft.get("_type") == "ClassLabel" and ft.get("names"):
+            out[c] = [str(n) for n in ft["names"]]
+        elif ft.get("_type") == "Value" and ft.get("dtype") in ("string", "large_string"):
+            out[c] = None
+        else:
+            raise ValueError(
+                f"{f.path}: {c} is {ft.get('_type')}({ft.get('dtype', '')}) without ClassLabel names, "
+                "so its ids cannot be named (an unsupported revision)"
+            )
+    return out
 
 
-def file_split(path: Path, root: Path) -> str | None:
-    m = _SPLIT_WORD.findall(path.relative_to(root).as_posix().lower())
-    return {"valid": "validation"}.get(m[-1], m[-1]) if m else None
+def label_names(
+    item: dict[str, Any], names: dict[str, list[str] | None], where: str
+) -> tuple[list[str] | None, str | None]:
+    """One row's class name per level, or (None, reject reason). A None / 'None' third level
+    takes the second level's name; an id beyond the names fails the build."""
+    out: list[str] = []
+    for d, c in enumerate(LEVELS):
+        v, vocab = item[c], names[c]
+        if vocab is not None and v is not None:
+            if v == -1:
+                return None, f"label missing: {c} is -1"
+            if not 0 <= v < len(vocab):
+                raise ValueError(
+                    f"{where}: {c} id {v} outside its {len(vocab)} ClassLabel names "
+                    "(ids of another revision?)"
+                )
+            v = vocab[v]
+        if v is None or (d == len(LEVELS) - 1 and v == "None"):
+            if d != len(LEVELS) - 1:
+                return None, f"label missing: {c} is null"
+            v = out[-1]
+        out.append(str(v))
+    return out, None
 
 
-def parents(rows: list[tuple[int, ...]], names: dict[str, list[str]], where: str) -> list[Level]:
-    """Levels with parent links observed in ``rows`` (one index per level), checked consistent."""
-    levels = [Level(name=LEVELS[0], classes=names[LEVELS[0]])]
+def ordered(found: set[str], declared: list[str] | None) -> list[str]:
+    """A level's vocabulary: declared ClassLabel order (+ fill-ins), else numbered names by number."""
+    if declared is not None:
+        base = [n for n in declared if n != "None"]
+        return base + sorted(found - set(base))
+    if all(_NUMBERED.match(n) for n in found):
+        return sorted(found, key=lambda n: (int(_NUMBERED.match(n).group(1)), n))  # type: ignore[union-attr]
+    return sorted(found)
+
+
+def parents(rows: list[list[str]], vocab: list[list[str]], where: str) -> list[Level]:
+    """Levels with parent links observed in ``rows`` (names per level), checked consistent."""
+    levels = [Level(name=LEVELS[0], classes=vocab[0])]
     for d in range(1, len(LEVELS)):
-        up_names, classes = names[LEVELS[d - 1]], names[LEVELS[d]]
-        seen: dict[int, int] = {}
+        up, classes = vocab[d - 1], vocab[d]
+        seen: dict[str, str] = {}
         for r in rows:
             if seen.setdefault(r[d], r[d - 1]) != r[d - 1]:
                 raise ValueError(
-                    f"{where}: {LEVELS[d]} {classes[r[d]]!r} has two parents "
-                    f"({up_names[seen[r[d]]]!r} and {up_names[r[d - 1]]!r})"
+                    f"{where}: {LEVELS[d]} {r[d]!r} has two parents ({seen[r[d]]!r} and {r[d - 1]!r})"
                 )
         parent = []
-        for i, c in enumerate(classes):
-            if i not in seen and c not in up_names:
+        for c in classes:
+            if c not in seen and c not in up:
                 raise ValueError(f"{where}: {LEVELS[d]} {c!r} never occurs, so its parent is unknown")
-            parent.append(seen[i] if i in seen else up_names.index(c))
+            parent.append(up.index(seen.get(c, c)))
         levels.append(Level(name=LEVELS[d], classes=classes, parent=parent))
     return levels
 
 
-def _extract(audio: dict | None, dest: Path) -> str | None:
-    """Write one row's audio bytes to ``dest`` (skipped when already there); None or a reject reason."""
-    if not audio or not audio.get("bytes"):
-        return "no audio bytes in the parquet row"
-    data = audio["bytes"]
-    if not (dest.is_file() and dest.stat().st_size == len(data)):
+def _extract(data: Any, dest: Path) -> Path | None:
+    """Write one cell's bytes to ``dest`` + the cell's own suffix (skipped when already there);
+    None when the cell has no bytes."""
+    if not isinstance(data, dict) or not data.get("bytes"):
+        return None
+    raw = data["bytes"]
+    dest = dest.with_name(dest.name + (Path(data.get("path") or "").suffix.lower() or ".bin"))
+    if not (dest.is_file() and dest.stat().st_size == len(raw)):
         with atomic_path(dest) as tmp:
-            tmp.write_bytes(data)
-    return None
+            tmp.write_bytes(raw)
+    return dest
+
+
+def media_columns(f: HfFile, feats: dict[str, Any], media: str) -> tuple[str, list[str]]:
+    """("image", image columns) or ("audio", [audio column]) as ``media`` and the features allow."""
+    images, audio = columns_of_type(feats, "Image"), columns_of_type(feats, "Audio")
+    if media in ("auto", "image") and images:
+        return "image", images
+    if media in ("auto", "audio") and audio:
+        return "audio", audio[:1]
+    want = {"auto": "Image or Audio", "image": "Image", "audio": "Audio"}[media]
+    raise ValueError(f"{f.path}: no {want} column; has {sorted(feats)}")
 
 
 def load(cfg: BuildConfig) -> Dataset:
     require_dir(cfg.root, "ccmusic root")
-    files = sorted(cfg.root.rglob("*.parquet"))
-    if not files:
-        raise FileNotFoundError(f"{cfg.root}: no *.parquet files (expected the Hugging Face parquet layout)")
-    splits = {f: file_split(f, cfg.root) for f in files}
-    if len(files) > 1 and None in splits.values():
-        f = next(f for f, s in splits.items() if s is None)
-        raise ValueError(f"{f}: file name names no split (train/validation/test) and there are several files")
-    names: dict[str, list[str]] | None = None
+    files = discover(cfg.root, cfg.hf_config)
     extract = cfg.out / EXTRACT_DIR
     if cfg.force and extract.exists():
         shutil.rmtree(extract)
-    rows: list[tuple[int, ...]] = []
+    feats = features(files[0])
+    kind, cols = media_columns(files[0], feats, cfg.media)
+    names = class_names(files[0], feats)
+    rows: list[list[str]] = []
     records, rejects = [], []
     for f in files:
-        pf = pq.ParquetFile(f)
-        cols = set(pf.schema_arrow.names)
-        missing = [c for c in ["audio", *LEVELS] if c not in cols]
-        if missing:
-            raise ValueError(f"{f}: missing column(s) {missing}; has {sorted(cols)}")
-        file_names = class_names(f, pf.schema_arrow)
-        if names is not None and file_names != names:
-            raise ValueError(f"{f}: ClassLabel names differ from {files[0]}")
-        names = file_names
+        if f is not files[0] and class_names(f, features(f)) != names:
+            raise ValueError(f"{f.path}: ClassLabel names differ from {files[0].path}")
+        rel = f.path.relative_to(cfg.root)
         row = 0
-        for batch in pf.iter_batches(batch_size=16, columns=["audio", *LEVELS]):
-            for item in batch.to_pylist():
-                src = (item["audio"] or {}).get("path") or f"{f.stem}_{row}"
-                key = f"{f.stem}_{row}_{Path(src).stem}"
-                where = f"{f.relative_to(cfg.root)}#{row}"
+        for batch in f.batches([*cols, *LEVELS]):
+            for item in batch:
+                where = f"{rel}#{row}"
+                key = f"{f.path.parent.name}_{f.path.stem}_{row}"
+                dest = extract / rel.parent / f.path.stem / f"{row:06d}"
                 row += 1
-                labels = tuple(item[c] for c in LEVELS)
-                if any(v is None or not 0 <= v < len(names[c]) for v, c in zip(labels, LEVELS)):
-                    rejects.append(Reject(path=where, reason=f"label out of range: {labels}", key=key))
+                labels, reason = label_names(item, names, where)
+                if labels is None:
+                    rejects.append(Reject(path=where, reason=str(reason), key=key))
                     continue
-                dest = extract / f.stem / f"{row - 1:06d}{Path(src).suffix.lower() or '.bin'}"
-                reason = _extract(item["audio"], dest)
-                if reason:
-                    rejects.append(Reject(path=where, reason=reason, key=key))
-                    continue
-                rows.append(labels)
-                split = splits[f] or hash_split(key, cfg.seed)
-                lab = [names[c][v] for c, v in zip(LEVELS, labels)]
-                records.append(
-                    Record(
-                        key=key,
-                        audio=dest,
-                        labels=lab if cfg.task == "hier" else lab[1],
-                        split=split,
-                        path=f"{where} {src}",
-                    )
+                media = {c: _extract(item[c], dest.with_name(f"{dest.name}_{c}")) for c in cols}
+                rec = Record(
+                    key=key,
+                    audio=None,
+                    labels=labels if cfg.task == "hier" else labels[1],
+                    split=f.split or hash_split(key, cfg.seed),
+                    path=where,
                 )
-    assert names is not None
+                if kind == "image":
+                    rec.images = {c: p for c, p in media.items() if p is not None}
+                elif media[cols[0]] is None:
+                    rejects.append(Reject(path=where, reason="no audio bytes in the row", key=key))
+                    continue
+                else:
+                    rec.audio = media[cols[0]]
+                rows.append(labels)
+                records.append(rec)
+    vocab = [ordered({r[d] for r in rows}, names[c]) for d, c in enumerate(LEVELS)]
     if cfg.task == "hier":
-        task = TaskSpec(kind="hier", name="genre", levels=parents(rows, names, str(files[0])))
+        task = TaskSpec(kind="hier", name="genre", levels=parents(rows, vocab, str(files[0].path)))
     else:
-        task = TaskSpec(kind="single", name="genre", classes=names[LEVELS[1]])
-    assert all(r.split in SPLITS for r in records)
-    return Dataset(source="ccmusic", task=task, records=records, rejects=rejects)
+        task = TaskSpec(kind="single", name="genre", classes=vocab[1])
+    return Dataset(
+        source="ccmusic",
+        task=task,
+        records=records,
+        rejects=rejects,
+        kind=kind,
+        channels=cols if kind == "image" else [],
+    )

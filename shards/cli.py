@@ -32,6 +32,19 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--csv", "csv", dict(help="label file relative to --root")),
     ("--subset", "subset", dict(choices=["small", "medium", "large"], help="fma subset (default small)")),
     ("--top-n", "top_n", dict(type=int, help="mtat: number of tags (default 50)")),
+    (
+        "--media",
+        "media",
+        dict(
+            choices=["auto", "audio", "image"],
+            help="ccmusic: store the image columns or the audio (default auto)",
+        ),
+    ),
+    (
+        "--hf-config",
+        "hf_config",
+        dict(help="ccmusic: dataset config folder when ROOT holds several (eval, default)"),
+    ),
 ]
 
 

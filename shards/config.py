@@ -60,6 +60,10 @@ class BuildConfig:
     """mtat multi-label: keep the N most frequent tags."""
     clean: bool = False
     """mtat multi-label: reject clips that carry none of the top-N tags."""
+    media: Literal["auto", "audio", "image"] = "auto"
+    """ccmusic: store the spectrogram image columns or the audio column (auto: images when present)."""
+    hf_config: str | None = None
+    """ccmusic: the Hugging Face config folder to read (eval, default) when ROOT holds several."""
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -89,6 +93,8 @@ class BuildConfig:
             raise ValueError(f"segment_seconds: must be positive, got {self.segment_seconds}")
         if self.subset not in FMA_SUBSETS:
             raise ValueError(f"subset: {self.subset!r} is not one of {list(FMA_SUBSETS)}")
+        if self.media not in ("auto", "audio", "image"):
+            raise ValueError(f"media: {self.media!r} is not auto, audio or image")
         if self.top_n < 1:
             raise ValueError(f"top_n: must be >= 1, got {self.top_n}")
         self._warn_unused()
@@ -98,6 +104,8 @@ class BuildConfig:
         unused = []
         if self.source != "mtat" and (self.top_n != 50 or self.clean):
             unused.append("top_n/clean (mtat only)")
+        if self.source != "ccmusic" and (self.media != "auto" or self.hf_config is not None):
+            unused.append("media/hf_config (ccmusic only)")
         if self.source != "fma" and self.subset != "small":
             unused.append("subset (fma only)")
         if unused:

@@ -8,6 +8,10 @@ relative to ROOT, and by task:
   have one parent (checked), vocabularies are sorted per level.
 An optional ``split`` column (train/validation/test) fixes the split; otherwise a seeded
 80/10/10 split by a hash of the path. Vocabularies are the sorted distinct names.
+
+Images instead of audio (precomputed spectrograms, e.g. the seeds' PNGs): when ``path``
+names image files, the build stores image samples; ``path`` is the ``mel`` channel and
+optional columns ``mfcc``, ``chroma``, ``cqt`` name each row's image of that channel.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import re
 import pandas as pd
 
 from shards.config import BuildConfig
+from shards.images import IMAGE_SUFFIXES
 from shards.manifest import Level, TaskSpec
 from shards.records import (
     Dataset,
@@ -29,6 +34,7 @@ from shards.records import (
 )
 
 DEFAULT_CSV = "labels.csv"
+EXTRA_IMAGE_CHANNELS = ("mfcc", "chroma", "cqt")  # columns beside ``path`` (= mel) in an image CSV
 _LEVEL = re.compile(r"^level(\d+)$")
 
 
@@ -90,10 +96,22 @@ def load(cfg: BuildConfig) -> Dataset:
             raise ValueError(f"{path}: malformed CSV: empty hierarchy label")
         task = hierarchy(labels, cols, str(path))
     has_split = "split" in df.columns
+    is_image = [str(p).lower().endswith(IMAGE_SUFFIXES) for p in df["path"]]
+    image = bool(is_image) and all(is_image)
+    if any(is_image) and not image:
+        raise ValueError(
+            f"{path}: column 'path' mixes image and audio files (row {is_image.index(not is_image[0]) + 2})"
+        )
+    channels = ["mel", *(c for c in EXTRA_IMAGE_CHANNELS if c in df.columns)] if image else []
     records = []
     for row, (rel, lab) in enumerate(zip(df["path"], labels)):
         where = f"{path} row {row + 2}"
         split = normalize_split(df["split"].iat[row], where) if has_split else hash_split(rel, cfg.seed)
         key = rel.rsplit(".", 1)[0]
-        records.append(Record(key=key, audio=cfg.root / rel, labels=lab, split=split, path=rel))
-    return Dataset(source="folder", task=task, records=records)
+        rec = Record(key=key, audio=None if image else cfg.root / rel, labels=lab, split=split, path=rel)
+        if image:
+            cells = {"mel": rel, **{c: str(df[c].iat[row]).strip() for c in channels[1:]}}
+            rec.images = {c: cfg.root / v for c, v in cells.items() if v}
+        records.append(rec)
+    kind = "image" if image else "audio"
+    return Dataset(source="folder", task=task, records=records, kind=kind, channels=channels)

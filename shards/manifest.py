@@ -35,7 +35,8 @@ the track's segment count, its first sample within the track, the track's length
 META_EXT = "json"  # human-readable metadata (source id, labels by name, durations)
 
 TaskKind = Literal["single", "multi", "hier"]
-Codec = Literal["pcm16", "flac", "ogg"]
+Codec = Literal["pcm16", "flac", "ogg", "none"]  # "none": image builds store no audio
+SampleKind = Literal["audio", "image"]
 
 
 @dataclass(kw_only=True)
@@ -150,6 +151,15 @@ class SplitInfo:
 
 
 @dataclass(kw_only=True)
+class ImageChannel:
+    """One image channel of an image build: its member extensions and the image sizes seen."""
+
+    exts: list[str]  # member extensions, e.g. ["mel.jpg"] (several when formats are mixed)
+    min_size: list[int]  # [height, width], smallest seen
+    max_size: list[int]  # [height, width], largest seen
+
+
+@dataclass(kw_only=True)
 class Manifest:
     source: str
     sample_rate: int
@@ -161,21 +171,33 @@ class Manifest:
     segment_samples: int | None = None  # version 2: samples per full segment (None: whole tracks)
     format: str = FORMAT
     version: int = VERSION
+    kind: SampleKind = "audio"  # absent in a manifest = "audio"
+    images: dict[str, ImageChannel] = field(default_factory=dict)  # image kind: channel -> info, in order
     root: Path | None = field(default=None, compare=False)  # folder it was read from (not stored)
 
     def __post_init__(self) -> None:
         if not isinstance(self.task, TaskSpec):
             self.task = TaskSpec(**self.task)
         self.splits = {k: v if isinstance(v, SplitInfo) else SplitInfo(**v) for k, v in self.splits.items()}
+        self.images = {
+            k: v if isinstance(v, ImageChannel) else ImageChannel(**v) for k, v in self.images.items()
+        }
+        if self.kind not in ("audio", "image"):
+            raise ValueError(f"kind: {self.kind!r} is not audio or image")
+        if self.kind == "image" and not self.images:
+            raise ValueError("images: an image build lists its channels")
 
     @property
     def audio_ext(self) -> str:
+        if self.kind != "audio":
+            raise ValueError(f"{self.root or ''}: an {self.kind} build has no audio member")
         return AUDIO_EXT[self.codec]
 
     @property
     def segmented(self) -> bool:
-        """Samples carry a ``seg`` member (version 2); version 1 samples are whole tracks."""
-        return self.version >= 2
+        """Audio samples carry a ``seg`` member (version 2); version 1 samples are whole tracks
+        (image samples are never segmented)."""
+        return self.version >= 2 and self.kind == "audio"
 
     def split(self, name: str) -> SplitInfo:
         if name not in self.splits:
@@ -194,6 +216,9 @@ class Manifest:
     def to_json(self) -> str:
         d = _plain(self)
         d.pop("root", None)
+        if self.kind == "audio":  # absent = audio: audio manifests read the same by older readers
+            d.pop("kind")
+            d.pop("images")
         return json.dumps(d, indent=2, sort_keys=False) + "\n"
 
 

@@ -33,8 +33,8 @@ class Record:
 
     key: str
     """Unique id within the dataset (sanitised into the shard key)."""
-    audio: Path | bytes
-    """Audio file, or the encoded bytes (ccmusic parquet)."""
+    audio: Path | bytes | None
+    """Audio file, or the encoded bytes; None for an image record."""
     labels: Any
     """single: class name; multi: list of tag names; hier: one class name per level."""
     split: str
@@ -43,6 +43,8 @@ class Record:
     """Human-readable origin (for rejects.jsonl and the sample's .json)."""
     meta: dict[str, Any] = field(default_factory=dict)
     """Extra metadata copied into the sample's .json."""
+    images: dict[str, Path | bytes] = field(default_factory=dict)
+    """Image records: one image file (or its bytes) per channel, stored unchanged."""
 
 
 @dataclass(kw_only=True)
@@ -60,6 +62,10 @@ class Dataset:
     task: TaskSpec
     records: list[Record]
     rejects: list[Reject] = field(default_factory=list)
+    kind: str = "audio"
+    """Sample kind: "audio" (tracks) or "image" (precomputed spectrogram images)."""
+    channels: list[str] = field(default_factory=list)
+    """Image kind: the channel names each record carries an image for, in order."""
 
     @property
     def num_inputs(self) -> int:

@@ -66,3 +66,24 @@ def synth_shards(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path
         return cache[key]
 
     return make
+
+
+@pytest.fixture(scope="session")
+def synth_image_shards(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path]:
+    """Factory ``synth_image_shards(task="single", tracks=24, seconds=3.0) -> Path``: image shards
+    (mel/cqt/chroma JPEGs rendered from ``shards synth`` audio, ``pipelines.synth_images``) built
+    with the folder importer, once per argument set and session; the raw images in ``../raw``."""
+    from pipelines.synth_images import build_synth_image_shards
+
+    cache: dict[tuple, Path] = {}
+
+    def make(task: str = "single", tracks: int = 24, seconds: float = 3.0) -> Path:
+        key = (task, tracks, float(seconds))
+        if key not in cache:
+            base = tmp_path_factory.mktemp(f"synth-images-{task}-{tracks}")
+            cache[key] = build_synth_image_shards(
+                base / "shards", raw=base / "raw", task=task, tracks=tracks, seconds=seconds
+            )
+        return cache[key]
+
+    return make

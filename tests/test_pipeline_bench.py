@@ -104,3 +104,19 @@ def test_bench_long_compares_the_same_audio_three_ways(tmp_path, capsys):
         read_manifest(tmp_path / f"shards-pcm16-4s-{k}").split("train") for k in ("segmented", "whole")
     )
     assert (seg.num_tracks, seg.num_samples, whole.num_samples) == (6, 12, 6)
+
+
+def test_bench_image_shards_dali_cpu_vs_pil_torchvision(synth_image_shards, capsys):
+    """On image shards the baseline is webdataset + PIL + torchvision; both yield the same batches."""
+    shards = synth_image_shards(tracks=24, seconds=3.0)
+    args = [str(shards), "--json", "--pipelines", "dali-cpu,baseline", "--workers", "1", "--warmup", "1"]
+    args += ["--batches", "3", "--features.n_mels=32", "--features.n_mfcc=8", "--features.image_frames=48"]
+    args += [
+        '--features.channels=["mel","cqt","chroma"]',
+        "--loader.batch_size=4",
+        "--loader.chunks_per_track=2",
+    ]
+    assert main(args) == 0
+    rows = json.loads(capsys.readouterr().out)["results"]
+    assert [r["pipeline"] for r in rows] == ["dali-cpu", "baseline"]
+    assert all(r["batches"] == 3 and r["chunks"] == 12 and r["chunks_per_s"] > 0 for r in rows)

@@ -252,7 +252,7 @@ def test_ccmusic_hier_splits_from_file_names(tmp_path: Path) -> None:
     l1, l2, l3 = m.task.levels
     assert (l1.classes, l2.classes, l3.classes) == (FST, SEC, THR)
     assert l2.parent == [0, 0, 1, 1] and l3.parent == [0, 1, 2, 2, 3]
-    assert list(_rejects(out).values()) == ["no audio bytes in the parquet row"]
+    assert list(_rejects(out).values()) == ["no audio bytes in the row"]
     labels = sorted(v[1] for v in _labels(out).values())
     assert labels[0] == ["1_Classic", "3_Symphony", "3_Symphony"] and len(labels) == 7
 

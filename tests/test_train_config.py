@@ -27,6 +27,7 @@ def test_there_is_a_config_per_seed_experiment() -> None:
         "ccmusic_ast",
         "ccmusic_customcnn",
         "ccmusic_gbm_pca",
+        "ccmusic_customcnn_audio",
         "demo_customcnn",
     }
     assert expected <= names
