@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from shards.audio import process_indexed
+from shards.builder import process_indexed as real_process_indexed
 
 # light imports only at the top: the build's spawned workers import this module for die_on_crash_file
 
@@ -47,7 +47,7 @@ def die_on_crash_file(job):  # type: ignore[no-untyped-def]
     """Stands in for a codec that segfaults on one file (runs in the build's worker processes)."""
     if "crash" in str(job[1]):
         os.kill(os.getpid(), signal.SIGSEGV)
-    return process_indexed(job)
+    return real_process_indexed(job)
 
 
 @pytest.mark.slow
