@@ -39,16 +39,14 @@ def _shards(raw: Path, out: Path, rate: int, segment: float, codec: Codec, worke
     from shards.builder import build
     from shards.config import BuildConfig
 
-    cfg = BuildConfig(
-        source="folder",
-        root=raw,
-        out=out,
-        sample_rate=rate,
-        segment_seconds=segment,
-        codec=codec,
-        workers=workers,
-    )
-    build(cfg, progress=False)  # resumes: nothing to do when already built with these settings
+    opts: dict[str, Any] = {
+        "sample_rate": rate,
+        "segment_seconds": segment,
+        "codec": codec,
+        "workers": workers,
+    }
+    # resumes: nothing to do when already built with these settings
+    build(BuildConfig(source="folder", root=raw, out=out, **opts), progress=False)
     return out
 
 
