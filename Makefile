@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 
-.PHONY: install demo test test-quick test-gpu lint typecheck format bench bench-step bench-train bench-shards clean
+.PHONY: install demo test test-quick test-gpu gpu-proof lint typecheck format bench bench-step bench-train bench-shards clean
 
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -58,6 +58,16 @@ bench-train: $(STAMP)
 ## Shard building from MP3 sources (x real time per core).
 bench-shards: $(STAMP)
 	$(BIN)/python -m shards bench --tracks 48 --seconds 30 --dir /tmp/shards-bench
+
+## The GPU path proved in one run of <= 8 min (device lease; docs/benchmarks.md "GPU proof"):
+## gpu tests, pipeline bench, input-bound check, torchrun SIGTERM + resume. JSON + markdown in
+## $(GPU_PROOF_OUT). Runs from the source tree with $(PY) (no venv, no install): on the device
+## machine its python3; `make gpu-proof DEVICE=cpu PY=.venv/bin/python` is the tiny CPU dry run.
+DEVICE ?= gpu
+GPU_PROOF_OUT ?= /tmp/musicstream-gpu-proof
+GPU_PROOF_ARGS ?=
+gpu-proof:
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(PY) -m train.gpu_proof --device $(DEVICE) --out $(GPU_PROOF_OUT) $(GPU_PROOF_ARGS)
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import importlib.util
 import json
 import os
 import platform
@@ -37,7 +38,7 @@ def cpu_seconds() -> float:
     t = os.times()
     total = t.user + t.system
     tick = os.sysconf("SC_CLK_TCK")
-    for pid in _children(os.getpid()):
+    for pid in descendants(os.getpid()):
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / tick
@@ -46,7 +47,24 @@ def cpu_seconds() -> float:
     return total
 
 
-def _children(pid: int) -> list[int]:
+def machine_cpu_seconds() -> float | None:
+    """Busy CPU seconds of the whole machine since boot (every process and the kernel: what the
+    process figure misses, e.g. page-cache reads): /proc/stat, else psutil where it is installed,
+    else None (the figure is left out)."""
+    stat = Path("/proc/stat")
+    if stat.is_file():
+        v = [int(x) for x in stat.read_text().split("\n", 1)[0].split()[1:9]]
+        return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
+    if importlib.util.find_spec("psutil") is not None:
+        import psutil
+
+        t = psutil.cpu_times()
+        return float(sum(t) - t.idle - getattr(t, "iowait", 0.0))
+    return None
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below ``pid`` (children, theirs, ...), from /proc."""
     out: list[int] = []
     for task in Path(f"/proc/{pid}/task").glob("*/children"):
         try:
@@ -54,7 +72,7 @@ def _children(pid: int) -> list[int]:
         except OSError:
             continue
         for k in kids:
-            out += [k, *_children(k)]
+            out += [k, *descendants(k)]
     return out
 
 
@@ -81,7 +99,7 @@ def time_batches(
     if cuda:
         torch.cuda.synchronize()
     chunks, wait = 0, 0.0
-    cpu0, t0 = cpu_seconds(), time.perf_counter()
+    cpu0, machine0, t0 = cpu_seconds(), machine_cpu_seconds(), time.perf_counter()
     for _ in range(batches):
         w0 = time.perf_counter()
         b = next(it)
@@ -95,8 +113,9 @@ def time_batches(
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
     cpu = cpu_seconds() - cpu0
+    machine1 = machine_cpu_seconds()
     del it
-    return {
+    res: dict[str, float] = {
         "batches": batches,
         "chunks": chunks,
         "seconds": round(wall, 3),
@@ -106,6 +125,9 @@ def time_batches(
         "cpu_cores": round(cpu / wall, 2),
         "steps_per_s": round(batches / wall, 3),
     }
+    if machine0 is not None and machine1 is not None:
+        res["machine_cpu_cores"] = round((machine1 - machine0) / wall, 2)
+    return res
 
 
 def make_loader(name: str, shards: Path, cfg: dict[str, Any], workers: int, split: str) -> Any:
@@ -156,7 +178,7 @@ def bench_train_step(shards: Path, args: argparse.Namespace, overrides: list[str
     extra = ["train.amp=bf16", "train.channels_last=true", *[o.removeprefix("--") for o in overrides]]
     r = bench_real_loader(config, shards, args.train_step, args.batches, args.warmup, extra)
     real = "dali-gpu" if torch.cuda.is_available() else "dali-cpu"
-    common = {"model": args.train_step, "shape": r["shape"], "batch": r["batch"]}
+    common = {"model": args.train_step, "shape": r["shape"], "batch": r["batch"], "params_m": r["params_m"]}
     return [
         {"pipeline": "synthetic-resident", "steps_per_s": r["synthetic_steps_per_s"], **common},
         {"pipeline": real, "steps_per_s": r["real_steps_per_s"], "vs_synthetic": r["ratio"], **common},
@@ -285,6 +307,7 @@ def print_table(doc: dict[str, Any]) -> None:
         "audio_hours_per_s",
         "mean_wait_ms",
         "cpu_cores",
+        "machine_cpu_cores",
         "steps_per_s",
         "gpu_mem_device_mib",
         "vs_synthetic",

@@ -139,3 +139,63 @@ def test_resampling_when_shards_have_another_rate(synth_shards, device):
         peak = level(want).argmax(dim=1)
         diff = level(x).gather(1, peak[:, None]) - level(want).gather(1, peak[:, None])
         assert float(diff.abs().max()) < 1.0  # the genre tone's row, full chunks only
+
+
+def _run_outputs(spec, batches: int) -> list[dict[str, list[np.ndarray]]]:
+    """``batches`` runs of the DALI pipeline of ``spec``: per output name, one array per sample."""
+    from pipelines.graph import build_pipeline
+
+    pipe = build_pipeline(spec)
+    runs = []
+    for _ in range(batches):
+        outs = pipe.run()
+        runs.append(
+            {
+                name: [np.array(t) for t in (tl.as_cpu() if hasattr(tl, "as_cpu") else tl)]
+                for name, tl in zip(spec.output_names, outs)
+            }
+        )
+    return runs
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_dali_gpu_matches_dali_cpu_on_every_output(synth_shards, mode):
+    """The one graph built for both backends, run side by side: every pipeline output, sample by
+    sample (eval: mel dB, power, labels, track ids, chunk counts; train: also the SpecAugment
+    masks' shape and the reader's outputs), then the loader's batches {x, y, track} (eval).
+    The reader is CPU-only in both, so track order and labels must be identical."""
+    path = synth_shards(tracks=13, seconds=2.5, sample_rate=8000, shard_size_mb=0.1)
+    fc, aug, lc = small_configs()
+    kw = dict(mode=mode, features=fc, augment=aug, loader=lc)
+    gpu = build_loader(path, "train", device="cuda", **kw)
+    cpu_spec = dataclasses.replace(gpu.spec, device="cpu", device_id=None)
+    n = len(gpu)
+    got, want = _run_outputs(gpu.spec, n), _run_outputs(cpu_spec, n)
+    assert "power" in gpu.spec.output_names and ("mask" in gpu.spec.output_names) == (mode == "train")
+    for g, w in zip(got, want):
+        for name in ("lbl", "tid", "nchunks"):
+            assert all(np.array_equal(a, b) for a, b in zip(g[name], w[name])), name
+        for a, b in zip(g["mel"], w["mel"]):
+            assert a.shape == b.shape and a.dtype == b.dtype == np.float32
+            if mode == "eval":  # train: chunk offsets are random draws; compare shapes only
+                assert (
+                    float(np.abs(a - b).max()) <= TOL["mel"][0]
+                    and float(np.abs(a - b).mean()) <= TOL["mel"][1]
+                )
+        for a, b in zip(g["power"], w["power"]):
+            assert a.shape == b.shape
+            if mode == "eval":
+                assert float(np.abs(a - b).max()) <= 1e-4 * float(b.max())
+        if mode == "train":
+            assert all(
+                a.shape == b.shape and a.dtype == b.dtype == np.uint8 for a, b in zip(g["mask"], w["mask"])
+            )
+    if mode == "eval":
+        on_gpu = by_track(gpu)
+        on_cpu = by_track(build_loader(path, "train", device="cpu", **kw))
+        assert sorted(on_gpu) == sorted(on_cpu) == list(range(9))
+        for t in on_cpu:
+            assert torch.equal(on_gpu[t]["y"], on_cpu[t]["y"])
+            assert on_gpu[t]["x"].shape == on_cpu[t]["x"].shape
+            assert float((on_gpu[t]["x"] - on_cpu[t]["x"]).abs().max()) <= 5e-3  # min-max normalised

@@ -99,3 +99,27 @@ def test_ranks_share_the_init_but_not_the_dropout_stream(tmp_path) -> None:  # n
         trainer.close()
     assert torch.equal(weights[0], weights[1])
     assert not torch.equal(draws[0], draws[1])
+
+
+def test_torchrun_with_one_rank_joins_a_process_group(monkeypatch) -> None:  # noqa: ANN001
+    """A 1-GPU torchrun run takes the N-rank path (NCCL there, gloo here; DDP, collectives)."""
+    import socket
+
+    import torch.distributed as dist
+
+    from train.distributed import close, init
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for k, v in {"RANK": "0", "WORLD_SIZE": "1", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+                 "MASTER_PORT": str(port)}.items():  # fmt: skip
+        monkeypatch.setenv(k, v)
+    info = init("cpu")
+    try:
+        assert info.distributed and info.world_size == 1
+        assert dist.is_initialized() and dist.get_backend() == "gloo"
+    finally:
+        close()
+    monkeypatch.delenv("MASTER_ADDR")  # RANK/WORLD_SIZE alone (no rendezvous): one plain process
+    assert not init("cpu").distributed and not dist.is_initialized()

@@ -119,11 +119,27 @@ def bench_real_loader(
         sync()
         real = steps / (time.perf_counter() - t0)
         shape, batch = trainer.data.feature_shape, exp.loader.batch_size
+        params = round(sum(p.numel() for p in trainer.raw.parameters()) / 1e6, 2)
+        # the same network both ways: the resolved preset (bench_family's own default may differ,
+        # e.g. ast tiny vs the family's base) and the config's regularisation
+        preset = exp.model.preset or trainer.family.default_preset
         trainer.close()
-    same_model = [f"model.preset={exp.model.preset}"] if exp.model.preset else []
-    synth = bench_family(family, shape, batch, steps, warmup, [*same_model, *extra])["steps_per_s"]
-    return {"family": family, "shape": list(shape), "batch": batch, "real_steps_per_s": round(real, 3),
-            "synthetic_steps_per_s": synth, "ratio": round(real / synth, 3)}  # fmt: skip
+    same_model = [f"model.dropout={exp.model.dropout}", f"model.drop_path={exp.model.drop_path}"]
+    same_model += [f"model.preset={preset}"] if preset else []
+    same_model += [f"model.kwargs={_inline_table(exp.model.kwargs)}"] if exp.model.kwargs else []
+    synth_row = bench_family(family, shape, batch, steps, warmup, [*same_model, *extra])
+    synth = synth_row["steps_per_s"]
+    if synth_row["params_m"] != params:
+        raise RuntimeError(
+            f"{family}: synthetic bench built {synth_row['params_m']}M params, the real run {params}M"
+        )
+    return {"family": family, "shape": list(shape), "batch": batch, "params_m": params,
+            "real_steps_per_s": round(real, 3), "synthetic_steps_per_s": synth, "ratio": round(real / synth, 3)}  # fmt: skip
+
+
+def _inline_table(d: dict[str, Any]) -> str:
+    """``{a = 1, b = "x"}`` for an override (JSON scalars and arrays are also TOML literals)."""
+    return "{" + ", ".join(f"{k} = {json.dumps(v)}" for k, v in d.items()) + "}"
 
 
 def main(argv: list[str] | None = None) -> int:

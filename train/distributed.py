@@ -22,6 +22,8 @@ class DistInfo:
     world_size: int
     local_rank: int
     device: torch.device
+    joined: bool = False
+    """In a process group: always under torchrun, even with one rank."""
 
     @property
     def is_main(self) -> bool:
@@ -29,7 +31,8 @@ class DistInfo:
 
     @property
     def distributed(self) -> bool:
-        return self.world_size > 1
+        """Take the multi-rank code path (DDP, collectives): several ranks, or one that joined a group."""
+        return self.world_size > 1 or self.joined
 
 
 def env_rank() -> tuple[int, int, int]:
@@ -83,19 +86,26 @@ def rendezvous_env(rank: int, world: int) -> None:
     env.setdefault("WORLD_SIZE", str(world))
 
 
+def launched_with_rendezvous() -> bool:
+    """A launcher (torchrun) set RANK, WORLD_SIZE and where to meet (MASTER_ADDR/PORT)."""
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+
+
 def init(device: str = "auto", timeout_s: int = 1800) -> DistInfo:
-    """Join the process group when launched with world_size > 1 (env:// rendezvous)."""
+    """Join the process group when launched with world_size > 1, or by torchrun even with one
+    rank (env:// rendezvous): a 1-GPU torchrun run then takes the N-GPU path (NCCL, DDP)."""
     rank, world, local = env_rank()
-    if world > 1 and not dist.is_initialized():
+    join = world > 1 or launched_with_rendezvous()
+    if join and not dist.is_initialized():
         rendezvous_env(rank, world)  # before any CUDA work: a config mistake fails fast
     dev = pick_device(device, local)
-    if world > 1 and not dist.is_initialized():
+    if join and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
         kwargs: dict[str, Any] = {"device_id": dev} if dev.type == "cuda" else {}
         dist.init_process_group(
             backend, timeout=timedelta(seconds=timeout_s), rank=rank, world_size=world, **kwargs
         )
-    return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev)
+    return DistInfo(rank=rank, world_size=world, local_rank=local, device=dev, joined=join)
 
 
 def close() -> None:

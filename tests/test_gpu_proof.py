@@ -1,0 +1,179 @@
+"""``make gpu-proof``: the device lease's one script, dry-run on CPU so it cannot rot between leases."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from train.gpu_proof import GPU, STAGES, cpu_profile
+from train.gpu_proof_stages import Context, Proc, StageTimeout, gpu_test_files, last_json
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_cpu_dry_run_fills_every_stage_with_real_figures(tmp_path: Path) -> None:
+    out, cpu = tmp_path / "proof", cpu_profile()
+    files = gpu_test_files()
+    listing = subprocess.Popen(  # meanwhile: which gpu tests exist (each must show up, skipped)
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "gpu", "-p", "no:cacheprovider", *files],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    cmd = ["make", "-s", "gpu-proof", "DEVICE=cpu", f"PY={sys.executable}", f"GPU_PROOF_OUT={out}"]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    n_gpu = sum(1 for line in listing.communicate(timeout=300)[0].splitlines() if "::" in line)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    doc = json.loads((out / "gpu-proof.json").read_text())
+    st = doc["stages"]
+    assert list(st) == list(STAGES)
+    assert [st[s]["status"] for s in STAGES] == ["ok", "ok", "ok", "ok", "skipped"], st
+    for s in STAGES[:4]:
+        assert 0 < st[s]["seconds"] <= st[s]["budget_s"] + 1
+    assert doc["elapsed_s"] <= doc["total_budget_s"]
+    # 1. every gpu test is collected, and skips: the dry run hides any GPU
+    t = st["gpu_tests"]
+    assert (
+        t["files"] == files
+        and "tests/test_train_gpu.py" in files
+        and "tests/test_pipeline_parity.py" in files
+    )
+    assert n_gpu >= 20 and (t["passed"], t["failed"], t["errors"], t["skipped"]) == (0, 0, 0, n_gpu)
+    # 2. the bench ran on the shards the run built (24 tracks: 16/4/4), both CPU pipelines
+    b = st["pipeline_bench"]
+    assert b["shards"]["splits"] == {"train": 16, "validation": 4, "test": 4}
+    assert [r["pipeline"] for r in b["results"]] == ["dali-cpu", "baseline"]
+    for r in b["results"]:
+        assert r["batches"] == cpu.bench_batches and r["chunks"] == cpu.bench_batches * 8
+        assert r["chunks_per_s"] > 0 and r["cpu_cores"] >= 0 and r["machine_cpu_cores"] >= 0
+        assert math.isclose(r["chunks_per_s"], r["chunks"] / r["seconds"], rel_tol=0.01)
+    # 3. the input-bound ratio is the ratio of the two measured rates
+    (row,) = st["input_bound"]["rows"]
+    assert row["family"] == "customcnn" and row["shape"] == [3, 32, 1 + 8000 // 128] and row["batch"] == 8
+    assert row["synthetic_steps_per_s"] > 0 and row["real_steps_per_s"] > 0 and row["params_m"] > 0
+    assert abs(row["vs_synthetic"] - row["real_steps_per_s"] / row["synthetic_steps_per_s"]) < 0.01
+    # 4. SIGTERM landed mid-run, the resumed run ended where the uninterrupted one did, same weights
+    r = st["resume"]
+    assert r["passed"] and cpu.sigterm_after <= r["stopped_at_step"] < cpu.resume_steps
+    c = r["comparison"]
+    assert c["position_full"] == c["position_resumed"] and c["position_full"]["step"] == cpu.resume_steps
+    assert all(c["checks"].values()) and c["dali_checkpoint_equal"]
+    assert c["weights_rel_l2"] < 1e-6  # CPU kernels are deterministic
+    assert c["loss_full"] > 0 and math.isclose(c["loss_full"], c["loss_resumed"], rel_tol=1e-6)
+    md = (out / "gpu-proof.md").read_text()
+    assert "| resume | ok |" in md and "| dali-cpu |" in md and "**passed**" in md
+    assert md in proc.stdout  # the block is also the end of the output (what a device reply shows)
+
+
+def _ctx(tmp_path: Path) -> Context:
+    ctx = Context(
+        cpu_profile(), tmp_path, tmp_path / "work", sys.executable, {"PATH": "/usr/bin:/bin"}, {"stages": {}}
+    )
+    ctx.logs.mkdir(parents=True)
+    return ctx
+
+
+def test_a_stage_over_budget_is_stopped_with_its_children(tmp_path: Path) -> None:
+    # the grandchild starts a session of its own (as torchrun's workers do): a process-group kill misses it
+    code = (
+        "import subprocess, sys, time; subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(61.2345)'],"
+        " start_new_session=True); time.sleep(61.2345)"
+    )
+    proc = Proc([sys.executable, "-c", code], "sleeper", _ctx(tmp_path))
+    t0 = time.monotonic()
+    with pytest.raises(StageTimeout, match="sleeper"):
+        proc.wait(time.monotonic() + 1.0)
+    assert time.monotonic() - t0 < 15 and proc.p.poll() is not None
+    assert (
+        _alive_with("time.sleep(61.2345)") == []
+    )  # every process it started went, not only the direct child
+    assert (tmp_path / "work" / "logs" / "sleeper.err.txt").read_text().startswith("$ ")
+
+
+def _alive_with(token: str) -> list[int]:
+    """Live processes whose command line holds ``token``."""
+    pids = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            text = cmdline.read_bytes().decode(errors="replace")
+            state = (cmdline.parent / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if token in text and state != "Z":
+            pids.append(int(cmdline.parent.name))
+    return pids
+
+
+def test_last_json_takes_the_final_document_after_other_output() -> None:
+    text = 'note: warming up\n{"a": 1}\nmore\n{\n  "results": [\n    {"x": 2}\n  ]\n}\n'
+    assert last_json(text, "t") == {"results": [{"x": 2}]}
+    with pytest.raises(Exception, match="no JSON"):
+        last_json("progress only\n", "t")
+
+
+def test_the_lease_profile_commands_resolve(tmp_path: Path) -> None:
+    """The GPU profile cannot be run here: check at least that every config and override it
+    passes resolves (a typo would otherwise surface only during a lease), at the seed shape."""
+    from pipelines.config import framing
+    from train.__main__ import parse_args
+    from train.config import load_experiment
+    from train.gpu_proof_resume import torchrun_cmd
+    from train.models import check_model_config
+
+    ctx = Context(GPU, tmp_path, tmp_path / "work", sys.executable, {}, {"stages": {}})
+    cmd = torchrun_cmd(ctx, tmp_path / "shards", tmp_path / "run")
+    args, overrides = parse_args(cmd[cmd.index("train") + 1 :])
+    exp = load_experiment(ROOT / args.config, overrides)
+    check_model_config(exp.model)
+    assert (exp.model.family, exp.train.max_steps, exp.train.device, exp.data.val_split) == (
+        "customcnn",
+        200,
+        "cuda",
+        None,
+    )
+    assert GPU.resume_steps % GPU.log_every == 0  # the final loss is logged at the last step
+    for family in GPU.families:
+        exp = load_experiment(
+            ROOT / GPU.config, [f"data.shards={tmp_path}", f"model.family={family}", *GPU.overrides]
+        )
+        check_model_config(exp.model)
+        shape = (len(exp.features.channels), exp.features.n_mels, framing(exp.features, exp.loader).frames)
+        assert shape == (3, 256, 259)
+
+
+def test_markdown_of_a_gpu_run_shows_its_gpu_only_figures() -> None:
+    """The GPU-only fields (device, memory, NCCL, DALI gpu row) never appear in the dry run."""
+    from train.gpu_proof_report import markdown
+
+    shards = {"tracks": 2000, "seconds": 30.0, "codec": "pcm16", "sample_rate": 22050, "distinct": 64,
+              "gb": 2.65, "splits": {"train": 1376, "validation": 312, "test": 312}}  # fmt: skip
+    row = {"chunks_per_s": 21000.0, "cpu_cores": 3.5, "gpu_mem_device_mib": 900.0}
+    checks = {"same_step_and_loader_position": True, "same_dali_reader_state": True}
+    pos = {"step": 200, "epoch": 2, "batch_in_epoch": 28, "loader_epoch": 2, "loader_batch": 28}
+    doc = {
+        "started": "2026-12-02T15:00:00Z", "command": "python3 -m train.gpu_proof", "elapsed_s": 400.0,
+        "total_budget_s": 480.0,
+        "machine": {"gpu": "NVIDIA H200", "gpu_memory": "143771 MiB", "driver": "580.159.04", "cpu_count": 16,
+                    "python": "3.12.3", "torch": "2.11.0+cu130"},
+        "stages": {
+            "pipeline_bench": {"status": "ok", "budget_s": 150, "seconds": 80.0, "shards": shards, "workers": 16,
+                               "results": [{"pipeline": "dali-gpu", **row},
+                                           {"pipeline": "baseline", "chunks_per_s": 2100.0, "cpu_cores": 15.0}]},
+            "resume": {"status": "ok", "budget_s": 90, "seconds": 60.0, "backend": "nccl", "nccl_version": "2.27.7",
+                       "steps": 200, "signalled_at_logged_step": 100, "stopped_at_step": 101, "resume_s": 20.0,
+                       "passed": True,
+                       "comparison": {"position_full": pos, "position_resumed": pos, "dali_checkpoint_equal": True,
+                                      "lr_full": 1e-5, "lr_resumed": 1e-5, "loss_full": 1.2, "loss_resumed": 1.2,
+                                      "loss_rel_diff": 0.0, "weights_rel_l2": 2e-5, "weights_max_abs": 1e-6,
+                                      "tolerances": {"weights_rel_l2": 1e-3, "loss_rel_diff": 1e-2}, "checks": checks}},
+        },
+    }  # fmt: skip
+    md = markdown(doc)
+    assert md.startswith("### GPU proof: NVIDIA H200 (143771 MiB, driver 580.159.04)")
+    assert "| dali-gpu | 21000.0 |" in md and "dali-gpu 10.00x" in md and "| 900.0 |" in md
+    assert "(nccl, NCCL 2.27.7)" in md and "stopped at step 101" in md and "**passed**" in md

@@ -1,0 +1,153 @@
+"""The markdown block of a ``train.gpu_proof`` run, ready for docs/benchmarks.md.
+
+Written from the JSON alone (after every stage), so a partial run gives a partial block.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+PIPELINE_COLS = [
+    ("pipeline", "pipeline"),
+    ("chunks_per_s", "chunks/s"),
+    ("audio_hours_per_s", "audio h/s"),
+    ("mean_wait_ms", "mean wait ms"),
+    ("cpu_cores", "CPU cores (process)"),
+    ("machine_cpu_cores", "CPU cores (machine)"),
+    ("gpu_mem_device_mib", "GPU MiB (device)"),
+    ("gpu_mem_torch_peak_mib", "GPU MiB (torch peak)"),
+]
+
+
+def _row(cells: list[Any]) -> str:
+    return "| " + " | ".join("" if c is None else str(c) for c in cells) + " |"
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
+    return [_row(header), _row(["---"] * len(header)), *(_row(r) for r in rows)]
+
+
+def _pipeline(title: str, st: dict[str, Any]) -> list[str]:
+    sh = st.get("shards")
+    if not sh:
+        return []
+    lines = [
+        f"**{title}**: {sh['tracks']} tracks x {sh['seconds']:g} s, {sh['codec']} at {sh['sample_rate']} Hz "
+        f"({sh['distinct']} distinct signals, {sh['gb']} GB, splits {sh['splits']}; built in "
+        f"{st.get('shards_build_s', '-')} s); workers = DALI threads = {st.get('workers', '-')}; "
+        f"load average after {st.get('load_average', '-')}.",
+        "",
+    ]
+    results = st.get("results") or []
+    if results:
+        cols = [(k, h) for k, h in PIPELINE_COLS if any(k in r for r in results)]
+        lines += _table([h for _, h in cols], [[r.get(k) for k, _ in cols] for r in results])
+        by = {r["pipeline"]: r for r in results}
+        if "baseline" in by and by["baseline"]["chunks_per_s"] > 0:
+            ratios = [
+                f"{n} {by[n]['chunks_per_s'] / by['baseline']['chunks_per_s']:.2f}x"
+                for n in by
+                if n != "baseline"
+            ]
+            lines += ["", f"vs the baseline: {', '.join(ratios)} (targets, one GPU: DALI gpu >= 20,000 chunks/s "
+                      "with <= 4 CPU cores busy, >= 10x the baseline)"]  # fmt: skip
+    else:
+        lines.append(f"(no figures: {st.get('status')}: {str(st.get('error', ''))[:300]})")
+    return [*lines, ""]
+
+
+def _input_bound(st: dict[str, Any]) -> list[str]:
+    rows = st.get("rows") or []
+    if not rows:
+        return []
+    ok = [r for r in rows if r["status"] == "ok"]
+    shape = (
+        f"shape {tuple(ok[0]['shape'])}, batch {ok[0]['batch']}, real loader {ok[0]['pipeline']}"
+        if ok
+        else ""
+    )
+    lines = [f"**Input-bound** (bf16 autocast + channels_last; {shape}; target vs_synthetic >= 0.95):", ""]
+    lines += _table(
+        [
+            "family",
+            "params (M)",
+            "synthetic resident steps/s",
+            "real loader steps/s",
+            "vs_synthetic",
+            "seconds",
+        ],
+        [
+            [
+                r["family"],
+                r.get("params_m"),
+                r.get("synthetic_steps_per_s"),
+                r.get("real_steps_per_s"),
+                r.get("vs_synthetic", r["status"]),
+                r["seconds"],
+            ]  # fmt: skip
+            for r in rows
+        ],
+    )
+    return [*lines, ""]
+
+
+def _resume(st: dict[str, Any]) -> list[str]:
+    c = st.get("comparison")
+    if not c:
+        return (
+            [f"**Resume** ({st.get('status')}): {str(st.get('error', st.get('reason', '')))[:300]}", ""]
+            if st
+            else []
+        )
+    pos = c["position_full"]
+    verdict = "passed" if st.get("passed") else "FAILED " + str([k for k, v in c["checks"].items() if not v])
+    return [
+        f"**Resume** ({st['backend']}{', NCCL ' + str(st['nccl_version']) if st.get('nccl_version') else ''}): "
+        f"torchrun 1 rank, {st['steps']} steps; SIGTERM at logged step {st['signalled_at_logged_step']}, stopped "
+        f"at step {st['stopped_at_step']}, `--checkpoint.resume=auto` to {pos['step']} ({st.get('resume_s')} s) vs "
+        f"uninterrupted: position {pos['epoch']}/{pos['batch_in_epoch']} (epoch/batch) "
+        f"{'equal' if c['checks']['same_step_and_loader_position'] else 'DIFFERENT'}, DALI reader state "
+        f"{'equal' if c['dali_checkpoint_equal'] else 'DIFFERENT'}, lr {c['lr_full']:.3g} vs {c['lr_resumed']:.3g}, "
+        f"loss {c['loss_full']:.5f} vs {c['loss_resumed']:.5f} (rel {c['loss_rel_diff']:.1e} <= "
+        f"{c['tolerances']['loss_rel_diff']:g}), weights rel L2 {c['weights_rel_l2']:.1e} <= "
+        f"{c['tolerances']['weights_rel_l2']:g} (max abs {c['weights_max_abs']:.1e}): **{verdict}**.",
+        "",
+    ]
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    m = doc["machine"]
+    where = f"{m['gpu']} ({m['gpu_memory']}, driver {m['driver']})" if "gpu" in m else "CPU dry run (no GPU)"
+    stages = doc["stages"]
+    lines = [
+        f"### GPU proof: {where}, {doc['started']}",
+        "",
+        f"`{doc['command']}`: {m['cpu_count']} CPUs, Python {m['python']}, torch {m['torch']}"
+        f"{', DALI ' + stages['pipeline_bench']['bench_machine'].get('dali', '?') if stages.get('pipeline_bench', {}).get('bench_machine') else ''}; "
+        f"{doc.get('elapsed_s', 0)} s of the {doc['total_budget_s']:g} s budget.",
+        "",
+    ]
+    lines += _table(
+        ["stage", "status", "seconds", "budget s", "note"],
+        [
+            [
+                name,
+                st["status"],
+                st.get("seconds", ""),
+                st["budget_s"],
+                str(st.get("error", st.get("reason", "")))[:160].replace("|", "/").replace("\n", " "),
+            ]  # fmt: skip
+            for name, st in stages.items()
+        ],
+    )
+    lines.append("")
+    t = stages.get("gpu_tests")
+    if t and "passed" in t:
+        fails = f"; failing: {', '.join(t['failures'])}" if t["failures"] else ""
+        lines += [f"**gpu tests**: {t['passed']} passed, {t['failed']} failed, {t['errors']} errors, "
+                  f"{t['skipped']} skipped{fails}.", ""]  # fmt: skip
+    lines += _pipeline("Input pipeline", stages.get("pipeline_bench", {}))
+    lines += _input_bound(stages.get("input_bound", {}))
+    lines += _resume(stages.get("resume", {}))
+    lines += _pipeline("Input pipeline, FLAC", stages.get("pipeline_bench_flac", {}))
+    return "\n".join(lines).rstrip() + "\n"
