@@ -1,9 +1,9 @@
 """Run a model over an eval loader and score it: chunk level and track level.
 
-Each rank scores its own chunks and aggregates its own tracks (the eval loader keeps a
-track's chunks on one rank); the predictions are then gathered through a torchmetrics
-state (``dist_reduce_fx="cat"``), so every rank computes the same numbers from the
-same rows, whatever the world size. The trainer calls ``evaluate_model`` every epoch.
+Each rank scores its own chunks; the chunk predictions are gathered through a torchmetrics
+state (``dist_reduce_fx="cat"``) and only then aggregated to tracks, because a long track's
+segments may land on different ranks. Every rank computes the same numbers from the same
+rows, whatever the world size. The trainer calls ``evaluate_model`` every epoch.
 """
 
 from __future__ import annotations
@@ -136,13 +136,8 @@ def score_tracks(
     scores, and what ``eval.predict`` reports (no labels needed). Collective, like it."""
     with _scoring(model_or_predictor, task, probabilities, device) as (predict, dev):
         chunks = _collect(predict, loader, task, dev)
-    tracks = aggregate_tracks(chunks, aggregate)
-    chunk_all, track_all = gather(chunks), gather(tracks)
-    if torch.unique(track_all.track).numel() != len(track_all):
-        raise RuntimeError(
-            "a track's chunks were spread over several ranks; the eval loader must shard by track"
-        )
-    return chunk_all, track_all
+    chunk_all = gather(chunks)  # before aggregating: a track's segments may be on several ranks
+    return chunk_all, aggregate_tracks(chunk_all, aggregate)
 
 
 @contextlib.contextmanager

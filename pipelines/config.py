@@ -42,6 +42,7 @@ FEATURE_PRESETS: dict[str, dict[str, Any]] = {
         "norm_std": [round(_DB_PER_NEPER * 4.5689974 * 2, 5)],
     },
 }
+TrackWeighting = Literal["uniform_time", "uniform_track"]
 ImageColor = Literal["gray", "rgb"]
 
 
@@ -231,6 +232,10 @@ class LoaderConfig:
     """Base seed: shuffling, chunk offsets and masks are reproducible from it."""
     prefetch: int = 2
     """DALI prefetch queue depth (batches computed ahead)."""
+    track_weighting: TrackWeighting = "uniform_time"
+    """Training draws: 'uniform_time' = chunks in proportion to the audio (every second of the
+    split equally likely, a track weighs its length), 'uniform_track' = chunks_per_track per
+    track on average, whatever its length or segment count (see docs/pipeline.md)."""
 
     def __post_init__(self) -> None:
         if self.chunks_per_track <= 0:
@@ -247,6 +252,10 @@ class LoaderConfig:
                 raise ValueError(f"loader.{name}: must be positive, got {getattr(self, name)}")
         if self.seed < 0:
             raise ValueError(f"loader.seed: must be >= 0, got {self.seed}")
+        if self.track_weighting not in ("uniform_time", "uniform_track"):
+            raise ValueError(
+                f"loader.track_weighting: {self.track_weighting!r} is not uniform_time or uniform_track"
+            )
 
     @property
     def tracks_per_batch(self) -> int:

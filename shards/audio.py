@@ -18,6 +18,8 @@ import soxr
 from shards import reasons
 
 SOXR_QUALITY = "HQ"  # soxr's high-quality band-limited resampler
+WRITE_BLOCK = 1 << 16  # frames per libsndfile write call (see write_blocks)
+SOUNDFILE_FORMATS = {"flac": ("FLAC", "PCM_16"), "ogg": ("OGG", "VORBIS")}
 
 
 @dataclass(frozen=True)
@@ -27,13 +29,18 @@ class AudioSpec:
     sample_rate: int
     codec: str
     min_seconds: float
+    segment_samples: int | None = None
+    """Cut tracks longer than this into consecutive segments of this many samples (None: whole)."""
 
 
 @dataclass
 class Encoded:
-    """A decoded-and-re-encoded track: the audio member's bytes plus facts for the .json."""
+    """A decoded-and-re-encoded track: one audio member per segment plus facts for the .json."""
 
-    data: bytes
+    segments: list[bytes]
+    """Consecutive segments of the track, each a complete audio member; they concatenate to the track."""
+    samples: int
+    """Track length in samples at the spec's rate."""
     seconds: float
     orig_sample_rate: int
     orig_channels: int
@@ -94,14 +101,41 @@ def encode(y: np.ndarray, sr: int, codec: str) -> bytes:
         z = y * np.float32(32767.0)
         np.clip(z, -32767.0, 32767.0, out=z)
         return np.rint(z, out=z).astype("<i2").tobytes()
-    buf = io.BytesIO()
-    if codec == "flac":
-        sf.write(buf, y, sr, format="FLAC", subtype="PCM_16")
-    elif codec == "ogg":
-        sf.write(buf, y, sr, format="OGG", subtype="VORBIS")
-    else:
+    if codec not in SOUNDFILE_FORMATS:
         raise ValueError(f"codec: {codec!r} is not pcm16, flac or ogg")
+    buf = io.BytesIO()
+    write_blocks(buf, y, sr, *SOUNDFILE_FORMATS[codec])
     return buf.getvalue()
+
+
+def write_blocks(dest: str | Path | io.BytesIO, data: np.ndarray, sr: int, fmt: str, subtype: str) -> None:
+    """Write audio ``(n,)`` or ``(n, channels)`` in calls of ``WRITE_BLOCK`` frames.
+
+    Why: libvorbis allocates its analysis buffer on the stack (``alloca`` of the frames given
+    in one call, vorbis/lib/block.c), so one ``sf.write`` of a long track as OGG Vorbis
+    overflows the stack and segfaults (300 s at 8 kHz does here; libsndfile issue #1095,
+    python-soundfile #396/#426); the same data written in blocks encodes fine.
+    """
+    channels = 1 if data.ndim == 1 else int(data.shape[1])
+    with sf.SoundFile(dest, "w", sr, channels, format=fmt, subtype=subtype) as f:
+        for i in range(0, max(len(data), 1), WRITE_BLOCK):
+            f.write(data[i : i + WRITE_BLOCK])
+
+
+def segment_bounds(n: int, segment: int | None) -> list[tuple[int, int]]:
+    """``[start, end)`` of consecutive segments covering ``n`` samples: full segments of
+    ``segment`` samples, then the rest; a track of at most ``segment`` samples is one segment."""
+    if segment is None or n <= segment:
+        return [(0, n)]
+    return [(a, min(a + segment, n)) for a in range(0, n, segment)]
+
+
+def encode_segments(y: np.ndarray, spec: AudioSpec) -> list[bytes]:
+    """The track cut at ``segment_bounds``, each segment encoded on its own (a complete file)."""
+    return [
+        encode(y[a:b], spec.sample_rate, spec.codec)
+        for a, b in segment_bounds(y.shape[0], spec.segment_samples)
+    ]
 
 
 def process(audio: Path | bytes, spec: AudioSpec) -> Encoded | str:
@@ -118,6 +152,4 @@ def process(audio: Path | bytes, spec: AudioSpec) -> Encoded | str:
         return f"too short: no samples left at {spec.sample_rate} Hz"
     if not np.isfinite(y).all():  # a NaN/inf in any channel survives the downmix
         return "decode failed: non-finite samples"
-    return Encoded(
-        encode(y, spec.sample_rate, spec.codec), y.shape[0] / spec.sample_rate, sr, int(x.shape[1])
-    )
+    return Encoded(encode_segments(y, spec), y.shape[0], y.shape[0] / spec.sample_rate, sr, int(x.shape[1]))

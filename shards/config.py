@@ -45,6 +45,9 @@ class BuildConfig:
     """Seed of the shuffle across shards and of hash/random splits."""
     min_seconds: float = 1.0
     """Tracks shorter than this after decoding are rejected."""
+    segment_seconds: float = 30.0
+    """Tracks longer than this are stored as consecutive segments of this length (the last holds
+    the rest); keep it a multiple of the training chunk (6 s) so evaluation chunks never straddle segments."""
     force: bool = False
     """Rebuild everything instead of resuming finished shards."""
     strict: bool = False
@@ -91,6 +94,8 @@ class BuildConfig:
             raise ValueError(f"workers: must be >= 0 (0 = all cores), got {self.workers}")
         if self.min_seconds < 0:
             raise ValueError(f"min_seconds: must be >= 0, got {self.min_seconds}")
+        if not self.segment_seconds * self.sample_rate >= 1:
+            raise ValueError(f"segment_seconds: must be positive, got {self.segment_seconds}")
         if self.subset not in FMA_SUBSETS:
             raise ValueError(f"subset: {self.subset!r} is not one of {list(FMA_SUBSETS)}")
         if self.media not in ("auto", "audio", "image"):
@@ -124,6 +129,11 @@ class BuildConfig:
     def num_workers(self) -> int:
         """Resolved worker count (0 means every core this process may use)."""
         return self.workers or len(os.sched_getaffinity(0))
+
+    @property
+    def segment_samples(self) -> int:
+        """Samples per full segment at ``sample_rate``."""
+        return round(self.segment_seconds * self.sample_rate)
 
     @property
     def shard_bytes(self) -> int:

@@ -91,6 +91,37 @@ def test_train_step_mode_compares_real_loader_with_resident_batches(synth_shards
     assert abs(rows[1]["vs_synthetic"] - rows[1]["steps_per_s"] / rows[0]["steps_per_s"]) < 0.01
 
 
+def test_bench_long_compares_the_same_audio_three_ways(tmp_path, capsys):
+    from pipelines.bench_long import main as long_main
+
+    args = ["throughput", "--dir", str(tmp_path), "--total-seconds", "24", "--short-seconds", "2"]
+    args += [
+        "--long-seconds",
+        "4",
+        "--workers",
+        "1",
+        "--warmup",
+        "1",
+        "--batches",
+        "2",
+        "--repeat",
+        "1",
+        *SMALL,
+    ]
+    assert long_main(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    rows = [dict(zip(lines[1].split(" | "), ln.split(" | "))) for ln in lines[2:]]
+    assert [r["set"] for r in rows] == ["2s", "4s-segmented", "4s-whole"]
+    assert [int(r["chunks"]) for r in rows] == [8, 8, 8]  # 2 batches of 4: full samples keep every draw
+    assert float(rows[0]["vs_short"]) == 1.0 and all(float(r["chunks_per_s"]) > 0 for r in rows)
+    from shards.manifest import read_manifest
+
+    seg, whole = (
+        read_manifest(tmp_path / f"shards-pcm16-4s-{k}").split("train") for k in ("segmented", "whole")
+    )
+    assert (seg.num_tracks, seg.num_samples, whole.num_samples) == (6, 12, 6)
+
+
 @pytest.mark.slow
 def test_real_and_synthetic_step_time_the_same_network(synth_shards):
     """With no preset in the config, both sides build the family's default (ast: base), not the
