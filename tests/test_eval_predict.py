@@ -82,7 +82,7 @@ def test_predictions_equal_eval_track_results_and_bad_files_are_listed(
     reasons = {r["path"]: r["reason"] for r in preds.rejected}  # ... and listed with their reason
     assert set(reasons) == {str(broken), str(tmp_path / "missing.wav")}
     assert (
-        reasons[str(broken)].startswith("decode failed")
+        reasons[str(broken)] == f"no audio frames ({broken.stat().st_size} bytes)"  # shards/reasons.py
         and reasons[str(tmp_path / "missing.wav")] == "missing file"
     )
     got = np.stack([preds.probs[i] for i in range(len(files))])
