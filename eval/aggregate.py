@@ -1,8 +1,8 @@
 """Chunk -> track aggregation.
 
 A track is cut into several 6 s chunks; the model scores each chunk and the track's
-prediction is the mean (or max) of its chunk probabilities. The eval loader keeps all
-chunks of a track on one rank, so this runs locally before anything is gathered.
+prediction is the mean (or max) of its chunk probabilities. A long track is stored as
+segments that may be evaluated on different ranks, so this runs on the gathered chunks.
 """
 
 from __future__ import annotations

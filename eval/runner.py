@@ -1,8 +1,8 @@
 """Run a model over an eval loader and score it: chunk level and track level.
 
-Each rank scores its own chunks and aggregates its own tracks (the eval loader keeps a
-track's chunks on one rank); the predictions are then gathered to every rank
-(``pipelines.collective.all_gather_object``), so every rank computes the same numbers
+Each rank scores its own chunks; the chunk predictions are gathered to every rank
+(``pipelines.collective.all_gather_object``) and only then aggregated to tracks, because a
+long track's segments may land on different ranks. Every rank computes the same numbers
 from the same rows, whatever the world size. The trainer's validation
 (``eval.validation.validator``) calls ``evaluate_model`` every epoch.
 """
@@ -71,7 +71,7 @@ def evaluate_model(
 ) -> EvalResult:
     """Score every chunk the loader yields ({x (B,C,F,T), y, track (B,)} dicts).
 
-    ``model_or_predictor``: a Predictor (``.predict_proba``), an ``nn.Module`` returning
+    ``model_or_predictor``: a ``train.checkpoint.ChunkPredictor`` (``.predict_proba``), an ``nn.Module`` returning
     logits (turned into probabilities by ``probabilities`` or ``train.tasks.TaskHead``),
     or any callable x -> probabilities. ``thresholds`` (multi-label) must come from a
     different ``split``. Collective when a process group is up: call it on every rank.
@@ -84,16 +84,11 @@ def evaluate_model(
                 "applying thresholds needs split= (the split reported on, never the tuning split)"
             )
         thresholds.check(task, split)
-    with _scoring(model_or_predictor, task, probabilities, device) as (predict, dev):
-        chunks = _collect(predict, loader, task, dev)
-    tracks = aggregate_tracks(chunks, aggregate)
-    chunk_all, track_all = gather(chunks), gather(tracks)
+    chunk_all, track_all = score_tracks(
+        model_or_predictor, loader, task, aggregate=aggregate, device=device, probabilities=probabilities
+    )
     if len(track_all) == 0:
         raise ValueError(f"split {split or '?'}: the loader yielded no chunks (empty split?)")
-    if torch.unique(track_all.track).numel() != len(track_all):
-        raise RuntimeError(
-            "a track's chunks were spread over several ranks; the eval loader must shard by track"
-        )
     details = {
         "chunk": compute_metrics(task, chunk_all.probs, chunk_all.target, top_k=top_k),
         "track": compute_metrics(task, track_all.probs, track_all.target, thresholds=thresholds, top_k=top_k),
@@ -101,6 +96,23 @@ def evaluate_model(
     metrics = {f"{level}/{k}": v for level, m in details.items() for k, v in m.scalars.items()}
     metrics["chunk/count"], metrics["track/count"] = float(len(chunk_all)), float(len(track_all))
     return EvalResult(metrics, chunk_all.numpy(), track_all.numpy(), details, thresholds, task.kind)
+
+
+def score_tracks(
+    model_or_predictor: Any,
+    loader: Iterable[dict[str, torch.Tensor]],
+    task: TaskSpec,
+    *,
+    aggregate: Aggregate = "mean",
+    device: str | torch.device | None = None,
+    probabilities: ProbaFn | None = None,
+) -> tuple[Predictions[torch.Tensor], Predictions[torch.Tensor]]:
+    """(chunk, track) predictions of every rank, sorted by track id: what ``evaluate_model``
+    scores, and what ``eval.predict`` reports (no labels needed). Collective, like it."""
+    with _scoring(model_or_predictor, task, probabilities, device) as (predict, dev):
+        chunks = _collect(predict, loader, task, dev)
+    chunk_all = gather(chunks)  # before aggregating: a track's segments may be on several ranks
+    return chunk_all, aggregate_tracks(chunk_all, aggregate)
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ import webdataset as wds
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig, framing
 from pipelines.features import FeatureAssembler, stats_path
 from pipelines.loader import labels_to_y
-from pipelines.reference import ReferenceFeatures, eval_chunks, random_chunks, spec_augment_mask
+from pipelines.reference import ReferenceFeatures, eval_chunks, preemphasize, random_chunks, spec_augment_mask
 from pipelines.validate import load_manifest, validate_split
 from shards.manifest import Manifest
 from shards.ranks import resolve_rank
@@ -56,7 +56,7 @@ class _Featurize:
         if self._ref is None:
             self._init()
         assert self._ref is not None and self._asm is not None and self._rng is not None
-        signal = self.decode(sample[self.m.audio_ext])
+        signal = preemphasize(self.decode(sample[self.m.audio_ext]), self.fc.preemphasis)
         if self.mode == "train":
             chunks = random_chunks(signal, self.fr.chunk, self.lc.chunks_per_track, self._rng)
         else:

@@ -7,13 +7,42 @@ every checkpoint, so the evaluator rebuilds exactly the features a model was tra
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pipelines.channels import channel_names, get_channel
 
 Normalize = Literal["minmax", "meanstd", "none"]
+MelFormula = Literal["slaney", "htk"]
+
+_DB_PER_NEPER = 10.0 / math.log(10.0)  # 10*log10(x) = _DB_PER_NEPER * ln(x)
+FEATURE_PRESETS: dict[str, dict[str, Any]] = {
+    # What the AudioSet AST checkpoints (MIT/ast-finetuned-audioset-*) were trained on:
+    # transformers' ASTFeatureExtractor defaults = torchaudio.compliance.kaldi.fbank at 16 kHz,
+    # 25 ms window / 10 ms hop, 128 HTK-scale mel bins from 20 Hz, no filter normalisation,
+    # pre-emphasis 0.97, natural-log energies floored at FLT_EPSILON, then (x - mean) / (2 std)
+    # with mean -4.2677393, std 4.5689974. Our mel is in dB (10 log10), so the floor, mean and
+    # std are carried over into dB. Remaining differences: kaldi removes each frame's DC offset
+    # and uses a symmetric Hann window on frames that are not centred (docs/training.md).
+    "ast_audioset": {
+        "sample_rate": 16000,
+        "n_fft": 512,
+        "win_length": 400,
+        "hop_length": 160,
+        "n_mels": 128,
+        "f_min": 20.0,
+        "mel_formula": "htk",
+        "mel_norm": False,
+        "preemphasis": 0.97,
+        "db_floor": round(_DB_PER_NEPER * math.log(1.192092955078125e-07), 4),
+        "channels": ["mel"],
+        "normalize": "meanstd",
+        "norm_mean": [round(_DB_PER_NEPER * -4.2677393, 5)],
+        "norm_std": [round(_DB_PER_NEPER * 4.5689974 * 2, 5)],
+    },
+}
+TrackWeighting = Literal["uniform_time", "uniform_track"]
 ImageColor = Literal["gray", "rgb"]
 
 
@@ -21,10 +50,14 @@ ImageColor = Literal["gray", "rgb"]
 class FeatureConfig:
     """What one chunk's ``(C, F, T)`` feature image is made of (seed defaults)."""
 
+    preset: str | None = None
+    """Named settings (``FEATURE_PRESETS``: ast_audioset) filling every field left at its default."""
     sample_rate: int = 22050
     """Hz the audio is brought to before anything else (resampled if the shards differ)."""
     n_fft: int = 2048
-    """STFT size (and Hann window length) in samples."""
+    """STFT size in samples (also the Hann window length unless win_length is set)."""
+    win_length: int | None = None
+    """Hann window length in samples, zero-padded to n_fft (kaldi/AST: 400 in a 512-point FFT); None = n_fft."""
     hop_length: int = 512
     """STFT step in samples."""
     n_mels: int = 256
@@ -33,6 +66,12 @@ class FeatureConfig:
     """Lowest mel filter edge in Hz."""
     f_max: float | None = None
     """Highest mel filter edge in Hz; None means sample_rate / 2."""
+    mel_formula: MelFormula = "slaney"
+    """Mel scale of the filter bank: slaney (seeds, librosa's default) or htk (kaldi, AST)."""
+    mel_norm: bool = True
+    """Slaney area normalisation of each mel filter (false: triangles of height 1, as kaldi)."""
+    preemphasis: float = 0.0
+    """Pre-emphasis y[t] = x[t] - c x[t-1] of the signal before the STFT (kaldi/AST: 0.97; 0 = off)."""
     db_floor: float = -100.0
     """dB value of silence: power is clamped at 10**(db_floor/10) before the log."""
     n_mfcc: int = 40
@@ -50,16 +89,28 @@ class FeatureConfig:
     """'minmax' per chunk and channel (seeds), 'meanstd' from stats_file, or 'none'."""
     stats_file: Path | None = None
     """Per-channel mean/std JSON for 'meanstd'; None means SHARDS/feature_stats.json."""
+    norm_mean: list[float] | None = None
+    """Fixed per-channel means for 'meanstd' (a pretrained model's, e.g. AST's) instead of stats_file."""
+    norm_std: list[float] | None = None
+    """Fixed per-channel standard deviations, with norm_mean."""
     image_frames: int | None = None
     """Image shards: width T every image is resized to (height F = n_mels); None = an audio chunk's frames."""
     image_color: ImageColor = "gray"
     """Image shards: decode each image as 'gray' (1 plane) or 'rgb' (3 planes per channel)."""
 
     def __post_init__(self) -> None:
+        if self.preset is not None:
+            self._apply_preset()
         if self.sample_rate <= 0:
             raise ValueError(f"features.sample_rate: must be positive, got {self.sample_rate}")
         if self.n_fft < 16 or self.n_fft % 2:
             raise ValueError(f"features.n_fft: must be an even number >= 16, got {self.n_fft}")
+        if self.win_length is not None and not (
+            16 <= self.win_length <= self.n_fft and self.win_length % 2 == 0
+        ):
+            raise ValueError(
+                f"features.win_length: must be an even number in 16..n_fft, got {self.win_length}"
+            )
         if not 0 < self.hop_length <= self.n_fft:
             raise ValueError(f"features.hop_length: must be in 1..n_fft, got {self.hop_length}")
         if self.n_mels <= 0:
@@ -87,10 +138,40 @@ class FeatureConfig:
             raise ValueError(f"features.image_color: {self.image_color!r} is not gray or rgb")
         if self.db_floor >= 0:
             raise ValueError(f"features.db_floor: must be negative, got {self.db_floor}")
+        if self.mel_formula not in ("slaney", "htk"):
+            raise ValueError(f"features.mel_formula: {self.mel_formula!r} is not slaney or htk")
+        if not 0.0 <= self.preemphasis < 1.0:
+            raise ValueError(f"features.preemphasis: must be in [0, 1), got {self.preemphasis}")
+        if (self.norm_mean is None) != (self.norm_std is None):
+            raise ValueError("features.norm_mean/norm_std: give both or neither")
+        if self.norm_mean is not None and self.norm_std is not None:
+            n = len(self.channels)
+            if len(self.norm_mean) != n or len(self.norm_std) != n or min(self.norm_std) <= 0:
+                raise ValueError(
+                    f"features.norm_mean/norm_std: need {n} values each (one per channel), stds > 0"
+                )
+            if self.normalize != "meanstd":
+                raise ValueError("features.norm_mean/norm_std: only used with normalize = 'meanstd'")
+
+    def _apply_preset(self) -> None:
+        """Fill the preset's values into every field still at its default (explicit settings win)."""
+        if self.preset not in FEATURE_PRESETS:
+            raise ValueError(f"features.preset: {self.preset!r} is not one of {sorted(FEATURE_PRESETS)}")
+        for f in fields(self):
+            if f.name in FEATURE_PRESETS[self.preset]:
+                default = f.default_factory() if f.default_factory is not MISSING else f.default
+                if getattr(self, f.name) == default:
+                    value = FEATURE_PRESETS[self.preset][f.name]
+                    setattr(self, f.name, list(value) if isinstance(value, list) else value)
 
     @property
     def mel_fmax(self) -> float:
         return self.f_max if self.f_max is not None else self.sample_rate / 2
+
+    @property
+    def window(self) -> int:
+        """Samples per STFT frame (the window length)."""
+        return self.win_length or self.n_fft
 
     @property
     def n_freqs(self) -> int:
@@ -153,6 +234,10 @@ class LoaderConfig:
     """Base seed: shuffling, chunk offsets and masks are reproducible from it."""
     prefetch: int = 2
     """DALI prefetch queue depth (batches computed ahead)."""
+    track_weighting: TrackWeighting = "uniform_time"
+    """Training draws: 'uniform_time' = chunks in proportion to the audio (every second of the
+    split equally likely, a track weighs its length), 'uniform_track' = chunks_per_track per
+    track on average, whatever its length or segment count (see docs/pipeline.md)."""
 
     def __post_init__(self) -> None:
         if self.chunks_per_track <= 0:
@@ -169,6 +254,10 @@ class LoaderConfig:
                 raise ValueError(f"loader.{name}: must be positive, got {getattr(self, name)}")
         if self.seed < 0:
             raise ValueError(f"loader.seed: must be >= 0, got {self.seed}")
+        if self.track_weighting not in ("uniform_time", "uniform_track"):
+            raise ValueError(
+                f"loader.track_weighting: {self.track_weighting!r} is not uniform_time or uniform_track"
+            )
 
     @property
     def tracks_per_batch(self) -> int:
@@ -186,7 +275,7 @@ class Framing:
     """
 
     chunk: int  # L: samples per chunk
-    n_fft: int
+    window: int  # samples per STFT frame (features.window)
     hop: int
 
     @property
@@ -196,11 +285,11 @@ class Framing:
 
     @property
     def lead(self) -> int:
-        return self.n_fft // 2
+        return self.window // 2
 
     @property
     def stride_frames(self) -> int:
-        need = max(self.chunk + self.lead, (self.chunk // self.hop) * self.hop + self.n_fft)
+        need = max(self.chunk + self.lead, (self.chunk // self.hop) * self.hop + self.window)
         return math.ceil(need / self.hop)
 
     @property
@@ -211,6 +300,6 @@ class Framing:
 def framing(features: FeatureConfig, loader: LoaderConfig) -> Framing:
     return Framing(
         chunk=round(loader.chunk_seconds * features.sample_rate),
-        n_fft=features.n_fft,
+        window=features.window,
         hop=features.hop_length,
     )

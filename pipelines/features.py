@@ -47,8 +47,16 @@ def load_stats(path: Path, features: FeatureConfig) -> tuple[torch.Tensor, torch
 def stats_key(features: FeatureConfig) -> dict:
     """The feature settings statistics depend on (not the channel order or normalisation)."""
     d = to_dict(features)
-    for k in ("channels", "normalize", "stats_file"):
-        d.pop(k)
+    for k in ("channels", "normalize", "stats_file", "preset", "norm_mean", "norm_std"):
+        d.pop(k, None)
+    for k, default in (
+        ("win_length", None),
+        ("mel_formula", "slaney"),
+        ("mel_norm", True),
+        ("preemphasis", 0.0),
+    ):
+        if d.get(k) == default:  # keys added later: statistics written before them stay valid
+            d.pop(k, None)
     return d
 
 
@@ -74,7 +82,11 @@ class FeatureAssembler:
         )  # the mfcc's
         self._rows: dict[tuple[int, torch.device], torch.Tensor] = {}
         self.mean = self.std = None
-        if features.normalize == "meanstd":
+        if features.normalize == "meanstd" and features.norm_mean is not None:
+            assert features.norm_std is not None  # FeatureConfig checks they come together
+            self.mean = torch.tensor(features.norm_mean, device=self.device).view(1, -1, 1, 1)
+            self.std = torch.tensor(features.norm_std, device=self.device).view(1, -1, 1, 1)
+        elif features.normalize == "meanstd":
             if stats is None:
                 raise ValueError("features.normalize='meanstd' needs a stats file (features.stats_file)")
             mean, std = load_stats(stats, features)

@@ -7,11 +7,13 @@ on ``device``.
 
 Chunks are laid out one per ``Framing.stride`` samples and framed once (DALI's
 spectrogram takes only 1-D input), which equals a centred, zero-padded STFT of each
-chunk. Outputs per sample (= one track), F_all = frames of the whole layout, all
+chunk. Outputs per sample (a track or a segment), F_all = frames of the whole layout, all
 frame-major (``"tf"``, DALI's native spectrogram layout: its ``"ft"`` layout costs a
 transpose of the whole power spectrogram, half of the CPU graph's time):
 ``mel (F_all, n_mels)`` in dB, optionally ``power (F_all, n_fft/2+1)`` (chroma/CQT),
-in training ``mask (K, n_mels, T)`` uint8, then ``lbl``, ``tid`` and ``nchunks``. The MFCC
+in training ``mask (K, n_mels, T)`` uint8, then ``lbl``, ``tid``, ``nchunks`` (chunks to keep), in
+training ``start (K,)`` (chunk offsets in the sample) and, for version-2 shards, ``seg``.
+A sample is a track or one segment of a long track (docs/shard-format.md). The MFCC
 (an orthonormal DCT-II, i.e. one small matrix) is applied in torch with the other filter
 banks: DALI's CPU ``fn.mfcc`` costs as much as the mel filter bank and the dB together.
 """
@@ -30,7 +32,7 @@ from nvidia.dali import math as dmath
 from nvidia.dali.pipeline import Pipeline
 
 from pipelines.config import AugmentConfig, FeatureConfig, Framing, LoaderConfig
-from shards.manifest import AUDIO_EXT, LABEL_EXT, TRACK_EXT
+from shards.manifest import AUDIO_EXT, LABEL_EXT, SEGMENT_EXT, SEGMENT_FIELDS, TRACK_EXT
 
 READER = "reader"
 Mode = Literal["train", "eval"]
@@ -53,6 +55,9 @@ class GraphSpec:
     shard_id: int
     num_shards: int
     device_id: int | None = None  # CUDA device for device="gpu"; None = the current one
+    segmented: bool = False  # samples carry a ``seg`` member (manifest version 2)
+    segment_samples: int | None = None  # samples per full segment at shards_rate (None: whole tracks)
+    longest_sample: int = 0  # samples of the split's longest sample at shards_rate (uniform_time)
     image_exts: list[str] = field(default_factory=list)  # image builds: per channel, "mel.jpg;mel.png"
 
     @property
@@ -67,7 +72,10 @@ class GraphSpec:
             names.append("power")
         if self.mode == "train" and self.augment.active:
             names.append("mask")
-        return [*names, "lbl", "tid", "nchunks"]
+        names += ["lbl", "tid", "nchunks"]
+        if self.mode == "train":
+            names.append("start")
+        return [*names, "seg"] if self.segmented else names
 
 
 def build_pipeline(
@@ -104,14 +112,22 @@ def _read(spec: GraphSpec):  # type: ignore[no-untyped-def]
 
 
 def read(spec: GraphSpec, media: list[str], dtypes: list[types.DALIDataType]) -> Any:
-    """The webdataset reader: ``media`` members (ext alternatives as ``"a;b"``) then ``lbl``, ``tid``.
-    Shuffled and moving across shards in training; each rank's contiguous range in evaluation."""
+    """The webdataset reader: ``media`` members (ext alternatives as ``"a;b"``) then ``lbl``, ``tid``
+    (and ``seg`` for segmented shards). Shuffled and moving across shards in training; each
+    rank's contiguous range in evaluation."""
     train = spec.mode == "train"
+    ext, types_ = (
+        [*media, LABEL_EXT, TRACK_EXT],
+        [*dtypes, types.DALIDataType.INT64, types.DALIDataType.INT64],
+    )
+    if spec.segmented:
+        ext.append(SEGMENT_EXT)
+        types_.append(types.DALIDataType.INT64)
     return fn.readers.webdataset(
         paths=[str(p) for p in spec.tars],
         index_paths=[str(p) for p in spec.idxs],
-        ext=[*media, LABEL_EXT, TRACK_EXT],
-        dtypes=[*dtypes, types.DALIDataType.INT64, types.DALIDataType.INT64],
+        ext=ext,
+        dtypes=types_,
         missing_component_behavior="error",
         shard_id=spec.shard_id,
         num_shards=spec.num_shards,
@@ -154,16 +170,47 @@ def chunk_count(n, chunk: int):  # type: ignore[no-untyped-def]
     return fn.cast(dmath.max(dmath.ceil(n / int(chunk)), 1), dtype=types.DALIDataType.INT64)
 
 
-def _train_rows(spec: GraphSpec, sig, n):  # type: ignore[no-untyped-def]
-    """K random chunks per track, stacked ``(K, L)``; short tracks are zero-padded."""
+def _train_rows(spec: GraphSpec, sig, n, seg):  # type: ignore[no-untyped-def]
+    """K random chunks per sample, stacked ``(K, L)`` (short samples are zero-padded), their
+    starts ``(K,)``, and how many of them the loader keeps (``count``, see ``_keep_weight``).
+
+    A chunk lies inside one sample (segment): its start is uniform over the sample's
+    ``max(n - L, 1)`` positions. Each of the K is kept with the probability
+    ``_keep_weight`` gives (the ``loader.track_weighting``), so segment lengths never
+    over-weight a track."""
     L = spec.framing.chunk
     room = dmath.max(n - int(L), 0)
-    rows = []
+    rows, starts = [], []
     for _ in range(spec.loader.chunks_per_track):
         u = fn.random.uniform(range=[0.0, 1.0], shape=[1])
         start = fn.cast(dmath.floor(u * room), dtype=types.DALIDataType.INT32)
+        starts.append(start)
         rows.append(fn.slice(sig, start=start, shape=[L], axes=[0], out_of_bounds_policy="pad"))
-    return fn.stack(*rows)
+    k = spec.loader.chunks_per_track
+    keep = fn.random.uniform(range=[0.0, 1.0], shape=[k]) < _keep_weight(spec, n, seg)
+    count = fn.reductions.sum(fn.cast(keep, dtype=types.DALIDataType.INT64))
+    start_all = fn.cast(fn.cat(*starts), dtype=types.DALIDataType.INT64)
+    return fn.stack(*rows), start_all, count
+
+
+def _keep_weight(spec: GraphSpec, n, seg):  # type: ignore[no-untyped-def]
+    """Probability (<= 1) of keeping each drawn chunk of a sample of ``n`` samples (float64).
+
+    uniform_time: ``n / (longest sample of the split)``: every sample yields K chunks per
+    longest-sample's worth of audio, so each second of the split is as likely to be drawn
+    as any other (averaged over its sample). uniform_track: ``segment / track`` length:
+    each track yields K chunks on average, spread over its segments by their length (a
+    whole-track sample keeps all K: the pre-segment behaviour)."""
+    if spec.loader.track_weighting == "uniform_time":
+        rate, src = int(spec.features.sample_rate), int(spec.shards_rate)
+        longest = max(-(-spec.longest_sample * rate // src), 1)  # at the feature rate, as ``n`` is
+        return dmath.min(n / longest, 1)
+    if seg is None or spec.segment_samples is None:
+        return 1.0  # whole tracks: keep all K (u < 1 always)
+    i = SEGMENT_FIELDS.index
+    start = fn.cast(seg[i("start")], dtype=types.DALIDataType.FLOAT64)
+    total = fn.cast(seg[i("track_samples")], dtype=types.DALIDataType.FLOAT64)
+    return dmath.min(total - start, int(spec.segment_samples)) / total  # shard-rate samples
 
 
 def _eval_rows(spec: GraphSpec, sig, n):  # type: ignore[no-untyped-def]
@@ -200,21 +247,25 @@ def masks(a: AugmentConfig, k: int, f: int, t: int, device: str):  # type: ignor
 
 def _graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
     fc, fr = spec.features, spec.framing
-    audio, lbl, tid = _read(spec)
+    members = _read(spec)
+    audio, lbl, tid = members[:3]
+    seg = members[3] if spec.segmented else None
     sig, n = _decode(spec, audio)
+    if fc.preemphasis:  # kaldi's y[0] = x[0] - c x[0]: border "clamp"
+        sig = fn.preemphasis_filter(sig, preemph_coeff=fc.preemphasis, border="clamp")
+    starts = None
     if spec.mode == "train":
-        rows = _train_rows(spec, sig, n)
-        nchunks = types.Constant(np.array([spec.loader.chunks_per_track], dtype=np.int64), device="cpu")
+        rows, starts, nchunks = _train_rows(spec, sig, n, seg)
     else:
         rows = _eval_rows(spec, sig, n)
         nchunks = chunk_count(n, fr.chunk)
     laid = fn.slice(rows, start=[-fr.lead], shape=[fr.stride], axes=[1], out_of_bounds_policy="pad")
     flat = fn.reshape(laid, shape=[-1])
-    window = torch.hann_window(fc.n_fft, periodic=True, dtype=torch.float64).tolist()
+    window = torch.hann_window(fc.window, periodic=True, dtype=torch.float64).tolist()
     power = fn.spectrogram(
         flat,
         nfft=fc.n_fft,
-        window_length=fc.n_fft,
+        window_length=fc.window,
         window_step=fc.hop_length,
         window_fn=window,
         center_windows=False,
@@ -227,8 +278,8 @@ def _graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
         nfilter=fc.n_mels,
         freq_low=fc.f_min,
         freq_high=fc.mel_fmax,
-        normalize=True,
-        mel_formula="slaney",
+        normalize=fc.mel_norm,
+        mel_formula=fc.mel_formula,
     )
     mel_db = fn.to_decibels(mel, multiplier=10.0, reference=1.0, cutoff_db=fc.db_floor)
     outs = [mel_db]
@@ -236,4 +287,7 @@ def _graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
         outs.append(power)
     if spec.mode == "train" and spec.augment.active:
         outs.append(masks(spec.augment, spec.loader.chunks_per_track, fc.n_mels, fr.frames, spec.device))
-    return (*outs, lbl, tid, nchunks)
+    outs += [lbl, tid, nchunks]
+    if starts is not None:
+        outs.append(starts)
+    return (*outs, seg) if seg is not None else tuple(outs)

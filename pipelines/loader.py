@@ -28,7 +28,7 @@ from pipelines.devices import resolve_device
 from pipelines.features import FeatureAssembler, stats_path
 from pipelines.graph import READER, GraphSpec, build_pipeline
 from pipelines.validate import load_manifest, validate_split
-from shards.manifest import Manifest, TaskSpec
+from shards.manifest import SEGMENT_FIELDS, Manifest, TaskSpec
 from shards.ranks import resolve_rank
 
 
@@ -50,10 +50,10 @@ class MusicLoader:
         manifest: Manifest,
         task: TaskSpec,
         device: torch.device,
-        tracks: int | None = None,
+        samples: int | None = None,
     ) -> None:
         self.spec = spec
-        self.tracks = tracks  # tracks in the split (all ranks): eval's len()
+        self.samples = samples  # samples (segments) in the split, all ranks: eval's len()
         self.manifest = manifest
         self.task = task
         self.device = device
@@ -62,7 +62,7 @@ class MusicLoader:
         root = manifest.root
         self.assembler = FeatureAssembler(spec.features, device, stats_path(spec.features, root))
         self._it = self._make_iterator(None)
-        self._seen: set[int] = set()  # eval: tracks already yielded this epoch (drops DALI padding)
+        self._seen: set[int] = set()  # eval: samples already yielded this epoch (drops DALI padding)
         self._batch = 0  # DALI batches consumed in this epoch (== len(self._it) at its end)
 
     graph: Any = None  # the DALI graph function (None: the audio graph); the image loader sets its own
@@ -92,9 +92,9 @@ class MusicLoader:
         """Batches one pass yields on this rank. Training: DALI's epoch length (the same on every
         rank). Evaluation: this rank's own tracks in whole or partial batches; DALI's length is
         the largest rank's, whose extra batch would hold only padding repeats (dropped here)."""
-        if self.mode == "train" or self.tracks is None:
+        if self.mode == "train" or self.samples is None:
             return len(self._it)
-        n, w, r = self.tracks, self.spec.num_shards, self.spec.shard_id
+        n, w, r = self.samples, self.spec.num_shards, self.spec.shard_id
         mine = (r + 1) * n // w - r * n // w  # the reader's contiguous range for this shard
         return -(-mine // self.spec.batch_size)
 
@@ -121,22 +121,28 @@ class MusicLoader:
         """
         fr = self.spec.framing
         tid = out["tid"][:, 0].to(torch.int64).cpu()  # .cpu(): no-ops, they are CPU outputs
+        seg = out["seg"].to(torch.int64).cpu() if "seg" in out else None
+        uid = seg[:, 0] if seg is not None else tid  # unique per sample (segment)
         nchunks = out["nchunks"].reshape(-1).to(torch.int64).cpu()
-        keep = self._keep(tid)
+        keep = self._keep(uid)
         if not keep.any():
             return None
+        if self.mode == "train" and int(nchunks.sum()) == 0:  # every draw thinned away (rare):
+            nchunks = nchunks.clone()  # a batch is still owed to DDP
+            nchunks[0] = 1
         n_max = int(nchunks.max())
         sel = keep[:, None] & (torch.arange(n_max)[None, :] < nchunks[:, None])
         dense = bool(sel.all())
-        # (track, chunk) of each real chunk, copied once to DALI's device for every channel
-        pick = None if dense else tuple(to_device(i, out["mel"].device) for i in sel.nonzero(as_tuple=True))
+        rows, cols = sel.nonzero(as_tuple=True)  # (sample, chunk) of each real chunk, on the host
+        # copied once to DALI's device for every channel
+        pick = None if dense else tuple(to_device(i, out["mel"].device) for i in (rows, cols))
 
         def chunks(a: torch.Tensor) -> torch.Tensor:
-            """(B, rows, frames_all) -> chunks (B, K, rows, T) as a view when every chunk is real
-            (training), else gathered (N, rows, T). Frame j*stride_frames + t is frame t of chunk j."""
-            b, rows, _ = a.shape
+            """(B, rows, frames_all) -> chunks (B, n_max, rows, T) as a view when every chunk is
+            real (training), else gathered (N, rows, T). Frame j*stride_frames + t is frame t of chunk j."""
+            b, height, _ = a.shape
             s = a.stride()
-            v = a.as_strided((b, n_max, rows, fr.frames), (s[0], fr.stride_frames * s[2], s[1], s[2]))
+            v = a.as_strided((b, n_max, height, fr.frames), (s[0], fr.stride_frames * s[2], s[1], s[2]))
             if pick is None:
                 return v
             return v[pick[0], pick[1]]
@@ -145,23 +151,37 @@ class MusicLoader:
         # and chroma/CQT filter banks are matmuls on them, frame-local like everything up to here.
         power = out["power"].transpose(1, 2) if "power" in out else None
         raw = self.assembler.raw_channels(out["mel"].transpose(1, 2), None, power)
-        mask = chunks_mask(out["mask"], keep) if "mask" in out else None
+        mask = None
+        if "mask" in out:
+            m = out["mask"][:, :n_max]
+            mask = m.flatten(0, 1) if pick is None else m[pick[0], pick[1]]
         x = self.assembler.stack([chunks(c) for c in raw.values()], mask)
-        counts = nchunks[keep]
-        y = labels_to_y(out["lbl"].to(torch.int64).cpu()[keep], self.task).repeat_interleave(counts, dim=0)
-        track = tid[keep].repeat_interleave(counts)
+        y = labels_to_y(out["lbl"].to(torch.int64).cpu()[rows], self.task)
         return {
             "x": x.to(self.device, non_blocking=True),
             "y": to_device(y, self.device),
-            "track": to_device(track, self.device),
+            "track": to_device(tid[rows], self.device),
+            "start": to_device(self._starts(out, seg, rows, cols), self.device),
         }
 
-    def _keep(self, tid: torch.Tensor) -> torch.Tensor:
-        """CPU bool ``(B,)``: the tracks to yield. Eval drops DALI's ``pad_last_batch`` repeats
-        of the last track (by track id); training keeps all."""
-        keep = torch.ones(tid.numel(), dtype=torch.bool)
+    def _starts(
+        self, out: dict[str, torch.Tensor], seg: torch.Tensor | None, rows: torch.Tensor, cols: torch.Tensor
+    ) -> torch.Tensor:
+        """Each chunk's first sample within its track, at the feature rate (host int64)."""
+        sp = self.spec
+        offset = torch.zeros_like(rows)
+        if seg is not None:
+            offset = seg[rows, SEGMENT_FIELDS.index("start")] * sp.features.sample_rate // sp.shards_rate
+        if "start" in out:  # training: the drawn offsets within the sample
+            return offset + out["start"].to(torch.int64).cpu()[rows, cols]
+        return offset + cols * sp.framing.chunk
+
+    def _keep(self, ids: torch.Tensor) -> torch.Tensor:
+        """CPU bool ``(B,)``: the samples to yield. Eval drops DALI's ``pad_last_batch`` repeats
+        of the last sample by its unique id (a segment's own, not its track's); training keeps all."""
+        keep = torch.ones(ids.numel(), dtype=torch.bool)
         if self.mode == "eval":
-            for i, t in enumerate(tid.tolist()):
+            for i, t in enumerate(ids.tolist()):
                 keep[i] = t not in self._seen
                 self._seen.add(t)
         return keep
@@ -241,6 +261,7 @@ def build_loader(
     elif m.sample_rate > features.sample_rate:
         _warn_downsampling(m.sample_rate, features.sample_rate)
     tars, idxs = m.paths(split)
+    info = m.split(split)
     spec = GraphSpec(
         tars=tars,
         idxs=idxs,
@@ -255,7 +276,10 @@ def build_loader(
         shard_id=r,
         num_shards=w,
         device_id=dev.index if dev.type == "cuda" else None,
+        segmented=m.segmented,
+        segment_samples=m.segment_samples,
+        longest_sample=round(info.longest_sample_seconds * m.sample_rate),
         image_exts=image_exts,
     )
     cls = ImageLoader if m.kind == "image" else MusicLoader
-    return cls(spec, m, m.task, dev, tracks=m.split(split).num_samples)
+    return cls(spec, m, m.task, dev, samples=info.num_samples)

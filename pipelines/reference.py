@@ -1,8 +1,8 @@
 """CPU reference of the DALI features with torchaudio: the parity yardstick and the
 baseline's feature extractor.
 
-Per chunk: centred, zero-padded STFT with a periodic Hann window (power 2), Slaney mel
-filter bank with Slaney normalisation, dB with an absolute reference of 1.0 and a floor,
+Per chunk: centred, zero-padded STFT with a periodic Hann window (power 2), Slaney (or HTK) mel
+filter bank with Slaney normalisation (or none: ``mel_norm``), pre-emphasis when set, dB with an absolute reference of 1.0 and a floor,
 orthonormal DCT-II MFCC of the dB mel. Chroma/CQT/normalisation/masks are the shared
 ``FeatureAssembler``, so the reference differs from DALI only where DALI computes.
 """
@@ -29,7 +29,7 @@ class ReferenceFeatures(torch.nn.Module):
         self.spec = torchaudio.transforms.Spectrogram(
             n_fft=fc.n_fft,
             hop_length=fc.hop_length,
-            win_length=fc.n_fft,
+            win_length=fc.window,
             window_fn=torch.hann_window,
             power=2.0,
             center=True,
@@ -41,8 +41,8 @@ class ReferenceFeatures(torch.nn.Module):
             f_min=fc.f_min,
             f_max=fc.mel_fmax,
             n_stft=fc.n_freqs,
-            norm="slaney",
-            mel_scale="slaney",
+            norm="slaney" if fc.mel_norm else None,
+            mel_scale=fc.mel_formula,
         )
         self.register_buffer("dct", torchaudio.functional.create_dct(fc.n_mfcc, fc.n_mels, "ortho"))
 
@@ -51,6 +51,16 @@ class ReferenceFeatures(torch.nn.Module):
         mel_db = 10.0 * torch.log10(self.mel(power).clamp_min(self.floor))
         mfcc = torch.matmul(mel_db.transpose(1, 2), self.dct).transpose(1, 2)
         return mel_db, mfcc, power
+
+
+def preemphasize(signal: torch.Tensor, coeff: float) -> torch.Tensor:
+    """``y[t] = x[t] - coeff x[t-1]``, ``y[0] = (1 - coeff) x[0]`` (DALI's border "clamp"); 0 = unchanged."""
+    if not coeff:
+        return signal
+    out = signal.clone()
+    out[1:] -= coeff * signal[:-1]
+    out[:1] -= coeff * signal[:1]
+    return out
 
 
 def eval_chunks(signal: torch.Tensor, chunk: int) -> torch.Tensor:
@@ -103,4 +113,4 @@ def reference_track(
     ref = ReferenceFeatures(features)
     asm = assembler or FeatureAssembler(features, "cpu")
     with torch.no_grad():
-        return asm(*ref(eval_chunks(signal, fr.chunk)))
+        return asm(*ref(eval_chunks(preemphasize(signal, features.preemphasis), fr.chunk)))

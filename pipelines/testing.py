@@ -26,7 +26,8 @@ class Track:
 
 
 def read_members(shards: str | Path | Manifest, split: str) -> dict[int, dict[str, bytes]]:
-    """Every sample's members ``{ext: bytes}`` of a split by track id, read with ``tarfile``."""
+    """Every sample's members ``{ext: bytes}`` of a split, read with ``tarfile``, by sample id
+    (the ``seg`` member's; the track id where samples are whole tracks)."""
     m = shards if isinstance(shards, Manifest) else read_manifest(shards)
     tars, _ = m.paths(split)
     out: dict[int, dict[str, bytes]] = {}
@@ -39,18 +40,31 @@ def read_members(shards: str | Path | Manifest, split: str) -> dict[int, dict[st
                 assert f is not None
                 members.setdefault(key, {})[ext] = f.read()
         for parts in members.values():
-            out[int(np.frombuffer(parts["tid"], dtype="<i8")[0])] = parts
+            ids = np.frombuffer(parts.get("seg", parts["tid"]), dtype="<i8")
+            out[int(ids[0])] = parts
     return out
 
 
 def read_tracks(shards: str | Path | Manifest, split: str) -> dict[int, Track]:
-    """Every track of a pcm16 split by track id, read with ``tarfile``."""
-    out: dict[int, Track] = {}
-    for tid, parts in read_members(shards, split).items():
+    """Every track of a pcm16 split by track id, read with ``tarfile``; the segments of a
+    long track (version 2) are put back together in segment order."""
+    pieces: dict[int, list[tuple[int, np.ndarray | None]]] = {}
+    labels: dict[int, np.ndarray] = {}
+    for parts in read_members(shards, split).values():
+        tid = int(np.frombuffer(parts["tid"], dtype="<i8")[0])
+        index = int(np.frombuffer(parts["seg"], dtype="<i8")[1]) if "seg" in parts else 0
         sig = (
             np.frombuffer(parts["pcm"], dtype="<i2").astype(np.float32) / 32768.0 if "pcm" in parts else None
         )
-        out[tid] = Track(tid, sig, np.frombuffer(parts["lbl"], dtype="<i8").copy())  # type: ignore[arg-type]
+        pieces.setdefault(tid, []).append((index, sig))
+        labels[tid] = np.frombuffer(parts["lbl"], dtype="<i8").copy()
+    out: dict[int, Track] = {}
+    for tid, segs in pieces.items():
+        segs.sort(key=lambda p: p[0])
+        assert [i for i, _ in segs] == list(range(len(segs))), f"track {tid}: segments {segs}"
+        sigs = [s for _, s in segs]
+        signal: np.ndarray | None = None if sigs[0] is None else np.concatenate(sigs)  # type: ignore[arg-type]
+        out[tid] = Track(tid, signal, labels[tid])  # type: ignore[arg-type]
     return out
 
 

@@ -9,8 +9,16 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from pipelines.config import FeatureConfig, LoaderConfig
-from shards.manifest import LABEL_EXT, MANIFEST, TRACK_EXT, Manifest, read_manifest
+from pipelines.config import FeatureConfig, LoaderConfig, framing
+from shards.manifest import (
+    LABEL_EXT,
+    MANIFEST,
+    SEGMENT_EXT,
+    SEGMENT_FIELDS,
+    TRACK_EXT,
+    Manifest,
+    read_manifest,
+)
 from shards.writer import read_index
 
 
@@ -58,6 +66,8 @@ def validate_split(
             f"{where}: loader.chunk_seconds={loader.chunk_seconds} is longer than every track of split "
             f"{split!r} (longest {info.max_seconds:.2f} s)"
         )
+    if not train and info.num_samples > info.tracks:
+        _check_segment_alignment(m, features, loader)
     per_rank = info.num_samples // world_size
     if train and per_rank < loader.tracks_per_batch:
         raise ShardError(
@@ -72,6 +82,20 @@ def validate_split(
     if total != info.num_samples:
         raise ShardError(
             f"{where}: split {split!r} lists {info.num_samples} tracks but its shards hold {total}"
+        )
+
+
+def _check_segment_alignment(m: Manifest, features: FeatureConfig, loader: LoaderConfig) -> None:
+    """Evaluation chunks a track from its first sample; with segments that equals chunking each
+    segment only if a full segment is a whole number of chunks at the feature rate."""
+    seg, src, rate = m.segment_samples or 0, m.sample_rate, features.sample_rate
+    chunk = framing(features, loader).chunk
+    if (seg * rate) % src or ((seg * rate) // src) % chunk:
+        raise ShardError(
+            f"{m.root / MANIFEST if m.root else MANIFEST}: tracks are stored in segments of "
+            f"{seg / src:g} s, not a whole number of loader.chunk_seconds={loader.chunk_seconds:g} "
+            f"chunks: evaluation chunks would straddle segments; use a chunk length that divides "
+            f"{seg / src:g} s or rebuild the shards with --segment-seconds a multiple of it"
         )
 
 
@@ -90,6 +114,8 @@ def _check_shard(tar: Path, idx: Path, size: int, count: int, m: Manifest, sha: 
     # media: one member per entry, any of its alternatives (an image channel may mix formats)
     media = [(m.audio_ext,)] if m.kind == "audio" else [tuple(c.exts) for c in m.images.values()]
     fixed = {LABEL_EXT: 8 * m.task.label_width, TRACK_EXT: 8}
+    if m.segmented:
+        fixed[SEGMENT_EXT] = 8 * len(SEGMENT_FIELDS)
     for i, sample in enumerate(samples):
         found = [next((e for e in alts if e in sample), alts[0]) for alts in media]
         need: dict[str, int | None] = {**dict.fromkeys(found), **fixed}

@@ -15,7 +15,11 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from shards import reasons
+
 SOXR_QUALITY = "HQ"  # soxr's high-quality band-limited resampler
+WRITE_BLOCK = 1 << 16  # frames per libsndfile write call (see write_blocks)
+SOUNDFILE_FORMATS = {"flac": ("FLAC", "PCM_16"), "ogg": ("OGG", "VORBIS")}
 
 
 @dataclass(frozen=True)
@@ -25,23 +29,57 @@ class AudioSpec:
     sample_rate: int
     codec: str
     min_seconds: float
+    segment_samples: int | None = None
+    """Cut tracks longer than this into consecutive segments of this many samples (None: whole)."""
 
 
 @dataclass
 class Encoded:
-    """A decoded-and-re-encoded track: the audio member's bytes plus facts for the .json."""
+    """A decoded-and-re-encoded track: one audio member per segment plus facts for the .json."""
 
-    data: bytes
+    segments: list[bytes]
+    """Consecutive segments of the track, each a complete audio member; they concatenate to the track."""
+    samples: int
+    """Track length in samples at the spec's rate."""
     seconds: float
     orig_sample_rate: int
     orig_channels: int
 
 
+class NoAudio(Exception):
+    """libsndfile found no audio stream at all (it cannot even open the data as audio)."""
+
+
 def decode(audio: Path | bytes) -> tuple[np.ndarray, int]:
-    """Any soundfile-readable file/bytes -> (float32 (n, channels), sample rate)."""
+    """Any soundfile-readable file/bytes -> (float32 (n, channels), sample rate).
+
+    Opening and reading fail differently: a file libsndfile cannot open holds no audio
+    it recognises (``NoAudio``); a read error after a good open is a damaged stream."""
     src = io.BytesIO(audio) if isinstance(audio, bytes) else str(audio)
-    x, sr = sf.read(src, dtype="float32", always_2d=True)
-    return x, int(sr)
+    try:
+        f = sf.SoundFile(src)
+    except sf.LibsndfileError as e:
+        raise NoAudio(str(e)) from None
+    with f:
+        x = f.read(dtype="float32", always_2d=True)
+        return x, int(f.samplerate)
+
+
+def decode_or_reason(audio: Path | bytes) -> tuple[np.ndarray, int] | str:
+    """``decode``, or the reject reason (shards.reasons) when the file has no usable audio."""
+    fault = reasons.file_fault(audio)
+    if fault:
+        return fault
+    try:
+        x, sr = decode(audio)
+    except NoAudio:
+        return reasons.not_audio(audio)
+    except Exception as e:  # libsndfile raises several types for a stream damaged mid-way
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return f"decode failed: {msg}"
+    if x.shape[0] == 0 or sr <= 0:
+        return reasons.no_audio_frames(reasons.size_of(audio))
+    return x, sr
 
 
 def to_mono(x: np.ndarray, sr: int, target: int) -> np.ndarray:
@@ -63,35 +101,55 @@ def encode(y: np.ndarray, sr: int, codec: str) -> bytes:
         z = y * np.float32(32767.0)
         np.clip(z, -32767.0, 32767.0, out=z)
         return np.rint(z, out=z).astype("<i2").tobytes()
-    buf = io.BytesIO()
-    if codec == "flac":
-        sf.write(buf, y, sr, format="FLAC", subtype="PCM_16")
-    elif codec == "ogg":
-        sf.write(buf, y, sr, format="OGG", subtype="VORBIS")
-    else:
+    if codec not in SOUNDFILE_FORMATS:
         raise ValueError(f"codec: {codec!r} is not pcm16, flac or ogg")
+    buf = io.BytesIO()
+    write_blocks(buf, y, sr, *SOUNDFILE_FORMATS[codec])
     return buf.getvalue()
+
+
+def write_blocks(dest: str | Path | io.BytesIO, data: np.ndarray, sr: int, fmt: str, subtype: str) -> None:
+    """Write audio ``(n,)`` or ``(n, channels)`` in calls of ``WRITE_BLOCK`` frames.
+
+    Why: libvorbis allocates its analysis buffer on the stack (``alloca`` of the frames given
+    in one call, vorbis/lib/block.c), so one ``sf.write`` of a long track as OGG Vorbis
+    overflows the stack and segfaults (300 s at 8 kHz does here; libsndfile issue #1095,
+    python-soundfile #396/#426); the same data written in blocks encodes fine.
+    """
+    channels = 1 if data.ndim == 1 else int(data.shape[1])
+    with sf.SoundFile(dest, "w", sr, channels, format=fmt, subtype=subtype) as f:
+        for i in range(0, max(len(data), 1), WRITE_BLOCK):
+            f.write(data[i : i + WRITE_BLOCK])
+
+
+def segment_bounds(n: int, segment: int | None) -> list[tuple[int, int]]:
+    """``[start, end)`` of consecutive segments covering ``n`` samples: full segments of
+    ``segment`` samples, then the rest; a track of at most ``segment`` samples is one segment."""
+    if segment is None or n <= segment:
+        return [(0, n)]
+    return [(a, min(a + segment, n)) for a in range(0, n, segment)]
+
+
+def encode_segments(y: np.ndarray, spec: AudioSpec) -> list[bytes]:
+    """The track cut at ``segment_bounds``, each segment encoded on its own (a complete file)."""
+    return [
+        encode(y[a:b], spec.sample_rate, spec.codec)
+        for a, b in segment_bounds(y.shape[0], spec.segment_samples)
+    ]
 
 
 def process(audio: Path | bytes, spec: AudioSpec) -> Encoded | str:
     """The whole per-record job; returns ``Encoded`` or a one-line reject reason."""
-    if isinstance(audio, Path) and not audio.is_file():
-        return "missing file"
-    try:
-        x, sr = decode(audio)
-    except Exception as e:  # libsndfile raises several types for corrupt input
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        return f"decode failed: {msg}"
-    if x.shape[0] == 0 or sr <= 0:
-        return "decode failed: no audio frames"
+    decoded = decode_or_reason(audio)
+    if isinstance(decoded, str):
+        return decoded
+    x, sr = decoded
     seconds = x.shape[0] / sr
     if seconds < spec.min_seconds:
-        return f"too short: {seconds:.2f} s < min_seconds {spec.min_seconds:g}"
+        return reasons.too_short(seconds, spec.min_seconds)
     y = to_mono(x, sr, spec.sample_rate)
     if y.shape[0] == 0:  # a few samples downsampled to none (possible with min_seconds=0)
         return f"too short: no samples left at {spec.sample_rate} Hz"
     if not np.isfinite(y).all():  # a NaN/inf in any channel survives the downmix
         return "decode failed: non-finite samples"
-    return Encoded(
-        encode(y, spec.sample_rate, spec.codec), y.shape[0] / spec.sample_rate, sr, int(x.shape[1])
-    )
+    return Encoded(encode_segments(y, spec), y.shape[0], y.shape[0] / spec.sample_rate, sr, int(x.shape[1]))

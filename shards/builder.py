@@ -9,11 +9,16 @@ the rest. ``manifest.json`` is written last: its presence means the build is com
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
 import multiprocessing as mp
 import re
+from collections import deque
+from collections.abc import Generator, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +26,7 @@ import numpy as np
 from tqdm import tqdm
 
 from shards.atomic import atomic_write_text
-from shards.audio import AudioSpec, Encoded, process
+from shards.audio import AudioSpec, Encoded, process, segment_bounds
 from shards.config import BuildConfig
 from shards.configtools import to_dict
 from shards.images import EncodedImages, ImageSpec, process_images
@@ -32,6 +37,8 @@ from shards.manifest import (
     MANIFEST,
     META_EXT,
     REJECTS,
+    SEGMENT_EXT,
+    SEGMENT_FIELDS,
     TRACK_EXT,
     ImageChannel,
     Manifest,
@@ -44,6 +51,10 @@ from shards.records import SPLITS, Dataset, Record
 from shards.writer import MAX_KEY, ShardWriter, sanitize_key
 
 STATE = ".build-state.json"
+WORKER_DIED = "decode failed: the worker process died on this file (a crash inside the audio library)"
+_SEGMENT_SUFFIX = re.compile(r"-s\d+$")  # segment keys are KEY-sNNNN; no record key may look like one
+Job = tuple[int, Any, AudioSpec | ImageSpec]
+Result = tuple[int, Encoded | EncodedImages | str]
 _SHARD_FILE = re.compile(r"^\d{6}\.(tar|idx)$")
 _TEMP_FILE = re.compile(r"^\.\d{6}\.(tar|idx)\..*\.tmp$")  # left by a killed run (atomic_path)
 
@@ -66,7 +77,10 @@ def plan(ds: Dataset, seed: int) -> dict[str, list[tuple[str, Record]]]:
     used: set[str] = set()
     by_split: dict[str, list[tuple[str, Record]]] = {}
     for rec in ds.records:
-        base = key = sanitize_key(rec.key)
+        base = sanitize_key(rec.key)[: MAX_KEY - 6]  # room for a segment suffix (-sNNNN)
+        if _SEGMENT_SUFFIX.search(base):
+            base += "x"
+        key = base
         n = 1
         while key in used:
             n += 1
@@ -98,6 +112,8 @@ def _fresh_split() -> dict[str, Any]:
         "shards": [],
         "consumed": 0,
         "written": 0,
+        "samples": 0,
+        "max_segment": 0.0,
         "seconds": 0.0,
         "min": None,
         "max": None,
@@ -154,35 +170,51 @@ class _SplitRun:
         elif isinstance(result, EncodedImages):
             self._add_images(i, key, rec, result)
         else:
-            tid = self.st["written"]
+            self._write_track(i, key, rec, result)
+        self.st["consumed"] = i + 1
+
+    def _write_track(self, i: int, key: str, rec: Record, result: Encoded) -> None:
+        """One sample per segment, all in one shard; each carries the track's id, labels and length."""
+        tid, rate = self.st["written"], self.b.cfg.sample_rate
+        bounds = segment_bounds(result.samples, self.b.cfg.segment_samples)
+        label = self.b.ds.task.encode(rec.labels)
+        group = []
+        for index, ((start, end), data) in enumerate(zip(bounds, result.segments)):
+            name = key if len(bounds) == 1 else f"{key}-s{index:04d}"
+            seg = [self.st["samples"] + index, index, len(bounds), start, result.samples]
             meta = {
-                "key": key,
+                "key": name,
+                "track_key": key,
                 "source": self.b.ds.source,
                 "source_id": rec.key,
                 "path": rec.path,
                 "split": self.split,
                 "tid": tid,
+                "segment": dict(zip(SEGMENT_FIELDS, seg)),
                 "labels": rec.labels,
                 "seconds": round(result.seconds, 4),
-                "sample_rate": self.b.cfg.sample_rate,
+                "segment_seconds": round((end - start) / rate, 4),
+                "sample_rate": rate,
                 "orig_sample_rate": result.orig_sample_rate,
                 "orig_channels": result.orig_channels,
                 **rec.meta,
             }
-            self.writer.write(
-                key,
-                {
-                    AUDIO_EXT[self.b.cfg.codec]: result.data,
-                    LABEL_EXT: self.b.ds.task.encode(rec.labels),
-                    TRACK_EXT: np.asarray([tid], dtype="<i8").tobytes(),
-                    META_EXT: json.dumps(meta, sort_keys=True).encode(),
-                },
-            )
-            self._checkpoint(consumed=i)  # a shard may have closed before this sample
-            self._count(result.seconds)
-        self.st["consumed"] = i + 1
+            members = {
+                AUDIO_EXT[self.b.cfg.codec]: data,
+                LABEL_EXT: label,
+                TRACK_EXT: np.asarray([tid], dtype="<i8").tobytes(),
+                SEGMENT_EXT: np.asarray(seg, dtype="<i8").tobytes(),
+                META_EXT: json.dumps(meta, sort_keys=True).encode(),
+            }
+            group.append((name, members))
+        self.writer.write_group(group)
+        self._checkpoint(consumed=i)  # a shard may have closed before this track
+        self.st["samples"] += len(bounds)
+        self.st["max_segment"] = max(self.st["max_segment"], max(b - a for a, b in bounds) / rate)
+        self._count(result.seconds)
 
     def _count(self, seconds: float) -> None:
+        """One more track written (its samples are counted by the caller)."""
         self.st["written"] += 1
         self.st["seconds"] += seconds
         self.st["min"] = seconds if self.st["min"] is None else min(self.st["min"], seconds)
@@ -209,6 +241,7 @@ class _SplitRun:
             },
         )
         self._checkpoint(consumed=i)
+        self.st["samples"] += 1
         self._count(0.0)  # image samples carry no audio
         for member in result.members:
             ch = member.split(".", 1)[0]
@@ -237,15 +270,15 @@ class _SplitRun:
 class Builder:
     """One build: import, plan, resume, decode in a pool, write shards, manifest and rejects."""
 
-    def __init__(self, cfg: BuildConfig, *, progress: bool = True) -> None:
+    def __init__(self, cfg: BuildConfig, *, progress: bool = True, dataset: Dataset | None = None) -> None:
         self.cfg, self.progress = cfg, progress
-        self.ds = load_source(cfg)
+        self.ds = dataset if dataset is not None else load_source(cfg)  # given: records made by the caller
         self.planned = plan(self.ds, cfg.seed)
         self.fp = fingerprint(cfg, self.ds, self.planned)
         self.spec: AudioSpec | ImageSpec = (
             ImageSpec(tuple(self.ds.channels))
             if self.ds.kind == "image"
-            else AudioSpec(cfg.sample_rate, cfg.codec, cfg.min_seconds)
+            else AudioSpec(cfg.sample_rate, cfg.codec, cfg.min_seconds, cfg.segment_samples)
         )
         self.state: dict[str, Any] = {}
 
@@ -297,21 +330,17 @@ class Builder:
     def _write_all(self) -> None:
         remaining = self._remaining()
         image = self.ds.kind == "image"
-        jobs = (
+        jobs = [
             (i, rec.images if image else rec.audio, self.spec)
             for s, todo in remaining.items()
             for i in todo
             for rec in [self.planned[s][i][1]]
-        )
-        total = sum(len(r) for r in remaining.values())
-        workers = min(self.cfg.num_workers, max(1, total))
-        pool = mp.get_context("spawn").Pool(workers) if workers > 1 else None
-        bar = tqdm(total=total, desc=f"shards {self.cfg.source}", unit="track", disable=not self.progress)
-        try:
-            # ordered results: the writer sees each split's records in the planned order
-            results = iter(
-                pool.imap(process_indexed, jobs, chunksize=2) if pool else map(process_indexed, jobs)
-            )
+        ]
+        workers = min(self.cfg.num_workers, max(1, len(jobs)))
+        bar = tqdm(total=len(jobs), desc=f"shards {self.cfg.source}", unit="track", disable=not self.progress)
+        # ordered results: the writer sees each split's records in the planned order
+        source = _inline(jobs) if workers <= 1 else _pooled(jobs, workers)
+        with contextlib.closing(source) as results, contextlib.closing(bar):
             for split, todo in remaining.items():
                 run = _SplitRun(self, split)
                 with run.writer:  # on an error the open shard's temp file is removed
@@ -319,15 +348,11 @@ class Builder:
                         run.add(*next(results))
                         bar.update(1)
                     run.finish()
-        finally:
-            bar.close()
-            if pool is not None:
-                pool.terminate()
-                pool.join()
 
     def _manifest(self) -> Manifest:
         splits = {}
         written = rejected = 0
+        image = self.ds.kind == "image"
         for split in self.planned:
             st = self.state["splits"][split]
             written += st["written"]
@@ -335,10 +360,12 @@ class Builder:
             if st["written"]:
                 shards = [ShardInfo(**{k: v for k, v in s.items() if k != "resume"}) for s in st["shards"]]
                 splits[split] = SplitInfo(
-                    num_samples=st["written"],
+                    num_samples=st["samples"],
+                    num_tracks=st["written"],
                     seconds=round(st["seconds"], 3),
                     min_seconds=round(st["min"], 4),
                     max_seconds=round(st["max"], 4),
+                    max_segment_seconds=None if image else round(st["max_segment"], 4),
                     shards=shards,
                 )
         rejected += len(self.ds.rejects)
@@ -347,7 +374,6 @@ class Builder:
         build = to_dict(self.cfg) | {"fingerprint": self.fp}
         for k in ("force", "strict", "workers"):
             build.pop(k, None)
-        image = self.ds.kind == "image"
         return Manifest(
             source=self.ds.source,
             sample_rate=0 if image else self.cfg.sample_rate,
@@ -356,6 +382,7 @@ class Builder:
             splits=splits,
             totals=totals,
             build=build,
+            segment_samples=None if image else self.cfg.segment_samples,
             kind="image" if image else "audio",
             images=self._image_channels() if image else {},
         )
@@ -386,6 +413,72 @@ class Builder:
                         f.unlink()
 
 
-def build(cfg: BuildConfig, *, progress: bool = True) -> Manifest:
-    """Build (or resume, or confirm up to date) the shard folder ``cfg.out``; returns its manifest."""
-    return Builder(cfg, progress=progress).run()
+def _inline(jobs: list[Job]) -> Generator[Result]:
+    """In this process (``workers=1``): no pool to start, tracebacks stay readable."""
+    for job in jobs:
+        yield process_indexed(job)
+
+
+def _pooled(jobs: list[Job], workers: int) -> Generator[Result]:
+    """``process_indexed`` over ``jobs`` in ``workers`` processes, results in job order.
+
+    A worker that dies (a segfault in a codec library, the OOM killer) breaks the whole
+    pool (``BrokenProcessPool``; ``multiprocessing.Pool`` would wait for it forever): the
+    jobs that were in flight are then re-run one at a time in a fresh one-process pool, so
+    the file that kills its worker again becomes a reject (``WORKER_DIED``), the others
+    are written, and a new pool takes the rest.
+    """
+    ctx = mp.get_context("spawn")
+    pending: deque[Job] = deque(jobs)
+    flight: deque[tuple[Job, Future[Result]]] = deque()
+    pool = ProcessPoolExecutor(workers, mp_context=ctx)
+    try:
+        while pending or flight:
+            while pending and len(flight) < 4 * workers:  # bounded: results hold encoded audio
+                job = pending.popleft()
+                flight.append((job, pool.submit(process_indexed, job)))
+            job, fut = flight.popleft()
+            try:
+                result = fut.result()
+            except BrokenProcessPool:
+                stuck = [(job, fut), *flight]
+                flight.clear()
+                pool.shutdown(wait=True, cancel_futures=True)
+                yield from _one_by_one(stuck, ctx)
+                pool = ProcessPoolExecutor(workers, mp_context=ctx)
+                continue
+            yield result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _succeeded(fut: Future[Any]) -> bool:
+    return fut.done() and not fut.cancelled() and fut.exception() is None
+
+
+def _one_by_one(entries: list[tuple[Job, Future[Result]]], ctx: Any) -> Iterator[Result]:
+    """Results of the jobs a broken pool was running, in order: those that finished as they
+    came, the others one at a time in a one-process pool; a job whose process dies again
+    is ``WORKER_DIED``."""
+    solo: ProcessPoolExecutor | None = None
+    try:
+        for job, fut in entries:
+            if _succeeded(fut):
+                yield fut.result()
+                continue
+            solo = solo or ProcessPoolExecutor(1, mp_context=ctx)
+            try:
+                yield solo.submit(process_indexed, job).result()
+            except BrokenProcessPool:
+                solo.shutdown(wait=True)
+                solo = None
+                yield job[0], WORKER_DIED
+    finally:
+        if solo is not None:
+            solo.shutdown(wait=True)
+
+
+def build(cfg: BuildConfig, *, progress: bool = True, dataset: Dataset | None = None) -> Manifest:
+    """Build (or resume, or confirm up to date) the shard folder ``cfg.out``; returns its manifest.
+    ``dataset``: records to write instead of running ``cfg.source``'s importer (eval.predict)."""
+    return Builder(cfg, progress=progress, dataset=dataset).run()

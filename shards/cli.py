@@ -29,6 +29,11 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--workers", "workers", dict(type=int, help="decoding processes (default 0 = all cores)")),
     ("--seed", "seed", dict(type=int, help="shuffle/split seed (default 0)")),
     ("--min-seconds", "min_seconds", dict(type=float, help="reject shorter tracks (default 1.0)")),
+    (
+        "--segment-seconds",
+        "segment_seconds",
+        dict(type=float, help="store longer tracks as segments of this length (default 30)"),
+    ),
 ]
 
 
@@ -102,7 +107,10 @@ def _build(a: argparse.Namespace) -> int:
     cfg: BuildConfig = load_build_config(a.config, cli)
     m = build(cfg, progress=not a.quiet)
     t = m.totals
-    per = ", ".join(f"{s} {i.num_samples}" for s, i in m.splits.items())
+    per = ", ".join(
+        f"{s} {i.tracks}" + (f" in {i.num_samples} segments" if i.num_samples != i.tracks else "")
+        for s, i in m.splits.items()
+    )
     print(f"{cfg.out}: {t['written']} written ({per}), {t['rejected']} rejected of {t['input']} inputs")
     if cfg.strict and t["rejected"]:
         print(

@@ -44,6 +44,9 @@ class BuildConfig:
     """Seed of the shuffle across shards and of hash/random splits."""
     min_seconds: float = 1.0
     """Tracks shorter than this after decoding are rejected."""
+    segment_seconds: float = 30.0
+    """Tracks longer than this are stored as consecutive segments of this length (the last holds
+    the rest); keep it a multiple of the training chunk (6 s) so evaluation chunks never straddle segments."""
     force: bool = False
     """Rebuild everything instead of resuming finished shards."""
     strict: bool = False
@@ -79,6 +82,8 @@ class BuildConfig:
             raise ValueError(f"workers: must be >= 0 (0 = all cores), got {self.workers}")
         if self.min_seconds < 0:
             raise ValueError(f"min_seconds: must be >= 0, got {self.min_seconds}")
+        if not self.segment_seconds * self.sample_rate >= 1:
+            raise ValueError(f"segment_seconds: must be positive, got {self.segment_seconds}")
 
     def importer_options(self, cls: type[OptionsT]) -> OptionsT:
         """``options`` as the importer's own class (what its ``load`` reads)."""
@@ -89,6 +94,11 @@ class BuildConfig:
     def num_workers(self) -> int:
         """Resolved worker count (0 means every core this process may use)."""
         return self.workers or len(os.sched_getaffinity(0))
+
+    @property
+    def segment_samples(self) -> int:
+        """Samples per full segment at ``sample_rate``."""
+        return round(self.segment_seconds * self.sample_rate)
 
     @property
     def shard_bytes(self) -> int:

@@ -1,20 +1,27 @@
 """``fma`` importer: Free Music Archive ``fma_metadata/tracks.csv`` + ``fma_SUBSET/XYZ/XYZ###.mp3``.
 
-tracks.csv is read as FMA ships it (two header rows, ``track_id`` index). A track is an
-input when its ``('set', 'subset')`` is <= ``--subset`` (small < medium < large); its
-split is ``('set', 'split')`` (training/validation/test) and its single label
+tracks.csv is read as FMA ships it: 52 columns under a three-row header (top level,
+column name, then a ``track_id`` row naming the index), one row per track. Only the
+three columns used are parsed (``('set', 'subset')``, ``('set', 'split')``,
+``('track', 'genre_top')``), found by name, so the other 49 (free text, lists, dates)
+can hold anything. A track is an input when its subset is <= ``--subset`` (small <
+medium < large); its split is ``('set', 'split')`` and its single label
 ``('track', 'genre_top')``. Tracks without genre_top are rejected at import; missing,
-empty or too-short MP3s (some real FMA files are) are rejected by the builder.
+empty, audio-less or too-short mp3s (real FMA has each kind) are rejected by the builder.
+``--verify`` checks each mp3 against the subset's ``checksums`` file (shards/fma_checksums.py).
 """
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import pandas as pd
 
 from shards.config import BuildConfig
+from shards.fma_checksums import verify_records
 from shards.importers import Importer, LabelFileOptions, register_importer
 from shards.records import Dataset, Record, Reject, normalize_split, read_table, require_dir, single_task
 
@@ -28,6 +35,8 @@ class FMAOptions(LabelFileOptions):
 
     subset: Literal["small", "medium", "large"] = "small"
     """Take tracks whose subset is <= this (small < medium < large); audio under fma_SUBSET/."""
+    verify: bool = False
+    """Check every mp3 against ``fma_SUBSET/checksums`` (sha1) and reject mismatches."""
 
     def __post_init__(self) -> None:
         if self.subset not in FMA_SUBSETS:
@@ -43,43 +52,72 @@ def audio_path(track_id: int, subset: str) -> str:
     return f"fma_{subset}/{tid[:3]}/{tid}.mp3"
 
 
-def load(cfg: BuildConfig) -> Dataset:
-    opts = cfg.importer_options(FMAOptions)
-    require_dir(cfg.root, "FMA root")
-    path = cfg.root / (opts.csv or DEFAULT_CSV)
-    df = read_table(path, index_col=0, header=[0, 1], low_memory=False)
-    missing = [c for c in COLUMNS if c not in df.columns]
+def read_tracks(path: Path) -> pd.DataFrame:
+    """The used columns of tracks.csv (named ``COLUMNS``, strings, index ``track_id`` int).
+
+    pandas cannot combine a two-level header with ``usecols``, so the header rows are
+    read here and only the needed column positions are parsed."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: label file not found")
+    with path.open(newline="", encoding="utf-8") as f:
+        head = [row for _, row in zip(range(3), csv.reader(f))]
+    if len(head) < 2:
+        raise ValueError(f"{path}: malformed CSV: fewer than the two header rows FMA's tracks.csv has")
+    names = list(zip(head[0], head[1]))
+    missing = [c for c in COLUMNS if c not in names]
     if missing:
         raise ValueError(
             f"{path}: malformed CSV: missing column(s) {missing} (expected FMA's two-level header)"
         )
+    index_row = len(head) == 3 and head[2][:1] == ["track_id"] and not any(head[2][1:])
+    pos = [names.index(c) for c in COLUMNS]
+    df = read_table(
+        path,
+        header=None,
+        skiprows=3 if index_row else 2,
+        usecols=[0, *pos],
+        dtype=str,
+        keep_default_na=False,
+    )
+    df = df[[0, *pos]]  # usecols keeps file order: restore ours
+    df.columns = ["track_id", *["/".join(c) for c in COLUMNS]]
+    ids = pd.to_numeric(df["track_id"], errors="coerce")
+    bad = df["track_id"][ids.isna() | (ids % 1 != 0)]
+    if len(bad):
+        raise ValueError(f"{path}: malformed CSV: track_id {bad.iloc[0]!r} is not an integer")
+    return df.drop(columns="track_id").set_index(ids.astype("int64").rename("track_id"))
+
+
+def load(cfg: BuildConfig) -> Dataset:
+    opts = cfg.importer_options(FMAOptions)
+    require_dir(cfg.root, "FMA root")
+    path = cfg.root / (opts.csv or DEFAULT_CSV)
+    df = read_tracks(path)
+    subset_col, split_col, genre_col = ("/".join(c) for c in COLUMNS)
     rank = {s: i for i, s in enumerate(FMA_SUBSETS)}
-    subset = df[("set", "subset")].astype(str).str.strip().map(rank)
+    subset = df[subset_col].str.strip().map(rank)
     bad = df.index[subset.isna()]
     if len(bad):
-        raise ValueError(
-            f"{path}: malformed CSV: track {bad[0]} has subset {df.at[bad[0], ('set', 'subset')]!r}"
-        )
-    df = df.loc[subset <= rank[opts.subset], [("set", "split"), ("track", "genre_top")]]
+        raise ValueError(f"{path}: malformed CSV: track {bad[0]} has subset {df.at[bad[0], subset_col]!r}")
+    df = df.loc[subset <= rank[opts.subset], [split_col, genre_col]]
     records, rejects = [], []
     for track_id, split_name, genre in df.itertuples(name=None):  # 100k+ rows: no iterrows
         rel = audio_path(int(track_id), opts.subset)
-        if pd.isna(genre) or not str(genre).strip():
+        if not genre.strip():
             rejects.append(Reject(path=rel, reason="no genre_top", key=str(track_id)))
             continue
         split = normalize_split(split_name, f"{path} track {track_id}")
         records.append(
             Record(
-                key=f"{int(track_id):06d}",
-                audio=cfg.root / rel,
-                labels=str(genre).strip(),
-                split=split,
-                path=rel,
+                key=f"{int(track_id):06d}", audio=cfg.root / rel, labels=genre.strip(), split=split, path=rel
             )
         )
     if not records:
         raise ValueError(f"{path}: no track with a genre_top in subset <= {opts.subset!r}")
-    task = single_task("genre", [r.labels for r in records])
+    task = single_task("genre", [r.labels for r in records])  # before --verify: same vocabulary
+    if opts.verify:
+        records, failed = verify_records(records, cfg.root / f"fma_{opts.subset}", cfg.num_workers)
+        rejects += failed
     return Dataset(source="fma", task=task, records=records, rejects=rejects)
 
 

@@ -18,7 +18,8 @@ from shards.atomic import atomic_write_text
 from shards.configtools import to_dict
 
 FORMAT = "musicstream.shards"
-VERSION = 1
+VERSION = 2  # 2: long tracks are stored as consecutive segments (``seg`` member)
+READABLE_VERSIONS = (1, 2)  # version 1 reads as one segment per track
 MANIFEST = "manifest.json"
 REJECTS = "rejects.jsonl"
 
@@ -27,6 +28,10 @@ REJECTS = "rejects.jsonl"
 AUDIO_EXT = {"pcm16": "pcm", "flac": "flac", "ogg": "ogg"}
 LABEL_EXT = "lbl"  # little-endian int64 vector, TaskSpec.label_width entries
 TRACK_EXT = "tid"  # little-endian int64 [1]: the track's index within its split
+SEGMENT_EXT = "seg"  # version 2: little-endian int64 [SEGMENT_FIELDS]
+SEGMENT_FIELDS = ("sample", "index", "count", "start", "track_samples")
+"""``seg`` entries: the sample's unique index in its split, its segment index within the track,
+the track's segment count, its first sample within the track, the track's length in samples."""
 META_EXT = "json"  # human-readable metadata (source id, labels by name, durations)
 
 TaskKind = Literal["single", "multi", "hier"]
@@ -123,14 +128,26 @@ class ShardInfo:
 
 @dataclass(kw_only=True)
 class SplitInfo:
-    num_samples: int
+    num_samples: int  # samples (= segments) in the split's shards
     seconds: float
-    min_seconds: float
-    max_seconds: float
+    min_seconds: float  # of tracks
+    max_seconds: float  # of tracks
     shards: list[ShardInfo]
+    num_tracks: int | None = None  # version 2; version 1: one sample per track
+    max_segment_seconds: float | None = None  # version 2: the longest sample
 
     def __post_init__(self) -> None:
         self.shards = [s if isinstance(s, ShardInfo) else ShardInfo(**s) for s in self.shards]
+
+    @property
+    def tracks(self) -> int:
+        """Tracks in the split (a version-1 split stores one sample per track)."""
+        return self.num_samples if self.num_tracks is None else self.num_tracks
+
+    @property
+    def longest_sample_seconds(self) -> float:
+        """Duration of the split's longest sample (segment, or whole track in version 1)."""
+        return self.max_seconds if self.max_segment_seconds is None else self.max_segment_seconds
 
 
 @dataclass(kw_only=True)
@@ -151,6 +168,7 @@ class Manifest:
     splits: dict[str, SplitInfo]
     totals: dict[str, int]  # input, written, rejected
     build: dict[str, Any] = field(default_factory=dict)  # arguments of the build, for provenance
+    segment_samples: int | None = None  # version 2: samples per full segment (None: whole tracks)
     format: str = FORMAT
     version: int = VERSION
     kind: SampleKind = "audio"  # absent in a manifest = "audio"
@@ -174,6 +192,12 @@ class Manifest:
         if self.kind != "audio":
             raise ValueError(f"{self.root or ''}: an {self.kind} build has no audio member")
         return AUDIO_EXT[self.codec]
+
+    @property
+    def segmented(self) -> bool:
+        """Audio samples carry a ``seg`` member (version 2); version 1 samples are whole tracks
+        (image samples are never segmented)."""
+        return self.version >= 2 and self.kind == "audio"
 
     def split(self, name: str) -> SplitInfo:
         if name not in self.splits:
@@ -227,9 +251,10 @@ def read_manifest(folder: str | Path, *, check_files: bool = True) -> Manifest:
         raise ValueError(f"{path}: not valid JSON: {e}") from None
     if data.get("format") != FORMAT:
         raise ValueError(f"{path}: not a musicstream shard manifest (format={data.get('format')!r})")
-    if data.get("version") != VERSION:
+    if data.get("version") not in READABLE_VERSIONS:
         raise ValueError(
-            f"{path}: manifest format version {data.get('version')!r}, this musicstream reads version {VERSION}"
+            f"{path}: manifest format version {data.get('version')!r}, this musicstream reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}"
         )
     try:
         m = Manifest(**data)

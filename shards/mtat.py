@@ -2,7 +2,9 @@
 
 The annotations file is tab-separated and quoted: ``clip_id``, 188 binary tag columns,
 ``mp3_path`` (e.g. ``f/artist-album-01-title-30-59.mp3``). Split by the standard folder
-rule: ``0``-``b`` train, ``c`` validation, ``d``-``f`` test.
+rule: ``0``-``b`` train, ``c`` validation, ``d``-``f`` test; or, with ``--split-files``, by a
+published split list (shards/mtat_split.py: its clips, its top-50 tags, nothing else).
+The three clips MTAT ships as 0-byte files (``KNOWN_EMPTY``) are rejected at import.
 
 - multi (default): the ``--top-n`` most frequent tags over all clips (ties: file order);
   ``--clean`` rejects clips carrying none of them (else they stay with an all-zero label).
@@ -19,25 +21,32 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from shards import reasons
 from shards.config import BuildConfig
 from shards.importers import Importer, LabelFileOptions, register_importer
 from shards.manifest import TaskSpec
+from shards.mtat_split import read_split
 from shards.records import Dataset, Record, Reject, read_table, require_columns, require_dir
 
 DEFAULT_CSV = "annotations_final.csv"
 MAIN_GENRES = ["classical", "electronic", "rock", "ambient", "folk", "jazz", "pop", "hiphop", "metal"]
 GENRE_TAGS: dict[str, list[str]] = {
-    "classical": ["classical", "classic", "baroque", "opera", "orchestra", "symphonic"],
+    "classical": ["classical", "clasical", "classic", "baroque", "opera", "orchestra", "orchestral"],
     "electronic": ["electronic", "electro", "electronica", "techno", "trance", "house", "dance", "disco"],
-    "rock": ["rock", "hard rock", "soft rock", "punk", "alternative"],
-    "ambient": ["ambient", "new age", "meditation"],
+    "rock": ["rock", "hard rock", "soft rock", "punk"],
+    "ambient": ["ambient", "new age"],
     "folk": ["folk", "country", "celtic", "irish"],
-    "jazz": ["jazz", "jazzy", "blues", "swing"],
+    "jazz": ["jazz", "jazzy", "blues"],
     "pop": ["pop"],
-    "hiphop": ["hip hop", "hiphop", "rap"],
+    "hiphop": ["hip hop", "rap"],
     "metal": ["metal", "heavy metal", "heavy"],
 }
+"""Each genre's tags, all real columns of annotations_final.csv (``clasical`` is the file's own
+spelling); tests check the map against shards.mtat_columns."""
 PRIORITY = ["metal", "hiphop", "jazz", "folk", "ambient", "electronic", "classical", "rock", "pop"]
+KNOWN_EMPTY = {"35644", "55753", "57881"}
+"""clip_ids whose mp3 is 0 bytes in every MTAT copy (6/norine_braun-..., 8/jacob_heringman-...,
+9/american_baroque-...)."""
 SPLIT_OF_FOLDER = {**{c: "train" for c in "0123456789ab"}, "c": "validation", **{c: "test" for c in "def"}}
 
 
@@ -49,10 +58,22 @@ class MTATOptions(LabelFileOptions):
     """Multi-label: keep the N most frequent tags."""
     clean: bool = False
     """Multi-label: reject clips that carry none of the top-N tags."""
+    split_files: str | None = None
+    """Folder with a published split (train/valid/test.npy or *_list_pub.cP + tag list),
+    relative to root or absolute; builds exactly that split and its tags (docs/shard-format.md)."""
 
     def __post_init__(self) -> None:
         if self.top_n < 1:
             raise ValueError(f"top_n: must be >= 1, got {self.top_n}")
+
+    def check(self, cfg: BuildConfig) -> None:
+        if self.split_files is not None:
+            if cfg.task != "multi":
+                raise ValueError("split_files: a published MTAT split is a tagging split; use task 'multi'")
+            if self.top_n != 50 or self.clean:
+                raise ValueError(
+                    "split_files: the published split fixes its tags and clips; drop top_n/clean"
+                )
 
 
 def main_genre(tags: list[str]) -> str | None:
@@ -76,7 +97,12 @@ def load(cfg: BuildConfig) -> Dataset:
         hot = df[tag_cols].apply(lambda c: c.str.strip().replace("", "0").astype(int)).to_numpy() > 0
     except ValueError as e:
         raise ValueError(f"{path}: malformed CSV: tag values must be 0/1 ({e})") from None
-    if cfg.task == "multi":
+    mp3_paths = df["mp3_path"].str.strip().tolist()
+    published: dict[int, str] | None = None
+    if opts.split_files is not None:
+        vocab, published = read_split(cfg.root / opts.split_files, tag_cols, mp3_paths)
+        task = TaskSpec(kind="multi", name="tags", classes=vocab)
+    elif cfg.task == "multi":
         freq = hot.sum(axis=0)
         top = sorted(np.argsort(-freq, kind="stable")[: opts.top_n].tolist())
         vocab = [tag_cols[i] for i in top]
@@ -84,13 +110,24 @@ def load(cfg: BuildConfig) -> Dataset:
     else:
         task = TaskSpec(kind="single", name="genre", classes=MAIN_GENRES)
     records, rejects = [], []
-    for i, (clip, rel) in enumerate(zip(df["clip_id"].str.strip(), df["mp3_path"].str.strip())):
-        split = SPLIT_OF_FOLDER.get(rel[:1]) if "/" in rel else None
+    for i, (clip, rel) in enumerate(zip(df["clip_id"].str.strip(), mp3_paths)):
         tags = [tag_cols[j] for j in np.flatnonzero(hot[i])]
-        if split is None:
-            rejects.append(
-                Reject(path=rel or f"clip {clip}", reason="mp3_path not under a 0..f folder", key=clip)
-            )
+        if published is not None:
+            split = published.get(i)
+            if split is None:
+                rejects.append(
+                    Reject(path=rel, reason="not in the published split (--split-files)", key=clip)
+                )
+                continue
+        else:
+            split = SPLIT_OF_FOLDER.get(rel[:1]) if "/" in rel else None
+            if split is None:
+                rejects.append(
+                    Reject(path=rel or f"clip {clip}", reason="mp3_path not under a 0..f folder", key=clip)
+                )
+                continue
+        if clip in KNOWN_EMPTY:
+            rejects.append(Reject(path=rel, reason=reasons.empty_file(), key=clip))
             continue
         if cfg.task == "multi":
             labels: object = [t for t in vocab if t in tags]

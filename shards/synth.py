@@ -31,10 +31,10 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import pandas as pd
-import soundfile as sf
 from tqdm import tqdm
 
 from shards.atomic import atomic_path, atomic_write_text
+from shards.audio import write_blocks
 
 if TYPE_CHECKING:
     from shards.manifest import Codec, TaskKind
@@ -172,7 +172,7 @@ def make_synth(
         rel = f"audio/{i:04d}.{fmt}"
         major, sub = _SF[fmt]
         with atomic_path(out / rel) as tmp:
-            sf.write(tmp, data, sr, format=major, subtype=sub)
+            write_blocks(tmp, data, sr, major, sub)  # one long OGG write segfaults libvorbis
         g = GENRES[genre]
         rows.append(
             dict(

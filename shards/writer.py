@@ -95,13 +95,23 @@ class ShardWriter:
 
     def write(self, key: str, components: dict[str, bytes]) -> None:
         """Add one sample; ``key`` must already be sanitised and unique within the shard."""
-        if key != sanitize_key(key):
-            raise ValueError(f"shard key {key!r} is not sanitised (use sanitize_key)")
-        size = sum(512 + ((len(b) + 511) // 512) * 512 for b in components.values())
+        self.write_group([(key, components)])
+
+    def write_group(self, samples: list[tuple[str, dict[str, bytes]]]) -> None:
+        """Add samples that must share a shard (the segments of one track: a shard then ends
+        only between tracks, so resuming after a finished shard never splits a track)."""
+        for key, _ in samples:
+            if key != sanitize_key(key):
+                raise ValueError(f"shard key {key!r} is not sanitised (use sanitize_key)")
+        size = sum(512 + ((len(b) + 511) // 512) * 512 for _, c in samples for b in c.values())
         if self._tar is not None and self._lines and self._hf.tell() + size > self.max_bytes:  # type: ignore[union-attr]
             self._finish()
         if self._tar is None:
             self._open()
+        for key, components in samples:
+            self._add(key, components)
+
+    def _add(self, key: str, components: dict[str, bytes]) -> None:
         if key in self._keys:
             raise ValueError(f"duplicate shard key {key!r} in {self._tar_path}")
         self._keys.add(key)

@@ -13,7 +13,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("shards", "pipelines", "train", "eval")
-ENTRY_POINTS = {"train.__main__", "train.demo", "eval.cli", "eval.__main__"}
+ENTRY_POINTS = {"train.__main__", "train.demo", "eval.cli", "eval.__main__", "eval.predict"}
 # the [eval] section's dataclass: part of every experiment file and checkpoint config
 SHARED_DATA = {"eval.config"}
 

@@ -96,7 +96,7 @@ def test_timm_loads_local_weights_and_adapts(tmp_path: Path) -> None:
 
 
 def test_missing_weights_file_is_clear(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="never downloaded"):
+    with pytest.raises(FileNotFoundError, match="nope.pth not found .a weights file, or hf-hub:"):
         _build("efficientnet_b0", pretrained=tmp_path / "nope.pth")
 
 

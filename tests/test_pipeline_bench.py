@@ -76,6 +76,37 @@ def test_machine_cpu_seconds_count_this_process_too():
     assert before is not None and after is not None and after - before >= 0.4
 
 
+def test_bench_long_compares_the_same_audio_three_ways(tmp_path, capsys):
+    from pipelines.bench_long import main as long_main
+
+    args = ["throughput", "--dir", str(tmp_path), "--total-seconds", "24", "--short-seconds", "2"]
+    args += [
+        "--long-seconds",
+        "4",
+        "--workers",
+        "1",
+        "--warmup",
+        "1",
+        "--batches",
+        "2",
+        "--repeat",
+        "1",
+        *SMALL,
+    ]
+    assert long_main(args) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    rows = [dict(zip(lines[1].split(" | "), ln.split(" | "))) for ln in lines[2:]]
+    assert [r["set"] for r in rows] == ["2s", "4s-segmented", "4s-whole"]
+    assert [int(r["chunks"]) for r in rows] == [8, 8, 8]  # 2 batches of 4: full samples keep every draw
+    assert float(rows[0]["vs_short"]) == 1.0 and all(float(r["chunks_per_s"]) > 0 for r in rows)
+    from shards.manifest import read_manifest
+
+    seg, whole = (
+        read_manifest(tmp_path / f"shards-pcm16-4s-{k}").split("train") for k in ("segmented", "whole")
+    )
+    assert (seg.num_tracks, seg.num_samples, whole.num_samples) == (6, 12, 6)
+
+
 def test_bench_image_shards_dali_cpu_vs_pil_torchvision(synth_image_shards, capsys):
     """On image shards the baseline is webdataset + PIL + torchvision; both yield the same batches."""
     shards = synth_image_shards(tracks=24, seconds=3.0)

@@ -287,8 +287,9 @@ def checkpoint_task(ckpt: dict[str, Any], path: str | Path) -> TaskSpec:
     return TaskSpec(**ckpt["task"])
 
 
-class Predictor:
-    """A trained model as eval sees it: ``predict_proba(x (B,C,F,T)) -> (B, sum(head_sizes))``."""
+class ChunkPredictor:
+    """A trained model on feature tensors, as eval sees it: ``predict_proba(x (B,C,F,T)) ->
+    (B, sum(head_sizes))``. (On audio files: ``eval.predict.Predictor``.)"""
 
     def __init__(
         self, model: nn.Module, task: TaskSpec, experiment: Experiment, *, name: str, device: torch.device
@@ -316,7 +317,7 @@ class Predictor:
     __call__ = predict_proba
 
 
-def load_predictor(path: str | Path, device: str | torch.device = "cpu") -> Predictor:
+def load_predictor(path: str | Path, device: str | torch.device = "cpu") -> ChunkPredictor:
     """Rebuild the model of a checkpoint (EMA weights when present) for evaluation."""
     from train.models import build_model
 
@@ -334,4 +335,4 @@ def load_predictor(path: str | Path, device: str | torch.device = "cpu") -> Pred
     model.to(dev).eval()
     if exp.train.channels_last:
         model.to(memory_format=torch.channels_last)
-    return Predictor(model, task, exp, name=f"{exp.model.family}:{Path(path).name}", device=dev)
+    return ChunkPredictor(model, task, exp, name=f"{exp.model.family}:{Path(path).name}", device=dev)

@@ -69,8 +69,10 @@ class ModelConfig:
     """Registry name (customcnn, ast, gbm, resnet50, efficientnet_b0/b2/b4) or any timm model name."""
     preset: str | None = None
     """Size preset of the family (customcnn/ast: tiny, small, base); none = family default."""
-    pretrained: Path | None = None
-    """Local weights file (timm state_dict or DeiT checkpoint); nothing is ever downloaded."""
+    pretrained: str | None = None
+    """Pretrained weights: "timm" (the timm model's default tag), "hf-hub:OWNER/NAME" (through the
+    Hugging Face cache; HF_HUB_OFFLINE=1 reads only the cache), "local-dir:/path" (config.json +
+    model.safetensors: timm save_for_hf / transformers save_pretrained), or a weights file."""
     dropout: float = 0.0
     """Dropout before the classifier."""
     drop_path: float = 0.0
@@ -81,6 +83,8 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if not self.family:
             raise ValueError("model.family: empty")
+        if self.pretrained is not None:
+            self.pretrained = str(self.pretrained) or None
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout: {self.dropout} outside [0, 1)")
         if not 0.0 <= self.drop_path < 1.0:

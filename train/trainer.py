@@ -28,7 +28,7 @@ from shards.manifest import TaskSpec
 from train import distributed
 from train.checkpoint import (
     Checkpointer,
-    Predictor,
+    ChunkPredictor,
     RNGState,
     RunDescription,
     check_vocab,
@@ -47,7 +47,7 @@ from train.tasks import TaskHead
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
-Validator = Callable[[Predictor, Any, TaskSpec], dict[str, float]]
+Validator = Callable[[ChunkPredictor, Any, TaskSpec], dict[str, float]]
 """validate(predictor, eval-mode loader, task) -> flat metrics (``track/accuracy``, ...);
 collective: every rank calls it and gets the same numbers."""
 
@@ -329,10 +329,10 @@ class Trainer:
         return self.summary()
 
     # ------------------------------------------------------------ validation
-    def predictor(self) -> Predictor:
-        """The model being validated (EMA weights when enabled) as eval's Predictor."""
+    def predictor(self) -> ChunkPredictor:
+        """The model being validated (EMA weights when enabled) as eval's ChunkPredictor."""
         module = self.ema.module if self.ema is not None else self.raw
-        return Predictor(module, self.task, self.exp, name=self.exp.model.family, device=self.device)
+        return ChunkPredictor(module, self.task, self.exp, name=self.exp.model.family, device=self.device)
 
     def sync_buffers(self) -> None:
         """Rank 0's buffers (BatchNorm statistics) everywhere: DDP only syncs them at the next

@@ -2,15 +2,18 @@
 
 Overlapping 16x16 patches with stride 10, a cls and a distillation token whose outputs
 are averaged, positional embeddings interpolated to the input's patch grid (built for
-``input_shape``, resampled on the fly when a batch has another size). A DeiT ImageNet
-checkpoint can be loaded from a local file: its patch embedding is adapted to
-``in_chans`` and its 14x14 position grid resampled to ours.
+``input_shape``, resampled on the fly when a batch has another size). ``model.pretrained``
+may name a DeiT ImageNet checkpoint (a file, or ``hf-hub:``/``local-dir:`` in timm's layout)
+or an AudioSet AST in Hugging Face transformers format (``hf-hub:MIT/ast-finetuned-audioset-10-10-0.4593``
+or a ``save_pretrained`` folder, mapped by ``train.models.ast_hf``): the patch embedding is
+adapted to ``in_chans`` and the position grid resampled to ours.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
@@ -18,13 +21,16 @@ from timm.layers import resample_abs_pos_embed, trunc_normal_
 from timm.models.vision_transformer import Block
 
 from train.config import ModelConfig
-from train.models.pretrained import adapt_conv_weight, load_matching, read_state_dict
+from train.models.pretrained import TIMM_DEFAULT, Weights, adapt_conv_weight, fetch_weights, load_matching
 from train.models.registry import Family, register_family
 
 PRESETS: dict[str, dict[str, Any]] = {
     "tiny": {"dim": 192, "depth": 12, "heads": 3},  # DeiT-Ti
     "small": {"dim": 384, "depth": 12, "heads": 6},  # DeiT-S
     "base": {"dim": 768, "depth": 12, "heads": 12},  # DeiT-B (the AST paper)
+    # the AudioSet checkpoints in transformers format (MIT/ast-finetuned-audioset-*): their
+    # LayerNorm eps and the LayerNorm of their classifier (ASTMLPHead)
+    "audioset": {"dim": 768, "depth": 12, "heads": 12, "norm_eps": 1e-12, "head_norm": True},
 }
 N_PREFIX = 2  # cls + distillation tokens
 
@@ -51,12 +57,16 @@ class AST(nn.Module):
         mlp_ratio: float = 4.0,
         dropout: float = 0.0,
         drop_path: float = 0.0,
+        norm_eps: float = 1e-6,
+        head_norm: bool = False,
     ) -> None:
         super().__init__()
         _, f, t = input_shape
         if f < patch or t < patch:
             raise ValueError(f"model ast: input (F={f}, T={t}) is smaller than one {patch}x{patch} patch")
-        self.patch, self.stride = patch, stride
+        self.patch, self.stride, self.mlp_ratio, self.norm_eps = patch, stride, mlp_ratio, norm_eps
+        self.dim, self.depth, self.heads = dim, depth, heads
+        norm = cast("type[nn.Module]", partial(nn.LayerNorm, eps=norm_eps))  # timm types it as a class
         self.grid = patch_grid((f, t), patch, stride)
         self.patch_embed = nn.Conv2d(in_chans, dim, kernel_size=patch, stride=stride)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
@@ -64,9 +74,13 @@ class AST(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, N_PREFIX + self.grid[0] * self.grid[1], dim))
         rates = torch.linspace(0, drop_path, depth).tolist()
         self.blocks = nn.Sequential(
-            *[Block(dim, heads, mlp_ratio=mlp_ratio, qkv_bias=True, drop_path=r) for r in rates]
+            *[
+                Block(dim, heads, mlp_ratio=mlp_ratio, qkv_bias=True, drop_path=r, norm_layer=norm)
+                for r in rates
+            ]
         )
-        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.norm = norm(dim)
+        self.head_norm = norm(dim) if head_norm else nn.Identity()  # transformers' ASTMLPHead has one
         self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(dim, num_outputs))
         for p in (self.pos_embed, self.cls_token, self.dist_token):
             trunc_normal_(p, std=0.02)
@@ -77,18 +91,23 @@ class AST(nn.Module):
         return resample_abs_pos_embed(self.pos_embed, list(grid), list(self.grid), num_prefix_tokens=N_PREFIX)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.head_norm(self.pooled(x)))
+
+    def pooled(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, F, T) -> (B, D): the mean of the cls and distillation outputs (transformers'
+        ``ASTModel`` ``pooler_output``)."""
         x = self.patch_embed(x)  # (B, D, F', T')
         grid = (x.shape[2], x.shape[3])
         x = x.flatten(2).transpose(1, 2)  # (B, F'*T', D)
         prefix = torch.cat([self.cls_token, self.dist_token], 1).expand(x.shape[0], -1, -1)
         x = torch.cat([prefix, x], 1) + self.pos_for(grid)
         x = self.norm(self.blocks(x))
-        return self.head((x[:, 0] + x[:, 1]) / 2)
+        return (x[:, 0] + x[:, 1]) / 2
 
 
-def load_deit(model: AST, path: Any) -> None:
-    """Adapt a local DeiT (distilled or not) checkpoint: patch conv, position grid, no head."""
-    state = read_state_dict(path)
+def load_deit(model: AST, weights: Weights) -> None:
+    """Adapt a DeiT (distilled or not) checkpoint: patch conv, position grid, no head."""
+    state, path = dict(weights.state), weights.source
     w = state.get("patch_embed.proj.weight")
     if w is None:
         raise ValueError(
@@ -128,7 +147,18 @@ def build_ast(
         **kwargs,
     )
     if cfg.pretrained is not None:
-        load_deit(model, cfg.pretrained)
+        from train.models.ast_hf import is_hf_ast, load_hf_ast
+
+        if cfg.pretrained == TIMM_DEFAULT:
+            raise ValueError(
+                "model.pretrained: ast has no default timm weights; use hf-hub:MIT/ast-finetuned-audioset-10-10-0.4593 "
+                "(AudioSet), hf-hub:timm/deit_base_distilled_patch16_224.fb_in1k (ImageNet) or a local copy"
+            )
+        weights = fetch_weights(cfg.pretrained)
+        if is_hf_ast(weights):
+            load_hf_ast(model, weights)
+        else:
+            load_deit(model, weights)
     return model
 
 

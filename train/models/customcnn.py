@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from train.config import ModelConfig
-from train.models.pretrained import load_matching, read_state_dict
+from train.models.pretrained import fetch_weights, load_matching
 from train.models.registry import Family, register_family
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -111,8 +111,8 @@ def build_customcnn(
     if cfg.drop_path:
         warnings.warn("model.drop_path has no effect on customcnn (no stochastic depth)", stacklevel=2)
     model = CustomCNN(in_chans=in_chans, num_outputs=num_outputs, dropout=cfg.dropout, **kwargs)
-    if cfg.pretrained is not None:  # a local customcnn state_dict or musicstream checkpoint
-        load_matching(model, read_state_dict(cfg.pretrained), source=str(cfg.pretrained))
+    if cfg.pretrained is not None:  # a customcnn state_dict or musicstream checkpoint (file or local-dir:)
+        load_matching(model, fetch_weights(cfg.pretrained).state, source=str(cfg.pretrained))
     return model
 
 

@@ -1,22 +1,172 @@
-"""Local pretrained weights: read a file, adapt input channels, drop mismatched heads.
+"""Pretrained weights as timm / Hugging Face users name them, plus the shared adaptation helpers.
 
-Nothing is ever downloaded; ``ModelConfig.pretrained`` must name a local file
-(a state_dict, optionally nested under "model"/"state_dict", as .pt/.pth/.safetensors).
+``ModelConfig.pretrained`` is one of:
+
+- ``"timm"``: the model's default pretrained tag (its ``pretrained_cfg["hf_hub_id"]``,
+  e.g. ``timm/resnet50.a1_in1k``), fetched like ``hf-hub:``;
+- ``"hf-hub:OWNER/NAME[@REV]"``: a Hugging Face hub repo through ``huggingface_hub``'s
+  cache (``HF_HOME`` / ``HF_HUB_CACHE``; ``HF_HUB_OFFLINE=1`` reads the cache only);
+- ``"local-dir:/path"``: a folder in the hub's own layout (``config.json`` +
+  ``model.safetensors`` or ``pytorch_model.bin``), as timm's ``save_for_hf`` or
+  transformers' ``save_pretrained`` write it;
+- a local weights file (a state_dict, optionally nested under "model"/"state_dict", as
+  .pt/.pth/.bin/.safetensors).
+
+Every form resolves to ``Weights`` (tensors + the folder's ``config.json``); each family
+then maps and adapts them. Hub fetches run on local rank 0 first, the other ranks then
+read the cache it filled (``rank_zero_first``), so N ranks never race one download.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 import torch
 import torch.nn as nn
+
+from pipelines.collective import all_gather_object, world_size
+from shards.ranks import env_rank
+
+HUB = "hf-hub:"
+LOCAL_DIR = "local-dir:"
+TIMM_DEFAULT = "timm"
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+T = TypeVar("T")
+
+
+@dataclass
+class Weights:
+    """Tensors of a pretrained model plus its ``config.json`` (empty for a bare weights file)."""
+
+    state: dict[str, torch.Tensor]
+    config: dict[str, Any] = field(default_factory=dict)
+    source: str = ""
+    """How the user named them (for messages)."""
+
+
+def is_hub(spec: str | Path) -> bool:
+    """Whether fetching ``spec`` may touch the network (hub ids, the timm default tag)."""
+    return str(spec) == TIMM_DEFAULT or str(spec).startswith(HUB)
+
+
+def fetch_weights(spec: str | Path, *, default_hub_id: str | None = None) -> Weights:
+    """Resolve ``spec`` (module docstring) to tensors; hub forms on local rank 0 first."""
+    s = str(spec)
+    if s == TIMM_DEFAULT:
+        if not default_hub_id:
+            raise ValueError(
+                "model.pretrained: 'timm' names the model's default timm weights, but this model has "
+                "none on the hub; give hf-hub:OWNER/NAME, local-dir:/path or a weights file"
+            )
+        return rank_zero_first(lambda: _from_hub(default_hub_id, s))
+    if s.startswith(HUB):
+        repo = s[len(HUB) :]
+        if not repo:
+            raise ValueError(f"model.pretrained: {s!r} names no repo (hf-hub:OWNER/NAME)")
+        return rank_zero_first(lambda: _from_hub(repo, s))
+    if s.startswith(LOCAL_DIR):
+        return _from_dir(Path(s[len(LOCAL_DIR) :]), s)
+    return Weights(read_state_dict(s), {}, s)
+
+
+def _from_dir(folder: Path, spec: str) -> Weights:
+    if not folder.is_dir():
+        raise FileNotFoundError(f"model.pretrained: {spec}: {folder} is not a folder")
+    cfg = folder / "config.json"
+    if not cfg.is_file():
+        raise FileNotFoundError(f"model.pretrained: {spec}: no config.json in {folder} (hub layout expected)")
+    for name in WEIGHT_FILES:
+        if (folder / name).is_file():
+            return Weights(read_state_dict(folder / name), _read_json(cfg), spec)
+    raise FileNotFoundError(f"model.pretrained: {spec}: none of {list(WEIGHT_FILES)} in {folder}")
+
+
+def _from_hub(repo: str, spec: str) -> Weights:
+    """config.json + the first weights file the repo has, through the hub cache."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, LocalEntryNotFoundError
+
+    repo_id, _, rev = repo.partition("@")
+    not_cached = False
+
+    def get(filename: str) -> Path | None:
+        nonlocal not_cached
+        try:
+            return Path(hf_hub_download(repo_id, filename, revision=rev or None))
+        except LocalEntryNotFoundError:  # offline (or unreachable) and not in the cache
+            not_cached = True
+            return None
+        except EntryNotFoundError:  # the repo has no such file
+            return None
+        except HfHubHTTPError as e:  # unknown repo, gated, ...
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ValueError(f"model.pretrained: {spec}: {first}") from None
+
+    cfg = get("config.json")
+    weights = next((p for name in WEIGHT_FILES if (p := get(name)) is not None), None)
+    if cfg is None or weights is None:
+        if not_cached:
+            raise ValueError(not_cached_message(repo_id, spec))
+        raise ValueError(
+            f"model.pretrained: {spec}: {repo_id} has no config.json + {' or '.join(WEIGHT_FILES)}"
+        )
+    return Weights(read_state_dict(weights), _read_json(cfg), spec)
+
+
+def not_cached_message(repo_id: str, spec: str) -> str:
+    """The one error for weights that are neither cached nor reachable: how to get them."""
+    from huggingface_hub import constants
+
+    why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the hub could not be reached"
+    return (
+        f"model.pretrained: {spec}: {repo_id} is not in the Hugging Face cache {constants.HF_HUB_CACHE} "
+        f"and {why}; fetch it once where there is network (`hf download {repo_id}` with the same HF_HOME, "
+        f"then copy that folder here), or point model.pretrained at local-dir:/path (config.json + "
+        f"model.safetensors) or at a weights file"
+    )
+
+
+def rank_zero_first(fn: Callable[[], T]) -> T:
+    """Run ``fn`` on each node's local rank 0, then (its cache filled) on the other ranks.
+
+    A failure on any local rank 0 is raised on every rank, so no rank waits forever."""
+    if world_size() == 1:
+        return fn()
+    first = env_rank()[2] == 0
+    out: T | None = None
+    err: str | None = None
+    if first:
+        try:
+            out = fn()
+        except (ValueError, FileNotFoundError) as e:
+            err = str(e)
+    bad = next((e for e in all_gather_object(err) if e), None)
+    if bad is not None:
+        raise ValueError(bad)
+    return out if first else fn()  # type: ignore[return-value]
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"model.pretrained: {path}: unreadable config.json: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"model.pretrained: {path}: config.json is not an object")
+    return data
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Load tensors from a local weights file without unpickling arbitrary objects."""
     p = Path(path)
     if not p.is_file():
-        raise FileNotFoundError(f"model.pretrained: {p} not found (weights are never downloaded)")
+        raise FileNotFoundError(
+            f"model.pretrained: {p} not found (a weights file, or hf-hub:OWNER/NAME, local-dir:/path, timm)"
+        )
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 

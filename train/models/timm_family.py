@@ -1,7 +1,9 @@
 """timm image models on spectrograms: resnet50, efficientnet_b0/b2/b4, or any timm name.
 
-Built with ``pretrained=False`` (no downloads); ImageNet weights come only from a local
-file, with the first conv adapted to ``in_chans`` and the classifier re-initialised.
+Built with ``pretrained=False``, then ``model.pretrained`` (``train.models.pretrained``:
+``timm`` = the model's default tag, ``hf-hub:timm/NAME``, ``local-dir:/path`` in timm's
+``save_for_hf`` layout, or a weights file) is loaded with the first conv adapted to
+``in_chans`` and the classifier re-initialised.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import timm
 import torch.nn as nn
 
 from train.config import ModelConfig
-from train.models.pretrained import adapt_conv_weight, load_matching, read_state_dict
+from train.models.pretrained import Weights, adapt_conv_weight, fetch_weights, load_matching
 from train.models.registry import Family, register_family
 
 NAMED = ("resnet50", "efficientnet_b0", "efficientnet_b2", "efficientnet_b4")
@@ -23,7 +25,7 @@ NAMED = ("resnet50", "efficientnet_b0", "efficientnet_b2", "efficientnet_b4")
 def build_timm(
     cfg: ModelConfig, *, in_chans: int, num_outputs: int, input_shape: tuple[int, int, int], **kwargs: Any
 ) -> nn.Module:
-    """timm.create_model(cfg.family, pretrained=False, in_chans=, num_classes=) + local weights."""
+    """timm.create_model(cfg.family, pretrained=False, in_chans=, num_classes=) + pretrained weights."""
     model = timm.create_model(
         cfg.family,
         pretrained=False,
@@ -35,8 +37,20 @@ def build_timm(
     )
     reset_classifier(model)
     if cfg.pretrained is not None:
-        load_timm_weights(model, cfg.pretrained, in_chans)
+        pretrained_cfg = cast("dict[str, Any]", model.pretrained_cfg)  # a timm model's attribute
+        weights = fetch_weights(cfg.pretrained, default_hub_id=pretrained_cfg.get("hf_hub_id"))
+        check_architecture(weights, cfg.family)
+        load_timm_weights(model, weights, in_chans)
     return model
+
+
+def check_architecture(weights: Weights, family: str) -> None:
+    """A timm hub folder names its architecture: refuse weights of another network."""
+    arch = weights.config.get("architecture")
+    if arch is not None and arch != family.split(".")[0]:
+        raise ValueError(
+            f"model.pretrained: {weights.source} holds {arch!r} weights, but model.family is {family!r}"
+        )
 
 
 def reset_classifier(model: nn.Module) -> None:
@@ -48,9 +62,9 @@ def reset_classifier(model: nn.Module) -> None:
         nn.init.zeros_(head.bias)
 
 
-def load_timm_weights(model: nn.Module, path: Any, in_chans: int) -> None:
-    """Load local ImageNet weights: adapt the first conv, skip the classifier."""
-    state = read_state_dict(path)
+def load_timm_weights(model: nn.Module, weights: Weights, in_chans: int) -> None:
+    """Load ImageNet weights: adapt the first conv, skip the classifier."""
+    state, path = dict(weights.state), weights.source
     pretrained_cfg = cast("dict[str, Any]", model.pretrained_cfg)  # a timm model's attribute
     first = pretrained_cfg.get("first_conv")
     classifier = pretrained_cfg.get("classifier")
