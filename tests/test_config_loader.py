@@ -16,9 +16,13 @@ from train.config import OptimConfig, TrainConfig, experiment_from_tree, load_ex
 @pytest.mark.parametrize("word", ["none", "null", "None", "NULL"])
 def test_none_override_disables_an_optional_field(word: str) -> None:
     assert parse_value(word) is None
-    exp = load_experiment(None, ["data.synthetic=true", f"--optim.clip_norm={word}", f"train.max_steps={word}"])
+    exp = load_experiment(
+        None, ["data.synthetic=true", f"--optim.clip_norm={word}", f"train.max_steps={word}"]
+    )
     assert exp.optim.clip_norm is None and exp.train.max_steps is None
-    exp = load_experiment(None, ["data.synthetic=true", f"data.val_split={word}", f"train.best_metric={word}"])
+    exp = load_experiment(
+        None, ["data.synthetic=true", f"data.val_split={word}", f"train.best_metric={word}"]
+    )
     assert exp.data.val_split is None and exp.train.best_metric is None
 
 
