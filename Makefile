@@ -49,7 +49,7 @@ bench: $(STAMP)
 
 ## How input-bound training is: steps/s on GPU-resident synthetic batches vs the real loader.
 bench-step: $(STAMP)
-	$(BIN)/python -m pipelines.bench --synth $(DEMO_DIR)/bench --train-step efficientnet_b2
+	$(BIN)/python -m train.stepbench --synth $(DEMO_DIR)/bench --family efficientnet_b2
 
 ## Training throughput per model family on synthetic batches.
 bench-train: $(STAMP)

@@ -7,9 +7,6 @@ write the report. Runs under ``torchrun`` too (every rank scores its share of tr
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -18,8 +15,13 @@ from eval import runner
 from eval import thresholds as th
 from eval.config import EvalConfig
 from eval.report import write_report
-from shards.configtools import load_sections, load_toml
+from shards.cli_errors import CliParser, run_cli
+from shards.configtools import load_sections
 from shards.manifest import Manifest, TaskSpec, read_manifest
+from shards.ranks import is_main_process
+from train import distributed
+from train.checkpoint import check_vocab, load_predictor
+from train.config import DataConfig
 
 LoaderFactory = Callable[[str], Iterable[dict[str, Any]]]
 
@@ -61,26 +63,9 @@ def check_split(manifest: Manifest, split: str) -> None:
         raise ValueError(f"{manifest.root}: split {split!r} is empty (0 tracks)")
 
 
-def check_vocab(model_task: TaskSpec, data_task: TaskSpec, checkpoint: Path, shards: Path) -> None:
-    """The checkpoint's label vocabulary must be the shards' (same kind, names, order)."""
-    a, b = model_task.vocab(), data_task.vocab()
-    if a == b:
-        return
-    diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-    raise ValueError(
-        f"{checkpoint}: label vocabulary does not match the shards in {shards} (differs in {diff}); "
-        f"checkpoint {model_task.kind} {_brief(model_task)} vs shards {data_task.kind} {_brief(data_task)}"
-    )
-
-
-def _brief(task: TaskSpec) -> str:
-    names = task.classes if task.kind != "hier" else [n for lv in task.levels for n in lv.classes]
-    return f"{names[:6]}{'...' if len(names) > 6 else ''} ({len(names)})"
-
-
 def parse_args(argv: list[str] | None = None) -> EvalConfig:
     """CLI flags > ``--eval.key=value`` > ``--config`` TOML ``[eval]`` > defaults."""
-    ap = argparse.ArgumentParser(prog="python -m eval", description="Evaluate checkpoints on a shard split.")
+    ap = CliParser(prog="python -m eval", description="Evaluate checkpoints on a shard split.")
     ap.add_argument("--checkpoint", nargs="+", type=Path, help="one or more checkpoints")
     ap.add_argument("--shards", type=Path, help="shard build folder (manifest.json)")
     ap.add_argument("--split", help="split to report on (default test)")
@@ -92,7 +77,6 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
     bad = [a for a in rest if not a.startswith("--eval.")]
     if bad:
         ap.error(f"unrecognized arguments: {' '.join(bad)} (config overrides look like --eval.key=value)")
-    cfg = load_sections({"eval": EvalConfig}, args.config, rest, allow_other=True)["eval"]
     flags = {
         "checkpoints": args.checkpoint,
         "shards": args.shards,
@@ -101,14 +85,17 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
         "aggregate": args.aggregate,
         "out": args.out,
     }
-    if cfg.shards is None and args.shards is None and args.config is not None:
-        flags["shards"] = load_toml(args.config).get("data", {}).get("shards")  # the experiment's own build
-    cfg = dataclasses.replace(cfg, **{k: v for k, v in flags.items() if v is not None})
+    flags = {k: v for k, v in flags.items() if v is not None}
+    sections = load_sections(
+        {"eval": EvalConfig, "data": DataConfig}, args.config, rest, allow_other=True, values={"eval": flags}
+    )
+    cfg: EvalConfig = sections["eval"]
+    if cfg.shards is None and args.config is not None:
+        cfg.shards = sections["data"].shards  # the experiment's own build
     if not cfg.checkpoints:
         ap.error("no checkpoint given (--checkpoint CKPT [CKPT ...])")
     if cfg.shards is None:
         ap.error("no shard folder given (--shards DIR)")
-    cfg.shards = Path(cfg.shards)
     return cfg
 
 
@@ -126,8 +113,6 @@ def run(cfg: EvalConfig) -> dict[str, runner.EvalResult]:
         check_split(manifest, cfg.threshold_split)
 
     from pipelines.loader import build_loader  # heavy (DALI); only once the inputs are known good
-    from train import distributed
-    from train.checkpoint import load_predictor
 
     info = distributed.init(cfg.device)
     results: dict[str, runner.EvalResult] = {}
@@ -135,7 +120,7 @@ def run(cfg: EvalConfig) -> dict[str, runner.EvalResult]:
     for path, predictor in zip(cfg.checkpoints, predictors):  # every mismatch before any scoring
         check_vocab(predictor.task, task, path, cfg.shards)
     for path, predictor in zip(cfg.checkpoints, predictors):
-        confs = {k: _section(predictor.configs, k) for k in ("features", "augment", "loader")}
+        confs = {k: predictor.configs[k] for k in ("features", "augment", "loader")}
 
         def make_loader(split: str, confs: dict[str, Any] = confs) -> Iterable[dict[str, Any]]:
             return build_loader(
@@ -158,21 +143,18 @@ def run(cfg: EvalConfig) -> dict[str, runner.EvalResult]:
     return results
 
 
-def _section(configs: Any, name: str) -> Any:
-    return configs[name] if isinstance(configs, dict) else getattr(configs, name)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user mistakes become one ``error:`` line and exit status 2."""
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     try:
         cfg = parse_args(argv)
         results = run(cfg)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
     finally:
-        _close()
-    if not _is_main():
+        distributed.close()
+    if not is_main_process():
         return 0
     for name, res in results.items():
         print(
@@ -180,17 +162,3 @@ def main(argv: list[str] | None = None) -> int:
         )
     print(f"report: {cfg.out / 'report.md'}")
     return 0
-
-
-def _is_main() -> bool:
-    from train.distributed import env_rank
-
-    return env_rank()[0] == 0
-
-
-def _close() -> None:
-    try:
-        from train import distributed
-    except ImportError:
-        return
-    distributed.close()

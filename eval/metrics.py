@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,10 +29,9 @@ from torchmetrics.functional.classification import (
     multilabel_recall,
 )
 
+from pipelines.tasks import TaskOutputs
 from shards.manifest import TaskSpec
-
-#: The one number to select checkpoints by, per task kind (with the ``track/`` prefix).
-PRIMARY = {"single": "accuracy", "multi": "roc_auc", "hier": "level_mean_accuracy"}
+from shards.registry import Registry
 
 
 @dataclass
@@ -61,6 +60,21 @@ def apply_thresholds(probs: torch.Tensor, thresholds: float | Sequence[float] | 
     return (probs >= thr).long()
 
 
+MetricFn = Callable[[TaskSpec, torch.Tensor, torch.Tensor], dict[str, float]]
+"""fn(task, probs (N, sum(head_sizes)), target) -> unprefixed scalars, on gathered rows."""
+
+METRICS: dict[str, Registry[MetricFn]] = {
+    k: Registry(f"{k}-task metric") for k in ("single", "multi", "hier")
+}
+"""Metrics beyond the built-in ones, per task kind (``METRICS[kind].unregister(name)`` undoes)."""
+
+
+def register_metric(kind: str, name: str, fn: MetricFn) -> None:
+    """Add a metric of ``kind`` tasks to every evaluation (validation, reports), at chunk and
+    track level: one call in the metric's own module."""
+    METRICS[kind].register(name, fn)
+
+
 def compute_metrics(
     task: TaskSpec,
     probs: torch.Tensor,
@@ -78,10 +92,16 @@ def compute_metrics(
     if probs.shape[0] == 0:
         raise ValueError("no predictions to score")
     if task.kind == "single":
-        return _single(task, probs, target.reshape(-1), top_k)
-    if task.kind == "multi":
-        return _multi(task, probs, target, thresholds)
-    return _hier(task, probs, target)
+        target = target.reshape(-1)
+        out = _single(task, probs, target, top_k)
+    elif task.kind == "multi":
+        out = _multi(task, probs, target, thresholds)
+    else:
+        out = _hier(task, probs, target)
+    for name in METRICS[task.kind]:
+        fn = METRICS[task.kind].get(name)
+        out.scalars = dict(sorted({**out.scalars, **fn(task, probs, target)}.items()))
+    return out
 
 
 def _f(t: torch.Tensor) -> float:
@@ -228,9 +248,7 @@ def _hier_path(
 ) -> dict[str, float]:
     """The same scores for the most probable root-to-leaf path (``TaskHead.predict``): the
     prediction a user of the model gets, which always respects the parent links."""
-    from train.tasks import TaskHead
-
-    path = TaskHead(task).predict(probs.float())
+    path = TaskOutputs(task).predict(probs.float())
     out: dict[str, float] = {}
     for i, (lv, row) in enumerate(zip(task.levels, rows)):
         acc = _f((path[:, i] == target[:, i]).float().mean())

@@ -59,29 +59,3 @@ def plot_pr_curves(
     ax.set_title(title)
     ax.legend(fontsize=7, loc="lower left")
     return _save(fig, path)
-
-
-def plot_training_curves(rows: list[dict], path: Path, title: str) -> Path | None:
-    """Training loss (left) and validation metrics (right) against the optimiser step, from
-    the rows of a run's ``metrics.jsonl``; None when there is nothing to plot yet."""
-    loss = [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
-    val_keys = sorted(
-        {k for r in rows for k, v in r.items() if k.startswith("val/track/") and isinstance(v, (int, float))}
-    )
-    val_keys = [k for k in val_keys if not k.endswith("/count")][:6]
-    if not loss and not val_keys:
-        return None
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    if loss:
-        left.plot(*zip(*loss), lw=1)
-    left.set_xlabel("step")
-    left.set_ylabel("training loss")
-    for k in val_keys:
-        pts = [(r["step"], r[k]) for r in rows if isinstance(r.get(k), (int, float))]
-        right.plot(*zip(*pts), marker="o", ms=3, label=k.removeprefix("val/"))
-    right.set_xlabel("step")
-    right.set_ylabel("validation (track level)")
-    if val_keys:
-        right.legend(fontsize=7)
-    fig.suptitle(title)
-    return _save(fig, path)

@@ -37,6 +37,7 @@ from eval.predictions import (
     describe,
     load_thresholds,
 )
+from shards.cli_errors import CliParser, run_cli
 from shards.manifest import META_EXT, REJECTS, Manifest, TaskSpec
 from shards.records import Dataset, Record, read_table, require_columns
 from train.checkpoint import ChunkPredictor, load_predictor
@@ -217,9 +218,7 @@ def track_index(manifest: Manifest) -> dict[int, int]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(
-        prog="python -m eval.predict", description="Predict genres/tags of audio files."
-    )
+    ap = CliParser(prog="python -m eval.predict", description="Predict genres/tags of audio files.")
     ap.add_argument(
         "inputs", nargs="+", help="audio files, folders (searched recursively) or CSVs with a 'path' column"
     )
@@ -242,17 +241,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Exit 0 when at least one file was predicted, 1 when none could be, 2 on a usage error."""
+    """Exit 0 when at least one file was predicted, 1 when none could be, 2 on a usage error
+    (one ``error:`` line)."""
+    return run_cli(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     args = parse_args(argv)
-    try:
-        predictor = Predictor.from_checkpoint(
-            args.checkpoint, metrics=args.metrics, threshold_kind=args.thresholds, device=args.device,
-            top_k=args.top_k, aggregate=args.aggregate, workers=args.workers, progress=not args.quiet,
-        )  # fmt: skip
-        preds = predictor(args.inputs)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    predictor = Predictor.from_checkpoint(
+        args.checkpoint, metrics=args.metrics, threshold_kind=args.thresholds, device=args.device,
+        top_k=args.top_k, aggregate=args.aggregate, workers=args.workers, progress=not args.quiet,
+    )  # fmt: skip
+    preds = predictor(args.inputs)
     paths = preds.write(args.out)
     for r in preds.rejected:
         print(f"not predicted: {r['path']}: {r['reason']}", file=sys.stderr)

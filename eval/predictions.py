@@ -18,6 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from pipelines.tasks import TaskOutputs
 from shards.atomic import atomic_write_text
 from shards.manifest import TaskSpec
 
@@ -89,9 +90,7 @@ def describe(
                 }
             )
         return out
-    from train.tasks import TaskHead  # the path users get: consistent with the parent links
-
-    head = TaskHead(task)
+    head = TaskOutputs(task)  # the path users get: consistent with the parent links
     paths = head.predict(torch.from_numpy(np.ascontiguousarray(probs, dtype=np.float32))).numpy()
     bounds = np.cumsum([0, *task.head_sizes])
     out = []

@@ -13,6 +13,7 @@ from typing import Any
 
 from eval.plots import plot_confusion, plot_pr_curves
 from eval.runner import EvalResult
+from pipelines.tasks import primary_metric
 from shards.atomic import atomic_open, atomic_write_text
 from shards.manifest import TaskSpec
 
@@ -47,7 +48,9 @@ def summary_columns(task: TaskSpec, results: dict[str, EvalResult]) -> list[str]
     """Metric keys of the side-by-side table: per kind, those any model reported."""
     keys = list(_SUMMARY[task.kind])
     if task.kind == "hier":
-        keys[:0] = [f"track/level/{lv.name}/accuracy" for lv in task.levels]
+        keys[1:1] = [f"track/level/{lv.name}/accuracy" for lv in task.levels]
+    primary = primary_metric(task.kind)  # first, as validation and best.pt rank by it
+    keys = [primary, *(k for k in keys if k != primary)]
     return [k for k in keys if any(k in r.metrics for r in results.values())]
 
 
@@ -91,7 +94,8 @@ def write_report(
     cols = summary_columns(task, results)
     head = (
         f"# Evaluation on split `{split}`\n\n"
-        f"Task `{task.name}` ({task.kind}); track = {aggregate} of chunk probabilities.\n\n"
+        f"Task `{task.name}` ({task.kind}); track = {aggregate} of chunk probabilities; primary metric "
+        f"`{primary_metric(task.kind)}` (what validation and best.pt rank by).\n\n"
         "## Summary\n\n"
         + md_table(
             ["model", *cols], [[n, *(r.metrics.get(c, "–") for c in cols)] for n, r in results.items()]

@@ -1,9 +1,10 @@
 """Run a model over an eval loader and score it: chunk level and track level.
 
-Each rank scores its own chunks; the chunk predictions are gathered through a torchmetrics
-state (``dist_reduce_fx="cat"``) and only then aggregated to tracks, because a long track's
-segments may land on different ranks. Every rank computes the same numbers from the same
-rows, whatever the world size. The trainer calls ``evaluate_model`` every epoch.
+Each rank scores its own chunks; the chunk predictions are gathered to every rank
+(``pipelines.collective.all_gather_object``) and only then aggregated to tracks, because a
+long track's segments may land on different ranks. Every rank computes the same numbers
+from the same rows, whatever the world size. The trainer's validation
+(``eval.validation.validator``) calls ``evaluate_model`` every epoch.
 """
 
 from __future__ import annotations
@@ -15,15 +16,14 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from torch import nn
-from torchmetrics import Metric
-from torchmetrics.utilities import dim_zero_cat
 
 from eval.aggregate import Predictions, aggregate_tracks
 from eval.config import Aggregate
-from eval.metrics import PRIMARY, MetricSet, compute_metrics
+from eval.metrics import MetricSet, compute_metrics
 from eval.thresholds import Thresholds
+from pipelines.collective import all_gather_object
+from pipelines.tasks import TaskOutputs, primary_metric
 from shards.manifest import TaskSpec
 
 ProbaFn = Callable[[torch.Tensor], torch.Tensor]
@@ -45,41 +45,16 @@ class EvalResult:
     @property
     def primary(self) -> float:
         """The number to pick checkpoints by (track accuracy / ROC-AUC / level mean)."""
-        return self.metrics[f"track/{PRIMARY[self.task_kind]}"]
-
-
-class PredictionStore(Metric):
-    """Rows of (probs, target, track); torchmetrics concatenates them across ranks."""
-
-    full_state_update = False
-    # list states (torchmetrics' own convention): rows appended per update, concatenated on sync
-    probs: list[torch.Tensor]
-    target: list[torch.Tensor]
-    track: list[torch.Tensor]
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.add_state("probs", default=[], dist_reduce_fx="cat")
-        self.add_state("target", default=[], dist_reduce_fx="cat")
-        self.add_state("track", default=[], dist_reduce_fx="cat")
-
-    def update(self, p: Predictions[torch.Tensor]) -> None:  # type: ignore[override]
-        self.probs.append(p.probs.float())
-        self.target.append(p.target.long())
-        self.track.append(p.track.long())
-
-    def compute(self) -> Predictions[torch.Tensor]:
-        return Predictions(dim_zero_cat(self.probs), dim_zero_cat(self.target), dim_zero_cat(self.track))
+        return self.metrics[primary_metric(self.task_kind)]
 
 
 def gather(local: Predictions[torch.Tensor]) -> Predictions[torch.Tensor]:
     """All ranks' rows on every rank, sorted by track id (stable within a track)."""
-    store = PredictionStore().to(_comm_device())
-    # one update, even of zero rows: every rank contributes a (0, ...)-shaped state at worst
-    store.update(Predictions(*(t.to(store.device) for t in (local.probs, local.target, local.track))))
-    out = store.compute()
-    order = torch.argsort(out.track, stable=True)
-    return Predictions(out.probs[order].cpu(), out.target[order].cpu(), out.track[order].cpu())
+    parts = all_gather_object(Predictions(local.probs.float().cpu(), local.target.long().cpu(),
+                                          local.track.long().cpu()))  # fmt: skip
+    probs, target, track = (torch.cat([getattr(p, k) for p in parts]) for k in ("probs", "target", "track"))
+    order = torch.argsort(track, stable=True)
+    return Predictions(probs[order], target[order], track[order])
 
 
 def evaluate_model(
@@ -160,9 +135,7 @@ def _scoring(
         obj.module if isinstance(obj, nn.parallel.DistributedDataParallel) else obj
     )  # no collectives per batch
     if probabilities is None:
-        from train.tasks import TaskHead  # eval sits above train; imported only when needed
-
-        probabilities = TaskHead(task).probabilities
+        probabilities = TaskOutputs(task).probabilities
     if dev is None:
         dev = next((p.device for p in module.parameters()), None)
     was_training = module.training
@@ -203,10 +176,3 @@ def _empty(task: TaskSpec) -> Predictions[torch.Tensor]:
         torch.zeros((0, *_target_shape(task)), dtype=torch.long),
         torch.zeros(0, dtype=torch.long),
     )
-
-
-def _comm_device() -> torch.device:
-    """Where gathered tensors must live: the rank's GPU under nccl, else the CPU."""
-    if dist.is_available() and dist.is_initialized() and dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")

@@ -9,11 +9,12 @@ that same split, and the CLI only ever passes validation predictions here.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from shards.configtools import to_dict
 from shards.manifest import TaskSpec
 
 
@@ -44,7 +45,7 @@ class Thresholds:
             raise ValueError(f"thresholds tuned on split {split!r} cannot be used to report on {split!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+        return to_dict(self)  # tuples become lists (JSON)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Thresholds:

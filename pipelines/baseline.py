@@ -20,10 +20,11 @@ import webdataset as wds
 
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig, framing
 from pipelines.features import FeatureAssembler, stats_path
-from pipelines.loader import labels_to_y, resolve_rank
+from pipelines.loader import labels_to_y
 from pipelines.reference import ReferenceFeatures, eval_chunks, preemphasize, random_chunks, spec_augment_mask
 from pipelines.validate import load_manifest, validate_split
 from shards.manifest import Manifest
+from shards.ranks import resolve_rank
 
 
 class _Featurize:

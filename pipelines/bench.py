@@ -5,8 +5,8 @@ number of training batches; we report chunks/s, hours of audio per second, mean 
 per batch, CPU cores busy (process + worker CPU time / wall) and GPU memory. The same
 CPU parallelism for both: ``--workers N`` is the baseline's DataLoader workers and DALI's
 ``num_threads`` (it overrides ``loader.num_threads``).
-``--train-step FAMILY`` instead measures a model's training step on GPU-resident
-synthetic batches vs the real loader (how input-bound training is).
+It knows no model: a model's training step on the real loader vs resident batches (how
+input-bound training is) is ``python -m train.stepbench``.
 """
 
 from __future__ import annotations
@@ -23,14 +23,16 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import nvidia.dali
 import torch
 
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
+from shards.cli_errors import CliParser, run_cli
 from shards.configtools import load_sections, to_dict
 
 PIPELINES = ("dali-gpu", "dali-cpu", "baseline")
-# --train-step without --config: the experiment whose [features] [loader] [train] it uses
-DEFAULT_STEP_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_customcnn.toml"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_customcnn.toml"
+"""The experiment whose sections a benchmark uses when it needs one and has no --config."""
 
 
 def cpu_seconds() -> float:
@@ -165,26 +167,6 @@ def bench_pipeline(name: str, shards: Path, cfg: dict[str, Any], args: argparse.
     return res
 
 
-def bench_train_step(shards: Path, args: argparse.Namespace, overrides: list[str]) -> list[dict[str, Any]]:
-    """Steps/s of ``args.train_step`` on GPU-resident synthetic batches vs the real DALI loader.
-
-    Delegates to ``train.bench.bench_real_loader`` (lazy import: train is a layer above
-    pipelines), which times the real ``Trainer.train_step`` both ways, with the production
-    settings (bf16 autocast, channels_last; both neutral on CPU).
-    """
-    from train.bench import bench_real_loader
-
-    config = args.config or DEFAULT_STEP_CONFIG
-    extra = ["train.amp=bf16", "train.channels_last=true", *[o.removeprefix("--") for o in overrides]]
-    r = bench_real_loader(config, shards, args.train_step, args.batches, args.warmup, extra)
-    real = "dali-gpu" if torch.cuda.is_available() else "dali-cpu"
-    common = {"model": args.train_step, "shape": r["shape"], "batch": r["batch"], "params_m": r["params_m"]}
-    return [
-        {"pipeline": "synthetic-resident", "steps_per_s": r["synthetic_steps_per_s"], **common},
-        {"pipeline": real, "steps_per_s": r["real_steps_per_s"], "vs_synthetic": r["ratio"], **common},
-    ]
-
-
 def _warn_short_epoch(shards: Path, cfg: dict[str, Any], args: argparse.Namespace) -> None:
     """Epoch boundaries inside the timed window measure start-up, not throughput: at each one
     DALI computes and drops the reader's padded last batch (up to one batch per epoch) and
@@ -211,20 +193,15 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
+        "dali": nvidia.dali.__version__,
     }
-    try:
-        import nvidia.dali as dali
-
-        m["dali"] = dali.__version__
-    except ImportError:
-        pass
     if torch.cuda.is_available():
         m["gpu"] = torch.cuda.get_device_name()
     return m
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipelines.bench", description=__doc__.splitlines()[0])
+def add_shard_args(ap: CliParser) -> None:
+    """SHARDS or ``--synth DIR`` (built there first when absent): the benchmarks' input."""
     ap.add_argument("shards", nargs="?", type=Path, help="shard build folder")
     ap.add_argument("--synth", type=Path, help="build synthetic shards here first if absent, and use them")
     ap.add_argument("--synth-tracks", type=int, default=32)
@@ -232,31 +209,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--synth-images", action="store_true", help="--synth builds image shards (spectrogram JPEGs) instead"
     )
-    ap.add_argument("--config", type=Path, help="experiment TOML ([features] [augment] [loader] are used)")
-    ap.add_argument("--split", default="train")
-    ap.add_argument("--pipelines", default=",".join(PIPELINES), help="comma list of " + ", ".join(PIPELINES))
-    ap.add_argument(
-        "--workers",
-        type=int,
-        default=os.cpu_count() or 2,
-        help="baseline DataLoader workers and DALI num_threads (overrides loader.num_threads)",
-    )
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--batches", type=int, default=20)
-    ap.add_argument(
-        "--train-step", metavar="FAMILY", help="measure this model's step: synthetic vs real loader"
-    )
-    ap.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
-    args, overrides = ap.parse_known_args(argv)
-    cfg = load_sections(
-        {"features": FeatureConfig, "augment": AugmentConfig, "loader": LoaderConfig},
-        args.config,
-        overrides,
-        allow_other=True,
-    )
-    if cfg["loader"].num_threads != args.workers:  # a fair comparison: as many DALI threads as workers
-        cfg["loader"] = dataclasses.replace(cfg["loader"], num_threads=args.workers)
-    shards = args.shards or args.synth
+
+
+def bench_shards(ap: CliParser, args: argparse.Namespace, sample_rate: int, progress: bool) -> Path:
+    """The shard folder of ``add_shard_args``, building the synthetic one when asked."""
+    shards: Path | None = args.shards or args.synth
     if shards is None:
         ap.error("give SHARDS or --synth DIR")
     if args.synth is not None and args.synth_images and not (args.synth / "manifest.json").is_file():
@@ -268,23 +225,45 @@ def main(argv: list[str] | None = None) -> int:
         from shards.synth import build_synth_shards
 
         build_synth_shards(
-            args.synth,
-            tracks=args.synth_tracks,
-            seconds=args.synth_seconds,
-            sample_rate=cfg["features"].sample_rate,
-            progress=not args.json,
-        )
-    if args.train_step:
-        results = bench_train_step(shards, args, overrides)
-    else:
-        names = [n.strip() for n in args.pipelines.split(",") if n.strip()]
-        bad = [n for n in names if n not in PIPELINES]
-        if bad:
-            ap.error(f"--pipelines: unknown {bad}; choose from {PIPELINES}")
-        if "dali-gpu" in names and not torch.cuda.is_available():
-            names.remove("dali-gpu")
-        _warn_short_epoch(shards, cfg, args)
-        results = [bench_pipeline(n, shards, cfg, args) for n in names]
+            args.synth, tracks=args.synth_tracks, seconds=args.synth_seconds, sample_rate=sample_rate,
+            progress=progress,
+        )  # fmt: skip
+    return shards
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = CliParser(prog="python -m pipelines.bench", description=__doc__.splitlines()[0])
+    add_shard_args(ap)
+    ap.add_argument("--config", type=Path, help="experiment TOML ([features] [augment] [loader] are used)")
+    ap.add_argument("--split", default="train")
+    ap.add_argument("--pipelines", default=",".join(PIPELINES), help="comma list of " + ", ".join(PIPELINES))
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 2,
+        help="baseline DataLoader workers and DALI num_threads (overrides loader.num_threads)",
+    )
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--batches", type=int, default=20)
+    ap.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    args, overrides = ap.parse_known_args(argv)
+    cfg = load_sections(
+        {"features": FeatureConfig, "augment": AugmentConfig, "loader": LoaderConfig},
+        args.config,
+        overrides,
+        allow_other=True,
+    )
+    if cfg["loader"].num_threads != args.workers:  # a fair comparison: as many DALI threads as workers
+        cfg["loader"] = dataclasses.replace(cfg["loader"], num_threads=args.workers)
+    shards = bench_shards(ap, args, cfg["features"].sample_rate, progress=not args.json)
+    names = [n.strip() for n in args.pipelines.split(",") if n.strip()]
+    bad = [n for n in names if n not in PIPELINES]
+    if bad:
+        ap.error(f"--pipelines: unknown {bad}; choose from {PIPELINES}")
+    if "dali-gpu" in names and not torch.cuda.is_available():
+        names.remove("dali-gpu")
+    _warn_short_epoch(shards, cfg, args)
+    results = [bench_pipeline(n, shards, cfg, args) for n in names]
     doc = {
         "machine": machine(),
         "shards": str(shards),
@@ -321,4 +300,4 @@ def print_table(doc: dict[str, Any]) -> None:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.bench import DEFAULT_STEP_CONFIG, make_loader, time_batches
+from pipelines.bench import DEFAULT_CONFIG, make_loader, time_batches
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
 from shards.audio import write_blocks
+from shards.cli_errors import CliParser, run_cli
 from shards.configtools import load_sections
 from shards.manifest import Codec
 from shards.synth import CSV_NAME, GENRES, make_synth, synth_track
@@ -106,14 +107,14 @@ def eval_data(out: Path, tracks: int, seconds: float, rate: int, seed: int = 0) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipelines.bench_long", description=__doc__.splitlines()[0])
+    ap = CliParser(prog="python -m pipelines.bench_long", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     t = sub.add_parser("throughput", help="DALI cpu chunks/s: 30-s vs 300-s tracks, same total audio")
     t.add_argument("--dir", type=Path, required=True, help="work folder (raw audio and shards, reused)")
     t.add_argument("--total-seconds", type=float, default=1800.0, help="audio per set")
     t.add_argument("--short-seconds", type=float, default=30.0, help="short tracks (and the segment length)")
     t.add_argument("--long-seconds", type=float, default=300.0, help="long tracks")
-    t.add_argument("--config", type=Path, default=DEFAULT_STEP_CONFIG, help="experiment TOML")
+    t.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="experiment TOML")
     t.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="DALI num_threads")
     t.add_argument("--build-workers", type=int, default=1)
     t.add_argument("--codec", choices=["pcm16", "flac", "ogg"], default="pcm16", help="stored audio")
@@ -149,4 +150,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

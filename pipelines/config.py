@@ -11,8 +11,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
-Channel = Literal["mel", "mfcc", "chroma", "cqt"]
-CHANNELS: tuple[Channel, ...] = ("mel", "mfcc", "chroma", "cqt")
+from pipelines.channels import channel_names, get_channel
+
 Normalize = Literal["minmax", "meanstd", "none"]
 MelFormula = Literal["slaney", "htk"]
 
@@ -82,8 +82,9 @@ class FeatureConfig:
     """Bins of the optional pseudo-CQT channel (12 per octave from cqt_fmin)."""
     cqt_fmin: float = 32.70
     """Lowest pseudo-CQT centre frequency in Hz (C1)."""
-    channels: list[Channel] = field(default_factory=lambda: ["mel", "mfcc", "chroma"])
-    """Channel stack, in order; each channel is resized (nearest) to n_mels rows."""
+    channels: list[str] = field(default_factory=lambda: ["mel", "mfcc", "chroma"])
+    """Channel stack, in order: names from the channel registry (built in: mel, mfcc, chroma,
+    cqt; see ``pipelines.channels``); each channel is resized (nearest) to n_mels rows."""
     normalize: Normalize = "minmax"
     """'minmax' per chunk and channel (seeds), 'meanstd' from stats_file, or 'none'."""
     stats_file: Path | None = None
@@ -125,9 +126,10 @@ class FeatureConfig:
             raise ValueError("features.cqt_bins/cqt_fmin: must be positive")
         if not self.channels:
             raise ValueError("features.channels: at least one channel is needed")
-        bad = [c for c in self.channels if c not in CHANNELS]
+        known = channel_names()
+        bad = [c for c in self.channels if c not in known]
         if bad or len(set(self.channels)) != len(self.channels):
-            raise ValueError(f"features.channels: {self.channels} must be distinct names from {CHANNELS}")
+            raise ValueError(f"features.channels: {self.channels} must be distinct names from {known}")
         if self.normalize not in ("minmax", "meanstd", "none"):
             raise ValueError(f"features.normalize: {self.normalize!r} is not minmax, meanstd or none")
         if self.image_frames is not None and self.image_frames < 2:
@@ -177,8 +179,8 @@ class FeatureConfig:
 
     @property
     def needs_power(self) -> bool:
-        """Chroma and CQT come from the power spectrum, which DALI then has to hand over."""
-        return "chroma" in self.channels or "cqt" in self.channels
+        """Some channel (chroma, CQT) is computed from the power spectrum, which DALI then hands over."""
+        return any(get_channel(c).needs == "power" for c in self.channels)
 
 
 @dataclass(kw_only=True)

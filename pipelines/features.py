@@ -1,7 +1,8 @@
-"""The torch half of the features: chroma/CQT filter banks, channel stack, normalisation, masks.
+"""The torch half of the features: the requested channels, channel stack, normalisation, masks.
 
+Each channel is computed by its entry in the channel registry (``pipelines.channels``):
 DALI 2.4 has no chroma, CQT or matrix-multiply operator, so DALI hands over the power
-spectrogram and these filter banks are applied here, on the tensor DALI produced (on the
+spectrogram and the filter banks are applied in torch, on the tensor DALI produced (on the
 GPU in production, zero-copy). The same code assembles the reference and the baseline
 features, so parity tests compare only what DALI computes (STFT, mel, dB, MFCC).
 """
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pipelines.channels import ChannelInputs, dct_matrix, get_channel
 from pipelines.config import FeatureConfig
 from shards.configtools import to_dict
 
@@ -21,55 +23,10 @@ STATS_FILE = "feature_stats.json"
 _EPS = 1e-8
 
 
-def chroma_filterbank(sample_rate: int, n_fft: int, n_chroma: int = 12) -> np.ndarray:
-    """``(n_chroma, n_fft//2+1)`` weights mapping FFT bins to pitch classes (C = 0).
-
-    Like librosa's: a Gaussian of one chroma bin width around each bin's pitch class,
-    columns L2-normalised, DC bin ignored.
-    """
-    freqs = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)[1:]
-    pitch = n_chroma * np.log2(freqs / 440.0) + 9.0 * n_chroma / 12.0  # A4 is class 9 of 12
-    classes = np.arange(n_chroma)[:, None]
-    d = np.remainder(pitch[None, :] - classes + n_chroma / 2, n_chroma) - n_chroma / 2
-    w = np.exp(-0.5 * (2.0 * d) ** 2)
-    w /= np.linalg.norm(w, axis=0, keepdims=True) + _EPS
-    return np.concatenate([np.zeros((n_chroma, 1)), w], axis=1).astype(np.float32)
-
-
-def dct_matrix(n_mfcc: int, n_mels: int) -> np.ndarray:
-    """``(n_mfcc, n_mels)`` orthonormal DCT-II (what ``fn.mfcc(dct_type=2, normalize=True)`` and
-    ``torchaudio.functional.create_dct(norm="ortho")`` apply): ``mfcc = D @ mel_db``."""
-    n = np.arange(n_mels, dtype=np.float64)
-    k = np.arange(n_mfcc, dtype=np.float64)[:, None]
-    d = np.cos(np.pi / n_mels * (n + 0.5) * k) * np.sqrt(2.0 / n_mels)
-    d[0] *= np.sqrt(0.5)
-    return d.astype(np.float32)
-
-
 def nearest_rows(rows: int, out: int) -> np.ndarray:
     """Source row of each of ``out`` rows under nearest-row resizing (``F.interpolate(mode="nearest")``)."""
     scale = np.float32(rows) / np.float32(out)
     return np.minimum(np.floor(np.arange(out, dtype=np.float32) * scale).astype(np.int64), rows - 1)
-
-
-def cqt_filterbank(sample_rate: int, n_fft: int, bins: int, fmin: float) -> np.ndarray:
-    """``(bins, n_fft//2+1)`` pseudo-CQT: triangles 12 per octave from fmin on the power spectrum.
-
-    Bins above Nyquist or narrower than one FFT bin fall back to the nearest FFT bin, so
-    no row is empty.
-    """
-    freqs = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
-    centres = fmin * 2.0 ** (np.arange(-1, bins + 1) / 12.0)
-    w = np.zeros((bins, freqs.size), dtype=np.float64)
-    for i in range(bins):
-        lo, c, hi = centres[i], centres[i + 1], centres[i + 2]
-        up = (freqs - lo) / (c - lo)
-        down = (hi - freqs) / (hi - c)
-        w[i] = np.maximum(0.0, np.minimum(up, down))
-        if w[i].sum() == 0:
-            w[i, min(int(round(min(c, freqs[-1]) * n_fft / sample_rate)), freqs.size - 1)] = 1.0
-    w /= w.sum(axis=1, keepdims=True)
-    return w.astype(np.float32)
 
 
 def load_stats(path: Path, features: FeatureConfig) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,12 +75,11 @@ class FeatureAssembler:
     ):
         self.cfg = features
         self.device = torch.device(device)
-        fc, ff = features, features.n_fft
-        self.chroma_fb = torch.from_numpy(chroma_filterbank(fc.sample_rate, ff, fc.n_chroma)).to(self.device)
-        self.cqt_fb = torch.from_numpy(cqt_filterbank(fc.sample_rate, ff, fc.cqt_bins, fc.cqt_fmin)).to(
+        # each requested channel's compute function, filter banks built once (pipelines.channels)
+        self.channels = {c: get_channel(c).build(features, self.device) for c in features.channels}
+        self.dct = torch.from_numpy(dct_matrix(features.n_mfcc, features.n_mels)).to(
             self.device
-        )
-        self.dct = torch.from_numpy(dct_matrix(fc.n_mfcc, fc.n_mels)).to(self.device)
+        )  # the mfcc's
         self._rows: dict[tuple[int, torch.device], torch.Tensor] = {}
         self.mean = self.std = None
         if features.normalize == "meanstd" and features.norm_mean is not None:
@@ -136,28 +92,14 @@ class FeatureAssembler:
             mean, std = load_stats(stats, features)
             self.mean = mean.to(self.device).view(1, -1, 1, 1)
             self.std = std.clamp_min(_EPS).to(self.device).view(1, -1, 1, 1)
-        self.floor = 10.0 ** (features.db_floor / 10.0)
 
     def raw_channels(
         self, mel_db: torch.Tensor, mfcc: torch.Tensor | None, power: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:
         """Each requested channel at its own height ``(..., rows, T)``, before resizing and
         normalisation. ``mfcc=None``: the orthonormal DCT-II of ``mel_db`` is computed here."""
-        out: dict[str, torch.Tensor] = {}
-        for name in self.cfg.channels:
-            if name == "mel":
-                out[name] = mel_db
-            elif name == "mfcc":
-                out[name] = mfcc if mfcc is not None else torch.matmul(self.dct, mel_db)
-            elif name == "chroma":
-                assert power is not None
-                chroma = torch.matmul(self.chroma_fb, power)
-                out[name] = chroma.div_(chroma.amax(dim=-2, keepdim=True).clamp_min(_EPS))
-            else:
-                assert power is not None
-                cqt = torch.matmul(self.cqt_fb, power)
-                out[name] = cqt.clamp_min_(self.floor).log10_().mul_(10.0)
-        return out
+        inputs = ChannelInputs(mel_db=mel_db, power=power, mfcc=mfcc)
+        return {name: fn(inputs) for name, fn in self.channels.items()}
 
     def __call__(
         self,

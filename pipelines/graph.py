@@ -32,7 +32,7 @@ from nvidia.dali import math as dmath
 from nvidia.dali.pipeline import Pipeline
 
 from pipelines.config import AugmentConfig, FeatureConfig, Framing, LoaderConfig
-from shards.manifest import SEGMENT_EXT, SEGMENT_FIELDS
+from shards.manifest import AUDIO_EXT, LABEL_EXT, SEGMENT_EXT, SEGMENT_FIELDS, TRACK_EXT
 
 READER = "reader"
 Mode = Literal["train", "eval"]
@@ -108,7 +108,7 @@ def build_pipeline(
 
 def _read(spec: GraphSpec):  # type: ignore[no-untyped-def]
     audio_dtype = types.DALIDataType.INT16 if spec.codec == "pcm16" else types.DALIDataType.UINT8
-    return read(spec, [{"pcm16": "pcm"}.get(spec.codec, spec.codec)], [audio_dtype])
+    return read(spec, [AUDIO_EXT[spec.codec]], [audio_dtype])
 
 
 def read(spec: GraphSpec, media: list[str], dtypes: list[types.DALIDataType]) -> Any:
@@ -116,7 +116,10 @@ def read(spec: GraphSpec, media: list[str], dtypes: list[types.DALIDataType]) ->
     (and ``seg`` for segmented shards). Shuffled and moving across shards in training; each
     rank's contiguous range in evaluation."""
     train = spec.mode == "train"
-    ext, types_ = [*media, "lbl", "tid"], [*dtypes, types.DALIDataType.INT64, types.DALIDataType.INT64]
+    ext, types_ = (
+        [*media, LABEL_EXT, TRACK_EXT],
+        [*dtypes, types.DALIDataType.INT64, types.DALIDataType.INT64],
+    )
     if spec.segmented:
         ext.append(SEGMENT_EXT)
         types_.append(types.DALIDataType.INT64)

@@ -14,7 +14,6 @@ contract's guarantees are met (details in docs/pipeline.md):
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,19 +24,12 @@ from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig, framing
+from pipelines.devices import resolve_device
 from pipelines.features import FeatureAssembler, stats_path
 from pipelines.graph import READER, GraphSpec, build_pipeline
 from pipelines.validate import load_manifest, validate_split
 from shards.manifest import SEGMENT_FIELDS, Manifest, TaskSpec
-
-
-def resolve_rank(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    """Explicit arguments win; otherwise torchrun's RANK / WORLD_SIZE; otherwise 0 / 1."""
-    r = int(os.environ.get("RANK", 0)) if rank is None else rank
-    w = int(os.environ.get("WORLD_SIZE", 1)) if world_size is None else world_size
-    if w < 1 or not 0 <= r < w:
-        raise ValueError(f"rank {r} / world_size {w}: need 0 <= rank < world_size")
-    return r, w
+from shards.ranks import resolve_rank
 
 
 def labels_to_y(lbl: torch.Tensor, task: TaskSpec) -> torch.Tensor:
@@ -226,18 +218,6 @@ def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type != "cuda" or t.device == device:
         return t
     return t.pin_memory().to(device, non_blocking=True)
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``device`` with a CUDA index: a bare ``"cuda"`` means ``cuda:LOCAL_RANK`` under torchrun
-    (when that device exists), else the current CUDA device."""
-    dev = torch.device(device)
-    if dev.type != "cuda" or dev.index is not None:
-        return dev
-    local = os.environ.get("LOCAL_RANK")
-    if local is not None and 0 <= int(local) < torch.cuda.device_count():
-        return torch.device("cuda", int(local))
-    return torch.device("cuda", torch.cuda.current_device())
 
 
 def _warn_downsampling(shards_rate: int, rate: int) -> None:

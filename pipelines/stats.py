@@ -7,7 +7,6 @@ normalisation) for every channel, written atomically beside the manifest as
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -15,10 +14,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from pipelines.config import CHANNELS, AugmentConfig, FeatureConfig, LoaderConfig
+from pipelines.channels import channel_names
+from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
 from pipelines.features import STATS_FILE, stats_key
 from pipelines.loader import build_loader
 from shards.atomic import atomic_write_text
+from shards.cli_errors import CliParser, run_cli
 from shards.configtools import load_sections
 from shards.manifest import read_manifest
 
@@ -34,9 +35,10 @@ def compute_stats(
 ) -> dict:
     """Mean and std of every channel over all chunks of ``split`` (float64 accumulation)."""
     m = read_manifest(shards)
-    channels = list(m.images) if m.kind == "image" else list(CHANNELS)  # image builds: their channels
+    # image builds: their channels; audio: every registered channel, so any later choice finds its stats
+    names = list(m.images) if m.kind == "image" else list(channel_names())
     # (images: gray, one plane per channel, as 'meanstd' needs)
-    fc = dataclasses.replace(features, channels=channels, normalize="none", image_color="gray")  # type: ignore[arg-type]
+    fc = dataclasses.replace(features, channels=names, normalize="none", image_color="gray")
     dl = build_loader(
         shards,
         split,
@@ -48,7 +50,7 @@ def compute_stats(
         world_size=1,
         device=device,
     )
-    total = torch.zeros(len(channels), dtype=torch.float64)
+    total = torch.zeros(len(names), dtype=torch.float64)
     square = torch.zeros_like(total)
     count = 0
     chunks = 0
@@ -64,8 +66,8 @@ def compute_stats(
         "features": stats_key(features),
         "split": split,
         "chunks": chunks,
-        "mean": {c: float(v) for c, v in zip(channels, mean)},
-        "std": {c: float(v) for c, v in zip(channels, std)},
+        "mean": {c: float(v) for c, v in zip(names, mean)},
+        "std": {c: float(v) for c, v in zip(names, std)},
     }
 
 
@@ -76,7 +78,7 @@ def write_stats(shards: str | Path, stats: dict, out: Path | None = None) -> Pat
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipelines.stats", description=__doc__.splitlines()[0])
+    ap = CliParser(prog="python -m pipelines.stats", description=__doc__.splitlines()[0])
     ap.add_argument("shards", type=Path, help="shard build folder (with manifest.json)")
     ap.add_argument("--config", type=Path, help="experiment TOML ([features] and [loader] are used)")
     ap.add_argument("--split", default="train")
@@ -92,10 +94,10 @@ def main(argv: list[str] | None = None) -> int:
     path = write_stats(args.shards, stats, args.out)
     print(
         f"{path}: {stats['chunks']} chunks; "
-        + ", ".join(f"{c} {stats['mean'][c]:.3g}±{stats['std'][c]:.3g}" for c in CHANNELS)
+        + ", ".join(f"{c} {stats['mean'][c]:.3g}±{stats['std'][c]:.3g}" for c in stats["mean"])
     )
     return 0
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

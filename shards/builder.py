@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import importlib
 import json
 import multiprocessing as mp
 import re
@@ -31,6 +30,7 @@ from shards.audio import AudioSpec, Encoded, process, segment_bounds
 from shards.config import BuildConfig
 from shards.configtools import to_dict
 from shards.images import EncodedImages, ImageSpec, process_images
+from shards.importers import get_importer
 from shards.manifest import (
     AUDIO_EXT,
     LABEL_EXT,
@@ -68,9 +68,8 @@ def process_indexed(job: tuple[int, Any, AudioSpec | ImageSpec]) -> tuple[int, E
 
 
 def load_source(cfg: BuildConfig) -> Dataset:
-    """Run the importer named by ``cfg.source``."""
-    module = importlib.import_module(f"shards.{cfg.source}")  # one module per source, each with load()
-    return module.load(cfg)
+    """Run the registered importer named by ``cfg.source``."""
+    return get_importer(cfg.source).load(cfg)
 
 
 def plan(ds: Dataset, seed: int) -> dict[str, list[tuple[str, Record]]]:

@@ -23,14 +23,16 @@ from __future__ import annotations
 
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from shards.atomic import atomic_path
 from shards.config import BuildConfig
 from shards.hf_layout import HfFile, columns_of_type, discover, features
-from shards.manifest import Level, TaskSpec
-from shards.records import Dataset, Record, Reject, hash_split, require_dir
+from shards.importers import Importer, ImporterOptions, register_importer
+from shards.manifest import TaskSpec
+from shards.records import Dataset, Record, Reject, hash_split, hierarchy_levels, require_dir
 
 LEVELS = ["fst_level_label", "sec_level_label", "thr_level_label"]
 EXTRACT_DIR = ".ccmusic-media"
@@ -92,24 +94,18 @@ def ordered(found: set[str], declared: list[str] | None) -> list[str]:
     return sorted(found)
 
 
-def parents(rows: list[list[str]], vocab: list[list[str]], where: str) -> list[Level]:
-    """Levels with parent links observed in ``rows`` (names per level), checked consistent."""
-    levels = [Level(name=LEVELS[0], classes=vocab[0])]
-    for d in range(1, len(LEVELS)):
-        up, classes = vocab[d - 1], vocab[d]
-        seen: dict[str, str] = {}
-        for r in rows:
-            if seen.setdefault(r[d], r[d - 1]) != r[d - 1]:
-                raise ValueError(
-                    f"{where}: {LEVELS[d]} {r[d]!r} has two parents ({seen[r[d]]!r} and {r[d - 1]!r})"
-                )
-        parent = []
-        for c in classes:
-            if c not in seen and c not in up:
-                raise ValueError(f"{where}: {LEVELS[d]} {c!r} never occurs, so its parent is unknown")
-            parent.append(up.index(seen.get(c, c)))
-        levels.append(Level(name=LEVELS[d], classes=classes, parent=parent))
-    return levels
+@dataclass(kw_only=True)
+class CCMusicOptions(ImporterOptions):
+    """``[shards]`` keys only the ccmusic importer reads."""
+
+    media: Literal["auto", "audio", "image"] = "auto"
+    """Store the spectrogram image columns or the audio column (auto: images when present)."""
+    hf_config: str | None = None
+    """The Hugging Face config folder to read (eval, default) when ROOT holds several."""
+
+    def __post_init__(self) -> None:
+        if self.media not in ("auto", "audio", "image"):
+            raise ValueError(f"media: {self.media!r} is not auto, audio or image")
 
 
 def _extract(data: Any, dest: Path) -> Path | None:
@@ -137,13 +133,14 @@ def media_columns(f: HfFile, feats: dict[str, Any], media: str) -> tuple[str, li
 
 
 def load(cfg: BuildConfig) -> Dataset:
+    opts = cfg.importer_options(CCMusicOptions)
     require_dir(cfg.root, "ccmusic root")
-    files = discover(cfg.root, cfg.hf_config)
+    files = discover(cfg.root, opts.hf_config)
     extract = cfg.out / EXTRACT_DIR
     if cfg.force and extract.exists():
         shutil.rmtree(extract)
     feats = features(files[0])
-    kind, cols = media_columns(files[0], feats, cfg.media)
+    kind, cols = media_columns(files[0], feats, opts.media)
     names = class_names(files[0], feats)
     rows: list[list[str]] = []
     records, rejects = [], []
@@ -181,7 +178,11 @@ def load(cfg: BuildConfig) -> Dataset:
                 records.append(rec)
     vocab = [ordered({r[d] for r in rows}, names[c]) for d, c in enumerate(LEVELS)]
     if cfg.task == "hier":
-        task = TaskSpec(kind="hier", name="genre", levels=parents(rows, vocab, str(files[0].path)))
+        task = TaskSpec(
+            kind="hier",
+            name="genre",
+            levels=hierarchy_levels(rows, list(zip(LEVELS, vocab)), str(files[0].path)),
+        )
     else:
         task = TaskSpec(kind="single", name="genre", classes=vocab[1])
     return Dataset(
@@ -192,3 +193,6 @@ def load(cfg: BuildConfig) -> Dataset:
         kind=kind,
         channels=cols if kind == "image" else [],
     )
+
+
+register_importer(Importer(name="ccmusic", load=load, options=CCMusicOptions, tasks=("hier", "single")))

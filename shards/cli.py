@@ -7,11 +7,16 @@ naming the file and exit status 2; ``--strict`` builds with rejects exit with 1.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
-from shards.config import SOURCES, BuildConfig, load_build_config
+from shards.cli_errors import CliParser, run_cli
+from shards.config import BuildConfig, load_build_config
+from shards.configtools import field_docs
+from shards.importers import get_importer, importer_names
 
 # CLI flag -> BuildConfig field; unset flags stay None so the TOML file can supply them.
 _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
@@ -29,39 +34,49 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
         "segment_seconds",
         dict(type=float, help="store longer tracks as segments of this length (default 30)"),
     ),
-    ("--csv", "csv", dict(help="label file relative to --root")),
-    ("--subset", "subset", dict(choices=["small", "medium", "large"], help="fma subset (default small)")),
-    ("--top-n", "top_n", dict(type=int, help="mtat: number of tags (default 50)")),
-    ("--split-files", "split_files", dict(help="mtat: folder with a published split (docs/shard-format.md)")),
-    (
-        "--media",
-        "media",
-        dict(
-            choices=["auto", "audio", "image"],
-            help="ccmusic: store the image columns or the audio (default auto)",
-        ),
-    ),
-    (
-        "--hf-config",
-        "hf_config",
-        dict(help="ccmusic: dataset config folder when ROOT holds several (eval, default)"),
-    ),
 ]
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m shards", description="Build musicstream WebDataset shards.")
+def importer_flags() -> list[tuple[str, str, dict[str, Any]]]:
+    """One flag per option an importer declares (``top_n`` -> ``--top-n``), generated from the
+    importers' own options dataclasses; a name several importers declare is one flag."""
+    owners: dict[str, list[str]] = {}
+    kinds: dict[str, Any] = {}
+    docs: dict[str, str] = {}
+    for name in importer_names():
+        cls = get_importer(name).options
+        hints = typing.get_type_hints(cls)
+        docs |= field_docs(cls)
+        for f in dataclasses.fields(cls):
+            owners.setdefault(f.name, []).append(name)
+            kinds[f.name] = hints[f.name]
+    out = []
+    for dest, who in owners.items():
+        hint, args = kinds[dest], typing.get_args(kinds[dest])
+        text = f"{'/'.join(who)}: {docs.get(dest, dest)}"
+        if hint is bool:
+            kw: dict[str, Any] = dict(action="store_const", const=True, help=text)
+        elif typing.get_origin(hint) is typing.Literal:
+            kw = dict(choices=list(args), help=text)
+        else:
+            base = next((a for a in (args or (hint,)) if a is not type(None)), str)
+            kw = dict(type=base if base in (int, float) else str, help=text)
+        out.append((f"--{dest.replace('_', '-')}", dest, kw))
+    return out
+
+
+def _parser() -> CliParser:
+    p = CliParser(prog="python -m shards", description="Build musicstream WebDataset shards.")
     sub = p.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="pack a raw dataset into shards")
-    b.add_argument("source", nargs="?", choices=SOURCES, help="importer (or [shards] source in --config)")
+    sources = importer_names()
+    b.add_argument("source", nargs="?", choices=sources, help="importer (or [shards] source in --config)")
     b.add_argument("--config", type=Path, help="TOML file with a [shards] table (CLI flags override it)")
-    for flag, dest, kw in _FLAGS:
+    for flag, dest, kw in [*_FLAGS, *importer_flags()]:
         b.add_argument(flag, dest=dest, default=None, **kw)
     for flag, dest, text in [
         ("--force", "force", "rebuild instead of resuming"),
         ("--strict", "strict", "exit 1 when any input is rejected"),
-        ("--clean", "clean", "mtat: reject clips without a top-N tag"),
-        ("--verify", "verify", "fma: check each mp3 against fma_SUBSET/checksums"),
     ]:
         b.add_argument(flag, dest=dest, action="store_const", const=True, default=None, help=text)
     b.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -85,8 +100,8 @@ def _parser() -> argparse.ArgumentParser:
 def _build(a: argparse.Namespace) -> int:
     from shards.builder import build
 
-    cli = {dest: getattr(a, dest) for _, dest, _ in _FLAGS if getattr(a, dest) is not None}
-    cli |= {k: True for k in ("force", "strict", "clean", "verify") if getattr(a, k)}
+    flags = [dest for _, dest, _ in [*_FLAGS, *importer_flags()]] + ["force", "strict"]
+    cli = {dest: getattr(a, dest) for dest in flags if getattr(a, dest) is not None}
     if a.source:
         cli["source"] = a.source
     cfg: BuildConfig = load_build_config(a.config, cli)
@@ -122,15 +137,16 @@ def _synth(a: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    a = _parser().parse_args(argv)
-    try:
-        if a.cmd == "build":
-            return _build(a)
-        if a.cmd == "synth":
-            return _synth(a)
-        from shards.bench import main as bench_main
+    """Entry point; user mistakes become one ``error:`` line and exit status 2."""
+    return run_cli(_main, argv)
 
-        return bench_main(a)
-    except (ValueError, FileNotFoundError, NotADirectoryError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+
+def _main(argv: list[str] | None) -> int:
+    a = _parser().parse_args(argv)
+    if a.cmd == "build":
+        return _build(a)
+    if a.cmd == "synth":
+        return _synth(a)
+    from shards.bench import main as bench_main
+
+    return bench_main(a)

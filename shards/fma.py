@@ -14,15 +14,35 @@ empty, audio-less or too-short mp3s (real FMA has each kind) are rejected by the
 from __future__ import annotations
 
 import csv
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import pandas as pd
 
-from shards.config import FMA_SUBSETS, BuildConfig
+from shards.config import BuildConfig
 from shards.fma_checksums import verify_records
+from shards.importers import Importer, LabelFileOptions, register_importer
 from shards.records import Dataset, Record, Reject, normalize_split, read_table, require_dir, single_task
 
 DEFAULT_CSV = "fma_metadata/tracks.csv"
+FMA_SUBSETS = ("small", "medium", "large")
+
+
+@dataclass(kw_only=True)
+class FMAOptions(LabelFileOptions):
+    """``[shards]`` keys only the fma importer reads (``csv`` default: fma_metadata/tracks.csv)."""
+
+    subset: Literal["small", "medium", "large"] = "small"
+    """Take tracks whose subset is <= this (small < medium < large); audio under fma_SUBSET/."""
+    verify: bool = False
+    """Check every mp3 against ``fma_SUBSET/checksums`` (sha1) and reject mismatches."""
+
+    def __post_init__(self) -> None:
+        if self.subset not in FMA_SUBSETS:
+            raise ValueError(f"subset: {self.subset!r} is not one of {list(FMA_SUBSETS)}")
+
+
 COLUMNS = [("set", "subset"), ("set", "split"), ("track", "genre_top")]
 
 
@@ -69,8 +89,9 @@ def read_tracks(path: Path) -> pd.DataFrame:
 
 
 def load(cfg: BuildConfig) -> Dataset:
+    opts = cfg.importer_options(FMAOptions)
     require_dir(cfg.root, "FMA root")
-    path = cfg.root / (cfg.csv or DEFAULT_CSV)
+    path = cfg.root / (opts.csv or DEFAULT_CSV)
     df = read_tracks(path)
     subset_col, split_col, genre_col = ("/".join(c) for c in COLUMNS)
     rank = {s: i for i, s in enumerate(FMA_SUBSETS)}
@@ -78,10 +99,10 @@ def load(cfg: BuildConfig) -> Dataset:
     bad = df.index[subset.isna()]
     if len(bad):
         raise ValueError(f"{path}: malformed CSV: track {bad[0]} has subset {df.at[bad[0], subset_col]!r}")
-    df = df.loc[subset <= rank[cfg.subset], [split_col, genre_col]]
+    df = df.loc[subset <= rank[opts.subset], [split_col, genre_col]]
     records, rejects = [], []
     for track_id, split_name, genre in df.itertuples(name=None):  # 100k+ rows: no iterrows
-        rel = audio_path(int(track_id), cfg.subset)
+        rel = audio_path(int(track_id), opts.subset)
         if not genre.strip():
             rejects.append(Reject(path=rel, reason="no genre_top", key=str(track_id)))
             continue
@@ -92,9 +113,12 @@ def load(cfg: BuildConfig) -> Dataset:
             )
         )
     if not records:
-        raise ValueError(f"{path}: no track with a genre_top in subset <= {cfg.subset!r}")
+        raise ValueError(f"{path}: no track with a genre_top in subset <= {opts.subset!r}")
     task = single_task("genre", [r.labels for r in records])  # before --verify: same vocabulary
-    if cfg.verify:
-        records, failed = verify_records(records, cfg.root / f"fma_{cfg.subset}", cfg.num_workers)
+    if opts.verify:
+        records, failed = verify_records(records, cfg.root / f"fma_{opts.subset}", cfg.num_workers)
         rejects += failed
     return Dataset(source="fma", task=task, records=records, rejects=rejects)
+
+
+register_importer(Importer(name="fma", load=load, options=FMAOptions, tasks=("single",)))

@@ -22,11 +22,13 @@ import pandas as pd
 
 from shards.config import BuildConfig
 from shards.images import IMAGE_SUFFIXES
-from shards.manifest import Level, TaskSpec
+from shards.importers import Importer, LabelFileOptions, register_importer
+from shards.manifest import TaskSpec
 from shards.records import (
     Dataset,
     Record,
     hash_split,
+    hierarchy_levels,
     normalize_split,
     read_table,
     require_columns,
@@ -52,26 +54,14 @@ def level_columns(df: pd.DataFrame) -> list[str]:
 
 def hierarchy(rows: list[list[str]], names: list[str], where: str) -> TaskSpec:
     """Levels with parent links from observed label paths; a class with two parents is an error."""
-    levels: list[Level] = []
-    for d, name in enumerate(names):
-        classes = sorted({r[d] for r in rows})
-        parent = None
-        if d:
-            up = {c: i for i, c in enumerate(levels[-1].classes)}
-            seen: dict[str, str] = {}
-            for r in rows:
-                if seen.setdefault(r[d], r[d - 1]) != r[d - 1]:
-                    raise ValueError(
-                        f"{where}: class {r[d]!r} of {name} has two parents ({seen[r[d]]!r} and {r[d - 1]!r})"
-                    )
-            parent = [up[seen[c]] for c in classes]
-        levels.append(Level(name=name, classes=classes, parent=parent))
-    return TaskSpec(kind="hier", name="hierarchy", levels=levels)
+    levels = [(name, sorted({r[d] for r in rows})) for d, name in enumerate(names)]
+    return TaskSpec(kind="hier", name="hierarchy", levels=hierarchy_levels(rows, levels, where))
 
 
 def load(cfg: BuildConfig) -> Dataset:
+    opts = cfg.importer_options(LabelFileOptions)
     require_dir(cfg.root, "folder dataset root")
-    path = cfg.root / (cfg.csv or DEFAULT_CSV)
+    path = cfg.root / (opts.csv or DEFAULT_CSV)
     df = read_table(path, dtype=str, keep_default_na=False)
     require_columns(df, ["path"], path)
     if cfg.task == "single":
@@ -115,3 +105,8 @@ def load(cfg: BuildConfig) -> Dataset:
         records.append(rec)
     kind = "image" if image else "audio"
     return Dataset(source="folder", task=task, records=records, kind=kind, channels=channels)
+
+
+register_importer(
+    Importer(name="folder", load=load, options=LabelFileOptions, tasks=("single", "multi", "hier"))
+)

@@ -7,7 +7,6 @@ here, so the pipeline can refuse a build it cannot serve before any GPU work.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any, Literal
 import numpy as np
 
 from shards.atomic import atomic_write_text
+from shards.configtools import to_dict
 
 FORMAT = "musicstream.shards"
 VERSION = 2  # 2: long tracks are stored as consecutive segments (``seg`` member)
@@ -87,7 +87,7 @@ class TaskSpec:
 
     def vocab(self) -> dict[str, Any]:
         """The vocabulary as plain data (stored in checkpoints, compared on resume/eval)."""
-        return _plain(self)
+        return to_dict(self)
 
     def encode(self, labels: Any) -> bytes:
         """Encode one sample's labels as the ``.lbl`` bytes.
@@ -214,24 +214,12 @@ class Manifest:
         return tars, idxs
 
     def to_json(self) -> str:
-        d = _plain(self)
+        d = to_dict(self)
         d.pop("root", None)
         if self.kind == "audio":  # absent = audio: audio manifests read the same by older readers
             d.pop("kind")
             d.pop("images")
         return json.dumps(d, indent=2, sort_keys=False) + "\n"
-
-
-def _plain(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj):
-        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 def _inside(root: Path, rel: str) -> Path:

@@ -17,10 +17,13 @@ The three clips MTAT ships as 0-byte files (``KNOWN_EMPTY``) are rejected at imp
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from shards import reasons
 from shards.config import BuildConfig
+from shards.importers import Importer, LabelFileOptions, register_importer
 from shards.manifest import TaskSpec
 from shards.mtat_split import read_split
 from shards.records import Dataset, Record, Reject, read_table, require_columns, require_dir
@@ -47,6 +50,32 @@ KNOWN_EMPTY = {"35644", "55753", "57881"}
 SPLIT_OF_FOLDER = {**{c: "train" for c in "0123456789ab"}, "c": "validation", **{c: "test" for c in "def"}}
 
 
+@dataclass(kw_only=True)
+class MTATOptions(LabelFileOptions):
+    """``[shards]`` keys only the mtat importer reads (``csv`` default: annotations_final.csv)."""
+
+    top_n: int = 50
+    """Multi-label: keep the N most frequent tags."""
+    clean: bool = False
+    """Multi-label: reject clips that carry none of the top-N tags."""
+    split_files: str | None = None
+    """Folder with a published split (train/valid/test.npy or *_list_pub.cP + tag list),
+    relative to root or absolute; builds exactly that split and its tags (docs/shard-format.md)."""
+
+    def __post_init__(self) -> None:
+        if self.top_n < 1:
+            raise ValueError(f"top_n: must be >= 1, got {self.top_n}")
+
+    def check(self, cfg: BuildConfig) -> None:
+        if self.split_files is not None:
+            if cfg.task != "multi":
+                raise ValueError("split_files: a published MTAT split is a tagging split; use task 'multi'")
+            if self.top_n != 50 or self.clean:
+                raise ValueError(
+                    "split_files: the published split fixes its tags and clips; drop top_n/clean"
+                )
+
+
 def main_genre(tags: list[str]) -> str | None:
     """The documented tag -> genre rule (see module docstring); None when no genre tag."""
     present = set(tags)
@@ -56,8 +85,9 @@ def main_genre(tags: list[str]) -> str | None:
 
 
 def load(cfg: BuildConfig) -> Dataset:
+    opts = cfg.importer_options(MTATOptions)
     require_dir(cfg.root, "MagnaTagATune root")
-    path = cfg.root / (cfg.csv or DEFAULT_CSV)
+    path = cfg.root / (opts.csv or DEFAULT_CSV)
     df = read_table(path, sep="\t", dtype=str, keep_default_na=False)
     require_columns(df, ["clip_id", "mp3_path"], path)
     tag_cols = [c for c in df.columns if c not in ("clip_id", "mp3_path")]
@@ -69,12 +99,12 @@ def load(cfg: BuildConfig) -> Dataset:
         raise ValueError(f"{path}: malformed CSV: tag values must be 0/1 ({e})") from None
     mp3_paths = df["mp3_path"].str.strip().tolist()
     published: dict[int, str] | None = None
-    if cfg.split_files is not None:
-        vocab, published = read_split(cfg.root / cfg.split_files, tag_cols, mp3_paths)
+    if opts.split_files is not None:
+        vocab, published = read_split(cfg.root / opts.split_files, tag_cols, mp3_paths)
         task = TaskSpec(kind="multi", name="tags", classes=vocab)
     elif cfg.task == "multi":
         freq = hot.sum(axis=0)
-        top = sorted(np.argsort(-freq, kind="stable")[: cfg.top_n].tolist())
+        top = sorted(np.argsort(-freq, kind="stable")[: opts.top_n].tolist())
         vocab = [tag_cols[i] for i in top]
         task = TaskSpec(kind="multi", name="tags", classes=vocab)
     else:
@@ -101,8 +131,8 @@ def load(cfg: BuildConfig) -> Dataset:
             continue
         if cfg.task == "multi":
             labels: object = [t for t in vocab if t in tags]
-            if cfg.clean and not labels:
-                rejects.append(Reject(path=rel, reason=f"no top-{cfg.top_n} tag (--clean)", key=clip))
+            if opts.clean and not labels:
+                rejects.append(Reject(path=rel, reason=f"no top-{opts.top_n} tag (--clean)", key=clip))
                 continue
         else:
             labels = main_genre(tags)
@@ -113,3 +143,6 @@ def load(cfg: BuildConfig) -> Dataset:
             Record(key=clip, audio=cfg.root / rel, labels=labels, split=split, path=rel, meta={"tags": tags})
         )
     return Dataset(source="mtat", task=task, records=records, rejects=rejects)
+
+
+register_importer(Importer(name="mtat", load=load, options=MTATOptions, tasks=("multi", "single")))

@@ -7,13 +7,14 @@ shuffles and writes. Sharing these types is what keeps the four importers small.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from shards.manifest import TaskSpec
+from shards.manifest import Level, TaskSpec
 
 SPLITS = ("train", "validation", "test")
 _SPLIT_ALIASES = {
@@ -110,3 +111,29 @@ def require_dir(path: Path, what: str) -> None:
 
 def single_task(name: str, labels: list[str]) -> TaskSpec:
     return TaskSpec(kind="single", name=name, classes=sorted(set(labels)))
+
+
+def hierarchy_levels(
+    paths: Sequence[Sequence[str]], levels: Sequence[tuple[str, list[str]]], where: str
+) -> list[Level]:
+    """Levels with parent links observed in label ``paths`` (one class name per level, root
+    first); ``levels`` is (level name, its classes in index order). A class with two
+    parents is an error; a class that never occurs takes the class of the same name one
+    level up as its parent (a leaf that repeats its parent), else it is an error."""
+    out = [Level(name=levels[0][0], classes=list(levels[0][1]))]
+    for d in range(1, len(levels)):
+        name, classes = levels[d]
+        up = {c: i for i, c in enumerate(levels[d - 1][1])}
+        seen: dict[str, str] = {}
+        for p in paths:
+            if seen.setdefault(p[d], p[d - 1]) != p[d - 1]:
+                raise ValueError(
+                    f"{where}: {name} {p[d]!r} has two parents ({seen[p[d]]!r} and {p[d - 1]!r})"
+                )
+        parent = []
+        for c in classes:
+            if c not in seen and c not in up:
+                raise ValueError(f"{where}: {name} {c!r} never occurs, so its parent is unknown")
+            parent.append(up[seen.get(c, c)])
+        out.append(Level(name=name, classes=list(classes), parent=parent))
+    return out

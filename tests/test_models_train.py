@@ -7,13 +7,17 @@ from pathlib import Path
 
 import pytest
 
+from eval.validation import validator
 from train.logger import read_metrics
 from train.synthetic import synthetic_experiment
 from train.trainer import Trainer
 
 
 def _run(tmp_path: Path, overrides: list[str]) -> tuple[dict, list[dict]]:
-    trainer = Trainer(synthetic_experiment(tmp_path, ["train.log_every=1", "train.threads=2", *overrides]))
+    trainer = Trainer(
+        synthetic_experiment(tmp_path, ["train.log_every=1", "train.threads=2", *overrides]),
+        validate=validator(),
+    )
     try:
         result = trainer.train()
     finally:

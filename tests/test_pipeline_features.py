@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 import torchaudio
 
+from pipelines.channels import dct_matrix
 from pipelines.config import FeatureConfig
-from pipelines.features import FeatureAssembler, dct_matrix, nearest_rows, stats_key
+from pipelines.features import FeatureAssembler, nearest_rows, stats_key
 
 
 @pytest.mark.parametrize(

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from eval.validation import validator
 from train.checkpoint import load_predictor
 from train.synthetic import synthetic_experiment
 from train.trainer import Trainer
@@ -28,7 +29,7 @@ COMMON = [
 
 
 def _train(out: Path, extra: list[str], hooks: list | None = None) -> Trainer:
-    trainer = Trainer(synthetic_experiment(out, COMMON + extra), hooks=hooks)
+    trainer = Trainer(synthetic_experiment(out, COMMON + extra), hooks=hooks, validate=validator())
     trainer.result = trainer.train()
     trainer.close()
     return trainer
@@ -51,7 +52,9 @@ def test_two_epochs_equal_one_plus_resume_plus_one(tmp_path: Path) -> None:
     assert resumed.step == full.step == 6 and resumed.epoch == 2
     _assert_same_weights(full, resumed)
     # and the run did learn something: the weights moved from their init
-    fresh = Trainer(synthetic_experiment(tmp_path / "fresh", COMMON + ["checkpoint.resume=none"]))
+    fresh = Trainer(
+        synthetic_experiment(tmp_path / "fresh", COMMON + ["checkpoint.resume=none"]), validate=validator()
+    )
     assert not torch.allclose(fresh.raw.stem[0].weight, full.raw.stem[0].weight)
 
 
@@ -102,7 +105,7 @@ def test_checkpoint_is_weights_only_and_feeds_eval(tmp_path: Path) -> None:
 
 def test_gbm_checkpoint_loads_weights_only(tmp_path: Path) -> None:
     extra = ["model.family=gbm", "model.kwargs={pca_components = 8, rounds = 10}", "train.threads=1"]
-    trainer = Trainer(synthetic_experiment(tmp_path, extra))
+    trainer = Trainer(synthetic_experiment(tmp_path, extra), validate=validator())
     trainer.train()
     path = tmp_path / "checkpoints" / "step_00000001.pt"
     ckpt = torch.load(path, weights_only=True)
@@ -114,7 +117,7 @@ def test_gbm_checkpoint_loads_weights_only(tmp_path: Path) -> None:
 def test_resume_with_other_vocabulary_is_refused(tmp_path: Path) -> None:
     _train(tmp_path, ["train.epochs=1", "data.synthetic_batches=2"])
     with pytest.raises(ValueError, match="different label vocabulary"):
-        Trainer(synthetic_experiment(tmp_path, COMMON + ["data.synthetic_classes=[5]"]))
+        Trainer(synthetic_experiment(tmp_path, COMMON + ["data.synthetic_classes=[5]"]), validate=validator())
 
 
 def test_keep_last_and_every_steps(tmp_path: Path) -> None:
@@ -128,7 +131,10 @@ def test_keep_last_and_every_steps(tmp_path: Path) -> None:
 
 def test_explicit_resume_path_must_exist(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="checkpoint.resume"):
-        Trainer(synthetic_experiment(tmp_path, [f"checkpoint.resume='{tmp_path / 'nope.pt'}'"]))
+        Trainer(
+            synthetic_experiment(tmp_path, [f"checkpoint.resume='{tmp_path / 'nope.pt'}'"]),
+            validate=validator(),
+        )
 
 
 def test_epoch_checkpoint_carries_this_epochs_best(tmp_path: Path) -> None:
@@ -139,7 +145,8 @@ def test_epoch_checkpoint_carries_this_epochs_best(tmp_path: Path) -> None:
     step = torch.load(tmp_path / "checkpoints" / "step_00000003.pt", weights_only=True)
     assert step["best"] == score
     resumed = Trainer(
-        synthetic_experiment(tmp_path, COMMON + ["train.epochs=2", "data.val_split=validation"])
+        synthetic_experiment(tmp_path, COMMON + ["train.epochs=2", "data.val_split=validation"]),
+        validate=validator(),
     )
     assert resumed.checkpointer.best == score
 
@@ -160,7 +167,10 @@ def test_resume_keeps_a_fresh_scaler_when_the_checkpoint_had_none(tmp_path: Path
     _train(tmp_path, ["train.epochs=1"])
     state = torch.load(tmp_path / "checkpoints" / "step_00000003.pt", weights_only=True)
     assert state["scaler"] == {}
-    trainer = Trainer(synthetic_experiment(tmp_path, COMMON + ["train.epochs=2", "checkpoint.resume=none"]))
+    trainer = Trainer(
+        synthetic_experiment(tmp_path, COMMON + ["train.epochs=2", "checkpoint.resume=none"]),
+        validate=validator(),
+    )
     trainer.scaler = torch.amp.GradScaler("cpu", enabled=True)  # what fp16 on CUDA builds
     trainer.load_state_dict(state)
     assert trainer.step == 3 and trainer.scaler.is_enabled()
@@ -188,7 +198,9 @@ def test_partial_accumulation_group_at_epoch_end_is_synchronised(tmp_path: Path)
     def count(trainer: Trainer) -> None:
         fake.batch = trainer.batch_in_epoch
 
-    trainer = Trainer(synthetic_experiment(tmp_path, COMMON + ["train.epochs=1"]), hooks=[count])
+    trainer = Trainer(
+        synthetic_experiment(tmp_path, COMMON + ["train.epochs=1"]), hooks=[count], validate=validator()
+    )
     trainer.ddp = fake  # type: ignore[assignment]
     for i, batch in enumerate(trainer.data.train):
         fake.batch = i
@@ -202,7 +214,10 @@ def test_partial_accumulation_group_at_epoch_end_is_synchronised(tmp_path: Path)
 def test_signal_after_the_last_agreement_does_not_skip_the_final_save(tmp_path: Path) -> None:
     """max_steps ends the run mid-epoch; a SIGTERM landing after the ranks last agreed must
     not make this rank skip the final (collective) save that the other ranks enter."""
-    trainer = Trainer(synthetic_experiment(tmp_path, COMMON + ["optim.grad_accum=1", "train.max_steps=2"]))
+    trainer = Trainer(
+        synthetic_experiment(tmp_path, COMMON + ["optim.grad_accum=1", "train.max_steps=2"]),
+        validate=validator(),
+    )
     done = trainer._done
 
     def late_signal() -> bool:

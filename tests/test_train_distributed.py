@@ -85,6 +85,7 @@ def test_cuda_rng_is_saved_and_restored_for_this_ranks_device_only(monkeypatch: 
 
 
 def test_ranks_share_the_init_but_not_the_dropout_stream(tmp_path) -> None:  # noqa: ANN001
+    from eval.validation import validator
     from train.distributed import DistInfo
     from train.synthetic import synthetic_experiment
     from train.trainer import Trainer
@@ -93,7 +94,7 @@ def test_ranks_share_the_init_but_not_the_dropout_stream(tmp_path) -> None:  # n
     for rank in (0, 1):
         info = DistInfo(rank=rank, world_size=1, local_rank=0, device=torch.device("cpu"))
         exp = synthetic_experiment(tmp_path / str(rank), ["checkpoint.resume=none"])
-        trainer = Trainer(exp, info=info)
+        trainer = Trainer(exp, info=info, validate=validator())
         weights.append(trainer.raw.stem[0].weight.clone())
         draws.append(torch.rand(4))
         trainer.close()

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from eval.validation import validator
 from train.checkpoint import load_predictor
 from train.config import load_experiment
 from train.logger import read_metrics
@@ -33,7 +34,7 @@ def _exp(shards: Path, out: Path, extra: list[str]):
 
 
 def _train(shards: Path, out: Path, extra: list[str], hooks: list[Callable] | None = None) -> Trainer:
-    trainer = Trainer(_exp(shards, out, extra), hooks=hooks)
+    trainer = Trainer(_exp(shards, out, extra), hooks=hooks, validate=validator())
     trainer.result = trainer.train()
     trainer.close()
     return trainer

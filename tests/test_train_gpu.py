@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from eval.validation import validator
 from train.checkpoint import load_predictor
 from train.config import load_experiment
 from train.logger import read_metrics
@@ -28,7 +29,7 @@ def test_amp_channels_last_on_gpu(tmp_path: Path, amp: str) -> None:
             "data.synthetic_signal=1.0", "train.epochs=6", "optim.lr=2e-3", "optim.min_lr_ratio=1.0",
         ],
     )  # fmt: skip
-    trainer = Trainer(exp)
+    trainer = Trainer(exp, validate=validator())
     assert next(iter(trainer.data.train))["x"].is_cuda
     trainer.train()
     trainer.close()
@@ -48,7 +49,7 @@ def test_dali_gpu_loader_feeds_the_trainer(synth_shards: Callable[..., Path], tm
          "features.sample_rate=8000", "loader.chunk_seconds=1.0", "loader.batch_size=8",
          "loader.chunks_per_track=2"],
     )  # fmt: skip
-    trainer = Trainer(exp)
+    trainer = Trainer(exp, validate=validator())
     batch = next(iter(trainer.data.train))
     assert batch["x"].is_cuda and batch["x"].dtype == torch.float32
     result = trainer.train()

@@ -9,12 +9,13 @@ import argparse
 import json
 import sys
 
+from shards.cli_errors import CliParser, run_cli
 from train import distributed
 from train.config import load_experiment
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[str]]:
-    p = argparse.ArgumentParser(prog="python -m train", description=__doc__.splitlines()[0])
+    p = CliParser(prog="python -m train", description=__doc__.splitlines()[0])
     p.add_argument("--config", help="experiment TOML (configs/*.toml)")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     args, rest = p.parse_known_args(argv)
@@ -33,10 +34,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(json.dumps(exp.to_dict(), indent=2, default=str))
         return 0
+    from eval.validation import validator  # the composition point: train's loop, eval's metrics
     from train.trainer import Trainer
 
     info = distributed.init(exp.train.device)
-    trainer = Trainer(exp, info=info)
+    trainer = Trainer(exp, info=info, validate=validator(exp.eval))
     try:
         result = trainer.train()
     finally:
@@ -48,4 +50,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))  # a user mistake: one error: line (rank 0), exit 2

@@ -9,7 +9,6 @@ against ("training is never input-bound"). gbm reports the fit (PCA + LightGBM) 
 
 from __future__ import annotations
 
-import argparse
 import json
 import tempfile
 import time
@@ -18,6 +17,7 @@ from typing import Any
 
 import torch
 
+from shards.cli_errors import CliParser, run_cli
 from train.synthetic import synthetic_experiment
 from train.trainer import Trainer
 
@@ -143,7 +143,7 @@ def _inline_table(d: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m train.bench", description=__doc__.splitlines()[0])
+    p = CliParser(prog="python -m train.bench", description=__doc__.splitlines()[0])
     p.add_argument("--families", default=DEFAULT_FAMILIES, help="comma-separated registry/timm names")
     p.add_argument("--shape", default="3,64,64", help="C,F,T of one chunk")
     p.add_argument("--batch", type=int, default=16)
@@ -184,4 +184,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

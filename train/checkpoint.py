@@ -5,19 +5,26 @@ end, on SIGTERM; the newest ``keep_last`` are kept) and ``best.pt``. Each is wri
 atomically and holds only tensors and plain data, so ``torch.load(weights_only=True)``
 reads it. Keys (docs/contracts.md): model, ema, optimizer, scheduler, scaler, step,
 epoch, rng (per rank), loader (per rank), config, task, family, input_shape, metrics, best.
+
+One state protocol (torchtitan's ``CheckpointManager``): every stateful component has
+``state_dict()`` / ``load_state_dict()`` and is registered by name with the
+``Checkpointer``, which collects and restores them; the Trainer lists no keys.
 """
 
 from __future__ import annotations
 
 import random
 import re
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from pipelines.collective import all_gather_object
 from shards.atomic import atomic_path
 from shards.manifest import TaskSpec
 from train.config import CheckpointConfig, Experiment, experiment_from_tree
@@ -58,12 +65,124 @@ def _plain_random_state(s: tuple) -> list[Any]:
     return [s[0], list(s[1]), s[2]]
 
 
-class Checkpointer:
-    """When to save, atomic writes, keep-last-k + best, and which file to resume from."""
+class Stateful(Protocol):
+    """What the checkpointer saves: plain data / tensors out, the same back in."""
 
-    def __init__(self, folder: str | Path, cfg: CheckpointConfig, *, is_main: bool = True) -> None:
+    def state_dict(self) -> Any: ...
+
+    def load_state_dict(self, state: Any) -> None: ...
+
+
+class RNGState:
+    """This process's RNG streams as a stateful component (saved per rank)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        return rng_state()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        set_rng_state(state)
+
+
+class RunDescription:
+    """What a checkpoint is of (config, task vocabulary, family, input shape): written into
+    every checkpoint for eval, never restored (a resume takes the current config)."""
+
+    def __init__(self, exp: Experiment, task: TaskSpec, input_shape: tuple[int, int, int]) -> None:
+        self.exp, self.task, self.input_shape = exp, task, input_shape
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"config": self.exp.to_dict(), "task": self.task.vocab(), "family": self.exp.model.family,
+                "input_shape": list(self.input_shape)}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Nothing to restore: the vocabulary was checked before the model was built."""
+
+
+@dataclass
+class _Entry:
+    obj: Stateful
+    per_rank: bool  # a list with one state per rank (RNG, data position)
+    fields: bool  # the state is a dict whose keys sit at the top level of the file
+    required: bool
+
+
+class Checkpointer:
+    """When to save, atomic writes, keep-last-k + best, which file to resume from, and the
+    registry of stateful components whose states make up a checkpoint."""
+
+    def __init__(
+        self,
+        folder: str | Path,
+        cfg: CheckpointConfig,
+        *,
+        is_main: bool = True,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
         self.folder, self.cfg, self.is_main = Path(folder), cfg, is_main
+        self.rank, self.world_size = rank, world_size
         self.best: float | None = None
+        self._entries: dict[str, _Entry] = {}
+
+    # ------------------------------------------------------------ the state protocol
+    def register(
+        self,
+        name: str,
+        obj: Stateful,
+        *,
+        per_rank: bool = False,
+        fields: bool = False,
+        required: bool = False,
+    ) -> None:
+        """Save ``obj.state_dict()`` under ``name`` (``per_rank``: a list indexed by rank;
+        ``fields``: its keys at the top level, e.g. step and epoch). ``required``: a
+        checkpoint without it cannot be resumed."""
+        if name in self._entries:
+            raise ValueError(f"checkpoint component {name!r} registered twice")
+        self._entries[name] = _Entry(obj, per_rank, fields, required)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Every registered component's state (collective: per-rank states are gathered)."""
+        state: dict[str, Any] = {"best": self.best, "world_size": self.world_size}
+        for name, e in self._entries.items():
+            value = e.obj.state_dict()
+            if e.per_rank:
+                value = all_gather_object(value)
+            if e.fields:
+                state.update(value)
+            else:
+                state[name] = value
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore every registered component. A component absent or empty in ``state``
+        (an EMA added to a resumed run, an fp16 scaler after bf16) keeps its fresh state;
+        per-rank states restart when the world size changed."""
+        self.best = state.get("best")
+        same_world = int(state.get("world_size", 1)) == self.world_size
+        for name, e in self._entries.items():
+            if e.fields:
+                e.obj.load_state_dict(state)
+                continue
+            value = state.get(name)
+            if value is None or (isinstance(value, (dict, list)) and not value):
+                if e.required:
+                    raise ValueError(f"checkpoint has no {name!r} state; it cannot be resumed")
+                continue
+            if e.per_rank:
+                if not same_world:
+                    continue
+                value = value[self.rank]
+            e.obj.load_state_dict(value)
+        if not same_world and any(e.per_rank for e in self._entries.values()):
+            names = [n for n, e in self._entries.items() if e.per_rank]
+            warnings.warn(f"resuming with a different world size: {', '.join(names)} restart", stacklevel=2)
+
+    def save_state(self, step: int) -> Path | None:
+        """Collect every component's state (all ranks call it) and write step_N.pt."""
+        return self.save(self.state_dict(), step)
+
+    # ------------------------------------------------------------ files
 
     def due(self, step: int) -> bool:
         """True when ``step`` (optimiser steps done) hits the every_steps interval."""
@@ -139,21 +258,33 @@ def read(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str
         raise ValueError(f"{p}: not a loadable musicstream checkpoint: {e}") from None
 
 
-def check_vocab(ckpt: dict[str, Any], task: TaskSpec, source: str) -> None:
-    """Refuse to resume when the shards' labels differ from the checkpoint's."""
-    if ckpt.get("task") != task.vocab():
-        raise ValueError(
-            f"{source}: the checkpoint was trained on a different label vocabulary than these shards "
-            f"(checkpoint task {ckpt.get('task', {}).get('name')!r} with heads {_heads(ckpt)}, "
-            f"shards heads {task.head_sizes}); use a fresh train.out or checkpoint.resume=none"
-        )
+def check_vocab(
+    model_task: TaskSpec, data_task: TaskSpec, checkpoint: Path, shards: Path | str, hint: str = ""
+) -> None:
+    """The checkpoint's label vocabulary must be the data's (same kind, names, order): the
+    one check for resuming (train) and for scoring (eval)."""
+    a, b = model_task.vocab(), data_task.vocab()
+    if a == b:
+        return
+    diff = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    raise ValueError(
+        f"{checkpoint}: label vocabulary does not match the shards in {shards} (differs in {diff}); "
+        f"checkpoint {model_task.kind} {_brief(model_task)} heads {model_task.head_sizes} vs shards "
+        f"{data_task.kind} {_brief(data_task)} heads {data_task.head_sizes}: the checkpoint was trained "
+        f"on a different label vocabulary{hint}"
+    )
 
 
-def _heads(ckpt: dict[str, Any]) -> list[int] | None:
-    try:
-        return TaskSpec(**ckpt["task"]).head_sizes
-    except Exception:  # noqa: BLE001
-        return None
+def _brief(task: TaskSpec) -> str:
+    names = task.classes if task.kind != "hier" else [n for lv in task.levels for n in lv.classes]
+    return f"{names[:6]}{'...' if len(names) > 6 else ''} ({len(names)})"
+
+
+def checkpoint_task(ckpt: dict[str, Any], path: str | Path) -> TaskSpec:
+    """The ``TaskSpec`` a checkpoint was trained on."""
+    if "task" not in ckpt:
+        raise ValueError(f"{path}: not a musicstream checkpoint (no 'task')")
+    return TaskSpec(**ckpt["task"])
 
 
 class ChunkPredictor:
@@ -168,7 +299,7 @@ class ChunkPredictor:
         self.model, self.task, self.experiment, self.name = model, task, experiment, name
         self.device = device
         self.head = TaskHead(task)
-        self.configs = {
+        self.configs: dict[str, Any] = {  # features, augment, loader: what the loader is rebuilt from
             "features": experiment.features,
             "augment": experiment.augment,
             "loader": experiment.loader,
@@ -194,9 +325,9 @@ def load_predictor(path: str | Path, device: str | torch.device = "cpu") -> Chun
     for key in ("model", "config", "task", "input_shape"):
         if key not in ckpt:
             raise ValueError(f"{path}: not a musicstream checkpoint (no {key!r})")
-    exp = experiment_from_tree(ckpt["config"], str(path))
+    exp = experiment_from_tree(ckpt["config"], str(path), strict=False)  # outlives config changes
     exp.model.pretrained = None  # the checkpoint carries the weights
-    task = TaskSpec(**ckpt["task"])
+    task = checkpoint_task(ckpt, path)
     shape = tuple(ckpt["input_shape"])
     model = build_model(exp.model, in_chans=shape[0], head_sizes=task.head_sizes, input_shape=shape)
     model.load_state_dict(ckpt.get("ema") or ckpt["model"])

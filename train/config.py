@@ -7,12 +7,14 @@ evaluator's [eval]; ``load_experiment`` reads them all from one TOML file plus
 
 from __future__ import annotations
 
-import importlib
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from shards.configtools import apply_overrides, from_dict, load_toml, to_dict
+from eval.config import EvalConfig
+from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
+from shards.configtools import apply_overrides, load_sections, sections_from_tree, to_dict
 
 AmpMode = Literal["bf16", "fp16", "none"]
 
@@ -146,9 +148,12 @@ class TrainConfig:
     drop-path afterwards (plus the rank) and of synthetic data; the shard pipeline's
     shuffling, chunk offsets and SpecAugment masks use ``loader.seed``."""
     out: Path = Path("runs/default")
-    """Run folder: checkpoints/, metrics.jsonl, config.json (and tb/ when tensorboard is installed)."""
+    """Run folder: checkpoints/, metrics.jsonl, config.json, curves.png (and tb/ with TensorBoard)."""
     log_every: int = 10
     """Optimiser steps between metric lines."""
+    tensorboard: bool | None = None
+    """Also write TensorBoard event files to ``out/tb``: true (needs the ``tensorboard`` extra),
+    false, or none = when the extra is installed."""
     best_metric: str | None = None
     """Validation metric that selects ``best.pt``; none = the task's primary track metric
     (single track/accuracy, multi track/roc_auc, hier track/level_mean_accuracy)."""
@@ -172,6 +177,10 @@ class TrainConfig:
             raise ValueError("train.log_every: must be >= 1")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"train.device: {self.device!r} is not auto, cpu or cuda")
+        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:  # asked for, absent
+            raise ValueError(
+                "train.tensorboard: the tensorboard package is not installed (pip install .[tensorboard])"
+            )
 
 
 @dataclass(kw_only=True)
@@ -199,51 +208,40 @@ TRAIN_SECTIONS: dict[str, type] = {
     "train": TrainConfig,
     "checkpoint": CheckpointConfig,
 }
-# Sections owned by other stages: (module, class). Imported lazily so train's config
-# still loads while a stage is being developed; its table then stays a plain dict.
-OTHER_SECTIONS: dict[str, tuple[str, str]] = {
-    "features": ("pipelines.config", "FeatureConfig"),
-    "augment": ("pipelines.config", "AugmentConfig"),
-    "loader": ("pipelines.config", "LoaderConfig"),
-    "eval": ("eval.config", "EvalConfig"),
+# The other stages' sections of an experiment file; every one is a real dataclass.
+OTHER_SECTIONS: dict[str, type] = {
+    "features": FeatureConfig,
+    "augment": AugmentConfig,
+    "loader": LoaderConfig,
+    "eval": EvalConfig,
 }
-
-
-def other_section_class(name: str) -> type | None:
-    """The dataclass of another stage's section, or None when that stage is not installed."""
-    module, cls = OTHER_SECTIONS[name]
-    try:
-        return getattr(importlib.import_module(module), cls)
-    except (ImportError, AttributeError):
-        return None
+SECTIONS: dict[str, type] = {**TRAIN_SECTIONS, **OTHER_SECTIONS}
 
 
 @dataclass(kw_only=True)
 class Experiment:
     """Every section of one experiment; each component receives only its own."""
 
-    data: DataConfig
-    model: ModelConfig
-    optim: OptimConfig
-    train: TrainConfig
-    checkpoint: CheckpointConfig
-    features: Any = None
-    augment: Any = None
-    loader: Any = None
-    eval: Any = None
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    loader: LoaderConfig = field(default_factory=LoaderConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     source: str = "config"
 
     def to_dict(self) -> dict[str, Any]:
         """All sections as plain data (stored in checkpoints)."""
-        names = list(TRAIN_SECTIONS) + list(OTHER_SECTIONS)
-        return {n: to_dict(getattr(self, n)) if getattr(self, n) is not None else {} for n in names}
+        return {n: to_dict(getattr(self, n)) for n in SECTIONS}
 
 
 def load_experiment(path: str | Path | None = None, overrides: list[str] | None = None) -> Experiment:
     """Read an experiment TOML plus CLI overrides; unknown sections/keys are errors."""
-    tree = load_toml(path) if path else {}
-    tree = apply_overrides(tree, overrides or [])
-    return experiment_from_tree(tree, str(path) if path else "config")
+    label = str(path) if path else "config"
+    return _experiment(load_sections(SECTIONS, path, overrides), label)
 
 
 def load_experiment_tree(overrides: list[str], label: str = "overrides") -> Experiment:
@@ -251,27 +249,17 @@ def load_experiment_tree(overrides: list[str], label: str = "overrides") -> Expe
     return experiment_from_tree(apply_overrides({}, overrides), label)
 
 
-def experiment_from_tree(tree: dict[str, Any], label: str = "config") -> Experiment:
-    """Build an ``Experiment`` from nested plain data (a TOML tree or a checkpoint's config)."""
-    known = set(TRAIN_SECTIONS) | set(OTHER_SECTIONS)
-    extra = sorted(set(tree) - known)
-    if extra:
-        raise ValueError(f"{label}: unknown section(s) {extra}; known: {sorted(known)}")
-    out: dict[str, Any] = {}
-    for name, cls in TRAIN_SECTIONS.items():
-        out[name] = from_dict(cls, _table(tree, name, label), f"{label} [{name}]")
-    for name in OTHER_SECTIONS:
-        other = other_section_class(name)
-        table = _table(tree, name, label)
-        out[name] = from_dict(other, table, f"{label} [{name}]") if other is not None else table
-    exp = Experiment(**out, source=label)
+def experiment_from_tree(tree: dict[str, Any], label: str = "config", *, strict: bool = True) -> Experiment:
+    """Build an ``Experiment`` from nested plain data (a TOML tree or a checkpoint's config).
+
+    ``strict=False`` is how a checkpoint's stored config is read: keys that this version
+    no longer has (or does not have yet) warn and take defaults, so checkpoints outlive
+    config changes."""
+    return _experiment(sections_from_tree(SECTIONS, tree, label, strict=strict), label)
+
+
+def _experiment(sections: dict[str, Any], label: str) -> Experiment:
+    exp = Experiment(**sections, source=label)
     if not exp.data.synthetic and exp.data.shards is None:
         raise ValueError(f"{label} [data] shards: required unless data.synthetic = true")
     return exp
-
-
-def _table(tree: dict[str, Any], name: str, label: str) -> dict[str, Any]:
-    table = tree.get(name, {})
-    if not isinstance(table, dict):
-        raise ValueError(f"{label}: [{name}] must be a table")
-    return table

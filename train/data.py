@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, Literal, TypedDict
 
 import torch
 
-from shards.manifest import TaskSpec, read_manifest
+from shards.manifest import Manifest, TaskSpec, read_manifest
 from train.config import Experiment
 from train.synthetic import SyntheticLoader, synthetic_task
 
@@ -44,32 +44,39 @@ def _shards(exp: Experiment) -> Path:
     return exp.data.shards
 
 
+def read_source(exp: Experiment) -> tuple[Manifest | None, TaskSpec]:
+    """The shards' manifest (read once per start; None for synthetic data) and the task."""
+    if exp.data.synthetic:
+        return None, synthetic_task(exp.data.synthetic_task, exp.data.synthetic_classes)
+    manifest = read_manifest(_shards(exp))
+    return manifest, manifest.task
+
+
 def read_task(exp: Experiment) -> TaskSpec:
     """The task and vocabularies: the manifest's, or the synthetic one (no GPU work)."""
-    if exp.data.synthetic:
-        return synthetic_task(exp.data.synthetic_task, exp.data.synthetic_classes)
-    return read_manifest(_shards(exp)).task
+    return read_source(exp)[1]
 
 
-def build_data(exp: Experiment, *, rank: int, world_size: int, device: torch.device) -> DataBundle:
-    task = read_task(exp)
-    if exp.data.synthetic:
+def build_data(
+    exp: Experiment,
+    task: TaskSpec,
+    manifest: Manifest | None,
+    *,
+    rank: int,
+    world_size: int,
+    device: torch.device,
+) -> DataBundle:
+    """This rank's train and validation loaders (``manifest`` from ``read_source``)."""
+    if manifest is None:
         return _synthetic(exp, task, rank, world_size, device)
-    from pipelines.loader import build_loader
+    from pipelines.loader import build_loader  # DALI: imported only for a shard-fed run
 
-    common = dict(
-        features=exp.features,
-        augment=exp.augment,
-        loader=exp.loader,
-        rank=rank,
-        world_size=world_size,
-        device=device,
-    )
-    manifest = read_manifest(_shards(exp))
-    train = build_loader(manifest, exp.data.train_split, mode="train", **common)
-    val = None
-    if exp.data.val_split:
-        val = build_loader(manifest, exp.data.val_split, mode="eval", **common)
+    def loader(split: str, mode: Literal["train", "eval"]) -> Any:
+        return build_loader(manifest, split, mode=mode, features=exp.features, augment=exp.augment,
+                            loader=exp.loader, rank=rank, world_size=world_size, device=device)  # fmt: skip
+
+    train = loader(exp.data.train_split, "train")
+    val = loader(exp.data.val_split, "eval") if exp.data.val_split else None
     c, f, t = train.feature_shape
     return DataBundle(task=task, train=train, val=val, feature_shape=(c, f, t))
 

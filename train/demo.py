@@ -8,12 +8,13 @@ same entry point a user would (``python -m shards|pipelines.bench|train|eval``).
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
+
+from shards.cli_errors import CliParser, run_cli
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_customcnn.toml"
 
@@ -33,10 +34,10 @@ def _check(rc: object, what: str) -> None:
 
 def run(out: Path, *, tracks: int, seconds: float, config: Path = CONFIG) -> dict[str, object]:
     """Run every stage into ``out``; returns the summary printed at the end."""
-    from shards.configtools import load_toml
+    from pipelines.config import FeatureConfig
+    from shards.configtools import load_sections
 
-    cfg = load_toml(config)
-    rate = int(cfg.get("features", {}).get("sample_rate", 22050))
+    rate = load_sections({"features": FeatureConfig}, config, allow_other=True)["features"].sample_rate
     shards, run_dir, report = out / "shards", out / "run", out / "eval"
     timings: dict[str, float] = {}
 
@@ -117,7 +118,7 @@ def print_summary(summary: dict[str, object]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m train.demo", description=__doc__.splitlines()[0])
+    ap = CliParser(prog="python -m train.demo", description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("demo"), help="folder for data, shards, run and report")
     ap.add_argument("--tracks", type=int, default=200, help="synthetic tracks (80/10/10 split)")
     ap.add_argument("--seconds", type=float, default=6.0, help="length of each synthetic track")
@@ -128,4 +129,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

@@ -15,6 +15,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from pipelines.devices import resolve_device
+from shards.ranks import env_rank
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -35,35 +38,15 @@ class DistInfo:
         return self.world_size > 1 or self.joined
 
 
-def env_rank() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) from torchrun variables, else SLURM, else (0, 1, 0)."""
-    env = os.environ
-    if "RANK" in env and "WORLD_SIZE" in env:
-        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
-    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
-    return 0, 1, 0
-
-
 def pick_device(want: str, local_rank: int) -> torch.device:
-    """auto -> cuda:LOCAL_RANK when CUDA is present, else cpu; set as the current device
-    (before NCCL starts) so collectives and object gathers use this rank's GPU.
-
-    A process that sees exactly one GPU (SLURM ``--gpus-per-task=1``, or a per-rank
-    ``CUDA_VISIBLE_DEVICES``) uses it whatever its local rank."""
-    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise ValueError("train.device: cuda requested but no CUDA device is visible")
-        count = torch.cuda.device_count()
-        index = 0 if count == 1 else local_rank
-        if index >= count:
-            raise ValueError(
-                f"local rank {local_rank} has no GPU: this process sees {count} CUDA devices; "
-                "start at most one process per visible GPU (torchrun --nproc_per_node)"
-            )
-        torch.cuda.set_device(index)
-        return torch.device("cuda", index)
-    return torch.device("cpu")
+    """auto -> cuda:LOCAL_RANK when CUDA is present, else cpu (``pipelines.devices``); set as
+    the current device (before NCCL starts) so collectives and object gathers use this rank's GPU."""
+    if want == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device: cuda requested but no CUDA device is visible")
+    dev = resolve_device(want, local_rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev.index)
+    return dev
 
 
 def rendezvous_env(rank: int, world: int) -> None:
@@ -134,12 +117,3 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
-
-
-def gather_tensors(t: torch.Tensor) -> list[torch.Tensor] | None:
-    """All ranks' tensors (different first dims allowed) on rank 0; None on others."""
-    if not (dist.is_initialized() and dist.get_world_size() > 1):
-        return [t]
-    out: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
-    dist.gather_object(t.cpu(), out, dst=0)
-    return out

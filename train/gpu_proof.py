@@ -8,7 +8,7 @@ the next one still runs):
 1. ``gpu_tests``: ``pytest -m gpu`` (DALI gpu vs cpu parity, the loader contract on CUDA, AMP steps);
 2. ``pipeline_bench``: ``python -m pipelines.bench`` on PCM shards built here: DALI gpu vs DALI
    cpu vs the torchaudio DataLoader, in one process (chunks/s, CPU cores busy, device memory);
-3. ``input_bound``: ``pipelines.bench --train-step`` per family: real loader vs GPU-resident
+3. ``input_bound``: ``train.stepbench`` per family: real loader vs GPU-resident
    synthetic batches (``vs_synthetic``), bf16 + channels_last;
 4. ``resume``: ``torchrun`` (one rank; NCCL on CUDA), SIGTERM mid-run, ``--checkpoint.resume=auto``
    to the end, compared with an uninterrupted run (``train.gpu_proof_resume``);
@@ -22,7 +22,6 @@ source tree with any Python that has torch and DALI (the device machine's python
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import importlib.util
 import json
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from shards.atomic import atomic_write_text
+from shards.cli_errors import CliParser, run_cli
 from train.gpu_proof_stages import NEEDS, ROOT, RUNNERS, Context, StageFailed, StageTimeout
 
 REQUIRED = ("torch", "torchaudio", "nvidia.dali", "webdataset", "soundfile", "soxr", "timm", "pytest", "tqdm")
@@ -162,7 +162,7 @@ def missing_modules() -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     t_start = time.monotonic()
-    ap = argparse.ArgumentParser(prog="python -m train.gpu_proof", description=__doc__.splitlines()[0])
+    ap = CliParser(prog="python -m train.gpu_proof", description=__doc__.splitlines()[0])
     ap.add_argument(
         "--device", choices=("gpu", "cpu"), default="gpu", help="gpu: the lease; cpu: tiny dry run"
     )
@@ -224,4 +224,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

@@ -235,12 +235,12 @@ def stage_gpu_tests(ctx: Context, st: dict[str, Any], deadline: float) -> None:
         raise StageFailed(f"pytest exit status {rc}: {len(st['failures'])} failed or errored")
 
 
-def bench_cmd(ctx: Context, shards: Path, *extra: str) -> list[str]:
+def bench_cmd(ctx: Context, shards: Path, *extra: str, module: str = "pipelines.bench") -> list[str]:
     p = ctx.profile
     return [
         ctx.python,
         "-m",
-        "pipelines.bench",
+        module,
         str(shards),
         "--config",
         p.config,
@@ -268,8 +268,8 @@ def stage_input_bound(ctx: Context, st: dict[str, Any], deadline: float) -> None
     st["rows"] = []
     bad: list[str] = []
     for fam in p.families:
-        cmd = bench_cmd(ctx, shards, "--train-step", fam, "--warmup", str(p.step_warmup),
-                        "--batches", str(p.step_batches))  # fmt: skip
+        cmd = bench_cmd(ctx, shards, "--family", fam, "--warmup", str(p.step_warmup),
+                        "--batches", str(p.step_batches), module="train.stepbench")  # fmt: skip
         t0 = time.monotonic()
         try:
             rows = last_json(Proc(cmd, f"step-{fam}", ctx).check(deadline), fam)["results"]

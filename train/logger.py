@@ -1,8 +1,10 @@
-"""Rank-0 metrics: one JSON object per line in OUT/metrics.jsonl, TensorBoard when installed."""
+"""Rank-0 metrics: one JSON object per line in OUT/metrics.jsonl, plus TensorBoard scalars."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -11,18 +13,18 @@ from typing import Any
 class MetricsLogger:
     """Appends {"step", "epoch", "time", ...metrics} lines; a no-op on ranks other than 0."""
 
-    def __init__(self, out: str | Path, *, enabled: bool = True) -> None:
+    def __init__(self, out: str | Path, *, enabled: bool = True, tensorboard: bool | None = None) -> None:
         self.enabled = enabled
         self.path = Path(out) / "metrics.jsonl"
         self._tb = None
         if enabled:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                from torch.utils.tensorboard import SummaryWriter
+        if tensorboard is None:
+            tensorboard = tensorboard_installed()
+        if enabled and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(Path(out) / "tb"))
-            except ImportError:
-                self._tb = None
+            self._tb = SummaryWriter(str(Path(out) / "tb"))
 
     def log(self, step: int, epoch: int, metrics: dict[str, Any]) -> None:
         if not self.enabled:
@@ -38,6 +40,12 @@ class MetricsLogger:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def tensorboard_installed() -> bool:
+    """Whether torch's TensorBoard writer can be used (the ``tensorboard`` extra), checked
+    without importing it: a broken install then fails loudly instead of logging nothing."""
+    return "torch.utils.tensorboard" in sys.modules or importlib.util.find_spec("tensorboard") is not None
 
 
 def read_metrics(out: str | Path) -> list[dict[str, Any]]:

@@ -1,7 +1,9 @@
 """The training loop: a ``Trainer`` with train() / train_step() / state_dict() / close().
 
-Checkpointing (train.checkpoint), metrics (train.logger), validation (train.validation)
-and data (train.data) are separate components it calls. Every rank runs the same
+Checkpointing (train.checkpoint), metrics (train.logger), stopping (train.stopping) and
+data (train.data) are separate components it calls; validation is a function it is
+handed (``python -m train`` wires eval's). Every stateful part registers itself with the
+checkpointer by name, so the Trainer lists no checkpoint keys. Every rank runs the same
 number of steps (the loader contract), so DDP collectives never deadlock.
 """
 
@@ -9,35 +11,64 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
-import threading
 import warnings
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, cast
+from dataclasses import dataclass, field
+from typing import Any, cast
 
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm import tqdm
 
+from pipelines.collective import all_gather_object
+from pipelines.tasks import primary_metric
 from shards.atomic import atomic_write_text
+from shards.manifest import TaskSpec
 from train import distributed
-from train.checkpoint import Checkpointer, ChunkPredictor, check_vocab, read, rng_state, set_rng_state
+from train.checkpoint import (
+    Checkpointer,
+    ChunkPredictor,
+    RNGState,
+    RunDescription,
+    check_vocab,
+    checkpoint_task,
+    read,
+)
 from train.config import Experiment
-from train.data import build_data, read_task
+from train.data import build_data, read_source
 from train.distributed import DistInfo
 from train.logger import MetricsLogger
-from train.models import build_model, check_model_config
+from train.models import check_model_config
+from train.models.registry import FitContext, build_model
 from train.optim import EMA, build_optimizer, build_scheduler
+from train.stopping import StopSignal
 from train.tasks import TaskHead
-from train.validation import primary_metric, validate
-
-if TYPE_CHECKING:
-    from torch.distributed import ProcessGroup
-
-    from train.models.gbm import GBMModel
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+Validator = Callable[[ChunkPredictor, Any, TaskSpec], dict[str, float]]
+"""validate(predictor, eval-mode loader, task) -> flat metrics (``track/accuracy``, ...);
+collective: every rank calls it and gets the same numbers."""
+
+
+@dataclass
+class TrainProgress:
+    """Where the run is (saved as top-level checkpoint keys: step, epoch, batch_in_epoch, metrics)."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "metrics": dict(self.metrics)}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.batch_in_epoch = int(state.get("batch_in_epoch", 0))
+        self.metrics = dict(state.get("metrics") or {})
 
 
 class Trainer:
@@ -49,23 +80,31 @@ class Trainer:
         *,
         info: DistInfo | None = None,
         hooks: list[Callable[[Trainer], None]] | None = None,
+        validate: Validator | None = None,
     ) -> None:
-        self.exp, self.hooks = exp, list(hooks or [])
+        self.exp, self.hooks, self._validate = exp, list(hooks or []), validate
         self.info = info or distributed.init(exp.train.device)
         self.device = self.info.device
         if exp.train.threads:
             torch.set_num_threads(exp.train.threads)
         torch.manual_seed(exp.train.seed)
         self.out = exp.train.out
-        self.checkpointer = Checkpointer(self.out / "checkpoints", exp.checkpoint, is_main=self.info.is_main)
+        i = self.info
+        self.checkpointer = Checkpointer(
+            self.out / "checkpoints", exp.checkpoint, is_main=i.is_main, rank=i.rank, world_size=i.world_size
+        )
         # Everything that can refuse the run happens before model/loader (GPU) work.
-        self.task = read_task(exp)
+        manifest, self.task = read_source(exp)  # the manifest, read once per start
         self.family = check_model_config(exp.model, self.task.kind)
         resume = distributed.broadcast_object(self.checkpointer.resume_path())
         self.resume_state = read(resume) if resume else None
         if self.resume_state is not None:
-            check_vocab(self.resume_state, self.task, str(resume))
-        self.data = build_data(exp, rank=self.info.rank, world_size=self.info.world_size, device=self.device)
+            hint = "; use a fresh train.out or checkpoint.resume=none"
+            data = exp.data.shards or "synthetic data"
+            check_vocab(checkpoint_task(self.resume_state, resume), self.task, resume, data, hint)
+        self.data = build_data(
+            exp, self.task, manifest, rank=i.rank, world_size=i.world_size, device=self.device
+        )
         self.head = TaskHead(self.task, label_smoothing=exp.train.label_smoothing)
         self.raw = build_model(
             exp.model,
@@ -78,23 +117,47 @@ class Trainer:
             self.raw.to(memory_format=torch.channels_last)
         # same init on every rank (above); from here each rank draws its own dropout /
         # drop-path masks (identical masks on every rank would correlate the noise)
-        torch.manual_seed(exp.train.seed + self.info.rank)
-        self.step, self.epoch, self.micro = 0, 0, 0
+        torch.manual_seed(exp.train.seed + i.rank)
+        self.progress = TrainProgress()
+        self.micro = 0
         self._group = exp.optim.grad_accum  # micro-batches in the current accumulation group
-        self.batch_in_epoch = 0  # batches consumed in the current epoch (resume-aware)
         self._saved_step = -1
-        self.metrics: dict[str, float] = {}
-        self.stop_requested = False  # set by the signal handler on this rank
+        self.stop = StopSignal(i.distributed)
         self.stopped = False  # every rank agreed to stop (what train() acts on)
-        self.logger = MetricsLogger(self.out, enabled=self.info.is_main)
+        self.logger = MetricsLogger(self.out, enabled=i.is_main, tensorboard=exp.train.tensorboard)
         self._amp = self._amp_dtype()
+        self.ema: EMA | None = None
+        self.ddp: DDP | None = None
+        self.model: nn.Module = self.raw
+        self._register_state()
         if self.family.trainable:
             self._build_optimisation()
         if self.resume_state is not None:
             self.load_state_dict(self.resume_state)
         self._write_config()
 
+    # the run's position, kept in one stateful component
+    step = property(lambda self: self.progress.step, lambda self, v: setattr(self.progress, "step", v))
+    epoch = property(lambda self: self.progress.epoch, lambda self, v: setattr(self.progress, "epoch", v))
+    batch_in_epoch = property(
+        lambda self: self.progress.batch_in_epoch, lambda self, v: setattr(self.progress, "batch_in_epoch", v)
+    )
+    metrics = property(
+        lambda self: self.progress.metrics, lambda self, v: setattr(self.progress, "metrics", v)
+    )
+    stop_requested = property(
+        lambda self: self.stop.requested, lambda self, v: setattr(self.stop, "requested", v)
+    )
+
     # ----------------------------------------------------------------- setup
+    def _register_state(self) -> None:
+        c = self.checkpointer
+        c.register("model", self.raw, required=True)
+        c.register("progress", self.progress, fields=True)
+        c.register("run", RunDescription(self.exp, self.task, self.data.feature_shape), fields=True)
+        c.register("rng", RNGState(), per_rank=True)
+        c.register("loader", self.data.train, per_rank=True)
+
     def _amp_dtype(self) -> torch.dtype | None:
         amp = self.exp.train.amp
         if amp == "none":
@@ -105,21 +168,27 @@ class Trainer:
         return AMP_DTYPES[amp]
 
     def _build_optimisation(self) -> None:
+        """Optimiser, schedule, scaler, EMA and DDP: the gradient loop's parts (registered)."""
         o, t = self.exp.optim, self.exp.train
         per_epoch = max(1, -(-len(self.data.train) // o.grad_accum))  # a partial last group steps too
         self.total_steps = min(t.max_steps or 10**12, per_epoch * t.epochs)
         self.optimizer = build_optimizer(self.raw, o)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, o)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self._amp == torch.float16)
-        self.ema = EMA(self.raw, t.ema_decay) if t.ema_decay else None
+        c = self.checkpointer
+        c.register("optimizer", self.optimizer, required=True)
+        c.register("scheduler", self.scheduler, required=True)
+        c.register("scaler", self.scaler)  # empty when not fp16: a resume keeps a fresh scaler
+        if t.ema_decay:
+            self.ema = EMA(self.raw, t.ema_decay)
+            c.register("ema", self.ema)
         model: nn.Module = self.raw
-        self.ddp: DDP | None = None
         if self.info.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = self.ddp = DDP(model, device_ids=ids)
         # compile wraps DDP (torch's DDP + compile recipe); no_sync() is taken from self.ddp,
         # because the compiled wrapper is not a DDP instance
-        self.model = torch.compile(model) if t.compile else model
+        self.model = cast(nn.Module, torch.compile(model)) if t.compile else model
 
     def _write_config(self) -> None:
         if self.info.is_main:
@@ -128,10 +197,10 @@ class Trainer:
 
     # ----------------------------------------------------------------- loop
     def train(self) -> dict[str, Any]:
-        """Run the remaining epochs (or fit the gbm); returns step, epoch, metrics, stopped."""
-        if not self.family.trainable:
-            return self._fit_gbm()
-        restore = self._install_signals()
+        """Run the remaining epochs (or the family's own fit); returns step, epoch, metrics, stopped."""
+        if self.family.fit is not None:
+            return self._fit_once(self.family.fit)
+        restore = self.stop.install()
         try:
             while self.epoch < self.exp.train.epochs and not self._done():
                 if self._run_epoch():
@@ -166,7 +235,7 @@ class Trainer:
                 running, count = torch.zeros((), device=self.device), 0
             for hook in self.hooks:
                 hook(self)
-            if self._should_stop():
+            if self.stop.agreed():
                 self.stopped = True
                 self.save()
                 bar.close()
@@ -183,9 +252,7 @@ class Trainer:
             return True  # max_steps inside an epoch: stop without a half-epoch validation
         self.epoch += 1
         self.batch_in_epoch = 0
-        self.metrics = self.validate()
-        self.logger.log(self.step, self.epoch, {f"val/{k}": v for k, v in self.metrics.items()})
-        self._save_with_best()
+        self._end_of_epoch({})
         return False
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -200,8 +267,7 @@ class Trainer:
         last_micro = self.micro + 1 >= self._group
         # the last micro-batch of a group all-reduces (DDP); the epoch's last batch always
         # closes its group, so a partial group is synchronised like a full one
-        ddp = getattr(self, "ddp", None)
-        sync = contextlib.nullcontext() if last_micro or ddp is None else ddp.no_sync()
+        sync = contextlib.nullcontext() if last_micro or self.ddp is None else self.ddp.no_sync()
         with sync:
             with torch.autocast(
                 self.device.type, dtype=self._amp or torch.float32, enabled=self._amp is not None
@@ -246,41 +312,26 @@ class Trainer:
     def _done(self) -> bool:
         return self.exp.train.max_steps is not None and self.step >= self.exp.train.max_steps
 
-    def _should_stop(self) -> bool:
-        """SIGTERM/SIGINT on any rank stops every rank at the same (the next) optimiser step.
-
-        Ranks agree through a one-element all-reduce every step on a CPU (gloo) group: no
-        host-GPU sync per step, and a preempted job (torchrun gives its workers ~30 s after
-        SIGTERM) saves at once instead of up to ``log_every`` steps later."""
-        if not self.info.distributed:
-            return self.stop_requested
-        flag = torch.tensor([float(self.stop_requested)])
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self._control_group())
-        self.stop_requested = bool(flag.item())
-        return self.stop_requested
-
-    def _control_group(self) -> Any:
-        """The process group for CPU control flags: the default one under gloo, a gloo
-        group beside NCCL otherwise (created on first use: every rank reaches it at the same step)."""
-        if getattr(self, "_ctl", None) is None:
-            if torch.distributed.get_backend() == "gloo":
-                self._ctl = torch.distributed.group.WORLD
-            else:
-                # every rank is a member (ranks=None), so this is a ProcessGroup, never NON_GROUP_MEMBER
-                self._ctl = cast("ProcessGroup", torch.distributed.new_group(backend="gloo"))
-        return self._ctl
-
     def _log_train(self, mean_loss: torch.Tensor, bar: tqdm) -> None:
         loss = distributed.all_reduce_mean(mean_loss.reshape(1)).item()
         lr = self.scheduler.get_last_lr()[0]
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
         self.logger.log(self.step, self.epoch, {"train/loss": loss, "train/lr": lr})
 
+    def _fit_once(self, fit: Callable[..., dict[str, float]]) -> dict[str, Any]:
+        """A family with its own fit (gbm): one pass over the training loader, then the
+        same validation, logging and checkpointing as an epoch end."""
+        stats = fit(
+            self.raw, self.data.train, self.task, FitContext(self.info.is_main, self.exp.train.threads)
+        )
+        self.step, self.epoch = 1, self.exp.train.epochs
+        self._end_of_epoch(stats)
+        return self.summary()
+
     # ------------------------------------------------------------ validation
     def predictor(self) -> ChunkPredictor:
         """The model being validated (EMA weights when enabled) as eval's ChunkPredictor."""
-        ema: EMA | None = getattr(self, "ema", None)
-        module = ema.module if ema is not None else self.raw
+        module = self.ema.module if self.ema is not None else self.raw
         return ChunkPredictor(module, self.task, self.exp, name=self.exp.model.family, device=self.device)
 
     def sync_buffers(self) -> None:
@@ -288,23 +339,25 @@ class Trainer:
         forward, so after an epoch each rank would validate and save slightly different stats."""
         if not self.info.distributed:
             return
-        ema: EMA | None = getattr(self, "ema", None)
-        modules = [self.raw] + ([ema.module] if ema is not None else [])
+        modules = [self.raw] + ([self.ema.module] if self.ema is not None else [])
         for module in modules:
             for buf in module.buffers():
                 torch.distributed.broadcast(buf, src=0)
 
     def validate(self) -> dict[str, float]:
+        """The handed validation function on the validation split ({} without either)."""
         self.sync_buffers()
-        if self.data.val is None:
+        if self.data.val is None or self._validate is None:
             return {}
-        metrics = validate(self.predictor(), self.data.val, self.task, self.exp.eval)
+        metrics = self._validate(self.predictor(), self.data.val, self.task)
         self.raw.train()
         return metrics
 
-    def _save_with_best(self) -> None:
-        """Epoch-end save. The best value is updated *before* the step file is written, so a
-        run resumed from it knows this epoch's score and never overwrites a better best.pt."""
+    def _end_of_epoch(self, stats: dict[str, float]) -> None:
+        """Validate, log, save. The best value is updated *before* the step file is written,
+        so a run resumed from it knows this epoch's score and never overwrites a better best.pt."""
+        self.metrics = self.validate()
+        self.logger.log(self.step, self.epoch, {**stats, **{f"val/{k}": v for k, v in self.metrics.items()}})
         improved = self._update_best()
         self.save()
         if improved:
@@ -321,83 +374,18 @@ class Trainer:
             return False
         return self.checkpointer.improved(self.metrics[name], mode)
 
-    def _fit_gbm(self) -> dict[str, Any]:
-        from train.gbm_fit import fit_distributed
-
-        # the only non-trainable family is gbm: its builder returns a GBMModel
-        stats = fit_distributed(
-            cast("GBMModel", self.raw),
-            self.data.train,
-            self.task,
-            is_main=self.info.is_main,
-            threads=self.exp.train.threads,
-        )
-        self.step, self.epoch = 1, self.exp.train.epochs
-        self.metrics = self.validate()
-        self.logger.log(self.step, self.epoch, {**stats, **{f"val/{k}": v for k, v in self.metrics.items()}})
-        self._save_with_best()
-        return self.summary()
-
     # ------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run or eval needs, as tensors and plain data (weights_only)."""
-        state: dict[str, Any] = {
-            "model": self.raw.state_dict(),
-            "step": self.step,
-            "epoch": self.epoch,
-            "batch_in_epoch": self.batch_in_epoch,
-            "config": self.exp.to_dict(),
-            "task": self.task.vocab(),
-            "family": self.exp.model.family,
-            "input_shape": list(self.data.feature_shape),
-            "metrics": dict(self.metrics),
-            "best": self.checkpointer.best,
-            "world_size": self.info.world_size,
-        }
-        state["rng"] = self._gather(rng_state())
-        state["loader"] = self._gather(self.data.train.state_dict())
-        if self.family.trainable:
-            state.update(
-                optimizer=self.optimizer.state_dict(),
-                scheduler=self.scheduler.state_dict(),
-                scaler=self.scaler.state_dict(),
-                ema=self.ema.state_dict() if self.ema is not None else None,
-            )
-        return state
+        """Every registered component's state, as tensors and plain data (weights_only); collective."""
+        return self.checkpointer.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.raw.load_state_dict(state["model"])
-        self.step, self.epoch = int(state["step"]), int(state["epoch"])
-        self.batch_in_epoch = int(state.get("batch_in_epoch", 0))
-        self.metrics, self.checkpointer.best = dict(state.get("metrics") or {}), state.get("best")
-        if self.family.trainable:
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            if state.get("scaler"):  # empty when saved without fp16 (bf16, or CPU): keep a fresh scaler
-                self.scaler.load_state_dict(state["scaler"])
-            if self.ema is not None and state.get("ema") is not None:
-                self.ema.load_state_dict(state["ema"])
-        if int(state.get("world_size", 1)) == self.info.world_size:
-            set_rng_state(state["rng"][self.info.rank])
-            self.data.train.load_state_dict(state["loader"][self.info.rank])
-        else:
-            warnings.warn(
-                "resuming with a different world size: RNG and loader position restart", stacklevel=2
-            )
+        self.checkpointer.load_state_dict(state)
 
     def save(self) -> None:
-        state = self.state_dict()  # collective (gathers RNG/loader state): every rank calls it
-        self.checkpointer.save(state, self.step)
+        self.checkpointer.save_state(self.step)  # collective (gathers RNG/loader state): every rank calls it
         self._saved_step = self.step
         distributed.barrier()
-
-    def _gather(self, obj: Any) -> list[Any]:
-        """This object from every rank, as a list indexed by rank (all ranks get it)."""
-        if not self.info.distributed:
-            return [obj]
-        out: list[Any] = [None] * self.info.world_size
-        torch.distributed.all_gather_object(out, obj)
-        return out
 
     def check_ranks_in_sync(self) -> float:
         """Max difference of a float64 weight fingerprint across ranks (0.0 when in step); logged."""
@@ -406,7 +394,7 @@ class Trainer:
             float((t.flatten() * torch.arange(1, t.numel() + 1, dtype=t.dtype, device=t.device)).sum())
             for t in tensors
         )
-        prints = [float(v) for v in self._gather(fp)]
+        prints = [float(v) for v in all_gather_object(fp)]
         diff = max(prints) - min(prints)
         self.logger.log(self.step, self.epoch, {"sync/fingerprints": prints, "sync/max_diff": diff})
         if diff != 0.0:
@@ -421,22 +409,6 @@ class Trainer:
             "stopped": self.stopped,
         }
 
-    def _install_signals(self) -> Callable[[], None]:
-        """SIGTERM/SIGINT -> checkpoint at the next step boundary and return cleanly."""
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-
-        def handler(signum: int, frame: Any) -> None:
-            self.stop_requested = True
-
-        old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
-
-        def restore() -> None:
-            for s, h in old.items():
-                signal.signal(s, h)
-
-        return restore
-
     def close(self) -> None:
         self.logger.close()
         if self.info.is_main:
@@ -444,7 +416,7 @@ class Trainer:
 
     def _plot_curves(self) -> None:
         """``OUT/curves.png``: loss and validation metrics so far (also after a stop or a crash)."""
-        from eval.plots import plot_training_curves
+        from train.curves import plot_training_curves
         from train.logger import read_metrics
 
         try:

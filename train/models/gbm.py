@@ -9,16 +9,21 @@ The module holds no trainable parameters: everything lives in ``get_extra_state`
 
 from __future__ import annotations
 
+import time
 import warnings
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm import tqdm
 
+from pipelines.collective import all_gather_object
+from shards.manifest import TaskSpec
+from train import distributed
 from train.config import ModelConfig
-from train.models.registry import Family, register_family
+from train.models.registry import Family, FitContext, register_family
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "learning_rate": 0.05,
@@ -43,8 +48,6 @@ class GBMModel(nn.Module):
     ``fit`` (called by the trainer on rank 0) sets the PCA and one booster per head
     (single/hier) or per tag (multi).
     """
-
-    trainable = False
 
     def __init__(
         self,
@@ -152,4 +155,35 @@ def build_gbm(
     return GBMModel(num_outputs=num_outputs, **kwargs)
 
 
-register_family(Family(name="gbm", builder=build_gbm, trainable=False))
+@torch.no_grad()
+def extract(loader: Any, bands: int | None, *, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N, D) pooled features and (N, ...) labels of this rank's share of one epoch."""
+    feats, labels = [], []
+    for batch in tqdm(loader, desc="gbm features", disable=not progress, leave=False):
+        feats.append(pooled_features(batch["x"], bands).cpu())
+        labels.append(batch["y"].cpu())
+    return torch.cat(feats), torch.cat(labels)
+
+
+def fit_distributed(module: nn.Module, loader: Any, task: TaskSpec, ctx: FitContext) -> dict[str, float]:
+    """The family's fit: every rank pools features of its share of the training loader's
+    chunks on its own device; rank 0 gathers them, fits PCA + LightGBM and sends the
+    fitted state back, so every rank validates the same model. Returns timing/size stats."""
+    model, is_main, threads = cast(GBMModel, module), ctx.is_main, ctx.threads
+    t0 = time.perf_counter()
+    feats, labels = extract(loader, model.bands, progress=is_main)
+    gathered = all_gather_object((feats, labels))
+    t1 = time.perf_counter()
+    stats: dict[str, float] = {}
+    if is_main:
+        x, y = torch.cat([f for f, _ in gathered]), torch.cat([lab for _, lab in gathered])
+        model.fit(x, y, task.kind, task.head_sizes, threads=threads or 0)
+        stats = {"gbm/samples": float(len(x)), "gbm/features": float(x.shape[1])}
+    state = distributed.broadcast_object(model.get_extra_state() if is_main else None)
+    model.set_extra_state(state)
+    stats = distributed.broadcast_object(stats)
+    stats.update({"gbm/extract_s": t1 - t0, "gbm/fit_s": time.perf_counter() - t1})
+    return stats
+
+
+register_family(Family(name="gbm", builder=build_gbm, fit=fit_distributed))

@@ -28,6 +28,9 @@ from typing import Any, TypeVar
 import torch
 import torch.nn as nn
 
+from pipelines.collective import all_gather_object, world_size
+from shards.ranks import env_rank
+
 HUB = "hf-hub:"
 LOCAL_DIR = "local-dir:"
 TIMM_DEFAULT = "timm"
@@ -131,12 +134,8 @@ def rank_zero_first(fn: Callable[[], T]) -> T:
     """Run ``fn`` on each node's local rank 0, then (its cache filled) on the other ranks.
 
     A failure on any local rank 0 is raised on every rank, so no rank waits forever."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+    if world_size() == 1:
         return fn()
-    from train.distributed import env_rank
-
     first = env_rank()[2] == 0
     out: T | None = None
     err: str | None = None
@@ -145,9 +144,7 @@ def rank_zero_first(fn: Callable[[], T]) -> T:
             out = fn()
         except (ValueError, FileNotFoundError) as e:
             err = str(e)
-    errors: list[str | None] = [None] * dist.get_world_size()
-    dist.all_gather_object(errors, err)
-    bad = next((e for e in errors if e), None)
+    bad = next((e for e in all_gather_object(err) if e), None)
     if bad is not None:
         raise ValueError(bad)
     return out if first else fn()  # type: ignore[return-value]

@@ -13,9 +13,23 @@ from typing import Any
 
 import torch.nn as nn
 
+from shards.manifest import TaskSpec
+from shards.registry import Registry
 from train.config import ModelConfig
 
 Builder = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class FitContext:
+    """What a family's own fit may know about the run (nothing else of the trainer)."""
+
+    is_main: bool
+    threads: int | None
+
+
+FitFn = Callable[[nn.Module, Any, TaskSpec, FitContext], dict[str, float]]
+"""fit(model, training loader, task, context) -> stats to log; called on every rank."""
 
 
 @dataclass(frozen=True)
@@ -27,29 +41,36 @@ class Family:
     presets: dict[str, dict[str, Any]] = field(default_factory=dict)
     default_preset: str | None = None
     tasks: frozenset[str] = frozenset({"single", "multi", "hier"})
-    trainable: bool = True  # False: fitted outside the gradient loop (gbm)
+    fit: FitFn | None = None
+    """The family's own one-pass fit instead of the gradient loop (gbm: PCA + LightGBM)."""
+
+    @property
+    def trainable(self) -> bool:
+        """Trained by the gradient loop (optimiser, scheduler, DDP); False when it has ``fit``."""
+        return self.fit is None
 
 
-_FAMILIES: dict[str, Family] = {}
+def _load_builtin() -> None:
+    """Import the built-in family modules (each registers itself) on first use."""
+    from train.models import ast, customcnn, gbm, timm_family  # noqa: F401
+
+
+FAMILIES: Registry[Family] = Registry("model family", builtin=_load_builtin)
 
 
 def register_family(family: Family) -> Family:
-    if family.name in _FAMILIES:
-        raise ValueError(f"model family {family.name!r} registered twice")
-    _FAMILIES[family.name] = family
-    return family
+    return FAMILIES.register(family.name, family)
 
 
 def list_families() -> list[str]:
-    _load_builtin()
-    return sorted(_FAMILIES)
+    return sorted(FAMILIES.names())
 
 
 def get_family(name: str) -> Family:
     """The registered family, or a timm family for any model name timm knows."""
-    _load_builtin()
-    if name in _FAMILIES:
-        return _FAMILIES[name]
+    family = FAMILIES.find(name)
+    if family is not None:
+        return family
     import timm
 
     if timm.is_model(name):
@@ -107,14 +128,3 @@ def build_model(
         if "unexpected keyword" not in str(e):
             raise
         raise ValueError(f"model.kwargs: {family.name} does not accept this option: {e}") from None
-
-
-_loaded = False
-
-
-def _load_builtin() -> None:
-    """Import the built-in family modules (each registers itself) on first use."""
-    global _loaded
-    if not _loaded:
-        _loaded = True
-        from train.models import ast, customcnn, gbm, timm_family  # noqa: F401

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import matplotlib.image as mpimg
 
-from eval.plots import plot_training_curves
+from train.curves import plot_training_curves
 
 
 def test_training_curves_png(tmp_path: Path) -> None:

@@ -1,0 +1,30 @@
+"""The trainer's validation function, built from the ``[eval]`` section.
+
+The Trainer is handed a ``validate(predictor, loader, task) -> metrics`` callable instead
+of importing eval (``python -m train`` wires this one), so train and eval sit beside
+each other without an import cycle, and validation, ``best.pt`` and reports share one
+metric definition (``eval.metrics`` with the primary metric of ``pipelines.tasks``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from eval.config import EvalConfig
+from eval.runner import evaluate_model
+from shards.manifest import TaskSpec
+
+Validator = Callable[[Any, Any, TaskSpec], dict[str, float]]
+
+
+def validator(cfg: EvalConfig | None = None) -> Validator:
+    """``validate(predictor, eval-mode loader, task)``: eval's track- and chunk-level metrics
+    (aggregation and top-k from ``cfg``); collective, every rank gets the same numbers."""
+    cfg = cfg or EvalConfig()
+
+    def validate(predictor: Any, loader: Any, task: TaskSpec) -> dict[str, float]:
+        result = evaluate_model(predictor, loader, task, aggregate=cfg.aggregate, top_k=tuple(cfg.top_k))
+        return dict(result.metrics)
+
+    return validate

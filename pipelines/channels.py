@@ -1,0 +1,150 @@
+"""The channel registry: each feature channel's name, which DALI output it is computed
+from, and how (a builder that makes its filter banks once per feature config).
+
+``features.channels`` may name any registered channel; a new channel is one
+``register_channel(Channel(...))`` call in its own module (no branch to edit), and the
+pipeline hands over DALI's power spectrogram only when some requested channel needs it.
+Built in: mel (DALI's dB mel), mfcc (DCT-II of it), chroma and a pseudo-CQT (filter banks
+on the power spectrum, applied in torch: DALI 2.4 has neither operator).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+
+from shards.registry import Registry
+
+if TYPE_CHECKING:
+    from pipelines.config import FeatureConfig
+
+DaliOutput = Literal["mel", "power"]
+_EPS = 1e-8
+
+
+@dataclass(frozen=True)
+class ChannelInputs:
+    """What DALI (or the reference) hands over for N chunks (or whole tracks) of T frames:
+    ``mel_db (..., n_mels, T)``, ``power (..., n_fft//2+1, T)`` (None unless a requested
+    channel needs it), ``mfcc (..., n_mfcc, T)`` when the producer computed it (the
+    reference), else None. Any of them may be a strided view."""
+
+    mel_db: torch.Tensor
+    power: torch.Tensor | None = None
+    mfcc: torch.Tensor | None = None
+
+    def need_power(self, channel: str) -> torch.Tensor:
+        if self.power is None:
+            raise ValueError(f"channel {channel!r} needs the power spectrogram, which was not handed over")
+        return self.power
+
+
+ChannelFn = Callable[[ChannelInputs], torch.Tensor]
+"""inputs -> the channel at its own height ``(..., rows, T)`` (before resizing/normalising)."""
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One feature channel: ``build(features, device)`` returns its ``ChannelFn``."""
+
+    name: str
+    needs: DaliOutput
+    """The DALI output it is computed from: ``mel`` (dB mel) or ``power`` (power spectrogram)."""
+    build: Callable[[FeatureConfig, torch.device], ChannelFn]
+
+
+CHANNELS: Registry[Channel] = Registry(
+    "feature channel",
+    unknown=lambda name, known: f"features.channels: unknown channel {name!r}; registered: {known}",
+)
+get_channel = CHANNELS.get
+
+
+def register_channel(channel: Channel) -> Channel:
+    """Make ``channel.name`` valid in ``features.channels``."""
+    return CHANNELS.register(channel.name, channel)
+
+
+def channel_names() -> tuple[str, ...]:
+    """Every registered channel, built-ins first, in registration order."""
+    return tuple(CHANNELS.names())
+
+
+def chroma_filterbank(sample_rate: int, n_fft: int, n_chroma: int = 12) -> np.ndarray:
+    """``(n_chroma, n_fft//2+1)`` weights mapping FFT bins to pitch classes (C = 0).
+
+    Like librosa's: a Gaussian of one chroma bin width around each bin's pitch class,
+    columns L2-normalised, DC bin ignored.
+    """
+    freqs = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)[1:]
+    pitch = n_chroma * np.log2(freqs / 440.0) + 9.0 * n_chroma / 12.0  # A4 is class 9 of 12
+    classes = np.arange(n_chroma)[:, None]
+    d = np.remainder(pitch[None, :] - classes + n_chroma / 2, n_chroma) - n_chroma / 2
+    w = np.exp(-0.5 * (2.0 * d) ** 2)
+    w /= np.linalg.norm(w, axis=0, keepdims=True) + _EPS
+    return np.concatenate([np.zeros((n_chroma, 1)), w], axis=1).astype(np.float32)
+
+
+def dct_matrix(n_mfcc: int, n_mels: int) -> np.ndarray:
+    """``(n_mfcc, n_mels)`` orthonormal DCT-II (what ``fn.mfcc(dct_type=2, normalize=True)`` and
+    ``torchaudio.functional.create_dct(norm="ortho")`` apply): ``mfcc = D @ mel_db``."""
+    n = np.arange(n_mels, dtype=np.float64)
+    k = np.arange(n_mfcc, dtype=np.float64)[:, None]
+    d = np.cos(np.pi / n_mels * (n + 0.5) * k) * np.sqrt(2.0 / n_mels)
+    d[0] *= np.sqrt(0.5)
+    return d.astype(np.float32)
+
+
+def cqt_filterbank(sample_rate: int, n_fft: int, bins: int, fmin: float) -> np.ndarray:
+    """``(bins, n_fft//2+1)`` pseudo-CQT: triangles 12 per octave from fmin on the power spectrum.
+
+    Bins above Nyquist or narrower than one FFT bin fall back to the nearest FFT bin, so
+    no row is empty.
+    """
+    freqs = np.fft.rfftfreq(n_fft, 1.0 / sample_rate)
+    centres = fmin * 2.0 ** (np.arange(-1, bins + 1) / 12.0)
+    w = np.zeros((bins, freqs.size), dtype=np.float64)
+    for i in range(bins):
+        lo, c, hi = centres[i], centres[i + 1], centres[i + 2]
+        up = (freqs - lo) / (c - lo)
+        down = (hi - freqs) / (hi - c)
+        w[i] = np.maximum(0.0, np.minimum(up, down))
+        if w[i].sum() == 0:
+            w[i, min(int(round(min(c, freqs[-1]) * n_fft / sample_rate)), freqs.size - 1)] = 1.0
+    w /= w.sum(axis=1, keepdims=True)
+    return w.astype(np.float32)
+
+
+def _mel(fc: FeatureConfig, device: torch.device) -> ChannelFn:
+    return lambda inp: inp.mel_db
+
+
+def _mfcc(fc: FeatureConfig, device: torch.device) -> ChannelFn:
+    dct = torch.from_numpy(dct_matrix(fc.n_mfcc, fc.n_mels)).to(device)
+    return lambda inp: inp.mfcc if inp.mfcc is not None else torch.matmul(dct, inp.mel_db)
+
+
+def _chroma(fc: FeatureConfig, device: torch.device) -> ChannelFn:
+    fb = torch.from_numpy(chroma_filterbank(fc.sample_rate, fc.n_fft, fc.n_chroma)).to(device)
+
+    def chroma(inp: ChannelInputs) -> torch.Tensor:
+        c = torch.matmul(fb, inp.need_power("chroma"))
+        return c.div_(c.amax(dim=-2, keepdim=True).clamp_min(_EPS))
+
+    return chroma
+
+
+def _cqt(fc: FeatureConfig, device: torch.device) -> ChannelFn:
+    fb = torch.from_numpy(cqt_filterbank(fc.sample_rate, fc.n_fft, fc.cqt_bins, fc.cqt_fmin)).to(device)
+    floor = 10.0 ** (fc.db_floor / 10.0)
+    return lambda inp: torch.matmul(fb, inp.need_power("cqt")).clamp_min_(floor).log10_().mul_(10.0)
+
+
+register_channel(Channel(name="mel", needs="mel", build=_mel))
+register_channel(Channel(name="mfcc", needs="mel", build=_mfcc))
+register_channel(Channel(name="chroma", needs="power", build=_chroma))
+register_channel(Channel(name="cqt", needs="power", build=_cqt))
