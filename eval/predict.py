@@ -127,6 +127,11 @@ class Predictor:
         if str(device) == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         model = load_predictor(path, device)
+        if model.sample_kind != "audio":
+            raise ValueError(
+                f"{path}: trained on {model.sample_kind} shards (precomputed spectrogram images); "
+                "predict reads audio files, so it needs a model trained on audio shards"
+            )
         thresholds = None
         if model.task.kind == "multi":
             found = Path(metrics) if metrics is not None else Path(path).parent / "metrics.json"

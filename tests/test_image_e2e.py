@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from eval.cli import main as eval_main
+from eval.predict import Predictor
 from shards.manifest import read_manifest
 from train.__main__ import main as train_main
 
@@ -40,6 +41,8 @@ def test_build_train_eval_on_images(synth_image_shards: Callable[..., Path], tmp
     metrics = next(iter(json.loads((out / "metrics.json").read_text())["models"].values()))["metrics"]
     # 4 balanced classes, chance 0.25; this run scores 5 of the 7 test tracks (0.71)
     assert metrics["track/accuracy"] >= 0.5, metrics
+    with pytest.raises(ValueError, match="trained on image shards"):  # predict reads audio files
+        Predictor.from_checkpoint(ckpt, device="cpu")
 
 
 @pytest.mark.slow

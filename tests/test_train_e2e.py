@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -59,6 +60,18 @@ def test_trains_validates_and_checkpoints_on_shards(single: Path, tmp_path: Path
     batch = next(iter(trainer.data.val))
     probs = best.predict_proba(batch["x"])
     assert torch.allclose(probs.sum(1), torch.ones(len(probs)), atol=1e-5)
+
+
+@pytest.mark.parametrize(("amp", "warns"), [("auto", False), ("bf16", True)])
+def test_amp_auto_trains_in_float32_on_cpu_without_a_warning(
+    single: Path, tmp_path: Path, amp: str, warns: bool
+) -> None:
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        trainer = Trainer(_exp(single, tmp_path, [f"train.amp={amp}"]), validate=validator())
+        trainer.close()
+    assert trainer.exp.train.amp == amp and trainer._amp is None  # CPU: float32 either way
+    assert any("no effect on CPU" in str(w.message) for w in seen) == warns
 
 
 def test_sigterm_on_shards_resumes_like_an_uninterrupted_run(single: Path, tmp_path: Path) -> None:

@@ -84,15 +84,18 @@ class RNGState:
 
 
 class RunDescription:
-    """What a checkpoint is of (config, task vocabulary, family, input shape): written into
-    every checkpoint for eval, never restored (a resume takes the current config)."""
+    """What a checkpoint is of (config, task vocabulary, family, input shape, the shards'
+    sample kind): written into every checkpoint for eval, never restored (a resume takes the
+    current config)."""
 
-    def __init__(self, exp: Experiment, task: TaskSpec, input_shape: tuple[int, int, int]) -> None:
-        self.exp, self.task, self.input_shape = exp, task, input_shape
+    def __init__(
+        self, exp: Experiment, task: TaskSpec, input_shape: tuple[int, int, int], sample_kind: str = "audio"
+    ) -> None:
+        self.exp, self.task, self.input_shape, self.sample_kind = exp, task, input_shape, sample_kind
 
     def state_dict(self) -> dict[str, Any]:
         return {"config": self.exp.to_dict(), "task": self.task.vocab(), "family": self.exp.model.family,
-                "input_shape": list(self.input_shape)}  # fmt: skip
+                "input_shape": list(self.input_shape), "sample_kind": self.sample_kind}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Nothing to restore: the vocabulary was checked before the model was built."""
@@ -292,11 +295,19 @@ class ChunkPredictor:
     (B, sum(head_sizes))``. (On audio files: ``eval.predict.Predictor``.)"""
 
     def __init__(
-        self, model: nn.Module, task: TaskSpec, experiment: Experiment, *, name: str, device: torch.device
+        self,
+        model: nn.Module,
+        task: TaskSpec,
+        experiment: Experiment,
+        *,
+        name: str,
+        device: torch.device,
+        sample_kind: str = "audio",
     ) -> None:
         from train.tasks import TaskHead
 
         self.model, self.task, self.experiment, self.name = model, task, experiment, name
+        self.sample_kind = sample_kind  # what it was trained on: "audio" or "image" shards
         self.device = device
         self.head = TaskHead(task)
         self.configs: dict[str, Any] = {  # features, augment, loader: what the loader is rebuilt from
@@ -335,4 +346,6 @@ def load_predictor(path: str | Path, device: str | torch.device = "cpu") -> Chun
     model.to(dev).eval()
     if exp.train.channels_last:
         model.to(memory_format=torch.channels_last)
-    return ChunkPredictor(model, task, exp, name=f"{exp.model.family}:{Path(path).name}", device=dev)
+    name = f"{exp.model.family}:{Path(path).name}"
+    kind = str(ckpt.get("sample_kind", "audio"))  # absent in checkpoints written before image shards
+    return ChunkPredictor(model, task, exp, name=name, device=dev, sample_kind=kind)

@@ -16,7 +16,7 @@ from eval.config import EvalConfig
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
 from shards.configtools import apply_overrides, load_sections, sections_from_tree, to_dict
 
-AmpMode = Literal["bf16", "fp16", "none"]
+AmpMode = Literal["bf16", "fp16", "auto", "none"]
 
 
 @dataclass(kw_only=True)
@@ -134,7 +134,8 @@ class TrainConfig:
     max_steps: int | None = None
     """Stop after this many optimiser steps (overrides epochs when reached first)."""
     amp: AmpMode = "bf16"
-    """Autocast dtype on CUDA; fp16 adds a GradScaler; ignored (float32, with a warning) on CPU."""
+    """Autocast dtype on CUDA; fp16 adds a GradScaler; ignored (float32, with a warning) on CPU;
+    auto = bf16 on a CUDA device that supports it, float32 elsewhere (no warning: the demo's choice)."""
     channels_last: bool = False
     """Use channels_last memory format (faster convnets on GPU)."""
     compile: bool = False

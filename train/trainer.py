@@ -105,6 +105,7 @@ class Trainer:
         self.data = build_data(
             exp, self.task, manifest, rank=i.rank, world_size=i.world_size, device=self.device
         )
+        self.sample_kind = manifest.kind if manifest is not None else "audio"
         self.head = TaskHead(self.task, label_smoothing=exp.train.label_smoothing)
         self.raw = build_model(
             exp.model,
@@ -154,7 +155,9 @@ class Trainer:
         c = self.checkpointer
         c.register("model", self.raw, required=True)
         c.register("progress", self.progress, fields=True)
-        c.register("run", RunDescription(self.exp, self.task, self.data.feature_shape), fields=True)
+        c.register(
+            "run", RunDescription(self.exp, self.task, self.data.feature_shape, self.sample_kind), fields=True
+        )
         c.register("rng", RNGState(), per_rank=True)
         c.register("loader", self.data.train, per_rank=True)
 
@@ -162,6 +165,9 @@ class Trainer:
         amp = self.exp.train.amp
         if amp == "none":
             return None
+        if amp == "auto":
+            cuda = self.device.type == "cuda"
+            return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else None
         if self.device.type != "cuda":
             warnings.warn(f"train.amp={amp!r} has no effect on CPU; training in float32", stacklevel=2)
             return None
