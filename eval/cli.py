@@ -120,7 +120,7 @@ def run(cfg: EvalConfig) -> dict[str, runner.EvalResult]:
     for path, predictor in zip(cfg.checkpoints, predictors):  # every mismatch before any scoring
         check_vocab(predictor.task, task, path, cfg.shards)
     for path, predictor in zip(cfg.checkpoints, predictors):
-        confs = {k: predictor.configs[k] for k in ("features", "augment", "loader")}
+        confs = predictor.configs  # features, augment, loader
 
         def make_loader(split: str, confs: dict[str, Any] = confs) -> Iterable[dict[str, Any]]:
             return build_loader(

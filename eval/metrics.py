@@ -98,9 +98,10 @@ def compute_metrics(
         out = _multi(task, probs, target, thresholds)
     else:
         out = _hier(task, probs, target)
-    for name in METRICS[task.kind]:
-        fn = METRICS[task.kind].get(name)
-        out.scalars = dict(sorted({**out.scalars, **fn(task, probs, target)}.items()))
+    extra = METRICS[task.kind]
+    if extra.names():
+        added = {k: v for name in extra for k, v in extra.get(name)(task, probs, target).items()}
+        out.scalars = dict(sorted({**out.scalars, **added}.items()))
     return out
 
 

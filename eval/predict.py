@@ -196,11 +196,9 @@ class Predictor:
         from eval.runner import score_tracks
         from pipelines.loader import build_loader
 
-        c = self.model.configs
         loader = build_loader(
-            manifest, SPLIT, mode="eval", features=c["features"], augment=c["augment"], loader=c["loader"],
-            rank=0, world_size=1, device=self.model.device,
-        )  # fmt: skip
+            manifest, SPLIT, mode="eval", rank=0, world_size=1, device=self.model.device, **self.model.configs
+        )
         bar = tqdm(loader, total=len(loader), desc="predict", unit="batch", disable=not self.progress)
         _, tracks = score_tracks(self.model, bar, self.task, aggregate=self.aggregate)
         index = track_index(manifest)

@@ -8,14 +8,14 @@ metric definition (``eval.metrics`` with the primary metric of ``pipelines.tasks
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from eval.config import EvalConfig
 from eval.runner import evaluate_model
 from shards.manifest import TaskSpec
 
-Validator = Callable[[Any, Any, TaskSpec], dict[str, float]]
+if TYPE_CHECKING:
+    from train.trainer import Validator  # the Trainer's own signature, not a copy
 
 
 def validator(cfg: EvalConfig | None = None) -> Validator:

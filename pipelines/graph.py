@@ -187,8 +187,12 @@ def _train_rows(spec: GraphSpec, sig, n, seg):  # type: ignore[no-untyped-def]
         starts.append(start)
         rows.append(fn.slice(sig, start=start, shape=[L], axes=[0], out_of_bounds_policy="pad"))
     k = spec.loader.chunks_per_track
-    keep = fn.random.uniform(range=[0.0, 1.0], shape=[k]) < _keep_weight(spec, n, seg)
-    count = fn.reductions.sum(fn.cast(keep, dtype=types.DALIDataType.INT64))
+    weight = _keep_weight(spec, n, seg)
+    if isinstance(weight, float):  # whole tracks, uniform_track: all K kept, no per-sample draw
+        count = types.Constant(np.array([k], dtype=np.int64), device="cpu")
+    else:
+        keep = fn.random.uniform(range=[0.0, 1.0], shape=[k]) < weight
+        count = fn.reductions.sum(fn.cast(keep, dtype=types.DALIDataType.INT64))
     start_all = fn.cast(fn.cat(*starts), dtype=types.DALIDataType.INT64)
     return fn.stack(*rows), start_all, count
 
@@ -206,7 +210,7 @@ def _keep_weight(spec: GraphSpec, n, seg):  # type: ignore[no-untyped-def]
         longest = max(-(-spec.longest_sample * rate // src), 1)  # at the feature rate, as ``n`` is
         return dmath.min(n / longest, 1)
     if seg is None or spec.segment_samples is None:
-        return 1.0  # whole tracks: keep all K (u < 1 always)
+        return 1.0  # whole tracks: keep all K (``_train_rows`` then skips the draw)
     i = SEGMENT_FIELDS.index
     start = fn.cast(seg[i("start")], dtype=types.DALIDataType.FLOAT64)
     total = fn.cast(seg[i("track_samples")], dtype=types.DALIDataType.FLOAT64)

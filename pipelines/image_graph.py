@@ -103,13 +103,15 @@ class ImageLoader(MusicLoader):
         keep = self._keep(tid)
         if not keep.any():
             return None
-        idx = None if bool(keep.all()) else keep.nonzero().squeeze(1)
+        names = self.spec.features.channels
+        # kept samples' rows, copied once to DALI's device for every channel (None: all kept)
+        idx = None if bool(keep.all()) else to_device(keep.nonzero().squeeze(1), out[names[0]].device)
         per = self.spec.loader.chunks_per_track if self.mode == "train" else 1
         chans = []
-        for name in self.spec.features.channels:
+        for name in names:
             a = out[name]  # train (B, K, F, T, p), eval (B, F, T, p)
             if idx is not None:
-                a = a.index_select(0, to_device(idx, a.device))
+                a = a.index_select(0, idx)
             a = a.reshape(-1, *a.shape[-3:])  # (N, F, T, p)
             chans += [a[..., j] for j in range(a.shape[-1])]
         mask = chunks_mask(out["mask"], keep) if "mask" in out else None

@@ -75,7 +75,7 @@ def decode_or_reason(audio: Path | bytes) -> tuple[np.ndarray, int] | str:
     except NoAudio:
         return reasons.not_audio(audio)
     except Exception as e:  # libsndfile raises several types for a stream damaged mid-way
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = reasons.first_line(e)
         return f"decode failed: {msg}"
     if x.shape[0] == 0 or sr <= 0:
         return reasons.no_audio_frames(reasons.size_of(audio))

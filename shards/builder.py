@@ -59,7 +59,7 @@ _SHARD_FILE = re.compile(r"^\d{6}\.(tar|idx)$")
 _TEMP_FILE = re.compile(r"^\.\d{6}\.(tar|idx)\..*\.tmp$")  # left by a killed run (atomic_path)
 
 
-def process_indexed(job: tuple[int, Any, AudioSpec | ImageSpec]) -> tuple[int, Encoded | EncodedImages | str]:
+def process_indexed(job: Job) -> Result:
     """Pool entry point: one record's audio or images, with the record index kept."""
     i, payload, spec = job
     if isinstance(spec, ImageSpec):

@@ -72,13 +72,16 @@ def _parser() -> CliParser:
     sources = importer_names()
     b.add_argument("source", nargs="?", choices=sources, help="importer (or [shards] source in --config)")
     b.add_argument("--config", type=Path, help="TOML file with a [shards] table (CLI flags override it)")
-    for flag, dest, kw in [*_FLAGS, *importer_flags()]:
+    flags = [*_FLAGS, *importer_flags()]
+    for flag, dest, kw in flags:
         b.add_argument(flag, dest=dest, default=None, **kw)
     for flag, dest, text in [
         ("--force", "force", "rebuild instead of resuming"),
         ("--strict", "strict", "exit 1 when any input is rejected"),
     ]:
         b.add_argument(flag, dest=dest, action="store_const", const=True, default=None, help=text)
+    # the BuildConfig keys these flags set, so _build need not generate the importer flags again
+    b.set_defaults(config_keys=(*(dest for _, dest, _ in flags), "force", "strict"))
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     s = sub.add_parser("synth", help="write a synthetic folder dataset (see shards/synth.py)")
     s.add_argument("--out", type=Path, required=True)
@@ -100,8 +103,7 @@ def _parser() -> CliParser:
 def _build(a: argparse.Namespace) -> int:
     from shards.builder import build
 
-    flags = [dest for _, dest, _ in [*_FLAGS, *importer_flags()]] + ["force", "strict"]
-    cli = {dest: getattr(a, dest) for dest in flags if getattr(a, dest) is not None}
+    cli = {dest: getattr(a, dest) for dest in a.config_keys if getattr(a, dest) is not None}
     if a.source:
         cli["source"] = a.source
     cfg: BuildConfig = load_build_config(a.config, cli)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from shards import reasons
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _EXT = {"JPEG": "jpg", "PNG": "png", "BMP": "bmp", "TIFF": "tif", "WEBP": "webp"}
 
@@ -62,7 +64,7 @@ def process_images(images: dict[str, Path | bytes], spec: ImageSpec) -> EncodedI
         try:
             ext, h, w = check_image(src)
         except Exception as e:  # PIL raises many types (OSError, SyntaxError, ...) for broken files
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            msg = reasons.first_line(e)
             return f"image decode failed: {ch}: {msg}"
         members[f"{ch}.{ext}"] = src
         sizes[ch] = (h, w)

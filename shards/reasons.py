@@ -10,6 +10,7 @@ pipe?)", which sends the user looking for a missing file.
 from __future__ import annotations
 
 import math
+import stat
 from pathlib import Path
 
 MISSING = "missing file"
@@ -46,12 +47,18 @@ def file_fault(audio: Path | bytes) -> str | None:
     if isinstance(audio, bytes):
         return empty_file() if not audio else None
     try:
-        size = audio.stat().st_size
+        st = audio.stat()
     except OSError:
         return MISSING
-    if not audio.is_file():
+    if not stat.S_ISREG(st.st_mode):
         return MISSING
-    return empty_file() if size == 0 else None
+    return empty_file() if st.st_size == 0 else None
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's first line of text (its type name when it has none), for a one-line reason."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def size_of(audio: Path | bytes) -> int:
@@ -66,6 +73,7 @@ def not_audio(audio: Path | bytes) -> str:
     else:
         with audio.open("rb") as f:
             head = f.read(12)
+    nbytes = size_of(audio)
     if head[4:8] == b"ftyp":
-        return f"unsupported format: MP4/M4A ({size_of(audio)} bytes); convert it to FLAC, WAV, OGG or MP3"
-    return no_audio_frames(size_of(audio))
+        return f"unsupported format: MP4/M4A ({nbytes} bytes); convert it to FLAC, WAV, OGG or MP3"
+    return no_audio_frames(nbytes)

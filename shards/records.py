@@ -14,6 +14,7 @@ from typing import Any
 
 import pandas as pd
 
+from shards import reasons
 from shards.manifest import Level, TaskSpec
 
 SPLITS = ("train", "validation", "test")
@@ -94,7 +95,7 @@ def read_table(path: Path, **kwargs: Any) -> pd.DataFrame:
     try:
         return pd.read_csv(path, **kwargs)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, IndexError) as e:
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        msg = reasons.first_line(e)
         raise ValueError(f"{path}: malformed CSV: {msg}") from None
 
 

@@ -7,7 +7,6 @@ evaluator's [eval]; ``load_experiment`` reads them all from one TOML file plus
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -15,6 +14,7 @@ from typing import Any, Literal
 from eval.config import EvalConfig
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
 from shards.configtools import apply_overrides, load_sections, sections_from_tree, to_dict
+from train.logger import tensorboard_installed
 
 AmpMode = Literal["bf16", "fp16", "auto", "none"]
 
@@ -178,7 +178,7 @@ class TrainConfig:
             raise ValueError("train.log_every: must be >= 1")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"train.device: {self.device!r} is not auto, cpu or cuda")
-        if self.tensorboard and importlib.util.find_spec("tensorboard") is None:  # asked for, absent
+        if self.tensorboard and not tensorboard_installed():  # asked for, absent
             raise ValueError(
                 "train.tensorboard: the tensorboard package is not installed (pip install .[tensorboard])"
             )

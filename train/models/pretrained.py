@@ -30,6 +30,7 @@ import torch.nn as nn
 
 from pipelines.collective import all_gather_object, world_size
 from shards.ranks import env_rank
+from shards.reasons import first_line
 
 HUB = "hf-hub:"
 LOCAL_DIR = "local-dir:"
@@ -103,8 +104,7 @@ def _from_hub(repo: str, spec: str) -> Weights:
         except EntryNotFoundError:  # the repo has no such file
             return None
         except HfHubHTTPError as e:  # unknown repo, gated, ...
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ValueError(f"model.pretrained: {spec}: {first}") from None
+            raise ValueError(f"model.pretrained: {spec}: {first_line(e)}") from None
 
     cfg = get("config.json")
     weights = next((p for name in WEIGHT_FILES if (p := get(name)) is not None), None)
