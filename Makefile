@@ -11,7 +11,7 @@ JOBS ?= $(shell nproc 2>/dev/null || echo 2)
 $(STAMP): setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -e '.[dev,gbm]'
+	$(BIN)/python -m pip install -e '.[dev,gbm,cloud,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -15,12 +15,13 @@ from eval import runner
 from eval import thresholds as th
 from eval.config import EvalConfig
 from eval.report import write_report
-from shards.cli_errors import CliParser, run_cli
-from shards.configtools import load_sections
-from shards.manifest import Manifest, TaskSpec, read_manifest
-from shards.ranks import is_main_process
-from train import distributed
-from train.checkpoint import check_vocab, load_predictor
+from shards.base import distributed
+from shards.base.config import load_sections
+from shards.base.distributed import is_main_process
+from shards.base.errors import CliParser, run_cli
+from shards.base.tasks import TaskSpec
+from shards.manifest import Manifest, read_manifest
+from train.checkpoint import check_vocab, load_trained_model
 from train.config import DataConfig
 
 LoaderFactory = Callable[[str], Iterable[dict[str, Any]]]
@@ -116,7 +117,7 @@ def run(cfg: EvalConfig) -> dict[str, runner.EvalResult]:
 
     info = distributed.init(cfg.device)
     results: dict[str, runner.EvalResult] = {}
-    predictors = [load_predictor(path, info.device) for path in cfg.checkpoints]
+    predictors = [load_trained_model(path, info.device) for path in cfg.checkpoints]
     for path, predictor in zip(cfg.checkpoints, predictors):  # every mismatch before any scoring
         check_vocab(predictor.task, task, path, cfg.shards)
     for path, predictor in zip(cfg.checkpoints, predictors):

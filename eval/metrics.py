@@ -29,9 +29,9 @@ from torchmetrics.functional.classification import (
     multilabel_recall,
 )
 
-from pipelines.tasks import TaskOutputs
-from shards.manifest import TaskSpec
-from shards.registry import Registry
+from shards.base.registry import Registry
+from shards.base.task_outputs import TaskOutputs
+from shards.base.tasks import TaskSpec
 
 
 @dataclass
@@ -247,7 +247,7 @@ def _hier(task: TaskSpec, probs: torch.Tensor, target: torch.Tensor) -> MetricSe
 def _hier_path(
     task: TaskSpec, probs: torch.Tensor, target: torch.Tensor, rows: list[dict]
 ) -> dict[str, float]:
-    """The same scores for the most probable root-to-leaf path (``TaskHead.predict``): the
+    """The same scores for the most probable root-to-leaf path (``TaskLoss.predict``): the
     prediction a user of the model gets, which always respects the parent links."""
     path = TaskOutputs(task).predict(probs.float())
     out: dict[str, float] = {}

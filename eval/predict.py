@@ -26,7 +26,6 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 import torch
-from tqdm import tqdm
 
 from eval.config import Aggregate
 from eval.predictions import (
@@ -37,10 +36,12 @@ from eval.predictions import (
     describe,
     load_thresholds,
 )
-from shards.cli_errors import CliParser, run_cli
-from shards.manifest import META_EXT, REJECTS, Manifest, TaskSpec
+from shards.base.errors import CliParser, run_cli
+from shards.base.progress import progress
+from shards.base.tasks import TaskSpec
+from shards.manifest import META_EXT, REJECTS, Manifest
 from shards.records import Dataset, Record, read_table, require_columns
-from train.checkpoint import ChunkPredictor, load_predictor
+from train.checkpoint import TrainedModel, load_trained_model
 
 # extensions soundfile (libsndfile) reads, plus the common aliases; other files in a folder are skipped, and listed
 AUDIO_EXTS = frozenset({f".{k.lower()}" for k in sf.available_formats()} | {".mp3", ".oga", ".opus", ".aif"})
@@ -92,7 +93,7 @@ class Predictor:
 
     def __init__(
         self,
-        model: ChunkPredictor,
+        model: TrainedModel,
         *,
         thresholds: TagThresholds | None = None,
         top_k: int = 5,
@@ -126,7 +127,7 @@ class Predictor:
         the checkpoint, as ``python -m eval --out`` writes it), else 0.5."""
         if str(device) == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        model = load_predictor(path, device)
+        model = load_trained_model(path, device)
         if model.sample_kind != "audio":
             raise ValueError(
                 f"{path}: trained on {model.sample_kind} shards (precomputed spectrogram images); "
@@ -199,7 +200,7 @@ class Predictor:
         loader = build_loader(
             manifest, SPLIT, mode="eval", rank=0, world_size=1, device=self.model.device, **self.model.configs
         )
-        bar = tqdm(loader, total=len(loader), desc="predict", unit="batch", disable=not self.progress)
+        bar = progress(loader, total=len(loader), desc="predict", unit="batch", enabled=self.progress)
         _, tracks = score_tracks(self.model, bar, self.task, aggregate=self.aggregate)
         index = track_index(manifest)
         return {index[int(t)]: p.numpy() for t, p in zip(tracks.track, tracks.probs)}

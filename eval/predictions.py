@@ -18,9 +18,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from pipelines.tasks import TaskOutputs
-from shards.atomic import atomic_write_text
-from shards.manifest import TaskSpec
+from shards.base.atomic import atomic_write_text
+from shards.base.task_outputs import TaskOutputs
+from shards.base.tasks import TaskSpec
 
 ThresholdKind = Literal["class", "global"]
 DEFAULT_THRESHOLD = 0.5

@@ -13,9 +13,8 @@ from typing import Any
 
 from eval.plots import plot_confusion, plot_pr_curves
 from eval.runner import EvalResult
-from pipelines.tasks import primary_metric
-from shards.atomic import atomic_open, atomic_write_text
-from shards.manifest import TaskSpec
+from shards.base.atomic import atomic_open, atomic_write_text
+from shards.base.tasks import TaskSpec, primary_metric
 
 _SUMMARY = {
     "single": [

@@ -1,7 +1,7 @@
 """Run a model over an eval loader and score it: chunk level and track level.
 
 Each rank scores its own chunks; the chunk predictions are gathered to every rank
-(``pipelines.collective.all_gather_object``) and only then aggregated to tracks, because a
+(``shards.base.distributed.all_gather_object``) and only then aggregated to tracks, because a
 long track's segments may land on different ranks. Every rank computes the same numbers
 from the same rows, whatever the world size. The trainer's validation
 (``eval.validation.validator``) calls ``evaluate_model`` every epoch.
@@ -22,9 +22,9 @@ from eval.aggregate import Predictions, aggregate_tracks
 from eval.config import Aggregate
 from eval.metrics import MetricSet, compute_metrics
 from eval.thresholds import Thresholds
-from pipelines.collective import all_gather_object
-from pipelines.tasks import TaskOutputs, primary_metric
-from shards.manifest import TaskSpec
+from shards.base.distributed import all_gather_object
+from shards.base.task_outputs import TaskOutputs
+from shards.base.tasks import TaskSpec, primary_metric
 
 ProbaFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -71,8 +71,8 @@ def evaluate_model(
 ) -> EvalResult:
     """Score every chunk the loader yields ({x (B,C,F,T), y, track (B,)} dicts).
 
-    ``model_or_predictor``: a ``train.checkpoint.ChunkPredictor`` (``.predict_proba``), an ``nn.Module`` returning
-    logits (turned into probabilities by ``probabilities`` or ``train.tasks.TaskHead``),
+    ``model_or_predictor``: a ``train.checkpoint.TrainedModel`` (``.predict_proba``), an ``nn.Module`` returning
+    logits (turned into probabilities by ``probabilities`` or ``train.loss.TaskLoss``),
     or any callable x -> probabilities. ``thresholds`` (multi-label) must come from a
     different ``split``. Collective when a process group is up: call it on every rank.
     """

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from shards.configtools import to_dict
-from shards.manifest import TaskSpec
+from shards.base.config import to_dict
+from shards.base.tasks import TaskSpec
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -3,7 +3,7 @@
 The Trainer is handed a ``validate(predictor, loader, task) -> metrics`` callable instead
 of importing eval (``python -m train`` wires this one), so train and eval sit beside
 each other without an import cycle, and validation, ``best.pt`` and reports share one
-metric definition (``eval.metrics`` with the primary metric of ``pipelines.tasks``).
+metric definition (``eval.metrics`` with the primary metric of ``shards.base.tasks``).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from eval.config import EvalConfig
 from eval.runner import evaluate_model
-from shards.manifest import TaskSpec
+from shards.base.tasks import TaskSpec
 
 if TYPE_CHECKING:
     from train.trainer import Validator  # the Trainer's own signature, not a copy

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import torch
 
-from shards.registry import Registry
+from shards.base.registry import Registry
 
 if TYPE_CHECKING:
     from pipelines.config import FeatureConfig

@@ -1,6 +1,6 @@
 """Configs of the pipeline stage: ``[features]``, ``[augment]`` and ``[loader]`` TOML sections.
 
-One dataclass per section (see ``shards/configtools.py``): the feature config is stored in
+One dataclass per section (see ``shards/base/config.py``): the feature config is stored in
 every checkpoint, so the evaluator rebuilds exactly the features a model was trained on.
 """
 

@@ -17,7 +17,7 @@ import torch
 
 from pipelines.channels import ChannelInputs, dct_matrix, get_channel
 from pipelines.config import FeatureConfig
-from shards.configtools import to_dict
+from shards.base.config import to_dict
 
 STATS_FILE = "feature_stats.json"
 _EPS = 1e-8

@@ -52,8 +52,8 @@ class GraphSpec:
     framing: Framing
     mode: Mode
     device: Literal["gpu", "cpu"]
-    shard_id: int
-    num_shards: int
+    rank: int
+    world_size: int
     device_id: int | None = None  # CUDA device for device="gpu"; None = the current one
     segmented: bool = False  # samples carry a ``seg`` member (manifest version 2)
     segment_samples: int | None = None  # samples per full segment at shards_rate (None: whole tracks)
@@ -86,7 +86,7 @@ def build_pipeline(
     device_id = None
     if spec.device == "gpu":
         device_id = spec.device_id if spec.device_id is not None else torch.cuda.current_device()
-    seed = spec.loader.seed * 1000 + spec.shard_id + 1
+    seed = spec.loader.seed * 1000 + spec.rank + 1
 
     @pipeline_def(
         batch_size=spec.batch_size,
@@ -108,10 +108,10 @@ def build_pipeline(
 
 def _read(spec: GraphSpec):  # type: ignore[no-untyped-def]
     audio_dtype = types.DALIDataType.INT16 if spec.codec == "pcm16" else types.DALIDataType.UINT8
-    return read(spec, [AUDIO_EXT[spec.codec]], [audio_dtype])
+    return webdataset_reader(spec, [AUDIO_EXT[spec.codec]], [audio_dtype])
 
 
-def read(spec: GraphSpec, media: list[str], dtypes: list[types.DALIDataType]) -> Any:
+def webdataset_reader(spec: GraphSpec, media: list[str], dtypes: list[types.DALIDataType]) -> Any:
     """The webdataset reader: ``media`` members (ext alternatives as ``"a;b"``) then ``lbl``, ``tid``
     (and ``seg`` for segmented shards). Shuffled and moving across shards in training; each
     rank's contiguous range in evaluation."""
@@ -129,8 +129,8 @@ def read(spec: GraphSpec, media: list[str], dtypes: list[types.DALIDataType]) ->
         ext=ext,
         dtypes=types_,
         missing_component_behavior="error",
-        shard_id=spec.shard_id,
-        num_shards=spec.num_shards,
+        shard_id=spec.rank,
+        num_shards=spec.world_size,
         random_shuffle=train and spec.loader.shuffle,
         initial_fill=spec.loader.initial_fill,
         pad_last_batch=True,
@@ -147,7 +147,7 @@ def _decode(spec: GraphSpec, audio):  # type: ignore[no-untyped-def]
     """
     rate = spec.features.sample_rate
     if spec.codec == "pcm16":
-        n_in = samples(audio)
+        n_in = length_of(audio)
         sig = audio.gpu() if spec.device == "gpu" else audio
         sig = fn.cast(sig, dtype=types.DALIDataType.FLOAT) * (1.0 / 32768.0)
         if spec.shards_rate != rate:
@@ -157,10 +157,10 @@ def _decode(spec: GraphSpec, audio):  # type: ignore[no-untyped-def]
             n_in = dmath.ceil(n_in * int(rate) / int(spec.shards_rate))
         return sig, n_in
     sig, _ = fn.decoders.audio(audio, dtype=types.DALIDataType.FLOAT, downmix=True, sample_rate=float(rate))
-    return (sig.gpu() if spec.device == "gpu" else sig), samples(sig)
+    return (sig.gpu() if spec.device == "gpu" else sig), length_of(sig)
 
 
-def samples(signal):  # type: ignore[no-untyped-def]
+def length_of(signal):  # type: ignore[no-untyped-def]
     """Length of a CPU 1-D signal node as a float64 CPU node (exact for any track length)."""
     return fn.cast(signal.shape(), dtype=types.DALIDataType.FLOAT64)
 

@@ -21,9 +21,9 @@ import torch
 from nvidia.dali import fn, types
 
 from pipelines.config import FeatureConfig, LoaderConfig, framing
-from pipelines.graph import GraphSpec, masks, read
+from pipelines.graph import GraphSpec, masks, webdataset_reader
 from pipelines.loader import MusicLoader, chunks_mask, labels_to_y, to_device
-from pipelines.validate import ShardError
+from pipelines.shard_checks import ShardError
 from shards.manifest import MANIFEST, Manifest
 
 
@@ -58,7 +58,9 @@ def _crop_windows(spec: GraphSpec, k: int) -> list[tuple[Any, Any]]:
 
 def _image_graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
     train = spec.mode == "train"
-    *images, lbl, tid = read(spec, spec.image_exts, [types.DALIDataType.UINT8] * len(spec.image_exts))
+    *images, lbl, tid = webdataset_reader(
+        spec, spec.image_exts, [types.DALIDataType.UINT8] * len(spec.image_exts)
+    )
     f, t, k = spec.features.n_mels, image_frames(spec.features, spec.loader), spec.loader.chunks_per_track
     color = types.DALIImageType.RGB if spec.features.image_color == "rgb" else types.DALIImageType.GRAY
     decoder_device = "mixed" if spec.device == "gpu" else "cpu"
@@ -133,7 +135,7 @@ def to_unit(planes: list[torch.Tensor], features: FeatureConfig) -> list[torch.T
     return [p * (1.0 / 255.0) for p in planes]
 
 
-def check_channels(m: Manifest, features: FeatureConfig) -> list[str]:
+def image_member_exts(m: Manifest, features: FeatureConfig) -> list[str]:
     """The reader's ext per requested channel; refuses channels the build does not have."""
     where = m.root / MANIFEST if m.root else MANIFEST
     missing = [c for c in features.channels if c not in m.images]

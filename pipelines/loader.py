@@ -24,12 +24,12 @@ from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig, framing
-from pipelines.devices import resolve_device
 from pipelines.features import FeatureAssembler, stats_path
 from pipelines.graph import READER, GraphSpec, build_pipeline
-from pipelines.validate import load_manifest, validate_split
-from shards.manifest import SEGMENT_FIELDS, Manifest, TaskSpec
-from shards.ranks import resolve_rank
+from pipelines.shard_checks import load_manifest, validate_split
+from shards.base.distributed import resolve_device, resolve_rank
+from shards.base.tasks import TaskSpec
+from shards.manifest import SEGMENT_FIELDS, Manifest
 
 
 def labels_to_y(lbl: torch.Tensor, task: TaskSpec) -> torch.Tensor:
@@ -94,7 +94,7 @@ class MusicLoader:
         the largest rank's, whose extra batch would hold only padding repeats (dropped here)."""
         if self.mode == "train" or self.samples is None:
             return len(self._it)
-        n, w, r = self.samples, self.spec.num_shards, self.spec.shard_id
+        n, w, r = self.samples, self.spec.world_size, self.spec.rank
         mine = (r + 1) * n // w - r * n // w  # the reader's contiguous range for this shard
         return -(-mine // self.spec.batch_size)
 
@@ -255,9 +255,9 @@ def build_loader(
     validate_split(m, split, features=features, loader=loader, world_size=w, train=mode == "train")
     image_exts: list[str] = []
     if m.kind == "image":  # spectrogram-image shards: their own DALI branch, the same contract
-        from pipelines.image_graph import ImageLoader, check_channels
+        from pipelines.image_graph import ImageLoader, image_member_exts
 
-        image_exts = check_channels(m, features)
+        image_exts = image_member_exts(m, features)
     elif m.sample_rate > features.sample_rate:
         _warn_downsampling(m.sample_rate, features.sample_rate)
     tars, idxs = m.paths(split)
@@ -273,8 +273,8 @@ def build_loader(
         framing=framing(features, loader),
         mode=mode,
         device="gpu" if dev.type == "cuda" else "cpu",
-        shard_id=r,
-        num_shards=w,
+        rank=r,
+        world_size=w,
         device_id=dev.index if dev.type == "cuda" else None,
         segmented=m.segmented,
         segment_samples=m.segment_samples,

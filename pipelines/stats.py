@@ -12,15 +12,15 @@ import json
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from pipelines.channels import channel_names
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
 from pipelines.features import STATS_FILE, stats_key
 from pipelines.loader import build_loader
-from shards.atomic import atomic_write_text
-from shards.cli_errors import CliParser, run_cli
-from shards.configtools import load_sections
+from shards.base.atomic import atomic_write_text
+from shards.base.config import load_sections
+from shards.base.errors import CliParser, run_cli
+from shards.base.progress import progress as progress_bar
 from shards.manifest import read_manifest
 
 
@@ -54,7 +54,7 @@ def compute_stats(
     square = torch.zeros_like(total)
     count = 0
     chunks = 0
-    for batch in tqdm(dl, total=len(dl), desc="stats", unit="batch", disable=not progress):
+    for batch in progress_bar(dl, total=len(dl), desc="stats", unit="batch", enabled=progress):
         x = batch["x"].to(torch.float64)
         total += x.sum(dim=(0, 2, 3)).cpu()
         square += (x * x).sum(dim=(0, 2, 3)).cpu()

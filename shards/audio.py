@@ -16,6 +16,7 @@ import soundfile as sf
 import soxr
 
 from shards import reasons
+from shards.base.errors import first_line
 
 SOXR_QUALITY = "HQ"  # soxr's high-quality band-limited resampler
 WRITE_BLOCK = 1 << 16  # frames per libsndfile write call (see write_blocks)
@@ -75,7 +76,7 @@ def decode_or_reason(audio: Path | bytes) -> tuple[np.ndarray, int] | str:
     except NoAudio:
         return reasons.not_audio(audio)
     except Exception as e:  # libsndfile raises several types for a stream damaged mid-way
-        msg = reasons.first_line(e)
+        msg = first_line(e)
         return f"decode failed: {msg}"
     if x.shape[0] == 0 or sr <= 0:
         return reasons.no_audio_frames(reasons.size_of(audio))
@@ -138,7 +139,7 @@ def encode_segments(y: np.ndarray, spec: AudioSpec) -> list[bytes]:
     ]
 
 
-def process(audio: Path | bytes, spec: AudioSpec) -> Encoded | str:
+def transcode(audio: Path | bytes, spec: AudioSpec) -> Encoded | str:
     """The whole per-record job; returns ``Encoded`` or a one-line reject reason."""
     decoded = decode_or_reason(audio)
     if isinstance(decoded, str):

@@ -11,25 +11,19 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
-import multiprocessing as mp
 import re
-from collections import deque
-from collections.abc import Generator, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
-from shards.atomic import atomic_write_text
-from shards.audio import AudioSpec, Encoded, process, segment_bounds
+from shards.audio import AudioSpec, Encoded, segment_bounds
+from shards.base.atomic import atomic_write_text
+from shards.base.config import to_dict
+from shards.base.progress import progress
 from shards.config import BuildConfig
-from shards.configtools import to_dict
-from shards.images import EncodedImages, ImageSpec, process_images
+from shards.images import EncodedImages, ImageSpec
 from shards.importers import get_importer
 from shards.manifest import (
     AUDIO_EXT,
@@ -47,64 +41,19 @@ from shards.manifest import (
     read_manifest,
     write_manifest,
 )
-from shards.records import SPLITS, Dataset, Record
-from shards.writer import MAX_KEY, ShardWriter, sanitize_key
+from shards.plan import fingerprint, plan
+from shards.records import Dataset, Record
+from shards.workers import decode_inline, decode_pooled
+from shards.writer import ShardWriter
 
 STATE = ".build-state.json"
-WORKER_DIED = "decode failed: the worker process died on this file (a crash inside the audio library)"
-_SEGMENT_SUFFIX = re.compile(r"-s\d+$")  # segment keys are KEY-sNNNN; no record key may look like one
-Job = tuple[int, Any, AudioSpec | ImageSpec]
-Result = tuple[int, Encoded | EncodedImages | str]
 _SHARD_FILE = re.compile(r"^\d{6}\.(tar|idx)$")
 _TEMP_FILE = re.compile(r"^\.\d{6}\.(tar|idx)\..*\.tmp$")  # left by a killed run (atomic_path)
 
 
-def process_indexed(job: Job) -> Result:
-    """Pool entry point: one record's audio or images, with the record index kept."""
-    i, payload, spec = job
-    if isinstance(spec, ImageSpec):
-        return i, process_images(payload, spec)
-    return i, process(payload, spec)
-
-
-def load_source(cfg: BuildConfig) -> Dataset:
+def import_dataset(cfg: BuildConfig) -> Dataset:
     """Run the registered importer named by ``cfg.source``."""
     return get_importer(cfg.source).load(cfg)
-
-
-def plan(ds: Dataset, seed: int) -> dict[str, list[tuple[str, Record]]]:
-    """Unique sanitised keys, then a seeded shuffle per split (classes mix across shards)."""
-    used: set[str] = set()
-    by_split: dict[str, list[tuple[str, Record]]] = {}
-    for rec in ds.records:
-        base = sanitize_key(rec.key)[: MAX_KEY - 6]  # room for a segment suffix (-sNNNN)
-        if _SEGMENT_SUFFIX.search(base):
-            base += "x"
-        key = base
-        n = 1
-        while key in used:
-            n += 1
-            suffix = f"_{n}"  # within MAX_KEY, or the writer refuses the key as unsanitised
-            key = base[: MAX_KEY - len(suffix)] + suffix
-        used.add(key)
-        by_split.setdefault(rec.split, []).append((key, rec))
-    order = [s for s in SPLITS if s in by_split] + sorted(set(by_split) - set(SPLITS))
-    out = {}
-    for i, split in enumerate(order):
-        items = by_split[split]
-        perm = np.random.default_rng([seed, i]).permutation(len(items))
-        out[split] = [items[j] for j in perm]
-    return out
-
-
-def fingerprint(cfg: BuildConfig, ds: Dataset, planned: dict[str, list[tuple[str, Record]]]) -> str:
-    h = hashlib.sha256(json.dumps(cfg.fingerprint_fields(), sort_keys=True, default=str).encode())
-    h.update(json.dumps(ds.task.vocab(), sort_keys=True).encode())
-    for split, items in planned.items():
-        h.update(split.encode())
-        for key, rec in items:
-            h.update(f"{key}\0{rec.path}\0".encode())
-    return h.hexdigest()
 
 
 def _fresh_split() -> dict[str, Any]:
@@ -272,7 +221,7 @@ class Builder:
 
     def __init__(self, cfg: BuildConfig, *, progress: bool = True, dataset: Dataset | None = None) -> None:
         self.cfg, self.progress = cfg, progress
-        self.ds = dataset if dataset is not None else load_source(cfg)  # given: records made by the caller
+        self.ds = dataset if dataset is not None else import_dataset(cfg)  # given: records made by the caller
         self.planned = plan(self.ds, cfg.seed)
         self.fp = fingerprint(cfg, self.ds, self.planned)
         self.spec: AudioSpec | ImageSpec = (
@@ -337,9 +286,9 @@ class Builder:
             for rec in [self.planned[s][i][1]]
         ]
         workers = min(self.cfg.num_workers, max(1, len(jobs)))
-        bar = tqdm(total=len(jobs), desc=f"shards {self.cfg.source}", unit="track", disable=not self.progress)
+        bar = progress(total=len(jobs), desc=f"shards {self.cfg.source}", unit="track", enabled=self.progress)
         # ordered results: the writer sees each split's records in the planned order
-        source = _inline(jobs) if workers <= 1 else _pooled(jobs, workers)
+        source = decode_inline(jobs) if workers <= 1 else decode_pooled(jobs, workers)
         with contextlib.closing(source) as results, contextlib.closing(bar):
             for split, todo in remaining.items():
                 run = _SplitRun(self, split)
@@ -411,71 +360,6 @@ class Builder:
                     stale = _SHARD_FILE.match(f.name) and f"{d.name}/{f.name}" not in keep
                     if stale or _TEMP_FILE.match(f.name):
                         f.unlink()
-
-
-def _inline(jobs: list[Job]) -> Generator[Result]:
-    """In this process (``workers=1``): no pool to start, tracebacks stay readable."""
-    for job in jobs:
-        yield process_indexed(job)
-
-
-def _pooled(jobs: list[Job], workers: int) -> Generator[Result]:
-    """``process_indexed`` over ``jobs`` in ``workers`` processes, results in job order.
-
-    A worker that dies (a segfault in a codec library, the OOM killer) breaks the whole
-    pool (``BrokenProcessPool``; ``multiprocessing.Pool`` would wait for it forever): the
-    jobs that were in flight are then re-run one at a time in a fresh one-process pool, so
-    the file that kills its worker again becomes a reject (``WORKER_DIED``), the others
-    are written, and a new pool takes the rest.
-    """
-    ctx = mp.get_context("spawn")
-    pending: deque[Job] = deque(jobs)
-    flight: deque[tuple[Job, Future[Result]]] = deque()
-    pool = ProcessPoolExecutor(workers, mp_context=ctx)
-    try:
-        while pending or flight:
-            while pending and len(flight) < 4 * workers:  # bounded: results hold encoded audio
-                job = pending.popleft()
-                flight.append((job, pool.submit(process_indexed, job)))
-            job, fut = flight.popleft()
-            try:
-                result = fut.result()
-            except BrokenProcessPool:
-                stuck = [(job, fut), *flight]
-                flight.clear()
-                pool.shutdown(wait=True, cancel_futures=True)
-                yield from _one_by_one(stuck, ctx)
-                pool = ProcessPoolExecutor(workers, mp_context=ctx)
-                continue
-            yield result
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _succeeded(fut: Future[Any]) -> bool:
-    return fut.done() and not fut.cancelled() and fut.exception() is None
-
-
-def _one_by_one(entries: list[tuple[Job, Future[Result]]], ctx: Any) -> Iterator[Result]:
-    """Results of the jobs a broken pool was running, in order: those that finished as they
-    came, the others one at a time in a one-process pool; a job whose process dies again
-    is ``WORKER_DIED``."""
-    solo: ProcessPoolExecutor | None = None
-    try:
-        for job, fut in entries:
-            if _succeeded(fut):
-                yield fut.result()
-                continue
-            solo = solo or ProcessPoolExecutor(1, mp_context=ctx)
-            try:
-                yield solo.submit(process_indexed, job).result()
-            except BrokenProcessPool:
-                solo.shutdown(wait=True)
-                solo = None
-                yield job[0], WORKER_DIED
-    finally:
-        if solo is not None:
-            solo.shutdown(wait=True)
 
 
 def build(cfg: BuildConfig, *, progress: bool = True, dataset: Dataset | None = None) -> Manifest:

@@ -27,11 +27,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from shards.atomic import atomic_path
+from shards.base.atomic import atomic_path
+from shards.base.tasks import TaskSpec
 from shards.config import BuildConfig
 from shards.hf_layout import HfFile, columns_of_type, discover, features
 from shards.importers import Importer, ImporterOptions, register_importer
-from shards.manifest import TaskSpec
 from shards.records import Dataset, Record, Reject, hash_split, hierarchy_levels, require_dir
 
 LEVELS = ["fst_level_label", "sec_level_label", "thr_level_label"]
@@ -176,18 +176,9 @@ def load(cfg: BuildConfig) -> Dataset:
                     rec.audio = media[cols[0]]
                 rows.append(labels)
                 records.append(rec)
-    vocab = [ordered({r[d] for r in rows}, names[c]) for d, c in enumerate(LEVELS)]
-    if cfg.task == "hier":
-        task = TaskSpec(
-            kind="hier",
-            name="genre",
-            levels=hierarchy_levels(rows, list(zip(LEVELS, vocab)), str(files[0].path)),
-        )
-    else:
-        task = TaskSpec(kind="single", name="genre", classes=vocab[1])
     return Dataset(
         source="ccmusic",
-        task=task,
+        task=_task(cfg, rows, names, files[0]),
         records=records,
         rejects=rejects,
         kind=kind,
@@ -196,3 +187,14 @@ def load(cfg: BuildConfig) -> Dataset:
 
 
 register_importer(Importer(name="ccmusic", load=load, options=CCMusicOptions, tasks=("hier", "single")))
+
+
+def _task(
+    cfg: BuildConfig, rows: list[list[str]], names: dict[str, list[str] | None], first: HfFile
+) -> TaskSpec:
+    """The 3-level hierarchy (``--task hier``) or the second level alone, named as the data names them."""
+    vocab = [ordered({r[d] for r in rows}, names[c]) for d, c in enumerate(LEVELS)]
+    if cfg.task != "hier":
+        return TaskSpec(kind="single", name="genre", classes=vocab[1])
+    levels = hierarchy_levels(rows, list(zip(LEVELS, vocab)), str(first.path))
+    return TaskSpec(kind="hier", name="genre", levels=levels)

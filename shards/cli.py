@@ -13,9 +13,9 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from shards.cli_errors import CliParser, run_cli
+from shards.base.config import field_docs
+from shards.base.errors import CliParser, run_cli
 from shards.config import BuildConfig, load_build_config
-from shards.configtools import field_docs
 from shards.importers import get_importer, importer_names
 
 # CLI flag -> BuildConfig field; unset flags stay None so the TOML file can supply them.
@@ -149,6 +149,6 @@ def _main(argv: list[str] | None) -> int:
         return _build(a)
     if a.cmd == "synth":
         return _synth(a)
-    from shards.bench import main as bench_main
+    from shards.bench.build_speed import main as bench_main
 
     return bench_main(a)

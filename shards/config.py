@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from shards.configtools import from_dict, load_toml, section_table, to_dict
+from shards.base.config import from_dict, load_toml, section_table, to_dict
+from shards.base.tasks import TaskKind
 from shards.importers import ImporterOptions, get_importer
-from shards.manifest import Codec, TaskKind
+from shards.manifest import Codec
 
 OptionsT = TypeVar("OptionsT", bound=ImporterOptions)
 

@@ -15,9 +15,8 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tqdm import tqdm
-
 from shards import reasons
+from shards.base.progress import progress
 from shards.records import Record, Reject
 
 LISTING = "checksums"
@@ -65,7 +64,9 @@ def verify_records(
     assert all(isinstance(p, Path) for p in paths)
     with ThreadPoolExecutor(max(1, workers)) as pool:
         got = list(
-            tqdm(pool.map(sha1_of, paths), total=len(paths), desc="verify sha1", unit="file", disable=None)
+            progress(
+                pool.map(sha1_of, paths), total=len(paths), desc="verify sha1", unit="file", enabled=None
+            )
         )
     kept, rejects = [], []
     for rec, digest in zip(records, got):

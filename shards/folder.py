@@ -20,10 +20,10 @@ import re
 
 import pandas as pd
 
+from shards.base.tasks import TaskSpec
 from shards.config import BuildConfig
 from shards.images import IMAGE_SUFFIXES
 from shards.importers import Importer, LabelFileOptions, register_importer
-from shards.manifest import TaskSpec
 from shards.records import (
     Dataset,
     Record,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from shards import reasons
+from shards.base.errors import first_line
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 _EXT = {"JPEG": "jpg", "PNG": "png", "BMP": "bmp", "TIFF": "tif", "WEBP": "webp"}
@@ -47,7 +47,7 @@ def check_image(data: bytes) -> tuple[str, int, int]:
     return _EXT[fmt], h, w
 
 
-def process_images(images: dict[str, Path | bytes], spec: ImageSpec) -> EncodedImages | str:
+def pack_images(images: dict[str, Path | bytes], spec: ImageSpec) -> EncodedImages | str:
     """Read and check every channel's image; ``EncodedImages`` or a one-line reject reason."""
     members: dict[str, bytes] = {}
     sizes: dict[str, tuple[int, int]] = {}
@@ -64,7 +64,7 @@ def process_images(images: dict[str, Path | bytes], spec: ImageSpec) -> EncodedI
         try:
             ext, h, w = check_image(src)
         except Exception as e:  # PIL raises many types (OSError, SyntaxError, ...) for broken files
-            msg = reasons.first_line(e)
+            msg = first_line(e)
             return f"image decode failed: {ch}: {msg}"
         members[f"{ch}.{ext}"] = src
         sizes[ch] = (h, w)

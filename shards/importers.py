@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from shards.registry import Registry
+from shards.base.registry import Registry
 
 if TYPE_CHECKING:
     from shards.config import BuildConfig

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from shards import reasons
+from shards.base.tasks import TaskSpec
 from shards.config import BuildConfig
 from shards.importers import Importer, LabelFileOptions, register_importer
-from shards.manifest import TaskSpec
 from shards.mtat_split import read_split
 from shards.records import Dataset, Record, Reject, read_table, require_columns, require_dir
 

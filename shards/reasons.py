@@ -55,12 +55,6 @@ def file_fault(audio: Path | bytes) -> str | None:
     return empty_file() if st.st_size == 0 else None
 
 
-def first_line(e: BaseException) -> str:
-    """An exception's first line of text (its type name when it has none), for a one-line reason."""
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
-
-
 def size_of(audio: Path | bytes) -> int:
     return len(audio) if isinstance(audio, bytes) else audio.stat().st_size
 

@@ -14,8 +14,8 @@ from typing import Any
 
 import pandas as pd
 
-from shards import reasons
-from shards.manifest import Level, TaskSpec
+from shards.base.errors import first_line
+from shards.base.tasks import Level, TaskSpec
 
 SPLITS = ("train", "validation", "test")
 _SPLIT_ALIASES = {
@@ -95,7 +95,7 @@ def read_table(path: Path, **kwargs: Any) -> pd.DataFrame:
     try:
         return pd.read_csv(path, **kwargs)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError, IndexError) as e:
-        msg = reasons.first_line(e)
+        msg = first_line(e)
         raise ValueError(f"{path}: malformed CSV: {msg}") from None
 
 

@@ -31,13 +31,14 @@ from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import pandas as pd
-from tqdm import tqdm
 
-from shards.atomic import atomic_path, atomic_write_text
 from shards.audio import write_blocks
+from shards.base.atomic import atomic_path, atomic_write_text
+from shards.base.progress import progress as progress_bar
 
 if TYPE_CHECKING:
-    from shards.manifest import Codec, TaskKind
+    from shards.base.tasks import TaskKind
+    from shards.manifest import Codec
 
 GENRES = ["ambient", "blues", "classical", "disco"]
 GENRE_BANDS: list[tuple[float, float]] = [(180.0, 260.0), (420.0, 600.0), (950.0, 1350.0), (2100.0, 2900.0)]
@@ -161,7 +162,7 @@ def make_synth(
     rng = np.random.default_rng(seed)
     splits = _split_names(tracks)
     rows = []
-    for i in tqdm(range(tracks), desc="synth", unit="track", disable=not progress):
+    for i in progress_bar(range(tracks), desc="synth", unit="track", enabled=progress):
         genre, variant = i % len(GENRES), (i // len(GENRES)) % len(VARIANTS)
         tags = [tg for tg in TAGS if rng.random() < 0.5]
         fmt = formats[(i + i // len(GENRES)) % len(formats)]  # not tied to the genre

@@ -15,7 +15,7 @@ import tarfile
 from pathlib import Path
 from types import TracebackType
 
-from shards.atomic import atomic_path
+from shards.base.atomic import atomic_path
 from shards.manifest import ShardInfo
 
 INDEX_VERSION = "v1.2"  # the version DALI's wds2idx writes

@@ -73,7 +73,7 @@ def synth_image_shards(tmp_path_factory: pytest.TempPathFactory) -> Callable[...
     """Factory ``synth_image_shards(task="single", tracks=24, seconds=3.0) -> Path``: image shards
     (mel/cqt/chroma JPEGs rendered from ``shards synth`` audio, ``pipelines.synth_images``) built
     with the folder importer, once per argument set and session; the raw images in ``../raw``."""
-    from pipelines.synth_images import build_synth_image_shards
+    from pipelines.bench.synth_images import build_synth_image_shards
 
     cache: dict[tuple, Path] = {}
 

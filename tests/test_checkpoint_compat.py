@@ -10,7 +10,7 @@ import torch
 
 from eval.runner import evaluate_model
 from eval.validation import validator
-from train.checkpoint import load_predictor, read, write
+from train.checkpoint import load_trained_model, read_checkpoint, write_checkpoint
 from train.synthetic import synthetic_experiment
 from train.trainer import Trainer
 
@@ -25,13 +25,13 @@ def _old_checkpoint(tmp_path: Path) -> tuple[Path, Trainer]:
     trainer.train()
     trainer.close()
     path = tmp_path / "run" / "checkpoints" / "step_00000004.pt"
-    state = read(path)
+    state = read_checkpoint(path)
     cfg = state["config"]
     cfg["model"]["width_multiplier"] = 2  # a field a later version added (or this one removed)
     del cfg["optim"]["min_lr_ratio"]  # a field the writing version did not have yet
     del cfg["eval"]["top_k"]
     cfg["augmentation_v0"] = {"p": 0.5}  # a retired section
-    write(state, path)
+    write_checkpoint(state, path)
     return path, trainer
 
 
@@ -39,7 +39,7 @@ def test_old_config_checkpoint_still_evaluates(tmp_path: Path) -> None:
     path, trainer = _old_checkpoint(tmp_path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        predictor = load_predictor(path)
+        predictor = load_trained_model(path)
     said = " ".join(str(w.message) for w in caught)
     assert "width_multiplier" in said and "augmentation_v0" in said
     assert predictor.experiment.optim.min_lr_ratio == 0.01  # the default filled in
@@ -56,7 +56,8 @@ def test_old_config_checkpoint_still_resumes(tmp_path: Path) -> None:
     resumed = Trainer(exp, validate=validator())
     assert resumed.step == first.step == 4 and resumed.epoch == 1
     assert all(
-        torch.equal(a, b) for a, b in zip(resumed.raw.state_dict().values(), first.raw.state_dict().values())
+        torch.equal(a, b)
+        for a, b in zip(resumed.model.state_dict().values(), first.model.state_dict().values())
     )
     result = resumed.train()
     resumed.close()

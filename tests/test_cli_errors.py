@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from shards.cli_errors import run_cli
+from shards.base.errors import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,13 +18,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def _cases(tmp: Path) -> dict[str, tuple[Callable[[list[str] | None], int], list[str], str]]:
     from eval.cli import main as eval_main
     from eval.predict import main as predict_main
-    from pipelines.bench import main as bench_main
-    from pipelines.bench_long import main as long_main
+    from pipelines.bench.long_tracks import main as long_main
+    from pipelines.bench.throughput import main as bench_main
     from pipelines.stats import main as stats_main
     from shards.cli import main as shards_main
     from train.__main__ import main as train_main
-    from train.bench import main as train_bench_main
-    from train.stepbench import main as stepbench_main
+    from train.bench.families import main as train_bench_main
+    from train.bench.step import main as stepbench_main
 
     return {
         "shards": (

@@ -9,7 +9,7 @@ import pytest
 
 from eval.config import EvalConfig
 from pipelines.config import FeatureConfig
-from shards.configtools import from_dict, load_sections, parse_value
+from shards.base.config import from_dict, load_sections, parse_value
 from train.config import OptimConfig, TrainConfig, experiment_from_tree, load_experiment
 
 

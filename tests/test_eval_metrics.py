@@ -10,7 +10,7 @@ import torch
 from sklearn import metrics as sk
 
 from eval.metrics import apply_thresholds, compute_metrics
-from shards.manifest import Level, TaskSpec
+from shards.base.tasks import Level, TaskSpec
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:

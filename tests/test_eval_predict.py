@@ -12,8 +12,9 @@ import soundfile as sf
 
 from eval.predict import Predictor, expand_inputs, main
 from eval.predictions import describe, load_thresholds
-from pipelines.testing import small_overrides
-from shards.manifest import Level, TaskSpec, read_manifest
+from pipelines.bench.small import small_overrides
+from shards.base.tasks import Level, TaskSpec
+from shards.manifest import read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 

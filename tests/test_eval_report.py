@@ -8,12 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import predictions as testing
 
-from eval import testing
 from eval.report import md_table, write_report
 from eval.runner import EvalResult, evaluate_model
 from eval.thresholds import search_thresholds
-from shards.manifest import Level, TaskSpec
+from shards.base.tasks import Level, TaskSpec
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

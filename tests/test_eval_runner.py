@@ -10,10 +10,10 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import predictions as testing
 
-from eval import testing
 from eval.runner import evaluate_model
-from shards.manifest import Level, TaskSpec
+from shards.base.tasks import Level, TaskSpec
 
 SINGLE = TaskSpec(kind="single", classes=["a", "b", "c", "d"])
 MULTI = TaskSpec(kind="multi", classes=["t0", "t1", "t2"])

@@ -5,12 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from helpers import predictions as testing
 from sklearn.metrics import f1_score
 
-from eval import cli, runner, testing
+from eval import cli, runner
 from eval import thresholds as th
 from eval.config import EvalConfig
-from shards.manifest import TaskSpec
+from shards.base.tasks import TaskSpec
 
 
 def test_hand_worked_optimum() -> None:

@@ -12,18 +12,19 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers.predictions import batches, identity
 
 from eval.metrics import METRICS, register_metric
 from eval.runner import evaluate_model
-from eval.testing import batches, identity
+from pipelines.bench.small import small_configs
 from pipelines.channels import CHANNELS, Channel, ChannelFn, ChannelInputs, register_channel
 from pipelines.config import FeatureConfig
 from pipelines.loader import build_loader
-from pipelines.testing import small_configs
+from shards.base.tasks import TaskSpec
 from shards.cli import main
 from shards.config import BuildConfig, load_build_config
 from shards.importers import IMPORTERS, Importer, ImporterOptions, register_importer
-from shards.manifest import TaskSpec, read_manifest
+from shards.manifest import read_manifest
 from shards.mtat import MTATOptions
 from shards.records import Dataset, Record, hash_split, read_table, single_task
 from shards.synth import make_synth

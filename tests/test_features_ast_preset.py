@@ -13,12 +13,12 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from helpers.tars import read_tracks
 
+from pipelines.bench.reference import ReferenceFeatures, eval_chunks, preemphasize
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig, framing
 from pipelines.features import FeatureAssembler
 from pipelines.loader import build_loader
-from pipelines.reference import ReferenceFeatures, eval_chunks, preemphasize
-from pipelines.testing import read_tracks
 from shards.synth import TAGS, synth_track
 
 # 128 HTK bins from 20 Hz in a 512-point FFT leave one filter between bins, in kaldi's bank too

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from train.gpu_proof import GPU, STAGES, cpu_profile
-from train.gpu_proof_stages import Context, Proc, StageTimeout, gpu_test_files, last_json
+from train.gpu_proof.proof import GPU, STAGES, cpu_profile
+from train.gpu_proof.stages import Context, Proc, StageTimeout, gpu_test_files, last_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -124,14 +124,14 @@ def test_the_lease_profile_commands_resolve(tmp_path: Path) -> None:
     from pipelines.config import framing
     from train.__main__ import parse_args
     from train.config import load_experiment
-    from train.gpu_proof_resume import torchrun_cmd
-    from train.models import check_model_config
+    from train.gpu_proof.resume import torchrun_cmd
+    from train.models import resolve_family
 
     ctx = Context(GPU, tmp_path, tmp_path / "work", sys.executable, {}, {"stages": {}})
     cmd = torchrun_cmd(ctx, tmp_path / "shards", tmp_path / "run")
     args, overrides = parse_args(cmd[cmd.index("train") + 1 :])
     exp = load_experiment(ROOT / args.config, overrides)
-    check_model_config(exp.model)
+    resolve_family(exp.model)
     assert (exp.model.family, exp.train.max_steps, exp.train.device, exp.data.val_split) == (
         "customcnn",
         200,
@@ -143,14 +143,14 @@ def test_the_lease_profile_commands_resolve(tmp_path: Path) -> None:
         exp = load_experiment(
             ROOT / GPU.config, [f"data.shards={tmp_path}", f"model.family={family}", *GPU.overrides]
         )
-        check_model_config(exp.model)
+        resolve_family(exp.model)
         shape = (len(exp.features.channels), exp.features.n_mels, framing(exp.features, exp.loader).frames)
         assert shape == (3, 256, 259)
 
 
 def test_markdown_of_a_gpu_run_shows_its_gpu_only_figures() -> None:
     """The GPU-only fields (device, memory, NCCL, DALI gpu row) never appear in the dry run."""
-    from train.gpu_proof_report import markdown
+    from train.gpu_proof.report import markdown
 
     shards = {"tracks": 2000, "seconds": 30.0, "codec": "pcm16", "sample_rate": 22050, "distinct": 64,
               "gb": 2.65, "splits": {"train": 1376, "validation": 312, "test": 312}}  # fmt: skip

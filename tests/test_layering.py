@@ -1,7 +1,10 @@
-"""The layering, checked on the source: shards <- pipelines <- train, eval beside train.
+"""The rooms of the tree and their layering, checked on the source.
 
-Every import counts, the ones inside functions too. Entry points (``__main__``, the eval
-CLI, the demo) are where the stages are composed; library modules never reach across.
+Three kinds of room (docs/architecture.md): the shared base (``shards.base``: imports nothing
+else of the project), the library (what a user's job runs: shards <- pipelines <- train, eval
+beside train) and tools (benchmarks, baselines, the parity reference, the GPU acceptance run,
+the demo driver), which the library never imports. Test helpers live under ``tests/helpers``
+and nothing in the packages imports them. Every import counts, the ones inside functions too.
 """
 
 from __future__ import annotations
@@ -13,9 +16,35 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("shards", "pipelines", "train", "eval")
-ENTRY_POINTS = {"train.__main__", "train.demo", "eval.cli", "eval.__main__", "eval.predict"}
+BASE = "shards.base"
+TOOLS = (
+    "shards.bench",
+    "pipelines.bench",
+    "pipelines.bench_long",
+    "train.bench",
+    "train.stepbench",
+    "train.gpu_proof",
+    "train.demo",
+)
+# Where the stages are composed (a CLI may hand one stage's function to another)
+ENTRY_POINTS = {"train.__main__", "eval.cli", "eval.__main__", "eval.predict"}
+# A CLI subcommand that runs a tool: `python -m shards bench`
+TOOL_DISPATCH = {("shards.cli", "shards.bench.build_speed")}
 # the [eval] section's dataclass: part of every experiment file and checkpoint config
 SHARED_DATA = {"eval.config"}
+LIMITS = {"file_lines": 400, "function_lines": 60}
+
+
+def _in(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
+
+
+def room(module: str) -> str:
+    if _in(module, BASE):
+        return "base"
+    if any(_in(module, t) for t in TOOLS):
+        return "tool"
+    return "library"
 
 
 def _modules() -> dict[str, Path]:
@@ -27,9 +56,12 @@ def _modules() -> dict[str, Path]:
     return out
 
 
-def _imports(path: Path, modules: dict[str, Path], *, in_functions: bool = True) -> set[str]:
-    """Project modules ``path`` imports at run time (``if TYPE_CHECKING:`` blocks excluded);
-    ``in_functions=False``: only those imported when the module itself is imported."""
+MODULES = _modules()
+
+
+def _imported_names(path: Path, *, in_functions: bool = True) -> set[str]:
+    """Every absolute module name ``path`` imports at run time (``if TYPE_CHECKING:`` blocks
+    excluded); ``in_functions=False``: only those imported when the module itself is imported."""
     tree = ast.parse(path.read_text())
     skip = {
         id(n)
@@ -46,17 +78,54 @@ def _imports(path: Path, modules: dict[str, Path], *, in_functions: bool = True)
     for node in ast.walk(tree):
         if id(node) in skip:
             continue
-        names: list[str] = []
         if isinstance(node, ast.Import):
-            names = [a.name for a in node.names]
+            found |= {a.name for a in node.names}
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-        found |= {n for n in names if n in modules and n.split(".")[0] in PACKAGES}
+            found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
     return found
 
 
-GRAPH = {m: _imports(p, _modules()) for m, p in _modules().items()}
-AT_IMPORT = {m: _imports(p, _modules(), in_functions=False) for m, p in _modules().items()}
+def _imports(path: Path, *, in_functions: bool = True) -> set[str]:
+    """Project modules ``path`` imports."""
+    names = _imported_names(path, in_functions=in_functions)
+    return {n for n in names if n in MODULES and n.split(".")[0] in PACKAGES}
+
+
+GRAPH = {m: _imports(p) for m, p in MODULES.items()}
+AT_IMPORT = {m: _imports(p, in_functions=False) for m, p in MODULES.items()}
+
+
+def test_every_room_is_what_its_name_says() -> None:
+    """Sanity of the classification itself: the base and every tool package exist."""
+    assert any(room(m) == "base" for m in MODULES)
+    for tool in TOOLS:
+        assert tool in MODULES, f"tool package {tool} is gone: update TOOLS"
+
+
+def test_base_imports_nothing_else_of_the_project() -> None:
+    bad = {m: sorted(d for d in deps if room(d) != "base") for m, deps in GRAPH.items() if room(m) == "base"}
+    assert not {m: d for m, d in bad.items() if d}
+
+
+def test_library_never_imports_a_tool_or_a_test_helper() -> None:
+    bad = {}
+    for m, path in MODULES.items():
+        if room(m) == "tool":
+            continue
+        tools = {d for d in GRAPH[m] if room(d) == "tool" and (m, d) not in TOOL_DISPATCH}
+        helpers = {n for n in _imported_names(path) if n.split(".")[0] in ("helpers", "tests")}
+        if tools | helpers:
+            bad[m] = sorted(tools | helpers)
+    assert not bad
+
+
+def test_tools_never_import_test_helpers() -> None:
+    bad = {
+        m: sorted(n for n in _imported_names(p) if n.split(".")[0] in ("helpers", "tests"))
+        for m, p in MODULES.items()
+        if room(m) == "tool"
+    }
+    assert not {m: d for m, d in bad.items() if d}
 
 
 @pytest.mark.parametrize(
@@ -64,8 +133,12 @@ AT_IMPORT = {m: _imports(p, _modules(), in_functions=False) for m, p in _modules
     [("shards", ("pipelines", "train", "eval")), ("pipelines", ("train", "eval"))],
 )
 def test_lower_layers_import_nothing_above(layer: str, forbidden: tuple[str, ...]) -> None:
-    bad = {m: sorted(i for i in deps if i.split(".")[0] in forbidden) for m, deps in GRAPH.items()}
-    assert not {m: d for m, d in bad.items() if d and m.split(".")[0] == layer}
+    bad = {
+        m: sorted(i for i in deps if i.split(".")[0] in forbidden)
+        for m, deps in GRAPH.items()
+        if room(m) == "library" and m.split(".")[0] == layer
+    }
+    assert not {m: d for m, d in bad.items() if d}
 
 
 def test_train_and_eval_libraries_do_not_import_each_other() -> None:
@@ -73,11 +146,12 @@ def test_train_and_eval_libraries_do_not_import_each_other() -> None:
         m: sorted(d)
         for m, deps in GRAPH.items()
         if m not in ENTRY_POINTS
+        and room(m) == "library"
         and (d := {i for i in deps if i.split(".")[0] in {"train", "eval"} - {m.split(".")[0]}} - SHARED_DATA)
         and m.split(".")[0] in ("train", "eval")
     }
     assert not crossing
-    assert all(not _imports(p, _modules()) for m, p in _modules().items() if m in SHARED_DATA)
+    assert all(not (GRAPH[m] - {d for d in GRAPH[m] if room(d) == "base"}) for m in SHARED_DATA)
 
 
 def test_no_import_cycle() -> None:
@@ -99,8 +173,28 @@ def test_no_import_cycle() -> None:
 
 
 def test_no_import_error_fallbacks() -> None:
-    for m, path in _modules().items():
+    for m, path in MODULES.items():
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ExceptHandler) and node.type is not None:
                 names = {n.id for n in ast.walk(node.type) if isinstance(n, ast.Name)}
                 assert not names & {"ImportError", "ModuleNotFoundError"}, f"{m}: line {node.lineno}"
+
+
+def test_no_test_helper_ships_in_a_package() -> None:
+    """Helpers for tests live in tests/helpers, not as installed ``testing`` modules."""
+    assert not [m for m in MODULES if m.rsplit(".", 1)[-1] in ("testing", "conftest")]
+
+
+def test_files_and_functions_fit_on_a_screen() -> None:
+    """style.md: a file past ~400 lines is two modules; a function fits on a screen."""
+    long_files, long_functions = [], []
+    for m, path in MODULES.items():
+        src = path.read_text()
+        if len(src.splitlines()) > LIMITS["file_lines"]:
+            long_files.append(f"{m}: {len(src.splitlines())} lines")
+        for node in ast.walk(ast.parse(src)):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                n = (node.end_lineno or node.lineno) - node.lineno + 1
+                if n > LIMITS["function_lines"]:
+                    long_functions.append(f"{m}.{node.name}: {n} lines")
+    assert not long_files and not long_functions, long_files + long_functions

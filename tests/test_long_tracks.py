@@ -18,14 +18,15 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
+from helpers.tars import read_tracks
 
 from eval.aggregate import Predictions, aggregate_tracks
 from eval.runner import evaluate_model
+from pipelines.bench.reference import reference_track
+from pipelines.bench.small import small_configs
 from pipelines.config import AugmentConfig, framing
 from pipelines.loader import build_loader
-from pipelines.reference import reference_track
-from pipelines.testing import read_tracks, small_configs
-from pipelines.validate import ShardError
+from pipelines.shard_checks import ShardError
 from shards.builder import build
 from shards.config import BuildConfig
 from shards.manifest import MANIFEST, SEGMENT_FIELDS, read_manifest

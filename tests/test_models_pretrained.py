@@ -219,7 +219,7 @@ def test_timm_offline_hub_cache_and_clear_error_when_missing(tmp_path: Path) -> 
 def _rank_zero_first_worker(rank: int, port: int, folder: str) -> None:
     import torch.distributed as dist
 
-    from train.models.pretrained import rank_zero_first
+    from shards.base.distributed import rank_zero_first
 
     os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1")
     os.environ["MASTER_PORT"] = str(port)

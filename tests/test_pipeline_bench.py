@@ -8,8 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from pipelines.bench import cpu_seconds, machine_cpu_seconds, main
-from pipelines.testing import small_overrides
+from pipelines.bench.small import small_overrides
+from pipelines.bench.throughput import cpu_seconds, machine_cpu_seconds, main
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = small_overrides(batch_size=4, chunks_per_track=2)
@@ -77,7 +77,7 @@ def test_machine_cpu_seconds_count_this_process_too():
 
 
 def test_bench_long_compares_the_same_audio_three_ways(tmp_path, capsys):
-    from pipelines.bench_long import main as long_main
+    from pipelines.bench.long_tracks import main as long_main
 
     args = ["throughput", "--dir", str(tmp_path), "--total-seconds", "24", "--short-seconds", "2"]
     args += [

@@ -10,14 +10,14 @@ import shutil
 import pytest
 import torch
 
+from pipelines.bench.small import small_configs, small_overrides
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
 from pipelines.features import STATS_FILE
 from pipelines.loader import build_loader
+from pipelines.shard_checks import ShardError
 from pipelines.stats import compute_stats, write_stats
 from pipelines.stats import main as stats_main
-from pipelines.testing import small_configs, small_overrides
-from pipelines.validate import ShardError
-from shards.configtools import load_sections
+from shards.base.config import load_sections
 
 
 @pytest.fixture

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 from nvidia.dali import fn, pipeline_def
 
-from pipelines.graph import chunk_count, samples
+from pipelines.graph import chunk_count, length_of
 
 
 def test_chunk_count_is_exact_for_long_tracks():
-    """A track one sample past 130 six-second chunks (13 min at 22050 Hz: more samples than
+    """A track one sample past 130 six-second chunks (13 min at 22050 Hz: more length_of than
     float32 counts exactly) has 131 chunks; float32 arithmetic lost the last one."""
     chunk = 6 * 22050
     lens = [130 * chunk + 1, 130 * chunk, chunk - 1, 1]
@@ -17,7 +17,7 @@ def test_chunk_count_is_exact_for_long_tracks():
     @pipeline_def(batch_size=len(lens), num_threads=1, device_id=None)
     def pipe():  # type: ignore[no-untyped-def]
         audio = fn.external_source(source=lambda: [np.zeros(n, np.int16) for n in lens], batch=True)
-        return chunk_count(samples(audio), chunk)
+        return chunk_count(length_of(audio), chunk)
 
     p = pipe()
     p.build()

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.tars import read_members
 
+from pipelines.bench.image_baseline import ImageBaselineLoader, reference_image
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
-from pipelines.image_baseline import ImageBaselineLoader, reference_image
 from pipelines.loader import build_loader
-from pipelines.testing import read_members
-from pipelines.validate import ShardError
+from pipelines.shard_checks import ShardError
 from shards.manifest import read_manifest
 
 CHANNELS = ["mel", "cqt", "chroma"]

@@ -13,10 +13,11 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
+from helpers.tars import mel_centres, read_tracks
 
+from pipelines.bench.small import small_configs
 from pipelines.config import AugmentConfig
 from pipelines.loader import build_loader, resolve_device
-from pipelines.testing import mel_centres, read_tracks, small_configs
 from shards.synth import GENRE_BANDS, class_of_signal
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]

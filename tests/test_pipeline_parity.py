@@ -14,13 +14,14 @@ from collections import defaultdict
 import numpy as np
 import pytest
 import torch
+from helpers.tars import mel_centres, read_tracks
 
-from pipelines.baseline import BaselineLoader
+from pipelines.bench.baseline import BaselineLoader
+from pipelines.bench.reference import ReferenceFeatures, eval_chunks
+from pipelines.bench.small import small_configs
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig, framing
 from pipelines.features import FeatureAssembler
 from pipelines.loader import build_loader
-from pipelines.reference import ReferenceFeatures, eval_chunks
-from pipelines.testing import mel_centres, read_tracks, small_configs
 from shards.synth import GENRE_BANDS
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]

@@ -207,10 +207,11 @@ def test_interrupted_build_resumes_after_last_finished_shard(
     raw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import shards.builder as builder
+    import shards.workers as workers
     from shards.config import BuildConfig
 
     cfg = BuildConfig(source="folder", root=raw, out=tmp_path / "o", workers=1, shard_size_mb=0.01)
-    real, calls = builder.process_indexed, []
+    real, calls = workers.process_indexed, []
 
     def crash_on_fifth(job):  # one sample per shard; train: 2 ok + broken.mp3, then validation
         calls.append(job[0])
@@ -218,7 +219,7 @@ def test_interrupted_build_resumes_after_last_finished_shard(
             raise RuntimeError("killed")
         return real(job)
 
-    monkeypatch.setattr(builder, "process_indexed", crash_on_fifth)
+    monkeypatch.setattr(workers, "process_indexed", crash_on_fifth)
     with pytest.raises(RuntimeError, match="killed"):
         builder.build(cfg, progress=False)
     assert not (cfg.out / "manifest.json").exists() and not list(cfg.out.rglob("*.tmp"))
@@ -280,8 +281,8 @@ def test_dali_decodes_compressed_codecs(raw: Path, tmp_path: Path, codec: str) -
 
 
 def test_keys_are_sanitised_and_unique() -> None:
+    from shards.base.tasks import TaskSpec
     from shards.builder import plan
-    from shards.manifest import TaskSpec
     from shards.records import Dataset, Record
 
     recs = [
@@ -299,8 +300,8 @@ def test_keys_are_sanitised_and_unique() -> None:
 def test_long_keys_stay_sanitised_when_made_unique(tmp_path: Path) -> None:
     """Two paths alike in their first 80 key characters (deep folders, long titles): the
     de-duplicated key must still be one the writer accepts (it refused ``<80 chars>_2``)."""
+    from shards.base.tasks import TaskSpec
     from shards.builder import plan
-    from shards.manifest import TaskSpec
     from shards.records import Dataset, Record
     from shards.writer import MAX_KEY, ShardWriter, sanitize_key
 
@@ -326,8 +327,8 @@ def test_track_resampled_to_nothing_is_rejected() -> None:
     import numpy as np
     import soundfile as sf
 
-    from shards.audio import AudioSpec, process
+    from shards.audio import AudioSpec, transcode
 
     buf = io.BytesIO()
     sf.write(buf, np.ones(2, dtype=np.float32) * 0.1, 48000, format="WAV")
-    assert process(buf.getvalue(), AudioSpec(8000, "pcm16", 0.0)) == "too short: no samples left at 8000 Hz"
+    assert transcode(buf.getvalue(), AudioSpec(8000, "pcm16", 0.0)) == "too short: no samples left at 8000 Hz"

@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.datasets import build_cli, mp3_bytes, read_labels, read_rejects
 
-from shards.audio import AudioSpec, process
+from shards.audio import AudioSpec, transcode
 from shards.manifest import read_manifest
 from shards.mtat import GENRE_TAGS, main_genre
 from shards.mtat_columns import MTAT_COLUMNS
 from shards.mtat_split import map_tags
-from shards.testing import build_cli, mp3_bytes, read_labels, read_rejects
 
 # ---------------------------------------------------------------- FMA
 # tracks.csv as fma_metadata.zip ships it: 52 columns, sorted, under (album|artist|set|track).
@@ -88,7 +88,7 @@ def test_fma_tracks_csv_is_the_real_layout(fma_root: Path) -> None:
 
 def test_fma_small_faults(fma_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "o"
-    assert build_cli("fma", fma_root, out, "--workers", "2") == 0  # the process pool path
+    assert build_cli("fma", fma_root, out, "--workers", "2") == 0  # the transcode pool path
     m = read_manifest(out)
     assert m.task.kind == "single" and m.task.classes == ["Folk", "Hip-Hop", "Rock"]
     assert m.totals == {"input": 10, "written": 6, "rejected": 4}
@@ -324,9 +324,9 @@ def test_reasons_for_files_that_exist(tmp_path: Path) -> None:
     m4a = tmp_path / "song.m4a"
     m4a.write_bytes(b"\x00\x00\x00\x20ftypM4A " + bytes(500))
     assert (
-        process(m4a, spec) == "unsupported format: MP4/M4A (512 bytes); convert it to FLAC, WAV, OGG or MP3"
+        transcode(m4a, spec) == "unsupported format: MP4/M4A (512 bytes); convert it to FLAC, WAV, OGG or MP3"
     )
-    assert process(NO_AUDIO, spec) == "no audio frames (1752 bytes)"
-    assert process(b"", spec) == "empty file (0 bytes)"
-    assert process(tmp_path / "absent.mp3", spec) == "missing file"
-    assert process(mp3_bytes(2.4), AudioSpec(22050, "pcm16", 5.0)) == "too short: 2.4 s < min_seconds 5"
+    assert transcode(NO_AUDIO, spec) == "no audio frames (1752 bytes)"
+    assert transcode(b"", spec) == "empty file (0 bytes)"
+    assert transcode(tmp_path / "absent.mp3", spec) == "missing file"
+    assert transcode(mp3_bytes(2.4), AudioSpec(22050, "pcm16", 5.0)) == "too short: 2.4 s < min_seconds 5"

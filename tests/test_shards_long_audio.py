@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from shards.builder import process_indexed as real_process_indexed
+from shards.workers import process_indexed as real_process_indexed
 
 # light imports only at the top: the build's spawned workers import this module for die_on_crash_file
 
@@ -53,9 +53,10 @@ def die_on_crash_file(job):  # type: ignore[no-untyped-def]
 @pytest.mark.slow
 def test_a_dead_worker_is_a_reject_not_a_hang(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import pandas as pd
+    from helpers.tars import read_tracks
 
     import shards.builder as builder
-    from pipelines.testing import read_tracks
+    import shards.workers as workers
     from shards.config import BuildConfig
     from shards.manifest import read_manifest
 
@@ -69,12 +70,12 @@ def test_a_dead_worker_is_a_reject_not_a_hang(tmp_path: Path, monkeypatch: pytes
         for i, n in enumerate(names)
     ]
     pd.DataFrame(rows).to_csv(raw / "labels.csv", index=False)
-    monkeypatch.setattr(builder, "process_indexed", die_on_crash_file)
+    monkeypatch.setattr(workers, "process_indexed", die_on_crash_file)
     cfg = BuildConfig(source="folder", root=raw, out=tmp_path / "out", sample_rate=SR, workers=2)
     m = builder.build(cfg, progress=False)
     assert m.totals == {"input": 6, "written": 5, "rejected": 1}
     rejects = [json.loads(line) for line in (cfg.out / "rejects.jsonl").read_text().splitlines()]
-    assert [(r["path"], r["reason"]) for r in rejects] == [("audio/crash.wav", builder.WORKER_DIED)]
+    assert [(r["path"], r["reason"]) for r in rejects] == [("audio/crash.wav", workers.WORKER_DIED)]
     info = read_manifest(cfg.out).split("train")
     assert (info.num_tracks, info.num_samples) == (5, 50)  # 5-minute tracks: ten 30-s segments each
     levels = sorted(round(float(t.signal.mean()), 2) for t in read_tracks(cfg.out, "train").values())
@@ -86,6 +87,7 @@ def test_resume_keeps_whole_tracks_of_segments(tmp_path: Path, monkeypatch: pyte
     import pandas as pd
 
     import shards.builder as builder
+    import shards.workers as workers
     from shards.config import BuildConfig
 
     raw = tmp_path / "raw"
@@ -99,7 +101,7 @@ def test_resume_keeps_whole_tracks_of_segments(tmp_path: Path, monkeypatch: pyte
     cfg = BuildConfig(
         source="folder", root=raw, out=tmp_path / "o", sample_rate=SR, workers=1, shard_size_mb=0.6
     )
-    real, calls = builder.process_indexed, []
+    real, calls = workers.process_indexed, []
 
     def crash_on_fourth(job):  # type: ignore[no-untyped-def]
         calls.append(job[0])
@@ -107,7 +109,7 @@ def test_resume_keeps_whole_tracks_of_segments(tmp_path: Path, monkeypatch: pyte
             raise RuntimeError("killed")
         return real(job)
 
-    monkeypatch.setattr(builder, "process_indexed", crash_on_fourth)
+    monkeypatch.setattr(workers, "process_indexed", crash_on_fourth)
     with pytest.raises(RuntimeError, match="killed"):
         builder.build(cfg, progress=False)
     assert len(list((cfg.out / "train").glob("*.tar"))) == 2  # the third track's shard was still open

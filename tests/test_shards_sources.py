@@ -9,13 +9,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers.datasets import SR
+from helpers.datasets import build_cli as _build
+from helpers.datasets import mp3_bytes as _mp3
+from helpers.datasets import read_labels as _labels
+from helpers.datasets import read_rejects as _rejects
 
 from shards.manifest import read_manifest
-from shards.testing import SR
-from shards.testing import build_cli as _build
-from shards.testing import mp3_bytes as _mp3
-from shards.testing import read_labels as _labels
-from shards.testing import read_rejects as _rejects
 
 # ---------------------------------------------------------------- ccmusic (Hugging Face parquet)
 FST = ["1_Classic", "2_Non_classic"]

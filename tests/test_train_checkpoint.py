@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from eval.validation import validator
-from train.checkpoint import load_predictor
+from train.checkpoint import load_trained_model
 from train.synthetic import synthetic_experiment
 from train.trainer import Trainer
 
@@ -36,7 +36,7 @@ def _train(out: Path, extra: list[str], hooks: list | None = None) -> Trainer:
 
 
 def _assert_same_weights(a: Trainer, b: Trainer) -> None:
-    sa, sb = a.raw.state_dict(), b.raw.state_dict()
+    sa, sb = a.model.state_dict(), b.model.state_dict()
     assert sa.keys() == sb.keys()
     for k in sa:
         assert torch.allclose(sa[k].float(), sb[k].float(), atol=1e-6), k
@@ -55,7 +55,7 @@ def test_two_epochs_equal_one_plus_resume_plus_one(tmp_path: Path) -> None:
     fresh = Trainer(
         synthetic_experiment(tmp_path / "fresh", COMMON + ["checkpoint.resume=none"]), validate=validator()
     )
-    assert not torch.allclose(fresh.raw.stem[0].weight, full.raw.stem[0].weight)
+    assert not torch.allclose(fresh.model.stem[0].weight, full.model.stem[0].weight)
 
 
 def test_sigterm_mid_epoch_leaves_a_checkpoint_that_resumes(tmp_path: Path) -> None:
@@ -94,7 +94,7 @@ def test_checkpoint_is_weights_only_and_feeds_eval(tmp_path: Path) -> None:
         assert key in ckpt
     assert ckpt["family"] == "customcnn" and ckpt["config"]["model"]["preset"] == "tiny"
     assert ckpt["metrics"]["track/accuracy"] == trainer.metrics["track/accuracy"]
-    predictor = load_predictor(best)
+    predictor = load_trained_model(best)
     x = next(iter(trainer.data.val))["x"]
     probs = predictor.predict_proba(x)
     assert probs.shape == (x.shape[0], 4)
@@ -111,7 +111,7 @@ def test_gbm_checkpoint_loads_weights_only(tmp_path: Path) -> None:
     ckpt = torch.load(path, weights_only=True)
     assert isinstance(ckpt["model"]["_extra_state"]["boosters"][0], str)
     x = next(iter(trainer.data.train))["x"]
-    assert torch.allclose(load_predictor(path).predict_proba(x), trainer.predictor().predict_proba(x))
+    assert torch.allclose(load_trained_model(path).predict_proba(x), trainer.predictor().predict_proba(x))
 
 
 def test_resume_with_other_vocabulary_is_refused(tmp_path: Path) -> None:
@@ -222,7 +222,7 @@ def test_signal_after_the_last_agreement_does_not_skip_the_final_save(tmp_path: 
 
     def late_signal() -> bool:
         if done():
-            trainer.stop_requested = True  # what the handler does, after _should_stop ran
+            trainer.stop.requested = True  # what the handler does, after _should_stop ran
         return done()
 
     trainer._done = late_signal  # type: ignore[method-assign]

@@ -9,8 +9,7 @@ import pytest
 
 from train.__main__ import main
 from train.config import load_experiment
-from train.data import read_task
-from train.models import check_model_config
+from train.models import resolve_family
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
 
@@ -38,7 +37,7 @@ def test_config_loads_with_data_override(path: Path, tmp_path: Path) -> None:
     exp = load_experiment(path, [f"--data.shards={tmp_path}", "--train.epochs=3"])
     assert exp.data.shards == tmp_path and exp.train.epochs == 3
     assert exp.features is not None and type(exp.features).__name__ == "FeatureConfig"
-    family = check_model_config(exp.model)
+    family = resolve_family(exp.model)
     assert family.name == exp.model.family
     assert "Seed" in path.read_text() or "Demo" in path.read_text()  # target documented
 
@@ -88,12 +87,11 @@ def test_shards_required_unless_synthetic() -> None:
         load_experiment(None, ["model.family=customcnn"])
 
 
-def test_read_task_names_missing_shards_on_a_hand_built_experiment() -> None:
-    """An Experiment assembled in code skips the loader's check; read_task still names the key."""
+def test_hand_built_experiment_names_missing_shards() -> None:
+    """An Experiment assembled in code is checked like a loaded one: the error names the key."""
     exp = load_experiment(None, ["data.synthetic=true"])
-    exp = dataclasses.replace(exp, data=dataclasses.replace(exp.data, synthetic=False))
     with pytest.raises(ValueError, match="data.shards"):
-        read_task(exp)
+        dataclasses.replace(exp, data=dataclasses.replace(exp.data, synthetic=False))
 
 
 def test_cli_overrides_win_over_file(tmp_path: Path) -> None:

@@ -1,11 +1,11 @@
-"""train.distributed: device choice and SLURM rendezvous without a GPU (monkeypatched CUDA)."""
+"""shards.base.distributed: device choice and SLURM rendezvous without a GPU (monkeypatched CUDA)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from train import distributed
+from shards.base import distributed
 
 
 @pytest.fixture
@@ -86,7 +86,7 @@ def test_cuda_rng_is_saved_and_restored_for_this_ranks_device_only(monkeypatch: 
 
 def test_ranks_share_the_init_but_not_the_dropout_stream(tmp_path) -> None:  # noqa: ANN001
     from eval.validation import validator
-    from train.distributed import DistInfo
+    from shards.base.distributed import DistInfo
     from train.synthetic import synthetic_experiment
     from train.trainer import Trainer
 
@@ -95,7 +95,7 @@ def test_ranks_share_the_init_but_not_the_dropout_stream(tmp_path) -> None:  # n
         info = DistInfo(rank=rank, world_size=1, local_rank=0, device=torch.device("cpu"))
         exp = synthetic_experiment(tmp_path / str(rank), ["checkpoint.resume=none"])
         trainer = Trainer(exp, info=info, validate=validator())
-        weights.append(trainer.raw.stem[0].weight.clone())
+        weights.append(trainer.model.stem[0].weight.clone())
         draws.append(torch.rand(4))
         trainer.close()
     assert torch.equal(weights[0], weights[1])
@@ -108,7 +108,7 @@ def test_torchrun_with_one_rank_joins_a_process_group(monkeypatch) -> None:  # n
 
     import torch.distributed as dist
 
-    from train.distributed import close, init
+    from shards.base.distributed import close, init
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

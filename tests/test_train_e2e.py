@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from eval.validation import validator
-from train.checkpoint import load_predictor
+from train.checkpoint import load_trained_model
 from train.config import load_experiment
 from train.logger import read_metrics
 from train.trainer import Trainer
@@ -54,7 +54,7 @@ def test_trains_validates_and_checkpoints_on_shards(single: Path, tmp_path: Path
     assert [r["epoch"] for r in rows if "val/track/accuracy" in r] == [1, 2]
     curves = tmp_path / "curves.png"  # written by close() on rank 0
     assert curves.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    best = load_predictor(tmp_path / "checkpoints" / "best.pt")
+    best = load_trained_model(tmp_path / "checkpoints" / "best.pt")
     assert best.task.classes == trainer.task.classes
     assert best.configs["features"].n_mels == 32
     batch = next(iter(trainer.data.val))
@@ -86,8 +86,8 @@ def test_sigterm_on_shards_resumes_like_an_uninterrupted_run(single: Path, tmp_p
     assert cut.result["stopped"] and cut.step == 1
     resumed = _train(single, tmp_path / "cut", extra)
     assert resumed.step == full.step
-    for k, v in full.raw.state_dict().items():
-        assert torch.allclose(v.float(), resumed.raw.state_dict()[k].float(), atol=1e-5), k
+    for k, v in full.model.state_dict().items():
+        assert torch.allclose(v.float(), resumed.model.state_dict()[k].float(), atol=1e-5), k
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from eval.validation import validator
-from train.checkpoint import load_predictor
+from train.checkpoint import load_trained_model
 from train.config import load_experiment
 from train.logger import read_metrics
 from train.synthetic import synthetic_experiment
@@ -37,7 +37,7 @@ def test_amp_channels_last_on_gpu(tmp_path: Path, amp: str) -> None:
     assert all(torch.isfinite(torch.tensor(loss))) and loss[-1] < 0.7 * loss[0], loss
     ckpt = torch.load(tmp_path / "checkpoints" / "step_00000006.pt", weights_only=True)
     assert (ckpt["scaler"].get("scale", 0) > 0) == (amp == "fp16")
-    pred = load_predictor(tmp_path / "checkpoints" / "step_00000006.pt", "cuda")
+    pred = load_trained_model(tmp_path / "checkpoints" / "step_00000006.pt", "cuda")
     assert pred.predict_proba(torch.randn(2, 3, 32, 32, device="cuda")).shape == (2, 4)
 
 

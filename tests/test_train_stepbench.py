@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from train.stepbench import main
+from train.bench.step import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -29,7 +29,7 @@ def test_train_step_mode_compares_real_loader_with_resident_batches(synth_shards
 def test_real_and_synthetic_step_time_the_same_network(synth_shards):
     """With no preset in the config, both sides build the family's default (ast: base), not the
     synthetic bench's own small default, with the config's kwargs: vs_synthetic compares like with like."""
-    from train.bench import bench_real_loader
+    from train.bench.families import bench_real_loader
 
     shards = synth_shards(task="single", tracks=24, seconds=4.0, sample_rate=16000)
     extra = [

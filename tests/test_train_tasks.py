@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from shards.manifest import Level, TaskSpec
-from train.tasks import TaskHead
+from shards.base.tasks import Level, TaskSpec
+from train.loss import TaskLoss
 
 HIER = TaskSpec(
     kind="hier",
@@ -26,13 +26,13 @@ def test_single_label_smoothing_matches_formula() -> None:
     y = torch.tensor([0])
     logp = logits.log_softmax(-1)[0]
     expected = -(0.9 * logp[0] + 0.1 * logp.mean())
-    loss = TaskHead(spec, label_smoothing=0.1).loss(logits, y)
+    loss = TaskLoss(spec, label_smoothing=0.1).loss(logits, y)
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
 
 
 def test_multi_uses_bce_and_sigmoid() -> None:
     spec = TaskSpec(kind="multi", classes=["t1", "t2"])
-    head = TaskHead(spec)
+    head = TaskLoss(spec)
     logits = torch.tensor([[0.0, 2.0]])
     y = torch.tensor([[1.0, 0.0]])
     expected = (math.log(2) + math.log(1 + math.e**2)) / 2
@@ -41,7 +41,7 @@ def test_multi_uses_bce_and_sigmoid() -> None:
 
 
 def test_hier_loss_is_sum_of_level_losses() -> None:
-    head = TaskHead(HIER)
+    head = TaskLoss(HIER)
     logits = torch.randn(4, 5)
     y = torch.tensor([[0, 1], [1, 2], [0, 0], [1, 2]])
     expected = F.cross_entropy(logits[:, :2], y[:, 0]) + F.cross_entropy(logits[:, 2:], y[:, 1])
@@ -53,12 +53,12 @@ def test_hier_loss_is_sum_of_level_losses() -> None:
 
 
 def test_hier_prediction_is_consistent_with_parents() -> None:
-    head = TaskHead(HIER)
+    head = TaskLoss(HIER)
     # top says "b" (0.55) but the mid level is confident in a1 (child of a): argmax per level
     # would give the inconsistent (b, a1); the best path is (a, a1).
     probs = torch.tensor([[0.45, 0.55, 0.9, 0.05, 0.05]])
     assert head.predict(probs).tolist() == [[0, 0]]
-    rand = TaskHead(HIER).probabilities(torch.randn(64, 5))
+    rand = TaskLoss(HIER).probabilities(torch.randn(64, 5))
     pred = head.predict(rand)
     parent = torch.tensor([0, 0, 1])
     assert torch.equal(parent[pred[:, 1]], pred[:, 0])
@@ -66,4 +66,4 @@ def test_hier_prediction_is_consistent_with_parents() -> None:
 
 def test_wrong_output_width_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="expected 5 outputs"):
-        TaskHead(HIER).split(torch.zeros(2, 4))
+        TaskLoss(HIER).split(torch.zeros(2, 4))

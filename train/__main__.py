@@ -9,8 +9,8 @@ import argparse
 import json
 import sys
 
-from shards.cli_errors import CliParser, run_cli
-from train import distributed
+from shards.base import distributed
+from shards.base.errors import CliParser, run_cli
 from train.config import load_experiment
 
 
@@ -27,10 +27,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, list[
 
 def main(argv: list[str] | None = None) -> int:
     args, overrides = parse_args(argv)
-    exp = load_experiment(args.config, overrides)  # config errors before any GPU work
-    from train.models import check_model_config
-
-    check_model_config(exp.model)
+    exp = load_experiment(args.config, overrides)  # config errors (every section) before any GPU work
     if args.print_config:
         print(json.dumps(exp.to_dict(), indent=2, default=str))
         return 0

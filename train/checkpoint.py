@@ -24,9 +24,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from pipelines.collective import all_gather_object
-from shards.atomic import atomic_path
-from shards.manifest import TaskSpec
+from shards.base.atomic import atomic_path
+from shards.base.distributed import all_gather_object
+from shards.base.tasks import TaskSpec
 from train.config import CheckpointConfig, Experiment, experiment_from_tree
 
 STEP_RE = re.compile(r"^step_(\d{8})\.pt$")
@@ -217,7 +217,7 @@ class Checkpointer:
         path = self.folder / f"step_{step:08d}.pt"
         if not self.is_main:
             return None
-        write(state, path)
+        write_checkpoint(state, path)
         for old in self.step_files()[: -self.cfg.keep_last]:
             old.unlink(missing_ok=True)
         return path
@@ -240,17 +240,17 @@ class Checkpointer:
         if not self.is_main:
             return None
         path = self.folder / "best.pt"
-        write(state, path)
+        write_checkpoint(state, path)
         return path
 
 
-def write(state: dict[str, Any], path: Path) -> None:
+def write_checkpoint(state: dict[str, Any], path: Path) -> None:
     """torch.save through a temp file + rename (a crash never leaves half a checkpoint)."""
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
-def read(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Load a checkpoint with weights_only=True (no pickled objects)."""
     p = Path(path)
     if not p.is_file():
@@ -290,7 +290,7 @@ def checkpoint_task(ckpt: dict[str, Any], path: str | Path) -> TaskSpec:
     return TaskSpec(**ckpt["task"])
 
 
-class ChunkPredictor:
+class TrainedModel:
     """A trained model on feature tensors, as eval sees it: ``predict_proba(x (B,C,F,T)) ->
     (B, sum(head_sizes))``. (On audio files: ``eval.predict.Predictor``.)"""
 
@@ -304,12 +304,12 @@ class ChunkPredictor:
         device: torch.device,
         sample_kind: str = "audio",
     ) -> None:
-        from train.tasks import TaskHead
+        from train.loss import TaskLoss
 
         self.model, self.task, self.experiment, self.name = model, task, experiment, name
         self.sample_kind = sample_kind  # what it was trained on: "audio" or "image" shards
         self.device = device
-        self.head = TaskHead(task)
+        self.head = TaskLoss(task)
         self.configs: dict[str, Any] = {  # features, augment, loader: what the loader is rebuilt from
             "features": experiment.features,
             "augment": experiment.augment,
@@ -328,11 +328,11 @@ class ChunkPredictor:
     __call__ = predict_proba
 
 
-def load_predictor(path: str | Path, device: str | torch.device = "cpu") -> ChunkPredictor:
+def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> TrainedModel:
     """Rebuild the model of a checkpoint (EMA weights when present) for evaluation."""
     from train.models import build_model
 
-    ckpt = read(path)
+    ckpt = read_checkpoint(path)
     for key in ("model", "config", "task", "input_shape"):
         if key not in ckpt:
             raise ValueError(f"{path}: not a musicstream checkpoint (no {key!r})")
@@ -348,4 +348,4 @@ def load_predictor(path: str | Path, device: str | torch.device = "cpu") -> Chun
         model.to(memory_format=torch.channels_last)
     name = f"{exp.model.family}:{Path(path).name}"
     kind = str(ckpt.get("sample_kind", "audio"))  # absent in checkpoints written before image shards
-    return ChunkPredictor(model, task, exp, name=name, device=dev, sample_kind=kind)
+    return TrainedModel(model, task, exp, name=name, device=dev, sample_kind=kind)

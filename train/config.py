@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from eval.config import EvalConfig
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
-from shards.configtools import apply_overrides, load_sections, sections_from_tree, to_dict
+from shards.base.config import apply_overrides, load_sections, sections_from_tree, to_dict
 from train.logger import tensorboard_installed
 
 AmpMode = Literal["bf16", "fp16", "auto", "none"]
@@ -234,6 +234,10 @@ class Experiment:
     eval: EvalConfig = field(default_factory=EvalConfig)
     source: str = "config"
 
+    def __post_init__(self) -> None:
+        if not self.data.synthetic and self.data.shards is None:
+            raise ValueError(f"{self.source}: data.shards is required unless data.synthetic = true")
+
     def to_dict(self) -> dict[str, Any]:
         """All sections as plain data (stored in checkpoints)."""
         return {n: to_dict(getattr(self, n)) for n in SECTIONS}
@@ -260,7 +264,8 @@ def experiment_from_tree(tree: dict[str, Any], label: str = "config", *, strict:
 
 
 def _experiment(sections: dict[str, Any], label: str) -> Experiment:
+    from train.models.registry import resolve_family  # the registry reads ModelConfig from here
+
     exp = Experiment(**sections, source=label)
-    if not exp.data.synthetic and exp.data.shards is None:
-        raise ValueError(f"{label} [data] shards: required unless data.synthetic = true")
+    resolve_family(exp.model)  # an unknown family or preset fails here, before any GPU work
     return exp

@@ -5,6 +5,7 @@ Drawn by the Trainer at close on rank 0, so it lives with training, not with the
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -12,7 +13,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from shards.atomic import atomic_path  # noqa: E402
+from shards.base.atomic import atomic_path  # noqa: E402
+from train.logger import read_metrics  # noqa: E402
 
 
 def plot_training_curves(rows: list[dict], path: Path, title: str) -> Path | None:
@@ -42,3 +44,13 @@ def plot_training_curves(rows: list[dict], path: Path, title: str) -> Path | Non
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     return path
+
+
+def plot_run_curves(out: Path, title: str) -> Path | None:
+    """``OUT/curves.png`` from the run's metrics so far (also after a stop or a crash); a plot
+    that fails is a warning, never a lost run."""
+    try:
+        return plot_training_curves(read_metrics(out), out / "curves.png", title)
+    except (OSError, ValueError, RuntimeError) as e:
+        warnings.warn(f"{out / 'curves.png'}: could not plot the training curves: {e}", stacklevel=2)
+        return None

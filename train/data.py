@@ -7,12 +7,12 @@ loaders with this rank's share, all with the ``MusicLoader`` interface.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal, TypedDict
 
 import torch
 
-from shards.manifest import Manifest, TaskSpec, read_manifest
+from shards.base.tasks import TaskSpec
+from shards.manifest import Manifest, read_manifest
 from train.config import Experiment
 from train.synthetic import SyntheticLoader, synthetic_task
 
@@ -37,24 +37,13 @@ class _SyntheticCommon(TypedDict):
     device: torch.device
 
 
-def _shards(exp: Experiment) -> Path:
-    """``data.shards``, which a shard-fed (non-synthetic) run cannot do without."""
-    if exp.data.shards is None:
-        raise ValueError("data.shards: required unless data.synthetic = true")
-    return exp.data.shards
-
-
-def read_source(exp: Experiment) -> tuple[Manifest | None, TaskSpec]:
+def data_source(exp: Experiment) -> tuple[Manifest | None, TaskSpec]:
     """The shards' manifest (read once per start; None for synthetic data) and the task."""
     if exp.data.synthetic:
         return None, synthetic_task(exp.data.synthetic_task, exp.data.synthetic_classes)
-    manifest = read_manifest(_shards(exp))
+    assert exp.data.shards is not None  # Experiment checks it
+    manifest = read_manifest(exp.data.shards)
     return manifest, manifest.task
-
-
-def read_task(exp: Experiment) -> TaskSpec:
-    """The task and vocabularies: the manifest's, or the synthetic one (no GPU work)."""
-    return read_source(exp)[1]
 
 
 def build_data(
@@ -66,7 +55,7 @@ def build_data(
     world_size: int,
     device: torch.device,
 ) -> DataBundle:
-    """This rank's train and validation loaders (``manifest`` from ``read_source``)."""
+    """This rank's train and validation loaders (``manifest`` from ``data_source``)."""
     if manifest is None:
         return _synthetic(exp, task, rank, world_size, device)
     from pipelines.loader import build_loader  # DALI: imported only for a shard-fed run

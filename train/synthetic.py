@@ -18,7 +18,7 @@ from typing import Any, cast
 
 import torch
 
-from shards.manifest import Level, TaskKind, TaskSpec
+from shards.base.tasks import Level, TaskKind, TaskSpec
 
 
 def synthetic_task(kind: str, classes: list[int]) -> TaskSpec:

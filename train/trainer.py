@@ -13,62 +13,41 @@ import contextlib
 import json
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, cast
 
 import torch
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm import tqdm
 
-from pipelines.collective import all_gather_object
-from pipelines.tasks import primary_metric
-from shards.atomic import atomic_write_text
-from shards.manifest import TaskSpec
-from train import distributed
+from shards.base import distributed
+from shards.base.atomic import atomic_write_text
+from shards.base.distributed import DistInfo, all_gather_object
+from shards.base.progress import progress
+from shards.base.tasks import TaskSpec, primary_metric
 from train.checkpoint import (
     Checkpointer,
-    ChunkPredictor,
     RNGState,
     RunDescription,
+    TrainedModel,
     check_vocab,
     checkpoint_task,
-    read,
+    read_checkpoint,
 )
 from train.config import Experiment
-from train.data import build_data, read_source
-from train.distributed import DistInfo
+from train.curves import plot_run_curves
+from train.data import build_data, data_source
 from train.logger import MetricsLogger
-from train.models import check_model_config
-from train.models.registry import FitContext, build_model
+from train.loss import TaskLoss
+from train.models.registry import FitContext, build_model, get_family
 from train.optim import EMA, build_optimizer, build_scheduler
+from train.progress import TrainProgress
 from train.stopping import StopSignal
-from train.tasks import TaskHead
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
-Validator = Callable[[ChunkPredictor, Any, TaskSpec], dict[str, float]]
+Validator = Callable[[TrainedModel, Any, TaskSpec], dict[str, float]]
 """validate(predictor, eval-mode loader, task) -> flat metrics (``track/accuracy``, ...);
 collective: every rank calls it and gets the same numbers."""
-
-
-@dataclass
-class TrainProgress:
-    """Where the run is (saved as top-level checkpoint keys: step, epoch, batch_in_epoch, metrics)."""
-
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    metrics: dict[str, float] = field(default_factory=dict)
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                "metrics": dict(self.metrics)}  # fmt: skip
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.step, self.epoch = int(state["step"]), int(state["epoch"])
-        self.batch_in_epoch = int(state.get("batch_in_epoch", 0))
-        self.metrics = dict(state.get("metrics") or {})
 
 
 class Trainer:
@@ -94,10 +73,11 @@ class Trainer:
             self.out / "checkpoints", exp.checkpoint, is_main=i.is_main, rank=i.rank, world_size=i.world_size
         )
         # Everything that can refuse the run happens before model/loader (GPU) work.
-        manifest, self.task = read_source(exp)  # the manifest, read once per start
-        self.family = check_model_config(exp.model, self.task.kind)
+        manifest, self.task = data_source(exp)  # the manifest, read once per start
+        self.family = get_family(exp.model.family)  # model section checked when the config was read
+        self.family.check_task(self.task.kind)
         resume = distributed.broadcast_object(self.checkpointer.resume_path())
-        self.resume_state = read(resume) if resume else None
+        self.resume_state = read_checkpoint(resume) if resume else None
         if self.resume_state is not None:
             hint = "; use a fresh train.out or checkpoint.resume=none"
             data = exp.data.shards or "synthetic data"
@@ -106,16 +86,8 @@ class Trainer:
             exp, self.task, manifest, rank=i.rank, world_size=i.world_size, device=self.device
         )
         self.sample_kind = manifest.kind if manifest is not None else "audio"
-        self.head = TaskHead(self.task, label_smoothing=exp.train.label_smoothing)
-        self.raw = build_model(
-            exp.model,
-            in_chans=self.data.feature_shape[0],
-            head_sizes=self.task.head_sizes,
-            input_shape=self.data.feature_shape,
-            task_kind=self.task.kind,
-        ).to(self.device)
-        if exp.train.channels_last:
-            self.raw.to(memory_format=torch.channels_last)
+        self.head = TaskLoss(self.task, label_smoothing=exp.train.label_smoothing)
+        self.model = self._build_model()
         # same init on every rank (above); from here each rank draws its own dropout /
         # drop-path masks (identical masks on every rank would correlate the noise)
         torch.manual_seed(exp.train.seed + i.rank)
@@ -129,7 +101,7 @@ class Trainer:
         self._amp = self._amp_dtype()
         self.ema: EMA | None = None
         self.ddp: DDP | None = None
-        self.model: nn.Module = self.raw
+        self.step_model: nn.Module = self.model
         self._register_state()
         if self.family.trainable:
             self._build_optimisation()
@@ -146,14 +118,19 @@ class Trainer:
     metrics = property(
         lambda self: self.progress.metrics, lambda self, v: setattr(self.progress, "metrics", v)
     )
-    stop_requested = property(
-        lambda self: self.stop.requested, lambda self, v: setattr(self.stop, "requested", v)
-    )
 
     # ----------------------------------------------------------------- setup
+    def _build_model(self) -> nn.Module:
+        shape = self.data.feature_shape
+        model = build_model(self.exp.model, self.family, in_chans=shape[0], head_sizes=self.task.head_sizes,
+                            input_shape=shape).to(self.device)  # fmt: skip
+        if self.exp.train.channels_last:
+            model.to(memory_format=torch.channels_last)
+        return model
+
     def _register_state(self) -> None:
         c = self.checkpointer
-        c.register("model", self.raw, required=True)
+        c.register("model", self.model, required=True)
         c.register("progress", self.progress, fields=True)
         c.register(
             "run", RunDescription(self.exp, self.task, self.data.feature_shape, self.sample_kind), fields=True
@@ -178,7 +155,7 @@ class Trainer:
         o, t = self.exp.optim, self.exp.train
         per_epoch = max(1, -(-len(self.data.train) // o.grad_accum))  # a partial last group steps too
         self.total_steps = min(t.max_steps or 10**12, per_epoch * t.epochs)
-        self.optimizer = build_optimizer(self.raw, o)
+        self.optimizer = build_optimizer(self.model, o)
         self.scheduler = build_scheduler(self.optimizer, self.total_steps, o)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self._amp == torch.float16)
         c = self.checkpointer
@@ -186,15 +163,15 @@ class Trainer:
         c.register("scheduler", self.scheduler, required=True)
         c.register("scaler", self.scaler)  # empty when not fp16: a resume keeps a fresh scaler
         if t.ema_decay:
-            self.ema = EMA(self.raw, t.ema_decay)
+            self.ema = EMA(self.model, t.ema_decay)
             c.register("ema", self.ema)
-        model: nn.Module = self.raw
+        model: nn.Module = self.model
         if self.info.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             model = self.ddp = DDP(model, device_ids=ids)
         # compile wraps DDP (torch's DDP + compile recipe); no_sync() is taken from self.ddp,
         # because the compiled wrapper is not a DDP instance
-        self.model = cast(nn.Module, torch.compile(model)) if t.compile else model
+        self.step_model = cast(nn.Module, torch.compile(model)) if t.compile else model
 
     def _write_config(self) -> None:
         if self.info.is_main:
@@ -223,11 +200,11 @@ class Trainer:
 
     def _run_epoch(self) -> bool:
         """One (possibly resumed) epoch; True when the run must stop (signal or max_steps)."""
-        bar = tqdm(
-            total=len(self.data.train), initial=self.batch_in_epoch, disable=not self.info.is_main,
-            desc=f"epoch {self.epoch + 1}/{self.exp.train.epochs}", dynamic_ncols=True, leave=False,
+        bar = progress(
+            total=len(self.data.train), initial=self.batch_in_epoch, enabled=self.info.is_main,
+            desc=f"epoch {self.epoch + 1}/{self.exp.train.epochs}", unit="batch", leave=False,
         )  # fmt: skip
-        self.raw.train()
+        self.model.train()
         running, count = torch.zeros((), device=self.device), 0
         for batch in self.data.train:
             loss = self.train_step(batch)
@@ -278,7 +255,7 @@ class Trainer:
             with torch.autocast(
                 self.device.type, dtype=self._amp or torch.float32, enabled=self._amp is not None
             ):
-                loss = self.head.loss(self.model(x), y)
+                loss = self.head.loss(self.step_model(x), y)
             self.scaler.scale(loss / self._group).backward()
         self.micro += 1
         if last_micro:
@@ -296,13 +273,13 @@ class Trainer:
         clip = self.exp.optim.clip_norm
         if clip is not None:
             self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.raw.parameters(), clip)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         if self.ema is not None:
-            self.ema.update(self.raw)
+            self.ema.update(self.model)
         self.step += 1
         self.micro = 0
 
@@ -310,7 +287,7 @@ class Trainer:
         """Average gradients over ranks (what DDP does when a group's last backward syncs)."""
         if not self.info.distributed:
             return
-        for p in self.raw.parameters():
+        for p in self.model.parameters():
             if p.grad is not None:
                 torch.distributed.all_reduce(p.grad)
                 p.grad /= self.info.world_size
@@ -318,7 +295,7 @@ class Trainer:
     def _done(self) -> bool:
         return self.exp.train.max_steps is not None and self.step >= self.exp.train.max_steps
 
-    def _log_train(self, mean_loss: torch.Tensor, bar: tqdm) -> None:
+    def _log_train(self, mean_loss: torch.Tensor, bar: Any) -> None:
         loss = distributed.all_reduce_mean(mean_loss.reshape(1)).item()
         lr = self.scheduler.get_last_lr()[0]
         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
@@ -328,24 +305,24 @@ class Trainer:
         """A family with its own fit (gbm): one pass over the training loader, then the
         same validation, logging and checkpointing as an epoch end."""
         stats = fit(
-            self.raw, self.data.train, self.task, FitContext(self.info.is_main, self.exp.train.threads)
+            self.model, self.data.train, self.task, FitContext(self.info.is_main, self.exp.train.threads)
         )
         self.step, self.epoch = 1, self.exp.train.epochs
         self._end_of_epoch(stats)
         return self.summary()
 
     # ------------------------------------------------------------ validation
-    def predictor(self) -> ChunkPredictor:
-        """The model being validated (EMA weights when enabled) as eval's ChunkPredictor."""
-        module = self.ema.module if self.ema is not None else self.raw
-        return ChunkPredictor(module, self.task, self.exp, name=self.exp.model.family, device=self.device)
+    def predictor(self) -> TrainedModel:
+        """The model being validated (EMA weights when enabled) as eval's TrainedModel."""
+        module = self.ema.module if self.ema is not None else self.model
+        return TrainedModel(module, self.task, self.exp, name=self.exp.model.family, device=self.device)
 
     def sync_buffers(self) -> None:
         """Rank 0's buffers (BatchNorm statistics) everywhere: DDP only syncs them at the next
         forward, so after an epoch each rank would validate and save slightly different stats."""
         if not self.info.distributed:
             return
-        modules = [self.raw] + ([self.ema.module] if self.ema is not None else [])
+        modules = [self.model] + ([self.ema.module] if self.ema is not None else [])
         for module in modules:
             for buf in module.buffers():
                 torch.distributed.broadcast(buf, src=0)
@@ -356,7 +333,7 @@ class Trainer:
         if self.data.val is None or self._validate is None:
             return {}
         metrics = self._validate(self.predictor(), self.data.val, self.task)
-        self.raw.train()
+        self.model.train()
         return metrics
 
     def _end_of_epoch(self, stats: dict[str, float]) -> None:
@@ -395,7 +372,7 @@ class Trainer:
 
     def check_ranks_in_sync(self) -> float:
         """Max difference of a float64 weight fingerprint across ranks (0.0 when in step); logged."""
-        tensors = [p.detach().double() for p in self.raw.state_dict().values() if torch.is_tensor(p)]
+        tensors = [p.detach().double() for p in self.model.state_dict().values() if torch.is_tensor(p)]
         fp = sum(
             float((t.flatten() * torch.arange(1, t.numel() + 1, dtype=t.dtype, device=t.device)).sum())
             for t in tensors
@@ -418,16 +395,4 @@ class Trainer:
     def close(self) -> None:
         self.logger.close()
         if self.info.is_main:
-            self._plot_curves()
-
-    def _plot_curves(self) -> None:
-        """``OUT/curves.png``: loss and validation metrics so far (also after a stop or a crash)."""
-        from train.curves import plot_training_curves
-        from train.logger import read_metrics
-
-        try:
-            plot_training_curves(
-                read_metrics(self.out), self.out / "curves.png", f"{self.exp.model.family}: {self.out}"
-            )
-        except (OSError, ValueError, RuntimeError) as e:  # a plot must never lose a finished run
-            warnings.warn(f"{self.out / 'curves.png'}: could not plot the training curves: {e}", stacklevel=2)
+            plot_run_curves(self.out, f"{self.exp.model.family}: {self.out}")

@@ -3,10 +3,10 @@
 from train.models.registry import (
     Family,
     build_model,
-    check_model_config,
     get_family,
     list_families,
     register_family,
+    resolve_family,
 )
 
-__all__ = ["Family", "build_model", "check_model_config", "get_family", "list_families", "register_family"]
+__all__ = ["Family", "build_model", "resolve_family", "get_family", "list_families", "register_family"]

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from pipelines.collective import all_gather_object
-from shards.manifest import TaskSpec
-from train import distributed
+from shards.base import distributed
+from shards.base.distributed import all_gather_object
+from shards.base.progress import progress as progress_bar
+from shards.base.tasks import TaskSpec
 from train.config import ModelConfig
 from train.models.registry import Family, FitContext, register_family
 
@@ -159,7 +159,7 @@ def build_gbm(
 def extract(loader: Any, bands: int | None, *, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, D) pooled features and (N, ...) labels of this rank's share of one epoch."""
     feats, labels = [], []
-    for batch in tqdm(loader, desc="gbm features", disable=not progress, leave=False):
+    for batch in progress_bar(loader, desc="gbm features", enabled=progress, leave=False):
         feats.append(pooled_features(batch["x"], bands).cpu())
         labels.append(batch["y"].cpu())
     return torch.cat(feats), torch.cat(labels)

@@ -20,7 +20,6 @@ read the cache it filled (``rank_zero_first``), so N ranks never race one downlo
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,9 +27,8 @@ from typing import Any, TypeVar
 import torch
 import torch.nn as nn
 
-from pipelines.collective import all_gather_object, world_size
-from shards.ranks import env_rank
-from shards.reasons import first_line
+from shards.base.distributed import rank_zero_first
+from shards.base.errors import first_line
 
 HUB = "hf-hub:"
 LOCAL_DIR = "local-dir:"
@@ -128,26 +126,6 @@ def not_cached_message(repo_id: str, spec: str) -> str:
         f"then copy that folder here), or point model.pretrained at local-dir:/path (config.json + "
         f"model.safetensors) or at a weights file"
     )
-
-
-def rank_zero_first(fn: Callable[[], T]) -> T:
-    """Run ``fn`` on each node's local rank 0, then (its cache filled) on the other ranks.
-
-    A failure on any local rank 0 is raised on every rank, so no rank waits forever."""
-    if world_size() == 1:
-        return fn()
-    first = env_rank()[2] == 0
-    out: T | None = None
-    err: str | None = None
-    if first:
-        try:
-            out = fn()
-        except (ValueError, FileNotFoundError) as e:
-            err = str(e)
-    bad = next((e for e in all_gather_object(err) if e), None)
-    if bad is not None:
-        raise ValueError(bad)
-    return out if first else fn()  # type: ignore[return-value]
 
 
 def _read_json(path: Path) -> dict[str, Any]:

@@ -13,8 +13,8 @@ from typing import Any
 
 import torch.nn as nn
 
-from shards.manifest import TaskSpec
-from shards.registry import Registry
+from shards.base.registry import Registry
+from shards.base.tasks import TaskSpec
 from train.config import ModelConfig
 
 Builder = Callable[..., nn.Module]
@@ -43,6 +43,11 @@ class Family:
     tasks: frozenset[str] = frozenset({"single", "multi", "hier"})
     fit: FitFn | None = None
     """The family's own one-pass fit instead of the gradient loop (gbm: PCA + LightGBM)."""
+
+    def check_task(self, kind: str) -> None:
+        """Refuse a task kind this family cannot serve (gbm: no hierarchies)."""
+        if kind not in self.tasks:
+            raise ValueError(f"model.family: {self.name} cannot be used for a {kind!r} task")
 
     @property
     def trainable(self) -> bool:
@@ -98,25 +103,25 @@ def resolve_kwargs(cfg: ModelConfig, family: Family) -> dict[str, Any]:
     return {**base, **cfg.kwargs}
 
 
-def check_model_config(cfg: ModelConfig, task_kind: str | None = None) -> Family:
-    """Resolve family, preset and task compatibility without building anything."""
+def resolve_family(cfg: ModelConfig) -> Family:
+    """The ``[model]`` section checked without building anything: a known family and one of its
+    presets (``train.config.load_experiment`` calls it, so every experiment is checked once)."""
     family = get_family(cfg.family)
-    if task_kind is not None and task_kind not in family.tasks:
-        raise ValueError(f"model.family: {family.name} cannot be used for a {task_kind!r} task")
     resolve_kwargs(cfg, family)
     return family
 
 
 def build_model(
     cfg: ModelConfig,
+    family: Family | None = None,
     *,
     in_chans: int,
     head_sizes: list[int],
     input_shape: tuple[int, int, int],
-    task_kind: str | None = None,
 ) -> nn.Module:
-    """Build ``cfg.family``: a module mapping (B, C, F, T) to logits (B, sum(head_sizes))."""
-    family = check_model_config(cfg, task_kind)
+    """Build ``cfg.family`` (``family``: already looked up): a module mapping (B, C, F, T) to
+    logits (B, sum(head_sizes))."""
+    family = family or get_family(cfg.family)
     if input_shape[0] != in_chans:
         raise ValueError(f"input_shape {input_shape} does not start with in_chans={in_chans}")
     kwargs = resolve_kwargs(cfg, family)

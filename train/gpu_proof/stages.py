@@ -1,6 +1,6 @@
 """The stages of ``train.gpu_proof`` and the mechanics they share: subprocesses under a
 deadline (each in its own session, so a stop reaches its workers), the run's context, and the
-JSON the CLIs print. Stage 4 (resume) lives in ``train.gpu_proof_resume``.
+JSON the CLIs print. Stage 4 (resume) lives in ``train.gpu_proof.resume``.
 """
 
 from __future__ import annotations
@@ -19,12 +19,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from shards.atomic import atomic_write_text
+from shards.base.atomic import atomic_write_text
 
 if TYPE_CHECKING:
-    from train.gpu_proof import Profile
+    from train.gpu_proof.proof import Profile
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class StageTimeout(Exception):
@@ -61,7 +61,7 @@ class Proc:
     def stop(self) -> None:
         """SIGTERM to every process below it (also those in sessions of their own, e.g. torchrun's
         workers), SIGKILL to those left 10 s later."""
-        from pipelines.bench import descendants
+        from pipelines.bench.throughput import descendants
 
         procs = [self.p.pid, *descendants(self.p.pid)]  # before any exits: orphans leave the tree
         for sig, grace in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
@@ -118,7 +118,7 @@ class Context:
 
     def save(self) -> None:
         """The JSON and the markdown block, atomically (after every stage)."""
-        from train.gpu_proof_report import markdown
+        from train.gpu_proof.report import markdown
 
         atomic_write_text(self.out / "gpu-proof.json", json.dumps(self.doc, indent=2) + "\n")
         atomic_write_text(self.out / "gpu-proof.md", markdown(self.doc))
@@ -191,7 +191,7 @@ def shards_step(ctx: Context, st: dict[str, Any], codec: str, tracks: int, deadl
     if not (out / "manifest.json").is_file():
         kw = dict(codec=codec, tracks=tracks, distinct=p.distinct, seconds=p.seconds,
                   sample_rate=p.sample_rate, workers=p.workers)  # fmt: skip
-        code = f"from train.gpu_proof_stages import build_bench_shards; build_bench_shards({str(out)!r}, **{kw!r})"
+        code = f"from train.gpu_proof.stages import build_bench_shards; build_bench_shards({str(out)!r}, **{kw!r})"
         t0 = time.monotonic()
         Proc([ctx.python, "-c", code], f"shards-{codec}", ctx).check(deadline)
         st["shards_build_s"] = round(time.monotonic() - t0, 1)
@@ -287,7 +287,7 @@ def stage_input_bound(ctx: Context, st: dict[str, Any], deadline: float) -> None
 
 
 def stage_resume(ctx: Context, st: dict[str, Any], deadline: float) -> None:
-    from train.gpu_proof_resume import run_resume_check
+    from train.gpu_proof.resume import run_resume_check
 
     shards = Path(ctx.doc["stages"]["pipeline_bench"]["shards"]["path"])
     run_resume_check(ctx, st, shards, deadline)

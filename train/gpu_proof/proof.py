@@ -11,7 +11,7 @@ the next one still runs):
 3. ``input_bound``: ``train.stepbench`` per family: real loader vs GPU-resident
    synthetic batches (``vs_synthetic``), bf16 + channels_last;
 4. ``resume``: ``torchrun`` (one rank; NCCL on CUDA), SIGTERM mid-run, ``--checkpoint.resume=auto``
-   to the end, compared with an uninterrupted run (``train.gpu_proof_resume``);
+   to the end, compared with an uninterrupted run (``train.gpu_proof.resume``);
 5. ``pipeline_bench_flac``: stage 2 on FLAC shards, when time is left.
 
 Writes ``OUT/gpu-proof.json`` (every figure, per-stage status, seconds and budget; rewritten
@@ -22,6 +22,7 @@ source tree with any Python that has torch and DALI (the device machine's python
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import importlib.util
 import json
@@ -35,9 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shards.atomic import atomic_write_text
-from shards.cli_errors import CliParser, run_cli
-from train.gpu_proof_stages import NEEDS, ROOT, RUNNERS, Context, StageFailed, StageTimeout
+from shards.base.atomic import atomic_write_text
+from shards.base.errors import CliParser
+from train.gpu_proof.stages import NEEDS, ROOT, RUNNERS, Context, StageFailed, StageTimeout
 
 REQUIRED = ("torch", "torchaudio", "nvidia.dali", "webdataset", "soundfile", "soxr", "timm", "pytest", "tqdm")
 RESERVE_S = 15.0  # kept back from the total: the last writes, and the caller's copy of the files
@@ -90,9 +91,9 @@ GPU = Profile(
 
 
 def cpu_profile() -> Profile:
-    """The dry run: the test suite's tiny pipeline settings (pipelines.testing: 8 kHz, 1 s chunks,
+    """The dry run: the test suite's tiny pipeline settings (pipelines.bench.small: 8 kHz, 1 s chunks,
     (3, 32, 63) per chunk), customcnn tiny, 30 steps; imported once the modules are checked."""
-    from pipelines.testing import small_overrides
+    from pipelines.bench.small import small_overrides
 
     tiny = small_overrides(batch_size=8, chunks_per_track=2, eval_tracks_per_batch=4, initial_fill=8)
     return Profile(
@@ -160,8 +161,7 @@ def missing_modules() -> list[str]:
     ]
 
 
-def main(argv: list[str] | None = None) -> int:
-    t_start = time.monotonic()
+def parse_args(argv: list[str] | None) -> tuple[CliParser, argparse.Namespace]:
     ap = CliParser(prog="python -m train.gpu_proof", description=__doc__.splitlines()[0])
     ap.add_argument(
         "--device", choices=("gpu", "cpu"), default="gpu", help="gpu: the lease; cpu: tiny dry run"
@@ -175,7 +175,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--work", type=Path, help="shards, runs and logs/ (default OUT-work, beside OUT)")
     ap.add_argument("--total", type=float, help="seconds for the whole run (default: the profile's)")
     ap.add_argument("--stages", default=",".join(STAGES), help="comma list of " + ", ".join(STAGES))
-    args = ap.parse_args(argv)
+    return ap, ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    t_start = time.monotonic()
+    ap, args = parse_args(argv)
     if missing := missing_modules():
         msg = (
             f"{sys.executable} cannot import {missing}: carry them as wheels (docs/benchmarks.md, GPU proof)"
@@ -221,7 +226,3 @@ def main(argv: list[str] | None = None) -> int:
     ctx.save()
     print((args.out / "gpu-proof.md").read_text())
     return 0 if all(s["status"] in ("ok", "skipped") for s in doc["stages"].values()) else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(run_cli(main))

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from shards.cli_errors import CliParser, run_cli
+from shards.base.errors import CliParser
 from train.synthetic import synthetic_experiment
 from train.trainer import Trainer
 
@@ -70,7 +70,7 @@ def bench_family(
                 sync()
                 seconds = min(seconds, time.perf_counter() - t0)
             n = steps * batch
-        params = sum(p.numel() for p in trainer.raw.parameters())
+        params = sum(p.numel() for p in trainer.model.parameters())
         trainer.close()
     return {
         "family": family,
@@ -119,7 +119,7 @@ def bench_real_loader(
         sync()
         real = steps / (time.perf_counter() - t0)
         shape, batch = trainer.data.feature_shape, exp.loader.batch_size
-        params = round(sum(p.numel() for p in trainer.raw.parameters()) / 1e6, 2)
+        params = round(sum(p.numel() for p in trainer.model.parameters()) / 1e6, 2)
         # the same network both ways: the resolved preset (bench_family's own default may differ,
         # e.g. ast tiny vs the family's base) and the config's regularisation
         preset = exp.model.preset or trainer.family.default_preset
@@ -177,11 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(cmp)
         print(json.dumps(cmp), flush=True)
     if args.json:
-        from shards.atomic import atomic_write_text
+        from shards.base.atomic import atomic_write_text
 
         atomic_write_text(args.json, json.dumps(rows, indent=2) + "\n")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(run_cli(main))

@@ -24,11 +24,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from train.gpu_proof_stages import Proc, StageFailed, StageTimeout, free_port, last_json
+from train.gpu_proof.stages import Proc, StageFailed, StageTimeout, free_port, last_json
 from train.logger import read_metrics
 
 if TYPE_CHECKING:
-    from train.gpu_proof_stages import Context
+    from train.gpu_proof.stages import Context
 
 WEIGHT_RTOL = 1e-3
 LOSS_RTOL = 1e-2
@@ -69,12 +69,12 @@ def wait_for_step(proc: Proc, out: Path, step: int, deadline: float) -> int:
 
 
 def final_state(out: Path, step: int) -> dict[str, Any]:
-    import torch
+    from train.checkpoint import read_checkpoint
 
     path = out / "checkpoints" / f"step_{step:08d}.pt"
     if not path.is_file():
         raise StageFailed(f"{path}: missing: the run did not save its final step")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return read_checkpoint(path)
 
 
 def position(state: dict[str, Any]) -> dict[str, Any]:

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
-from shards.ranks import is_main_process
+from shards.base.distributed import is_main_process
 
 UserError = (ValueError, FileNotFoundError, NotADirectoryError)
 """What a wrong config, path or input raises in this project (style.md: ``ValueError`` for
@@ -40,3 +40,9 @@ class CliParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         say_error(f"{self.prog}: {message} (see {self.prog} --help)")
         sys.exit(2)
+
+
+def first_line(e: BaseException) -> str:
+    """An exception's first line of text (its type name when it has none), for a one-line reason."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

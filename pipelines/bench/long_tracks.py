@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.bench import DEFAULT_CONFIG, make_loader, time_batches
+from pipelines.bench.throughput import DEFAULT_CONFIG, make_loader, time_batches
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
 from shards.audio import write_blocks
-from shards.cli_errors import CliParser, run_cli
-from shards.configtools import load_sections
+from shards.base.config import load_sections
+from shards.base.errors import CliParser
 from shards.manifest import Codec
 from shards.synth import CSV_NAME, GENRES, make_synth, synth_track
 
@@ -147,7 +147,3 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(" | ".join(str(r.get(c, "")) for c in cols))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(run_cli(main))

@@ -14,11 +14,11 @@ from typing import Any
 
 import torch
 
-from pipelines.bench import DEFAULT_CONFIG, add_shard_args, bench_shards, machine
+from pipelines.bench.throughput import DEFAULT_CONFIG, add_shard_args, bench_shards, machine
 from pipelines.config import FeatureConfig
-from shards.cli_errors import CliParser, run_cli
-from shards.configtools import load_sections
-from train.bench import bench_real_loader
+from shards.base.config import load_sections
+from shards.base.errors import CliParser
+from train.bench.families import bench_real_loader
 
 
 def bench_train_step(
@@ -57,7 +57,3 @@ def main(argv: list[str] | None = None) -> int:
         for r in rows:
             print(" | ".join(f"{k}={v}" for k, v in r.items()))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(run_cli(main))

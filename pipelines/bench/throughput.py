@@ -27,11 +27,11 @@ import nvidia.dali
 import torch
 
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
-from shards.cli_errors import CliParser, run_cli
-from shards.configtools import load_sections, to_dict
+from shards.base.config import load_sections, to_dict
+from shards.base.errors import CliParser
 
 PIPELINES = ("dali-gpu", "dali-cpu", "baseline")
-DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_customcnn.toml"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo_customcnn.toml"
 """The experiment whose sections a benchmark uses when it needs one and has no --config."""
 
 
@@ -134,10 +134,10 @@ def time_batches(
 
 def make_loader(name: str, shards: Path, cfg: dict[str, Any], workers: int, split: str) -> Any:
     """One of PIPELINES as an iterable of training batches."""
-    from pipelines.baseline import BaselineLoader
-    from pipelines.image_baseline import ImageBaselineLoader
+    from pipelines.bench.baseline import BaselineLoader
+    from pipelines.bench.image_baseline import ImageBaselineLoader
     from pipelines.loader import build_loader
-    from pipelines.validate import load_manifest
+    from pipelines.shard_checks import load_manifest
 
     kw = dict(mode="train", features=cfg["features"], augment=cfg["augment"], loader=cfg["loader"])
     if name == "baseline":  # on image shards: PIL + torchvision in the same DataLoader
@@ -173,7 +173,7 @@ def _warn_short_epoch(shards: Path, cfg: dict[str, Any], args: argparse.Namespac
     the baseline restarts its workers' prefetching."""
     import sys
 
-    from pipelines.validate import load_manifest
+    from pipelines.shard_checks import load_manifest
 
     tracks = load_manifest(shards).split(args.split).num_samples
     per_epoch = tracks // cfg["loader"].tracks_per_batch
@@ -217,7 +217,7 @@ def bench_shards(ap: CliParser, args: argparse.Namespace, sample_rate: int, prog
     if shards is None:
         ap.error("give SHARDS or --synth DIR")
     if args.synth is not None and args.synth_images and not (args.synth / "manifest.json").is_file():
-        from pipelines.synth_images import build_synth_image_shards
+        from pipelines.bench.synth_images import build_synth_image_shards
 
         raw = args.synth.with_name(args.synth.name + "-raw")
         build_synth_image_shards(args.synth, raw=raw, tracks=args.synth_tracks, seconds=args.synth_seconds)
@@ -297,7 +297,3 @@ def print_table(doc: dict[str, Any]) -> None:
     print(" | ".join(cols))
     for r in rows:
         print(" | ".join(str(r.get(c, "")) for c in cols))
-
-
-if __name__ == "__main__":
-    raise SystemExit(run_cli(main))

@@ -18,9 +18,9 @@ from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as tvf
 
-from pipelines.baseline import BaselineLoader, _Featurize
+from pipelines.bench.baseline import BaselineLoader, _Featurize
+from pipelines.bench.reference import spec_augment_mask
 from pipelines.image_graph import image_frames, to_unit
-from pipelines.reference import spec_augment_mask
 
 
 def decode_image(data: bytes, color: str) -> torch.Tensor:

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
-from shards.cli_errors import CliParser, run_cli
+from shards.base.errors import CliParser
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo_customcnn.toml"
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo_customcnn.toml"
 
 
 def _stage(name: str, fn: Callable[[], object], timings: dict[str, float]) -> object:
@@ -35,7 +35,7 @@ def _check(rc: object, what: str) -> None:
 def run(out: Path, *, tracks: int, seconds: float, config: Path = CONFIG) -> dict[str, object]:
     """Run every stage into ``out``; returns the summary printed at the end."""
     from pipelines.config import FeatureConfig
-    from shards.configtools import load_sections
+    from shards.base.config import load_sections
 
     rate = load_sections({"features": FeatureConfig}, config, allow_other=True)["features"].sample_rate
     shards, run_dir, report = out / "shards", out / "run", out / "eval"
@@ -58,7 +58,7 @@ def run(out: Path, *, tracks: int, seconds: float, config: Path = CONFIG) -> dic
         )
 
     def bench() -> None:
-        from pipelines.bench import main as bench_main
+        from pipelines.bench.throughput import main as bench_main
 
         _check(
             bench_main(
@@ -89,16 +89,15 @@ def run(out: Path, *, tracks: int, seconds: float, config: Path = CONFIG) -> dic
     _stage("3/4 train the custom CNN", train, timings)
     _stage("4/4 evaluate on the test split", evaluate, timings)
 
+    return summarise(shards, run_dir, report, timings)
+
+
+def summarise(shards: Path, run_dir: Path, report: Path, timings: dict[str, float]) -> dict[str, object]:
+    """What the demo prints at the end: the report's metrics, stage timings and chance level."""
     metrics = json.loads((report / "metrics.json").read_text())
-    manifest = json.loads((shards / "manifest.json").read_text())
-    n_classes = len(manifest["task"]["classes"])
-    return {
-        "metrics": metrics,
-        "timings": timings,
-        "chance": 1.0 / n_classes,
-        "report": report / "report.md",
-        "curves": run_dir / "curves.png",
-    }
+    n_classes = len(json.loads((shards / "manifest.json").read_text())["task"]["classes"])
+    return {"metrics": metrics, "timings": timings, "chance": 1.0 / n_classes,
+            "report": report / "report.md", "curves": run_dir / "curves.png"}  # fmt: skip
 
 
 def print_summary(summary: dict[str, object]) -> None:
@@ -126,7 +125,3 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     print_summary(run(args.out, tracks=args.tracks, seconds=args.seconds, config=args.config))
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(run_cli(main))

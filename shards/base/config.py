@@ -14,6 +14,7 @@ import tomllib
 import types
 import typing
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -100,14 +101,13 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if _none_word(value) and type(None) in args:
             return None
-        errors = []
         for a in args:
             if a is type(None):
                 continue
             try:
                 return _coerce(value, a, where)
-            except (TypeError, ValueError) as e:
-                errors.append(str(e))
+            except (TypeError, ValueError):
+                continue
         raise ValueError(f"{where}: {value!r} does not fit {hint}")
     if origin is typing.Literal:
         if value not in args:
@@ -129,27 +129,26 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if not isinstance(value, dict):
             raise ValueError(f"{where}: expected a table, got {value!r}")
         return from_dict(hint, value, where)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        raise ValueError(f"{where}: expected true/false, got {value!r}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise ValueError(f"{where}: expected an integer, got {value!r}")
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ValueError(f"{where}: expected a number, got {value!r}")
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        raise ValueError(f"{where}: expected a string, got {value!r}")
-    if hint is Path:
-        if isinstance(value, (str, Path)):
-            return Path(value)
-        raise ValueError(f"{where}: expected a path, got {value!r}")
+    if hint in _SCALARS:
+        accepts, convert, what = _SCALARS[hint]
+        if accepts(value):
+            return convert(value)
+        raise ValueError(f"{where}: expected {what}, got {value!r}")
     return value
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+_SCALARS: dict[Any, tuple[Callable[[Any], bool], Callable[[Any], Any], str]] = {
+    bool: (lambda v: isinstance(v, bool), bool, "true/false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), int, "an integer"),
+    float: (_number, float, "a number"),
+    str: (lambda v: isinstance(v, str), str, "a string"),
+    Path: (lambda v: isinstance(v, (str, Path)), Path, "a path"),
+}
+"""A scalar field's type -> (accepted TOML values, conversion, what the error says was expected)."""
 
 
 def _describe(hint: Any) -> str:

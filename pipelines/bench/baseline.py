@@ -18,13 +18,19 @@ import torch
 import torchaudio
 import webdataset as wds
 
+from pipelines.bench.reference import (
+    ReferenceFeatures,
+    eval_chunks,
+    preemphasize,
+    random_chunks,
+    spec_augment_mask,
+)
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig, framing
 from pipelines.features import FeatureAssembler, stats_path
 from pipelines.loader import labels_to_y
-from pipelines.reference import ReferenceFeatures, eval_chunks, preemphasize, random_chunks, spec_augment_mask
-from pipelines.validate import load_manifest, validate_split
+from pipelines.shard_checks import load_manifest, validate_split
+from shards.base.distributed import resolve_rank
 from shards.manifest import Manifest
-from shards.ranks import resolve_rank
 
 
 class _Featurize:

@@ -1,4 +1,4 @@
-"""Training's view of a task: the loss, on top of the shared outputs (``pipelines.tasks``).
+"""Training's view of a task: the loss, on top of the shared outputs (``shards.base.task_outputs``).
 
 single: cross-entropy with label smoothing; multi: BCE with logits; hier: one
 cross-entropy per level, summed.
@@ -11,11 +11,11 @@ from typing import cast
 import torch
 import torch.nn.functional as F
 
-from pipelines.tasks import TaskOutputs
-from shards.manifest import TaskSpec
+from shards.base.task_outputs import TaskOutputs
+from shards.base.tasks import TaskSpec
 
 
-class TaskHead(TaskOutputs):
+class TaskLoss(TaskOutputs):
     """Loss / probabilities / predictions for one ``TaskSpec``."""
 
     def __init__(self, spec: TaskSpec, *, label_smoothing: float = 0.0) -> None:

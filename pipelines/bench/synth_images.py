@@ -19,11 +19,11 @@ import pandas as pd
 import torch
 from PIL import Image
 
+from pipelines.bench.reference import ReferenceFeatures
 from pipelines.config import FeatureConfig
 from pipelines.features import FeatureAssembler
-from pipelines.reference import ReferenceFeatures
-from shards.atomic import atomic_path, atomic_write_text
 from shards.audio import decode, to_mono
+from shards.base.atomic import atomic_path, atomic_write_text
 from shards.synth import make_synth
 
 # small, fast render settings (the images are the dataset: the pipeline resizes them anyway)

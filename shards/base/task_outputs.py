@@ -1,5 +1,4 @@
-"""Task semantics shared by training and evaluation: outputs -> probabilities -> decisions,
-and the one primary metric per task kind.
+"""Task semantics shared by training and evaluation: model outputs -> probabilities -> decisions.
 
 single: one softmax head; multi: one sigmoid per tag; hier: one softmax head per level,
 ``predict`` picks the most probable root-to-leaf path, so the predicted classes always
@@ -10,16 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from shards.manifest import TaskSpec
-
-PRIMARY: dict[str, str] = {"single": "accuracy", "multi": "roc_auc", "hier": "level_mean_accuracy"}
-"""The one number per task kind that validation reports first, ``best.pt`` is selected by
-and reports lead with (unprefixed; the track-level key is ``primary_metric(kind)``)."""
-
-
-def primary_metric(kind: str) -> str:
-    """The track-level key of the task kind's primary metric, e.g. ``track/roc_auc``."""
-    return f"track/{PRIMARY[kind]}"
+from shards.base.tasks import TaskSpec
 
 
 class TaskOutputs:

@@ -1,0 +1,1 @@
+"""Tool, not library: shard-building throughput (``python -m shards bench``)."""

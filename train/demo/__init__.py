@@ -1,0 +1,1 @@
+"""Tool, not library: the ``make demo`` driver."""
