@@ -44,6 +44,8 @@ class ShardInfo:
     num_samples: int
     sha256: str
     bytes: int
+    index_sha256: str | None = None  # the index file's sha256 (absent in builds before it was recorded)
+    index_bytes: int | None = None  # the index file's size in bytes (likewise)
 
 
 @dataclass(kw_only=True)
