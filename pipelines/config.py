@@ -243,10 +243,11 @@ class LoaderConfig:
     """'first_open': check each shard's sha256 against the manifest the first time this process
     reads it (training: every shard of the split; evaluation: this rank's range) and stop with
     one line naming a bad one; costs one read of those shards per process. 'none': sizes only."""
-    mmap: bool = False
-    """Let DALI map shard files into memory instead of reading them: a little faster on a local
-    disk, but a shard truncated while the run reads it then kills the process (SIGBUS) instead
-    of stopping it with one line naming the shard."""
+    mmap: bool = True
+    """DALI maps shard files into memory (its fast path: the reader alone moves ~3x the bytes of
+    plain reads, docs/benchmarks.md). A shard truncated while a run reads it then kills the
+    process with SIGBUS ("Bus error"); false: plain reads, and such a shard stops the run with
+    one line naming it and the step, after a checkpoint (for shards on shared or network storage)."""
 
     def __post_init__(self) -> None:
         if self.chunks_per_track <= 0:

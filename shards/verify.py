@@ -113,9 +113,10 @@ def shard_problems(files: Files, info: ShardInfo, *, checksums: bool = True) -> 
         tar_bad = _digest_problem(files, info.tar, info.sha256, "tar")
     problems += [tar_bad] if tar_bad else []
     if info.index_sha256 is not None and info.index_bytes is not None:
-        idx_bad = _size_problem(files, info.index, info.index_bytes, "index")
+        what = f"index {info.index.rsplit('/', 1)[-1]}"
+        idx_bad = _size_problem(files, info.index, info.index_bytes, what)
         if idx_bad is None and checksums:
-            idx_bad = _digest_problem(files, info.index, info.index_sha256, "index")
+            idx_bad = _digest_problem(files, info.index, info.index_sha256, what)
     elif checksums and tar_bad is None:  # an older build: the index must be the tar's own
         idx_bad = _index_matches_tar(files, info)
     else:

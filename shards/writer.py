@@ -111,7 +111,9 @@ class ShardWriter:
 
     def _kept(self) -> str | None:
         n = self.next_index
-        return f"the {n} finished shard{'s' if n != 1 else ''} of {self.split} before it are kept" if n else None
+        return (
+            f"the {n} finished shard{'s' if n != 1 else ''} of {self.split} before it are kept" if n else None
+        )
 
     def _fail(self, e: OSError) -> NoReturn:
         """Abort the open shard; a storage fault becomes the one ``WriteError`` the user reads."""

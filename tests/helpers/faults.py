@@ -83,7 +83,9 @@ class FailingWrites:
     raise ``OSError(err)`` once ``after`` bytes were written to them in all; the free space
     the messages report is ``free`` bytes."""
 
-    def __init__(self, folder: Path, pattern: str, *, err: int = errnos.ENOSPC, after: int = 0, free: int = 3000):
+    def __init__(
+        self, folder: Path, pattern: str, *, err: int = errnos.ENOSPC, after: int = 0, free: int = 3000
+    ):
         self.folder, self.pattern, self.err, self.after, self.free = Path(folder), pattern, err, after, free
         self.written = 0
         self.hits: list[str] = []
