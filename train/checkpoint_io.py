@@ -23,7 +23,8 @@ class _KeepError:
     into a ``RuntimeError`` without the errno, and the errno says whether the disk is full."""
 
     def __init__(self, f: Any) -> None:
-        self.f, self.error = f, None
+        self.f = f
+        self.error: OSError | None = None
 
     def write(self, b: bytes) -> int:
         try:

@@ -77,7 +77,7 @@ class Trainer:
         self.family = get_family(exp.model.family)  # model section checked when the config was read
         self.family.check_task(self.task.kind)
         resume, self.resume_state = self.checkpointer.resume()  # auto: the newest that loads
-        if self.resume_state is not None:
+        if resume is not None and self.resume_state is not None:
             hint = "; use a fresh train.out or checkpoint.resume=none"
             data = exp.data.shards or "synthetic data"
             check_vocab(checkpoint_task(self.resume_state, resume), self.task, resume, data, hint)
