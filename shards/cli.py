@@ -86,7 +86,7 @@ def _parser() -> CliParser:
     b.set_defaults(config_keys=(*(dest for _, dest, _ in flags), "force", "strict"))
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     v = sub.add_parser("verify", help="check every shard and index against the manifest's sizes and sha256")
-    v.add_argument("build", help="build folder (the one holding manifest.json)")
+    v.add_argument("build", help="build folder holding manifest.json, or its s3:// / gs:// prefix")
     v.add_argument("--workers", type=int, default=4, help="shards checked at once (default 4)")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
     s = sub.add_parser("synth", help="write a synthetic folder dataset (see shards/synth.py)")
@@ -131,13 +131,13 @@ def _build(a: argparse.Namespace) -> int:
 
 def _verify(a: argparse.Namespace) -> int:
     from shards.base.atomic import human_bytes
-    from shards.manifest import MANIFEST, read_manifest
-    from shards.verify import verify_build
+    from shards.manifest import MANIFEST
+    from shards.verify import open_build, verify_build
 
     if a.workers < 1:
         raise ValueError(f"--workers: must be >= 1, got {a.workers}")
-    m = read_manifest(a.build, check_files=False)  # a missing shard is a bad shard, not a stop
-    found = verify_build(m, workers=a.workers, show_progress=not a.quiet)
+    m, files = open_build(a.build)  # a local folder or an s3:// / gs:// prefix
+    found = verify_build(m, files, workers=a.workers, show_progress=not a.quiet)
     for bad in found.bad:
         print(bad)
     if found.bad:

@@ -16,13 +16,15 @@ import tarfile
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import IO, Protocol
 
+from shards.base import storage
 from shards.base.errors import first_line
 from shards.base.progress import progress
-from shards.manifest import Manifest, ShardInfo
+from shards.manifest import MANIFEST, Manifest, ShardInfo, parse_manifest, read_manifest
 from shards.writer import index_line, index_text
 
 _BLOCK = 1 << 20
@@ -50,7 +52,7 @@ class Files(Protocol):
 
     def size(self, rel: str) -> int: ...
 
-    def open(self, rel: str) -> BinaryIO: ...
+    def open(self, rel: str) -> AbstractContextManager[IO[bytes]]: ...
 
 
 class LocalFiles:
@@ -65,11 +67,52 @@ class LocalFiles:
     def size(self, rel: str) -> int:
         return (self.root / rel).stat().st_size
 
-    def open(self, rel: str) -> BinaryIO:
+    def open(self, rel: str) -> AbstractContextManager[IO[bytes]]:
         return (self.root / rel).open("rb")
 
 
-def sha256_of(f: BinaryIO) -> str:
+class RemoteFiles:
+    """A build under an object-store prefix (``s3://bucket/prefix``), read through
+    ``shards.base.storage``: sizes from one listing, bytes streamed."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base.rstrip("/")
+        self._sizes: dict[str, int] | None = None
+        self._lock = threading.Lock()
+
+    def name(self, rel: str) -> str:
+        return str(storage.join(self.base, rel))
+
+    def size(self, rel: str) -> int:
+        with self._lock:
+            if self._sizes is None:
+                self._sizes = storage.list_files(self.base)  # one paged LIST, not a HEAD per shard
+        if rel not in self._sizes:
+            raise FileNotFoundError(self.name(rel))
+        return self._sizes[rel]
+
+    def open(self, rel: str) -> AbstractContextManager[IO[bytes]]:
+        return storage.open_read(self.name(rel))
+
+
+def open_build(build: str | Path) -> tuple[Manifest, Files]:
+    """A build's manifest (not checking its files: a missing shard is a finding) and its files,
+    from a local folder or an object-store prefix."""
+    if not storage.is_remote(build):
+        m = read_manifest(build, check_files=False)
+        assert m.root is not None
+        return m, LocalFiles(m.root)
+    storage.check_access(storage.check_location(build))
+    url = str(storage.join(build, MANIFEST))
+    m = parse_manifest(storage.read_text(url), url)
+    for s in (s for info in m.splits.values() for s in info.shards):
+        for rel in (s.tar, s.index):
+            if rel.startswith("/") or ".." in rel.split("/"):
+                raise ValueError(f"{url}: path {rel!r} points outside the build")
+    return m, RemoteFiles(str(build))
+
+
+def sha256_of(f: IO[bytes]) -> str:
     """sha256 of a stream, read in 1 MiB blocks (hashlib releases the GIL: threads run in parallel)."""
     h = hashlib.sha256()
     while block := f.read(_BLOCK):
@@ -77,7 +120,7 @@ def sha256_of(f: BinaryIO) -> str:
     return h.hexdigest()
 
 
-def index_of_tar(f: BinaryIO) -> bytes:
+def index_of_tar(f: IO[bytes]) -> bytes:
     """The DALI index the shard writer writes for this tar, rebuilt from its member headers."""
     samples: list[list[str]] = []
     last = None
@@ -164,7 +207,8 @@ class Verified:
 def verify_build(
     m: Manifest, files: Files | None = None, *, workers: int = 4, show_progress: bool = True
 ) -> Verified:
-    """Every shard and index of every split against the manifest, ``workers`` at a time."""
+    """Every shard and index of every split against the manifest, ``workers`` at a time
+    (``files``: where they are; default the folder the manifest was read from)."""
     assert files is not None or m.root is not None, "manifest not read from disk"
     fs = files if files is not None else LocalFiles(m.root)  # type: ignore[arg-type]
     shards = [s for info in m.splits.values() for s in info.shards]
