@@ -244,7 +244,7 @@ class LoaderConfig:
     reads it (training: every shard of the split; evaluation: this rank's range) and stop with
     one line naming a bad one; costs one read of those shards per process. 'none': sizes only."""
     mmap: bool = True
-    """DALI maps shard files into memory (its fast path: the reader alone moves ~3x the bytes of
+    """DALI maps shard files into memory (its fast path: the reader alone moves ~2x the bytes of
     plain reads, docs/benchmarks.md). A shard truncated while a run reads it then kills the
     process with SIGBUS ("Bus error"); false: plain reads, and such a shard stops the run with
     one line naming it and the step, after a checkpoint (for shards on shared or network storage)."""

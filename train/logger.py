@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from shards.base.atomic import storage_errors
+from shards.base.atomic import write_faults
 
 
 class MetricsLogger:
@@ -21,7 +21,7 @@ class MetricsLogger:
         self.path = Path(out) / "metrics.jsonl"
         self._tb = None
         if enabled:
-            with storage_errors(self.path, what="the run folder"):
+            with write_faults(self.path, what="the run folder"):
                 self.path.parent.mkdir(parents=True, exist_ok=True)
         if tensorboard is None:
             tensorboard = tensorboard_installed()
@@ -35,7 +35,7 @@ class MetricsLogger:
             return
         row = {"step": step, "epoch": epoch, "time": round(time.time(), 3), **metrics}
         line = json.dumps(row) + "\n"
-        with storage_errors(self.path, need=len(line)), open(self.path, "a") as f:
+        with write_faults(self.path, need=len(line)), open(self.path, "a") as f:
             f.write(line)
         if self._tb is not None:
             for k, v in metrics.items():

@@ -112,7 +112,7 @@ def write_error(
 
 
 @contextlib.contextmanager
-def storage_errors(
+def write_faults(
     path: str | Path,
     *,
     what: str | None = None,
