@@ -11,6 +11,9 @@ from __future__ import annotations
 import errno
 import hashlib
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -274,3 +277,28 @@ def test_eval_report_disk_full_tmpfs(trained: Path, shards8k: Path, tmp_path: Pa
         ]
         assert temp_files(out) == [] and [p.name for p in out.iterdir()] == [csv.name]
         assert (out / csv.name).read_bytes() == csv.read_bytes()  # written before the fault: kept
+
+
+@pytest.mark.slow
+def test_a_refused_checkpoint_stops_every_rank_with_one_line(tmp_path: Path) -> None:
+    """Rank 0 writes; under torchrun the other rank learns it failed instead of waiting forever."""
+    from test_train_ddp import _free_port
+
+    out = tmp_path / "run"
+    with tmpfs(out / "checkpoints", 1 << 20, read_only=True):
+        cmd = [
+            sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_addr=127.0.0.1",
+            f"--master_port={_free_port()}", "-m", "train", "--data.synthetic=true", "--data.val_split=''",
+            "--data.synthetic_batches=2", "--data.synthetic_batch_size=4", "--model.family=customcnn",
+            "--model.preset=tiny", "--train.amp=none", "--train.epochs=1", "--train.device=cpu",
+            f"--train.out={out}",
+        ]  # fmt: skip
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode != 0
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error: ")]
+    assert errors == [
+        f"error: {out / 'checkpoints'}: read-only file system while writing checkpoint step_00000002.pt; "
+        "write to a writable folder (the checkpoints written before it are kept)"
+    ], proc.stderr[-3000:]
+    assert "exitcode  : 2" in proc.stderr  # both ranks raised the same user error (rank 1 silently)

@@ -27,13 +27,15 @@ from shards.base import atomic
 
 
 @contextlib.contextmanager
-def tmpfs(path: Path, size: int) -> Iterator[Path]:
+def tmpfs(path: Path, size: int, *, read_only: bool = False) -> Iterator[Path]:
     """A tmpfs of ``size`` bytes mounted at ``path`` (skips the test where mounting is not permitted)."""
     path.mkdir(parents=True, exist_ok=True)
     if shutil.which("mount") is None or os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root and mount(8)")
     run = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
+        ["mount", "-t", "tmpfs", "-o", f"size={size}" + (",ro" if read_only else ""), "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
     )
     if run.returncode:
         pytest.skip(f"cannot mount a tmpfs here: {run.stderr.strip()}")
