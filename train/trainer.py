@@ -199,7 +199,7 @@ class Trainer:
         # must not make one rank skip a collective save that the others enter
         if not self.stopped and self._saved_step != self.step:
             self.save()
-        self.check_ranks_in_sync()
+        self.rank_weight_spread()
         return self.summary()
 
     def _run_epoch(self) -> bool:
@@ -370,7 +370,7 @@ class Trainer:
         self._saved_step = self.step
         distributed.barrier()
 
-    def check_ranks_in_sync(self) -> float:
+    def rank_weight_spread(self) -> float:
         """Max difference of a float64 weight fingerprint across ranks (0.0 when in step); logged."""
         prints = weight_fingerprints(self.model)
         diff = max(prints) - min(prints)
