@@ -24,7 +24,6 @@ verified, while the next ``cache_ahead`` shards download in the background.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
@@ -36,8 +35,6 @@ from pathlib import Path
 from shards.base import storage
 from shards.base.atomic import atomic_write_text
 from shards.manifest import ShardInfo
-
-_BLOCK = 8 << 20  # bytes per read from the store while streaming a shard into place
 
 
 @dataclass
@@ -211,17 +208,12 @@ class ShardCache:
 
 
 def _stream_into(url: str, local: Path) -> tuple[str, int]:
-    """Copy ``url`` into the existing file ``local`` in place, hashing on the way; fsynced."""
-    h = hashlib.sha256()
-    size = 0
-    with storage.open_read(url) as src, open(local, "r+b") as out:
-        while block := src.read(_BLOCK):
-            h.update(block)
-            out.write(block)
-            size += len(block)
-        out.flush()
-        os.fsync(out.fileno())
-    return h.hexdigest(), size
+    """Download ``url`` into the existing file ``local`` in place (one streamed GET; the inode the
+    reader holds open stays), fsync it, and hash what landed on disk."""
+    storage.download(url, local, in_place=True)
+    with open(local, "rb+") as f:
+        os.fsync(f.fileno())
+    return storage.sha256_file(local), local.stat().st_size
 
 
 def _local_name(rel: str) -> str:

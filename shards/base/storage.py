@@ -310,10 +310,19 @@ def upload(local: str | Path, dst: Location, *, sha256: str | None = None) -> No
         _filesystem(dst).put_file(str(local), _key(dst), **_meta_kwargs(dst, sha256))
 
 
-def download(src: Location, local: str | Path) -> Path:
-    """Copy ``src`` whole into the local file ``local``, atomically (a crash leaves no partial file
-    under the final name); large objects are fetched in parallel ranges by the store's client."""
+def download(src: Location, local: str | Path, *, in_place: bool = False) -> Path:
+    """Copy ``src`` whole into the local file ``local``: one streamed GET (large objects: parallel
+    ranges). Atomic by default (a crash leaves no partial file under the final name);
+    ``in_place`` rewrites an existing file's bytes without replacing the file (its inode), for a
+    reader that holds it open (the shard cache, which marks completeness itself)."""
     local = Path(local)
+    if in_place:
+        if not is_remote(src):
+            shutil.copyfile(src, local)  # opens local "wb": same inode
+        else:
+            with storage_errors(src):
+                _filesystem(src).get_file(_key(src), str(local))
+        return local
     with atomic_path(local) as tmp:
         if not is_remote(src):
             shutil.copyfile(src, tmp)
