@@ -332,6 +332,17 @@ def download(src: Location, local: str | Path, *, in_place: bool = False) -> Pat
     return local
 
 
+def copy_file(src: Location, dst: Location, *, sha256: str | None = None) -> None:
+    """One file or object from ``src`` to ``dst``, any mix of local and remote, written atomically
+    (uploads record ``sha256`` in the object's metadata when given)."""
+    if not is_remote(src):
+        upload(src, dst, sha256=sha256)
+    elif not is_remote(dst):
+        download(src, dst)
+    else:
+        write_bytes(dst, read_bytes(src), sha256=sha256)
+
+
 def delete(location: Location) -> None:
     """Remove one file or object (missing is not an error: deleting is idempotent)."""
     if not is_remote(location):
