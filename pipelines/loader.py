@@ -75,7 +75,7 @@ class MusicLoader:
 
     def _make_iterator(self, checkpoint: str | None) -> Any:
         if self.gate is not None:  # DALI reads ahead from the moment the iterator exists
-            self.gate.wait(self.epoch, self._batch)
+            self.gate.wait(self.epoch, self._batch, restored=checkpoint is not None)
         pipe = build_pipeline(self.spec, checkpoint, graph=self.graph)
         policy = LastBatchPolicy.DROP if self.mode == "train" else LastBatchPolicy.PARTIAL
         it = DALIGenericIterator(

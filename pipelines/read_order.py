@@ -7,8 +7,9 @@ at ``start((r + e) % w)``; in evaluation (``stick_to_shard=True``) it wraps with
 ``[start(r), start(r + 1))``. It runs ahead of what the iterator has handed out by its shuffle
 buffer (``initial_fill`` samples, 1 without shuffling) plus the batches the pipeline and the
 reader prefetch; after a checkpoint restore it re-reads up to a buffer's worth before the saved
-position. :meth:`ReadOrder.window` turns that into the shards that must be complete before the
-next batch is asked for, with a margin of three batches.
+position (nothing behind otherwise: what it has read sits in its buffer). :meth:`ReadOrder.window`
+turns that into the shards that must be complete before the next batch is asked for, with a
+margin of two batches beyond what the pipeline and the reader prefetch.
 """
 
 from __future__ import annotations
@@ -47,11 +48,12 @@ class ReadOrder:
         a, b = start_index(r, w, n), start_index(r + 1, w, n)
         return a, a, b - a
 
-    def window(self, epoch: int, batch: int) -> tuple[list[int], list[int]]:
+    def window(self, epoch: int, batch: int, *, restored: bool = False) -> tuple[list[int], list[int]]:
         """(tars the reader may read before the next call, the tars after them in reading order)
-        when the iterator is about to hand out DALI batch ``batch`` of ``epoch``."""
+        when the iterator is about to hand out DALI batch ``batch`` of ``epoch``; ``restored``:
+        the reader was just rebuilt from a checkpoint and may re-read its buffer from behind."""
         first, lo, n = self._range(epoch)
-        back = self.fill + self.batch
+        back = self.fill + self.batch if restored else 0
         ahead = self.fill + self.batch * (self.prefetch + 3)
         pos = lo + (first - lo + batch * self.batch - back) % n
         needed = self._tars(pos, back + ahead, lo, n)

@@ -91,8 +91,8 @@ class CacheGate:
         self.cache = cache
         self.order = order
 
-    def wait(self, epoch: int, batch: int) -> None:
-        needed, upcoming = self.order.window(epoch, batch)
+    def wait(self, epoch: int, batch: int, *, restored: bool = False) -> None:
+        needed, upcoming = self.order.window(epoch, batch, restored=restored)
         self.cache.ensure(needed, upcoming)
 
     def wrap(self, it: Any, position: Callable[[], tuple[int, int]]) -> GatedIterator:

@@ -7,6 +7,7 @@ manifest, each tar's size and its index here names the file and the problem up f
 from __future__ import annotations
 
 import hashlib
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -87,15 +88,21 @@ def validate_split(
             f"({loader.tracks_per_batch} tracks); lower loader.batch_size"
         )
     tars, idxs = m.urls(split)
-    idxs = [str(i) for i in indexes] if indexes is not None else idxs
-    total = 0
-    for shard, tar, idx in zip(info.shards, tars, idxs):
-        if m.remote:
-            _check_object(tar, shard.sha256 if checksums else None)
-            _check_index(tar, Path(idx), shard.bytes, shard.num_samples, m)
-        else:
-            _check_shard(Path(tar), Path(idx), shard.bytes, shard.num_samples, m, checksums and shard.sha256)
-        total += shard.num_samples
+    with tempfile.TemporaryDirectory(prefix="musicstream-idx-") as tmp:
+        if indexes is not None:
+            idxs = [str(i) for i in indexes]
+        elif m.remote:  # no local copies given: fetch the (small) indexes to check them
+            idxs = [str(storage.download(u, Path(tmp) / f"{i}.idx")) for i, u in enumerate(idxs)]
+        total = 0
+        for shard, tar, idx in zip(info.shards, tars, idxs):
+            if m.remote:
+                _check_object(tar, shard.sha256 if checksums else None)
+                _check_index(tar, Path(idx), shard.bytes, shard.num_samples, m)
+            else:
+                _check_shard(
+                    Path(tar), Path(idx), shard.bytes, shard.num_samples, m, checksums and shard.sha256
+                )
+            total += shard.num_samples
     if total != info.num_samples:
         raise ShardError(
             f"{where}: split {split!r} lists {info.num_samples} tracks but its shards hold {total}"

@@ -121,7 +121,27 @@ def test_a_corrupt_object_is_refused_before_the_pipeline(build, s3: S3, tmp_path
 
 def test_read_order_matches_dalis_sharding() -> None:
     order = ReadOrder(counts=(3, 3, 3, 3), rank=1, world_size=2, batch=2, fill=1, prefetch=1, train=True)
-    needed, rest = order.window(0, 0)  # rank 1 starts at sample 6 (tar 2), may read back 3
-    assert needed[0] == 1 and set(needed) >= {1, 2, 3} and not set(needed) & set(rest)
+    needed, rest = order.window(0, 0)  # rank 1 starts at sample 6 (tar 2), reads 1 + 2 x 4 ahead
+    assert needed == [2, 3, 0] and rest == [1]
+    needed, rest = order.window(0, 0, restored=True)  # after a restore: 3 samples back (tar 1)
+    assert needed == [1, 2, 3, 0] and rest == []
     ev = ReadOrder(counts=(3, 3, 3, 3), rank=0, world_size=2, batch=2, fill=1, prefetch=1, train=False)
     assert set(sum(ev.window(5, 7), [])) == {0, 1}  # evaluation never leaves its range
+
+
+def test_shard_checks_use_object_metadata_not_downloads(build, s3: S3) -> None:
+    """``checksums=True`` on a store compares the manifest's sha256 with each object's metadata
+    (HEADs, no tar GET): present after ``shards copy``, reported missing after a plain upload."""
+    from pipelines.shard_checks import ShardError, validate_split
+    from shards.copy import copy_build
+
+    local, plain = build
+    fc, _, lc = small_configs()
+    copied = s3.url("checked")
+    copy_build(local, copied, show=False)
+    before = s3.server.requests()
+    validate_split(read_manifest(copied), "train", features=fc, loader=lc, checksums=True)
+    shards = len(read_manifest(local).split("train").shards)
+    assert (s3.server.requests() - before)["GET"] == 1 + shards  # the manifest and the indexes only
+    with pytest.raises(ShardError, match="no sha256 in the object's metadata"):
+        validate_split(read_manifest(plain), "train", features=fc, loader=lc, checksums=True)

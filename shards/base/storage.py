@@ -49,7 +49,8 @@ Location = str | Path
 """A local path, or a URL ``s3://bucket/key`` / ``gs://bucket/key``."""
 
 REMOTE_SCHEMES = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs"}
-"""URL scheme -> the fsspec package that serves it (installed by ``pip install musicstream[cloud]``)."""
+"""URL scheme -> the fsspec package that serves it (s3fs comes with ``musicstream[cloud]``; gcsfs is
+installed by hand for ``gs://``)."""
 SHA256_META = "sha256"
 """User-metadata key holding an object's sha256 (hex), written by :func:`upload` / :func:`write_bytes`."""
 _URL = re.compile(r"^([a-z][a-z0-9+.-]*)://(.*)$", re.IGNORECASE)
@@ -151,8 +152,8 @@ def _filesystem(location: Location) -> Any:
             return _FS_CACHE[key]
         if importlib.util.find_spec(package) is None:
             raise StorageError(
-                f"{location}: reading {scheme}:// needs the {package} package: "
-                "pip install 'musicstream[cloud]'"
+                f"{location}: {scheme}:// needs the {package} package: "
+                + ("pip install 'musicstream[cloud]'" if package == "s3fs" else f"pip install {package}")
             )
         if scheme == "s3":
             s3fs = importlib.import_module("s3fs")
