@@ -35,7 +35,7 @@ def test_flags_beat_overrides_beat_toml(tmp_path: Path) -> None:
             "test",
         ]
     )
-    assert cfg.aggregate == "mean" and cfg.split == "test" and cfg.shards == Path("s")
+    assert cfg.aggregate == "mean" and cfg.split == "test" and cfg.shards == "s"
 
 
 def test_bad_arguments_exit_with_a_message(capsys: pytest.CaptureFixture) -> None:
