@@ -5,13 +5,15 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_DIR ?= demo
 JOBS ?= $(shell nproc 2>/dev/null || echo 2)
+# Versions tested together; without them pip's resolver gives up on boto3/botocore (see the file).
+CONSTRAINTS ?= .ci/constraints.txt
 
 .PHONY: install demo test test-quick test-gpu gpu-proof lint typecheck format bench bench-step bench-train bench-shards clean
 
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -e '.[dev,gbm,cloud,ray]'
+	$(BIN)/python -m pip install $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[dev,gbm,cloud,ray]'
 	touch $(STAMP)
 
 install: $(STAMP)
