@@ -238,6 +238,10 @@ class LoaderConfig:
     """Training draws: 'uniform_time' = chunks in proportion to the audio (every second of the
     split equally likely, a track weighs its length), 'uniform_track' = chunks_per_track per
     track on average, whatever its length or segment count (see docs/pipeline.md)."""
+    device_memory_gb: float | None = None
+    """Budget per loader for its pipeline's buffers (the bound in docs/pipeline.md, "Device
+    memory"); an audio config whose bound exceeds it is refused before any DALI work. None: half
+    the GPU's memory when DALI runs on the GPU, no check for DALI's CPU pipeline."""
 
     def __post_init__(self) -> None:
         if self.chunks_per_track <= 0:
@@ -254,6 +258,10 @@ class LoaderConfig:
                 raise ValueError(f"loader.{name}: must be positive, got {getattr(self, name)}")
         if self.seed < 0:
             raise ValueError(f"loader.seed: must be >= 0, got {self.seed}")
+        if self.device_memory_gb is not None and not self.device_memory_gb > 0:
+            raise ValueError(
+                f"loader.device_memory_gb: must be positive or none, got {self.device_memory_gb}"
+            )
         if self.track_weighting not in ("uniform_time", "uniform_track"):
             raise ValueError(
                 f"loader.track_weighting: {self.track_weighting!r} is not uniform_time or uniform_track"

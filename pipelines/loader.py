@@ -26,10 +26,12 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig, framing
 from pipelines.features import FeatureAssembler, stats_path
 from pipelines.graph import READER, GraphSpec, build_pipeline
+from pipelines.handoff import BufferLease
+from pipelines.memory import check_memory, release_pool_memory
 from pipelines.shard_checks import load_manifest, validate_split
 from shards.base.distributed import resolve_device, resolve_rank
 from shards.base.tasks import TaskSpec
-from shards.manifest import SEGMENT_FIELDS, Manifest
+from shards.manifest import MANIFEST, SEGMENT_FIELDS, Manifest
 
 
 def labels_to_y(lbl: torch.Tensor, task: TaskSpec) -> torch.Tensor:
@@ -42,7 +44,13 @@ def labels_to_y(lbl: torch.Tensor, task: TaskSpec) -> torch.Tensor:
 
 
 class MusicLoader:
-    """Re-iterable loader: one ``for batch in loader`` pass is one epoch on this rank."""
+    """Re-iterable loader: one ``for batch in loader`` pass is one epoch on this rank.
+
+    The DALI pipeline is built on first use (a resume's ``load_state_dict`` never builds one only
+    to replace it) and runs no batch before the first ``next()``. An evaluation loader shuts
+    its pipeline down after every pass and gives DALI's pooled device memory back, so the
+    validation pipeline holds nothing while the model trains. ``close()`` releases it for good
+    (before the process group goes: DALI issue #6166)."""
 
     def __init__(
         self,
@@ -51,17 +59,22 @@ class MusicLoader:
         task: TaskSpec,
         device: torch.device,
         samples: int | None = None,
+        channels_last: bool = False,
     ) -> None:
         self.spec = spec
-        self.samples = samples  # samples (segments) in the split, all ranks: eval's len()
+        self.samples = samples  # samples (segments) in the split, all ranks: len()
         self.manifest = manifest
         self.task = task
         self.device = device
         self.mode = spec.mode
         self.epoch = 0
         root = manifest.root
-        self.assembler = FeatureAssembler(spec.features, device, stats_path(spec.features, root))
-        self._it = self._make_iterator(None)
+        self.assembler = FeatureAssembler(
+            spec.features, device, stats_path(spec.features, root), channels_last=channels_last
+        )
+        self.lease = BufferLease(device, depth=spec.loader.prefetch)  # DALI outputs torch still reads
+        self._dali: DALIGenericIterator | None = None
+        self._restore: str | None = None  # a DALI checkpoint the next pipeline starts from
         self._seen: set[int] = set()  # eval: samples already yielded this epoch (drops DALI padding)
         self._batch = 0  # DALI batches consumed in this epoch (== len(self._it) at its end)
 
@@ -70,6 +83,14 @@ class MusicLoader:
     @property
     def output_names(self) -> list[str]:
         return self.spec.output_names
+
+    @property
+    def _it(self) -> DALIGenericIterator:
+        """The DALI iterator, built on first use from the pending checkpoint (if any)."""
+        if self._dali is None:
+            self._dali = self._make_iterator(self._restore)
+            self._restore = None
+        return self._dali
 
     def _make_iterator(self, checkpoint: str | None) -> DALIGenericIterator:
         pipe = build_pipeline(self.spec, checkpoint, graph=self.graph)
@@ -80,7 +101,26 @@ class MusicLoader:
             reader_name=READER,
             last_batch_policy=policy,
             auto_reset=False,
+            prepare_first_batch=False,  # no batch is computed (nor held) before the first next()
         )
+
+    def close(self) -> None:
+        """Shut the DALI pipeline down and give its pooled memory back. The loader stays usable:
+        a later pass builds a new pipeline (training: from the position reached)."""
+        if self._dali is not None and self.mode == "train":
+            self._restore = self._dali.checkpoints()[0]
+        self._shutdown()
+        release_pool_memory(self.device)
+
+    def _shutdown(self) -> None:
+        """Wait for torch's reads of the held outputs, then stop the pipeline's threads and free
+        its buffers now (``Pipeline._shutdown`` is DALI's own atexit path; dropping the last
+        reference would leave it to the garbage collector)."""
+        self.lease.release_all()
+        if self._dali is not None:
+            for pipe in self._dali._pipes:
+                pipe._shutdown()
+            self._dali = None
 
     @property
     def feature_shape(self) -> tuple[int, int, int]:
@@ -89,26 +129,35 @@ class MusicLoader:
         return len(f.channels), f.n_mels, self.spec.framing.frames
 
     def __len__(self) -> int:
-        """Batches one pass yields on this rank. Training: DALI's epoch length (the same on every
-        rank). Evaluation: this rank's own tracks in whole or partial batches; DALI's length is
-        the largest rank's, whose extra batch would hold only padding repeats (dropped here)."""
-        if self.mode == "train" or self.samples is None:
+        """Batches one pass yields on this rank. Training: DALI's DROP length, the same on every
+        rank, ``(samples // world_size) // tracks_per_batch`` (the smallest rank's range in whole
+        batches; from the manifest, so no pipeline is built for it). Evaluation: this rank's own
+        samples in whole or partial batches; DALI's length is the largest rank's, whose extra
+        batch would hold only padding repeats (dropped here)."""
+        if self.samples is None:
             return len(self._it)
         n, w, r = self.samples, self.spec.world_size, self.spec.rank
+        if self.mode == "train":
+            return (n // w) // self.spec.batch_size
         mine = (r + 1) * n // w - r * n // w  # the reader's contiguous range for this shard
         return -(-mine // self.spec.batch_size)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        if self._batch < len(self._it):  # else restored at the end of an epoch: this pass is its (empty) rest
-            for out in self._it:
+        it = self._it
+        if self._batch < len(it):  # else restored at the end of an epoch: this pass is its (empty) rest
+            for out in it:
                 self._batch += 1
                 batch = self._convert(out[0])
+                self.lease.hold(out[0])  # DALI gets these buffers back once torch has read them
                 if batch is not None:
                     yield batch
-        self._it.reset()
         self._seen.clear()
         self._batch = 0
         self.epoch += 1
+        if self.mode == "eval":  # nothing stays resident between validations
+            self.close()
+        else:
+            it.reset()
 
     def _convert(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
         """One DALI batch -> ``{x, y, track}`` on ``self.device``.
@@ -188,17 +237,16 @@ class MusicLoader:
 
     def state_dict(self) -> dict[str, Any]:
         """Plain data: the DALI checkpoint (reader position, RNG states) and the epoch counter."""
-        return {
-            "dali": self._it.checkpoints()[0],
-            "epoch": self.epoch,
-            "seen": sorted(self._seen),
-            "batch": self._batch,
-        }
+        dali = (
+            self._restore if self._dali is None and self._restore is not None else self._it.checkpoints()[0]
+        )
+        return {"dali": dali, "epoch": self.epoch, "seen": sorted(self._seen), "batch": self._batch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Rebuild the identical pipeline at the saved position: the next batches are the ones
-        the saved loader would have produced."""
-        self._it = self._make_iterator(state["dali"])
+        """Restore the saved position: the next batches are the ones the saved loader would have
+        produced. The pipeline is rebuilt from it on first use (none is built here)."""
+        self._shutdown()
+        self._restore = state["dali"]
         self.epoch = int(state["epoch"])
         self._seen = set(state.get("seen", []))
         self._batch = int(state.get("batch", 0))
@@ -242,10 +290,13 @@ def build_loader(
     rank: int | None = None,
     world_size: int | None = None,
     device: str | torch.device = "cpu",
+    channels_last: bool = False,
 ) -> MusicLoader:
     """Validate the shards against the configs, then build this rank's loader.
 
     DALI runs on the GPU when ``device`` is CUDA, CPU-only (``device_id=None``) otherwise.
+    ``channels_last``: allocate ``x`` channels-last (a convnet trained channels-last then
+    needs no copy per step). No pipeline is built until the first pass (or ``state_dict``).
     """
     if mode not in ("train", "eval"):
         raise ValueError(f"mode: {mode!r} is not 'train' or 'eval'")
@@ -281,5 +332,7 @@ def build_loader(
         longest_sample=round(info.longest_sample_seconds * m.sample_rate),
         image_exts=image_exts,
     )
+    if m.kind == "audio":
+        check_memory(spec, split, m.root / MANIFEST if m.root else MANIFEST, dev)
     cls = ImageLoader if m.kind == "image" else MusicLoader
-    return cls(spec, m, m.task, dev, samples=info.num_samples)
+    return cls(spec, m, m.task, dev, samples=info.num_samples, channels_last=channels_last)

@@ -24,6 +24,12 @@ class DataBundle:
     val: Any | None
     feature_shape: tuple[int, int, int]
 
+    def close(self) -> None:
+        """Release the loaders' pipelines (DALI's threads and device memory)."""
+        for loader in (self.train, self.val):
+            if loader is not None:
+                loader.close()
+
 
 class _SyntheticCommon(TypedDict):
     """Keyword arguments both synthetic loaders (train and validation) share."""
@@ -35,6 +41,7 @@ class _SyntheticCommon(TypedDict):
     rank: int
     world_size: int
     device: torch.device
+    channels_last: bool
 
 
 def data_source(exp: Experiment) -> tuple[Manifest | None, TaskSpec]:
@@ -62,7 +69,8 @@ def build_data(
 
     def loader(split: str, mode: Literal["train", "eval"]) -> Any:
         return build_loader(manifest, split, mode=mode, features=exp.features, augment=exp.augment,
-                            loader=exp.loader, rank=rank, world_size=world_size, device=device)  # fmt: skip
+                            loader=exp.loader, rank=rank, world_size=world_size, device=device,
+                            channels_last=exp.train.channels_last)  # fmt: skip
 
     train = loader(exp.data.train_split, "train")
     val = loader(exp.data.val_split, "eval") if exp.data.val_split else None
@@ -81,6 +89,7 @@ def _synthetic(exp: Experiment, task: TaskSpec, rank: int, world: int, device: t
         rank=rank,
         world_size=world,
         device=device,
+        channels_last=exp.train.channels_last,
     )
     train = SyntheticLoader(
         task, shape, batches=d.synthetic_batches, mode="train", resident=d.synthetic_resident, **common
