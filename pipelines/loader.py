@@ -149,6 +149,7 @@ class MusicLoader:
                 self._batch += 1
                 batch = self._convert(out[0])
                 self.lease.hold(out[0])  # DALI gets these buffers back once torch has read them
+                out = None  # the lease's reference is the only one left (close() can free them)
                 if batch is not None:
                     yield batch
         self._seen.clear()

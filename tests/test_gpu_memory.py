@@ -26,7 +26,7 @@ SR = 22050
 # Device memory the bound does not model: cuFFT plans and work areas, DALI's per-device state and
 # its pool's block granularity (the bound counts tensors only).
 SLACK = 384 * MIB
-LEFT_AFTER = 128 * MIB  # what may stay on the device once an evaluation pass gave its pool back
+LEFT_AFTER = 0.25  # of the pass's peak: what may stay once an evaluation pass gave its pool back
 
 
 def _build(root: Path, seconds: list[float]) -> Path:
@@ -94,7 +94,7 @@ def test_eval_device_memory_is_bounded_whatever_the_track_length(
     for r in (short, long):
         assert r["dali_peak"] <= r["bound_dali"] + SLACK, r
         assert r["torch_peak"] <= r["bound_torch"], r
-        assert r["left_after"] <= LEFT_AFTER, r  # the pipeline shut down and its pool went back
+        assert r["left_after"] <= LEFT_AFTER * r["dali_peak"] + 32 * MIB, r  # shut down, pool given back
     assert long["dali_peak"] <= 1.25 * short["dali_peak"] + 64 * MIB, (short, long)
 
 
