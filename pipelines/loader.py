@@ -14,6 +14,7 @@ contract's guarantees are met (details in docs/pipeline.md):
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +29,7 @@ from pipelines.features import FeatureAssembler, stats_path
 from pipelines.graph import READER, GraphSpec, build_pipeline
 from pipelines.handoff import BufferLease
 from pipelines.memory import check_memory, release_pool_memory
-from pipelines.shard_checks import load_manifest, validate_split
+from pipelines.shard_checks import load_manifest, read_fault, validate_split, verify_on_first_open
 from shards.base.distributed import resolve_device, resolve_rank
 from shards.base.tasks import TaskSpec
 from shards.manifest import MANIFEST, SEGMENT_FIELDS, Manifest
@@ -145,13 +146,14 @@ class MusicLoader:
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         it = self._it
         if self._batch < len(it):  # else restored at the end of an epoch: this pass is its (empty) rest
-            for out in it:
-                self._batch += 1
-                batch = self._convert(out[0])
-                self.lease.hold(out[0])  # DALI gets these buffers back once torch has read them
-                out = None  # the lease's reference is the only one left (close() can free them)
-                if batch is not None:
-                    yield batch
+            with self._read_faults():
+                for out in it:
+                    self._batch += 1
+                    batch = self._convert(out[0])
+                    self.lease.hold(out[0])  # DALI gets these buffers back once torch has read them
+                    out = None  # the lease's reference is the only one left (close() can free them)
+                    if batch is not None:
+                        yield batch
         self._seen.clear()
         self._batch = 0
         self.epoch += 1
@@ -159,6 +161,18 @@ class MusicLoader:
             self.close()
         else:
             it.reset()
+
+    @contextlib.contextmanager
+    def _read_faults(self) -> Iterator[None]:
+        """A reader error mid-epoch from a shard truncated or damaged under the run becomes
+        ``shards.verify.BadShard`` naming it (one line, not DALI's trace); other errors pass."""
+        try:
+            yield
+        except RuntimeError as e:
+            found = read_fault(self.manifest, self.spec.tars, e)
+            if found is None:
+                raise
+            raise found from None
 
     def _convert(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
         """One DALI batch -> ``{x, y, track}`` on ``self.device``.
@@ -333,7 +347,11 @@ def build_loader(
         longest_sample=round(info.longest_sample_seconds * m.sample_rate),
         image_exts=image_exts,
     )
-    if m.kind == "audio":
+    if m.kind == "audio":  # before reading any shard
         check_memory(spec, split, m.root / MANIFEST if m.root else MANIFEST, dev)
+    if loader.verify == "first_open":
+        verify_on_first_open(
+            m, split, train=mode == "train", rank=r, world_size=w, workers=loader.num_threads
+        )
     cls = ImageLoader if m.kind == "image" else MusicLoader
     return cls(spec, m, m.task, dev, samples=info.num_samples, channels_last=channels_last)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from shards import reasons
 from shards.base.errors import first_line
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -35,7 +36,7 @@ class EncodedImages:
     sizes: dict[str, tuple[int, int]]
 
 
-def check_image(data: bytes) -> tuple[str, int, int]:
+def inspect_image(data: bytes) -> tuple[str, int, int]:
     """-> (member extension, height, width) of a fully decodable image; raises on a broken one."""
     with Image.open(io.BytesIO(data)) as im:
         im.verify()
@@ -56,13 +57,17 @@ def pack_images(images: dict[str, Path | bytes], spec: ImageSpec) -> EncodedImag
         if src is None:
             return f"no {ch} image"
         if isinstance(src, Path):
-            if not src.is_file():
-                return f"missing file: {ch}"
-            src = src.read_bytes()
+            fault = reasons.file_fault(src)
+            if fault:
+                return f"{fault}: {ch}"
+            try:
+                src = src.read_bytes()
+            except OSError as e:
+                return f"{reasons.unreadable(e)}: {ch}"
         if not src:
             return f"no {ch} image bytes"
         try:
-            ext, h, w = check_image(src)
+            ext, h, w = inspect_image(src)
         except Exception as e:  # PIL raises many types (OSError, SyntaxError, ...) for broken files
             msg = first_line(e)
             return f"image decode failed: {ch}: {msg}"
