@@ -294,6 +294,41 @@ def _warn_downsampling(shards_rate: int, rate: int) -> None:
     )
 
 
+def _graph_spec(
+    m: Manifest,
+    split: str,
+    mode: Literal["train", "eval"],
+    features: FeatureConfig,
+    augment: AugmentConfig,
+    loader: LoaderConfig,
+    rank: int,
+    world_size: int,
+    dev: torch.device,
+    image_exts: list[str],
+) -> GraphSpec:
+    """What the DALI graph of this split, mode and rank depends on."""
+    tars, idxs = m.paths(split)
+    return GraphSpec(
+        tars=tars,
+        idxs=idxs,
+        codec=m.codec,
+        shards_rate=m.sample_rate,
+        features=features,
+        augment=augment,
+        loader=loader,
+        framing=framing(features, loader),
+        mode=mode,
+        device="gpu" if dev.type == "cuda" else "cpu",
+        rank=rank,
+        world_size=world_size,
+        device_id=dev.index if dev.type == "cuda" else None,
+        segmented=m.segmented,
+        segment_samples=m.segment_samples,
+        longest_sample=round(m.split(split).longest_sample_seconds * m.sample_rate),
+        image_exts=image_exts,
+    )
+
+
 def build_loader(
     shards: str | Path | Manifest,
     split: str,
@@ -326,27 +361,7 @@ def build_loader(
         image_exts = image_member_exts(m, features)
     elif m.sample_rate > features.sample_rate:
         _warn_downsampling(m.sample_rate, features.sample_rate)
-    tars, idxs = m.paths(split)
-    info = m.split(split)
-    spec = GraphSpec(
-        tars=tars,
-        idxs=idxs,
-        codec=m.codec,
-        shards_rate=m.sample_rate,
-        features=features,
-        augment=augment,
-        loader=loader,
-        framing=framing(features, loader),
-        mode=mode,
-        device="gpu" if dev.type == "cuda" else "cpu",
-        rank=r,
-        world_size=w,
-        device_id=dev.index if dev.type == "cuda" else None,
-        segmented=m.segmented,
-        segment_samples=m.segment_samples,
-        longest_sample=round(info.longest_sample_seconds * m.sample_rate),
-        image_exts=image_exts,
-    )
+    spec = _graph_spec(m, split, mode, features, augment, loader, r, w, dev, image_exts)
     if m.kind == "audio":  # before reading any shard
         check_memory(spec, split, m.root / MANIFEST if m.root else MANIFEST, dev)
     if loader.verify == "first_open":
@@ -354,4 +369,5 @@ def build_loader(
             m, split, train=mode == "train", rank=r, world_size=w, workers=loader.num_threads
         )
     cls = ImageLoader if m.kind == "image" else MusicLoader
-    return cls(spec, m, m.task, dev, samples=info.num_samples, channels_last=channels_last)
+    samples = m.split(split).num_samples
+    return cls(spec, m, m.task, dev, samples=samples, channels_last=channels_last)
