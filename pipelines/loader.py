@@ -29,10 +29,11 @@ from pipelines.features import FeatureAssembler, stats_path
 from pipelines.graph import READER, GraphSpec, build_pipeline
 from pipelines.handoff import BufferLease
 from pipelines.memory import check_memory, release_pool_memory
-from pipelines.shard_checks import load_manifest, read_fault, validate_split, verify_on_first_open
+from pipelines.remote import CacheGate, ReaderInputs, reader_inputs
+from pipelines.shard_checks import load_manifest, read_fault, split_info, validate_split, verify_on_first_open
 from shards.base.distributed import resolve_device, resolve_rank
 from shards.base.tasks import TaskSpec
-from shards.manifest import MANIFEST, SEGMENT_FIELDS, Manifest
+from shards.manifest import SEGMENT_FIELDS, Manifest
 
 
 def labels_to_y(lbl: torch.Tensor, task: TaskSpec) -> torch.Tensor:
@@ -61,20 +62,22 @@ class MusicLoader:
         device: torch.device,
         samples: int | None = None,
         channels_last: bool = False,
+        gate: CacheGate | None = None,
     ) -> None:
         self.spec = spec
+        self.gate = gate  # object-store builds in cache mode: holds each batch until its shards are local
         self.samples = samples  # samples (segments) in the split, all ranks: len()
         self.manifest = manifest
         self.task = task
         self.device = device
         self.mode = spec.mode
         self.epoch = 0
-        root = manifest.root
         self.assembler = FeatureAssembler(
-            spec.features, device, stats_path(spec.features, root), channels_last=channels_last
+            spec.features, device, stats_path(spec.features, manifest.root), channels_last=channels_last
         )
         self.lease = BufferLease(device, depth=spec.loader.prefetch)  # DALI outputs torch still reads
-        self._dali: DALIGenericIterator | None = None
+        self._dali: Any = None  # the DALI iterator (gated for object-store caches), built on first use
+        self._pipe: Any = None  # its pipeline
         self._restore: str | None = None  # a DALI checkpoint the next pipeline starts from
         self._seen: set[int] = set()  # eval: samples already yielded this epoch (drops DALI padding)
         self._batch = 0  # DALI batches consumed in this epoch (== len(self._it) at its end)
@@ -86,17 +89,19 @@ class MusicLoader:
         return self.spec.output_names
 
     @property
-    def _it(self) -> DALIGenericIterator:
+    def _it(self) -> Any:
         """The DALI iterator, built on first use from the pending checkpoint (if any)."""
         if self._dali is None:
             self._dali = self._make_iterator(self._restore)
             self._restore = None
         return self._dali
 
-    def _make_iterator(self, checkpoint: str | None) -> DALIGenericIterator:
-        pipe = build_pipeline(self.spec, checkpoint, graph=self.graph)
+    def _make_iterator(self, checkpoint: str | None) -> Any:
+        if self.gate is not None:  # DALI reads ahead from the moment the iterator exists
+            self.gate.wait(self.epoch, self._batch, restored=checkpoint is not None)
+        pipe = self._pipe = build_pipeline(self.spec, checkpoint, graph=self.graph)
         policy = LastBatchPolicy.DROP if self.mode == "train" else LastBatchPolicy.PARTIAL
-        return DALIGenericIterator(
+        it = DALIGenericIterator(
             [pipe],
             self.output_names,
             reader_name=READER,
@@ -104,6 +109,7 @@ class MusicLoader:
             auto_reset=False,
             prepare_first_batch=False,  # no batch is computed (nor held) before the first next()
         )
+        return it if self.gate is None else self.gate.wrap(it, lambda: (self.epoch, self._batch))
 
     def close(self) -> None:
         """Shut the DALI pipeline down and give its pooled memory back. The loader stays usable:
@@ -118,10 +124,9 @@ class MusicLoader:
         its buffers now (``Pipeline._shutdown`` is DALI's own atexit path; dropping the last
         reference would leave it to the garbage collector)."""
         self.lease.release_all()
-        if self._dali is not None:
-            for pipe in self._dali._pipes:
-                pipe._shutdown()
-            self._dali = None
+        if self._pipe is not None:
+            self._pipe._shutdown()
+        self._dali = self._pipe = None
 
     @property
     def feature_shape(self) -> tuple[int, int, int]:
@@ -305,12 +310,12 @@ def _graph_spec(
     world_size: int,
     dev: torch.device,
     image_exts: list[str],
+    inputs: ReaderInputs,
 ) -> GraphSpec:
     """What the DALI graph of this split, mode and rank depends on."""
-    tars, idxs = m.paths(split)
     return GraphSpec(
-        tars=tars,
-        idxs=idxs,
+        tars=inputs.tars,
+        idxs=inputs.idxs,
         codec=m.codec,
         shards_rate=m.sample_rate,
         features=features,
@@ -326,6 +331,7 @@ def _graph_spec(
         segment_samples=m.segment_samples,
         longest_sample=round(m.split(split).longest_sample_seconds * m.sample_rate),
         image_exts=image_exts,
+        plain_reads=inputs.plain_reads,
     )
 
 
@@ -352,8 +358,12 @@ def build_loader(
         raise ValueError(f"mode: {mode!r} is not 'train' or 'eval'")
     r, w = resolve_rank(rank, world_size)
     dev = resolve_device(device)
-    m = load_manifest(shards)
-    validate_split(m, split, features=features, loader=loader, world_size=w, train=mode == "train")
+    m = load_manifest(shards)  # an object store: reachable, every listed object there (one LIST)
+    split_info(m, split)
+    train = mode == "train"
+    batch = loader.tracks_per_batch if train else loader.eval_tracks_per_batch
+    inputs = reader_inputs(m, split, loader, rank=r, world_size=w, train=train, batch=batch)
+    validate_split(m, split, features=features, loader=loader, world_size=w, train=train, indexes=inputs.idxs)
     image_exts: list[str] = []
     if m.kind == "image":  # spectrogram-image shards: their own DALI branch, the same contract
         from pipelines.image_graph import ImageLoader, image_member_exts
@@ -361,13 +371,11 @@ def build_loader(
         image_exts = image_member_exts(m, features)
     elif m.sample_rate > features.sample_rate:
         _warn_downsampling(m.sample_rate, features.sample_rate)
-    spec = _graph_spec(m, split, mode, features, augment, loader, r, w, dev, image_exts)
+    spec = _graph_spec(m, split, mode, features, augment, loader, r, w, dev, image_exts, inputs)
     if m.kind == "audio":  # before reading any shard
-        check_memory(spec, split, m.root / MANIFEST if m.root else MANIFEST, dev)
+        check_memory(spec, split, m.where, dev)
     if loader.verify == "first_open":
-        verify_on_first_open(
-            m, split, train=mode == "train", rank=r, world_size=w, workers=loader.num_threads
-        )
+        verify_on_first_open(m, split, train=train, rank=r, world_size=w, workers=loader.num_threads)
     cls = ImageLoader if m.kind == "image" else MusicLoader
     samples = m.split(split).num_samples
-    return cls(spec, m, m.task, dev, samples=samples, channels_last=channels_last)
+    return cls(spec, m, m.task, dev, samples=samples, channels_last=channels_last, gate=inputs.gate)
