@@ -61,8 +61,8 @@ bench-train: $(STAMP)
 bench-shards: $(STAMP)
 	$(BIN)/python -m shards bench --tracks 48 --seconds 30 --dir /tmp/shards-bench
 
-## The GPU path proved in one run of <= 8 min (device lease; docs/benchmarks.md "GPU proof"):
-## gpu tests, pipeline bench, input-bound check, torchrun SIGTERM + resume. JSON + markdown in
+## The GPU path proved in one run of <= 430 s (device lease; docs/benchmarks.md "GPU proof"): the
+## hand-off check, gpu tests (not slow), pipeline bench, input-bound check, torchrun SIGTERM + resume. JSON + markdown in
 ## $(GPU_PROOF_OUT). Runs from the source tree with $(PY) (no venv, no install): on the device
 ## machine its python3; `make gpu-proof DEVICE=cpu PY=.venv/bin/python` is the tiny CPU dry run.
 DEVICE ?= gpu

@@ -150,7 +150,9 @@ def _scoring(
 def _collect(
     predict: ProbaFn, loader: Iterable[dict[str, torch.Tensor]], task: TaskSpec, dev: Any
 ) -> ScoredRows[torch.Tensor]:
-    """Chunk predictions of this rank, on the CPU."""
+    """Chunk predictions of this rank, on the CPU. They stay where the batches are (the GPU)
+    until the pass ends: one transfer, instead of a ``.cpu()`` per batch that would make the host
+    wait for every batch's forward pass."""
     probs, target, track = [_empty(task).probs], [_empty(task).target], [_empty(task).track]
     width = sum(task.head_sizes)
     for batch in loader:
@@ -160,10 +162,10 @@ def _collect(
             raise ValueError(f"predictions of shape {tuple(p.shape)}, expected ({x.shape[0]}, {width})")
         y = batch["y"]
         y = y.round().long() if y.is_floating_point() else y.long()
-        probs.append(p.cpu())
-        target.append(y.reshape(x.shape[0], *_target_shape(task)).cpu())
-        track.append(batch["track"].reshape(-1).long().cpu())
-    return ScoredRows(torch.cat(probs), torch.cat(target), torch.cat(track))
+        probs.append(p)
+        target.append(y.reshape(x.shape[0], *_target_shape(task)))
+        track.append(batch["track"].reshape(-1).long())
+    return ScoredRows(*(torch.cat([t.cpu() for t in parts]) for parts in (probs, target, track)))
 
 
 def _target_shape(task: TaskSpec) -> tuple[int, ...]:

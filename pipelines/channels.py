@@ -10,7 +10,8 @@ on the power spectrum, applied in torch: DALI 2.4 has neither operator).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -67,6 +68,25 @@ get_channel = CHANNELS.get
 def register_channel(channel: Channel) -> Channel:
     """Make ``channel.name`` valid in ``features.channels``."""
     return CHANNELS.register(channel.name, channel)
+
+
+@contextlib.contextmanager
+def full_fp32_matmuls() -> Iterator[None]:
+    """Matmuls in full float32 inside, whatever precision the user set globally.
+
+    ``torch.backends.cuda.matmul.allow_tf32 = True`` or ``set_float32_matmul_precision("high")``
+    (common for training speed) would turn the filter banks' matmuls into TF32 on the GPU only:
+    its 10-bit mantissa moves the MFCC (values span +-1600) by more than the parity tolerance.
+    The setting is read when a kernel is launched, so it is restored right after."""
+    previous = torch.get_float32_matmul_precision()
+    if previous == "highest":
+        yield
+        return
+    torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
 
 
 def channel_names() -> tuple[str, ...]:

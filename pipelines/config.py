@@ -248,6 +248,10 @@ class LoaderConfig:
     plain reads, docs/benchmarks.md). A shard truncated while a run reads it then kills the
     process with SIGBUS ("Bus error"); false: plain reads, and such a shard stops the run with
     one line naming it and the step, after a checkpoint (for shards on shared or network storage)."""
+    device_memory_gb: float | None = None
+    """Budget per loader for its pipeline's buffers (the bound in docs/pipeline.md, "Device
+    memory"); an audio config whose bound exceeds it is refused before any DALI work. None: half
+    the GPU's memory when DALI runs on the GPU, no check for DALI's CPU pipeline."""
 
     remote: Literal["cache", "direct"] = "cache"
     """Shards in object storage (``s3://``): 'cache' fetches whole shards ahead of the reader into
@@ -289,6 +293,10 @@ class LoaderConfig:
             raise ValueError(f"loader.seed: must be >= 0, got {self.seed}")
         if self.verify not in ("none", "first_open"):
             raise ValueError(f"loader.verify: {self.verify!r} is not none or first_open")
+        if self.device_memory_gb is not None and not self.device_memory_gb > 0:
+            raise ValueError(
+                f"loader.device_memory_gb: must be positive or none, got {self.device_memory_gb}"
+            )
         if self.track_weighting not in ("uniform_time", "uniform_track"):
             raise ValueError(
                 f"loader.track_weighting: {self.track_weighting!r} is not uniform_time or uniform_track"

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.channels import ChannelInputs, get_channel
+from pipelines.channels import ChannelInputs, full_fp32_matmuls, get_channel
 from pipelines.config import FeatureConfig
 from shards.base import storage
 from shards.base.config import to_dict
@@ -76,9 +76,13 @@ class FeatureAssembler:
         features: FeatureConfig,
         device: torch.device | str = "cpu",
         stats: storage.Location | None = None,
+        *,
+        channels_last: bool = False,
     ):
         self.cfg = features
         self.device = torch.device(device)
+        # x is allocated in the layout the model consumes (no conversion copy per step)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         # each requested channel's compute function, filter banks built once (pipelines.channels)
         self.channels = {c: get_channel(c).build(features, self.device) for c in features.channels}
         self._rows: dict[tuple[int, torch.device], torch.Tensor] = {}
@@ -98,9 +102,11 @@ class FeatureAssembler:
         self, mel_db: torch.Tensor, mfcc: torch.Tensor | None, power: torch.Tensor | None
     ) -> dict[str, torch.Tensor]:
         """Each requested channel at its own height ``(..., rows, T)``, before resizing and
-        normalisation. ``mfcc=None``: the orthonormal DCT-II of ``mel_db`` is computed here."""
+        normalisation. ``mfcc=None``: the orthonormal DCT-II of ``mel_db`` is computed here.
+        The filter banks' matmuls run in full float32 even where TF32 is enabled globally."""
         inputs = ChannelInputs(mel_db=mel_db, power=power, mfcc=mfcc)
-        return {name: fn(inputs) for name, fn in self.channels.items()}
+        with full_fp32_matmuls():
+            return {name: fn(inputs) for name, fn in self.channels.items()}
 
     def __call__(
         self,
@@ -119,18 +125,23 @@ class FeatureAssembler:
         whole track's frames and passes (possibly strided) chunk views ``(B, K, rows, T)``.
         Normalisation is per chunk and channel and nearest-row resizing only repeats rows, so
         each channel is normalised at its own height and written once into the output
-        (resized by a row gather): the same values as resizing, stacking and then normalising, in fewer passes over the big tensor. ``mask`` is ``(N, F, T)``."""
+        (resized by a row gather): the same values as resizing, stacking and then normalising, in
+        fewer passes over the big tensor. ``mask`` is ``(N, F, T)``. ``x`` is allocated in
+        ``self.memory_format`` (channels-last for a channels-last model)."""
         *lead, _, t = chans[0].shape
         f, n_ch = self.cfg.n_mels, len(chans)
-        x = torch.empty((*lead, n_ch, f, t), dtype=torch.float32, device=chans[0].device)
+        n = 1
+        for d in lead:
+            n *= d
+        x = torch.empty((n, n_ch, f, t), dtype=torch.float32, device=chans[0].device,
+                        memory_format=self.memory_format)  # fmt: skip
         for i, c in enumerate(chans):
             c = self._normalize_channel(c, i)
-            dst = x[..., i, :, :]
+            dst = x[:, i].view(*lead, f, t)  # a strided view in either layout
             if c.shape[-2] == f:
                 dst.copy_(c)
             else:  # brought to the mel's height as the seeds' images were: nearest-row repetition
                 dst.copy_(c.index_select(-2, self._nearest(c.shape[-2], c.device)))
-        x = x.view(-1, n_ch, f, t)
         if mask is not None:
             x.mul_(mask.unsqueeze(1))
         return x

@@ -1,9 +1,12 @@
-"""The one DALI graph: read -> decode -> resample -> chunk -> STFT -> mel/dB/MFCC (+ masks).
+"""The one DALI graph: read -> (train: K chunk windows) -> device -> resample -> STFT -> mel/dB (+ masks).
 
 The same definition builds a ``gpu`` pipeline (production) and a ``cpu`` one
 (``device_id=None``, CI). Anything used as an argument input (chunk offsets, SpecAugment
 anchors and widths, track lengths) is computed on CPU nodes; the heavy signal work runs
-on ``device``.
+on ``device``. The signal stays at the shards' rate on the CPU (the reader's int16, or
+FLAC/OGG decoded at their native rate: the decoder is CPU-only); training moves only its
+chunks' windows to the device, evaluation the whole sample (at most one segment); the cast,
+resampling and pre-emphasis run there (``pipelines.signal``).
 
 Chunks are laid out one per ``Framing.stride`` samples and framed once (DALI's
 spectrogram takes only 1-D input), which equals a centred, zero-padded STFT of each
@@ -32,6 +35,7 @@ from nvidia.dali import math as dmath
 from nvidia.dali.pipeline import Pipeline
 
 from pipelines.config import AugmentConfig, FeatureConfig, Framing, LoaderConfig
+from pipelines.signal import cut_windows, feature_length, on_device, source
 from shards.manifest import AUDIO_EXT, LABEL_EXT, SEGMENT_EXT, SEGMENT_FIELDS, TRACK_EXT
 
 READER = "reader"
@@ -143,53 +147,27 @@ def webdataset_reader(spec: GraphSpec, media: list[str], dtypes: list[types.DALI
     )
 
 
-def _decode(spec: GraphSpec, audio):  # type: ignore[no-untyped-def]
-    """-> (signal float32 on device at features.sample_rate, its length in samples as a CPU float64).
-
-    The length is float64: float32 counts samples exactly only up to 2**24 (12.7 min at
-    22050 Hz), and chunk counts and resampled lengths are derived from it.
-    """
-    rate = spec.features.sample_rate
-    if spec.codec == "pcm16":
-        n_in = length_of(audio)
-        sig = audio.gpu() if spec.device == "gpu" else audio
-        sig = fn.cast(sig, dtype=types.DALIDataType.FLOAT) * (1.0 / 32768.0)
-        if spec.shards_rate != rate:
-            sig = fn.audio_resample(sig, in_rate=float(spec.shards_rate), out_rate=float(rate))
-            # the resampler's output length, ceil(n * out_rate / in_rate), in double precision
-            # (integer constants keep the arithmetic in float64; a Python float enters as float32)
-            n_in = dmath.ceil(n_in * int(rate) / int(spec.shards_rate))
-        return sig, n_in
-    sig, _ = fn.decoders.audio(audio, dtype=types.DALIDataType.FLOAT, downmix=True, sample_rate=float(rate))
-    return (sig.gpu() if spec.device == "gpu" else sig), length_of(sig)
-
-
-def length_of(signal):  # type: ignore[no-untyped-def]
-    """Length of a CPU 1-D signal node as a float64 CPU node (exact for any track length)."""
-    return fn.cast(signal.shape(), dtype=types.DALIDataType.FLOAT64)
-
-
 def chunk_count(n, chunk: int):  # type: ignore[no-untyped-def]
     """Eval chunks of a track of ``n`` samples (float64 CPU node): ``max(ceil(n / chunk), 1)`` int64."""
     return fn.cast(dmath.max(dmath.ceil(n / int(chunk)), 1), dtype=types.DALIDataType.INT64)
 
 
-def _train_rows(spec: GraphSpec, sig, n, seg):  # type: ignore[no-untyped-def]
-    """K random chunks per sample, stacked ``(K, L)`` (short samples are zero-padded), their
-    starts ``(K,)``, and how many of them the loader keeps (``count``, see ``_keep_weight``).
+def _train_rows(spec: GraphSpec, stored, n_in, n, seg):  # type: ignore[no-untyped-def]
+    """K random chunks per sample, stacked ``(K, L)`` on the device (short samples are
+    zero-padded), their starts ``(K,)``, and how many of them the loader keeps (``count``, see
+    ``_keep_weight``). Only the chunks' windows of stored samples leave the CPU
+    (``pipelines.signal.cut_windows``), never the whole sample.
 
     A chunk lies inside one sample (segment): its start is uniform over the sample's
-    ``max(n - L, 1)`` positions. Each of the K is kept with the probability
-    ``_keep_weight`` gives (the ``loader.track_weighting``), so segment lengths never
-    over-weight a track."""
+    ``max(n - L, 1)`` positions (``n``: the sample's length at the feature rate). Each of the K
+    is kept with the probability ``_keep_weight`` gives (the ``loader.track_weighting``), so
+    segment lengths never over-weight a track."""
     L = spec.framing.chunk
     room = dmath.max(n - int(L), 0)
-    rows, starts = [], []
+    starts = []
     for _ in range(spec.loader.chunks_per_track):
         u = fn.random.uniform(range=[0.0, 1.0], shape=[1])
-        start = fn.cast(dmath.floor(u * room), dtype=types.DALIDataType.INT32)
-        starts.append(start)
-        rows.append(fn.slice(sig, start=start, shape=[L], axes=[0], out_of_bounds_policy="pad"))
+        starts.append(fn.cast(dmath.floor(u * room), dtype=types.DALIDataType.INT32))
     k = spec.loader.chunks_per_track
     weight = _keep_weight(spec, n, seg)
     if isinstance(weight, float):  # whole tracks, uniform_track: all K kept, no per-sample draw
@@ -198,7 +176,7 @@ def _train_rows(spec: GraphSpec, sig, n, seg):  # type: ignore[no-untyped-def]
         keep = fn.random.uniform(range=[0.0, 1.0], shape=[k]) < weight
         count = fn.reductions.sum(fn.cast(keep, dtype=types.DALIDataType.INT64))
     start_all = fn.cast(fn.cat(*starts), dtype=types.DALIDataType.INT64)
-    return fn.stack(*rows), start_all, count
+    return cut_windows(spec, stored, n_in, starts), start_all, count
 
 
 def _keep_weight(spec: GraphSpec, n, seg):  # type: ignore[no-untyped-def]
@@ -258,14 +236,13 @@ def _graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
     members = _read(spec)
     audio, lbl, tid = members[:3]
     seg = members[3] if spec.segmented else None
-    sig, n = _decode(spec, audio)
-    if fc.preemphasis:  # kaldi's y[0] = x[0] - c x[0]: border "clamp"
-        sig = fn.preemphasis_filter(sig, preemph_coeff=fc.preemphasis, border="clamp")
+    stored, n_in = source(spec, audio)  # CPU, at the shards' rate
+    n = feature_length(spec, n_in)
     starts = None
     if spec.mode == "train":
-        rows, starts, nchunks = _train_rows(spec, sig, n, seg)
-    else:
-        rows = _eval_rows(spec, sig, n)
+        rows, starts, nchunks = _train_rows(spec, stored, n_in, n, seg)
+    else:  # the whole sample (at most one segment) to the device
+        rows = _eval_rows(spec, on_device(spec, stored), n)
         nchunks = chunk_count(n, fr.chunk)
     laid = fn.slice(rows, start=[-fr.lead], shape=[fr.stride], axes=[1], out_of_bounds_policy="pad")
     flat = fn.reshape(laid, shape=[-1])

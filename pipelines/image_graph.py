@@ -1,13 +1,14 @@
-"""The DALI branch for image shards: read -> decode (nvJPEG) -> resize to (F, T) -> crop/masks.
+"""The DALI branch for image shards: read -> decode (nvJPEG) -> resize -> crop/masks.
 
 Image samples carry a dataset's own spectrogram images (ccmusic's mel/cqt/chroma JPEGs,
 a folder of PNGs), one member per channel. Each is decoded with ``fn.decoders.image``
 (``device="mixed"``, i.e. nvJPEG, when the pipeline runs on the GPU; "cpu" otherwise) as
-gray or RGB (``features.image_color``) and resized (linear, antialiased) to
-``(F, T) = (features.n_mels, features.image_frames)``. Training takes K =
-``loader.chunks_per_track`` random time crops per image (``augment.time_crop`` of the width,
-the same window for every channel of a sample) and SpecAugment masks from the audio graph's
-``masks``; evaluation takes each image once, whole. ``ImageLoader`` then stacks the planes into
+gray or RGB (``features.image_color``) and resized once (linear, antialiased) to
+``(F, T) = (features.n_mels, features.image_frames)`` in evaluation. Training resizes each
+image once to ``(F, T / augment.time_crop)`` and takes K = ``loader.chunks_per_track`` random
+crops of T columns from it (``augment.time_crop`` of the width; the same windows for every
+channel of a sample), plus SpecAugment masks from the audio graph's ``masks``; evaluation
+takes each image once, whole. ``ImageLoader`` then stacks the planes into
 the loader contract's ``(B, C, F, T)`` (C = channels x 1 or 3), normalised by the shared
 ``FeatureAssembler``, so every model family and the evaluator are unaware of the kind.
 """
@@ -16,9 +17,9 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 from nvidia.dali import fn, types
+from nvidia.dali import math as dmath
 
 from pipelines.config import FeatureConfig, LoaderConfig, framing
 from pipelines.graph import GraphSpec, masks, webdataset_reader
@@ -38,49 +39,62 @@ def planes(features: FeatureConfig) -> int:
 
 
 def output_names(spec: GraphSpec) -> list[str]:
-    names: list[str] = list(spec.features.channels)
+    names: list[str] = ["image"]
     if spec.mode == "train" and spec.augment.active:
         names.append("mask")
     return [*names, "lbl", "tid"]
 
 
-def _crop_windows(spec: GraphSpec, k: int) -> list[tuple[Any, Any]]:
-    """K relative ROIs ``([0, start], [1, start + crop])`` (y, x): a random time window per crop."""
-    crop = spec.augment.time_crop
-    zero = types.Constant(np.zeros(1, dtype=np.float32), device="cpu")
-    one = types.Constant(np.ones(1, dtype=np.float32), device="cpu")
-    out = []
-    for _ in range(k):
-        start = fn.random.uniform(range=[0.0, 1.0], shape=[1]) * (1.0 - crop)
-        out.append((fn.cat(zero, start), fn.cat(one, start + crop)))
-    return out
+def crop_width(spec: GraphSpec) -> int:
+    """Width each channel image is resized to in training, so that a crop of T columns keeps
+    ``augment.time_crop`` of the image (evaluation: T, the whole image)."""
+    t = image_frames(spec.features, spec.loader)
+    return max(t, round(t / spec.augment.time_crop)) if spec.mode == "train" else t
+
+
+def _crop_starts(spec: GraphSpec, k: int, width: int, t: int) -> list[Any]:
+    """K random column offsets (INT32 CPU nodes) of a T-wide crop in a ``width``-wide image."""
+    room = float(width - t + 1)
+    return [
+        fn.cast(
+            dmath.min(dmath.floor(fn.random.uniform(range=[0.0, 1.0], shape=[1]) * room), room - 1.0),
+            dtype=types.DALIDataType.INT32,
+        )  # fmt: skip
+        for _ in range(k)
+    ]
 
 
 def _image_graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
+    """One resize per channel image (to ``(F, width)``), the channels' planes concatenated, then
+    (training) K crops of T columns as slices of that one image: C resizes per sample instead
+    of K x C. DALI resizes each sample of a batch to its own ROI and size, but a sample's channel
+    images are separate tensors (their sizes may differ), so the C resizes remain."""
     train = spec.mode == "train"
     *images, lbl, tid = webdataset_reader(
         spec, spec.image_exts, [types.DALIDataType.UINT8] * len(spec.image_exts)
     )
     f, t, k = spec.features.n_mels, image_frames(spec.features, spec.loader), spec.loader.chunks_per_track
+    width = crop_width(spec)
     color = types.DALIImageType.RGB if spec.features.image_color == "rgb" else types.DALIImageType.GRAY
     decoder_device = "mixed" if spec.device == "gpu" else "cpu"
-    fy, fx, dtype = float(f), float(t), types.DALIDataType.FLOAT
-    windows = _crop_windows(spec, k) if train else []
+    planes_: list[Any] = [
+        fn.resize(
+            fn.decoders.image(data, device=decoder_device, output_type=color),
+            resize_y=float(f),
+            resize_x=float(width),
+            dtype=types.DALIDataType.FLOAT,
+        )  # fmt: skip
+        for data in images
+    ]
+    image = fn.cat(*planes_, axis=2) if len(planes_) > 1 else planes_[0]  # (F, width, C x planes)
     outs: list[Any] = []
-    for data in images:
-        img = fn.decoders.image(data, device=decoder_device, output_type=color)
-        if train:  # (K, F, T, planes): the same windows for every channel of the sample
-            crops: list[Any] = [
-                fn.resize(
-                    img, resize_y=fy, resize_x=fx, dtype=dtype, roi_start=a, roi_end=b, roi_relative=True
-                )
-                for a, b in windows
-            ]
-            outs.append(fn.stack(*crops))
-        else:  # (F, T, planes): the whole image once
-            outs.append(fn.resize(img, resize_y=fy, resize_x=fx, dtype=dtype))
-    if train and spec.augment.active:
-        outs.append(masks(spec.augment, k, f, t, spec.device))
+    if train:  # (K, F, T, C x planes): the same windows for every channel of the sample
+        starts = _crop_starts(spec, k, width, t)
+        outs.append(fn.stack(*[fn.slice(image, start=s, shape=[t], axes=[1]) for s in starts]))
+        if spec.augment.active:
+            outs.append(masks(spec.augment, k, f, t, spec.device))
+    else:  # (F, T, C x planes): the whole image once
+        outs.append(image)
     return (*outs, lbl, tid)
 
 
@@ -105,17 +119,14 @@ class ImageLoader(MusicLoader):
         keep = self._keep(tid)
         if not keep.any():
             return None
-        names = self.spec.features.channels
-        # kept samples' rows, copied once to DALI's device for every channel (None: all kept)
-        idx = None if bool(keep.all()) else to_device(keep.nonzero().squeeze(1), out[names[0]].device)
+        # kept samples' rows, copied once to DALI's device (None: all kept)
+        idx = None if bool(keep.all()) else to_device(keep.nonzero().squeeze(1), out["image"].device)
         per = self.spec.loader.chunks_per_track if self.mode == "train" else 1
-        chans = []
-        for name in names:
-            a = out[name]  # train (B, K, F, T, p), eval (B, F, T, p)
-            if idx is not None:
-                a = a.index_select(0, idx)
-            a = a.reshape(-1, *a.shape[-3:])  # (N, F, T, p)
-            chans += [a[..., j] for j in range(a.shape[-1])]
+        a = out["image"]  # train (B, K, F, T, C x p), eval (B, F, T, C x p)
+        if idx is not None:
+            a = a.index_select(0, idx)
+        a = a.reshape(-1, *a.shape[-3:])  # (N, F, T, C x p)
+        chans = [a[..., j] for j in range(a.shape[-1])]
         mask = chunks_mask(out["mask"], keep) if "mask" in out else None
         x = self.assembler.stack(to_unit(chans, self.spec.features), mask)
         y = labels_to_y(out["lbl"].to(torch.int64).cpu()[keep], self.task).repeat_interleave(per, dim=0)

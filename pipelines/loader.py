@@ -27,7 +27,9 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig, framing
 from pipelines.features import FeatureAssembler, stats_path
 from pipelines.graph import READER, GraphSpec, build_pipeline
-from pipelines.remote import CacheGate, reader_inputs
+from pipelines.handoff import BufferLease
+from pipelines.memory import check_memory, release_pool_memory
+from pipelines.remote import CacheGate, ReaderInputs, reader_inputs
 from pipelines.shard_checks import load_manifest, read_fault, split_info, validate_split, verify_on_first_open
 from shards.base.distributed import resolve_device, resolve_rank
 from shards.base.tasks import TaskSpec
@@ -44,7 +46,13 @@ def labels_to_y(lbl: torch.Tensor, task: TaskSpec) -> torch.Tensor:
 
 
 class MusicLoader:
-    """Re-iterable loader: one ``for batch in loader`` pass is one epoch on this rank."""
+    """Re-iterable loader: one ``for batch in loader`` pass is one epoch on this rank.
+
+    The DALI pipeline is built on first use (a resume's ``load_state_dict`` never builds one only
+    to replace it) and runs no batch before the first ``next()``. An evaluation loader shuts
+    its pipeline down after every pass and gives DALI's pooled device memory back, so the
+    validation pipeline holds nothing while the model trains. ``close()`` releases it for good
+    (before the process group goes: DALI issue #6166)."""
 
     def __init__(
         self,
@@ -53,20 +61,26 @@ class MusicLoader:
         task: TaskSpec,
         device: torch.device,
         samples: int | None = None,
+        channels_last: bool = False,
         gate: CacheGate | None = None,
     ) -> None:
         self.spec = spec
         self.gate = gate  # object-store builds in cache mode: holds each batch until its shards are local
-        self.samples = samples  # samples (segments) in the split, all ranks: eval's len()
+        self.samples = samples  # samples (segments) in the split, all ranks: len()
         self.manifest = manifest
         self.task = task
         self.device = device
         self.mode = spec.mode
         self.epoch = 0
-        self.assembler = FeatureAssembler(spec.features, device, stats_path(spec.features, manifest.root))
+        self.assembler = FeatureAssembler(
+            spec.features, device, stats_path(spec.features, manifest.root), channels_last=channels_last
+        )
+        self.lease = BufferLease(device, depth=spec.loader.prefetch)  # DALI outputs torch still reads
+        self._dali: Any = None  # the DALI iterator (gated for object-store caches), built on first use
+        self._pipe: Any = None  # its pipeline
+        self._restore: str | None = None  # a DALI checkpoint the next pipeline starts from
         self._seen: set[int] = set()  # eval: samples already yielded this epoch (drops DALI padding)
         self._batch = 0  # DALI batches consumed in this epoch (== len(self._it) at its end)
-        self._it = self._make_iterator(None)
 
     graph: Any = None  # the DALI graph function (None: the audio graph); the image loader sets its own
 
@@ -74,10 +88,18 @@ class MusicLoader:
     def output_names(self) -> list[str]:
         return self.spec.output_names
 
+    @property
+    def _it(self) -> Any:
+        """The DALI iterator, built on first use from the pending checkpoint (if any)."""
+        if self._dali is None:
+            self._dali = self._make_iterator(self._restore)
+            self._restore = None
+        return self._dali
+
     def _make_iterator(self, checkpoint: str | None) -> Any:
         if self.gate is not None:  # DALI reads ahead from the moment the iterator exists
             self.gate.wait(self.epoch, self._batch, restored=checkpoint is not None)
-        pipe = build_pipeline(self.spec, checkpoint, graph=self.graph)
+        pipe = self._pipe = build_pipeline(self.spec, checkpoint, graph=self.graph)
         policy = LastBatchPolicy.DROP if self.mode == "train" else LastBatchPolicy.PARTIAL
         it = DALIGenericIterator(
             [pipe],
@@ -85,8 +107,26 @@ class MusicLoader:
             reader_name=READER,
             last_batch_policy=policy,
             auto_reset=False,
+            prepare_first_batch=False,  # no batch is computed (nor held) before the first next()
         )
         return it if self.gate is None else self.gate.wrap(it, lambda: (self.epoch, self._batch))
+
+    def close(self) -> None:
+        """Shut the DALI pipeline down and give its pooled memory back. The loader stays usable:
+        a later pass builds a new pipeline (training: from the position reached)."""
+        if self._dali is not None and self.mode == "train":
+            self._restore = self._dali.checkpoints()[0]
+        self._shutdown()
+        release_pool_memory(self.device)
+
+    def _shutdown(self) -> None:
+        """Wait for torch's reads of the held outputs, then stop the pipeline's threads and free
+        its buffers now (``Pipeline._shutdown`` is DALI's own atexit path; dropping the last
+        reference would leave it to the garbage collector)."""
+        self.lease.release_all()
+        if self._pipe is not None:
+            self._pipe._shutdown()
+        self._dali = self._pipe = None
 
     @property
     def feature_shape(self) -> tuple[int, int, int]:
@@ -95,27 +135,37 @@ class MusicLoader:
         return len(f.channels), f.n_mels, self.spec.framing.frames
 
     def __len__(self) -> int:
-        """Batches one pass yields on this rank. Training: DALI's epoch length (the same on every
-        rank). Evaluation: this rank's own tracks in whole or partial batches; DALI's length is
-        the largest rank's, whose extra batch would hold only padding repeats (dropped here)."""
-        if self.mode == "train" or self.samples is None:
+        """Batches one pass yields on this rank. Training: DALI's DROP length, the same on every
+        rank, ``(samples // world_size) // tracks_per_batch`` (the smallest rank's range in whole
+        batches; from the manifest, so no pipeline is built for it). Evaluation: this rank's own
+        samples in whole or partial batches; DALI's length is the largest rank's, whose extra
+        batch would hold only padding repeats (dropped here)."""
+        if self.samples is None:
             return len(self._it)
         n, w, r = self.samples, self.spec.world_size, self.spec.rank
+        if self.mode == "train":
+            return (n // w) // self.spec.batch_size
         mine = (r + 1) * n // w - r * n // w  # the reader's contiguous range for this shard
         return -(-mine // self.spec.batch_size)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        if self._batch < len(self._it):  # else restored at the end of an epoch: this pass is its (empty) rest
+        it = self._it
+        if self._batch < len(it):  # else restored at the end of an epoch: this pass is its (empty) rest
             with self._read_faults():
-                for out in self._it:
+                for out in it:
                     self._batch += 1
                     batch = self._convert(out[0])
+                    self.lease.hold(out[0])  # DALI gets these buffers back once torch has read them
+                    out = None  # the lease's reference is the only one left (close() can free them)
                     if batch is not None:
                         yield batch
-        self._it.reset()
         self._seen.clear()
         self._batch = 0
         self.epoch += 1
+        if self.mode == "eval":  # nothing stays resident between validations
+            self.close()
+        else:
+            it.reset()
 
     @contextlib.contextmanager
     def _read_faults(self) -> Iterator[None]:
@@ -207,20 +257,19 @@ class MusicLoader:
 
     def state_dict(self) -> dict[str, Any]:
         """Plain data: the DALI checkpoint (reader position, RNG states) and the epoch counter."""
-        return {
-            "dali": self._it.checkpoints()[0],
-            "epoch": self.epoch,
-            "seen": sorted(self._seen),
-            "batch": self._batch,
-        }
+        dali = (
+            self._restore if self._dali is None and self._restore is not None else self._it.checkpoints()[0]
+        )
+        return {"dali": dali, "epoch": self.epoch, "seen": sorted(self._seen), "batch": self._batch}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Rebuild the identical pipeline at the saved position: the next batches are the ones
-        the saved loader would have produced."""
+        """Restore the saved position: the next batches are the ones the saved loader would have
+        produced. The pipeline is rebuilt from it on first use (none is built here)."""
+        self._shutdown()
+        self._restore = state["dali"]
         self.epoch = int(state["epoch"])
         self._seen = set(state.get("seen", []))
         self._batch = int(state.get("batch", 0))
-        self._it = self._make_iterator(state["dali"])
 
 
 def chunks_mask(mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -250,6 +299,42 @@ def _warn_downsampling(shards_rate: int, rate: int) -> None:
     )
 
 
+def _graph_spec(
+    m: Manifest,
+    split: str,
+    mode: Literal["train", "eval"],
+    features: FeatureConfig,
+    augment: AugmentConfig,
+    loader: LoaderConfig,
+    rank: int,
+    world_size: int,
+    dev: torch.device,
+    image_exts: list[str],
+    inputs: ReaderInputs,
+) -> GraphSpec:
+    """What the DALI graph of this split, mode and rank depends on."""
+    return GraphSpec(
+        tars=inputs.tars,
+        idxs=inputs.idxs,
+        codec=m.codec,
+        shards_rate=m.sample_rate,
+        features=features,
+        augment=augment,
+        loader=loader,
+        framing=framing(features, loader),
+        mode=mode,
+        device="gpu" if dev.type == "cuda" else "cpu",
+        rank=rank,
+        world_size=world_size,
+        device_id=dev.index if dev.type == "cuda" else None,
+        segmented=m.segmented,
+        segment_samples=m.segment_samples,
+        longest_sample=round(m.split(split).longest_sample_seconds * m.sample_rate),
+        image_exts=image_exts,
+        plain_reads=inputs.plain_reads,
+    )
+
+
 def build_loader(
     shards: str | Path | Manifest,
     split: str,
@@ -261,10 +346,13 @@ def build_loader(
     rank: int | None = None,
     world_size: int | None = None,
     device: str | torch.device = "cpu",
+    channels_last: bool = False,
 ) -> MusicLoader:
     """Validate the shards against the configs, then build this rank's loader.
 
     DALI runs on the GPU when ``device`` is CUDA, CPU-only (``device_id=None``) otherwise.
+    ``channels_last``: allocate ``x`` channels-last (a convnet trained channels-last then
+    needs no copy per step). No pipeline is built until the first pass (or ``state_dict``).
     """
     if mode not in ("train", "eval"):
         raise ValueError(f"mode: {mode!r} is not 'train' or 'eval'")
@@ -276,8 +364,6 @@ def build_loader(
     batch = loader.tracks_per_batch if train else loader.eval_tracks_per_batch
     inputs = reader_inputs(m, split, loader, rank=r, world_size=w, train=train, batch=batch)
     validate_split(m, split, features=features, loader=loader, world_size=w, train=train, indexes=inputs.idxs)
-    if loader.verify == "first_open":
-        verify_on_first_open(m, split, train=train, rank=r, world_size=w, workers=loader.num_threads)
     image_exts: list[str] = []
     if m.kind == "image":  # spectrogram-image shards: their own DALI branch, the same contract
         from pipelines.image_graph import ImageLoader, image_member_exts
@@ -285,26 +371,11 @@ def build_loader(
         image_exts = image_member_exts(m, features)
     elif m.sample_rate > features.sample_rate:
         _warn_downsampling(m.sample_rate, features.sample_rate)
-    info = m.split(split)
-    spec = GraphSpec(
-        tars=inputs.tars,
-        idxs=inputs.idxs,
-        codec=m.codec,
-        shards_rate=m.sample_rate,
-        features=features,
-        augment=augment,
-        loader=loader,
-        framing=framing(features, loader),
-        mode=mode,
-        device="gpu" if dev.type == "cuda" else "cpu",
-        rank=r,
-        world_size=w,
-        device_id=dev.index if dev.type == "cuda" else None,
-        segmented=m.segmented,
-        segment_samples=m.segment_samples,
-        longest_sample=round(info.longest_sample_seconds * m.sample_rate),
-        image_exts=image_exts,
-        plain_reads=inputs.plain_reads,
-    )
+    spec = _graph_spec(m, split, mode, features, augment, loader, r, w, dev, image_exts, inputs)
+    if m.kind == "audio":  # before reading any shard
+        check_memory(spec, split, m.where, dev)
+    if loader.verify == "first_open":
+        verify_on_first_open(m, split, train=train, rank=r, world_size=w, workers=loader.num_threads)
     cls = ImageLoader if m.kind == "image" else MusicLoader
-    return cls(spec, m, m.task, dev, samples=info.num_samples, gate=inputs.gate)
+    samples = m.split(split).num_samples
+    return cls(spec, m, m.task, dev, samples=samples, channels_last=channels_last, gate=inputs.gate)

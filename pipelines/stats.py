@@ -50,16 +50,19 @@ def compute_stats(
         world_size=1,
         device=device,
     )
-    total = torch.zeros(len(names), dtype=torch.float64)
+    # per-channel sums on the batches' device, float64 accumulators fed by float64 reductions
+    # (no float64 copy of x, no transfer per batch: one .cpu() at the end)
+    total = torch.zeros(len(names), dtype=torch.float64, device=dl.device)
     square = torch.zeros_like(total)
     count = 0
     chunks = 0
     for batch in progress_bar(dl, total=len(dl), desc="stats", unit="batch", enabled=progress):
-        x = batch["x"].to(torch.float64)
-        total += x.sum(dim=(0, 2, 3)).cpu()
-        square += (x * x).sum(dim=(0, 2, 3)).cpu()
+        x = batch["x"]
+        total += x.sum(dim=(0, 2, 3), dtype=torch.float64)
+        square += x.square().sum(dim=(0, 2, 3), dtype=torch.float64)
         count += x[:, 0].numel()
         chunks += x.shape[0]
+    total, square = total.cpu(), square.cpu()
     mean = total / count
     std = (square / count - mean * mean).clamp_min(0).sqrt()
     return {

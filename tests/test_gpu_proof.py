@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from train.gpu_proof.proof import GPU, STAGES, cpu_profile
-from train.gpu_proof.stages import Context, Proc, StageTimeout, gpu_test_files, last_json
+from train.gpu_proof.stages import GPU_MARKERS, Context, Proc, StageTimeout, gpu_test_files, last_json
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,7 @@ def test_cpu_dry_run_fills_every_stage_with_real_figures(tmp_path: Path) -> None
     out, cpu = tmp_path / "proof", cpu_profile()
     files = gpu_test_files()
     listing = subprocess.Popen(  # meanwhile: which gpu tests exist (each must show up, skipped)
-        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", "gpu", "-p", "no:cacheprovider", *files],
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-m", GPU_MARKERS, "-p", "no:cacheprovider", *files],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
     )  # fmt: skip
     cmd = ["make", "-s", "gpu-proof", "DEVICE=cpu", f"PY={sys.executable}", f"GPU_PROOF_OUT={out}"]
@@ -32,18 +32,24 @@ def test_cpu_dry_run_fills_every_stage_with_real_figures(tmp_path: Path) -> None
     doc = json.loads((out / "gpu-proof.json").read_text())
     st = doc["stages"]
     assert list(st) == list(STAGES)
-    assert [st[s]["status"] for s in STAGES] == ["ok", "ok", "ok", "ok", "skipped"], st
-    for s in STAGES[:4]:
+    assert [st[s]["status"] for s in STAGES] == ["ok", "ok", "ok", "ok", "ok", "skipped"], st
+    for s in STAGES[:5]:
         assert 0 < st[s]["seconds"] <= st[s]["budget_s"] + 1
     assert doc["elapsed_s"] <= doc["total_budget_s"]
-    # 1. every gpu test is collected, and skips: the dry run hides any GPU
+    # 0. the hand-off check ran every loader kind and mode (on the CPU: the plumbing, no delays)
+    h = st["handoff"]
+    assert h["passed"] and sorted(h["results"]) == ["audio-eval", "audio-train", "image-eval", "image-train"]
+    assert all(r["lease"]["batches"] > 3 and r["lease"]["mismatched"] == 0 for r in h["results"].values())
+    # 1. every non-slow gpu test is collected, and skips: the dry run hides any GPU
     t = st["gpu_tests"]
     assert (
         t["files"] == files
         and "tests/test_train_gpu.py" in files
         and "tests/test_pipeline_parity.py" in files
+        and "tests/test_gpu_memory.py" in files
     )
     assert n_gpu >= 20 and (t["passed"], t["failed"], t["errors"], t["skipped"]) == (0, 0, 0, n_gpu)
+    assert t["markers"] == "gpu and not slow" and t["figures"] == {}
     # 2. the bench ran on the shards the run built (24 tracks: 16/4/4), both CPU pipelines
     b = st["pipeline_bench"]
     assert b["shards"]["splits"] == {"train": 16, "validation": 4, "test": 4}
@@ -68,7 +74,7 @@ def test_cpu_dry_run_fills_every_stage_with_real_figures(tmp_path: Path) -> None
     assert c["weights_rel_l2"] < 1e-6  # CPU kernels are deterministic
     assert c["loss_full"] > 0 and math.isclose(c["loss_full"], c["loss_resumed"], rel_tol=1e-6)
     md = (out / "gpu-proof.md").read_text()
-    assert "| resume | ok |" in md and "| dali-cpu |" in md and "**passed**" in md
+    assert "| resume | ok |" in md and "| dali-cpu |" in md and "**passed**" in md and "| audio-train |" in md
     assert md in proc.stdout  # the block is also the end of the output (what a device reply shows)
 
 
@@ -179,3 +185,35 @@ def test_markdown_of_a_gpu_run_shows_its_gpu_only_figures() -> None:
     assert md.startswith("### GPU proof: NVIDIA H200 (143771 MiB, driver 580.159.04)")
     assert "| dali-gpu | 21000.0 |" in md and "dali-gpu 10.00x" in md and "| 900.0 |" in md
     assert "(nccl, NCCL 2.27.7)" in md and "stopped at step 101" in md and "**passed**" in md
+
+
+def test_figures_recorded_by_tests_reach_the_report(tmp_path: Path) -> None:
+    """A test's ``record_property`` figures come back through pytest's JUnit XML, as the
+    gpu_tests stage runs it, and show in the markdown with the hand-off table."""
+    from train.gpu_proof.report import markdown
+    from train.gpu_proof.stages import recorded_figures
+
+    (tmp_path / "test_fig.py").write_text(
+        "def test_a(record_property):\n    record_property('dali_peak_mib', 812.5)\n\n\ndef test_b():\n    pass\n"
+    )
+    junit = tmp_path / "out.xml"
+    subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}", "-o",
+                    "junit_family=xunit1", str(tmp_path / "test_fig.py")], cwd=tmp_path, check=True,
+                   capture_output=True)  # fmt: skip
+    figures = recorded_figures(junit)
+    assert figures == {"test_fig::test_a": {"dali_peak_mib": "812.5"}}
+    assert recorded_figures(tmp_path / "absent.xml") == {}
+    run = {"batches": 9, "yielded": 9, "mismatched": 0, "host_waits": 7}
+    doc = {
+        "started": "2026-12-05T10:00:00Z", "command": "python3 -m train.gpu_proof", "elapsed_s": 30.0,
+        "total_budget_s": 430.0, "machine": {"cpu_count": 16, "python": "3.12.3", "torch": "2.11.0"},
+        "stages": {
+            "handoff": {"status": "ok", "budget_s": 60, "seconds": 20.0, "passed": True, "sleep_cycles": 20000000,
+                        "results": {"audio-train": {"lease": run, "no_lease": {**run, "mismatched": 4}}}},
+            "gpu_tests": {"status": "ok", "budget_s": 110, "seconds": 80.0, "passed": 2, "failed": 0, "errors": 0,
+                          "skipped": 0, "failures": [], "markers": "gpu and not slow", "figures": figures},
+        },
+    }  # fmt: skip
+    md = markdown(doc)
+    assert "| audio-train | 9 | 0 | 7 | 4 |" in md and "**Hand-off**" in md and "passed" in md
+    assert "| test_fig::test_a | dali_peak_mib 812.5 |" in md and '`-m "gpu and not slow"`' in md

@@ -26,6 +26,7 @@ from eval.runner import evaluate_model
 from pipelines.bench.small import small_configs
 from pipelines.config import AugmentConfig, framing
 from pipelines.loader import build_loader
+from pipelines.memory import memory_bound
 from pipelines.shard_checks import ShardError
 from shards.builder import build
 from shards.config import BuildConfig
@@ -255,6 +256,23 @@ def test_version_1_shards_read_as_one_segment_per_track(synth_shards, tmp_path: 
         batch = next(iter(loader_for(v1, "train", "train", track_weighting=weighting)))
         per_track = Counter(batch["track"].tolist())
         assert batch["x"].shape[0] == 8 and set(per_track.values()) == {2}
+
+
+def test_device_memory_bound_follows_the_segment_not_the_track(long_build: Path) -> None:
+    """The test split holds a 12-min track; evaluation lays out at most one 30-s segment per
+    sample. The same tracks stored whole (version 1) would need 24x the slots, which a budget
+    refuses in one line before any DALI work."""
+    ev = loader_for(long_build, "test", "eval")
+    bound = memory_bound(ev.spec)
+    assert bound.rows == 30 and memory_bound(loader_for(long_build, "train", "train").spec).rows == 2
+    whole = memory_bound(dataclasses.replace(ev.spec, longest_sample=720 * SR))
+    assert whole.rows == 720 and whole.dali > 20 * bound.dali and whole.torch > 20 * bound.torch
+    budget = bound.total / 1e9 * 0.9
+    with pytest.raises(ValueError, match=r"manifest.json: split 'test' \(eval\) needs up to .* GB .*"
+                                         r"loader.device_memory_gb") as e:  # fmt: skip
+        loader_for(long_build, "test", "eval", device_memory_gb=budget)
+    assert "\n" not in str(e.value) and "longest sample 30 s" in str(e.value)
+    assert len(loader_for(long_build, "test", "eval", device_memory_gb=budget / 0.8)) > 0
 
 
 def test_eval_chunks_that_would_straddle_segments_are_refused(long_build: Path) -> None:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 from nvidia.dali import fn, pipeline_def
 
-from pipelines.graph import chunk_count, length_of
+from pipelines.graph import chunk_count
+from pipelines.signal import length_of
 
 
 def test_chunk_count_is_exact_for_long_tracks():

@@ -9,6 +9,7 @@ channels within 5e-3.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections import defaultdict
 
 import numpy as np
@@ -163,38 +164,40 @@ def _run_outputs(spec, batches: int) -> list[dict[str, list[np.ndarray]]]:
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("mode", ["eval", "train"])
-def test_dali_gpu_matches_dali_cpu_on_every_output(synth_shards, mode):
+@pytest.mark.parametrize(("mode", "rate"), [("eval", 8000), ("train", 8000), ("train", 16000)])
+def test_dali_gpu_matches_dali_cpu_on_every_output(synth_shards, mode, rate):
     """The one graph built for both backends, run side by side: every pipeline output, sample by
-    sample (eval: mel dB, power, labels, track ids, chunk counts; train: also the SpecAugment
-    masks' shape and the reader's outputs), then the loader's batches {x, y, track} (eval).
-    The reader is CPU-only in both, so track order and labels must be identical."""
-    path = synth_shards(tracks=13, seconds=2.5, sample_rate=8000, shard_size_mb=0.1)
+    sample (eval: mel dB, power, labels, track ids, chunk counts; train: also the chunk starts and
+    SpecAugment masks), then the loader's batches {x, y, track} (eval). The reader and every
+    random draw run on CPU nodes in both, so track order, labels, chunk starts and kept counts
+    are identical (same seeds, same draws) and the drawn chunks' features match; 16-kHz shards
+    exercise the training windows resampled on the device."""
+    path = synth_shards(tracks=13, seconds=2.5, sample_rate=rate, shard_size_mb=0.1)
     fc, aug, lc = small_configs()
     kw = dict(mode=mode, features=fc, augment=aug, loader=lc)
-    gpu = build_loader(path, "train", device="cuda", **kw)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # 16 kHz -> 8 kHz: the downsampling warning
+        gpu = build_loader(path, "train", device="cuda", **kw)
     cpu_spec = dataclasses.replace(gpu.spec, device="cpu", device_id=None)
     n = len(gpu)
     got, want = _run_outputs(gpu.spec, n), _run_outputs(cpu_spec, n)
     assert "power" in gpu.spec.output_names and ("mask" in gpu.spec.output_names) == (mode == "train")
+    exact = ("lbl", "tid", "nchunks", "start", "mask") if mode == "train" else ("lbl", "tid", "nchunks")
     for g, w in zip(got, want):
-        for name in ("lbl", "tid", "nchunks"):
+        for name in exact:
             assert all(np.array_equal(a, b) for a, b in zip(g[name], w[name])), name
         for a, b in zip(g["mel"], w["mel"]):
             assert a.shape == b.shape and a.dtype == b.dtype == np.float32
-            if mode == "eval":  # train: chunk offsets are random draws; compare shapes only
-                assert (
-                    float(np.abs(a - b).max()) <= TOL["mel"][0]
-                    and float(np.abs(a - b).mean()) <= TOL["mel"][1]
-                )
+            # resampled: the two backends' resamplers round differently (~1e-3 of full scale),
+            # which shows in dB only far below the sample's peak
+            loud = b > b.max() - (60.0 if rate != fc.sample_rate else 1e9)
+            assert (
+                float(np.abs(a - b)[loud].max()) <= TOL["mel"][0]
+                and float(np.abs(a - b).mean()) <= TOL["mel"][1]
+            )
         for a, b in zip(g["power"], w["power"]):
             assert a.shape == b.shape
-            if mode == "eval":
-                assert float(np.abs(a - b).max()) <= 1e-4 * float(b.max())
-        if mode == "train":
-            assert all(
-                a.shape == b.shape and a.dtype == b.dtype == np.uint8 for a, b in zip(g["mask"], w["mask"])
-            )
+            assert float(np.abs(a - b).max()) <= (1e-4 if rate == fc.sample_rate else 5e-3) * float(b.max())
     if mode == "eval":
         on_gpu = by_track(gpu)
         on_cpu = by_track(build_loader(path, "train", device="cpu", **kw))

@@ -94,8 +94,9 @@ print(json.dumps({"rank": trainer.info.rank, **result}))
 
 
 def test_sigterm_on_one_rank_stops_every_rank_at_the_next_step(tmp_path: Path) -> None:
-    """Only rank 1 is signalled, at step 2 (log_every is 10): both ranks agree at once, save
-    step 2 and return stopped, with no deadlock."""
+    """Only rank 1 is signalled, at step 2 (log_every is 10): its flag, posted asynchronously at
+    step 2, is read by both ranks at step 3 (no host barrier per step), where both save and
+    return stopped, with no deadlock."""
     script = tmp_path / "preempt.py"
     script.write_text(SIGTERM_ONE_RANK)
     cmd = [
@@ -107,5 +108,5 @@ def test_sigterm_on_one_rank_stops_every_rank_at_the_next_step(tmp_path: Path) -
     assert proc.returncode == 0, proc.stderr[-4000:]
     rows = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
     assert sorted(r["rank"] for r in rows) == [0, 1]
-    assert all(r["stopped"] and r["step"] == 2 for r in rows), rows
-    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_00000002.pt"]
+    assert all(r["stopped"] and r["step"] == 3 for r in rows), rows
+    assert sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir()) == ["step_00000003.pt"]

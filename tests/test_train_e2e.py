@@ -57,6 +57,8 @@ def test_trains_validates_and_checkpoints_on_shards(single: Path, tmp_path: Path
     best = load_trained_model(tmp_path / "checkpoints" / "best.pt")
     assert best.task.classes == trainer.task.classes
     assert best.configs["features"].n_mels == 32
+    # close() released both loaders' pipelines (before __main__ destroys the process group)
+    assert trainer.data.train._dali is None and trainer.data.val._dali is None
     batch = next(iter(trainer.data.val))
     probs = best.predict_proba(batch["x"])
     assert torch.allclose(probs.sum(1), torch.ones(len(probs)), atol=1e-5)

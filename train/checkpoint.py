@@ -30,6 +30,7 @@ from shards.base.errors import say_warning
 from shards.base.tasks import TaskSpec
 from train.checkpoint_io import newest_loadable, read_checkpoint, write_checkpoint
 from train.config import CheckpointConfig, Experiment, experiment_from_tree
+from train.precision import amp_dtype
 
 __all__ = ["read_checkpoint", "write_checkpoint"]  # their home is train.checkpoint_io
 
@@ -336,6 +337,8 @@ class TrainedModel:
             "loader": experiment.loader,
         }
         self.channels_last = experiment.train.channels_last
+        # validation and evaluation run under the autocast the model was trained with
+        self.amp = amp_dtype(experiment.train.amp, device)
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
@@ -343,7 +346,9 @@ class TrainedModel:
         x = x.to(self.device, non_blocking=True)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.head.probabilities(self.model(x))
+        with torch.autocast(self.device.type, dtype=self.amp or torch.float32, enabled=self.amp is not None):
+            logits = self.model(x)
+        return self.head.probabilities(logits.float())
 
     __call__ = predict_proba
 

@@ -164,6 +164,9 @@ class TrainConfig:
     """auto (cuda:LOCAL_RANK when available, else cpu), cpu, or cuda."""
     threads: int | None = None
     """torch CPU threads per process; none keeps torch's default."""
+    deterministic: bool = False
+    """Deterministic cuDNN/cuBLAS kernels (bit-repeatable GPU runs, slower; the GPU proof's resume
+    check sets it); ops without a deterministic kernel warn instead of failing."""
 
     def __post_init__(self) -> None:
         if self.epochs < 1:

@@ -27,6 +27,12 @@ class DataBundle:
     val: BatchLoader | None
     feature_shape: tuple[int, int, int]
 
+    def close(self) -> None:
+        """Release the loaders' pipelines (DALI's threads and device memory)."""
+        for loader in (self.train, self.val):
+            if loader is not None:
+                loader.close()
+
 
 class _SyntheticCommon(TypedDict):
     """Keyword arguments both synthetic loaders (train and validation) share."""
@@ -38,6 +44,7 @@ class _SyntheticCommon(TypedDict):
     rank: int
     world_size: int
     device: torch.device
+    channels_last: bool
 
 
 def data_source(exp: Experiment) -> tuple[Manifest | None, TaskSpec]:
@@ -65,7 +72,8 @@ def build_data(
 
     def loader(split: str, mode: Literal["train", "eval"]) -> BatchLoader:
         return build_loader(manifest, split, mode=mode, features=exp.features, augment=exp.augment,
-                            loader=exp.loader, rank=rank, world_size=world_size, device=device)  # fmt: skip
+                            loader=exp.loader, rank=rank, world_size=world_size, device=device,
+                            channels_last=exp.train.channels_last)  # fmt: skip
 
     train = loader(exp.data.train_split, "train")
     val = loader(exp.data.val_split, "eval") if exp.data.val_split else None
@@ -84,6 +92,7 @@ def _synthetic(exp: Experiment, task: TaskSpec, rank: int, world: int, device: t
         rank=rank,
         world_size=world,
         device=device,
+        channels_last=exp.train.channels_last,
     )
     train = SyntheticLoader(
         task, shape, batches=d.synthetic_batches, mode="train", resident=d.synthetic_resident, **common

@@ -1,8 +1,12 @@
 """Preemption: SIGTERM/SIGINT on any rank stops every rank at the same optimiser step.
 
-Ranks agree through a one-element all-reduce every step on a CPU (gloo) group: no
-host-GPU sync per step, and a preempted job (torchrun gives its workers ~30 s after
-SIGTERM) saves at once instead of up to ``log_every`` steps later.
+Ranks agree through a one-element all-reduce on a CPU (gloo) group of their own, posted
+asynchronously at every step and read at the next one: no rank waits for the others at the
+step it posts (the reduce of step s has completed long before step s+1 reads it, unless a rank
+fell a whole step behind), and every rank reads the same result at the same step, so all stop
+together, one step after the signal. A preempted job (torchrun gives its workers ~30 s after
+SIGTERM) still saves at once instead of up to ``log_every`` steps later. One process agrees
+with itself at the step of the signal.
 """
 
 from __future__ import annotations
@@ -24,27 +28,38 @@ class StopSignal:
     def __init__(self, distributed: bool) -> None:
         self.distributed = distributed
         self.requested = False
-        self._ctl: Any = None
+        # a gloo group of every rank for the flags, beside the training collectives; made here
+        # (collective, as the Trainer is built on every rank), not at a step where it would wait
+        self._ctl: Any = torch.distributed.new_group(backend="gloo") if distributed else None
+        self._pending: tuple[torch.Tensor, Any] | None = None  # the last posted flag and its reduce
 
     def agreed(self) -> bool:
-        """Whether any rank was asked to stop (every rank must call it at the same step)."""
+        """Whether every rank must stop now (every rank calls it at the same step). Distributed:
+        posts this step's flag and answers with the previous step's agreement."""
         if not self.distributed:
             return self.requested
         flag = torch.tensor([float(self.requested)])
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self._control_group())
-        self.requested = bool(flag.item())
-        return self.requested
+        group = cast("ProcessGroup", self._ctl)  # every rank is a member: never NON_GROUP_MEMBER
+        work = torch.distributed.all_reduce(
+            flag, op=torch.distributed.ReduceOp.MAX, group=group, async_op=True
+        )
+        previous, self._pending = self._pending, (flag, work)
+        return previous is not None and self._read(previous)
 
-    def _control_group(self) -> Any:
-        """The process group for CPU control flags: the default one under gloo, a gloo
-        group beside NCCL otherwise (created on first use: every rank reaches it at the same step)."""
-        if self._ctl is None:
-            if torch.distributed.get_backend() == "gloo":
-                self._ctl = torch.distributed.group.WORLD
-            else:
-                # every rank is a member (ranks=None), so this is a ProcessGroup, never NON_GROUP_MEMBER
-                self._ctl = cast("ProcessGroup", torch.distributed.new_group(backend="gloo"))
-        return self._ctl
+    def settle(self) -> bool:
+        """Wait for the flag in flight (at an epoch's end or the loop's): whether some rank asked
+        to stop by then. Collective; afterwards nothing is outstanding on the control group."""
+        if self._pending is None:  # nothing in flight (one process agrees at once)
+            return False
+        previous, self._pending = self._pending, None
+        return self._read(previous)
+
+    def _read(self, posted: tuple[torch.Tensor, Any]) -> bool:
+        flag, work = posted
+        work.wait()
+        if flag.item():
+            self.requested = True
+        return bool(flag.item())
 
     def install(self) -> Callable[[], None]:
         """SIGTERM/SIGINT -> ``requested``; returns the function that restores the old handlers."""

@@ -60,6 +60,7 @@ class SyntheticLoader:
         rank: int = 0,
         world_size: int = 1,
         device: str | torch.device = "cpu",
+        channels_last: bool = False,
     ) -> None:
         if mode not in ("train", "eval"):
             raise ValueError(f"mode: {mode!r} is not train or eval")
@@ -73,6 +74,7 @@ class SyntheticLoader:
         self.mode, self.learnable, self.signal = mode, learnable, signal
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.device = torch.device(device)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.epoch, self.position = 0, 0
         self.manifest = None
         n_leaf = task.head_sizes[-1] if task.kind == "hier" else task.head_sizes[0]
@@ -92,6 +94,9 @@ class SyntheticLoader:
         if self.mode == "train":
             self.epoch += 1
         self.position = 0
+
+    def close(self) -> None:
+        """Nothing to release (the loader interface's ``close``)."""
 
     def state_dict(self) -> dict[str, Any]:
         """Epoch and batch position: everything needed to continue the stream."""
@@ -114,7 +119,8 @@ class SyntheticLoader:
             x += self.signal * self._signal(leaf.repeat_interleave(self.k, 0))
         y = y.repeat_interleave(self.k, 0)
         dev = self.device
-        return {"x": x.to(dev), "y": y.to(dev), "track": track.to(dev)}
+        x = x.to(dev).contiguous(memory_format=self.memory_format)  # as the model consumes it
+        return {"x": x, "y": y.to(dev), "track": track.to(dev)}
 
     def _labels(self, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(what the signal encodes, y as the task needs it) for n tracks."""

@@ -41,14 +41,13 @@ from train.logger import MetricsLogger
 from train.loss import TaskLoss
 from train.models.registry import FitContext, build_model, get_family
 from train.optim import EMA, build_optimizer, build_scheduler
+from train.precision import amp_dtype, deterministic_kernels
 from train.progress import TrainProgress
 from train.rank_sync import broadcast_buffers, weight_fingerprints
 from train.stopping import StopSignal
 
 if TYPE_CHECKING:
     from pipelines.batches import BatchLoader
-
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 Validator = Callable[[TrainedModel, "BatchLoader", TaskSpec], dict[str, float]]
 """validate(predictor, eval-mode loader, task) -> flat metrics (``track/accuracy``, ...);
@@ -71,6 +70,8 @@ class Trainer:
         self.device = self.info.device
         if exp.train.threads:
             torch.set_num_threads(exp.train.threads)
+        if exp.train.deterministic:
+            deterministic_kernels()
         torch.manual_seed(exp.train.seed)
         self.out = exp.train.out
         i = self.info
@@ -103,7 +104,7 @@ class Trainer:
         self.stopped = False  # every rank agreed to stop (what train() acts on)
         self.logger = MetricsLogger(self.out, enabled=i.is_main, tensorboard=exp.train.tensorboard)
         self.data_wait = DataWait()  # per-rank wait for the next batch, gathered at each log step
-        self._amp = self._amp_dtype()
+        self._amp = amp_dtype(exp.train.amp, self.device, warn=True)
         self.ema: EMA | None = None
         self.ddp: DDP | None = None
         self.step_model: nn.Module = self.model
@@ -142,18 +143,6 @@ class Trainer:
         )
         c.register("rng", RNGState(), per_rank=True)
         c.register("loader", self.data.train, per_rank=True)
-
-    def _amp_dtype(self) -> torch.dtype | None:
-        amp = self.exp.train.amp
-        if amp == "none":
-            return None
-        if amp == "auto":
-            cuda = self.device.type == "cuda"
-            return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else None
-        if self.device.type != "cuda":
-            warnings.warn(f"train.amp={amp!r} has no effect on CPU; training in float32", stacklevel=2)
-            return None
-        return AMP_DTYPES[amp]
 
     def _build_optimisation(self) -> None:
         """Optimiser, schedule, scaler, EMA and DDP: the gradient loop's parts (registered)."""
@@ -226,24 +215,31 @@ class Trainer:
             for hook in self.hooks:
                 hook(self)
             if self.stop.agreed():
-                self.stopped = True
-                self.save()
-                bar.close()
-                return True
+                return self._stop(bar)
             if self.checkpointer.due(self.step):
                 self.save()
             if self._done():
                 break
-        bar.close()
         if self.micro:  # the loader ended before len(loader) batches: sync by hand, then step
             self._all_reduce_grads()
             self._optimizer_step()
+        if self.stop.settle():  # the agreement posted at the epoch's last step
+            return self._stop(bar)
+        bar.close()
         if self._done() and self.batch_in_epoch < len(self.data.train):
             return True  # max_steps inside an epoch: stop without a half-epoch validation
         self.epoch += 1
         self.batch_in_epoch = 0
         self._end_of_epoch({})
         return False
+
+    def _stop(self, bar: Any) -> bool:
+        """Every rank agreed to stop: drain the agreement in flight, save, end the run."""
+        self.stop.settle()
+        self.stopped = True
+        self.save()
+        bar.close()
+        return True
 
     def train_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Forward/backward one micro-batch; steps the optimiser every grad_accum calls.
@@ -391,6 +387,9 @@ class Trainer:
         }
 
     def close(self) -> None:
+        """Release the loaders' DALI pipelines (before the caller destroys the process group:
+        DALI issue #6166), close the logs, plot the curves."""
+        self.data.close()
         self.logger.close()
         if self.info.is_main:
             plot_run_curves(self.out, f"{self.exp.model.family}: {self.out}")

@@ -170,6 +170,8 @@ def bench_pipeline(name: str, shards: Path, cfg: dict[str, Any], args: argparse.
     if cuda:
         res["gpu_mem_device_mib"] = round((free0 - torch.cuda.mem_get_info()[0]) / 2**20, 1)
         res["gpu_mem_torch_peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    if hasattr(loader, "close"):  # DALI's threads and pooled device memory, before the next pipeline
+        loader.close()
     del loader
     gc.collect()
     return res

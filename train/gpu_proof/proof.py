@@ -5,14 +5,19 @@ here and dry-run on CPU by the test suite (``--device cpu``: tiny sizes). Stages
 value, each run as subprocesses under its own time budget (a stage that overruns is stopped and
 the next one still runs):
 
-1. ``gpu_tests``: ``pytest -m gpu`` (DALI gpu vs cpu parity, the loader contract on CUDA, AMP steps);
-2. ``pipeline_bench``: ``python -m pipelines.bench`` on PCM shards built here: DALI gpu vs DALI
+1. ``handoff``: ``python -m pipelines.bench.handoff``: every batch of the audio and image loaders
+   read behind a delayed torch stream equals a synchronised reference (with the hand-off lease;
+   without it, the control shows how often DALI's buffer reuse corrupts a batch on this GPU);
+2. ``gpu_tests``: ``pytest -m "gpu and not slow"`` (DALI gpu vs cpu parity, training draws, the
+   loader contract on CUDA, the device-memory bound, TF32, AMP steps); figures that tests record
+   (``record_property``) are collected from their JUnit XML;
+3. ``pipeline_bench``: ``python -m pipelines.bench`` on PCM shards built here: DALI gpu vs DALI
    cpu vs the torchaudio DataLoader, in one process (chunks/s, CPU cores busy, device memory);
-3. ``input_bound``: ``train.stepbench`` per family: real loader vs GPU-resident
+4. ``input_bound``: ``train.stepbench`` per family: real loader vs GPU-resident
    synthetic batches (``vs_synthetic``), bf16 + channels_last;
-4. ``resume``: ``torchrun`` (one rank; NCCL on CUDA), SIGTERM mid-run, ``--checkpoint.resume=auto``
-   to the end, compared with an uninterrupted run (``train.gpu_proof.resume``);
-5. ``pipeline_bench_flac``: stage 2 on FLAC shards, when time is left.
+5. ``resume``: ``torchrun`` (one rank; NCCL on CUDA), SIGTERM mid-run, ``--checkpoint.resume=auto``
+   to the end, compared with an uninterrupted run (``train.gpu_proof.resume``), deterministic kernels;
+6. ``pipeline_bench_flac``: stage 3 on FLAC shards, when time is left.
 
 Writes ``OUT/gpu-proof.json`` (every figure, per-stage status, seconds and budget; rewritten
 atomically after every stage, so a killed run still leaves what finished), ``OUT/gpu-proof.md``
@@ -43,7 +48,7 @@ from train.gpu_proof.stages import NEEDS, ROOT, RUNNERS, Context, StageFailed, S
 REQUIRED = ("torch", "torchaudio", "nvidia.dali", "webdataset", "soundfile", "soxr", "timm", "pytest", "tqdm")
 RESERVE_S = 15.0  # kept back from the total: the last writes, and the caller's copy of the files
 MIN_STAGE_S = 20.0  # a stage is not started with less than this left
-STAGES = ("gpu_tests", "pipeline_bench", "input_bound", "resume", "pipeline_bench_flac")
+STAGES = ("handoff", "gpu_tests", "pipeline_bench", "input_bound", "resume", "pipeline_bench_flac")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,19 +79,20 @@ class Profile:
     log_every: int
     resume_overrides: tuple[str, ...]
     budgets: dict[str, float] = field(default_factory=dict)
-    total_s: float = 480.0
+    total_s: float = 430.0
 
 
 GPU = Profile(
-    device="gpu", tracks=2000, distinct=64, seconds=30.0, sample_rate=22050, flac_tracks=400,
+    device="gpu", tracks=2000, distinct=64, seconds=30.0, sample_rate=22050, flac_tracks=200,
     config="configs/fma_small_efficientnet_b2.toml", overrides=(), workers=16,
     bench_warmup=5, bench_batches=60,
-    families=("efficientnet_b2", "resnet50", "ast", "customcnn"), step_warmup=5, step_batches=30,
+    families=("efficientnet_b2", "customcnn", "resnet50"), step_warmup=5, step_batches=30,
     resume_steps=200, sigterm_after=100, log_every=10,
     resume_overrides=("--model.family=customcnn", "--model.preset=small", "--model.drop_path=0.0",
-                      "--train.amp=none", "--optim.warmup_steps=20"),
-    budgets={"gpu_tests": 90, "pipeline_bench": 150, "input_bound": 120, "resume": 90, "pipeline_bench_flac": 60},
-    total_s=480.0,
+                      "--train.amp=none", "--optim.warmup_steps=20", "--train.deterministic=true"),
+    budgets={"handoff": 60, "gpu_tests": 110, "pipeline_bench": 100, "input_bound": 75, "resume": 75,
+             "pipeline_bench_flac": 40},
+    total_s=430.0,
 )  # fmt: skip
 
 
@@ -101,8 +107,9 @@ def cpu_profile() -> Profile:
         config="configs/demo_customcnn.toml", overrides=tuple(tiny), workers=1, bench_warmup=1, bench_batches=3,
         families=("customcnn",), step_warmup=1, step_batches=3, resume_steps=30, sigterm_after=4, log_every=1,
         resume_overrides=("--train.amp=none", "--train.threads=1", "--optim.warmup_steps=2"),
-        budgets={"gpu_tests": 90, "pipeline_bench": 90, "input_bound": 120, "resume": 180, "pipeline_bench_flac": 0},
-        total_s=600.0,  # a loaded 2-core CI box: each torchrun start alone can take 20 s there
+        budgets={"handoff": 120, "gpu_tests": 90, "pipeline_bench": 90, "input_bound": 120, "resume": 180,
+                 "pipeline_bench_flac": 0},
+        total_s=720.0,  # a loaded 2-core CI box: each torchrun start alone can take 20 s there
     )  # fmt: skip
 
 

@@ -115,6 +115,29 @@ def _resume(st: dict[str, Any]) -> list[str]:
     ]
 
 
+def _handoff(st: dict[str, Any]) -> list[str]:
+    results = st.get("results") or {}
+    if not results:
+        return []
+    how = (f"a `torch.cuda._sleep({st.get('sleep_cycles')})` queued after every batch on {st.get('device')}"
+           if st.get("device") != "cpu" else "DALI cpu, no delays: the plumbing only")  # fmt: skip
+    lines = [f"**Hand-off** ({how}; each batch compared with a synchronised pass): "
+             f"**{'passed' if st.get('passed') else 'FAILED'}**.", ""]  # fmt: skip
+    rows = [[name, r["lease"]["batches"], r["lease"]["mismatched"], r["lease"]["host_waits"],
+             r["no_lease"]["mismatched"]] for name, r in results.items()]  # fmt: skip
+    head = ["loader", "batches", "mismatched (lease)", "host waits (lease)", "mismatched (no lease: control)"]
+    return [*lines, *_table(head, rows), ""]
+
+
+def _figures(st: dict[str, Any]) -> list[str]:
+    figures = st.get("figures") or {}
+    if not figures:
+        return []
+    rows = [[test.rsplit(".", 1)[-1], ", ".join(f"{k} {v}" for k, v in props.items())]
+            for test, props in figures.items()]  # fmt: skip
+    return ["**Figures the gpu tests recorded**:", "", *_table(["test", "figures"], rows), ""]
+
+
 def markdown(doc: dict[str, Any]) -> str:
     m = doc["machine"]
     where = f"{m['gpu']} ({m['gpu_memory']}, driver {m['driver']})" if "gpu" in m else "CPU dry run (no GPU)"
@@ -141,11 +164,13 @@ def markdown(doc: dict[str, Any]) -> str:
         ],
     )
     lines.append("")
+    lines += _handoff(stages.get("handoff", {}))
     t = stages.get("gpu_tests")
     if t and "passed" in t:
         fails = f"; failing: {', '.join(t['failures'])}" if t["failures"] else ""
-        lines += [f"**gpu tests**: {t['passed']} passed, {t['failed']} failed, {t['errors']} errors, "
-                  f"{t['skipped']} skipped{fails}.", ""]  # fmt: skip
+        lines += [f"**gpu tests** (`-m \"{t.get('markers', 'gpu')}\"`): {t['passed']} passed, {t['failed']} failed, "
+                  f"{t['errors']} errors, {t['skipped']} skipped{fails}.", ""]  # fmt: skip
+        lines += _figures(t)
     lines += _pipeline("Input pipeline", stages.get("pipeline_bench", {}))
     lines += _input_bound(stages.get("input_bound", {}))
     lines += _resume(stages.get("resume", {}))

@@ -8,9 +8,12 @@ trainer joins a process group even with one rank, so on CUDA this is the NCCL + 
 
 Passed when: both end at the same step; the loader position in their final checkpoints is the
 same (epoch, batch in epoch, the DALI reader checkpoint); the last logged learning rate is equal;
-the final weights differ by at most ``WEIGHT_RTOL`` in relative L2 norm (0 expected on CPU; cuDNN's
-backward kernels are not bitwise deterministic on CUDA) and the last logged training loss by at
-most ``LOSS_RTOL`` relative; on CUDA, NCCL was initialised.
+the final weights differ by at most ``WEIGHT_RTOL`` in relative L2 norm and the last logged
+training loss by at most ``LOSS_RTOL`` relative; on CUDA, NCCL was initialised. The GPU profile
+trains with ``--train.deterministic=true`` (deterministic cuDNN/cuBLAS kernels,
+``CUBLAS_WORKSPACE_CONFIG`` set before the processes start), so 0 is expected on the GPU as on
+the CPU. The tolerances remain for an op without a deterministic CUDA kernel (it warns, in the
+logs), whose atomics round differently from run to run; the figures record the actual difference.
 """
 
 from __future__ import annotations
@@ -131,7 +134,11 @@ def run_resume_check(ctx: Context, st: dict[str, Any], shards: Path, deadline: f
     full_dir, cut_dir = ctx.work / "resume-full", ctx.work / "resume-cut"
     for d in (full_dir, cut_dir):
         shutil.rmtree(d, ignore_errors=True)
-    env = {"NCCL_DEBUG": "VERSION"} if ctx.cuda else {"OMP_NUM_THREADS": "1"}
+    env = (
+        {"NCCL_DEBUG": "VERSION", "CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
+        if ctx.cuda
+        else {"OMP_NUM_THREADS": "1"}
+    )
     st.update(steps=p.resume_steps, sigterm_after=p.sigterm_after, backend="nccl" if ctx.cuda else "gloo")
     procs: list[Proc] = []
     try:

@@ -207,6 +207,9 @@ def shards_step(ctx: Context, st: dict[str, Any], codec: str, tracks: int, deadl
 TEST_LINE = re.compile(r"^(\S+::\S+) (PASSED|FAILED|ERROR|SKIPPED|XFAIL|XPASS)\b", re.M)
 
 
+GPU_MARKERS = "gpu and not slow"  # the slow gpu tests stay out of the lease (``make test-gpu`` runs them)
+
+
 def gpu_test_files() -> list[str]:
     """The test modules holding ``gpu``-marked tests: only those are collected, so a module that
     needs a package the device machine lacks (one unrelated to the GPU path) cannot stop the run."""
@@ -215,9 +218,26 @@ def gpu_test_files() -> list[str]:
     )
 
 
+def recorded_figures(junit: Path) -> dict[str, dict[str, str]]:
+    """``record_property`` figures per test, from pytest's JUnit XML ({} when absent)."""
+    import xml.etree.ElementTree as ET
+
+    if not junit.is_file():
+        return {}
+    figures: dict[str, dict[str, str]] = {}
+    for case in ET.parse(junit).getroot().iter("testcase"):
+        props = {p.get("name", ""): p.get("value", "") for p in case.iter("property")}
+        if props:
+            figures[f"{case.get('classname', '')}::{case.get('name', '')}"] = props
+    return figures
+
+
 def stage_gpu_tests(ctx: Context, st: dict[str, Any], deadline: float) -> None:
     st["files"] = files = gpu_test_files()
-    cmd = [ctx.python, "-m", "pytest", "-v", "-m", "gpu", "-p", "no:cacheprovider", "--timeout=120", *files]
+    st["markers"] = GPU_MARKERS
+    junit = ctx.logs / "gpu_tests.xml"
+    cmd = [ctx.python, "-m", "pytest", "-v", "-m", GPU_MARKERS, "-p", "no:cacheprovider", "--timeout=60",
+           f"--junitxml={junit}", "-o", "junit_family=xunit1", *files]  # fmt: skip
     proc = Proc(cmd, "gpu_tests", ctx)
     try:
         rc = proc.wait(deadline)
@@ -231,8 +251,23 @@ def stage_gpu_tests(ctx: Context, st: dict[str, Any], deadline: float) -> None:
         ):
             st[key] = sum(1 for _, o in results if o == outcome)
         st["failures"] = [t for t, o in results if o in ("FAILED", "ERROR")]
+        st["figures"] = recorded_figures(junit)
     if rc != 0:
         raise StageFailed(f"pytest exit status {rc}: {len(st['failures'])} failed or errored")
+
+
+def stage_handoff(ctx: Context, st: dict[str, Any], deadline: float) -> None:
+    """The hand-off check first: a wrong answer there makes every later figure suspect."""
+    cmd = [ctx.python, "-m", "pipelines.bench.handoff", "--synth", str(ctx.work / "handoff"), "--json",
+           "--device", "cuda" if ctx.cuda else "cpu"]  # fmt: skip
+    proc = Proc(cmd, "handoff", ctx)
+    rc = proc.wait(deadline)
+    doc = last_json(proc.stdout(), "pipelines.bench.handoff")
+    st["results"], st["passed"], st["sleep_cycles"] = doc["results"], doc["passed"], doc["sleep_cycles"]
+    st["device"] = doc["device"]
+    if rc != 0 or not doc["passed"]:
+        bad = [k for k, r in doc["results"].items() if r["lease"]["mismatched"]]
+        raise StageFailed(f"hand-off check failed (exit status {rc}): mismatched batches in {bad}")
 
 
 def bench_cmd(ctx: Context, shards: Path, *extra: str, module: str = "pipelines.bench") -> list[str]:
@@ -298,6 +333,7 @@ def stage_flac(ctx: Context, st: dict[str, Any], deadline: float) -> None:
 
 
 RUNNERS: dict[str, Callable[[Context, dict[str, Any], float], None]] = {
+    "handoff": stage_handoff,
     "gpu_tests": stage_gpu_tests,
     "pipeline_bench": stage_pipeline_bench,
     "input_bound": stage_input_bound,

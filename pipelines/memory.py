@@ -1,0 +1,116 @@
+"""Device memory of one loader, bounded from the configs alone (docs/pipeline.md, "Device memory").
+
+DALI's GPU operators materialise whole tensors per sample: the STFT keeps every window, its
+complex spectrum and the power spectrogram of all the sample's frames. What bounds that is the
+number of chunk slots a sample is laid out in: K in training, and in evaluation the chunks of
+the split's longest *sample*, which is at most one segment (``segment_seconds``, 30 s) in a
+segmented build, whatever the track length. :func:`memory_bound` adds the tensors up per
+sample, per DALI iteration and over the iterations alive at once (the prefetch queue and the
+batches the hand-off holds), plus torch's side of a batch; ``build_loader`` refuses a config
+whose bound exceeds ``loader.device_memory_gb`` before any DALI work.
+
+DALI's pools never shrink on their own (its ``ReleaseUnusedMemory`` frees whole free blocks):
+:func:`release_pool_memory` gives them back once a pipeline is shut down, so torch can use them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from nvidia.dali import backend as dali_backend
+
+from pipelines.signal import windowing
+
+if TYPE_CHECKING:
+    from pipelines.graph import GraphSpec
+
+F32 = 4
+GB = 1e9
+
+
+@dataclass(frozen=True)
+class MemoryBound:
+    """Bytes one loader may hold on its device at once (the bound, not a measurement)."""
+
+    dali: int
+    """DALI's pool: ``prefetch`` iterations with every intermediate, plus the outputs the
+    hand-off holds (``prefetch`` consumed batches) and the one being converted."""
+    torch: int
+    """torch's allocator: one batch's filter-bank channels and chunk temporaries, its ``x`` and
+    the previous batch's ``x`` (still held by the consumer while the next one is built)."""
+    rows: int
+    """Chunk slots per sample: K in training, the longest sample's chunks in evaluation."""
+
+    @property
+    def total(self) -> int:
+        return self.dali + self.torch
+
+
+def memory_bound(spec: GraphSpec) -> MemoryBound:
+    """The bound for ``spec`` (audio graphs): a function of the batch, the chunk and the split's
+    longest sample (one segment in segmented builds), the STFT and mel sizes and the prefetch."""
+    f, fr, lc = spec.features, spec.framing, spec.loader
+    train = spec.mode == "train"
+    B, K, L = spec.batch_size, lc.chunks_per_track, fr.chunk
+    longest = -(-max(spec.longest_sample, 1) * f.sample_rate // spec.shards_rate)  # feature rate
+    rows = K if train else max(1, -(-longest // L))
+    frames = rows * fr.stride_frames  # STFT frames of one sample's layout
+    n_freq = f.n_fft // 2 + 1
+    stft = frames * (f.n_fft + 2 * n_freq + n_freq) * F32  # windows, complex spectrum, power
+    mels = 2 * frames * f.n_mels * F32  # mel, dB
+    if train:  # K windows: stored (<= 4 B), float, resampled, pre-emphasised; rows; their layout
+        window = windowing(spec).max_window()
+        audio = K * (2 * window * F32 + 2 * (window * f.sample_rate // spec.shards_rate + 1) * F32)
+        audio += K * (L + fr.stride) * F32
+    else:  # the whole sample: stored, float, resampled, pre-emphasised, padded, laid out
+        audio = 2 * spec.longest_sample * F32 + 2 * longest * F32 + rows * (L + fr.stride) * F32
+    masks = 3 * K * f.n_mels * fr.frames if train and spec.augment.active else 0
+    per_iteration = B * (audio + stft + mels + masks)
+    outputs = B * (frames * f.n_mels * F32 + (frames * n_freq * F32 if f.needs_power else 0) + masks)
+    growth = dali_backend.GetDeviceBufferGrowthFactor()  # type: ignore[attr-defined]  # 1.1 in DALI 2.4
+    # DALI over-allocates a growing buffer by its growth factor
+    dali = round(growth * (lc.prefetch * per_iteration + (lc.prefetch + 1) * outputs))
+    n_chunks = B * rows
+    filter_banks = B * frames * (f.n_mfcc + 2 * f.n_chroma + f.cqt_bins) * F32  # mfcc, chroma (+ max), cqt
+    chunk = n_chunks * f.n_mels * fr.frames * F32  # one channel's chunks at full height
+    x = len(f.channels) * chunk  # the batch being built, and the previous one its consumer still holds
+    return MemoryBound(dali=dali, torch=filter_banks + 3 * chunk + 2 * x, rows=rows)
+
+
+def budget_bytes(budget_gb: float | None, device: torch.device) -> float | None:
+    """``loader.device_memory_gb`` in bytes; None: half the GPU's memory (the model needs the
+    rest), no check for DALI's CPU pipeline."""
+    if budget_gb is not None:
+        return budget_gb * GB
+    if device.type != "cuda":
+        return None
+    return torch.cuda.get_device_properties(device).total_memory / 2
+
+
+def check_memory(spec: GraphSpec, split: str, where: object, device: torch.device) -> MemoryBound:
+    """Refuse (ValueError, one line) a loader whose bound exceeds the budget."""
+    bound = memory_bound(spec)
+    budget = budget_bytes(spec.loader.device_memory_gb, device)
+    if budget is not None and bound.total > budget:
+        lc = spec.loader
+        what = (
+            f"{spec.batch_size} samples x {bound.rows} chunks (longest sample "
+            f"{spec.longest_sample / spec.shards_rate:.0f} s)"
+            if spec.mode == "eval"
+            else f"{lc.tracks_per_batch} samples x {lc.chunks_per_track} chunks"
+        )
+        raise ValueError(
+            f"{where}: split {split!r} ({spec.mode}) needs up to {bound.total / GB:.1f} GB of device memory per "
+            f"rank ({what}, prefetch {lc.prefetch}; docs/pipeline.md 'Device memory'), over the "
+            f"{budget / GB:.1f} GB budget (loader.device_memory_gb); lower the batch or the prefetch, "
+            "or rebuild the shards with segments (segment_seconds)"
+        )
+    return bound
+
+
+def release_pool_memory(device: torch.device) -> None:
+    """Free DALI's unused pooled blocks (device and pinned host) after a pipeline shut down."""
+    if device.type == "cuda":
+        dali_backend.ReleaseUnusedMemory()  # type: ignore[attr-defined]  # not in DALI's stubs
