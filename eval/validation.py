@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from eval.config import EvalConfig
 from eval.runner import evaluate_model
+from shards.base.progress import progress
 from shards.base.tasks import TaskSpec
 
 if TYPE_CHECKING:
@@ -24,7 +25,8 @@ def validator(cfg: EvalConfig | None = None) -> Validator:
     cfg = cfg or EvalConfig()
 
     def validate(predictor: Any, loader: Any, task: TaskSpec) -> dict[str, float]:
-        result = evaluate_model(predictor, loader, task, aggregate=cfg.aggregate, top_k=tuple(cfg.top_k))
+        batches = progress(loader, desc="validation", unit="batch", leave=False)
+        result = evaluate_model(predictor, batches, task, aggregate=cfg.aggregate, top_k=tuple(cfg.top_k))
         return dict(result.metrics)
 
     return validate

@@ -1,14 +1,31 @@
-"""AdamW (no decay on biases/norms), warm-up + cosine schedule, and a weight EMA."""
+"""AdamW (no decay on biases/norms), warm-up + cosine schedule, a weight EMA, the autocast dtype."""
 
 from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import torch
 import torch.nn as nn
 
 from train.config import OptimConfig
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """``train.amp`` on ``device``: the autocast dtype, None for float32 (``auto``: bf16 on a
+    CUDA device that has it; bf16/fp16 asked for on a CPU: float32, with a warning)."""
+    if amp == "none":
+        return None
+    if amp == "auto":
+        cuda = device.type == "cuda"
+        return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else None
+    if device.type != "cuda":
+        warnings.warn(f"train.amp={amp!r} has no effect on CPU; training in float32", stacklevel=3)
+        return None
+    return AMP_DTYPES[amp]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.AdamW:

@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from shards.base import distributed
 from shards.base.atomic import atomic_write_text
 from shards.base.distributed import DistInfo, all_gather_object
+from shards.base.logs import get_logger
 from shards.base.progress import progress
 from shards.base.tasks import TaskSpec, primary_metric
 from train.checkpoint import (
@@ -36,14 +37,14 @@ from train.checkpoint import (
 from train.config import Experiment
 from train.curves import plot_run_curves
 from train.data import build_data, data_source
-from train.logger import MetricsLogger
+from train.logger import MetricsLogger, validation_line
 from train.loss import TaskLoss
 from train.models.registry import FitContext, build_model, get_family
-from train.optim import EMA, build_optimizer, build_scheduler
+from train.optim import EMA, amp_dtype, build_optimizer, build_scheduler
 from train.progress import TrainProgress
 from train.stopping import StopSignal
 
-AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+log = get_logger("train")
 
 Validator = Callable[[TrainedModel, Any, TaskSpec], dict[str, float]]
 """validate(predictor, eval-mode loader, task) -> flat metrics (``track/accuracy``, ...);
@@ -98,7 +99,7 @@ class Trainer:
         self.stop = StopSignal(i.distributed)
         self.stopped = False  # every rank agreed to stop (what train() acts on)
         self.logger = MetricsLogger(self.out, enabled=i.is_main, tensorboard=exp.train.tensorboard)
-        self._amp = self._amp_dtype()
+        self._amp = amp_dtype(exp.train.amp, self.device)
         self.ema: EMA | None = None
         self.ddp: DDP | None = None
         self.step_model: nn.Module = self.model
@@ -137,18 +138,6 @@ class Trainer:
         )
         c.register("rng", RNGState(), per_rank=True)
         c.register("loader", self.data.train, per_rank=True)
-
-    def _amp_dtype(self) -> torch.dtype | None:
-        amp = self.exp.train.amp
-        if amp == "none":
-            return None
-        if amp == "auto":
-            cuda = self.device.type == "cuda"
-            return torch.bfloat16 if cuda and torch.cuda.is_bf16_supported() else None
-        if self.device.type != "cuda":
-            warnings.warn(f"train.amp={amp!r} has no effect on CPU; training in float32", stacklevel=2)
-            return None
-        return AMP_DTYPES[amp]
 
     def _build_optimisation(self) -> None:
         """Optimiser, schedule, scaler, EMA and DDP: the gradient loop's parts (registered)."""
@@ -189,7 +178,9 @@ class Trainer:
                 if self._run_epoch():
                     break
         finally:
-            restore()
+            restore()  # a second signal from here on stops the process (validation included)
+        if self.batch_in_epoch and self.data.val is not None and self._validate is not None:
+            self._end_of_epoch({})  # stopped inside an epoch (max_steps, a signal): validate once more
         self.sync_buffers()
         # the agreed flag, not this rank's: a signal that lands after the last agreement
         # must not make one rank skip a collective save that the others enter
@@ -232,7 +223,7 @@ class Trainer:
             self._all_reduce_grads()
             self._optimizer_step()
         if self._done() and self.batch_in_epoch < len(self.data.train):
-            return True  # max_steps inside an epoch: stop without a half-epoch validation
+            return True  # max_steps inside an epoch: train() validates once more
         self.epoch += 1
         self.batch_in_epoch = 0
         self._end_of_epoch({})
@@ -337,11 +328,13 @@ class Trainer:
         return metrics
 
     def _end_of_epoch(self, stats: dict[str, float]) -> None:
-        """Validate, log, save. The best value is updated *before* the step file is written,
-        so a run resumed from it knows this epoch's score and never overwrites a better best.pt."""
+        """Validate, log, save (each epoch end; once more when a run stops inside one). The best is
+        updated *before* the step file is written: a resumed run never overwrites a better best.pt."""
         self.metrics = self.validate()
         self.logger.log(self.step, self.epoch, {**stats, **{f"val/{k}": v for k, v in self.metrics.items()}})
         improved = self._update_best()
+        if self.metrics:  # the log's line per validation (the full set is in metrics.jsonl)
+            log.info(validation_line(self.progress, len(self.data.train), self.exp.train.epochs, improved))
         self.save()
         if improved:
             self.checkpointer.save_best(self.state_dict())
@@ -385,12 +378,7 @@ class Trainer:
         return diff
 
     def summary(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "epoch": self.epoch,
-            "metrics": dict(self.metrics),
-            "stopped": self.stopped,
-        }
+        return dict(step=self.step, epoch=self.epoch, metrics=dict(self.metrics), stopped=self.stopped)
 
     def close(self) -> None:
         self.logger.close()

@@ -1,0 +1,55 @@
+"""Defaults that come from the data: what a shard build's manifest says about ``[features]``.
+
+An image build (ccmusic's spectrogram JPEGs, a folder of PNGs) already says which channels it
+has and how large its images are, so a config that does not set ``features.channels``,
+``n_mels`` (F) or ``image_frames`` (T) takes them from the manifest instead of the audio
+defaults (``mel, mfcc, chroma``, 256 mel bins), which such a build cannot satisfy. Explicit
+settings (file, ``--features.key=value``, a preset's) always win; the resolved values are what
+checkpoints store, so ``eval`` rebuilds the same features. Every CLI that reads ``[features]``
+for a build (``python -m train``, ``pipelines.bench``, ``pipelines.stats``) passes
+``feature_defaults`` to the one config loader (``shards.base.config.load_sections``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import FEATURE_PRESETS, FeatureConfig
+from shards.manifest import MANIFEST, Manifest, read_manifest
+
+Defaults = dict[str, dict[str, Any]]
+
+
+def image_features(m: Manifest) -> dict[str, Any]:
+    """``[features]`` values of an image build: all its channels in order, F = the tallest and
+    T = the widest image of any channel (no image is shrunk); {} for an audio build."""
+    if m.kind != "image":
+        return {}
+    height = max(c.max_size[0] for c in m.images.values())
+    width = max(c.max_size[1] for c in m.images.values())
+    out: dict[str, Any] = {"channels": list(m.images), "n_mels": height, "image_frames": max(2, width)}
+    if height < FeatureConfig().n_mfcc:  # unused by images; keeps n_mfcc <= n_mels valid
+        out["n_mfcc"] = height
+    return out
+
+
+def feature_defaults(shards: str | Path | None) -> Callable[[dict[str, Any]], Defaults]:
+    """``defaults(tree)`` for ``load_sections``: the build's ``[features]`` values under the
+    config's. ``shards=None``: the tree's own ``data.shards`` (an experiment file). No manifest
+    there yet (a config printed before its build exists): no defaults; a preset's keys stay
+    the preset's."""
+
+    def defaults(tree: dict[str, Any]) -> Defaults:
+        data = tree.get("data") if isinstance(tree.get("data"), dict) else {}
+        where = shards if shards is not None else data.get("shards")
+        if where is None or data.get("synthetic") is True or not (Path(where) / MANIFEST).is_file():
+            return {}
+        values = image_features(read_manifest(where, check_files=False))
+        table = tree.get("features") if isinstance(tree.get("features"), dict) else {}
+        preset = FEATURE_PRESETS.get(str(table.get("preset")), {})
+        values = {k: v for k, v in values.items() if k not in preset}
+        return {"features": values} if values else {}
+
+    return defaults
