@@ -29,10 +29,7 @@ def image_features(m: Manifest) -> dict[str, Any]:
         return {}
     height = max(c.max_size[0] for c in m.images.values())
     width = max(c.max_size[1] for c in m.images.values())
-    out: dict[str, Any] = {"channels": list(m.images), "n_mels": height, "image_frames": max(2, width)}
-    if height < FeatureConfig().n_mfcc:  # unused by images; keeps n_mfcc <= n_mels valid
-        out["n_mfcc"] = height
-    return out
+    return {"channels": list(m.images), "n_mels": height, "image_frames": max(2, width)}
 
 
 def feature_defaults(shards: str | Path | None) -> Callable[[dict[str, Any]], Defaults]:
@@ -42,14 +39,27 @@ def feature_defaults(shards: str | Path | None) -> Callable[[dict[str, Any]], De
     the preset's."""
 
     def defaults(tree: dict[str, Any]) -> Defaults:
-        data = tree.get("data") if isinstance(tree.get("data"), dict) else {}
+        data = _table(tree, "data")
         where = shards if shards is not None else data.get("shards")
-        if where is None or data.get("synthetic") is True or not (Path(where) / MANIFEST).is_file():
+        if not isinstance(where, (str, Path)) or data.get("synthetic") is True:
+            return {}
+        if not (Path(where) / MANIFEST).is_file():
             return {}
         values = image_features(read_manifest(where, check_files=False))
-        table = tree.get("features") if isinstance(tree.get("features"), dict) else {}
+        if not values:
+            return {}
+        table = _table(tree, "features")
         preset = FEATURE_PRESETS.get(str(table.get("preset")), {})
         values = {k: v for k, v in values.items() if k not in preset}
-        return {"features": values} if values else {}
+        rows = table.get("n_mels", preset.get("n_mels", values.get("n_mels")))
+        if isinstance(rows, int) and rows < FeatureConfig().n_mfcc:  # MFCCs are not computed from
+            values["n_mfcc"] = max(1, rows)  # images: keep the unused n_mfcc <= n_mels check quiet
+        return {"features": values}
 
     return defaults
+
+
+def _table(tree: dict[str, Any], name: str) -> dict[str, Any]:
+    """``tree[name]`` when it is a table ({} otherwise: the loader names a misplaced value)."""
+    table = tree.get(name)
+    return table if isinstance(table, dict) else {}

@@ -16,6 +16,7 @@ so processes a CLI starts follow it too). ``NO_COLOR`` draws the bar in plain AS
 
 from __future__ import annotations
 
+import io
 import os
 import sys
 import time
@@ -96,8 +97,12 @@ def progress(
         from tqdm import tqdm
 
         plain = bool(os.environ.get("NO_COLOR"))
+        # a terminal that reports no size (a bare pty: `script`, some CI runners) would get no bar
+        size: dict[str, Any] = (
+            {"dynamic_ncols": True} if _columns(sys.stderr) else {"ncols": 100, "nrows": 20}
+        )
         return tqdm(iterable, total=total, desc=desc, unit=unit, initial=initial, leave=leave,  # type: ignore[no-any-return]
-                    dynamic_ncols=True, ascii=plain or None)  # fmt: skip
+                    ascii=plain or None, **size)  # fmt: skip
     stream = sys.stderr if mode == "lines" else None
     return LineProgress(iterable, total=total, desc=desc, unit=unit, initial=initial, stream=stream)
 
@@ -160,7 +165,8 @@ class LineProgress:
         if self.closed:
             return
         self.closed = True
-        if self.stream is not None and (self.n != self._start_n or self.lines):
+        moved = self.n != (self._last_n if self.lines else self._start_n)
+        if self.stream is not None and moved:  # not when the last line already shows this count
             self._emit(final=True)
 
     def _emit(self, *, final: bool) -> None:
@@ -196,6 +202,14 @@ class LineProgress:
             parts.append(self.postfix)
         line = (f"{self.desc}: " if self.desc else "") + ", ".join(parts)
         return line if len(line) <= MAX_LINE else line[: MAX_LINE - 3] + "..."
+
+
+def _columns(stream: IO[str]) -> int:
+    """The terminal's width (0 when it reports none)."""
+    try:
+        return os.get_terminal_size(stream.fileno()).columns
+    except (OSError, ValueError, AttributeError, io.UnsupportedOperation):
+        return 0
 
 
 def _short(value: Any) -> str:
