@@ -43,6 +43,7 @@ FEATURE_PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 TrackWeighting = Literal["uniform_time", "uniform_track"]
+ShardVerify = Literal["none", "first_open"]
 ImageColor = Literal["gray", "rgb"]
 
 
@@ -238,6 +239,15 @@ class LoaderConfig:
     """Training draws: 'uniform_time' = chunks in proportion to the audio (every second of the
     split equally likely, a track weighs its length), 'uniform_track' = chunks_per_track per
     track on average, whatever its length or segment count (see docs/pipeline.md)."""
+    verify: ShardVerify = "none"
+    """'first_open': check each shard's sha256 against the manifest the first time this process
+    reads it (training: every shard of the split; evaluation: this rank's range) and stop with
+    one line naming a bad one; costs one read of those shards per process. 'none': sizes only."""
+    mmap: bool = True
+    """DALI maps shard files into memory (its fast path: the reader alone moves ~2x the bytes of
+    plain reads, docs/benchmarks.md). A shard truncated while a run reads it then kills the
+    process with SIGBUS ("Bus error"); false: plain reads, and such a shard stops the run with
+    one line naming it and the step, after a checkpoint (for shards on shared or network storage)."""
 
     def __post_init__(self) -> None:
         if self.chunks_per_track <= 0:
@@ -254,6 +264,8 @@ class LoaderConfig:
                 raise ValueError(f"loader.{name}: must be positive, got {getattr(self, name)}")
         if self.seed < 0:
             raise ValueError(f"loader.seed: must be >= 0, got {self.seed}")
+        if self.verify not in ("none", "first_open"):
+            raise ValueError(f"loader.verify: {self.verify!r} is not none or first_open")
         if self.track_weighting not in ("uniform_time", "uniform_track"):
             raise ValueError(
                 f"loader.track_weighting: {self.track_weighting!r} is not uniform_time or uniform_track"

@@ -136,6 +136,7 @@ def webdataset_reader(spec: GraphSpec, media: list[str], dtypes: list[types.DALI
         pad_last_batch=True,
         stick_to_shard=not train,
         name=READER,
+        dont_use_mmap=not spec.loader.mmap,  # plain reads: a shard truncated mid-run is an error, not a SIGBUS
     )
 
 

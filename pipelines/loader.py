@@ -14,6 +14,7 @@ contract's guarantees are met (details in docs/pipeline.md):
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,7 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig, framing
 from pipelines.features import FeatureAssembler, stats_path
 from pipelines.graph import READER, GraphSpec, build_pipeline
-from pipelines.shard_checks import load_manifest, validate_split
+from pipelines.shard_checks import load_manifest, read_fault, validate_split, verify_on_first_open
 from shards.base.distributed import resolve_device, resolve_rank
 from shards.base.tasks import TaskSpec
 from shards.manifest import SEGMENT_FIELDS, Manifest
@@ -100,15 +101,28 @@ class MusicLoader:
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         if self._batch < len(self._it):  # else restored at the end of an epoch: this pass is its (empty) rest
-            for out in self._it:
-                self._batch += 1
-                batch = self._convert(out[0])
-                if batch is not None:
-                    yield batch
+            with self._read_faults():
+                for out in self._it:
+                    self._batch += 1
+                    batch = self._convert(out[0])
+                    if batch is not None:
+                        yield batch
         self._it.reset()
         self._seen.clear()
         self._batch = 0
         self.epoch += 1
+
+    @contextlib.contextmanager
+    def _read_faults(self) -> Iterator[None]:
+        """A reader error mid-epoch from a shard truncated or damaged under the run becomes
+        ``shards.verify.BadShard`` naming it (one line, not DALI's trace); other errors pass."""
+        try:
+            yield
+        except RuntimeError as e:
+            found = read_fault(self.manifest, self.spec.tars, e)
+            if found is None:
+                raise
+            raise found from None
 
     def _convert(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
         """One DALI batch -> ``{x, y, track}`` on ``self.device``.
@@ -253,6 +267,10 @@ def build_loader(
     dev = resolve_device(device)
     m = load_manifest(shards)
     validate_split(m, split, features=features, loader=loader, world_size=w, train=mode == "train")
+    if loader.verify == "first_open":
+        verify_on_first_open(
+            m, split, train=mode == "train", rank=r, world_size=w, workers=loader.num_threads
+        )
     image_exts: list[str] = []
     if m.kind == "image":  # spectrogram-image shards: their own DALI branch, the same contract
         from pipelines.image_graph import ImageLoader, image_member_exts

@@ -6,7 +6,6 @@ manifest, each tar's size and its index here names the file and the problem up f
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from pipelines.config import FeatureConfig, LoaderConfig, framing
@@ -19,6 +18,7 @@ from shards.manifest import (
     Manifest,
     read_manifest,
 )
+from shards.verify import BadShard, LocalFiles, diagnose, sha256_of, verify_first_open
 from shards.writer import read_index
 
 
@@ -103,7 +103,7 @@ def _check_shard(tar: Path, idx: Path, size: int, count: int, m: Manifest, sha: 
     actual = tar.stat().st_size
     if actual != size:
         raise ShardError(f"{tar}: {actual} bytes, the manifest says {size} (truncated or corrupt shard)")
-    if sha and _sha256(tar) != sha:
+    if sha and _sha256(tar) != sha:  # (full checks: shards.verify, `python -m shards verify`)
         raise ShardError(f"{tar}: sha256 does not match the manifest (corrupt shard)")
     try:
         samples = read_index(idx)
@@ -146,8 +146,36 @@ def _check_shard(tar: Path, idx: Path, size: int, count: int, m: Manifest, sha: 
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return sha256_of(f)
+
+
+def verify_on_first_open(
+    m: Manifest, split: str, *, train: bool, rank: int, world_size: int, workers: int
+) -> None:
+    """``loader.verify = "first_open"``: the sha256 of every shard this rank's reader can open
+    (in training all of them: ranks move across shards each epoch; in evaluation its own
+    range), each checked once per process. A bad one stops here, before DALI reads it."""
+    assert m.root is not None
+    info = m.split(split)
+    shards = info.shards
+    if not train:  # the reader's contiguous range of samples for this rank
+        lo, hi = rank * info.num_samples // world_size, (rank + 1) * info.num_samples // world_size
+        ends = [sum(s.num_samples for s in shards[: k + 1]) for k in range(len(shards))]
+        shards = [s for s, end in zip(shards, ends) if end > lo and end - s.num_samples < hi]
+    try:
+        verify_first_open(
+            LocalFiles(m.root), shards, workers=workers, every_rank=not train and world_size > 1
+        )
+    except BadShard as e:
+        hint = f"(loader.verify=first_open; `python -m shards verify {m.root}` lists every bad shard)"
+        raise BadShard(e.shard, f"{e.problem} {hint}") from None
+
+
+def read_fault(m: Manifest, tars: list[Path], error: BaseException) -> BadShard | None:
+    """The bad shard behind a reader error mid-run (truncated or damaged under the run), or
+    None when every shard it reads is intact (then the error is not the data's)."""
+    assert m.root is not None
+    wanted = {str(t) for t in tars}
+    shards = [s for info in m.splits.values() for s in info.shards if str(m.root / s.tar) in wanted]
+    return diagnose(LocalFiles(m.root), shards, str(error))

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from shards.audio import AudioSpec, Encoded, segment_bounds
-from shards.base.atomic import atomic_write_text
+from shards.base.atomic import atomic_write_text, write_faults
 from shards.base.config import to_dict
 from shards.base.progress import progress
 from shards.config import BuildConfig
@@ -249,7 +249,8 @@ class Builder:
 
     def run(self) -> Manifest:
         out = self.cfg.out
-        out.mkdir(parents=True, exist_ok=True)
+        with write_faults(out / STATE, what="the build folder"):
+            out.mkdir(parents=True, exist_ok=True)
         done = self.up_to_date()
         if done is not None:
             return done

@@ -1,7 +1,9 @@
-"""``python -m shards {build,synth,bench}``: thin entry points over BuildConfig, build and synth.
+"""``python -m shards {build,verify,synth,bench}``: thin entry points over BuildConfig, build,
+verify and synth.
 
-User mistakes (bad arguments, missing root, malformed CSV) end as one ``error:`` line
-naming the file and exit status 2; ``--strict`` builds with rejects exit with 1.
+User mistakes (bad arguments, missing root, malformed CSV, a full disk) end as one ``error:``
+line naming the file and exit status 2; ``--strict`` builds with rejects exit with 1, and so
+does ``verify`` when any shard differs from its manifest (one line per bad shard).
 """
 
 from __future__ import annotations
@@ -83,6 +85,10 @@ def _parser() -> CliParser:
     # the BuildConfig keys these flags set, so _build need not generate the importer flags again
     b.set_defaults(config_keys=(*(dest for _, dest, _ in flags), "force", "strict"))
     b.add_argument("--quiet", action="store_true", help="no progress bar")
+    v = sub.add_parser("verify", help="check every shard and index against the manifest's sizes and sha256")
+    v.add_argument("build", help="build folder holding manifest.json, or its s3:// / gs:// prefix")
+    v.add_argument("--workers", type=int, default=4, help="shards checked at once (default 4)")
+    v.add_argument("--quiet", action="store_true", help="no progress bar")
     s = sub.add_parser("synth", help="write a synthetic folder dataset (see shards/synth.py)")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--tracks", type=int, default=48)
@@ -123,6 +129,28 @@ def _build(a: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(a: argparse.Namespace) -> int:
+    from shards.base.atomic import human_bytes
+    from shards.manifest import MANIFEST
+    from shards.verify import open_build, verify_build
+
+    if a.workers < 1:
+        raise ValueError(f"--workers: must be >= 1, got {a.workers}")
+    m, files = open_build(a.build)  # a local folder or an s3:// / gs:// prefix
+    found = verify_build(m, files, workers=a.workers, show_progress=not a.quiet)
+    for bad in found.bad:
+        print(bad)
+    if found.bad:
+        print(
+            f"error: {a.build}: {len(found.bad)} of {found.shards} shards differ from {MANIFEST}; delete "
+            "each bad .tar and run the same build command again (it rebuilds from there), or copy them again",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"{a.build}: all {found.shards} shards ({human_bytes(found.bytes)}) match {MANIFEST}")
+    return 0
+
+
 def _synth(a: argparse.Namespace) -> int:
     from shards.synth import make_synth
 
@@ -149,6 +177,8 @@ def _main(argv: list[str] | None) -> int:
         return _build(a)
     if a.cmd == "synth":
         return _synth(a)
+    if a.cmd == "verify":
+        return _verify(a)
     from shards.bench.build_speed import main as bench_main
 
     return bench_main(a)

@@ -44,6 +44,8 @@ class ShardInfo:
     num_samples: int
     sha256: str
     bytes: int
+    index_sha256: str | None = None  # the index file's sha256 (absent in builds before it was recorded)
+    index_bytes: int | None = None  # the index file's size in bytes (likewise)
 
 
 @dataclass(kw_only=True)
@@ -156,6 +158,26 @@ def write_manifest(folder: str | Path, manifest: Manifest) -> Path:
     return path
 
 
+def parse_manifest(text: str, where: str) -> Manifest:
+    """A validated manifest from its JSON text (``where``: its file or URL, named in errors);
+    ``root`` is left unset (a remote build has none)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{where}: not valid JSON: {e}") from None
+    if data.get("format") != FORMAT:
+        raise ValueError(f"{where}: not a musicstream shard manifest (format={data.get('format')!r})")
+    if data.get("version") not in READABLE_VERSIONS:
+        raise ValueError(
+            f"{where}: manifest format version {data.get('version')!r}, this musicstream reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}"
+        )
+    try:
+        return Manifest(**data)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{where}: malformed manifest: {e}") from None
+
+
 def read_manifest(folder: str | Path, *, check_files: bool = True) -> Manifest:
     """Read and validate a build's manifest; any problem is one error naming the file."""
     root = Path(folder)
@@ -165,21 +187,7 @@ def read_manifest(folder: str | Path, *, check_files: bool = True) -> Manifest:
         raise FileNotFoundError(
             f"{path}: no shard manifest here (build shards with `python -m shards build`)"
         )
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON: {e}") from None
-    if data.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a musicstream shard manifest (format={data.get('format')!r})")
-    if data.get("version") not in READABLE_VERSIONS:
-        raise ValueError(
-            f"{path}: manifest format version {data.get('version')!r}, this musicstream reads versions "
-            f"{', '.join(map(str, READABLE_VERSIONS))}"
-        )
-    try:
-        m = Manifest(**data)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: malformed manifest: {e}") from None
+    m = parse_manifest(path.read_text(), str(path))
     m.root = root
     for name, info in m.splits.items():
         for s in info.shards:

@@ -32,11 +32,11 @@ from train.checkpoint import (
     TrainedModel,
     check_vocab,
     checkpoint_task,
-    read_checkpoint,
 )
 from train.config import Experiment
 from train.curves import plot_run_curves
 from train.data import build_data, data_source
+from train.faults import BadShard, stop_on_bad_shard
 from train.logger import MetricsLogger, validation_line
 from train.loss import TaskLoss
 from train.models.registry import FitContext, build_model, get_family
@@ -81,9 +81,8 @@ class Trainer:
         manifest, self.task = data_source(exp)  # the manifest, read once per start
         self.family = get_family(exp.model.family)  # model section checked when the config was read
         self.family.check_task(self.task.kind)
-        resume = distributed.broadcast_object(self.checkpointer.resume_path())
-        self.resume_state = read_checkpoint(resume) if resume else None
-        if self.resume_state is not None:
+        resume, self.resume_state = self.checkpointer.resume()  # auto: the newest that loads
+        if resume is not None and self.resume_state is not None:
             hint = "; use a fresh train.out or checkpoint.resume=none"
             data = exp.data.shards or "synthetic data"
             check_vocab(checkpoint_task(self.resume_state, resume), self.task, resume, data, hint)
@@ -181,10 +180,13 @@ class Trainer:
             while self.epoch < self.exp.train.epochs and not self._done():
                 if self._run_epoch():
                     break
-        finally:
             restore()  # a second signal from here on stops the process (validation included)
-        if self.batch_in_epoch and self.data.val is not None and self._validate is not None:
-            self._end_of_epoch({})  # stopped inside an epoch (max_steps, a signal): validate once more
+            if self.batch_in_epoch and self.data.val is not None and self._validate is not None:
+                self._end_of_epoch({})  # stopped inside an epoch (max_steps, a signal): validate once more
+        except BadShard as e:  # a shard went bad under the run: checkpoint, then one line
+            raise stop_on_bad_shard(self, e) from None
+        finally:
+            restore()
         self.sync_buffers()
         # the agreed flag, not this rank's: a signal that lands after the last agreement
         # must not make one rank skip a collective save that the others enter

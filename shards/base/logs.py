@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import warnings
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from shards.base.distributed import env_rank
+from shards.base.progress import write_line
 
 ROOT = "musicstream"
 ENV_RANKS = "MUSICSTREAM_LOG_RANKS"
@@ -68,19 +68,15 @@ class LineFormatter(logging.Formatter):
         return text if len(text) <= MAX_LINE else text[: MAX_LINE - 3] + "..."
 
 
-class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """Writes to whatever ``sys.stderr`` is at the time (pytest's capture, a redirected stream)."""
+class StderrHandler(logging.Handler):
+    """Writes each record as one line to whatever ``sys.stderr`` is at the time (pytest's capture,
+    a redirected stream), without tearing a live progress bar (``progress.write_line``)."""
 
-    def __init__(self) -> None:
-        super().__init__()
-
-    @property  # type: ignore[override]
-    def stream(self) -> TextIO:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, value: Any) -> None:
-        pass
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            write_line(self.format(record))
+        except Exception:  # noqa: BLE001 - logging's contract: a failing handler reports, never raises
+            self.handleError(record)
 
 
 def show_warning(
@@ -108,12 +104,17 @@ def _ours(filename: str) -> bool:
     return True
 
 
+def configured() -> bool:
+    """Whether ``setup_logging`` ran in this process (a CLI), so the project's lines go through it."""
+    return any(isinstance(h, StderrHandler) for h in logging.getLogger().handlers)
+
+
 def setup_logging(level: int = logging.INFO) -> None:
     """Configure logging once for a CLI process (idempotent): the rank-aware stderr handler on
     the root logger (libraries' warnings included), project info lines shown, Python warnings
     routed through it."""
     root = logging.getLogger()
-    if not any(isinstance(h, StderrHandler) for h in root.handlers):
+    if not configured():
         handler = StderrHandler()
         handler.addFilter(RankFilter())
         handler.setFormatter(LineFormatter())

@@ -40,6 +40,8 @@ class Progress(Protocol):
     def update(self, n: int = 1) -> Any: ...
     def set_postfix(self, ordered_dict: Any = None, refresh: bool = True, **kwargs: Any) -> None: ...
     def close(self) -> None: ...
+    def __enter__(self) -> Any: ...
+    def __exit__(self, *exc: Any) -> Any: ...
 
 
 def set_mode(mode: str) -> None:
@@ -143,7 +145,9 @@ class LineProgress:
     def __enter__(self) -> LineProgress:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, *exc: Any) -> None:
+        if exc and exc[0] is not None:  # a failed loop writes no "done" line
+            self.closed = True
         self.close()
 
     def update(self, n: int = 1) -> None:
@@ -234,3 +238,28 @@ def _clock(seconds: float) -> str:
     h, rest = divmod(s, 3600)
     m, s = divmod(rest, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _open_bars() -> list[Any]:
+    """Live tqdm bars of this process (none unless the ``bar`` mode imported tqdm)."""
+    tqdm_module = sys.modules.get("tqdm")
+    return list(getattr(getattr(tqdm_module, "tqdm", None), "_instances", ()) or ())
+
+
+def close_all() -> None:
+    """Close every live bar, so a final ``error:`` line starts on a line of its own (a bar that an
+    exception left open would otherwise have the error appended to it). Plain lines end in a
+    newline already, and a failed loop must not claim it is done: they are left alone."""
+    for bar in _open_bars():
+        bar.close()
+
+
+def write_line(text: str) -> None:
+    """One line on stderr that does not tear a live bar (the bar is redrawn below it)."""
+    if _open_bars():
+        from tqdm import tqdm
+
+        tqdm.write(text, file=sys.stderr)
+        return
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
