@@ -140,7 +140,8 @@ def _records(rank: int, world: int, monkeypatch: pytest.MonkeyPatch) -> list[str
         log.warning("same on every rank")
         log.info("epoch 1/2, step 4:\nloss")
         logs.log_per_rank(log, logging.WARNING, f"data wait {rank}")
-        log.error("x" * 1000)
+        log.info("i" * 1000)
+        log.error("x" * 1000 + " fix: y" + "z" * 400)
     finally:
         log.removeHandler(handler)
     return stream.getvalue().splitlines()
@@ -155,7 +156,9 @@ def test_rank_zero_speaks_for_the_job_and_per_rank_messages_carry_the_rank(
         "epoch 1/2, step 4: loss",
         "[rank 0] warning: data wait 0",
     ]
-    assert len(zero[3]) == logs.MAX_LINE and zero[3].startswith("error: xxx")
+    assert len(zero[3]) == logs.MAX_LINE and zero[3].endswith("iii...")  # an info line: cut
+    assert len(zero[4]) == logs.MAX_WARNING and zero[4].startswith("error: xxx") and zero[4].endswith("zzz")
+    assert " ... " in zero[4]  # a warning or error keeps its start and its end
     assert _records(1, 2, monkeypatch) == ["[rank 1] warning: data wait 1"]
     monkeypatch.setenv(logs.ENV_RANKS, "all")
     assert _records(1, 2, monkeypatch)[0] == "[rank 1] warning: same on every rank"

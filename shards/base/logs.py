@@ -9,7 +9,8 @@ shards|pipelines.bench|pipelines.stats|train|eval|...``, under torchrun or SLURM
   message that differs per rank is logged with ``extra=PER_RANK`` (or ``log_per_rank``) and
   shows on every rank, prefixed ``[rank N]``; ``MUSICSTREAM_LOG_RANKS=all`` shows every rank's
   messages (debugging a hang);
-- one line each, at most ``MAX_LINE`` characters (log viewers, ``grep``).
+- one line each: an info line at most ``MAX_LINE`` characters (log viewers, ``grep``); a
+  warning keeps its reason (it names the fix) up to ``MAX_WARNING``, cut in the middle beyond.
 
 Errors keep their own path (``shards.base.errors.say_error``: one ``error:`` line from rank 0).
 Library code only creates loggers (``get_logger``); it never configures logging.
@@ -29,6 +30,7 @@ from shards.base.progress import write_line
 ROOT = "musicstream"
 ENV_RANKS = "MUSICSTREAM_LOG_RANKS"
 MAX_LINE = 400
+MAX_WARNING = 1000
 PER_RANK = {"per_rank": True}
 """``log.warning(msg, extra=PER_RANK)``: this message differs per rank; every rank shows it."""
 
@@ -55,8 +57,8 @@ class RankFilter(logging.Filter):
 
 
 class LineFormatter(logging.Formatter):
-    """``warning: message`` (``error:``, ``debug:`` likewise), an info line as it is; one line,
-    at most ``MAX_LINE`` characters."""
+    """``warning: message`` (``error:``, ``debug:`` likewise), an info line as it is; one line
+    (lengths: the module's docstring)."""
 
     def format(self, record: logging.LogRecord) -> str:
         text = " ".join(record.getMessage().split())
@@ -65,7 +67,12 @@ class LineFormatter(logging.Formatter):
         if record.levelno != logging.INFO:
             text = f"{record.levelname.lower()}: {text}"
         text = getattr(record, "rank_prefix", "") + text
-        return text if len(text) <= MAX_LINE else text[: MAX_LINE - 3] + "..."
+        if record.levelno <= logging.INFO:
+            return text if len(text) <= MAX_LINE else text[: MAX_LINE - 3] + "..."
+        if len(text) <= MAX_WARNING:
+            return text
+        head = MAX_WARNING * 2 // 3  # where it happened and what, then how it ends (the fix)
+        return text[:head] + " ... " + text[-(MAX_WARNING - head - 5) :]
 
 
 class StderrHandler(logging.Handler):
