@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import FEATURE_PRESETS, FeatureConfig
+from shards.base import storage
+from shards.base.storage_errors import StorageError
 from shards.manifest import MANIFEST, Manifest, read_manifest
 
 Defaults = dict[str, dict[str, Any]]
@@ -41,9 +43,7 @@ def feature_defaults(shards: str | Path | None) -> Callable[[dict[str, Any]], De
     def defaults(tree: dict[str, Any]) -> Defaults:
         data = _table(tree, "data")
         where = shards if shards is not None else data.get("shards")
-        if not isinstance(where, (str, Path)) or data.get("synthetic") is True:
-            return {}
-        if not (Path(where) / MANIFEST).is_file():
+        if not isinstance(where, (str, Path)) or data.get("synthetic") is True or not _built(where):
             return {}
         values = image_features(read_manifest(where, check_files=False))
         if not values:
@@ -63,3 +63,13 @@ def _table(tree: dict[str, Any], name: str) -> dict[str, Any]:
     """``tree[name]`` when it is a table ({} otherwise: the loader names a misplaced value)."""
     table = tree.get(name)
     return table if isinstance(table, dict) else {}
+
+
+def _built(where: str | Path) -> bool:
+    """A manifest is at ``where`` (a folder or an ``s3://``/``gs://`` prefix). A store that cannot
+    be asked now gives no defaults: the loader reports the problem, with its own line, when it
+    reads the build."""
+    try:
+        return storage.exists(storage.join(where, MANIFEST))
+    except StorageError:
+        return False

@@ -1,5 +1,5 @@
-"""``python -m shards {build,verify,synth,bench}``: thin entry points over BuildConfig, build,
-verify and synth.
+"""``python -m shards {build,verify,synth,copy,bench}``: thin entry points over BuildConfig, build,
+verify, copy and synth.
 
 User mistakes (bad arguments, missing root, malformed CSV, a full disk) end as one ``error:``
 line naming the file and exit status 2; ``--strict`` builds with rejects exit with 1, and so
@@ -95,6 +95,11 @@ def _parser() -> CliParser:
     s.add_argument("--seconds", type=float, default=10.0)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--formats", default="mp3,flac,ogg,wav", help="comma-separated audio formats")
+    c = sub.add_parser("copy", help="copy a build between a local folder and s3://bucket/prefix, either way")
+    c.add_argument("src", help="build folder or s3://bucket/prefix (with manifest.json)")
+    c.add_argument("dst", help="destination folder or s3://bucket/prefix (manifest written last)")
+    c.add_argument("--workers", type=int, default=4, help="shards in flight at once")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
     k = sub.add_parser("bench", help="shard-build throughput from MP3 sources")
     k.add_argument("--tracks", type=int, default=16)
     k.add_argument("--seconds", type=float, default=30.0)
@@ -166,6 +171,18 @@ def _synth(a: argparse.Namespace) -> int:
     return 0
 
 
+def _copy(a: argparse.Namespace) -> int:
+    from shards.copy import copy_build
+
+    if a.workers <= 0:
+        raise ValueError(f"--workers: must be positive, got {a.workers}")
+    r = copy_build(a.src, a.dst, workers=a.workers, show=False if a.quiet else None)
+    print(
+        f"{a.dst}: {r.copied} shard(s) copied ({r.bytes / 1e6:.1f} MB), {r.skipped} already there; manifest written"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user mistakes become one ``error:`` line and exit status 2."""
     return run_cli(_main, argv)
@@ -179,6 +196,8 @@ def _main(argv: list[str] | None) -> int:
         return _synth(a)
     if a.cmd == "verify":
         return _verify(a)
+    if a.cmd == "copy":
+        return _copy(a)
     from shards.bench.build_speed import main as bench_main
 
     return bench_main(a)

@@ -95,13 +95,18 @@ class RemoteFiles:
         return storage.open_read(self.name(rel))
 
 
+def files_of(m: Manifest) -> Files:
+    """The files of a build read from ``m.root``: a local folder or an object-store prefix."""
+    assert m.root is not None, "manifest not read from a build"
+    return RemoteFiles(str(m.root)) if storage.is_remote(m.root) else LocalFiles(Path(m.root))
+
+
 def open_build(build: str | Path) -> tuple[Manifest, Files]:
     """A build's manifest (not checking its files: a missing shard is a finding) and its files,
     from a local folder or an object-store prefix."""
     if not storage.is_remote(build):
         m = read_manifest(build, check_files=False)
-        assert m.root is not None
-        return m, LocalFiles(m.root)
+        return m, files_of(m)
     storage.check_access(storage.check_location(build))
     url = str(storage.join(build, MANIFEST))
     m = parse_manifest(storage.read_text(url), url)

@@ -36,6 +36,7 @@ from train.checkpoint import (
 from train.config import Experiment
 from train.curves import plot_run_curves
 from train.data import build_data, data_source
+from train.data_wait import DataWait, wait_postfix
 from train.faults import BadShard, stop_on_bad_shard
 from train.logger import MetricsLogger, validation_line
 from train.loss import TaskLoss
@@ -102,6 +103,7 @@ class Trainer:
         self.stop = StopSignal(i.distributed)
         self.stopped = False  # every rank agreed to stop (what train() acts on)
         self.logger = MetricsLogger(self.out, enabled=i.is_main, tensorboard=exp.train.tensorboard)
+        self.data_wait = DataWait()  # per-rank wait for the next batch, gathered at each log step
         self._amp = amp_dtype(exp.train.amp, self.device)
         self.ema: EMA | None = None
         self.ddp: DDP | None = None
@@ -203,7 +205,7 @@ class Trainer:
         )  # fmt: skip
         self.model.train()
         running, count = torch.zeros((), device=self.device), 0
-        for batch in self.data.train:
+        for batch in self.data_wait.timed(self.data.train):
             loss = self.train_step(batch)
             running, count = running + loss, count + 1
             self.batch_in_epoch += 1
@@ -294,9 +296,9 @@ class Trainer:
 
     def _log_train(self, mean_loss: torch.Tensor, bar: Any) -> None:
         loss = distributed.all_reduce_mean(mean_loss.reshape(1)).item()
-        lr = self.scheduler.get_last_lr()[0]
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-        self.logger.log(self.step, self.epoch, {"train/loss": loss, "train/lr": lr})
+        lr, wait = self.scheduler.get_last_lr()[0], self.data_wait.report()  # collective, all ranks
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", wait=wait_postfix(wait))
+        self.logger.log(self.step, self.epoch, {"train/loss": loss, "train/lr": lr, **wait})
 
     def _fit_once(self, fit: Callable[..., dict[str, float]]) -> dict[str, Any]:
         """A family with its own fit (gbm): one pass over the training loader, then the
