@@ -64,12 +64,16 @@ bench-shards: $(STAMP)
 ## The GPU path proved in one run of <= 430 s (device lease; docs/benchmarks.md "GPU proof"): the
 ## hand-off check, gpu tests (not slow), pipeline bench, input-bound check, torchrun SIGTERM + resume. JSON + markdown in
 ## $(GPU_PROOF_OUT). Runs from the source tree with $(PY) (no venv, no install): on the device
-## machine its python3; `make gpu-proof DEVICE=cpu PY=.venv/bin/python` is the tiny CPU dry run.
+## machine its python3. `make gpu-proof DEVICE=cpu` is the tiny CPU dry run, with the project's
+## venv ($(VENV), from `make install`) when it has one; PY=... on the command line wins.
 DEVICE ?= gpu
 GPU_PROOF_OUT ?= /tmp/musicstream-gpu-proof
 GPU_PROOF_ARGS ?=
+GPU_PROOF_VENV := $(if $(filter cpu,$(DEVICE)),$(if $(filter command line,$(origin PY)),,$(BIN)/python))
 gpu-proof:
-	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $(PY) -m train.gpu_proof --device $(DEVICE) --out $(GPU_PROOF_OUT) $(GPU_PROOF_ARGS)
+	@py="$(PY)"; if [ -n "$(GPU_PROOF_VENV)" ] && [ -x "$(GPU_PROOF_VENV)" ]; then py="$(GPU_PROOF_VENV)"; fi; \
+	echo "PYTHONPATH=$(CURDIR) $$py -m train.gpu_proof --device $(DEVICE) --out $(GPU_PROOF_OUT) $(GPU_PROOF_ARGS)"; \
+	PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} $$py -m train.gpu_proof --device $(DEVICE) --out $(GPU_PROOF_OUT) $(GPU_PROOF_ARGS)
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache

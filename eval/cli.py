@@ -19,6 +19,7 @@ from shards.base import distributed
 from shards.base.config import load_sections
 from shards.base.distributed import is_main_process
 from shards.base.errors import CliParser, run_cli
+from shards.base.progress import progress
 from shards.base.tasks import TaskSpec
 from shards.manifest import Manifest, read_manifest
 from train.checkpoint import check_vocab, load_trained_model
@@ -124,15 +125,9 @@ def run(cfg: EvalConfig) -> dict[str, runner.EvalResult]:
         confs = predictor.configs  # features, augment, loader
 
         def make_loader(split: str, confs: dict[str, Any] = confs) -> Iterable[dict[str, Any]]:
-            return build_loader(
-                manifest,
-                split,
-                mode="eval",
-                rank=info.rank,
-                world_size=info.world_size,
-                device=info.device,
-                **confs,
-            )
+            loader = build_loader(manifest, split, mode="eval", rank=info.rank, world_size=info.world_size,
+                                  device=info.device, **confs)  # fmt: skip
+            return progress(loader, desc=f"eval {split}", unit="batch")
 
         name = str(getattr(predictor, "name", "") or path.stem)
         name = name if name not in results else f"{name} ({path})"

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from eval.config import EvalConfig
+from shards.base.progress import progress
 from shards.base.tasks import TaskSpec
 
 if TYPE_CHECKING:
@@ -27,7 +28,8 @@ def validator(cfg: EvalConfig | None = None) -> Validator:
     def validate(predictor: TrainedModel, loader: BatchLoader, task: TaskSpec) -> dict[str, float]:
         from eval.runner import evaluate_model  # torchmetrics and the scoring: first needed here
 
-        result = evaluate_model(predictor, loader, task, aggregate=cfg.aggregate, top_k=tuple(cfg.top_k))
+        batches = progress(loader, desc="validation", unit="batch", leave=False)
+        result = evaluate_model(predictor, batches, task, aggregate=cfg.aggregate, top_k=tuple(cfg.top_k))
         return dict(result.metrics)
 
     return validate

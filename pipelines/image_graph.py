@@ -152,7 +152,8 @@ def image_member_exts(m: Manifest, features: FeatureConfig) -> list[str]:
     missing = [c for c in features.channels if c not in m.images]
     if missing:
         raise ShardError(
-            f"{where}: image build has channels {list(m.images)}, not {missing} (features.channels)"
+            f"{where}: image build has no {missing} image: set features.channels = {list(m.images)} "
+            "(or some of them), or leave it unset to use the build's"
         )
     if features.normalize == "meanstd" and features.image_color == "rgb":
         raise ShardError(

@@ -15,6 +15,7 @@ import torch
 
 from pipelines.channels import channel_names
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
+from pipelines.defaults import feature_defaults
 from pipelines.features import STATS_FILE, stats_key
 from pipelines.loader import build_loader
 from shards.base import storage
@@ -90,7 +91,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, help=f"output file (default SHARDS/{STATS_FILE})")
     args, overrides = ap.parse_known_args(argv)
     cfg = load_sections(
-        {"features": FeatureConfig, "loader": LoaderConfig}, args.config, overrides, allow_other=True
+        {"features": FeatureConfig, "loader": LoaderConfig},
+        args.config,
+        overrides,
+        allow_other=True,
+        defaults=feature_defaults(args.shards),  # an image build's channels and sizes, unless set
     )
     stats = compute_stats(
         args.shards, features=cfg["features"], loader=cfg["loader"], split=args.split, device=args.device

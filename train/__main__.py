@@ -41,8 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         trainer.close()
         distributed.close()
-    if info.is_main:
-        print(json.dumps(result, default=str))
+    if info.is_main:  # indented: no line in a job's log runs to hundreds of characters
+        print(json.dumps(result, indent=2, default=str))
     return 0
 
 

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from eval.config import EvalConfig
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
+from pipelines.defaults import feature_defaults
 from shards.base.config import apply_overrides, load_sections, sections_from_tree, to_dict
 from train.logger import tensorboard_installed
 
@@ -247,9 +248,11 @@ class Experiment:
 
 
 def load_experiment(path: str | Path | None = None, overrides: list[str] | None = None) -> Experiment:
-    """Read an experiment TOML plus CLI overrides; unknown sections/keys are errors."""
+    """Read an experiment TOML plus CLI overrides; unknown sections/keys are errors. An image
+    build's channels and sizes fill the ``[features]`` keys the config leaves unset
+    (``pipelines.defaults``)."""
     label = str(path) if path else "config"
-    return _experiment(load_sections(SECTIONS, path, overrides), label)
+    return _experiment(load_sections(SECTIONS, path, overrides, defaults=feature_defaults(None)), label)
 
 
 def load_experiment_tree(overrides: list[str], label: str = "overrides") -> Experiment:

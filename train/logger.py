@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from shards.base.atomic import write_faults
+from train.progress import TrainProgress
 
 
 class MetricsLogger:
@@ -63,3 +64,19 @@ def read_metrics(out: str | Path) -> list[dict[str, Any]]:
             with contextlib.suppress(json.JSONDecodeError):
                 rows.append(json.loads(line))
     return rows
+
+
+def validation_line(
+    progress: TrainProgress, batches: int, epochs: int, improved: bool, width: int = 200
+) -> str:
+    """One short log line per validation: where the run is and its track-level scores
+    (``epoch 3/10, step 120: track/accuracy=0.625, ... (new best)``), at most ``width`` long;
+    every metric is in metrics.jsonl."""
+    done = progress.epoch + progress.batch_in_epoch / max(1, batches)
+    m = progress.metrics
+    keys = [k for k in m if k.startswith("track/") and not k.endswith("/count")] or list(m)
+    head = f"epoch {done:.3g}/{epochs}, step {progress.step}: "
+    tail = " (new best)" if improved else ""
+    text = ", ".join(f"{k}={m[k]:.4g}" for k in keys)
+    room = width - len(head) - len(tail)
+    return head + (text if len(text) <= room else text[: max(0, room - 3)] + "...") + tail

@@ -2,7 +2,8 @@
 
 DDP averages gradients, so parameters stay in step by construction; buffers (BatchNorm
 statistics) are only synced at the next forward, and a bug or a non-deterministic kernel can
-still let ranks drift. Both run at epoch ends and at the end of a run, never per step.
+still let ranks drift. Both run at epoch ends and at the end of a run, never per step; the
+gradient average by hand covers the one step DDP cannot sync itself.
 """
 
 from __future__ import annotations
@@ -18,6 +19,15 @@ def broadcast_buffers(modules: list[nn.Module]) -> None:
     for module in modules:
         for buf in module.buffers():
             torch.distributed.broadcast(buf, src=0)
+
+
+def average_grads(model: nn.Module, world_size: int) -> None:
+    """Average gradients over ranks (collective): what DDP does when a group's last backward
+    syncs, for a partial accumulation group the loader ended before its last micro-batch."""
+    for p in model.parameters():
+        if p.grad is not None:
+            torch.distributed.all_reduce(p.grad)
+            p.grad /= world_size
 
 
 def weight_fingerprints(model: nn.Module) -> list[float]:

@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from shards.base import distributed
 from shards.base.atomic import atomic_write_text
 from shards.base.distributed import DistInfo
+from shards.base.logs import get_logger
 from shards.base.progress import progress
 from shards.base.tasks import TaskSpec, primary_metric
 from train.checkpoint import (
@@ -37,17 +38,19 @@ from train.curves import plot_run_curves
 from train.data import build_data, data_source
 from train.data_wait import DataWait, wait_postfix
 from train.faults import BadShard, stop_on_bad_shard
-from train.logger import MetricsLogger
+from train.logger import MetricsLogger, validation_line
 from train.loss import TaskLoss
 from train.models.registry import FitContext, build_model, get_family
 from train.optim import EMA, build_optimizer, build_scheduler
 from train.precision import amp_dtype, deterministic_kernels
 from train.progress import TrainProgress
-from train.rank_sync import broadcast_buffers, weight_fingerprints
+from train.rank_sync import average_grads, broadcast_buffers, weight_fingerprints
 from train.stopping import StopSignal
 
 if TYPE_CHECKING:
     from pipelines.batches import BatchLoader
+
+log = get_logger("train")
 
 Validator = Callable[[TrainedModel, "BatchLoader", TaskSpec], dict[str, float]]
 """validate(predictor, eval-mode loader, task) -> flat metrics (``track/accuracy``, ...);
@@ -182,6 +185,9 @@ class Trainer:
             while self.epoch < self.exp.train.epochs and not self._done():
                 if self._run_epoch():
                     break
+            restore()  # a second signal from here on stops the process (validation included)
+            if self.batch_in_epoch and self.data.val is not None and self._validate is not None:
+                self._end_of_epoch({})  # stopped inside an epoch (max_steps, a signal): validate once more
         except BadShard as e:  # a shard went bad under the run: checkpoint, then one line
             raise stop_on_bad_shard(self, e) from None
         finally:
@@ -221,13 +227,14 @@ class Trainer:
             if self._done():
                 break
         if self.micro:  # the loader ended before len(loader) batches: sync by hand, then step
-            self._all_reduce_grads()
+            if self.info.distributed:
+                average_grads(self.model, self.info.world_size)
             self._optimizer_step()
         if self.stop.settle():  # the agreement posted at the epoch's last step
             return self._stop(bar)
         bar.close()
         if self._done() and self.batch_in_epoch < len(self.data.train):
-            return True  # max_steps inside an epoch: stop without a half-epoch validation
+            return True  # max_steps inside an epoch: train() validates once more
         self.epoch += 1
         self.batch_in_epoch = 0
         self._end_of_epoch({})
@@ -286,15 +293,6 @@ class Trainer:
         self.step += 1
         self.micro = 0
 
-    def _all_reduce_grads(self) -> None:
-        """Average gradients over ranks (what DDP does when a group's last backward syncs)."""
-        if not self.info.distributed:
-            return
-        for p in self.model.parameters():
-            if p.grad is not None:
-                torch.distributed.all_reduce(p.grad)
-                p.grad /= self.info.world_size
-
     def _done(self) -> bool:
         return self.exp.train.max_steps is not None and self.step >= self.exp.train.max_steps
 
@@ -336,11 +334,13 @@ class Trainer:
         return metrics
 
     def _end_of_epoch(self, stats: dict[str, float]) -> None:
-        """Validate, log, save. The best value is updated *before* the step file is written,
-        so a run resumed from it knows this epoch's score and never overwrites a better best.pt."""
+        """Validate, log, save (each epoch end; once more when a run stops inside one). The best is
+        updated *before* the step file is written: a resumed run never overwrites a better best.pt."""
         self.metrics = self.validate()
         self.logger.log(self.step, self.epoch, {**stats, **{f"val/{k}": v for k, v in self.metrics.items()}})
         improved = self._update_best()
+        if self.metrics:  # the log's line per validation (the full set is in metrics.jsonl)
+            log.info(validation_line(self.progress, len(self.data.train), self.exp.train.epochs, improved))
         self.save()
         if improved:
             self.checkpointer.save_best(self.state_dict())

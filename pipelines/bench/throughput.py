@@ -27,6 +27,7 @@ import nvidia.dali
 import torch
 
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
+from pipelines.defaults import feature_defaults
 from shards.base import storage
 from shards.base.config import load_sections, to_dict
 from shards.base.distributed import resolve_device
@@ -258,15 +259,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", type=int, default=20)
     ap.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     args, overrides = ap.parse_known_args(argv)
-    cfg = load_sections(
-        {"features": FeatureConfig, "augment": AugmentConfig, "loader": LoaderConfig},
-        args.config,
-        overrides,
-        allow_other=True,
-    )
+    sections = {"features": FeatureConfig, "augment": AugmentConfig, "loader": LoaderConfig}
+    rate = load_sections(sections, args.config, overrides, allow_other=True)["features"].sample_rate
+    shards = bench_shards(ap, args, rate, progress=not args.json)
+    # read again now that the build exists: an image build's channels and sizes, unless set
+    cfg = load_sections(sections, args.config, overrides, allow_other=True, defaults=feature_defaults(shards))
     if cfg["loader"].num_threads != args.workers:  # a fair comparison: as many DALI threads as workers
         cfg["loader"] = dataclasses.replace(cfg["loader"], num_threads=args.workers)
-    shards = bench_shards(ap, args, cfg["features"].sample_rate, progress=not args.json)
     names = [n.strip() for n in args.pipelines.split(",") if n.strip()]
     bad = [n for n in names if n not in PIPELINES]
     if bad:

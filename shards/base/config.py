@@ -203,6 +203,7 @@ def load_sections(
     *,
     allow_other: bool = False,
     values: dict[str, dict[str, Any]] | None = None,
+    defaults: Callable[[dict[str, Any]], dict[str, dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
     """Load several stage configs from one TOML file plus CLI overrides (the one loader).
 
@@ -210,12 +211,17 @@ def load_sections(
     stage owns is an error (unless ``allow_other``: a CLI that reads a few sections of an
     experiment file), so a misspelt ``[modle]`` is caught. ``values`` are a CLI's own
     flags, already parsed (``{"eval": {"split": "test"}}``): they win over the overrides.
+    ``defaults(tree)`` gives tables that sit under the file and the overrides: values that
+    come from the data (an image build's channels), used only where the config says nothing.
     """
+    label = str(path) if path else "config"
     tree = load_toml(path) if path else {}
     tree = apply_overrides(tree, overrides or [])
     for name, table in (values or {}).items():
-        tree[name] = {**section_table(tree, name, str(path or "config")), **table}
-    return sections_from_tree(sections, tree, str(path) if path else "config", allow_other=allow_other)
+        tree[name] = {**section_table(tree, name, label), **table}
+    for name, table in (defaults(tree) if defaults else {}).items():
+        tree[name] = {**table, **section_table(tree, name, label)}
+    return sections_from_tree(sections, tree, label, allow_other=allow_other)
 
 
 def sections_from_tree(

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Callable
-from typing import NoReturn
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
+from shards.base import logs, progress
 from shards.base.atomic import WriteError
 from shards.base.distributed import is_main_process
 from shards.base.progress import close_all, write_line
@@ -30,13 +31,19 @@ def say_error(message: str, *, every_rank: bool = False) -> None:
 
 
 def say_warning(message: str) -> None:
-    """One ``warning:`` line (rank 0 only): something was skipped and the run goes on."""
-    if is_main_process():
+    """One ``warning:`` line (rank 0 only): something was skipped and the run goes on. Through
+    the one logging configuration when a CLI set it up (``shards.base.logs``), else straight to
+    stderr (library use), the same line either way."""
+    if logs.configured():
+        logs.get_logger().warning(message)
+    elif is_main_process():
         write_line(f"warning: {message}")
 
 
 def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
-    """``main(argv)``; a user error becomes one ``error:`` line and exit status 2."""
+    """``main(argv)`` with the one logging configuration (``shards.base.logs``); a user error
+    becomes one ``error:`` line and exit status 2."""
+    logs.setup_logging()
     try:
         return main(argv)
     except UserError as e:
@@ -46,7 +53,28 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
 
 
 class CliParser(argparse.ArgumentParser):
-    """argparse whose usage errors are one ``error:`` line (rank 0 only), exit status 2."""
+    """argparse whose usage errors are one ``error:`` line (rank 0 only), exit status 2, and
+    which gives every CLI (and subcommand) ``--progress auto|bar|lines|none``
+    (``shards.base.progress``; set for this process and the processes it starts)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument(
+            "--progress",
+            choices=progress.MODES,
+            default=argparse.SUPPRESS,  # a subcommand's parser must not reset the top level's choice
+            help="progress display: a live bar (terminal), plain lines every "
+            f"${progress.ENV_INTERVAL} s (default {progress.DEFAULT_INTERVAL_S:g}; log files, pipes), "
+            "none; auto (default) picks bar or lines by whether stderr is a terminal",
+        )
+
+    def parse_known_args(  # type: ignore[override]
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        ns, rest = super().parse_known_args(args, namespace)
+        if getattr(ns, "progress", None):
+            progress.set_mode(ns.progress)
+        return ns, rest
 
     def error(self, message: str) -> NoReturn:
         say_error(f"{self.prog}: {message} (see {self.prog} --help)")

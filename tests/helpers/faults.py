@@ -120,9 +120,14 @@ def temp_files(folder: Path) -> list[Path]:
     return sorted(p for p in Path(folder).rglob(".*.tmp"))
 
 
-_BAR = re.compile(r".*\d+%\|.*\| *\d+/\d+ \[")  # a progress bar's refresh (tqdm on stderr)
+_BAR = re.compile(r".*\d+%\|.*\| *\d+/\d+ \[")  # a progress bar's refresh (tqdm on a terminal)
+# a progress line (shards.base.progress, a log file or pipe: "epoch 1/3: 4/8 batch (50%), 2.1 batch/s, ...")
+_LINE = re.compile(r"[^:]*: \d+(/\d+)? \S+( \(\d+%\))?, (\?|[\d.e+]+) \S+/\S+, ")
+_INFO = re.compile(r"epoch [\d.]+/\d+, step \d+: ")  # the trainer's line per validation
 
 
 def error_lines(err: str) -> list[str]:
-    """What a user reads on stderr besides progress bars: the lines a fault must keep to one."""
-    return [ln for ln in err.replace("\r", "\n").splitlines() if ln.strip() and not _BAR.match(ln)]
+    """What a user reads on stderr besides progress and the per-validation info lines: the lines
+    a fault must keep to one."""
+    lines = err.replace("\r", "\n").splitlines()
+    return [ln for ln in lines if ln.strip() and not any(p.match(ln) for p in (_BAR, _LINE, _INFO))]
