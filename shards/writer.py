@@ -121,6 +121,8 @@ class ShardWriter:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             info.mode = 0o644
+            # fixed metadata: a shard's bytes depend only on its samples, not on who wrote it when
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
             offset = self._tar.offset + 512  # type: ignore[union-attr]  # USTAR: one header block
             self._tar.addfile(info, io.BytesIO(data))  # type: ignore[union-attr]
             parts.append(f"{ext} {offset} {len(data)} {name}")
