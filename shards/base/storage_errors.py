@@ -1,0 +1,92 @@
+"""A store's failures as ONE line naming the URL and the fix, and never a credential.
+
+``storage.py``'s remote calls run inside ``storage_errors(url)``, which hands any exception to
+:func:`explain`: no credentials, endpoint unreachable, bucket or key missing, access denied,
+credentials rejected. botocore's exception classes are matched by name, so nothing here imports
+a cloud package. :func:`redact` removes the environment's credential values from any text.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+SECRET_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+"""Environment variables whose values never appear in an error line, log or stored file."""
+
+
+class StorageError(ValueError):
+    """A store's failure in one line naming the URL and the fix (a user error: ``run_cli`` prints
+    it as ``error: ...``). ``kind``: credentials, unreachable, missing, denied, rejected, other."""
+
+    def __init__(self, message: str, kind: str = "other") -> None:
+        super().__init__(redact(message))
+        self.kind = kind
+
+
+class StorageNotFound(StorageError, FileNotFoundError):
+    """A missing bucket, object or prefix: also a ``FileNotFoundError``, as a missing local file is."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, "missing")
+
+
+def redact(text: str) -> str:
+    """``text`` with every credential value of the environment (and any ``user:secret@`` of a URL)
+    replaced by ``***``: applied to every error line this module raises."""
+    for name in SECRET_VARS:
+        value = os.environ.get(name)
+        if value and len(value) >= 4:
+            text = text.replace(value, "***")
+    return re.sub(r"(://)[^/@\s]+@", r"\1***@", text)
+
+
+def _names(e: BaseException) -> set[str]:
+    """Class names of ``e`` and its causes (botocore's are matched by name: no import needed)."""
+    out: set[str] = set()
+    seen: BaseException | None = e
+    while seen is not None and len(out) < 64:
+        out |= {c.__name__ for c in type(seen).__mro__}
+        seen = seen.__cause__ or seen.__context__
+    return out
+
+
+def explain(e: BaseException, location: object, endpoint: str | None = None) -> StorageError:
+    """The one line for a store's exception ``e`` met at ``location`` (URL named, fix given)."""
+    if isinstance(e, StorageError):
+        return e
+    url, names, text = str(location), _names(e), " ".join(str(e).split())
+    where = f" at {endpoint}" if endpoint else ""
+    if names & {"NoCredentialsError", "PartialCredentialsError", "DefaultCredentialsError"}:
+        return StorageError(
+            f"{url}: no credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or "
+            "AWS_PROFILE; GOOGLE_APPLICATION_CREDENTIALS for gs://)",
+            "credentials",
+        )
+    if names & {"EndpointConnectionError", "ConnectTimeoutError", "ConnectionError", "ClientConnectorError"}:
+        return StorageError(
+            f"{url}: cannot reach the object store{where} ({text}): check AWS_ENDPOINT_URL "
+            "and that the server is up",
+            "unreachable",
+        )
+    low = text.lower()
+    if isinstance(e, PermissionError) or "accessdenied" in low.replace(" ", ""):
+        if any(s in low for s in ("access key id", "signature", "invalidaccesskeyid", "token")):
+            return StorageError(
+                f"{url}: the store rejected the credentials{where} ({text}): check "
+                "AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN or AWS_PROFILE",
+                "rejected",
+            )
+        return StorageError(
+            f"{url}: access denied{where} ({text}): the credentials in use may not read (or write) "
+            "this bucket/prefix; grant s3:ListBucket and s3:GetObject (s3:PutObject to write)",
+            "denied",
+        )
+    if isinstance(e, FileNotFoundError) or "nosuchbucket" in low.replace(" ", ""):
+        bucket = url.split("://", 1)[-1].split("/", 1)[0]
+        if "bucket" in low:
+            return StorageNotFound(
+                f"{url}: bucket {bucket!r} does not exist{where}: create it or fix the URL"
+            )
+        return StorageNotFound(f"{url}: no such object or prefix{where}")
+    return StorageError(f"{url}: {type(e).__name__}: {text}", "other")
