@@ -132,7 +132,7 @@ def write_plan(out: BuildOutput, plan: BuildPlan) -> None:
 def read_plan(out: BuildOutput) -> BuildPlan | None:
     """The plan written to ``out``; None when there is none."""
     text = out.read_text(PLAN)
-    return None if text is None else plan_from_json(text, out.url(PLAN))
+    return None if text is None else plan_from_json(text, str(out.url(PLAN)))
 
 
 def write_part(out: BuildOutput, part: ShardPart) -> None:

@@ -50,6 +50,7 @@ def build(cfg: BuildConfig, *, progress: bool = True, dataset: Dataset | None = 
     if cfg.part is not None:
         raise ValueError("part: build one part with build_part (python -m shards build --part I/N)")
     out = BuildOutput(cfg.out)
+    out.check()
     ds = dataset if dataset is not None else import_dataset(cfg)
     with hold_lease(out, "driver"):
         the_plan = ensure_plan(cfg, ds, out, show=progress)
@@ -68,6 +69,7 @@ def build_part(cfg: BuildConfig, *, progress: bool = True) -> PartReport:
     belongs to part ``k % N``. Uses the plan in the output (made first when there is none)."""
     i, n = cfg.part_slice
     out = BuildOutput(cfg.out)
+    out.check()
     ds = import_dataset(cfg)
     with hold_lease(out, f"part-{i}-of-{n}", alongside=("part-",)):
         the_plan = ensure_plan(cfg, ds, out, show=progress, replace=False)
@@ -83,6 +85,7 @@ def build_part(cfg: BuildConfig, *, progress: bool = True) -> PartReport:
 def plan_build(cfg: BuildConfig, *, progress: bool = True) -> BuildPlan:
     """Only step 1 (``python -m shards plan``): write the plan that array parts then share."""
     out = BuildOutput(cfg.out)
+    out.check()
     ds = import_dataset(cfg)
     with hold_lease(out, "plan"):
         return ensure_plan(cfg, ds, out, show=progress)
@@ -91,6 +94,7 @@ def plan_build(cfg: BuildConfig, *, progress: bool = True) -> BuildPlan:
 def merge_build(where: str) -> Manifest:
     """Only step 3 (``python -m shards merge OUT``), once every part has run."""
     out = BuildOutput(where)
+    out.check()
     with hold_lease(out, "merge"):
         return merge(out)
 

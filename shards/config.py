@@ -15,11 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from shards.base import storage
 from shards.base.config import from_dict, load_toml, section_table, to_dict
 from shards.base.tasks import TaskKind
 from shards.importers import ImporterOptions, get_importer
 from shards.manifest import Codec
-from shards.output import is_url
 
 OptionsT = TypeVar("OptionsT", bound=ImporterOptions)
 
@@ -70,7 +70,7 @@ class BuildConfig:
     def __post_init__(self) -> None:
         importer = get_importer(self.source)
         self.root = Path(self.root)
-        self.out = self.out if is_url(self.out) else Path(self.out)
+        self.out = str(storage.check_location(self.out)) if storage.is_remote(self.out) else Path(self.out)
         if self.task is None:
             self.task = importer.tasks[0]  # type: ignore[assignment]
         if self.task not in ("single", "multi", "hier"):

@@ -61,7 +61,7 @@ def build_shard(
                     tick(1)
         if writer.output:
             (part.shard,) = writer.output
-            out.publish(folder, part.shard.tar)
+            out.publish(folder, part.shard.tar, sha256=part.shard.sha256)
             out.publish(folder, part.shard.index)
     assert part.stats.tracks + len(part.rejects) == part.records, part
     write_part(out, part)
