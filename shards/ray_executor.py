@@ -22,15 +22,20 @@ from shards.output import BuildOutput
 from shards.plan import ShardContext, ShardPlan
 from shards.shard_task import build_shard, shard_jobs
 from shards.stats import ShardPart
-from shards.workers import decode_pooled
+from shards.workers import DecodePool, decode_pooled
 
 RETRIES = 3
 """Ray retries of a shard task whose worker died or that raised."""
 
 
+_DECODER = DecodePool(1)
+"""This Ray worker's decode process, kept across its shard tasks (spawning one costs ~2 s in a
+Ray worker, which re-imports Ray's worker script in the child)."""
+
+
 def ray_shard_task(ctx: ShardContext, shard: ShardPlan, where: str, timeout: float) -> ShardPart:
     """What runs in a Ray worker: decode the shard's records in a child process, write the shard."""
-    results = decode_pooled(shard_jobs(ctx, shard), 1, timeout)
+    results = decode_pooled(shard_jobs(ctx, shard), 1, timeout, pool=_DECODER)
     with closing(results):
         return build_shard(ctx, shard, BuildOutput(where), results)
 

@@ -8,6 +8,8 @@ the record types: no torch, no builder.
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
+import time
 from collections import deque
 from collections.abc import Generator, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -31,6 +33,13 @@ def process_indexed(job: Job) -> Result:
     return i, transcode(payload, spec)
 
 
+def ready_pid() -> int:
+    """Warm-up job: answers once this process has imported the decoders (briefly busy, so
+    the warm-up calls spread over the pool's processes)."""
+    time.sleep(0.01)
+    return os.getpid()
+
+
 def decode_inline(jobs: list[Job]) -> Generator[Result]:
     """In this process (``workers=1``): no pool to start, tracebacks stay readable."""
     for job in jobs:
@@ -48,8 +57,40 @@ def timed_out(seconds: float) -> str:
     return f"decode timed out after {seconds:g} s (a stalled read, e.g. a stale network mount?)"
 
 
-def decode_pooled(jobs: list[Job], workers: int, timeout: float = 0.0) -> Generator[Result]:
-    """``process_indexed`` over ``jobs`` in ``workers`` processes, results in job order.
+class DecodePool:
+    """A pool of spawned decode processes that can be killed and replaced (a worker hung on a
+    file never returns), and kept across calls: a Ray worker keeps one for all its shard
+    tasks, so a process is spawned once per worker rather than once per shard."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def get(self) -> ProcessPoolExecutor:
+        """The running pool; a new one is started and warmed up first (every process has
+        imported the decoders), so a decode timeout never counts a process's start-up."""
+        if self._pool is None:
+            pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
+            ready: set[int] = set()
+            for _ in range(100):  # rounds until every process has answered once
+                ready |= {f.result() for f in [pool.submit(ready_pid) for _ in range(self.workers)]}
+                if len(ready) >= self.workers:
+                    break
+            self._pool = pool
+        return self._pool
+
+    def kill(self) -> None:
+        """Stop the processes now, whatever they are doing; the next ``get`` starts new ones."""
+        if self._pool is not None:
+            _kill(self._pool)
+            self._pool = None
+
+
+def decode_pooled(
+    jobs: list[Job], workers: int, timeout: float = 0.0, *, pool: DecodePool | None = None
+) -> Generator[Result]:
+    """``process_indexed`` over ``jobs`` in ``workers`` processes (those of ``pool`` when given:
+    kept for the next call unless something went wrong), results in job order.
 
     A worker that dies (a segfault in a codec library, the OOM killer) breaks the whole
     pool (``BrokenProcessPool``; ``multiprocessing.Pool`` would wait for it forever): the
@@ -60,36 +101,37 @@ def decode_pooled(jobs: list[Job], workers: int, timeout: float = 0.0) -> Genera
     at least that long) is a reject (``timed_out``): the pool's processes are killed and
     the other unfinished jobs go to a new pool.
     """
-    ctx = mp.get_context("spawn")
+    procs = pool or DecodePool(workers)
     pending: deque[Job] = deque(jobs)
     flight: deque[tuple[Job, Future[Result]]] = deque()
-    pool = ProcessPoolExecutor(workers, mp_context=ctx)
+    finished = False
     try:
         while pending or flight:
-            while pending and len(flight) < 4 * workers:  # bounded: results hold encoded audio
+            while pending and len(flight) < 4 * procs.workers:  # bounded: results hold encoded audio
                 job = pending.popleft()
-                flight.append((job, pool.submit(process_indexed, job)))
+                flight.append((job, procs.get().submit(process_indexed, job)))
             job, fut = flight.popleft()
             try:
                 result = fut.result(timeout=timeout or None)
             except FuturesTimeout:
-                _kill(pool)
-                pool = ProcessPoolExecutor(workers, mp_context=ctx)
+                procs.kill()
                 flight = deque(
-                    (j, f if _succeeded(f) else pool.submit(process_indexed, j)) for j, f in flight
+                    (j, f if _succeeded(f) else procs.get().submit(process_indexed, j)) for j, f in flight
                 )
                 yield job[0], timed_out(timeout)
                 continue
             except BrokenProcessPool:
                 stuck = [(job, fut), *flight]
                 flight.clear()
-                pool.shutdown(wait=True, cancel_futures=True)
-                yield from _one_by_one(stuck, ctx, timeout)
-                pool = ProcessPoolExecutor(workers, mp_context=ctx)
+                procs.kill()
+                yield from _one_by_one(stuck, timeout)
                 continue
+            finished = not pending and not flight  # a consumer may stop at the last result
             yield result
+        finished = True
     finally:
-        _kill(pool)
+        if pool is None or not finished:
+            procs.kill()
 
 
 def _kill(pool: ProcessPoolExecutor) -> None:
@@ -103,23 +145,20 @@ def _succeeded(fut: Future[Any]) -> bool:
     return fut.done() and not fut.cancelled() and fut.exception() is None
 
 
-def _one_by_one(entries: list[tuple[Job, Future[Result]]], ctx: Any, timeout: float) -> Iterator[Result]:
+def _one_by_one(entries: list[tuple[Job, Future[Result]]], timeout: float) -> Iterator[Result]:
     """Results of the jobs a broken pool was running, in order: those that finished as they
     came, the others one at a time in a one-process pool; a job whose process dies again
     is ``WORKER_DIED``, one that runs past ``timeout`` is ``timed_out``."""
-    solo: ProcessPoolExecutor | None = None
+    solo = DecodePool(1)
     try:
         for job, fut in entries:
             if _succeeded(fut):
                 yield fut.result()
                 continue
-            solo = solo or ProcessPoolExecutor(1, mp_context=ctx)
             try:
-                yield solo.submit(process_indexed, job).result(timeout=timeout or None)
+                yield solo.get().submit(process_indexed, job).result(timeout=timeout or None)
             except (BrokenProcessPool, FuturesTimeout) as e:
-                _kill(solo)
-                solo = None
+                solo.kill()
                 yield job[0], WORKER_DIED if isinstance(e, BrokenProcessPool) else timed_out(timeout)
     finally:
-        if solo is not None:
-            _kill(solo)
+        solo.kill()
