@@ -27,6 +27,9 @@ from shards.output import BuildOutput
 from shards.plan import BuildPlan, ShardPlan, fingerprint, order_records, plan
 from shards.records import Dataset
 
+OLD_STATE = ".build-state.json"
+"""Resume bookkeeping of builds before the plan (removed when a plan is written)."""
+
 
 def import_dataset(cfg: BuildConfig) -> Dataset:
     """Run the registered importer named by ``cfg.source``."""
@@ -118,9 +121,10 @@ def ensure_plan(
             f"{out}: the plan there was made from other inputs or options than this part's; "
             "run `python -m shards plan` with the same options (add --force to start over) before the parts"
         )
-    for stale in (MANIFEST, REJECTS):  # the old manifest no longer describes what is being written
+    for stale in (MANIFEST, REJECTS, OLD_STATE):  # the old manifest no longer describes what is being written
         out.remove(stale)
-    out.remove_tree(PARTS)
+    if existing is not None or cfg.force:  # (no plan yet: the parts there may be other parts' of this one)
+        out.remove_tree(PARTS)
     new = plan(cfg, ds, ordered=ordered, show=show)
     write_plan(out, new)
     return new

@@ -48,6 +48,16 @@ def _ray() -> Any:
     return ray
 
 
+def _connect(ray: Any, address: str | None, workers: int) -> None:
+    """Join the cluster at ``address``, or start Ray here with ``workers`` CPUs; one line if it fails."""
+    kwargs: dict[str, Any] = {"address": address} if address else {"num_cpus": workers}
+    try:
+        ray.init(**kwargs, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as e:
+        where = f"the Ray cluster at {address}" if address else "a local Ray"
+        raise ValueError(f"ray_address: cannot start or join {where}: {first_line(e)}") from None
+
+
 def _reason(e: BaseException) -> str:
     """One line for a failed task: the task's own exception when Ray carries it."""
     cause = getattr(e, "cause", None)
@@ -70,8 +80,7 @@ def run_ray(
     ray = _ray()
     started = not ray.is_initialized()
     if started:
-        kwargs: dict[str, Any] = {"address": address} if address else {"num_cpus": workers}
-        ray.init(**kwargs, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        _connect(ray, address, workers)
     try:
         task = ray.remote(num_cpus=1, max_retries=RETRIES, retry_exceptions=True)(ray_shard_task)
         where = str(out.where)
