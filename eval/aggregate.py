@@ -16,17 +16,17 @@ import torch
 from eval.config import Aggregate
 
 Array = TypeVar("Array", torch.Tensor, np.ndarray)
-"""The array type of a ``Predictions``: torch tensors or numpy arrays."""
+"""The array type of a ``ScoredRows``: torch tensors or numpy arrays."""
 
 
 @dataclass
-class Predictions(Generic[Array]):
+class ScoredRows(Generic[Array]):
     """Rows of probabilities with their labels and track ids.
 
     ``probs`` (N, sum(head_sizes)) float32; ``target`` single (N,), multi (N, K) 0/1,
     hier (N, L), all int64; ``track`` (N,) int64. Torch tensors while evaluating
-    (``Predictions[torch.Tensor]``), numpy arrays in an ``EvalResult``
-    (``Predictions[np.ndarray]``).
+    (``ScoredRows[torch.Tensor]``), numpy arrays in an ``EvalResult``
+    (``ScoredRows[np.ndarray]``).
     """
 
     probs: Array
@@ -36,16 +36,16 @@ class Predictions(Generic[Array]):
     def __len__(self) -> int:
         return int(self.track.shape[0])
 
-    def numpy(self) -> Predictions[np.ndarray]:
+    def numpy(self) -> ScoredRows[np.ndarray]:
         conv = lambda a: a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)  # noqa: E731
-        return Predictions(conv(self.probs), conv(self.target), conv(self.track))
+        return ScoredRows(conv(self.probs), conv(self.target), conv(self.track))
 
-    def torch(self) -> Predictions[torch.Tensor]:
+    def torch(self) -> ScoredRows[torch.Tensor]:
         conv = lambda a: a if isinstance(a, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
-        return Predictions(conv(self.probs), conv(self.target), conv(self.track))
+        return ScoredRows(conv(self.probs), conv(self.target), conv(self.track))
 
 
-def aggregate_tracks(chunks: Predictions, how: Aggregate = "mean") -> Predictions[torch.Tensor]:
+def aggregate_tracks(chunks: ScoredRows, how: Aggregate = "mean") -> ScoredRows[torch.Tensor]:
     """One row per track (sorted by track id): mean or max of its chunks' probabilities.
 
     Every chunk of a track must carry the same label; a mismatch means the loader mixed
@@ -79,4 +79,4 @@ def aggregate_tracks(chunks: Predictions, how: Aggregate = "mean") -> Prediction
     if bool(mismatch.any()):
         bad = int(track[mismatch.nonzero()[0, 0]])
         raise ValueError(f"aggregate: track {bad} has chunks with different labels")
-    return Predictions(out, track_target, ids)
+    return ScoredRows(out, track_target, ids)

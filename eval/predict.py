@@ -28,14 +28,9 @@ import soundfile as sf
 import torch
 
 from eval.config import Aggregate
-from eval.predictions import (
-    PredictionSet,
-    TagThresholds,
-    ThresholdKind,
-    default_thresholds,
-    describe,
-    load_thresholds,
-)
+from eval.prediction_report import PredictionReport, describe, load_thresholds
+from eval.thresholds import ThresholdKind, Thresholds
+from shards.base.distributed import resolve_device
 from shards.base.errors import CliParser, run_cli
 from shards.base.progress import progress
 from shards.base.tasks import TaskSpec
@@ -89,13 +84,14 @@ def placeholder_labels(task: TaskSpec) -> Any:
 
 
 class Predictor:
-    """A checkpoint as a user sees it: ``Predictor.from_checkpoint(path)(files) -> PredictionSet``."""
+    """A checkpoint as a user sees it: ``Predictor.from_checkpoint(path)(files) -> PredictionReport``."""
 
     def __init__(
         self,
         model: TrainedModel,
         *,
-        thresholds: TagThresholds | None = None,
+        thresholds: Thresholds | None = None,
+        threshold_source: str = "",
         top_k: int = 5,
         aggregate: Aggregate = "mean",
         workers: int = 1,
@@ -105,11 +101,10 @@ class Predictor:
         if top_k < 1:
             raise ValueError(f"top_k: must be >= 1, got {top_k}")
         self.model, self.task = model, model.task
-        self.thresholds = (
-            thresholds
-            if thresholds is not None or model.task.kind != "multi"
-            else default_thresholds(model.task)
-        )
+        self.thresholds, self.threshold_source = thresholds, threshold_source
+        if thresholds is None and model.task.kind == "multi":
+            self.thresholds = Thresholds.fixed(model.task.classes)
+            self.threshold_source = f"{self.thresholds.global_threshold} (no metrics.json)"
         self.top_k, self.aggregate, self.workers, self.progress = top_k, aggregate, workers, progress
         self.checkpoint = checkpoint
 
@@ -125,22 +120,21 @@ class Predictor:
     ) -> Predictor:
         """Load ``path``; multi-label thresholds from ``metrics`` (or a ``metrics.json`` beside
         the checkpoint, as ``python -m eval --out`` writes it), else 0.5."""
-        if str(device) == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        model = load_trained_model(path, device)
+        model = load_trained_model(path, resolve_device(device))
         if model.sample_kind != "audio":
             raise ValueError(
                 f"{path}: trained on {model.sample_kind} shards (precomputed spectrogram images); "
                 "predict reads audio files, so it needs a model trained on audio shards"
             )
-        thresholds = None
+        thresholds, source = None, ""
         if model.task.kind == "multi":
             found = Path(metrics) if metrics is not None else Path(path).parent / "metrics.json"
             if metrics is not None or found.is_file():
                 thresholds = load_thresholds(found, model.task, model.name, threshold_kind)
-        return cls(model, thresholds=thresholds, checkpoint=str(path), **kwargs)
+                source = f"{found} ({threshold_kind}, tuned on {thresholds.split})"
+        return cls(model, thresholds=thresholds, threshold_source=source, checkpoint=str(path), **kwargs)
 
-    def __call__(self, inputs: Iterable[str | Path] | str | Path) -> PredictionSet:
+    def __call__(self, inputs: Iterable[str | Path] | str | Path) -> PredictionReport:
         items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
         files, skipped = expand_inputs(items)
         with tempfile.TemporaryDirectory(prefix="musicstream-predict-") as tmp:
@@ -162,10 +156,10 @@ class Predictor:
         }
         if self.thresholds is not None:
             info["thresholds"] = {
-                "source": self.thresholds.source,
-                "values": [float(v) for v in self.thresholds.values],
+                "source": self.threshold_source,
+                "values": [float(v) for v in self.thresholds.per_class],
             }
-        return PredictionSet(self.task, tracks, probs, rejected, info)
+        return PredictionReport(self.task, tracks, probs, rejected, info)
 
     def _transcode(self, files: list[Path], tmp: Path) -> tuple[Manifest, list[dict[str, Any]]]:
         """The files as a one-split shard build at the model's sample rate; keys are input indices."""

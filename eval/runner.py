@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from eval.aggregate import Predictions, aggregate_tracks
+from eval.aggregate import ScoredRows, aggregate_tracks
 from eval.config import Aggregate
 from eval.metrics import MetricSet, compute_metrics
 from eval.thresholds import Thresholds
@@ -35,8 +35,8 @@ class EvalResult:
 
     metrics: dict[str, float]
     """``chunk/...`` and ``track/...`` keys, e.g. ``track/accuracy``, ``track/micro_f1``."""
-    chunk: Predictions[np.ndarray]
-    track: Predictions[np.ndarray]
+    chunk: ScoredRows[np.ndarray]
+    track: ScoredRows[np.ndarray]
     details: dict[str, MetricSet] = field(default_factory=dict)
     """``"chunk"`` / ``"track"`` -> tables and confusion matrices."""
     thresholds: Thresholds | None = None
@@ -48,13 +48,13 @@ class EvalResult:
         return self.metrics[primary_metric(self.task_kind)]
 
 
-def gather(local: Predictions[torch.Tensor]) -> Predictions[torch.Tensor]:
+def gather(local: ScoredRows[torch.Tensor]) -> ScoredRows[torch.Tensor]:
     """All ranks' rows on every rank, sorted by track id (stable within a track)."""
-    parts = all_gather_object(Predictions(local.probs.float().cpu(), local.target.long().cpu(),
+    parts = all_gather_object(ScoredRows(local.probs.float().cpu(), local.target.long().cpu(),
                                           local.track.long().cpu()))  # fmt: skip
     probs, target, track = (torch.cat([getattr(p, k) for p in parts]) for k in ("probs", "target", "track"))
     order = torch.argsort(track, stable=True)
-    return Predictions(probs[order], target[order], track[order])
+    return ScoredRows(probs[order], target[order], track[order])
 
 
 def evaluate_model(
@@ -106,7 +106,7 @@ def score_tracks(
     aggregate: Aggregate = "mean",
     device: str | torch.device | None = None,
     probabilities: ProbaFn | None = None,
-) -> tuple[Predictions[torch.Tensor], Predictions[torch.Tensor]]:
+) -> tuple[ScoredRows[torch.Tensor], ScoredRows[torch.Tensor]]:
     """(chunk, track) predictions of every rank, sorted by track id: what ``evaluate_model``
     scores, and what ``eval.predict`` reports (no labels needed). Collective, like it."""
     with _scoring(model_or_predictor, task, probabilities, device) as (predict, dev):
@@ -149,7 +149,7 @@ def _scoring(
 @torch.no_grad()
 def _collect(
     predict: ProbaFn, loader: Iterable[dict[str, torch.Tensor]], task: TaskSpec, dev: Any
-) -> Predictions[torch.Tensor]:
+) -> ScoredRows[torch.Tensor]:
     """Chunk predictions of this rank, on the CPU."""
     probs, target, track = [_empty(task).probs], [_empty(task).target], [_empty(task).track]
     width = sum(task.head_sizes)
@@ -163,15 +163,15 @@ def _collect(
         probs.append(p.cpu())
         target.append(y.reshape(x.shape[0], *_target_shape(task)).cpu())
         track.append(batch["track"].reshape(-1).long().cpu())
-    return Predictions(torch.cat(probs), torch.cat(target), torch.cat(track))
+    return ScoredRows(torch.cat(probs), torch.cat(target), torch.cat(track))
 
 
 def _target_shape(task: TaskSpec) -> tuple[int, ...]:
     return () if task.kind == "single" else (task.label_width,)
 
 
-def _empty(task: TaskSpec) -> Predictions[torch.Tensor]:
-    return Predictions(
+def _empty(task: TaskSpec) -> ScoredRows[torch.Tensor]:
+    return ScoredRows(
         torch.zeros(0, sum(task.head_sizes)),
         torch.zeros((0, *_target_shape(task)), dtype=torch.long),
         torch.zeros(0, dtype=torch.long),

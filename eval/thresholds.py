@@ -9,13 +9,18 @@ that same split, and the CLI only ever passes validation predictions here.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
 from shards.base.config import to_dict
 from shards.base.tasks import TaskSpec
+
+ThresholdKind = Literal["class", "global"]
+DEFAULT_THRESHOLD = 0.5
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,9 +33,9 @@ class Thresholds:
     """Tag vocabulary, in head order."""
     global_threshold: float
     per_class: tuple[float, ...]
-    tuned_micro_f1_global: float
+    tuned_micro_f1_global: float = math.nan
     """Micro-F1 the global threshold reached on the tuning split."""
-    tuned_micro_f1_class: float
+    tuned_micro_f1_class: float = math.nan
     """Micro-F1 the per-tag thresholds reached on the tuning split."""
     fallback: tuple[str, ...] = ()
     """Tags without positives on the tuning split: they use the global threshold."""
@@ -49,9 +54,23 @@ class Thresholds:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Thresholds:
-        # JSON lists back to tuples; unknown or missing keys stay a TypeError from the constructor
+        """As ``to_dict`` wrote them (``metrics.json``); unknown keys are a TypeError."""
         fields: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
         return cls(**fields)
+
+    @classmethod
+    def fixed(cls, classes: list[str], value: float = DEFAULT_THRESHOLD) -> Thresholds:
+        """The same threshold for every tag, tuned on nothing (predicting without a metrics.json)."""
+        return cls(
+            split="", classes=tuple(classes), global_threshold=value, per_class=(value,) * len(classes)
+        )
+
+    def applied(self, kind: ThresholdKind) -> Thresholds:
+        """What a prediction applies: the per-tag thresholds (``class``) or the global one for
+        every tag (``global``)."""
+        if kind == "class":
+            return self
+        return dataclasses.replace(self, per_class=(self.global_threshold,) * len(self.classes))
 
 
 def best_f1_threshold(scores: np.ndarray, labels: np.ndarray) -> tuple[float, float]:

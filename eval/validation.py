@@ -8,13 +8,14 @@ metric definition (``eval.metrics`` with the primary metric of ``shards.base.tas
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from eval.config import EvalConfig
-from eval.runner import evaluate_model
 from shards.base.tasks import TaskSpec
 
 if TYPE_CHECKING:
+    from pipelines.batches import BatchLoader
+    from train.checkpoint import TrainedModel
     from train.trainer import Validator  # the Trainer's own signature, not a copy
 
 
@@ -23,7 +24,9 @@ def validator(cfg: EvalConfig | None = None) -> Validator:
     (aggregation and top-k from ``cfg``); collective, every rank gets the same numbers."""
     cfg = cfg or EvalConfig()
 
-    def validate(predictor: Any, loader: Any, task: TaskSpec) -> dict[str, float]:
+    def validate(predictor: TrainedModel, loader: BatchLoader, task: TaskSpec) -> dict[str, float]:
+        from eval.runner import evaluate_model  # torchmetrics and the scoring: first needed here
+
         result = evaluate_model(predictor, loader, task, aggregate=cfg.aggregate, top_k=tuple(cfg.top_k))
         return dict(result.metrics)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipelines.channels import ChannelInputs, dct_matrix, get_channel
+from pipelines.channels import ChannelInputs, get_channel
 from pipelines.config import FeatureConfig
 from shards.base.config import to_dict
 
@@ -77,9 +77,6 @@ class FeatureAssembler:
         self.device = torch.device(device)
         # each requested channel's compute function, filter banks built once (pipelines.channels)
         self.channels = {c: get_channel(c).build(features, self.device) for c in features.channels}
-        self.dct = torch.from_numpy(dct_matrix(features.n_mfcc, features.n_mels)).to(
-            self.device
-        )  # the mfcc's
         self._rows: dict[tuple[int, torch.device], torch.Tensor] = {}
         self.mean = self.std = None
         if features.normalize == "meanstd" and features.norm_mean is not None:
@@ -118,8 +115,7 @@ class FeatureAssembler:
         whole track's frames and passes (possibly strided) chunk views ``(B, K, rows, T)``.
         Normalisation is per chunk and channel and nearest-row resizing only repeats rows, so
         each channel is normalised at its own height and written once into the output
-        (resized by a row gather): the same values as resizing, stacking and then calling
-        :meth:`normalize`, in fewer passes over the big tensor. ``mask`` is ``(N, F, T)``."""
+        (resized by a row gather): the same values as resizing, stacking and then normalising, in fewer passes over the big tensor. ``mask`` is ``(N, F, T)``."""
         *lead, _, t = chans[0].shape
         f, n_ch = self.cfg.n_mels, len(chans)
         x = torch.empty((*lead, n_ch, f, t), dtype=torch.float32, device=chans[0].device)
@@ -142,7 +138,7 @@ class FeatureAssembler:
         return self._rows[key]
 
     def _normalize_channel(self, c: torch.Tensor, i: int) -> torch.Tensor:
-        """Channel ``i`` ``(*lead, rows, T)`` normalised as :meth:`normalize` would (a new tensor)."""
+        """Channel ``i`` ``(*lead, rows, T)`` normalised as the per-chunk recipe would (a new tensor)."""
         if self.cfg.normalize == "minmax":
             lo = c.amin(dim=(-2, -1), keepdim=True)
             hi = c.amax(dim=(-2, -1), keepdim=True)
@@ -151,17 +147,6 @@ class FeatureAssembler:
             assert self.mean is not None and self.std is not None
             return (c - self.mean[0, i]).div_(self.std[0, i])
         return c
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """In place: per-chunk, per-channel min-max to [0, 1], dataset mean/std, or nothing."""
-        if self.cfg.normalize == "minmax":
-            lo = x.amin(dim=(2, 3), keepdim=True)
-            hi = x.amax(dim=(2, 3), keepdim=True)
-            x.sub_(lo).div_((hi - lo).clamp_min(_EPS))
-        elif self.cfg.normalize == "meanstd":
-            assert self.mean is not None and self.std is not None  # set by __init__ for meanstd
-            x.sub_(self.mean).div_(self.std)
-        return x
 
 
 def stats_path(features: FeatureConfig, shards_root: Path | None) -> Path | None:

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("shards", type=Path, help="shard build folder (with manifest.json)")
     ap.add_argument("--config", type=Path, help="experiment TOML ([features] and [loader] are used)")
     ap.add_argument("--split", default="train")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda[:N]")
     ap.add_argument("--out", type=Path, help=f"output file (default SHARDS/{STATS_FILE})")
     args, overrides = ap.parse_known_args(argv)
     cfg = load_sections(

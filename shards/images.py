@@ -35,7 +35,7 @@ class EncodedImages:
     sizes: dict[str, tuple[int, int]]
 
 
-def check_image(data: bytes) -> tuple[str, int, int]:
+def inspect_image(data: bytes) -> tuple[str, int, int]:
     """-> (member extension, height, width) of a fully decodable image; raises on a broken one."""
     with Image.open(io.BytesIO(data)) as im:
         im.verify()
@@ -62,7 +62,7 @@ def pack_images(images: dict[str, Path | bytes], spec: ImageSpec) -> EncodedImag
         if not src:
             return f"no {ch} image bytes"
         try:
-            ext, h, w = check_image(src)
+            ext, h, w = inspect_image(src)
         except Exception as e:  # PIL raises many types (OSError, SyntaxError, ...) for broken files
             msg = first_line(e)
             return f"image decode failed: {ch}: {msg}"

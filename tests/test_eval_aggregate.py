@@ -6,15 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from eval.aggregate import Predictions, aggregate_tracks
+from eval.aggregate import ScoredRows, aggregate_tracks
 
 
-def _chunks() -> Predictions:
+def _chunks() -> ScoredRows:
     # track 7: three chunks, track 2: two chunks (interleaved, out of order)
     probs = torch.tensor([[0.2, 0.8], [0.6, 0.4], [0.5, 0.5], [0.9, 0.1], [0.1, 0.9]])
     track = torch.tensor([7, 2, 7, 2, 7])
     target = torch.tensor([1, 0, 1, 0, 1])
-    return Predictions(probs, target, track)
+    return ScoredRows(probs, target, track)
 
 
 def test_mean_per_track_sorted_by_id() -> None:
@@ -30,7 +30,7 @@ def test_max_per_track() -> None:
 
 
 def test_multi_label_targets_kept_per_track() -> None:
-    c = Predictions(
+    c = ScoredRows(
         torch.rand(4, 3),
         torch.tensor([[1, 0, 1], [0, 1, 0], [1, 0, 1], [0, 1, 0]]),
         torch.tensor([0, 1, 0, 1]),
@@ -47,7 +47,7 @@ def test_inconsistent_labels_name_the_track() -> None:
 
 
 def test_empty_input_gives_empty_tracks() -> None:
-    out = aggregate_tracks(Predictions(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), torch.zeros(0)))
+    out = aggregate_tracks(ScoredRows(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), torch.zeros(0)))
     assert out.probs.shape == (0, 3) and len(out) == 0
 
 

@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 
 from eval.predict import Predictor, expand_inputs, main
-from eval.predictions import describe, load_thresholds
+from eval.prediction_report import describe, load_thresholds
 from pipelines.bench.small import small_overrides
 from shards.base.tasks import Level, TaskSpec
 from shards.manifest import read_manifest

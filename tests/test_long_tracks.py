@@ -18,11 +18,11 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
+from helpers.features import reference_track
 from helpers.tars import read_tracks
 
-from eval.aggregate import Predictions, aggregate_tracks
+from eval.aggregate import ScoredRows, aggregate_tracks
 from eval.runner import evaluate_model
-from pipelines.bench.reference import reference_track
 from pipelines.bench.small import small_configs
 from pipelines.config import AugmentConfig, framing
 from pipelines.loader import build_loader
@@ -168,7 +168,7 @@ def test_track_results_equal_the_whole_track_reference(long_build: Path) -> None
         assert res.track.target[row] == tracks[tid].label[0]
     # the same rows as aggregating one rank's whole split
     one = list(loader_for(long_build, "test", "eval"))
-    local = Predictions(
+    local = ScoredRows(
         torch.cat([predict(b["x"]) for b in one]),
         torch.cat([b["y"] for b in one]),
         torch.cat([b["track"] for b in one]),

@@ -31,8 +31,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(json.dumps(exp.to_dict(), indent=2, default=str))
         return 0
-    from eval.validation import validator  # the composition point: train's loop, eval's metrics
     from train.trainer import Trainer
+    from eval.validation import validator  # the composition point: train's loop, eval's metrics  # isort: skip
 
     info = distributed.init(exp.train.device)
     trainer = Trainer(exp, info=info, validate=validator(exp.eval))

@@ -7,7 +7,7 @@ loaders with this rank's share, all with the ``MusicLoader`` interface.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, TypedDict
+from typing import TYPE_CHECKING, Literal, TypedDict
 
 import torch
 
@@ -16,12 +16,15 @@ from shards.manifest import Manifest, read_manifest
 from train.config import Experiment
 from train.synthetic import SyntheticLoader, synthetic_task
 
+if TYPE_CHECKING:
+    from pipelines.batches import BatchLoader
+
 
 @dataclass
 class DataBundle:
     task: TaskSpec
-    train: Any  # MusicLoader | SyntheticLoader
-    val: Any | None
+    train: BatchLoader  # MusicLoader | SyntheticLoader
+    val: BatchLoader | None
     feature_shape: tuple[int, int, int]
 
 
@@ -60,7 +63,7 @@ def build_data(
         return _synthetic(exp, task, rank, world_size, device)
     from pipelines.loader import build_loader  # DALI: imported only for a shard-fed run
 
-    def loader(split: str, mode: Literal["train", "eval"]) -> Any:
+    def loader(split: str, mode: Literal["train", "eval"]) -> BatchLoader:
         return build_loader(manifest, split, mode=mode, features=exp.features, augment=exp.augment,
                             loader=exp.loader, rank=rank, world_size=world_size, device=device)  # fmt: skip
 

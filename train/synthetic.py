@@ -67,7 +67,8 @@ class SyntheticLoader:
             raise ValueError(
                 f"batch_size {batch_size} is not a multiple of chunks_per_track {chunks_per_track}"
             )
-        self.task, self.feature_shape = task, tuple(shape)
+        c, f, t = shape
+        self.task, self.feature_shape = task, (c, f, t)
         self.batches, self.batch_size, self.k = batches, batch_size, chunks_per_track
         self.mode, self.learnable, self.signal = mode, learnable, signal
         self.seed, self.rank, self.world_size = seed, rank, world_size

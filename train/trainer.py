@@ -13,7 +13,7 @@ import contextlib
 import json
 import warnings
 from collections.abc import Callable
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 import torch.nn as nn
@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from shards.base import distributed
 from shards.base.atomic import atomic_write_text
-from shards.base.distributed import DistInfo, all_gather_object
+from shards.base.distributed import DistInfo
 from shards.base.progress import progress
 from shards.base.tasks import TaskSpec, primary_metric
 from train.checkpoint import (
@@ -41,11 +41,15 @@ from train.loss import TaskLoss
 from train.models.registry import FitContext, build_model, get_family
 from train.optim import EMA, build_optimizer, build_scheduler
 from train.progress import TrainProgress
+from train.rank_sync import broadcast_buffers, weight_fingerprints
 from train.stopping import StopSignal
+
+if TYPE_CHECKING:
+    from pipelines.batches import BatchLoader
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
-Validator = Callable[[TrainedModel, Any, TaskSpec], dict[str, float]]
+Validator = Callable[[TrainedModel, "BatchLoader", TaskSpec], dict[str, float]]
 """validate(predictor, eval-mode loader, task) -> flat metrics (``track/accuracy``, ...);
 collective: every rank calls it and gets the same numbers."""
 
@@ -195,7 +199,7 @@ class Trainer:
         # must not make one rank skip a collective save that the others enter
         if not self.stopped and self._saved_step != self.step:
             self.save()
-        self.check_ranks_in_sync()
+        self.rank_weight_spread()
         return self.summary()
 
     def _run_epoch(self) -> bool:
@@ -320,12 +324,8 @@ class Trainer:
     def sync_buffers(self) -> None:
         """Rank 0's buffers (BatchNorm statistics) everywhere: DDP only syncs them at the next
         forward, so after an epoch each rank would validate and save slightly different stats."""
-        if not self.info.distributed:
-            return
-        modules = [self.model] + ([self.ema.module] if self.ema is not None else [])
-        for module in modules:
-            for buf in module.buffers():
-                torch.distributed.broadcast(buf, src=0)
+        if self.info.distributed:
+            broadcast_buffers([self.model] + ([self.ema.module] if self.ema is not None else []))
 
     def validate(self) -> dict[str, float]:
         """The handed validation function on the validation split ({} without either)."""
@@ -370,14 +370,9 @@ class Trainer:
         self._saved_step = self.step
         distributed.barrier()
 
-    def check_ranks_in_sync(self) -> float:
+    def rank_weight_spread(self) -> float:
         """Max difference of a float64 weight fingerprint across ranks (0.0 when in step); logged."""
-        tensors = [p.detach().double() for p in self.model.state_dict().values() if torch.is_tensor(p)]
-        fp = sum(
-            float((t.flatten() * torch.arange(1, t.numel() + 1, dtype=t.dtype, device=t.device)).sum())
-            for t in tensors
-        )
-        prints = [float(v) for v in all_gather_object(fp)]
+        prints = weight_fingerprints(self.model)
         diff = max(prints) - min(prints)
         self.logger.log(self.step, self.epoch, {"sync/fingerprints": prints, "sync/max_diff": diff})
         if diff != 0.0:

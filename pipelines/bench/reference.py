@@ -13,8 +13,7 @@ import numpy as np
 import torch
 import torchaudio
 
-from pipelines.config import FeatureConfig, Framing
-from pipelines.features import FeatureAssembler
+from pipelines.config import FeatureConfig
 
 
 class ReferenceFeatures(torch.nn.Module):
@@ -104,13 +103,3 @@ def spec_augment_mask(
             s = int(rng.integers(0, t - w + 1))
             mask[i, :, s : s + w] = 0
     return mask
-
-
-def reference_track(
-    signal: torch.Tensor, features: FeatureConfig, fr: Framing, assembler: FeatureAssembler | None = None
-) -> torch.Tensor:
-    """Evaluation features of one whole track ``(n_chunks, C, F, T)`` on the CPU."""
-    ref = ReferenceFeatures(features)
-    asm = assembler or FeatureAssembler(features, "cpu")
-    with torch.no_grad():
-        return asm(*ref(eval_chunks(preemphasize(signal, features.preemphasis), fr.chunk)))

@@ -28,6 +28,7 @@ import torch
 
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
 from shards.base.config import load_sections, to_dict
+from shards.base.distributed import resolve_device
 from shards.base.errors import CliParser
 
 PIPELINES = ("dali-gpu", "dali-cpu", "baseline")
@@ -141,11 +142,11 @@ def make_loader(name: str, shards: Path, cfg: dict[str, Any], workers: int, spli
 
     kw = dict(mode="train", features=cfg["features"], augment=cfg["augment"], loader=cfg["loader"])
     if name == "baseline":  # on image shards: PIL + torchvision in the same DataLoader
-        dev = "cuda" if torch.cuda.is_available() else "cpu"
         base = ImageBaselineLoader if load_manifest(shards).kind == "image" else BaselineLoader
-        return base(shards, split, workers=workers, rank=0, world_size=1, device=dev, **kw)
-    dev = "cuda" if name == "dali-gpu" else "cpu"
-    return build_loader(shards, split, rank=0, world_size=1, device=dev, **kw)
+        return base(shards, split, workers=workers, rank=0, world_size=1, device=resolve_device("auto"), **kw)
+    return build_loader(
+        shards, split, rank=0, world_size=1, device="cuda" if name == "dali-gpu" else "cpu", **kw
+    )
 
 
 def bench_pipeline(name: str, shards: Path, cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:

@@ -21,7 +21,7 @@ from timm.layers import resample_abs_pos_embed, trunc_normal_
 from timm.models.vision_transformer import Block
 
 from train.config import ModelConfig
-from train.models.pretrained import TIMM_DEFAULT, Weights, adapt_conv_weight, fetch_weights, load_matching
+from train.models.pretrained import Weights, adapt_conv_weight, load_matching
 from train.models.registry import Family, register_family
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -146,20 +146,29 @@ def build_ast(
         drop_path=cfg.drop_path,
         **kwargs,
     )
-    if cfg.pretrained is not None:
-        from train.models.ast_hf import is_hf_ast, load_hf_ast
-
-        if cfg.pretrained == TIMM_DEFAULT:
-            raise ValueError(
-                "model.pretrained: ast has no default timm weights; use hf-hub:MIT/ast-finetuned-audioset-10-10-0.4593 "
-                "(AudioSet), hf-hub:timm/deit_base_distilled_patch16_224.fb_in1k (ImageNet) or a local copy"
-            )
-        weights = fetch_weights(cfg.pretrained)
-        if is_hf_ast(weights):
-            load_hf_ast(model, weights)
-        else:
-            load_deit(model, weights)
     return model
 
 
-register_family(Family(name="ast", builder=build_ast, presets=PRESETS, default_preset="base"))
+def no_default_weights(model: nn.Module) -> str | None:
+    """``model.pretrained = "timm"`` has nothing to name for our AST: say what to give instead."""
+    raise ValueError(
+        "model.pretrained: ast has no default timm weights; use hf-hub:MIT/ast-finetuned-audioset-10-10-0.4593 "
+        "(AudioSet), hf-hub:timm/deit_base_distilled_patch16_224.fb_in1k (ImageNet) or a local copy"
+    )
+
+
+def load_ast_weights(model: nn.Module, weights: Weights, in_chans: int) -> None:
+    """An AudioSet AST in transformers' format (``train.models.ast_hf``) or a DeiT checkpoint."""
+    from train.models.ast_hf import is_hf_ast, load_hf_ast
+
+    assert isinstance(model, AST)
+    if is_hf_ast(weights):
+        load_hf_ast(model, weights)
+    else:
+        load_deit(model, weights)
+
+
+register_family(
+    Family(name="ast", builder=build_ast, presets=PRESETS, default_preset="base",
+           load_weights=load_ast_weights, default_hub_id=no_default_weights)
+)  # fmt: skip

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 
 from train.config import ModelConfig
-from train.models.pretrained import fetch_weights, load_matching
+from train.models.pretrained import Weights, load_matching
 from train.models.registry import Family, register_family
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -110,10 +110,15 @@ def build_customcnn(
         raise ValueError(f"model customcnn: input {input_shape} too small for {min_side}x downsampling")
     if cfg.drop_path:
         warnings.warn("model.drop_path has no effect on customcnn (no stochastic depth)", stacklevel=2)
-    model = CustomCNN(in_chans=in_chans, num_outputs=num_outputs, dropout=cfg.dropout, **kwargs)
-    if cfg.pretrained is not None:  # a customcnn state_dict or musicstream checkpoint (file or local-dir:)
-        load_matching(model, fetch_weights(cfg.pretrained).state, source=str(cfg.pretrained))
-    return model
+    return CustomCNN(in_chans=in_chans, num_outputs=num_outputs, dropout=cfg.dropout, **kwargs)
 
 
-register_family(Family(name="customcnn", builder=build_customcnn, presets=PRESETS, default_preset="small"))
+def load_customcnn_weights(model: nn.Module, weights: Weights, in_chans: int) -> None:
+    """A customcnn state_dict or musicstream checkpoint (a file or local-dir:): matching tensors."""
+    load_matching(model, weights.state, source=weights.source)
+
+
+register_family(
+    Family(name="customcnn", builder=build_customcnn, presets=PRESETS, default_preset="small",
+           load_weights=load_customcnn_weights)
+)  # fmt: skip

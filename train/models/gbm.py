@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -24,6 +24,9 @@ from shards.base.progress import progress as progress_bar
 from shards.base.tasks import TaskSpec
 from train.config import ModelConfig
 from train.models.registry import Family, FitContext, register_family
+
+if TYPE_CHECKING:
+    from pipelines.batches import BatchLoader
 
 DEFAULT_PARAMS: dict[str, Any] = {
     "learning_rate": 0.05,
@@ -156,7 +159,7 @@ def build_gbm(
 
 
 @torch.no_grad()
-def extract(loader: Any, bands: int | None, *, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def extract(loader: BatchLoader, bands: int | None, *, progress: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, D) pooled features and (N, ...) labels of this rank's share of one epoch."""
     feats, labels = [], []
     for batch in progress_bar(loader, desc="gbm features", enabled=progress, leave=False):
@@ -165,7 +168,9 @@ def extract(loader: Any, bands: int | None, *, progress: bool) -> tuple[torch.Te
     return torch.cat(feats), torch.cat(labels)
 
 
-def fit_distributed(module: nn.Module, loader: Any, task: TaskSpec, ctx: FitContext) -> dict[str, float]:
+def fit_distributed(
+    module: nn.Module, loader: BatchLoader, task: TaskSpec, ctx: FitContext
+) -> dict[str, float]:
     """The family's fit: every rank pools features of its share of the training loader's
     chunks on its own device; rank 0 gathers them, fits PCA + LightGBM and sends the
     fitted state back, so every rank validates the same model. Returns timing/size stats."""

@@ -47,11 +47,6 @@ class Weights:
     """How the user named them (for messages)."""
 
 
-def is_hub(spec: str | Path) -> bool:
-    """Whether fetching ``spec`` may touch the network (hub ids, the timm default tag)."""
-    return str(spec) == TIMM_DEFAULT or str(spec).startswith(HUB)
-
-
 def fetch_weights(spec: str | Path, *, default_hub_id: str | None = None) -> Weights:
     """Resolve ``spec`` (module docstring) to tensors; hub forms on local rank 0 first."""
     s = str(spec)

@@ -9,15 +9,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch.nn as nn
 
 from shards.base.registry import Registry
-from shards.base.tasks import TaskSpec
 from train.config import ModelConfig
+from train.models.pretrained import TIMM_DEFAULT, Weights, fetch_weights
+
+if TYPE_CHECKING:
+    from pipelines.batches import BatchLoader
+    from shards.base.tasks import TaskSpec
 
 Builder = Callable[..., nn.Module]
+LoadWeightsFn = Callable[[nn.Module, Weights, int], None]
+"""load_weights(model, fetched weights, in_chans): map, adapt and load them into ``model``."""
 
 
 @dataclass(frozen=True)
@@ -28,7 +34,7 @@ class FitContext:
     threads: int | None
 
 
-FitFn = Callable[[nn.Module, Any, TaskSpec, FitContext], dict[str, float]]
+FitFn = Callable[[nn.Module, "BatchLoader", "TaskSpec", FitContext], dict[str, float]]
 """fit(model, training loader, task, context) -> stats to log; called on every rank."""
 
 
@@ -43,6 +49,12 @@ class Family:
     tasks: frozenset[str] = frozenset({"single", "multi", "hier"})
     fit: FitFn | None = None
     """The family's own one-pass fit instead of the gradient loop (gbm: PCA + LightGBM)."""
+    load_weights: LoadWeightsFn | None = None
+    """Adapt fetched pretrained tensors to a built model and load them (timm's
+    ``pretrained_filter_fn``); None: the family takes no pretrained weights (and warns)."""
+    default_hub_id: Callable[[nn.Module], str | None] | None = None
+    """The hub repo ``model.pretrained = "timm"`` names for a built model (timm: its
+    ``pretrained_cfg["hf_hub_id"]``)."""
 
     def check_task(self, kind: str) -> None:
         """Refuse a task kind this family cannot serve (gbm: no hierarchies)."""
@@ -126,10 +138,23 @@ def build_model(
         raise ValueError(f"input_shape {input_shape} does not start with in_chans={in_chans}")
     kwargs = resolve_kwargs(cfg, family)
     try:
-        return family.builder(
+        model = family.builder(
             cfg, in_chans=in_chans, num_outputs=sum(head_sizes), input_shape=tuple(input_shape), **kwargs
         )
     except TypeError as e:
         if "unexpected keyword" not in str(e):
             raise
         raise ValueError(f"model.kwargs: {family.name} does not accept this option: {e}") from None
+    if cfg.pretrained is not None:
+        load_pretrained(model, family, cfg.pretrained, in_chans)
+    return model
+
+
+def load_pretrained(model: nn.Module, family: Family, spec: str, in_chans: int) -> None:
+    """The one place pretrained weights reach a model, for every family: fetch ``spec``
+    (``train.models.pretrained``), then the family's own mapping (``Family.load_weights``)."""
+    if family.load_weights is None:  # such a family says so itself when built (gbm warns)
+        return
+    named = spec == TIMM_DEFAULT and family.default_hub_id is not None
+    hub_id = family.default_hub_id(model) if named else None  # type: ignore[misc]
+    family.load_weights(model, fetch_weights(spec, default_hub_id=hub_id), in_chans)

@@ -16,7 +16,7 @@ import timm
 import torch.nn as nn
 
 from train.config import ModelConfig
-from train.models.pretrained import Weights, adapt_conv_weight, fetch_weights, load_matching
+from train.models.pretrained import Weights, adapt_conv_weight, load_matching
 from train.models.registry import Family, register_family
 
 NAMED = ("resnet50", "efficientnet_b0", "efficientnet_b2", "efficientnet_b4")
@@ -36,18 +36,18 @@ def build_timm(
         **kwargs,
     )
     reset_classifier(model)
-    if cfg.pretrained is not None:
-        pretrained_cfg = cast("dict[str, Any]", model.pretrained_cfg)  # a timm model's attribute
-        weights = fetch_weights(cfg.pretrained, default_hub_id=pretrained_cfg.get("hf_hub_id"))
-        check_architecture(weights, cfg.family)
-        load_timm_weights(model, weights, in_chans)
     return model
+
+
+def timm_hub_id(model: nn.Module) -> str | None:
+    """The model's default pretrained tag on the hub (what ``model.pretrained = "timm"`` names)."""
+    return cast("dict[str, Any]", model.pretrained_cfg).get("hf_hub_id")  # a timm model's attribute
 
 
 def check_architecture(weights: Weights, family: str) -> None:
     """A timm hub folder names its architecture: refuse weights of another network."""
     arch = weights.config.get("architecture")
-    if arch is not None and arch != family.split(".")[0]:
+    if arch is not None and family and arch != family.split(".")[0]:
         raise ValueError(
             f"model.pretrained: {weights.source} holds {arch!r} weights, but model.family is {family!r}"
         )
@@ -63,9 +63,10 @@ def reset_classifier(model: nn.Module) -> None:
 
 
 def load_timm_weights(model: nn.Module, weights: Weights, in_chans: int) -> None:
-    """Load ImageNet weights: adapt the first conv, skip the classifier."""
-    state, path = dict(weights.state), weights.source
+    """Load ImageNet weights of the same architecture: adapt the first conv, skip the classifier."""
     pretrained_cfg = cast("dict[str, Any]", model.pretrained_cfg)  # a timm model's attribute
+    check_architecture(weights, str(pretrained_cfg.get("architecture", "")))
+    state, path = dict(weights.state), weights.source
     first = pretrained_cfg.get("first_conv")
     classifier = pretrained_cfg.get("classifier")
     if first and f"{first}.weight" in state:
@@ -81,7 +82,7 @@ def load_timm_weights(model: nn.Module, weights: Weights, in_chans: int) -> None
 
 def timm_family(name: str) -> Family:
     """An unregistered timm model name as a family (no presets)."""
-    return Family(name=name, builder=build_timm)
+    return Family(name=name, builder=build_timm, load_weights=load_timm_weights, default_hub_id=timm_hub_id)
 
 
 for _name in NAMED:

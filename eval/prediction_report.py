@@ -2,7 +2,7 @@
 hierarchical paths; written as ``predictions.csv`` and ``predictions.json``.
 
 Tag thresholds are the ones ``python -m eval`` searched on the validation split (read from
-its ``metrics.json``), else 0.5. Unreadable inputs are rows with ``status = error`` and
+its ``metrics.json`` as ``eval.thresholds.Thresholds``), else 0.5. Unreadable inputs are rows with ``status = error`` and
 their reason, never left out.
 """
 
@@ -13,31 +13,22 @@ import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
+from eval.thresholds import ThresholdKind, Thresholds
 from shards.base.atomic import atomic_write_text
 from shards.base.task_outputs import TaskOutputs
 from shards.base.tasks import TaskSpec
 
-ThresholdKind = Literal["class", "global"]
-DEFAULT_THRESHOLD = 0.5
-
-
-@dataclass
-class TagThresholds:
-    """One threshold per tag and where they came from (for the outputs)."""
-
-    values: np.ndarray
-    source: str
-
 
 def load_thresholds(
     metrics: Path, task: TaskSpec, model_name: str, kind: ThresholdKind = "class"
-) -> TagThresholds:
-    """The thresholds ``python -m eval`` wrote for this model (or the file's only model)."""
+) -> Thresholds:
+    """The thresholds ``python -m eval`` searched for this model (or the file's only model), as
+    applied with ``kind``."""
     try:
         data = json.loads(Path(metrics).read_text())
     except (OSError, json.JSONDecodeError) as e:
@@ -50,15 +41,10 @@ def load_thresholds(
     entry = models.get(model_name) or (next(iter(models.values())) if len(models) == 1 else None)
     if entry is None:
         raise ValueError(f"{metrics}: several models {sorted(models)}, none named {model_name!r}")
-    t = entry["thresholds"]
-    values = np.asarray(t["per_class"] if kind == "class" else [t["global_threshold"]] * len(task.classes))
-    return TagThresholds(values.astype(np.float64), f"{metrics} ({kind}, tuned on {t['split']})")
-
-
-def default_thresholds(task: TaskSpec) -> TagThresholds:
-    return TagThresholds(
-        np.full(len(task.classes), DEFAULT_THRESHOLD), f"{DEFAULT_THRESHOLD} (no metrics.json)"
-    )
+    try:
+        return Thresholds.from_dict(entry["thresholds"]).applied(kind)
+    except TypeError as e:
+        raise ValueError(f"{metrics}: malformed thresholds: {e}") from None
 
 
 def _top(names: list[str], p: np.ndarray, k: int) -> list[dict[str, Any]]:
@@ -67,7 +53,7 @@ def _top(names: list[str], p: np.ndarray, k: int) -> list[dict[str, Any]]:
 
 
 def describe(
-    task: TaskSpec, probs: np.ndarray, *, top_k: int = 5, thresholds: TagThresholds | None = None
+    task: TaskSpec, probs: np.ndarray, *, top_k: int = 5, thresholds: Thresholds | None = None
 ) -> list[dict[str, Any]]:
     """``probs (N, sum(head_sizes))`` -> one dict per track: ``prediction`` (a class, the tags
     joined by ';', or the root-to-leaf path joined by '/'), ``top_k`` and the task's details."""
@@ -77,7 +63,7 @@ def describe(
             for p in probs
         ]
     if task.kind == "multi":
-        thr = (thresholds or default_thresholds(task)).values
+        thr = (thresholds or Thresholds.fixed(task.classes)).per_class
         out: list[dict[str, Any]] = []
         for p in probs:
             on = [i for i in np.argsort(-p, kind="stable") if p[i] >= thr[i]]
@@ -118,7 +104,7 @@ def prob_columns(task: TaskSpec) -> list[str]:
 
 
 @dataclass
-class PredictionSet:
+class PredictionReport:
     """Predictions for the readable inputs (input order) plus every input that was not read."""
 
     task: TaskSpec
