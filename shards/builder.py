@@ -16,7 +16,7 @@ from contextlib import closing
 from dataclasses import dataclass
 
 from shards.base.progress import progress
-from shards.build_files import PARTS, committed, read_plan, write_plan
+from shards.build_files import PARTS, PLAN, committed, read_plan, write_plan
 from shards.build_lock import hold_lease
 from shards.config import BuildConfig
 from shards.executors import run_local
@@ -98,6 +98,8 @@ def merge_build(where: str) -> Manifest:
     """Only step 3 (``python -m shards merge OUT``), once every part has run."""
     out = BuildOutput(where)
     out.check()
+    if out.read_text(PLAN) is None:  # before taking a lease, which would create the folder
+        raise FileNotFoundError(f"{out.url(PLAN)}: no build plan here (run `python -m shards build` first)")
     with hold_lease(out, "merge"):
         return merge(out)
 
@@ -155,6 +157,8 @@ def run_shards(
     cfg: BuildConfig, the_plan: BuildPlan, shards: list[ShardPlan], out: BuildOutput, *, show: bool
 ) -> None:
     """Step 2 for ``shards``, by the configured executor, with one progress bar here."""
+    if not shards:  # every shard committed: no pool, no Ray to start
+        return
     ctx = the_plan.context
     bar = progress(
         total=sum(len(s.records) for s in shards), desc=f"shards {ctx.source}", unit="track", enabled=show

@@ -70,7 +70,8 @@ class BuildConfig:
     def __post_init__(self) -> None:
         importer = get_importer(self.source)
         self.root = Path(self.root)
-        self.out = str(storage.check_location(self.out)) if storage.is_remote(self.out) else Path(self.out)
+        storage.check_location(self.out)  # an unknown scheme or credentials in a URL: one line
+        self.out = str(self.out) if storage.is_remote(self.out) else Path(self.out)
         if self.task is None:
             self.task = importer.tasks[0]  # type: ignore[assignment]
         if self.task not in ("single", "multi", "hier"):

@@ -25,7 +25,7 @@ from shards.stats import ShardPart
 from shards.workers import DecodePool, decode_pooled
 
 RETRIES = 3
-"""Ray retries of a shard task whose worker died or that raised."""
+"""Ray retries of a shard task whose worker died (node lost, OOM killer, SIGKILL)."""
 
 
 _DECODER = DecodePool(1)
@@ -82,7 +82,8 @@ def run_ray(
     if started:
         _connect(ray, address, workers)
     try:
-        task = ray.remote(num_cpus=1, max_retries=RETRIES, retry_exceptions=True)(ray_shard_task)
+        # a dead worker is retried; an exception (the output not writable...) would only fail again
+        task = ray.remote(num_cpus=1, max_retries=RETRIES, retry_exceptions=False)(ray_shard_task)
         where = str(out.where)
         refs = {task.remote(ctx, s, where, timeout): s for s in shards}
         parts, failed = [], []
@@ -101,7 +102,7 @@ def run_ray(
             ray.shutdown()
     if failed:
         raise ValueError(
-            f"{out}: {len(failed)} shard task(s) failed after {RETRIES} retries ({failed[0]}"
+            f"{out}: {len(failed)} shard task(s) failed ({failed[0]}"
             f"{f'; and {len(failed) - 1} more' if len(failed) > 1 else ''}); the other shards are "
             "committed: run the same command again to retry these"
         )

@@ -1,8 +1,17 @@
 """Decoding in worker processes: one record's audio (or images) per job, results in job order,
-and a build that survives a worker dying on a file.
+and a build that survives a worker dying on a file or hanging on it.
 
-Kept apart from the builder's state so a ``spawn`` pool imports only this, the decoders and
-the record types: no torch, no builder.
+Each worker is one spawned process with a pipe of its own, running one job at a time, so the
+parent always knows which file a process was on: a process that dies (a segfault in a codec
+library, the OOM killer) is replaced and its file tried once more on a fresh one (a second
+death makes it a reject, ``WORKER_DIED``); a file still running after the timeout (a read
+stalled on a dead network mount) has its process killed and becomes a reject (``timed_out``).
+``concurrent.futures.ProcessPoolExecutor`` cannot do either safely: its workers share one
+result pipe, so killing one mid-write leaves the pool waiting forever for the rest of a
+message, and a broken pool does not say which job broke it.
+
+Kept apart from the builder's state so a ``spawn``ed worker imports only this, the decoders
+and the record types: no torch, no builder.
 """
 
 from __future__ import annotations
@@ -11,10 +20,8 @@ import multiprocessing as mp
 import os
 import time
 from collections import deque
-from collections.abc import Generator, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures import TimeoutError as FuturesTimeout
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Generator
+from multiprocessing.connection import Connection, wait
 from typing import Any
 
 from shards.audio import AudioSpec, Encoded, transcode
@@ -23,33 +30,22 @@ from shards.images import EncodedImages, ImageSpec, pack_images
 WORKER_DIED = "decode failed: the worker process died on this file (a crash inside the audio library)"
 Job = tuple[int, Any, AudioSpec | ImageSpec]
 Result = tuple[int, Encoded | EncodedImages | str]
+AHEAD = 4  # jobs given out ahead of the next result to yield, per worker (results hold encoded audio)
+_START_FAILURES = 3  # consecutive worker processes dying before they are ready: give up
 
 
 def process_indexed(job: Job) -> Result:
-    """Pool entry point: one record's audio or images, with the record index kept."""
+    """A worker's job: one record's audio or images, with the record index kept."""
     i, payload, spec = job
     if isinstance(spec, ImageSpec):
         return i, pack_images(payload, spec)
     return i, transcode(payload, spec)
 
 
-def ready_pid() -> int:
-    """Warm-up job: answers once this process has imported the decoders (briefly busy, so
-    the warm-up calls spread over the pool's processes)."""
-    time.sleep(0.01)
-    return os.getpid()
-
-
 def decode_inline(jobs: list[Job]) -> Generator[Result]:
-    """In this process (``workers=1``): no pool to start, tracebacks stay readable."""
+    """In this process (``workers=1``): no process to start, tracebacks stay readable."""
     for job in jobs:
         yield process_indexed(job)
-
-
-def decode_stream(jobs: list[Job], workers: int, timeout: float) -> Generator[Result]:
-    """Results of ``jobs`` in job order: in this process when ``workers == 1`` (no timeout, no
-    crash isolation: for debugging), else in ``workers`` processes with a per-file ``timeout``."""
-    return decode_inline(jobs) if workers == 1 else decode_pooled(jobs, workers, timeout)
 
 
 def timed_out(seconds: float) -> str:
@@ -57,108 +53,162 @@ def timed_out(seconds: float) -> str:
     return f"decode timed out after {seconds:g} s (a stalled read, e.g. a stale network mount?)"
 
 
+def _serve(conn: Connection) -> None:
+    """A worker process: say it is ready (its imports done), then run ``(fn, job)`` messages."""
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            msg = conn.recv()
+        except EOFError:  # the parent is gone
+            return
+        if msg is None:
+            return
+        fn, job = msg
+        conn.send(("done", fn(job)))
+
+
+class _Worker:
+    """One decode process and its pipe; ``pos``/``job`` is what it is running (None: idle)."""
+
+    def __init__(self, ctx: Any) -> None:
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(child,), daemon=True, name="shards-decode")
+        self.proc.start()
+        child.close()
+        self.ready = False
+        self.pos: int | None = None
+        self.job: Job | None = None
+        self.since = 0.0
+
+    def give(self, pos: int, job: Job) -> None:
+        self.pos, self.job, self.since = pos, job, time.monotonic()
+        try:  # the function is looked up now and pickled by reference, so a replaced
+            # ``process_indexed`` (tests inject faults this way) reaches the process
+            self.conn.send((process_indexed, job))
+        except OSError:  # it just died: its pipe reports that next, and the job is retried
+            pass
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.join()
+        self.conn.close()
+
+
 class DecodePool:
-    """A pool of spawned decode processes that can be killed and replaced (a worker hung on a
-    file never returns), and kept across calls: a Ray worker keeps one for all its shard
-    tasks, so a process is spawned once per worker rather than once per shard."""
+    """Decode processes that can be killed one by one and replaced, and kept across calls (a
+    Ray worker keeps one for all its shard tasks: spawning costs ~2 s there)."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
-        self._pool: ProcessPoolExecutor | None = None
+        self._ctx = mp.get_context("spawn")
+        self._all: list[_Worker] = []
+        self._start_failures = 0
 
-    def get(self) -> ProcessPoolExecutor:
-        """The running pool; a new one is started and warmed up first (every process has
-        imported the decoders), so a decode timeout never counts a process's start-up."""
-        if self._pool is None:
-            pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("spawn"))
-            ready: set[int] = set()
-            for _ in range(100):  # rounds until every process has answered once
-                ready |= {f.result() for f in [pool.submit(ready_pid) for _ in range(self.workers)]}
-                if len(ready) >= self.workers:
-                    break
-            self._pool = pool
-        return self._pool
+    def fill(self) -> None:
+        while len(self._all) < self.workers:
+            self._all.append(_Worker(self._ctx))
 
-    def kill(self) -> None:
-        """Stop the processes now, whatever they are doing; the next ``get`` starts new ones."""
-        if self._pool is not None:
-            _kill(self._pool)
-            self._pool = None
+    def idle(self) -> list[_Worker]:
+        return [w for w in self._all if w.ready and w.pos is None]
+
+    def busy(self) -> list[_Worker]:
+        return [w for w in self._all if w.pos is not None]
+
+    def replace(self, w: _Worker) -> None:
+        w.kill()
+        self._all.remove(w)
+        self.fill()
+
+    def kill(self, only_busy: bool = False) -> None:
+        """Stop processes now, whatever they are doing (all, or those running a job)."""
+        for w in self.busy() if only_busy else list(self._all):
+            w.kill()
+            self._all.remove(w)
+
+    def events(self, timeout: float) -> list[tuple[_Worker, Any]]:
+        """Wait for messages: ``(worker, ("ready"|"done", value))``, ``(worker, None)`` for a
+        process that died, ``(worker, "timeout")`` for one running a job past ``timeout``."""
+        self.fill()
+        now = time.monotonic()
+        late = [w for w in self.busy() if timeout and now - w.since > timeout]
+        if late:
+            return [(w, "timeout") for w in late]
+        left = [timeout - (now - w.since) for w in self.busy()] if timeout else []
+        conns = wait([w.conn for w in self._all], timeout=max(0.0, min(left)) if left else None)
+        out: list[tuple[_Worker, Any]] = []
+        for w in self._all:
+            if w.conn in conns:
+                try:
+                    out.append((w, w.conn.recv()))
+                except (EOFError, OSError):  # died (mid-message or between them)
+                    out.append((w, None))
+        return out
+
+    def started(self, w: _Worker) -> None:
+        w.ready, self._start_failures = True, 0
+
+    def died_starting(self) -> None:
+        self._start_failures += 1
+        if self._start_failures >= _START_FAILURES:
+            raise RuntimeError(f"decode processes die before they start ({_START_FAILURES} in a row)")
 
 
 def decode_pooled(
     jobs: list[Job], workers: int, timeout: float = 0.0, *, pool: DecodePool | None = None
 ) -> Generator[Result]:
-    """``process_indexed`` over ``jobs`` in ``workers`` processes (those of ``pool`` when given:
-    kept for the next call unless something went wrong), results in job order.
-
-    A worker that dies (a segfault in a codec library, the OOM killer) breaks the whole
-    pool (``BrokenProcessPool``; ``multiprocessing.Pool`` would wait for it forever): the
-    jobs that were in flight are then re-run one at a time in a fresh one-process pool, so
-    the file that kills its worker again becomes a reject (``WORKER_DIED``), the others
-    are written, and a new pool takes the rest. A job still running ``timeout`` seconds
-    (0: no limit) after it became the oldest in flight (jobs start in order, so it has run
-    at least that long) is a reject (``timed_out``): the pool's processes are killed and
-    the other unfinished jobs go to a new pool.
-    """
+    """``process_indexed`` over ``jobs`` in ``workers`` processes (those of ``pool`` when given,
+    kept for the next call), results in job order. A job whose process dies is tried once
+    more on a new process, then is ``WORKER_DIED``; one running more than ``timeout`` seconds
+    (0: no limit; counted from when its process, ready, got it) is ``timed_out``."""
     procs = pool or DecodePool(workers)
-    pending: deque[Job] = deque(jobs)
-    flight: deque[tuple[Job, Future[Result]]] = deque()
-    finished = False
+    todo: deque[tuple[int, Job]] = deque(enumerate(jobs))
+    done: dict[int, Result] = {}
+    tries: dict[int, int] = {}
+    nxt = 0
     try:
-        while pending or flight:
-            while pending and len(flight) < 4 * procs.workers:  # bounded: results hold encoded audio
-                job = pending.popleft()
-                flight.append((job, procs.get().submit(process_indexed, job)))
-            job, fut = flight.popleft()
-            try:
-                result = fut.result(timeout=timeout or None)
-            except FuturesTimeout:
-                procs.kill()
-                flight = deque(
-                    (j, f if _succeeded(f) else procs.get().submit(process_indexed, j)) for j, f in flight
-                )
-                yield job[0], timed_out(timeout)
-                continue
-            except BrokenProcessPool:
-                stuck = [(job, fut), *flight]
-                flight.clear()
-                procs.kill()
-                yield from _one_by_one(stuck, timeout)
-                continue
-            finished = not pending and not flight  # a consumer may stop at the last result
-            yield result
-        finished = True
+        while nxt < len(jobs):
+            while nxt in done:
+                yield done.pop(nxt)
+                nxt += 1
+            if nxt >= len(jobs):
+                break
+            for w in procs.idle():
+                if todo and todo[0][0] < nxt + AHEAD * procs.workers:
+                    w.give(*todo.popleft())
+            for w, event in procs.events(timeout):
+                _handle(procs, w, event, todo, done, tries, timeout)
     finally:
-        if pool is None or not finished:
-            procs.kill()
+        procs.kill(only_busy=pool is not None)  # a kept pool keeps its idle processes
 
 
-def _kill(pool: ProcessPoolExecutor) -> None:
-    """Stop a pool now, whatever its workers are doing (a hung decode never returns)."""
-    for proc in list((pool._processes or {}).values()):  # no public way before Python 3.14
-        proc.kill()
-    pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _succeeded(fut: Future[Any]) -> bool:
-    return fut.done() and not fut.cancelled() and fut.exception() is None
-
-
-def _one_by_one(entries: list[tuple[Job, Future[Result]]], timeout: float) -> Iterator[Result]:
-    """Results of the jobs a broken pool was running, in order: those that finished as they
-    came, the others one at a time in a one-process pool; a job whose process dies again
-    is ``WORKER_DIED``, one that runs past ``timeout`` is ``timed_out``."""
-    solo = DecodePool(1)
-    try:
-        for job, fut in entries:
-            if _succeeded(fut):
-                yield fut.result()
-                continue
-            try:
-                yield solo.get().submit(process_indexed, job).result(timeout=timeout or None)
-            except (BrokenProcessPool, FuturesTimeout) as e:
-                solo.kill()
-                yield job[0], WORKER_DIED if isinstance(e, BrokenProcessPool) else timed_out(timeout)
-    finally:
-        solo.kill()
+def _handle(
+    procs: DecodePool,
+    w: _Worker,
+    event: Any,
+    todo: deque[tuple[int, Job]],
+    done: dict[int, Result],
+    tries: dict[int, int],
+    timeout: float,
+) -> None:
+    """One worker event: a result, readiness, a death (retry once) or a timeout (reject)."""
+    if isinstance(event, tuple) and event[0] == "ready":
+        procs.started(w)
+        return
+    if isinstance(event, tuple):  # ("done", result)
+        assert w.pos is not None
+        done[w.pos] = event[1]
+        w.pos, w.job = None, None
+        return
+    pos, job = w.pos, w.job
+    procs.replace(w)
+    if pos is None or job is None:  # died while idle or starting
+        if not w.ready:
+            procs.died_starting()
+        return
+    tries[pos] = tries.get(pos, 0) + 1
+    if event == "timeout":
+        done[pos] = (job[0], timed_out(timeout))
+    elif tries[pos] < 2:
+        todo.appendleft((pos, job))  # once more, on a fresh process
+    else:
+        done[pos] = (job[0], WORKER_DIED)

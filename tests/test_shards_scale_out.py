@@ -137,9 +137,12 @@ def test_a_second_driver_on_the_same_output_refuses(
         _one_error(capsys, "another build is writing here", f"pid {os.getpid()}")
         assert main([*build_args(raw, out), "--part", "0/2"]) == 2
         _one_error(capsys, "another build is writing here")
+    assert main(["plan", *build_args(raw, out)[1:]]) == 0
     with hold_lease(BuildOutput(out), "part-0-of-2", alongside=("part-",)):
         with hold_lease(BuildOutput(out), "part-1-of-2", alongside=("part-",)):  # parts coexist
             assert main(["merge", str(out)]) == 2
+            _one_error(capsys, "another build is writing here")
+            assert main(["plan", *build_args(raw, out)[1:], "--force"]) == 2  # re-planning under them
             _one_error(capsys, "another build is writing here")
     assert not list((out / ".build" / "locks").iterdir())  # every lease released
 
