@@ -79,7 +79,7 @@ def test_a_task_that_keeps_failing_is_one_error_line(
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and len(err.splitlines()) == 1, err
     assert (
-        "shard task(s) failed after 3 retries (validation/000000: " in err
+        "1 shard task(s) failed (validation/000000: [Errno 17] File exists" in err
         and "run the same command again" in err
     )
     assert not (out / "manifest.json").exists() and list((out / "train").glob("*.tar"))  # the rest committed
