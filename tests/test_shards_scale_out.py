@@ -86,7 +86,11 @@ def test_array_parts_then_merge_equal_the_one_shot_build(
     assert {n: (out / n).stat().st_mtime_ns for n in before} == before
 
 
-def test_driver_killed_mid_build_then_rerun(raw: Path, ref: Path, tmp_path: Path) -> None:
+def test_driver_killed_mid_build_then_rerun(
+    raw: Path, ref: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A second driver started while the first runs refuses; the first SIGKILLed mid-build;
+    the same command again continues from the committed shards to the reference bytes."""
     out = tmp_path / "killed"
     args = [*build_args(raw, out), "--workers", "2"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
@@ -96,6 +100,8 @@ def test_driver_killed_mid_build_then_rerun(raw: Path, ref: Path, tmp_path: Path
     deadline = time.monotonic() + 120
     while not list(markers.rglob("*.done")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
+    assert main(args) == 2  # a second driver on the same output, by mistake
+    _one_error(capsys, "another build is writing here", f"pid {proc.pid}")
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and its decode processes, mid-build
     proc.wait()
     committed = sorted(markers.rglob("*.done"))
