@@ -68,7 +68,7 @@ def _refuse(out: BuildOutput, mine: str, other: Lease) -> ValueError:
     ago = max(0.0, time.time() - other.time)
     return ValueError(
         f"{out}: another build is writing here ({other.name}: pid {other.pid} on {other.host}, "
-        f"alive {ago:.0f} s ago); wait for it to finish (a lease of a driver killed on another "
+        f"its lease refreshed {ago:.0f} s ago); wait for it to finish (a lease of a driver killed on another "
         f"machine expires after {STALE_S:.0f} s, or delete {out.url(f'{LOCKS}/{other.name}.json')})"
         + ("" if mine == other.name else f" before running {mine}")
     )

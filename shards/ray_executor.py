@@ -13,6 +13,8 @@ imported only here.
 from __future__ import annotations
 
 import importlib.util
+import signal
+import threading
 from collections.abc import Callable
 from contextlib import closing
 from typing import Any
@@ -38,6 +40,21 @@ def ray_shard_task(ctx: ShardContext, shard: ShardPlan, where: str, timeout: flo
     results = decode_pooled(shard_jobs(ctx, shard), 1, timeout, pool=_DECODER)
     with closing(results):
         return build_shard(ctx, shard, BuildOutput(where), results)
+
+
+def kept_signal_handlers() -> Callable[[], None]:
+    """A function putting back this process's SIGTERM/SIGINT handlers as they are now:
+    ``ray.init`` installs its own and ``ray.shutdown`` leaves them (a caller's, e.g. a
+    trainer's checkpoint-on-SIGTERM, would be lost)."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+
+    def restore() -> None:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+
+    return restore
 
 
 def _ray() -> Any:
@@ -79,6 +96,7 @@ def run_ray(
     shard of n records. Failed tasks are one error naming them (the others stay committed)."""
     ray = _ray()
     started = not ray.is_initialized()
+    handlers = kept_signal_handlers()
     if started:
         _connect(ray, address, workers)
     try:
@@ -100,6 +118,7 @@ def run_ray(
     finally:
         if started:
             ray.shutdown()
+            handlers()
     if failed:
         raise ValueError(
             f"{out}: {len(failed)} shard task(s) failed ({failed[0]}"

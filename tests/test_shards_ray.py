@@ -14,6 +14,7 @@ from helpers.faults import KILL_MARKER
 from helpers.scale import assert_same_build, build_args, make_raw, reference
 
 from shards.cli import main
+from shards.ray_executor import kept_signal_handlers
 
 TESTS = Path(__file__).resolve().parent
 pytestmark = pytest.mark.slow  # Ray's start-up: a few seconds
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.slow  # Ray's start-up: a few seconds
 def local_ray() -> Iterator[None]:
     """Ray on this machine, 2 CPUs; its workers decode through ``helpers.faults.kill_worker_once``
     (a no-op unless a ``*killme*`` file has its marker beside it)."""
+    restore_signals = kept_signal_handlers()  # ray.init installs its own SIGTERM handler
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")]))
         ray.init(
@@ -36,6 +38,7 @@ def local_ray() -> Iterator[None]:
             yield
         finally:
             ray.shutdown()
+            restore_signals()
 
 
 @pytest.fixture(scope="module")
