@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
     """CLI flags > ``--eval.key=value`` > ``--config`` TOML ``[eval]`` > defaults."""
     ap = CliParser(prog="python -m eval", description="Evaluate checkpoints on a shard split.")
     ap.add_argument("--checkpoint", nargs="+", type=Path, help="one or more checkpoints")
-    ap.add_argument("--shards", type=Path, help="shard build folder (manifest.json)")
+    ap.add_argument("--shards", help="shard build folder or s3://bucket/prefix (manifest.json)")
     ap.add_argument("--split", help="split to report on (default test)")
     ap.add_argument("--threshold-split", help="multi-label: split to tune thresholds on ('' = none)")
     ap.add_argument("--aggregate", choices=["mean", "max"], help="chunk -> track aggregation")

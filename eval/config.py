@@ -15,8 +15,8 @@ class EvalConfig:
 
     checkpoints: list[Path] = field(default_factory=list)
     """Checkpoints to evaluate (``--checkpoint``); several give one side-by-side table."""
-    shards: Path | None = None
-    """Shard build folder holding ``manifest.json`` (``--shards``)."""
+    shards: str | None = None
+    """Shard build folder or ``s3://bucket/prefix`` holding ``manifest.json`` (``--shards``)."""
     split: str = "test"
     """Split the report is about; never used to tune anything."""
     threshold_split: str | None = "validation"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import matplotlib
@@ -14,10 +15,21 @@ from sklearn.metrics import precision_recall_curve  # noqa: E402
 from shards.base.atomic import atomic_path  # noqa: E402
 
 
+def png_bytes(fig: plt.Figure) -> bytes:
+    """The figure as PNG bytes, closed: rendered before any file is touched, so a write that
+    fails knows the room it needed."""
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    return buf.getvalue()
+
+
 def _save(fig: plt.Figure, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    data = png_bytes(fig)
+    with atomic_path(path, what=f"plot {path.name}", need=len(data)) as tmp:
+        tmp.write_bytes(data)
     return path
 
 

@@ -140,8 +140,7 @@ class PredictionReport:
 
     def write(self, out: str | Path) -> list[Path]:
         """``out/predictions.csv`` and ``out/predictions.json`` (atomic writes)."""
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
+        out = Path(out)  # (atomic writes make the folder)
         atomic_write_text(out / "predictions.csv", self.to_csv())
         atomic_write_text(out / "predictions.json", json.dumps(self.to_json(), indent=2) + "\n")
         return [out / "predictions.csv", out / "predictions.json"]

@@ -83,8 +83,7 @@ def write_report(
     """Write every report file for ``results`` (model name -> result); returns the paths."""
     if not results:
         raise ValueError("write_report: no results")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = Path(out)  # (atomic writes make the folder)
     written, sections, stems = [], [], _unique_stems(list(results))
     for name, res in results.items():
         files = _model_files(out, name, stems[name], res, task, max_pr_curves)

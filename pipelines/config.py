@@ -43,6 +43,7 @@ FEATURE_PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 TrackWeighting = Literal["uniform_time", "uniform_track"]
+ShardVerify = Literal["none", "first_open"]
 ImageColor = Literal["gray", "rgb"]
 
 
@@ -238,8 +239,40 @@ class LoaderConfig:
     """Training draws: 'uniform_time' = chunks in proportion to the audio (every second of the
     split equally likely, a track weighs its length), 'uniform_track' = chunks_per_track per
     track on average, whatever its length or segment count (see docs/pipeline.md)."""
+    verify: ShardVerify = "none"
+    """'first_open': check each shard's sha256 against the manifest the first time this process
+    reads it (training: every shard of the split; evaluation: this rank's range) and stop with
+    one line naming a bad one; costs one read of those shards per process. 'none': sizes only."""
+    mmap: bool = True
+    """DALI maps shard files into memory (its fast path: the reader alone moves ~2x the bytes of
+    plain reads, docs/benchmarks.md). A shard truncated while a run reads it then kills the
+    process with SIGBUS ("Bus error"); false: plain reads, and such a shard stops the run with
+    one line naming it and the step, after a checkpoint (for shards on shared or network storage)."""
+
+    remote: Literal["cache", "direct"] = "cache"
+    """Shards in object storage (``s3://``): 'cache' fetches whole shards ahead of the reader into
+    ``cache_dir`` (one request per shard) and DALI reads local files; 'direct' lets DALI read each
+    sample's members from the store (one ranged GET per member: only for stores where requests are
+    cheap)."""
+    cache_dir: str | None = None
+    """Local folder of the whole-shard cache (each rank its own subfolder); None: the
+    MUSICSTREAM_CACHE environment variable, else ~/.cache/musicstream/shards."""
+    cache_gb: float = 50.0
+    """Size bound of one rank's cache in GB: shards the reader has passed are evicted beyond it."""
+    cache_workers: int = 4
+    """Shards downloaded in parallel per rank."""
+    cache_ahead: int = 8
+    """Shards fetched ahead of the reader's position (more than the parallel downloads: the
+    window that streams while the step trains)."""
 
     def __post_init__(self) -> None:
+        if self.remote not in ("cache", "direct"):
+            raise ValueError(f"loader.remote: {self.remote!r} is not 'cache' or 'direct'")
+        if not self.cache_gb > 0:
+            raise ValueError(f"loader.cache_gb: must be positive, got {self.cache_gb}")
+        for name in ("cache_workers", "cache_ahead"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"loader.{name}: must be positive, got {getattr(self, name)}")
         if self.chunks_per_track <= 0:
             raise ValueError(f"loader.chunks_per_track: must be positive, got {self.chunks_per_track}")
         if self.batch_size < self.chunks_per_track or self.batch_size % self.chunks_per_track:
@@ -254,6 +287,8 @@ class LoaderConfig:
                 raise ValueError(f"loader.{name}: must be positive, got {getattr(self, name)}")
         if self.seed < 0:
             raise ValueError(f"loader.seed: must be >= 0, got {self.seed}")
+        if self.verify not in ("none", "first_open"):
+            raise ValueError(f"loader.verify: {self.verify!r} is not none or first_open")
         if self.track_weighting not in ("uniform_time", "uniform_track"):
             raise ValueError(
                 f"loader.track_weighting: {self.track_weighting!r} is not uniform_time or uniform_track"

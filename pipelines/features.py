@@ -17,6 +17,7 @@ import torch
 
 from pipelines.channels import ChannelInputs, get_channel
 from pipelines.config import FeatureConfig
+from shards.base import storage
 from shards.base.config import to_dict
 
 STATS_FILE = "feature_stats.json"
@@ -29,11 +30,11 @@ def nearest_rows(rows: int, out: int) -> np.ndarray:
     return np.minimum(np.floor(np.arange(out, dtype=np.float32) * scale).astype(np.int64), rows - 1)
 
 
-def load_stats(path: Path, features: FeatureConfig) -> tuple[torch.Tensor, torch.Tensor]:
+def load_stats(path: storage.Location, features: FeatureConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean/std ``(C,)`` for 'meanstd'; refuses stats made for other features."""
-    if not path.is_file():
+    if not storage.exists(path):
         raise FileNotFoundError(f"{path}: no feature statistics (run `python -m pipelines.stats SHARDS`)")
-    data = json.loads(path.read_text())
+    data = json.loads(storage.read_text(path))
     want = stats_key(features)
     if data.get("features") != want:
         raise ValueError(
@@ -71,7 +72,10 @@ class FeatureAssembler:
     """
 
     def __init__(
-        self, features: FeatureConfig, device: torch.device | str = "cpu", stats: Path | None = None
+        self,
+        features: FeatureConfig,
+        device: torch.device | str = "cpu",
+        stats: storage.Location | None = None,
     ):
         self.cfg = features
         self.device = torch.device(device)
@@ -149,8 +153,9 @@ class FeatureAssembler:
         return c
 
 
-def stats_path(features: FeatureConfig, shards_root: Path | None) -> Path | None:
-    """Where 'meanstd' statistics are read from: the config's file or beside the manifest."""
+def stats_path(features: FeatureConfig, shards_root: storage.Location | None) -> storage.Location | None:
+    """Where 'meanstd' statistics are read from: the config's file or beside the manifest (a
+    local folder or an object-store prefix)."""
     if features.stats_file is not None:
-        return Path(features.stats_file)
-    return shards_root / STATS_FILE if shards_root is not None else None
+        return features.stats_file if storage.is_remote(features.stats_file) else Path(features.stats_file)
+    return storage.join(shards_root, STATS_FILE) if shards_root is not None else None

@@ -20,7 +20,7 @@ banks: DALI's CPU ``fn.mfcc`` costs as much as the mel filter bank and the dB to
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -42,8 +42,8 @@ Mode = Literal["train", "eval"]
 class GraphSpec:
     """Everything the graph depends on; equal specs build identical (checkpoint-compatible) pipelines."""
 
-    tars: list[Path]
-    idxs: list[Path]
+    tars: Sequence[str | Path]  # local paths, or s3:// URLs (loader.remote = "direct")
+    idxs: Sequence[str | Path]
     codec: str
     shards_rate: int
     features: FeatureConfig
@@ -59,6 +59,7 @@ class GraphSpec:
     segment_samples: int | None = None  # samples per full segment at shards_rate (None: whole tracks)
     longest_sample: int = 0  # samples of the split's longest sample at shards_rate (uniform_time)
     image_exts: list[str] = field(default_factory=list)  # image builds: per channel, "mel.jpg;mel.png"
+    plain_reads: bool = False  # open tars without mmap: the shard cache fills them in place (remote.py)
 
     @property
     def batch_size(self) -> int:
@@ -135,6 +136,9 @@ def webdataset_reader(spec: GraphSpec, media: list[str], dtypes: list[types.DALI
         initial_fill=spec.loader.initial_fill,
         pad_last_batch=True,
         stick_to_shard=not train,
+        # plain reads: the shard cache fills files in place, and a shard truncated mid-run is an
+        # error instead of a SIGBUS (loader.mmap = false)
+        dont_use_mmap=spec.plain_reads or not spec.loader.mmap,
         name=READER,
     )
 

@@ -24,7 +24,7 @@ from pipelines.config import FeatureConfig, LoaderConfig, framing
 from pipelines.graph import GraphSpec, masks, webdataset_reader
 from pipelines.loader import MusicLoader, chunks_mask, labels_to_y, to_device
 from pipelines.shard_checks import ShardError
-from shards.manifest import MANIFEST, Manifest
+from shards.manifest import Manifest
 
 
 def image_frames(features: FeatureConfig, loader: LoaderConfig) -> int:
@@ -137,7 +137,7 @@ def to_unit(planes: list[torch.Tensor], features: FeatureConfig) -> list[torch.T
 
 def image_member_exts(m: Manifest, features: FeatureConfig) -> list[str]:
     """The reader's ext per requested channel; refuses channels the build does not have."""
-    where = m.root / MANIFEST if m.root else MANIFEST
+    where = m.where
     missing = [c for c in features.channels if c not in m.images]
     if missing:
         raise ShardError(

@@ -14,6 +14,7 @@ contract's guarantees are met (details in docs/pipeline.md):
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,7 +27,8 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig, framing
 from pipelines.features import FeatureAssembler, stats_path
 from pipelines.graph import READER, GraphSpec, build_pipeline
-from pipelines.shard_checks import load_manifest, validate_split
+from pipelines.remote import CacheGate, reader_inputs
+from pipelines.shard_checks import load_manifest, read_fault, split_info, validate_split, verify_on_first_open
 from shards.base.distributed import resolve_device, resolve_rank
 from shards.base.tasks import TaskSpec
 from shards.manifest import SEGMENT_FIELDS, Manifest
@@ -51,19 +53,20 @@ class MusicLoader:
         task: TaskSpec,
         device: torch.device,
         samples: int | None = None,
+        gate: CacheGate | None = None,
     ) -> None:
         self.spec = spec
+        self.gate = gate  # object-store builds in cache mode: holds each batch until its shards are local
         self.samples = samples  # samples (segments) in the split, all ranks: eval's len()
         self.manifest = manifest
         self.task = task
         self.device = device
         self.mode = spec.mode
         self.epoch = 0
-        root = manifest.root
-        self.assembler = FeatureAssembler(spec.features, device, stats_path(spec.features, root))
-        self._it = self._make_iterator(None)
+        self.assembler = FeatureAssembler(spec.features, device, stats_path(spec.features, manifest.root))
         self._seen: set[int] = set()  # eval: samples already yielded this epoch (drops DALI padding)
         self._batch = 0  # DALI batches consumed in this epoch (== len(self._it) at its end)
+        self._it = self._make_iterator(None)
 
     graph: Any = None  # the DALI graph function (None: the audio graph); the image loader sets its own
 
@@ -71,16 +74,19 @@ class MusicLoader:
     def output_names(self) -> list[str]:
         return self.spec.output_names
 
-    def _make_iterator(self, checkpoint: str | None) -> DALIGenericIterator:
+    def _make_iterator(self, checkpoint: str | None) -> Any:
+        if self.gate is not None:  # DALI reads ahead from the moment the iterator exists
+            self.gate.wait(self.epoch, self._batch, restored=checkpoint is not None)
         pipe = build_pipeline(self.spec, checkpoint, graph=self.graph)
         policy = LastBatchPolicy.DROP if self.mode == "train" else LastBatchPolicy.PARTIAL
-        return DALIGenericIterator(
+        it = DALIGenericIterator(
             [pipe],
             self.output_names,
             reader_name=READER,
             last_batch_policy=policy,
             auto_reset=False,
         )
+        return it if self.gate is None else self.gate.wrap(it, lambda: (self.epoch, self._batch))
 
     @property
     def feature_shape(self) -> tuple[int, int, int]:
@@ -100,15 +106,28 @@ class MusicLoader:
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         if self._batch < len(self._it):  # else restored at the end of an epoch: this pass is its (empty) rest
-            for out in self._it:
-                self._batch += 1
-                batch = self._convert(out[0])
-                if batch is not None:
-                    yield batch
+            with self._read_faults():
+                for out in self._it:
+                    self._batch += 1
+                    batch = self._convert(out[0])
+                    if batch is not None:
+                        yield batch
         self._it.reset()
         self._seen.clear()
         self._batch = 0
         self.epoch += 1
+
+    @contextlib.contextmanager
+    def _read_faults(self) -> Iterator[None]:
+        """A reader error mid-epoch from a shard truncated or damaged under the run becomes
+        ``shards.verify.BadShard`` naming it (one line, not DALI's trace); other errors pass."""
+        try:
+            yield
+        except RuntimeError as e:
+            found = read_fault(self.manifest, self.spec.tars, e)
+            if found is None:
+                raise
+            raise found from None
 
     def _convert(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
         """One DALI batch -> ``{x, y, track}`` on ``self.device``.
@@ -198,10 +217,10 @@ class MusicLoader:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Rebuild the identical pipeline at the saved position: the next batches are the ones
         the saved loader would have produced."""
-        self._it = self._make_iterator(state["dali"])
         self.epoch = int(state["epoch"])
         self._seen = set(state.get("seen", []))
         self._batch = int(state.get("batch", 0))
+        self._it = self._make_iterator(state["dali"])
 
 
 def chunks_mask(mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -251,8 +270,14 @@ def build_loader(
         raise ValueError(f"mode: {mode!r} is not 'train' or 'eval'")
     r, w = resolve_rank(rank, world_size)
     dev = resolve_device(device)
-    m = load_manifest(shards)
-    validate_split(m, split, features=features, loader=loader, world_size=w, train=mode == "train")
+    m = load_manifest(shards)  # an object store: reachable, every listed object there (one LIST)
+    split_info(m, split)
+    train = mode == "train"
+    batch = loader.tracks_per_batch if train else loader.eval_tracks_per_batch
+    inputs = reader_inputs(m, split, loader, rank=r, world_size=w, train=train, batch=batch)
+    validate_split(m, split, features=features, loader=loader, world_size=w, train=train, indexes=inputs.idxs)
+    if loader.verify == "first_open":
+        verify_on_first_open(m, split, train=train, rank=r, world_size=w, workers=loader.num_threads)
     image_exts: list[str] = []
     if m.kind == "image":  # spectrogram-image shards: their own DALI branch, the same contract
         from pipelines.image_graph import ImageLoader, image_member_exts
@@ -260,11 +285,10 @@ def build_loader(
         image_exts = image_member_exts(m, features)
     elif m.sample_rate > features.sample_rate:
         _warn_downsampling(m.sample_rate, features.sample_rate)
-    tars, idxs = m.paths(split)
     info = m.split(split)
     spec = GraphSpec(
-        tars=tars,
-        idxs=idxs,
+        tars=inputs.tars,
+        idxs=inputs.idxs,
         codec=m.codec,
         shards_rate=m.sample_rate,
         features=features,
@@ -280,6 +304,7 @@ def build_loader(
         segment_samples=m.segment_samples,
         longest_sample=round(info.longest_sample_seconds * m.sample_rate),
         image_exts=image_exts,
+        plain_reads=inputs.plain_reads,
     )
     cls = ImageLoader if m.kind == "image" else MusicLoader
-    return cls(spec, m, m.task, dev, samples=info.num_samples)
+    return cls(spec, m, m.task, dev, samples=info.num_samples, gate=inputs.gate)

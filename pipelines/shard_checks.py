@@ -6,19 +6,22 @@ manifest, each tar's size and its index here names the file and the problem up f
 
 from __future__ import annotations
 
-import hashlib
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from pipelines.config import FeatureConfig, LoaderConfig, framing
+from shards.base import storage
 from shards.manifest import (
     LABEL_EXT,
-    MANIFEST,
     SEGMENT_EXT,
     SEGMENT_FIELDS,
     TRACK_EXT,
     Manifest,
+    SplitInfo,
     read_manifest,
 )
+from shards.verify import BadShard, diagnose, files_of, sha256_of, verify_first_open
 from shards.writer import read_index
 
 
@@ -38,6 +41,14 @@ def load_manifest(shards: str | Path | Manifest) -> Manifest:
         raise ShardError(str(e)) from None
 
 
+def split_info(m: Manifest, split: str) -> SplitInfo:
+    """The manifest's entry for ``split``; an unknown split is a ``ShardError`` naming the file."""
+    try:
+        return m.split(split)
+    except ValueError as e:
+        raise ShardError(str(e)) from None
+
+
 def validate_split(
     m: Manifest,
     split: str,
@@ -47,16 +58,18 @@ def validate_split(
     world_size: int = 1,
     train: bool = False,
     checksums: bool = False,
+    indexes: Sequence[str | Path] | None = None,
 ) -> None:
-    """Check one split's tars and indexes against the manifest and the configs."""
+    """Check one split's tars and indexes against the manifest and the configs.
+
+    An object-store build (``m.remote``) is checked without downloading a tar: ``read_manifest``
+    has compared every object's size from one LIST; ``indexes`` are the local copies of its
+    index files; ``checksums`` compares the manifest's sha256 with each object's metadata."""
     assert m.root is not None
-    where = m.root / MANIFEST
+    where = m.where
     if m.kind == "audio" and m.codec not in ("pcm16", "flac", "ogg"):
         raise ShardError(f"{where}: codec {m.codec!r} cannot be read (pcm16, flac, ogg)")
-    try:
-        info = m.split(split)
-    except ValueError as e:
-        raise ShardError(str(e)) from None
+    info = split_info(m, split)
     if info.num_samples < world_size:
         raise ShardError(
             f"{where}: split {split!r} has {info.num_samples} tracks, fewer than {world_size} ranks"
@@ -74,11 +87,22 @@ def validate_split(
             f"{where}: split {split!r} gives {per_rank} tracks per rank, fewer than one training batch "
             f"({loader.tracks_per_batch} tracks); lower loader.batch_size"
         )
-    tars, idxs = m.paths(split)
-    total = 0
-    for shard, tar, idx in zip(info.shards, tars, idxs):
-        _check_shard(tar, idx, shard.bytes, shard.num_samples, m, checksums and shard.sha256)
-        total += shard.num_samples
+    tars, idxs = m.urls(split)
+    with tempfile.TemporaryDirectory(prefix="musicstream-idx-") as tmp:
+        if indexes is not None:
+            idxs = [str(i) for i in indexes]
+        elif m.remote:  # no local copies given: fetch the (small) indexes to check them
+            idxs = [str(storage.download(u, Path(tmp) / f"{i}.idx")) for i, u in enumerate(idxs)]
+        total = 0
+        for shard, tar, idx in zip(info.shards, tars, idxs):
+            if m.remote:
+                _check_object(tar, shard.sha256 if checksums else None)
+                _check_index(tar, Path(idx), shard.bytes, shard.num_samples, m)
+            else:
+                _check_shard(
+                    Path(tar), Path(idx), shard.bytes, shard.num_samples, m, checksums and shard.sha256
+                )
+            total += shard.num_samples
     if total != info.num_samples:
         raise ShardError(
             f"{where}: split {split!r} lists {info.num_samples} tracks but its shards hold {total}"
@@ -92,10 +116,27 @@ def _check_segment_alignment(m: Manifest, features: FeatureConfig, loader: Loade
     chunk = framing(features, loader).chunk
     if (seg * rate) % src or ((seg * rate) // src) % chunk:
         raise ShardError(
-            f"{m.root / MANIFEST if m.root else MANIFEST}: tracks are stored in segments of "
+            f"{m.where}: tracks are stored in segments of "
             f"{seg / src:g} s, not a whole number of loader.chunk_seconds={loader.chunk_seconds:g} "
             f"chunks: evaluation chunks would straddle segments; use a chunk length that divides "
             f"{seg / src:g} s or rebuild the shards with --segment-seconds a multiple of it"
+        )
+
+
+def _check_object(url: str, sha: str | None) -> None:
+    """An object's sha256 from its metadata (a HEAD, no download) against the manifest's."""
+    if sha is None:
+        return
+    recorded = storage.stat(url).sha256
+    if recorded is None:
+        raise ShardError(
+            f"{url}: no sha256 in the object's metadata to check against the manifest (uploaded by "
+            "another tool; `python -m shards copy` records it, and loader.remote='cache' verifies "
+            "every shard's sha256 as it downloads it)"
+        )
+    if recorded != sha:
+        raise ShardError(
+            f"{url}: sha256 in the object's metadata does not match the manifest (replaced object)"
         )
 
 
@@ -103,14 +144,23 @@ def _check_shard(tar: Path, idx: Path, size: int, count: int, m: Manifest, sha: 
     actual = tar.stat().st_size
     if actual != size:
         raise ShardError(f"{tar}: {actual} bytes, the manifest says {size} (truncated or corrupt shard)")
-    if sha and _sha256(tar) != sha:
+    if sha and _sha256(tar) != sha:  # (full checks: shards.verify, `python -m shards verify`)
         raise ShardError(f"{tar}: sha256 does not match the manifest (corrupt shard)")
+    samples = _check_index(tar, idx, actual, count, m)
+    _check_headers(tar, idx, samples)
+
+
+def _check_index(
+    tar: str | Path, idx: Path, actual: int, count: int, m: Manifest
+) -> list[dict[str, tuple[int, int]]]:
+    """The index's samples: as many as the manifest says, each member inside the tar's bytes."""
+    name = storage.basename(tar)
     try:
         samples = read_index(idx)
     except (ValueError, IndexError) as e:
         raise ShardError(f"{idx}: unreadable index: {e}") from None
     if len(samples) != count:
-        raise ShardError(f"{idx}: {len(samples)} samples, the manifest says {count} for {tar.name}")
+        raise ShardError(f"{idx}: {len(samples)} samples, the manifest says {count} for {name}")
     # media: one member per entry, any of its alternatives (an image channel may mix formats)
     media = [(m.audio_ext,)] if m.kind == "audio" else [tuple(c.exts) for c in m.images.values()]
     fixed = {LABEL_EXT: 8 * m.task.label_width, TRACK_EXT: 8}
@@ -134,6 +184,10 @@ def _check_shard(tar: Path, idx: Path, size: int, count: int, m: Manifest, sha: 
                 raise ShardError(f"{idx}: .{ext} of sample {i} is empty (a sample needs its media)")
         if m.kind == "audio" and m.codec == "pcm16" and sample[m.audio_ext][1] % 2:
             raise ShardError(f"{idx}: .pcm of sample {i} has an odd byte count (not int16)")
+    return samples
+
+
+def _check_headers(tar: Path, idx: Path, samples: list[dict[str, tuple[int, int]]]) -> None:
     with open(tar, "rb") as f:  # the index must point at the members it names
         for sample in (samples[0], samples[-1]) if samples else ():
             for ext, (off, _) in sample.items():
@@ -146,8 +200,36 @@ def _check_shard(tar: Path, idx: Path, size: int, count: int, m: Manifest, sha: 
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+        return sha256_of(f)
+
+
+def verify_on_first_open(
+    m: Manifest, split: str, *, train: bool, rank: int, world_size: int, workers: int
+) -> None:
+    """``loader.verify = "first_open"``: the sha256 of every shard this rank's reader can open
+    (in training all of them: ranks move across shards each epoch; in evaluation its own
+    range), each checked once per process. A bad one stops here, before DALI reads it."""
+    assert m.root is not None
+    info = m.split(split)
+    shards = info.shards
+    if not train:  # the reader's contiguous range of samples for this rank
+        lo, hi = rank * info.num_samples // world_size, (rank + 1) * info.num_samples // world_size
+        ends = [sum(s.num_samples for s in shards[: k + 1]) for k in range(len(shards))]
+        shards = [s for s, end in zip(shards, ends) if end > lo and end - s.num_samples < hi]
+    try:
+        verify_first_open(files_of(m), shards, workers=workers, every_rank=not train and world_size > 1)
+    except BadShard as e:
+        hint = f"(loader.verify=first_open; `python -m shards verify {m.root}` lists every bad shard)"
+        raise BadShard(e.shard, f"{e.problem} {hint}") from None
+
+
+def read_fault(m: Manifest, tars: Sequence[str | Path], error: BaseException) -> BadShard | None:
+    """The bad shard behind a reader error mid-run (truncated or damaged under the run), or
+    None when every shard it reads is intact (then the error is not the data's). An object-store
+    build's reader reads the shard cache, whose files were verified when fetched: not diagnosed."""
+    if m.root is None or storage.is_remote(m.root):
+        return None
+    wanted = {str(t) for t in tars}
+    shards = [s for info in m.splits.values() for s in info.shards if str(Path(m.root) / s.tar) in wanted]
+    return diagnose(files_of(m), shards, str(error))

@@ -17,7 +17,7 @@ from pipelines.channels import channel_names
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
 from pipelines.features import STATS_FILE, stats_key
 from pipelines.loader import build_loader
-from shards.base.atomic import atomic_write_text
+from shards.base import storage
 from shards.base.config import load_sections
 from shards.base.errors import CliParser, run_cli
 from shards.base.progress import progress as progress_bar
@@ -71,15 +71,16 @@ def compute_stats(
     }
 
 
-def write_stats(shards: str | Path, stats: dict, out: Path | None = None) -> Path:
-    path = out or Path(shards) / STATS_FILE
-    atomic_write_text(path, json.dumps(stats, indent=2) + "\n")
+def write_stats(shards: str | Path, stats: dict, out: Path | None = None) -> storage.Location:
+    """Beside the manifest (a local folder or an object-store prefix) unless ``out`` is given."""
+    path = out or storage.join(shards, STATS_FILE)
+    storage.write_text(path, json.dumps(stats, indent=2) + "\n")
     return path
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = CliParser(prog="python -m pipelines.stats", description=__doc__.splitlines()[0])
-    ap.add_argument("shards", type=Path, help="shard build folder (with manifest.json)")
+    ap.add_argument("shards", help="shard build folder or s3://bucket/prefix (with manifest.json)")
     ap.add_argument("--config", type=Path, help="experiment TOML ([features] and [loader] are used)")
     ap.add_argument("--split", default="train")
     ap.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda[:N]")

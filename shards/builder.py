@@ -11,7 +11,9 @@ shards are kept untouched, the rest are built, and the merge rewrites the manife
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 
@@ -26,6 +28,7 @@ from shards.merge import merge, missing_shards
 from shards.output import BuildOutput
 from shards.plan import BuildPlan, ShardPlan, fingerprint, order_records, plan
 from shards.records import Dataset
+from shards.workers import DecodePool
 
 OLD_STATE = ".build-state.json"
 """Resume bookkeeping of builds before the plan (removed when a plan is written)."""
@@ -55,15 +58,15 @@ def build(cfg: BuildConfig, *, progress: bool = True, dataset: Dataset | None = 
     out = BuildOutput(cfg.out)
     out.check()
     ds = dataset if dataset is not None else import_dataset(cfg)
-    with hold_lease(out, "driver"):
-        the_plan = ensure_plan(cfg, ds, out, show=progress)
+    with hold_lease(out, "driver"), worker_pool(cfg) as pool:
+        the_plan = ensure_plan(cfg, ds, out, show=progress, pool=pool)
         done = _up_to_date(out, the_plan, cfg.force)
         if done is not None:
             return done
         for stale in (MANIFEST, REJECTS):
             out.remove(stale)
         pending = _pending(out, the_plan, the_plan.shards)
-        run_shards(cfg, the_plan, pending, out, show=progress)
+        run_shards(cfg, the_plan, pending, out, show=progress, pool=pool)
         return merge(out, the_plan)
 
 
@@ -74,11 +77,11 @@ def build_part(cfg: BuildConfig, *, progress: bool = True) -> PartReport:
     out = BuildOutput(cfg.out)
     out.check()
     ds = import_dataset(cfg)
-    with hold_lease(out, f"part-{i}-of-{n}", alongside=("part-",)):
-        the_plan = ensure_plan(cfg, ds, out, show=progress, replace=False)
+    with hold_lease(out, f"part-{i}-of-{n}", alongside=("part-",)), worker_pool(cfg) as pool:
+        the_plan = ensure_plan(cfg, ds, out, show=progress, replace=False, pool=pool)
         mine = [s for k, s in enumerate(the_plan.shards) if k % n == i]
         pending = _pending(out, the_plan, mine)
-        run_shards(cfg, the_plan, pending, out, show=progress)
+        run_shards(cfg, the_plan, pending, out, show=progress, pool=pool)
         left = len(missing_shards(out, the_plan))
     return PartReport(
         part=(i, n), shards=len(mine), built=len(pending), missing=left, planned=len(the_plan.shards)
@@ -90,8 +93,8 @@ def plan_build(cfg: BuildConfig, *, progress: bool = True) -> BuildPlan:
     out = BuildOutput(cfg.out)
     out.check()
     ds = import_dataset(cfg)
-    with hold_lease(out, "plan"):
-        return ensure_plan(cfg, ds, out, show=progress)
+    with hold_lease(out, "plan"), worker_pool(cfg) as pool:
+        return ensure_plan(cfg, ds, out, show=progress, pool=pool)
 
 
 def merge_build(where: str) -> Manifest:
@@ -105,7 +108,13 @@ def merge_build(where: str) -> Manifest:
 
 
 def ensure_plan(
-    cfg: BuildConfig, ds: Dataset, out: BuildOutput, *, show: bool, replace: bool = True
+    cfg: BuildConfig,
+    ds: Dataset,
+    out: BuildOutput,
+    *,
+    show: bool,
+    replace: bool = True,
+    pool: DecodePool | None = None,
 ) -> BuildPlan:
     """The plan in ``out`` when it was made from the same inputs and options (same fingerprint),
     else a new one written there first (``replace=False``, array parts: refuse instead, since
@@ -127,7 +136,7 @@ def ensure_plan(
         out.remove(stale)
     if existing is not None or cfg.force:  # (no plan yet: the parts there may be other parts' of this one)
         out.remove_tree(PARTS)
-    new = plan(cfg, ds, ordered=ordered, show=show)
+    new = plan(cfg, ds, ordered=ordered, show=show, pool=pool)
     write_plan(out, new)
     return new
 
@@ -153,8 +162,26 @@ def _pending(out: BuildOutput, the_plan: BuildPlan, shards: list[ShardPlan]) -> 
     return [s for s in shards if s.name not in done]
 
 
+@contextlib.contextmanager
+def worker_pool(cfg: BuildConfig) -> Iterator[DecodePool | None]:
+    """This build's worker processes (header reads, then decoding), started on first use and
+    stopped at the end; None with ``--workers 1`` (everything in this process)."""
+    pool = None if cfg.workers == 1 else DecodePool(cfg.num_workers)
+    try:
+        yield pool
+    finally:
+        if pool is not None:
+            pool.kill()
+
+
 def run_shards(
-    cfg: BuildConfig, the_plan: BuildPlan, shards: list[ShardPlan], out: BuildOutput, *, show: bool
+    cfg: BuildConfig,
+    the_plan: BuildPlan,
+    shards: list[ShardPlan],
+    out: BuildOutput,
+    *,
+    show: bool,
+    pool: DecodePool | None = None,
 ) -> None:
     """Step 2 for ``shards``, by the configured executor, with one progress bar here."""
     if not shards:  # every shard committed: no pool, no Ray to start
@@ -177,4 +204,4 @@ def run_shards(
                 tick=bar.update,
             )
         else:
-            run_local(ctx, shards, out, workers=cfg.workers, timeout=cfg.decode_timeout, tick=bar.update)
+            run_local(ctx, shards, out, pool=pool, timeout=cfg.decode_timeout, tick=bar.update)

@@ -1,8 +1,9 @@
-"""``python -m shards {build,plan,merge,synth,bench}``: thin entry points over BuildConfig, the
-builder's three steps and synth.
+"""``python -m shards {build,plan,merge,verify,synth,copy,bench}``: thin entry points over
+BuildConfig, the builder's three steps, verify, copy and synth.
 
-User mistakes (bad arguments, missing root, malformed CSV) end as one ``error:`` line
-naming the file and exit status 2; ``--strict`` builds with rejects exit with 1.
+User mistakes (bad arguments, missing root, malformed CSV, a full disk) end as one ``error:``
+line naming the file and exit status 2; ``--strict`` builds with rejects exit with 1, and so
+does ``verify`` when any shard differs from its manifest (one line per bad shard).
 """
 
 from __future__ import annotations
@@ -102,12 +103,21 @@ def _parser() -> CliParser:
     m = sub.add_parser("merge", help="write manifest.json once every --part job has run")
     m.add_argument("out", help="the build folder (local path or s3://bucket/prefix)")
     m.add_argument("--strict", action="store_true", help="exit 1 when any input is rejected")
+    v = sub.add_parser("verify", help="check every shard and index against the manifest's sizes and sha256")
+    v.add_argument("build", help="build folder holding manifest.json, or its s3:// / gs:// prefix")
+    v.add_argument("--workers", type=int, default=4, help="shards checked at once (default 4)")
+    v.add_argument("--quiet", action="store_true", help="no progress bar")
     s = sub.add_parser("synth", help="write a synthetic folder dataset (see shards/synth.py)")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--tracks", type=int, default=48)
     s.add_argument("--seconds", type=float, default=10.0)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--formats", default="mp3,flac,ogg,wav", help="comma-separated audio formats")
+    c = sub.add_parser("copy", help="copy a build between a local folder and s3://bucket/prefix, either way")
+    c.add_argument("src", help="build folder or s3://bucket/prefix (with manifest.json)")
+    c.add_argument("dst", help="destination folder or s3://bucket/prefix (manifest written last)")
+    c.add_argument("--workers", type=int, default=4, help="shards in flight at once")
+    c.add_argument("--quiet", action="store_true", help="no progress bar")
     k = sub.add_parser("bench", help="shard-build throughput from MP3 sources")
     k.add_argument("--tracks", type=int, default=16)
     k.add_argument("--seconds", type=float, default=30.0)
@@ -181,6 +191,28 @@ def _merge(a: argparse.Namespace) -> int:
     return _finish(a.out, merge_build(a.out), a.strict)
 
 
+def _verify(a: argparse.Namespace) -> int:
+    from shards.base.atomic import human_bytes
+    from shards.manifest import MANIFEST
+    from shards.verify import open_build, verify_build
+
+    if a.workers < 1:
+        raise ValueError(f"--workers: must be >= 1, got {a.workers}")
+    m, files = open_build(a.build)  # a local folder or an s3:// / gs:// prefix
+    found = verify_build(m, files, workers=a.workers, show_progress=not a.quiet)
+    for bad in found.bad:
+        print(bad)
+    if found.bad:
+        print(
+            f"error: {a.build}: {len(found.bad)} of {found.shards} shards differ from {MANIFEST}; delete "
+            "each bad .tar and run the same build command again (it rebuilds from there), or copy them again",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"{a.build}: all {found.shards} shards ({human_bytes(found.bytes)}) match {MANIFEST}")
+    return 0
+
+
 def _synth(a: argparse.Namespace) -> int:
     from shards.synth import make_synth
 
@@ -196,6 +228,18 @@ def _synth(a: argparse.Namespace) -> int:
     return 0
 
 
+def _copy(a: argparse.Namespace) -> int:
+    from shards.copy import copy_build
+
+    if a.workers <= 0:
+        raise ValueError(f"--workers: must be positive, got {a.workers}")
+    r = copy_build(a.src, a.dst, workers=a.workers, show=False if a.quiet else None)
+    print(
+        f"{a.dst}: {r.copied} shard(s) copied ({r.bytes / 1e6:.1f} MB), {r.skipped} already there; manifest written"
+    )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; user mistakes become one ``error:`` line and exit status 2."""
     return run_cli(_main, argv)
@@ -203,7 +247,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     a = _parser().parse_args(argv)
-    commands = {"build": _build, "plan": _plan, "merge": _merge, "synth": _synth}
+    commands = {
+        "build": _build,
+        "plan": _plan,
+        "merge": _merge,
+        "verify": _verify,
+        "synth": _synth,
+        "copy": _copy,
+    }
     if a.cmd in commands:
         return commands[a.cmd](a)
     from shards.bench.build_speed import main as bench_main

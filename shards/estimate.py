@@ -4,28 +4,30 @@ The plan decides shard boundaries up front (so any worker can build any shard on
 from these estimates: a header read (``soundfile.info``: frames and sample rate) gives the
 track's length, hence its stored length after resampling, its segment count and, for pcm16,
 its exact stored bytes; FLAC and OGG bytes are estimated with a fixed compression ratio;
-images are stored unchanged, so their file sizes are exact. Header reads run in daemon
-threads with a per-file timeout: a file on a stale network mount gets a zero estimate
-(the shard task's decode timeout then rejects it) instead of stalling the plan.
+images are stored unchanged, so their file sizes are exact. Header reads run in the build's
+worker processes with a per-file timeout: a file on a stale network mount gets a zero
+estimate (the shard task's decode timeout then rejects it) instead of stalling the plan.
 """
 
 from __future__ import annotations
 
-import threading
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import soundfile as sf
 
+from shards import reasons
 from shards.base.progress import progress
 from shards.records import Record
+from shards.workers import DecodePool, Fault, run_pooled
 
 BLOCK = 512  # a tar member: one header block, then its data padded to whole blocks
 CODEC_RATIO = {"pcm16": 1.0, "flac": 0.6, "ogg": 0.12}
 """Stored bytes per pcm16 byte (FLAC and OGG: typical music at the default settings)."""
 META_BYTES = 1024  # a sample's .json member, typically 400-900 bytes
+HEADER_TIMEOUT_S = 60.0
+"""A header read is milliseconds: one still running after this (or ``decode_timeout`` if
+shorter) is a stalled read."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,9 @@ def resampled_length(frames: int, rate: int, target: int) -> int:
 
 def estimate_audio(path: Path, layout: Layout) -> Estimate:
     """Estimate from the file's header; an unreadable header is a zero estimate (the decoder
-    then rejects the file with its reason)."""
+    then rejects the file with its reason). A FIFO or other special file is never opened."""
+    if reasons.file_fault(path):
+        return Estimate(0, 1)
     try:
         info = sf.info(str(path))
     except Exception:  # missing, empty, not audio: the shard task says which
@@ -99,61 +103,23 @@ def estimate_record(rec: Record, layout: Layout) -> Estimate:
 
 
 def estimate_all(
-    records: list[Record], layout: Layout, *, threads: int, timeout: float, show: bool = False
+    records: list[Record], layout: Layout, *, pool: DecodePool | None, timeout: float, show: bool = False
 ) -> list[Estimate]:
-    """``estimate_record`` for every record, in ``threads`` daemon threads; a read that takes
-    longer than ``timeout`` seconds (0: no limit) is abandoned with a zero estimate."""
-    pool = _HeaderReads(records, lambda r: estimate_record(r, layout), timeout)
+    """``estimate_record`` for every record: in ``pool``'s processes, where a read still running
+    after ``timeout`` seconds (0: no limit) is killed and counts as a zero estimate (a hung open
+    inside libsndfile would also hold soundfile's global lock, stalling every thread of this
+    process); ``pool=None``: in this process (``--workers 1``)."""
     bar = progress(total=len(records), desc="plan: header reads", unit="file", enabled=show)
+    out: list[Estimate] = []
     try:
-        return pool.run(max(1, threads), bar.update)
+        if pool is None:
+            for rec in records:
+                out.append(estimate_record(rec, layout))
+                bar.update(1)
+            return out
+        for r in run_pooled(estimate_record, [(rec, layout) for rec in records], pool, timeout):
+            out.append(Estimate(0, 1) if isinstance(r, Fault) else r)
+            bar.update(1)
+        return out
     finally:
         bar.close()
-
-
-class _HeaderReads:
-    """A tiny daemon-thread pool whose hung calls are abandoned, not waited for."""
-
-    def __init__(self, items: list[Record], fn: Callable[[Record], Estimate], timeout: float) -> None:
-        self.items, self.fn, self.timeout = items, fn, timeout
-        self.results: list[Estimate | None] = [None] * len(items)
-        self.started: dict[int, float] = {}
-        self.next = 0
-        self.finished = 0
-        self.cond = threading.Condition()
-
-    def _worker(self) -> None:
-        while True:
-            with self.cond:
-                if self.next >= len(self.items):
-                    return
-                i = self.next
-                self.next += 1
-                self.started[i] = time.monotonic()
-            est = self.fn(self.items[i])
-            with self.cond:
-                if self.started.pop(i, None) is not None:  # not abandoned meanwhile
-                    self.results[i] = est
-                    self.finished += 1
-                self.cond.notify()
-
-    def _spawn(self) -> None:
-        threading.Thread(target=self._worker, daemon=True, name="header-read").start()
-
-    def run(self, threads: int, tick: Callable[[int], object]) -> list[Estimate]:
-        for _ in range(min(threads, len(self.items))):
-            self._spawn()
-        done = 0
-        with self.cond:
-            while done < len(self.items):
-                self.cond.wait(0.5)
-                now = time.monotonic()
-                for i, t0 in list(self.started.items()):
-                    if self.timeout and now - t0 > self.timeout:  # hung: abandon it, replace its thread
-                        del self.started[i]
-                        self.results[i] = Estimate(0, 1)
-                        self.finished += 1
-                        self._spawn()
-                tick(self.finished - done)
-                done = self.finished
-        return [r for r in self.results if r is not None]

@@ -6,7 +6,6 @@ executor (``shards.ray_executor``) runs the same ``build_shard`` in one task per
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from contextlib import closing
 from itertools import islice
@@ -15,7 +14,7 @@ from shards.output import BuildOutput
 from shards.plan import ShardContext, ShardPlan
 from shards.shard_task import build_shard, shard_jobs
 from shards.stats import ShardPart
-from shards.workers import decode_inline, decode_pooled
+from shards.workers import DecodePool, decode_inline, decode_pooled
 
 
 def run_local(
@@ -23,18 +22,14 @@ def run_local(
     shards: list[ShardPlan],
     out: BuildOutput,
     *,
-    workers: int,
+    pool: DecodePool | None,
     timeout: float,
     tick: Callable[[int], object] | None = None,
 ) -> list[ShardPart]:
-    """Build ``shards`` in order; decoding in ``workers`` processes (0: every core; 1: in this
-    process, without a decode timeout) with a per-file ``timeout``; ``tick(1)`` per record."""
+    """Build ``shards`` in order, decoding in ``pool``'s processes with a per-file ``timeout``
+    (``pool=None``: in this process, without a timeout); ``tick(1)`` per record."""
     jobs = [job for s in shards for job in shard_jobs(ctx, s)]
-    if workers == 1:
-        results = decode_inline(jobs)
-    else:
-        cores = workers or len(os.sched_getaffinity(0))
-        results = decode_pooled(jobs, max(1, min(cores, len(jobs))), timeout)
+    results = decode_inline(jobs) if pool is None else decode_pooled(jobs, pool.workers, timeout, pool=pool)
     parts = []
     with closing(results):
         for shard in shards:

@@ -42,7 +42,10 @@ def read_checksums(path: Path) -> dict[str, str]:
 
 
 def sha1_of(path: Path) -> str | None:
-    """The file's sha1, or None when it cannot be read (the builder then reports it)."""
+    """The file's sha1, or None when it cannot be read (the builder then reports it; a FIFO is
+    never opened: that would wait for a writer)."""
+    if reasons.file_fault(path) not in (None, reasons.empty_file()):
+        return None
     h = hashlib.sha1()
     try:
         with path.open("rb") as f:

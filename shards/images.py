@@ -14,6 +14,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from shards import reasons
 from shards.base.errors import first_line
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -56,9 +57,13 @@ def pack_images(images: dict[str, Path | bytes], spec: ImageSpec) -> EncodedImag
         if src is None:
             return f"no {ch} image"
         if isinstance(src, Path):
-            if not src.is_file():
-                return f"missing file: {ch}"
-            src = src.read_bytes()
+            fault = reasons.file_fault(src)
+            if fault:
+                return f"{fault}: {ch}"
+            try:
+                src = src.read_bytes()
+            except OSError as e:
+                return f"{reasons.unreadable(e)}: {ch}"
         if not src:
             return f"no {ch} image bytes"
         try:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from shards.base.atomic import atomic_write_text
+from shards.base import storage
 from shards.base.config import to_dict
 from shards.base.tasks import TaskSpec
 
@@ -44,6 +44,8 @@ class ShardInfo:
     num_samples: int
     sha256: str
     bytes: int
+    index_sha256: str | None = None  # the index file's sha256 (absent in builds before it was recorded)
+    index_bytes: int | None = None  # the index file's size in bytes (likewise)
 
 
 @dataclass(kw_only=True)
@@ -93,7 +95,9 @@ class Manifest:
     version: int = VERSION
     kind: SampleKind = "audio"  # absent in a manifest = "audio"
     images: dict[str, ImageChannel] = field(default_factory=dict)  # image kind: channel -> info, in order
-    root: Path | None = field(default=None, compare=False)  # folder it was read from (not stored)
+    root: Path | str | None = field(
+        default=None, compare=False
+    )  # folder or s3:// prefix read from (not stored)
 
     def __post_init__(self) -> None:
         if not isinstance(self.task, TaskSpec):
@@ -119,19 +123,41 @@ class Manifest:
         (image samples are never segmented)."""
         return self.version >= 2 and self.kind == "audio"
 
+    @property
+    def where(self) -> str:
+        """The manifest's own path or URL, for error lines."""
+        return str(storage.join(self.root, MANIFEST)) if self.root is not None else MANIFEST
+
+    @property
+    def remote(self) -> bool:
+        """Read from an object store (``s3://``, ``gs://``) rather than a local folder."""
+        return self.root is not None and storage.is_remote(self.root)
+
     def split(self, name: str) -> SplitInfo:
         if name not in self.splits:
-            where = self.root / MANIFEST if self.root else MANIFEST
-            raise ValueError(f"{where}: no split {name!r}; splits are {sorted(self.splits)}")
+            raise ValueError(f"{self.where}: no split {name!r}; splits are {sorted(self.splits)}")
         return self.splits[name]
 
     def paths(self, split: str) -> tuple[list[Path], list[Path]]:
-        """Absolute tar and index paths of a split, checked to lie inside the build folder."""
+        """Absolute tar and index paths of a local build's split, checked to lie inside its folder."""
         assert self.root is not None, "manifest not read from disk"
+        if self.remote:
+            raise ValueError(f"{self.root}: an object-store build has no local paths (use urls())")
         info = self.split(split)
-        tars = [_inside(self.root, s.tar) for s in info.shards]
-        idxs = [_inside(self.root, s.index) for s in info.shards]
+        tars = [_inside(Path(self.root), s.tar) for s in info.shards]
+        idxs = [_inside(Path(self.root), s.index) for s in info.shards]
         return tars, idxs
+
+    def urls(self, split: str) -> tuple[list[str], list[str]]:
+        """Tar and index locations of a split as strings: local paths or ``s3://`` URLs."""
+        assert self.root is not None, "manifest not read from disk"
+        if not self.remote:
+            tars, idxs = self.paths(split)
+            return [str(t) for t in tars], [str(i) for i in idxs]
+        info = self.split(split)
+        return [str(storage.join(self.root, s.tar)) for s in info.shards], [
+            str(storage.join(self.root, s.index)) for s in info.shards
+        ]
 
     def to_json(self) -> str:
         d = to_dict(self)
@@ -149,42 +175,107 @@ def _inside(root: Path, rel: str) -> Path:
     return p
 
 
-def write_manifest(folder: str | Path, manifest: Manifest) -> Path:
-    """Write ``manifest.json`` atomically (it is written last: its presence means done)."""
-    path = Path(folder) / MANIFEST
-    atomic_write_text(path, manifest.to_json())
+def _relative(where: str, rel: str) -> str:
+    """A manifest's relative name, refused if it leaves the build (absolute, ``..``, a URL)."""
+    if rel.startswith("/") or "://" in rel or ".." in rel.split("/"):
+        raise ValueError(f"{where}: path {rel!r} points outside the build folder")
+    return rel
+
+
+def write_manifest(folder: storage.Location, manifest: Manifest) -> storage.Location:
+    """Write ``manifest.json`` atomically (it is written last: its presence means done); a local
+    folder or an object-store prefix alike."""
+    path = storage.join(folder, MANIFEST)
+    storage.write_text(path, manifest.to_json())
     return path
 
 
-def read_manifest(folder: str | Path, *, check_files: bool = True) -> Manifest:
-    """Read and validate a build's manifest; any problem is one error naming the file."""
-    root = Path(folder)
-    path = root / MANIFEST if root.is_dir() or not root.name.endswith(".json") else root
-    root = path.parent
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: no shard manifest here (build shards with `python -m shards build`)"
-        )
+def parse_manifest(text: str, where: str) -> Manifest:
+    """A validated manifest from its JSON text (``where``: its file or URL, named in errors);
+    ``root`` is left unset (a remote build has none)."""
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON: {e}") from None
+        raise ValueError(f"{where}: not valid JSON: {e}") from None
     if data.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a musicstream shard manifest (format={data.get('format')!r})")
+        raise ValueError(f"{where}: not a musicstream shard manifest (format={data.get('format')!r})")
     if data.get("version") not in READABLE_VERSIONS:
         raise ValueError(
-            f"{path}: manifest format version {data.get('version')!r}, this musicstream reads versions "
+            f"{where}: manifest format version {data.get('version')!r}, this musicstream reads versions "
             f"{', '.join(map(str, READABLE_VERSIONS))}"
         )
     try:
-        m = Manifest(**data)
+        return Manifest(**data)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: malformed manifest: {e}") from None
+        raise ValueError(f"{where}: malformed manifest: {e}") from None
+
+
+def _manifest_location(folder: storage.Location) -> tuple[storage.Location, storage.Location]:
+    """(build root, manifest.json location) for a build folder/prefix or a manifest.json path."""
+    storage.check_location(folder)
+    if storage.is_remote(folder):
+        text = str(folder).rstrip("/")
+        if text.endswith(".json"):
+            return storage.parent(text), text
+        return text, storage.join(text, MANIFEST)
+    root = Path(folder)
+    path = root / MANIFEST if root.is_dir() or not root.name.endswith(".json") else root
+    return path.parent, path
+
+
+def read_manifest(folder: storage.Location, *, check_files: bool = True) -> Manifest:
+    """Read and validate a build's manifest (a local folder or an ``s3://``/``gs://`` prefix); any
+    problem is one error naming the file. ``check_files``: every listed tar and index is there
+    (for a store: one LIST, sizes compared, no download)."""
+    root, path = _manifest_location(folder)
+    if storage.is_remote(root):
+        storage.check_access(root)
+    if not storage.exists(path):
+        raise FileNotFoundError(
+            f"{path}: no shard manifest here (build shards with `python -m shards build`)"
+        )
+    m = parse_manifest(storage.read_text(path), str(path))
     m.root = root
+    if storage.is_remote(root):
+        _check_objects(m, str(path), check_files)
+        return m
     for name, info in m.splits.items():
         for s in info.shards:
             for rel in (s.tar, s.index):
-                p = _inside(root, rel)
+                p = _inside(Path(root), rel)
                 if check_files and not p.is_file():
                     raise FileNotFoundError(f"{p}: listed in {path} (split {name}) but missing")
     return m
+
+
+def _check_objects(m: Manifest, where: str, check_files: bool) -> None:
+    """Every object the manifest names is in the store at its listed size: one paged LIST."""
+    assert m.root is not None
+    listed = storage.list_files(m.root) if check_files else {}
+    missing, wrong = [], []
+    for info in m.splits.values():
+        for s in info.shards:
+            for rel in (_relative(where, s.tar), _relative(where, s.index)):
+                if check_files and rel not in listed:
+                    missing.append(rel)
+            if check_files and s.tar in listed and listed[s.tar] != s.bytes:
+                wrong.append(f"{s.tar} ({listed[s.tar]} bytes, manifest {s.bytes})")
+    if missing:
+        raise storage.StorageNotFound(
+            f"{where}: names {len(missing)} object(s) that are not in the store: "
+            f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''} (an interrupted upload? "
+            "re-run `python -m shards copy`)"
+        )
+    if wrong:
+        raise ValueError(
+            f"{where}: {len(wrong)} shard(s) differ in size from the manifest: {', '.join(wrong[:5])} "
+            "(truncated or replaced objects; re-run `python -m shards copy`)"
+        )
+
+
+def read_rejects(folder: storage.Location) -> list[dict[str, Any]]:
+    """The build's ``rejects.jsonl`` records (local or in a store); [] when the file is absent."""
+    path = storage.join(folder, REJECTS)
+    if not storage.exists(path):
+        return []
+    return [json.loads(line) for line in storage.read_text(path).splitlines() if line.strip()]

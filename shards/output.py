@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from shards.base import storage
+from shards.base.atomic import write_faults
 
 _READERS = 16  # small objects fetched at once (markers, parts): a store answers each in ~10-50 ms
 _SETTLE_S = 0.5  # a store has no exclusive create: write, wait, read back (last writer wins)
@@ -77,13 +78,14 @@ class BuildOutput:
             time.sleep(_SETTLE_S)
             return self.read_text(rel) == text
         path = Path(self.url(rel))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
-            return False
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        with write_faults(path, what=path.name):  # a full disk, a read-only folder: one line
+            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
         return True
 
     def sizes(self, rel_dir: str) -> dict[str, int]:
@@ -111,7 +113,8 @@ class BuildOutput:
         """A local folder laid out like the output, to write shard files into before ``publish``.
         Local output: the output itself (the writer's atomic renames put files in place)."""
         if self.local is not None:
-            self.local.mkdir(parents=True, exist_ok=True)
+            with write_faults(self.local / ".build", what="the build folder"):
+                self.local.mkdir(parents=True, exist_ok=True)
             yield self.local
             return
         with tempfile.TemporaryDirectory(prefix="shard-stage-") as tmp:

@@ -26,9 +26,10 @@ import numpy as np
 from shards.audio import AudioSpec
 from shards.base.tasks import TaskSpec
 from shards.config import BuildConfig
-from shards.estimate import Estimate, Layout, estimate_all
+from shards.estimate import HEADER_TIMEOUT_S, Estimate, Layout, estimate_all
 from shards.images import ImageSpec
 from shards.records import SPLITS, Dataset, Record, Reject
+from shards.workers import DecodePool
 from shards.writer import MAX_KEY, sanitize_key, shard_name
 
 _SEGMENT_SUFFIX = re.compile(r"-s\d+$")  # segment keys are KEY-sNNNN; no record key may look like one
@@ -86,6 +87,8 @@ class ShardContext:
     codec: str
     min_seconds: float
     segment_samples: int
+    shard_bytes: int
+    """The planned bound of a shard (for a full disk's message: the room a shard may need)."""
     fingerprint: str
 
     @property
@@ -166,6 +169,7 @@ def context_of(cfg: BuildConfig, ds: Dataset, fp: str) -> ShardContext:
         codec=cfg.codec,
         min_seconds=cfg.min_seconds,
         segment_samples=cfg.segment_samples,
+        shard_bytes=cfg.shard_bytes,
         fingerprint=fp,
     )
 
@@ -176,6 +180,7 @@ def plan(
     *,
     ordered: dict[str, list[tuple[str, Record]]] | None = None,
     show: bool = False,
+    pool: DecodePool | None = None,
 ) -> BuildPlan:
     """Step 1: order the records (``ordered``: already done by ``order_records``), estimate
     their sizes from their headers, cut the shards."""
@@ -183,9 +188,8 @@ def plan(
     ctx = context_of(cfg, ds, fingerprint(cfg, ds, ordered))
     layout = Layout(cfg.sample_rate, cfg.codec, cfg.segment_samples, ds.task.label_width, ds.kind)
     flat = [rec for items in ordered.values() for _, rec in items]
-    estimates = iter(
-        estimate_all(flat, layout, threads=4 * cfg.num_workers, timeout=cfg.decode_timeout, show=show)
-    )
+    timeout = min(cfg.decode_timeout, HEADER_TIMEOUT_S) if cfg.decode_timeout else 0.0
+    estimates = iter(estimate_all(flat, layout, pool=pool, timeout=timeout, show=show))
     shards = []
     for split, items in ordered.items():
         shards += cut_shards(split, [(k, r, next(estimates)) for k, r in items], cfg.shard_bytes)

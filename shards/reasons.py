@@ -9,11 +9,20 @@ pipe?)", which sends the user looking for a missing file.
 
 from __future__ import annotations
 
+import errno
 import math
 import stat
 from pathlib import Path
 
 MISSING = "missing file"
+DIRECTORY = "a directory"
+PERMISSION = "permission denied"
+_SPECIAL = {
+    stat.S_IFIFO: "FIFO",
+    stat.S_IFSOCK: "socket",
+    stat.S_IFCHR: "character device",
+    stat.S_IFBLK: "block device",
+}
 
 
 def empty_file() -> str:
@@ -42,17 +51,41 @@ def not_in_checksums(listing: str) -> str:
     return f"not listed in {listing}"
 
 
+def unreadable(e: OSError) -> str:
+    """An input that exists but cannot be read: ``permission denied``, ``unreadable: I/O error``..."""
+    if isinstance(e, (FileNotFoundError, NotADirectoryError)):
+        return MISSING
+    if isinstance(e, PermissionError):
+        return PERMISSION
+    if e.errno == errno.EIO:
+        return "unreadable: I/O error"
+    return f"unreadable: {e.strerror or type(e).__name__}"
+
+
 def file_fault(audio: Path | bytes) -> str | None:
-    """The reason a file cannot hold audio before decoding it (missing, empty); None if it might."""
+    """Why an input cannot be read as audio before decoding it (missing, a directory, a FIFO
+    or other special file, permission denied, an I/O error, empty); None if it might be.
+
+    Every importer's inputs pass here (the decoder and the image packer call it), so one
+    fault reads the same everywhere; a FIFO is never opened (that would wait for a writer)."""
     if isinstance(audio, bytes):
         return empty_file() if not audio else None
     try:
         st = audio.stat()
-    except OSError:
-        return MISSING
+    except OSError as e:
+        return unreadable(e)
+    if stat.S_ISDIR(st.st_mode):
+        return DIRECTORY
     if not stat.S_ISREG(st.st_mode):
-        return MISSING
-    return empty_file() if st.st_size == 0 else None
+        return f"not a regular file: {_SPECIAL.get(stat.S_IFMT(st.st_mode), 'special file')}"
+    if st.st_size == 0:
+        return empty_file()
+    try:
+        with audio.open("rb") as f:
+            f.read(1)
+    except OSError as e:
+        return unreadable(e)
+    return None
 
 
 def size_of(audio: Path | bytes) -> int:

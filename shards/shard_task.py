@@ -52,7 +52,10 @@ def build_shard(
     )
     results: Iterator[Result] = iter(decoded)
     with out.staging() as folder:
-        with ShardWriter(folder, shard.split, max_bytes=ONE_SHARD, start=shard.index) as writer:
+        writer = ShardWriter(
+            folder, shard.split, max_bytes=ONE_SHARD, start=shard.index, room=ctx.shard_bytes
+        )
+        with writer:
             for rec in shard.records:
                 i, result = next(results)
                 assert i == rec.tid, f"{shard.name}: result for record {i}, expected {rec.tid}"

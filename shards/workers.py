@@ -20,7 +20,8 @@ import multiprocessing as mp
 import os
 import time
 from collections import deque
-from collections.abc import Generator
+from collections.abc import Callable, Generator
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -54,7 +55,7 @@ def timed_out(seconds: float) -> str:
 
 
 def _serve(conn: Connection) -> None:
-    """A worker process: say it is ready (its imports done), then run ``(fn, job)`` messages."""
+    """A worker process: say it is ready (its imports done), then run ``(fn, args)`` messages."""
     conn.send(("ready", os.getpid()))
     while True:
         try:
@@ -63,29 +64,36 @@ def _serve(conn: Connection) -> None:
             return
         if msg is None:
             return
-        fn, job = msg
-        conn.send(("done", fn(job)))
+        fn, args = msg
+        conn.send(("done", fn(*args)))
+
+
+@dataclass(frozen=True)
+class Fault:
+    """What became of a call whose process died twice (``"died"``) or ran past the timeout."""
+
+    kind: str
+    args: tuple[Any, ...]
 
 
 class _Worker:
-    """One decode process and its pipe; ``pos``/``job`` is what it is running (None: idle)."""
+    """One process and its pipe; ``pos``/``args`` is the call it is running (None: idle)."""
 
     def __init__(self, ctx: Any) -> None:
         self.conn, child = ctx.Pipe()
-        self.proc = ctx.Process(target=_serve, args=(child,), daemon=True, name="shards-decode")
+        self.proc = ctx.Process(target=_serve, args=(child,), daemon=True, name="shards-worker")
         self.proc.start()
         child.close()
         self.ready = False
         self.pos: int | None = None
-        self.job: Job | None = None
+        self.args: tuple[Any, ...] | None = None
         self.since = 0.0
 
-    def give(self, pos: int, job: Job) -> None:
-        self.pos, self.job, self.since = pos, job, time.monotonic()
-        try:  # the function is looked up now and pickled by reference, so a replaced
-            # ``process_indexed`` (tests inject faults this way) reaches the process
-            self.conn.send((process_indexed, job))
-        except OSError:  # it just died: its pipe reports that next, and the job is retried
+    def give(self, fn: Callable[..., Any], pos: int, args: tuple[Any, ...]) -> None:
+        self.pos, self.args, self.since = pos, args, time.monotonic()
+        try:  # ``fn`` is pickled by reference: a replaced module function (tests inject faults so) travels
+            self.conn.send((fn, args))
+        except OSError:  # it just died: its pipe reports that next, and the call is retried
             pass
 
     def kill(self) -> None:
@@ -95,8 +103,9 @@ class _Worker:
 
 
 class DecodePool:
-    """Decode processes that can be killed one by one and replaced, and kept across calls (a
-    Ray worker keeps one for all its shard tasks: spawning costs ~2 s there)."""
+    """Worker processes that can be killed one by one and replaced, and kept across calls (the
+    plan's header reads and the decoding share one; a Ray worker keeps one for all its shard
+    tasks: spawning costs ~2 s there)."""
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
@@ -120,14 +129,14 @@ class DecodePool:
         self.fill()
 
     def kill(self, only_busy: bool = False) -> None:
-        """Stop processes now, whatever they are doing (all, or those running a job)."""
+        """Stop processes now, whatever they are doing (all, or those running a call)."""
         for w in self.busy() if only_busy else list(self._all):
             w.kill()
             self._all.remove(w)
 
     def events(self, timeout: float) -> list[tuple[_Worker, Any]]:
         """Wait for messages: ``(worker, ("ready"|"done", value))``, ``(worker, None)`` for a
-        process that died, ``(worker, "timeout")`` for one running a job past ``timeout``."""
+        process that died, ``(worker, "timeout")`` for one running a call past ``timeout``."""
         self.fill()
         now = time.monotonic()
         late = [w for w in self.busy() if timeout and now - w.since > timeout]
@@ -150,65 +159,82 @@ class DecodePool:
     def died_starting(self) -> None:
         self._start_failures += 1
         if self._start_failures >= _START_FAILURES:
-            raise RuntimeError(f"decode processes die before they start ({_START_FAILURES} in a row)")
+            raise RuntimeError(f"worker processes die before they start ({_START_FAILURES} in a row)")
+
+
+def run_pooled(
+    fn: Callable[..., Any], calls: list[tuple[Any, ...]], pool: DecodePool, timeout: float = 0.0
+) -> Generator[Any]:
+    """``fn(*args)`` for every ``args`` in ``calls``, in ``pool``'s processes, results in order. A
+    call whose process dies is tried once more on a new process, then is ``Fault("died")``; one
+    running more than ``timeout`` seconds (0: no limit; counted from when its process, ready,
+    got it) has its process killed and is ``Fault("timeout")``. Idle processes stay in ``pool``."""
+    todo: deque[tuple[int, tuple[Any, ...]]] = deque(enumerate(calls))
+    done: dict[int, Any] = {}
+    tries: dict[int, int] = {}
+    nxt = 0
+    try:
+        while nxt < len(calls):
+            while nxt in done:
+                yield done.pop(nxt)
+                nxt += 1
+            if nxt >= len(calls):
+                break
+            for w in pool.idle():
+                if todo and todo[0][0] < nxt + AHEAD * pool.workers:
+                    w.give(fn, *todo.popleft())
+            for w, event in pool.events(timeout):
+                _handle(pool, w, event, todo, done, tries)
+    finally:
+        pool.kill(only_busy=True)  # a call still running is not wanted any more
+
+
+def _handle(
+    pool: DecodePool,
+    w: _Worker,
+    event: Any,
+    todo: deque[tuple[int, tuple[Any, ...]]],
+    done: dict[int, Any],
+    tries: dict[int, int],
+) -> None:
+    """One worker event: a result, readiness, a death (retry once) or a timeout."""
+    if isinstance(event, tuple) and event[0] == "ready":
+        pool.started(w)
+        return
+    if isinstance(event, tuple):  # ("done", result)
+        assert w.pos is not None
+        done[w.pos] = event[1]
+        w.pos, w.args = None, None
+        return
+    pos, args = w.pos, w.args
+    pool.replace(w)
+    if pos is None or args is None:  # died while idle or starting
+        if not w.ready:
+            pool.died_starting()
+        return
+    tries[pos] = tries.get(pos, 0) + 1
+    if event == "timeout":
+        done[pos] = Fault("timeout", args)
+    elif tries[pos] < 2:
+        todo.appendleft((pos, args))  # once more, on a fresh process
+    else:
+        done[pos] = Fault("died", args)
 
 
 def decode_pooled(
     jobs: list[Job], workers: int, timeout: float = 0.0, *, pool: DecodePool | None = None
 ) -> Generator[Result]:
     """``process_indexed`` over ``jobs`` in ``workers`` processes (those of ``pool`` when given,
-    kept for the next call), results in job order. A job whose process dies is tried once
-    more on a new process, then is ``WORKER_DIED``; one running more than ``timeout`` seconds
-    (0: no limit; counted from when its process, ready, got it) is ``timed_out``."""
+    kept for the next call), results in job order; a file whose process dies twice is
+    ``WORKER_DIED``, one still decoding after ``timeout`` seconds is ``timed_out``."""
     procs = pool or DecodePool(workers)
-    todo: deque[tuple[int, Job]] = deque(enumerate(jobs))
-    done: dict[int, Result] = {}
-    tries: dict[int, int] = {}
-    nxt = 0
     try:
-        while nxt < len(jobs):
-            while nxt in done:
-                yield done.pop(nxt)
-                nxt += 1
-            if nxt >= len(jobs):
-                break
-            for w in procs.idle():
-                if todo and todo[0][0] < nxt + AHEAD * procs.workers:
-                    w.give(*todo.popleft())
-            for w, event in procs.events(timeout):
-                _handle(procs, w, event, todo, done, tries, timeout)
+        for r in run_pooled(process_indexed, [(job,) for job in jobs], procs, timeout):
+            if isinstance(r, Fault):
+                job = r.args[0]
+                yield job[0], WORKER_DIED if r.kind == "died" else timed_out(timeout)
+            else:
+                yield r
     finally:
-        procs.kill(only_busy=pool is not None)  # a kept pool keeps its idle processes
-
-
-def _handle(
-    procs: DecodePool,
-    w: _Worker,
-    event: Any,
-    todo: deque[tuple[int, Job]],
-    done: dict[int, Result],
-    tries: dict[int, int],
-    timeout: float,
-) -> None:
-    """One worker event: a result, readiness, a death (retry once) or a timeout (reject)."""
-    if isinstance(event, tuple) and event[0] == "ready":
-        procs.started(w)
-        return
-    if isinstance(event, tuple):  # ("done", result)
-        assert w.pos is not None
-        done[w.pos] = event[1]
-        w.pos, w.job = None, None
-        return
-    pos, job = w.pos, w.job
-    procs.replace(w)
-    if pos is None or job is None:  # died while idle or starting
-        if not w.ready:
-            procs.died_starting()
-        return
-    tries[pos] = tries.get(pos, 0) + 1
-    if event == "timeout":
-        done[pos] = (job[0], timed_out(timeout))
-    elif tries[pos] < 2:
-        todo.appendleft((pos, job))  # once more, on a fresh process
-    else:
-        done[pos] = (job[0], WORKER_DIED)
+        if pool is None:
+            procs.kill()

@@ -14,8 +14,9 @@ import re
 import tarfile
 from pathlib import Path
 from types import TracebackType
+from typing import NoReturn
 
-from shards.base.atomic import atomic_path
+from shards.base.atomic import atomic_path, remove_quietly, write_error
 from shards.manifest import ShardInfo
 
 INDEX_VERSION = "v1.2"  # the version DALI's wds2idx writes
@@ -50,6 +51,16 @@ class _HashingFile(io.RawIOBase):
         return self.n
 
 
+def index_line(ext: str, offset: int, size: int, name: str) -> str:
+    """One member's entry in a DALI index line (a sample's line lists each of its members)."""
+    return f"{ext} {offset} {size} {name}"
+
+
+def index_text(lines: list[str]) -> bytes:
+    """The whole DALI index file: version, sample count, one line per sample."""
+    return (f"{INDEX_VERSION} {len(lines)}\n" + "\n".join(lines) + "\n").encode()
+
+
 def shard_name(index: int) -> str:
     return f"{index:06d}"
 
@@ -59,12 +70,25 @@ class ShardWriter:
     ``max_bytes`` each (a single sample larger than that gets a shard of its own).
 
     ``write(key, {ext: bytes})`` adds one sample; ``output`` lists the finished shards.
+    A storage fault (full disk, I/O error) removes the open shard's temporary file and raises
+    one ``WriteError``; the shards finished before it stay as they are. ``room``: the bytes a
+    shard is expected to need, for that message (default ``max_bytes``; a writer whose shard
+    the plan already cut has no meaningful bound).
     """
 
-    def __init__(self, folder: str | Path, split: str, *, max_bytes: int = 256 << 20, start: int = 0) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        split: str,
+        *,
+        max_bytes: int = 256 << 20,
+        start: int = 0,
+        room: int | None = None,
+    ) -> None:
         self.dir = Path(folder) / split
         self.split = split
         self.max_bytes = max_bytes
+        self.room = max_bytes if room is None else room
         self.next_index = start
         self.output: list[ShardInfo] = []
         self._tar: tarfile.TarFile | None = None
@@ -86,12 +110,32 @@ class ShardWriter:
     def _open(self) -> None:
         name = shard_name(self.next_index)
         self._tar_path = self.dir / f"{name}.tar"
-        self._ctx = atomic_path(self._tar_path)
+        self._ctx = atomic_path(self._tar_path, what=self._what(), need=self.room, up_to=True)
         tmp = self._ctx.__enter__()
         self._raw = open(tmp, "wb")
         self._hf = _HashingFile(self._raw)
         self._tar = tarfile.open(fileobj=self._hf, mode="w", format=tarfile.USTAR_FORMAT)  # type: ignore[arg-type]
         self._lines, self._keys = [], set()
+
+    def _what(self, suffix: str = ".tar") -> str:
+        return f"shard {self.split}/{shard_name(self.next_index)}{suffix}"
+
+    def _kept(self) -> str | None:
+        n = self.next_index
+        return (
+            f"the {n} finished shard{'s' if n != 1 else ''} of {self.split} before it are kept" if n else None
+        )
+
+    def _fail(self, e: OSError) -> NoReturn:
+        """Abort the open shard; a storage fault becomes the one ``WriteError`` the user reads."""
+        written = self._hf.tell() if self._hf is not None and self._tar is not None else 0
+        self._abort()
+        path = self.dir / f"{shard_name(self.next_index)}.tar"
+        need = max(self.room, written)
+        err = write_error(e, path, what=self._what(), need=need, up_to=True, kept=self._kept())
+        if err is None:
+            raise e
+        raise err from None
 
     def write(self, key: str, components: dict[str, bytes]) -> None:
         """Add one sample; ``key`` must already be sanitised and unique within the shard."""
@@ -104,12 +148,15 @@ class ShardWriter:
             if key != sanitize_key(key):
                 raise ValueError(f"shard key {key!r} is not sanitised (use sanitize_key)")
         size = sum(512 + ((len(b) + 511) // 512) * 512 for _, c in samples for b in c.values())
-        if self._tar is not None and self._lines and self._hf.tell() + size > self.max_bytes:  # type: ignore[union-attr]
-            self._finish()
-        if self._tar is None:
-            self._open()
-        for key, components in samples:
-            self._add(key, components)
+        try:
+            if self._tar is not None and self._lines and self._hf.tell() + size > self.max_bytes:  # type: ignore[union-attr]
+                self._finish()
+            if self._tar is None:
+                self._open()
+            for key, components in samples:
+                self._add(key, components)
+        except OSError as e:
+            self._fail(e)
 
     def _add(self, key: str, components: dict[str, bytes]) -> None:
         if key in self._keys:
@@ -125,17 +172,25 @@ class ShardWriter:
             info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
             offset = self._tar.offset + 512  # type: ignore[union-attr]  # USTAR: one header block
             self._tar.addfile(info, io.BytesIO(data))  # type: ignore[union-attr]
-            parts.append(f"{ext} {offset} {len(data)} {name}")
+            parts.append(index_line(ext, offset, len(data), name))
         self._lines.append(" ".join(parts))
 
     def _finish(self) -> None:
+        """Close the tar, write its index, then commit the tar: an index is never missing
+        beside a committed tar, and a fault leaves no temporary file."""
         assert self._tar is not None and self._hf is not None and self._ctx is not None
         self._tar.close()
         self._raw.close()  # type: ignore[union-attr]
-        self._ctx.__exit__(None, None, None)
         idx_path = self._tar_path.with_suffix(".idx")
-        with atomic_path(idx_path) as tmp:
-            tmp.write_text(f"{INDEX_VERSION} {len(self._lines)}\n" + "\n".join(self._lines) + "\n")
+        index = index_text(self._lines)
+        with atomic_path(idx_path, what=self._what(".idx"), need=len(index), kept=self._kept()) as tmp:
+            tmp.write_bytes(index)
+        try:
+            self._ctx.__exit__(None, None, None)  # fsync + rename the tar
+        except BaseException:
+            remove_quietly(idx_path)
+            self._tar = None
+            raise
         root = self.dir.parent
         self.output.append(
             ShardInfo(
@@ -144,20 +199,29 @@ class ShardWriter:
                 num_samples=len(self._lines),
                 sha256=self._hf.h.hexdigest(),
                 bytes=self._hf.tell(),
+                index_sha256=hashlib.sha256(index).hexdigest(),
+                index_bytes=len(index),
             )
         )
         self._tar = None
         self.next_index += 1
 
     def _abort(self) -> None:
+        """Drop the open shard's temporary file. Never raises: closing a stream that cannot
+        flush (the disk that just filled up) fails again, and that must not hide the first fault."""
         if self._tar is not None and self._ctx is not None:
-            self._raw.close()  # type: ignore[union-attr]
-            self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
             self._tar = None
+            with contextlib.suppress(OSError):
+                self._raw.close()  # type: ignore[union-attr]
+            with contextlib.suppress(OSError):
+                self._ctx.__exit__(RuntimeError, RuntimeError("aborted"), None)
 
     def close(self) -> None:
         if self._tar is not None:
-            self._finish()
+            try:
+                self._finish()
+            except OSError as e:
+                self._fail(e)
 
 
 def read_index(path: str | Path) -> list[dict[str, tuple[int, int]]]:

@@ -21,7 +21,7 @@ def test_flags_beat_overrides_beat_toml(tmp_path: Path) -> None:
     )
     cfg = parse_args(["--checkpoint", "a.pt", "b.pt", "--config", str(toml)])
     assert cfg.split == "validation" and cfg.aggregate == "max" and cfg.threshold_split is None
-    assert cfg.shards == Path("from/data") and cfg.checkpoints == [Path("a.pt"), Path("b.pt")]
+    assert cfg.shards == "from/data" and cfg.checkpoints == [Path("a.pt"), Path("b.pt")]
     cfg = parse_args(
         [
             "--checkpoint",
@@ -35,7 +35,7 @@ def test_flags_beat_overrides_beat_toml(tmp_path: Path) -> None:
             "test",
         ]
     )
-    assert cfg.aggregate == "mean" and cfg.split == "test" and cfg.shards == Path("s")
+    assert cfg.aggregate == "mean" and cfg.split == "test" and cfg.shards == "s"
 
 
 def test_bad_arguments_exit_with_a_message(capsys: pytest.CaptureFixture) -> None:

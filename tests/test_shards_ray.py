@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import ray
-from helpers.faults import KILL_MARKER
+from helpers.decode_faults import KILL_MARKER
 from helpers.scale import assert_same_build, build_args, make_raw, reference
 
 from shards.cli import main
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow  # Ray's start-up: a few seconds
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
-    """Ray on this machine, 2 CPUs; its workers decode through ``helpers.faults.kill_worker_once``
+    """Ray on this machine, 2 CPUs; its workers decode through ``helpers.decode_faults.kill_worker_once``
     (a no-op unless a ``*killme*`` file has its marker beside it)."""
     restore_signals = kept_signal_handlers()  # ray.init installs its own SIGTERM handler
     with pytest.MonkeyPatch.context() as mp:
@@ -32,7 +32,7 @@ def local_ray() -> Iterator[None]:
             include_dashboard=False,
             logging_level="ERROR",
             log_to_driver=False,
-            runtime_env={"worker_process_setup_hook": "helpers.faults.ray_setup"},
+            runtime_env={"worker_process_setup_hook": "helpers.decode_faults.ray_setup"},
         )
         try:
             yield

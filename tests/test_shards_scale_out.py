@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import soundfile as sf
-from helpers import faults
+from helpers import decode_faults as faults
 from helpers.scale import assert_same_build, build_args, build_files, make_raw, reference
 
 import shards.estimate as estimate
@@ -94,7 +94,7 @@ def test_driver_killed_mid_build_then_rerun(
     out = tmp_path / "killed"
     args = [*build_args(raw, out), "--workers", "2"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    code = "import sys; from helpers.faults import slow_cli; sys.exit(slow_cli(sys.argv[1:]))"
+    code = "import sys; from helpers.decode_faults import slow_cli; sys.exit(slow_cli(sys.argv[1:]))"
     proc = subprocess.Popen([sys.executable, "-c", code, *args], env=env, start_new_session=True)
     markers = out / ".build" / "shards"
     deadline = time.monotonic() + 120

@@ -35,7 +35,7 @@ def test_there_is_a_config_per_seed_experiment() -> None:
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
 def test_config_loads_with_data_override(path: Path, tmp_path: Path) -> None:
     exp = load_experiment(path, [f"--data.shards={tmp_path}", "--train.epochs=3"])
-    assert exp.data.shards == tmp_path and exp.train.epochs == 3
+    assert exp.data.shards == str(tmp_path) and exp.train.epochs == 3  # a folder or an s3:// URL
     assert exp.features is not None and type(exp.features).__name__ == "FeatureConfig"
     family = resolve_family(exp.model)
     assert family.name == exp.model.family

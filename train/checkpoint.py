@@ -24,10 +24,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from shards.base.atomic import atomic_path
-from shards.base.distributed import all_gather_object
+from shards.base.atomic import WriteError, remove_quietly
+from shards.base.distributed import all_gather_object, broadcast_object
+from shards.base.errors import say_warning
 from shards.base.tasks import TaskSpec
+from train.checkpoint_io import newest_loadable, read_checkpoint, write_checkpoint
 from train.config import CheckpointConfig, Experiment, experiment_from_tree
+
+__all__ = ["read_checkpoint", "write_checkpoint"]  # their home is train.checkpoint_io
 
 STEP_RE = re.compile(r"^step_(\d{8})\.pt$")
 
@@ -200,6 +204,26 @@ class Checkpointer:
         files = self.step_files()
         return files[-1] if files else None
 
+    def resume(self) -> tuple[Path | None, dict[str, Any] | None]:
+        """The checkpoint to resume from and its state, the same on every rank (collective).
+        auto: the newest step file that loads; rank 0 tries them newest first, and a damaged
+        one (a kill during its write) is one warning line. Temporary files a killed run left go."""
+        if self.cfg.resume != "auto":
+            path = broadcast_object(self.resume_path())
+            return path, read_checkpoint(path) if path else None
+        found = None
+        if self.is_main:
+            for tmp in self.folder.glob(".*.pt.*.tmp") if self.folder.is_dir() else ():
+                remove_quietly(tmp)
+            files = self.step_files()
+            found = newest_loadable(files)
+            if files and found is None:
+                say_warning(f"{self.folder}: no checkpoint there loads; training starts from scratch")
+        path = broadcast_object(found[0] if found else None)
+        if found is not None:
+            return found
+        return path, read_checkpoint(path) if path else None
+
     def resume_path(self) -> Path | None:
         """auto: the newest step file, if any; none: None; otherwise the given file (must exist)."""
         r = self.cfg.resume
@@ -215,12 +239,27 @@ class Checkpointer:
     def save(self, state: dict[str, Any], step: int) -> Path | None:
         """Write step_N.pt (rank 0 only) and prune to keep_last."""
         path = self.folder / f"step_{step:08d}.pt"
+        self._write(state, path)
         if not self.is_main:
             return None
-        write_checkpoint(state, path)
         for old in self.step_files()[: -self.cfg.keep_last]:
             old.unlink(missing_ok=True)
         return path
+
+    def _write(self, state: dict[str, Any], path: Path) -> None:
+        """Rank 0 writes ``path``; every rank learns whether it could (collective), so a full
+        disk stops every rank with the same line instead of leaving them at the next collective."""
+        error: WriteError | None = None
+        if self.is_main:
+            try:
+                write_checkpoint(state, path, kept="the checkpoints written before it are kept")
+            except WriteError as e:
+                error = e
+        message = broadcast_object(None if error is None else str(error))
+        if error is not None:
+            raise error
+        if message is not None:
+            raise WriteError(message)
 
     def improved(self, value: float, mode: str) -> bool:
         """Whether ``value`` beats the best so far (and remember it). An undefined (NaN)
@@ -237,28 +276,9 @@ class Checkpointer:
         return False
 
     def save_best(self, state: dict[str, Any]) -> Path | None:
-        if not self.is_main:
-            return None
         path = self.folder / "best.pt"
-        write_checkpoint(state, path)
-        return path
-
-
-def write_checkpoint(state: dict[str, Any], path: Path) -> None:
-    """torch.save through a temp file + rename (a crash never leaves half a checkpoint)."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load a checkpoint with weights_only=True (no pickled objects)."""
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: checkpoint not found")
-    try:
-        return torch.load(p, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001 - torch raises various types for corrupt files
-        raise ValueError(f"{p}: not a loadable musicstream checkpoint: {e}") from None
+        self._write(state, path)
+        return path if self.is_main else None
 
 
 def check_vocab(

@@ -23,8 +23,8 @@ AmpMode = Literal["bf16", "fp16", "auto", "none"]
 class DataConfig:
     """Where the batches come from: a shard build, or the synthetic loader."""
 
-    shards: Path | None = None
-    """Shard build folder (holds manifest.json); required unless ``synthetic``."""
+    shards: str | None = None
+    """Shard build folder or ``s3://bucket/prefix`` (holds manifest.json); required unless ``synthetic``."""
     train_split: str = "train"
     """Split trained on."""
     val_split: str | None = "validation"

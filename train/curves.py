@@ -5,7 +5,7 @@ Drawn by the Trainer at close on rank 0, so it lives with training, not with the
 
 from __future__ import annotations
 
-import warnings
+import io
 from pathlib import Path
 
 import matplotlib
@@ -14,10 +14,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from shards.base.atomic import atomic_path  # noqa: E402
+from shards.base.errors import say_warning  # noqa: E402
 from train.logger import read_metrics  # noqa: E402
 
 
-def plot_training_curves(rows: list[dict], path: Path, title: str) -> Path | None:
+def plot_training_curves(rows: list[dict], path: Path, title: str, what: str | None = None) -> Path | None:
     """Training loss (left) and validation metrics (right) against the optimiser step, from
     the rows of a run's ``metrics.jsonl``; None when there is nothing to plot yet."""
     loss = [(r["step"], r["train/loss"]) for r in rows if "train/loss" in r]
@@ -40,17 +41,21 @@ def plot_training_curves(rows: list[dict], path: Path, title: str) -> Path | Non
     if val_keys:
         right.legend(fontsize=7)
     fig.suptitle(title)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
+    buf = io.BytesIO()
+    try:
+        fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    finally:
+        plt.close(fig)
+    with atomic_path(path, what=what, need=len(buf.getvalue())) as tmp:
+        tmp.write_bytes(buf.getvalue())
     return path
 
 
 def plot_run_curves(out: Path, title: str) -> Path | None:
     """``OUT/curves.png`` from the run's metrics so far (also after a stop or a crash); a plot
-    that fails is a warning, never a lost run."""
+    that fails is a one-line warning, never a lost run."""
     try:
-        return plot_training_curves(read_metrics(out), out / "curves.png", title)
+        return plot_training_curves(read_metrics(out), out / "curves.png", title, what="training curves")
     except (OSError, ValueError, RuntimeError) as e:
-        warnings.warn(f"{out / 'curves.png'}: could not plot the training curves: {e}", stacklevel=2)
+        say_warning(f"{out / 'curves.png'}: could not plot the training curves: {e}")
         return None

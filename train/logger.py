@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from shards.base.atomic import write_faults
 
 
 class MetricsLogger:
@@ -18,7 +21,8 @@ class MetricsLogger:
         self.path = Path(out) / "metrics.jsonl"
         self._tb = None
         if enabled:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with write_faults(self.path, what="the run folder"):
+                self.path.parent.mkdir(parents=True, exist_ok=True)
         if tensorboard is None:
             tensorboard = tensorboard_installed()
         if enabled and tensorboard:
@@ -30,8 +34,9 @@ class MetricsLogger:
         if not self.enabled:
             return
         row = {"step": step, "epoch": epoch, "time": round(time.time(), 3), **metrics}
-        with open(self.path, "a") as f:
-            f.write(json.dumps(row) + "\n")
+        line = json.dumps(row) + "\n"
+        with write_faults(self.path, need=len(line)), open(self.path, "a") as f:
+            f.write(line)
         if self._tb is not None:
             for k, v in metrics.items():
                 if isinstance(v, (int, float)):
@@ -49,8 +54,12 @@ def tensorboard_installed() -> bool:
 
 
 def read_metrics(out: str | Path) -> list[dict[str, Any]]:
-    """All lines of OUT/metrics.jsonl (for tests, the demo and reports)."""
+    """All lines of OUT/metrics.jsonl (for tests, the demo and reports); a line cut short by a
+    full disk is left out."""
     path = Path(out) / "metrics.jsonl"
-    return (
-        [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    )
+    rows = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        if line.strip():
+            with contextlib.suppress(json.JSONDecodeError):
+                rows.append(json.loads(line))
+    return rows

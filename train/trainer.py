@@ -31,11 +31,12 @@ from train.checkpoint import (
     TrainedModel,
     check_vocab,
     checkpoint_task,
-    read_checkpoint,
 )
 from train.config import Experiment
 from train.curves import plot_run_curves
 from train.data import build_data, data_source
+from train.data_wait import DataWait, wait_postfix
+from train.faults import BadShard, stop_on_bad_shard
 from train.logger import MetricsLogger
 from train.loss import TaskLoss
 from train.models.registry import FitContext, build_model, get_family
@@ -80,9 +81,8 @@ class Trainer:
         manifest, self.task = data_source(exp)  # the manifest, read once per start
         self.family = get_family(exp.model.family)  # model section checked when the config was read
         self.family.check_task(self.task.kind)
-        resume = distributed.broadcast_object(self.checkpointer.resume_path())
-        self.resume_state = read_checkpoint(resume) if resume else None
-        if self.resume_state is not None:
+        resume, self.resume_state = self.checkpointer.resume()  # auto: the newest that loads
+        if resume is not None and self.resume_state is not None:
             hint = "; use a fresh train.out or checkpoint.resume=none"
             data = exp.data.shards or "synthetic data"
             check_vocab(checkpoint_task(self.resume_state, resume), self.task, resume, data, hint)
@@ -102,6 +102,7 @@ class Trainer:
         self.stop = StopSignal(i.distributed)
         self.stopped = False  # every rank agreed to stop (what train() acts on)
         self.logger = MetricsLogger(self.out, enabled=i.is_main, tensorboard=exp.train.tensorboard)
+        self.data_wait = DataWait()  # per-rank wait for the next batch, gathered at each log step
         self._amp = self._amp_dtype()
         self.ema: EMA | None = None
         self.ddp: DDP | None = None
@@ -192,6 +193,8 @@ class Trainer:
             while self.epoch < self.exp.train.epochs and not self._done():
                 if self._run_epoch():
                     break
+        except BadShard as e:  # a shard went bad under the run: checkpoint, then one line
+            raise stop_on_bad_shard(self, e) from None
         finally:
             restore()
         self.sync_buffers()
@@ -210,7 +213,7 @@ class Trainer:
         )  # fmt: skip
         self.model.train()
         running, count = torch.zeros((), device=self.device), 0
-        for batch in self.data.train:
+        for batch in self.data_wait.timed(self.data.train):
             loss = self.train_step(batch)
             running, count = running + loss, count + 1
             self.batch_in_epoch += 1
@@ -301,9 +304,9 @@ class Trainer:
 
     def _log_train(self, mean_loss: torch.Tensor, bar: Any) -> None:
         loss = distributed.all_reduce_mean(mean_loss.reshape(1)).item()
-        lr = self.scheduler.get_last_lr()[0]
-        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-        self.logger.log(self.step, self.epoch, {"train/loss": loss, "train/lr": lr})
+        lr, wait = self.scheduler.get_last_lr()[0], self.data_wait.report()  # collective, all ranks
+        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", wait=wait_postfix(wait))
+        self.logger.log(self.step, self.epoch, {"train/loss": loss, "train/lr": lr, **wait})
 
     def _fit_once(self, fit: Callable[..., dict[str, float]]) -> dict[str, Any]:
         """A family with its own fit (gbm): one pass over the training loader, then the

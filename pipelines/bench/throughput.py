@@ -27,6 +27,7 @@ import nvidia.dali
 import torch
 
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
+from shards.base import storage
 from shards.base.config import load_sections, to_dict
 from shards.base.distributed import resolve_device
 from shards.base.errors import CliParser
@@ -142,6 +143,8 @@ def make_loader(name: str, shards: Path, cfg: dict[str, Any], workers: int, spli
 
     kw = dict(mode="train", features=cfg["features"], augment=cfg["augment"], loader=cfg["loader"])
     if name == "baseline":  # on image shards: PIL + torchvision in the same DataLoader
+        if storage.is_remote(shards):
+            raise ValueError(f"{shards}: the baseline reads local builds only; --pipelines=dali-cpu")
         base = ImageBaselineLoader if load_manifest(shards).kind == "image" else BaselineLoader
         return base(shards, split, workers=workers, rank=0, world_size=1, device=resolve_device("auto"), **kw)
     return build_loader(
@@ -160,6 +163,10 @@ def bench_pipeline(name: str, shards: Path, cfg: dict[str, Any], args: argparse.
         loader, warmup=args.warmup, batches=args.batches, chunk_seconds=cfg["loader"].chunk_seconds
     )
     res["pipeline"] = name
+    gate = getattr(loader, "gate", None)
+    if gate is not None:  # an object-store build through the shard cache
+        st = gate.cache.stats
+        res |= {"cache_fetched": st.fetched, "cache_hits": st.hits, "cache_wait_s": round(st.wait_seconds, 3)}
     if cuda:
         res["gpu_mem_device_mib"] = round((free0 - torch.cuda.mem_get_info()[0]) / 2**20, 1)
         res["gpu_mem_torch_peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
@@ -203,7 +210,7 @@ def machine() -> dict[str, Any]:
 
 def add_shard_args(ap: CliParser) -> None:
     """SHARDS or ``--synth DIR`` (built there first when absent): the benchmarks' input."""
-    ap.add_argument("shards", nargs="?", type=Path, help="shard build folder")
+    ap.add_argument("shards", nargs="?", help="shard build folder or s3://bucket/prefix")
     ap.add_argument("--synth", type=Path, help="build synthetic shards here first if absent, and use them")
     ap.add_argument("--synth-tracks", type=int, default=32)
     ap.add_argument("--synth-seconds", type=float, default=30.0)
@@ -212,9 +219,10 @@ def add_shard_args(ap: CliParser) -> None:
     )
 
 
-def bench_shards(ap: CliParser, args: argparse.Namespace, sample_rate: int, progress: bool) -> Path:
-    """The shard folder of ``add_shard_args``, building the synthetic one when asked."""
-    shards: Path | None = args.shards or args.synth
+def bench_shards(ap: CliParser, args: argparse.Namespace, sample_rate: int, progress: bool) -> Any:
+    """The shard folder (or ``s3://`` prefix) of ``add_shard_args``, building the synthetic one
+    when asked."""
+    shards: str | Path | None = args.shards or args.synth
     if shards is None:
         ap.error("give SHARDS or --synth DIR")
     if args.synth is not None and args.synth_images and not (args.synth / "manifest.json").is_file():

@@ -12,17 +12,27 @@ import sys
 from collections.abc import Callable
 from typing import NoReturn
 
+from shards.base.atomic import WriteError
 from shards.base.distributed import is_main_process
+from shards.base.progress import close_all, write_line
 
-UserError = (ValueError, FileNotFoundError, NotADirectoryError)
+UserError = (ValueError, FileNotFoundError, NotADirectoryError, WriteError)
 """What a wrong config, path or input raises in this project (style.md: ``ValueError`` for
-user mistakes, ``assert`` for internal invariants)."""
+user mistakes, ``assert`` for internal invariants), and a write the machine refused (a full
+disk, an I/O error: ``shards.base.atomic.WriteError``)."""
 
 
-def say_error(message: str) -> None:
-    """The one ``error:`` line (rank 0 only)."""
-    if is_main_process():
+def say_error(message: str, *, every_rank: bool = False) -> None:
+    """The one ``error:`` line (rank 0 only, unless the fault is this rank's alone)."""
+    if every_rank or is_main_process():
+        close_all()
         print(f"error: {message}", file=sys.stderr, flush=True)
+
+
+def say_warning(message: str) -> None:
+    """One ``warning:`` line (rank 0 only): something was skipped and the run goes on."""
+    if is_main_process():
+        write_line(f"warning: {message}")
 
 
 def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = None) -> int:
@@ -30,7 +40,8 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
     try:
         return main(argv)
     except UserError as e:
-        say_error(str(e))
+        # a fault only one rank saw (a shard it read) sets ``every_rank``: no rank 0 knows it
+        say_error(str(e), every_rank=bool(getattr(e, "every_rank", False)))
         return 2
 
 

@@ -6,6 +6,7 @@ plain lines in a log file, nothing) is decided in one place.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from typing import Any
 
@@ -34,3 +35,15 @@ def progress(
         leave=leave,
         dynamic_ncols=True,
     )
+
+
+def close_all() -> None:
+    """Close every open progress display, so a final ``error:`` line starts on a line of its own
+    (a bar that an exception left open would otherwise have the error appended to it)."""
+    for bar in list(getattr(tqdm, "_instances", ())):
+        bar.close()
+
+
+def write_line(text: str) -> None:
+    """One line on stderr that does not tear an open progress display (it is redrawn below)."""
+    tqdm.write(text, file=sys.stderr)

@@ -49,7 +49,8 @@ Location = str | Path
 """A local path, or a URL ``s3://bucket/key`` / ``gs://bucket/key``."""
 
 REMOTE_SCHEMES = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs"}
-"""URL scheme -> the fsspec package that serves it (installed by ``pip install musicstream[cloud]``)."""
+"""URL scheme -> the fsspec package that serves it (s3fs comes with ``musicstream[cloud]``; gcsfs is
+installed by hand for ``gs://``)."""
 SHA256_META = "sha256"
 """User-metadata key holding an object's sha256 (hex), written by :func:`upload` / :func:`write_bytes`."""
 _URL = re.compile(r"^([a-z][a-z0-9+.-]*)://(.*)$", re.IGNORECASE)
@@ -151,8 +152,8 @@ def _filesystem(location: Location) -> Any:
             return _FS_CACHE[key]
         if importlib.util.find_spec(package) is None:
             raise StorageError(
-                f"{location}: reading {scheme}:// needs the {package} package: "
-                "pip install 'musicstream[cloud]'"
+                f"{location}: {scheme}:// needs the {package} package: "
+                + ("pip install 'musicstream[cloud]'" if package == "s3fs" else f"pip install {package}")
             )
         if scheme == "s3":
             s3fs = importlib.import_module("s3fs")
@@ -310,10 +311,19 @@ def upload(local: str | Path, dst: Location, *, sha256: str | None = None) -> No
         _filesystem(dst).put_file(str(local), _key(dst), **_meta_kwargs(dst, sha256))
 
 
-def download(src: Location, local: str | Path) -> Path:
-    """Copy ``src`` whole into the local file ``local``, atomically (a crash leaves no partial file
-    under the final name); large objects are fetched in parallel ranges by the store's client."""
+def download(src: Location, local: str | Path, *, in_place: bool = False) -> Path:
+    """Copy ``src`` whole into the local file ``local``: one streamed GET (large objects: parallel
+    ranges). Atomic by default (a crash leaves no partial file under the final name);
+    ``in_place`` rewrites an existing file's bytes without replacing the file (its inode), for a
+    reader that holds it open (the shard cache, which marks completeness itself)."""
     local = Path(local)
+    if in_place:
+        if not is_remote(src):
+            shutil.copyfile(src, local)  # opens local "wb": same inode
+        else:
+            with storage_errors(src):
+                _filesystem(src).get_file(_key(src), str(local))
+        return local
     with atomic_path(local) as tmp:
         if not is_remote(src):
             shutil.copyfile(src, tmp)
@@ -321,6 +331,17 @@ def download(src: Location, local: str | Path) -> Path:
             with storage_errors(src):
                 _filesystem(src).get_file(_key(src), str(tmp))
     return local
+
+
+def copy_file(src: Location, dst: Location, *, sha256: str | None = None) -> None:
+    """One file or object from ``src`` to ``dst``, any mix of local and remote, written atomically
+    (uploads record ``sha256`` in the object's metadata when given)."""
+    if not is_remote(src):
+        upload(src, dst, sha256=sha256)
+    elif not is_remote(dst):
+        download(src, dst)
+    else:
+        write_bytes(dst, read_bytes(src), sha256=sha256)
 
 
 def delete(location: Location) -> None:

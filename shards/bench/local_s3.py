@@ -36,7 +36,9 @@ TEST_CREDENTIALS = {
 }
 """Dummy credentials, distinctive so tests can search every output for them."""
 
-_REQUEST = re.compile(r'"(GET|PUT|HEAD|POST|DELETE) (\S+) HTTP/[\d.]+" (\d{3})')
+_REQUEST = re.compile(
+    r'"(?:\x1b\[[\d;]*m)*(GET|PUT|HEAD|POST|DELETE) (\S+) HTTP/[\d.]+(?:\x1b\[[\d;]*m)*" (\d{3})'
+)
 
 
 class LocalS3:

@@ -36,6 +36,7 @@ from shards.output import BuildOutput
 from shards.plan import fingerprint, order_records, plan
 from shards.records import Dataset, Record
 from shards.shard_task import build_shard
+from shards.workers import DecodePool
 
 
 def _digest(out: Path) -> str:
@@ -131,10 +132,12 @@ def plan_merge(work: Path, *, records: int, cores: int) -> dict:
     t["order_and_fingerprint_s"] = time.perf_counter() - t0
     layout = Layout(cfg.sample_rate, cfg.codec, cfg.segment_samples, 1)
     t0 = time.perf_counter()
-    estimate_all([r for items in ordered.values() for _, r in items], layout, threads=4 * cores, timeout=60)
+    pool = DecodePool(cores)
+    estimate_all([r for items in ordered.values() for _, r in items], layout, pool=pool, timeout=60)
     t["header_reads_s"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    the_plan = plan(cfg, ds, ordered=ordered)
+    the_plan = plan(cfg, ds, ordered=ordered, pool=pool)
+    pool.kill()
     t["plan_s (header reads + cut)"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     write_plan(out, the_plan)

@@ -1,0 +1,126 @@
+"""What the DALI reader is given for a build in object storage, and the gate that streams it.
+
+``loader.remote = "cache"`` (default): whole shards fetched ahead of the reader into a per-rank
+cache (:mod:`pipelines.shard_cache`); DALI reads local files. ``"direct"``: DALI reads the
+``s3://`` tars itself, one ranged GET per sample member (its S3 client is configured from the
+same environment: ``AWS_ENDPOINT_URL``, the credential chain, ``AWS_REGION``). In both modes the
+small index files are downloaded once into the cache folder, so validation reads them locally
+and DALI's start-up costs no request per index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pipelines.config import LoaderConfig
+from pipelines.read_order import ReadOrder
+from pipelines.shard_cache import ShardCache
+from shards.manifest import Manifest
+
+
+@dataclass
+class ReaderInputs:
+    """Paths (or URLs) for the reader, the local index copies, and the streaming gate."""
+
+    tars: list[str]
+    idxs: list[str]
+    gate: CacheGate | None = None  # cache mode: called before every DALI batch
+    plain_reads: bool = False  # DALI opens tars without mmap (cache files are filled in place)
+
+
+def cache_root(cfg: LoaderConfig) -> Path:
+    """``loader.cache_dir``, else ``$MUSICSTREAM_CACHE``, else ``~/.cache/musicstream/shards``."""
+    if cfg.cache_dir:
+        return Path(cfg.cache_dir).expanduser()
+    env = os.environ.get("MUSICSTREAM_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "musicstream" / "shards"
+
+
+def cache_folder(m: Manifest, split: str, cfg: LoaderConfig, rank: int) -> Path:
+    """One folder per build URL, split and rank: ranks never share (or race on) a file."""
+    url = str(m.root).rstrip("/")
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "-", url.split("://", 1)[-1])[-60:]
+    key = hashlib.sha256(url.encode()).hexdigest()[:10]
+    return cache_root(cfg) / f"{readable}-{key}" / split / f"rank{rank}"
+
+
+def reader_inputs(
+    m: Manifest, split: str, cfg: LoaderConfig, *, rank: int, world_size: int, train: bool, batch: int
+) -> ReaderInputs:
+    """Local builds: their own paths. Object-store builds: local index copies, and either the
+    cache (local tar files filled ahead of the reader) or the tar URLs for DALI's direct reads."""
+    tars, idxs = m.urls(split)
+    if not m.remote:
+        return ReaderInputs(tars, idxs)
+    info = m.split(split)
+    cache = ShardCache(
+        tars,
+        idxs,
+        info.shards,
+        cache_folder(m, split, cfg, rank),
+        max_bytes=int(cfg.cache_gb * 1e9),
+        workers=cfg.cache_workers,
+        ahead=cfg.cache_ahead,
+    )
+    local_idxs = [str(p) for p in cache.indexes]
+    if cfg.remote == "direct":
+        cache.close()
+        return ReaderInputs(tars, local_idxs)
+    order = ReadOrder(
+        counts=tuple(s.num_samples for s in info.shards),
+        rank=rank,
+        world_size=world_size,
+        batch=batch,
+        fill=cfg.initial_fill if train and cfg.shuffle else 1,
+        prefetch=cfg.prefetch,
+        train=train,
+    )
+    return ReaderInputs([str(p) for p in cache.tars], local_idxs, CacheGate(cache, order), plain_reads=True)
+
+
+class CacheGate:
+    """Holds each DALI batch back until the shards the reader may touch are in the cache."""
+
+    def __init__(self, cache: ShardCache, order: ReadOrder) -> None:
+        self.cache = cache
+        self.order = order
+
+    def wait(self, epoch: int, batch: int, *, restored: bool = False) -> None:
+        needed, upcoming = self.order.window(epoch, batch, restored=restored)
+        self.cache.ensure(needed, upcoming)
+
+    def wrap(self, it: Any, position: Callable[[], tuple[int, int]]) -> GatedIterator:
+        return GatedIterator(it, self, position)
+
+
+class GatedIterator:
+    """The DALI iterator, each ``next`` preceded by :meth:`CacheGate.wait` at the loader's
+    (epoch, batch); everything else is the DALI iterator's."""
+
+    def __init__(self, it: Any, gate: CacheGate, position: Callable[[], tuple[int, int]]) -> None:
+        self._it, self._gate, self._position = it, gate, position
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        self._gate.wait(*self._position())
+        return next(self._it)
+
+    def __len__(self) -> int:
+        return len(self._it)
+
+    def reset(self) -> None:
+        """DALI's reset starts the next epoch's prefetch: gate on that epoch's first batch."""
+        epoch, _ = self._position()
+        self._gate.wait(epoch + 1, 0)
+        self._it.reset()
+
+    def checkpoints(self) -> list[str]:
+        return list(self._it.checkpoints())
