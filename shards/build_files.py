@@ -105,6 +105,13 @@ def plan_from_json(text: str, where: str) -> BuildPlan:
         raise ValueError(f"{where}: not valid JSON: {e}") from None
     if doc.get("format") != PLAN_FORMAT or doc.get("version") != PLAN_VERSION:
         raise ValueError(f"{where}: not a musicstream build plan (version {PLAN_VERSION})")
+    try:
+        return _plan_from(doc)
+    except (KeyError, TypeError, ValueError) as e:  # another version's fields
+        raise ValueError(f"{where}: malformed build plan: {e}") from None
+
+
+def _plan_from(doc: dict[str, Any]) -> BuildPlan:
     ctx = doc["context"]
     context = ShardContext(**{**ctx, "task": TaskSpec(**ctx["task"])})
     shards = [

@@ -65,7 +65,8 @@ def order_records(ds: Dataset, seed: int) -> dict[str, list[tuple[str, Record]]]
 def fingerprint(cfg: BuildConfig, ds: Dataset, ordered: dict[str, list[tuple[str, Record]]]) -> str:
     """What makes two builds write the same shards: the config's shard-shaping fields, the
     vocabulary and every split's ordered (key, path) list."""
-    h = hashlib.sha256(json.dumps(cfg.fingerprint_fields(), sort_keys=True, default=str).encode())
+    h = hashlib.sha256(f"{PLAN_FORMAT} {PLAN_VERSION}\n".encode())  # a new plan format rebuilds
+    h.update(json.dumps(cfg.fingerprint_fields(), sort_keys=True, default=str).encode())
     h.update(json.dumps(ds.task.vocab(), sort_keys=True).encode())
     for split, items in ordered.items():
         h.update(split.encode())
