@@ -22,8 +22,8 @@ KILL_MARKER = ".kill-once"
 
 
 def slow(job: workers.Job) -> workers.Result:
-    """A decode that takes at least half a second (a build slow enough to be killed mid-way)."""
-    time.sleep(0.5)
+    """A decode that takes at least 0.75 s (a build slow enough to be killed mid-way)."""
+    time.sleep(0.75)
     return REAL_DECODE(job)
 
 
