@@ -183,7 +183,7 @@ class Predictor:
         manifest = build(
             cfg, progress=self.progress, dataset=Dataset(source="predict", task=self.task, records=records)
         )
-        lines = (cfg.out / REJECTS).read_text().splitlines()
+        lines = (cfg.local_out / REJECTS).read_text().splitlines()
         return manifest, [json.loads(line) for line in lines if line.strip()]
 
     def _score(self, manifest: Manifest) -> dict[int, np.ndarray]:

@@ -17,6 +17,7 @@ import soxr
 
 from shards import reasons
 from shards.base.errors import first_line
+from shards.ogg_pages import with_serial
 
 SOXR_QUALITY = "HQ"  # soxr's high-quality band-limited resampler
 WRITE_BLOCK = 1 << 16  # frames per libsndfile write call (see write_blocks)
@@ -106,7 +107,8 @@ def encode(y: np.ndarray, sr: int, codec: str) -> bytes:
         raise ValueError(f"codec: {codec!r} is not pcm16, flac or ogg")
     buf = io.BytesIO()
     write_blocks(buf, y, sr, *SOUNDFILE_FORMATS[codec])
-    return buf.getvalue()
+    # libsndfile draws each Ogg stream's serial from the clock: fix it, so bytes are reproducible
+    return with_serial(buf.getvalue()) if codec == "ogg" else buf.getvalue()
 
 
 def write_blocks(dest: str | Path | io.BytesIO, data: np.ndarray, sr: int, fmt: str, subtype: str) -> None:

@@ -136,7 +136,7 @@ def load(cfg: BuildConfig) -> Dataset:
     opts = cfg.importer_options(CCMusicOptions)
     require_dir(cfg.root, "ccmusic root")
     files = discover(cfg.root, opts.hf_config)
-    extract = cfg.out / EXTRACT_DIR
+    extract = cfg.local_out / EXTRACT_DIR
     if cfg.force and extract.exists():
         shutil.rmtree(extract)
     feats = features(files[0])

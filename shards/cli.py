@@ -1,5 +1,5 @@
-"""``python -m shards {build,verify,synth,copy,bench}``: thin entry points over BuildConfig, build,
-verify, copy and synth.
+"""``python -m shards {build,plan,merge,verify,synth,copy,bench}``: thin entry points over
+BuildConfig, the builder's three steps, verify, copy and synth.
 
 User mistakes (bad arguments, missing root, malformed CSV, a full disk) end as one ``error:``
 line naming the file and exit status 2; ``--strict`` builds with rejects exit with 1, and so
@@ -19,11 +19,12 @@ from shards.base.config import field_docs
 from shards.base.errors import CliParser, run_cli
 from shards.config import BuildConfig, load_build_config
 from shards.importers import get_importer, importer_names
+from shards.manifest import REJECTS, Manifest
 
 # CLI flag -> BuildConfig field; unset flags stay None so the TOML file can supply them.
 _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
     ("--root", "root", dict(type=Path, help="raw dataset folder")),
-    ("--out", "out", dict(type=Path, help="build folder to write")),
+    ("--out", "out", dict(type=str, help="build folder to write: a local path or s3://bucket/prefix")),
     ("--task", "task", dict(choices=["single", "multi", "hier"], help="label task (default: the source's)")),
     ("--sample-rate", "sample_rate", dict(type=int, help="stored sample rate (default 22050)")),
     ("--codec", "codec", dict(choices=["pcm16", "flac", "ogg"], help="stored audio codec (default pcm16)")),
@@ -36,6 +37,14 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
         "segment_seconds",
         dict(type=float, help="store longer tracks as segments of this length (default 30)"),
     ),
+    ("--executor", "executor", dict(choices=["local", "ray"], help="who builds the shards (default local)")),
+    ("--ray-address", "ray_address", dict(help="executor ray: cluster to join (auto, ray://host:10001)")),
+    (
+        "--decode-timeout",
+        "decode_timeout",
+        dict(type=float, help="reject a file still decoding after this many s (default 600)"),
+    ),
+    ("--part", "part", dict(help="array jobs: build slice I of N of the plan (I/N, 0-based)")),
 ]
 
 
@@ -67,12 +76,11 @@ def importer_flags() -> list[tuple[str, str, dict[str, Any]]]:
     return out
 
 
-def _parser() -> CliParser:
-    p = CliParser(prog="python -m shards", description="Build musicstream WebDataset shards.")
-    sub = p.add_subparsers(dest="cmd", required=True)
-    b = sub.add_parser("build", help="pack a raw dataset into shards")
-    sources = importer_names()
-    b.add_argument("source", nargs="?", choices=sources, help="importer (or [shards] source in --config)")
+def _add_build_flags(b: argparse.ArgumentParser) -> None:
+    """The flags of ``build`` and ``plan``: a source, a TOML file, every BuildConfig field."""
+    b.add_argument(
+        "source", nargs="?", choices=importer_names(), help="importer (or [shards] source in --config)"
+    )
     b.add_argument("--config", type=Path, help="TOML file with a [shards] table (CLI flags override it)")
     flags = [*_FLAGS, *importer_flags()]
     for flag, dest, kw in flags:
@@ -85,6 +93,16 @@ def _parser() -> CliParser:
     # the BuildConfig keys these flags set, so _build need not generate the importer flags again
     b.set_defaults(config_keys=(*(dest for _, dest, _ in flags), "force", "strict"))
     b.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _parser() -> CliParser:
+    p = CliParser(prog="python -m shards", description="Build musicstream WebDataset shards.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    _add_build_flags(sub.add_parser("build", help="pack a raw dataset into shards (plan, build, merge)"))
+    _add_build_flags(sub.add_parser("plan", help="only write the build plan (before array --part jobs)"))
+    m = sub.add_parser("merge", help="write manifest.json once every --part job has run")
+    m.add_argument("out", help="the build folder (local path or s3://bucket/prefix)")
+    m.add_argument("--strict", action="store_true", help="exit 1 when any input is rejected")
     v = sub.add_parser("verify", help="check every shard and index against the manifest's sizes and sha256")
     v.add_argument("build", help="build folder holding manifest.json, or its s3:// / gs:// prefix")
     v.add_argument("--workers", type=int, default=4, help="shards checked at once (default 4)")
@@ -111,27 +129,66 @@ def _parser() -> CliParser:
     return p
 
 
-def _build(a: argparse.Namespace) -> int:
-    from shards.builder import build
-
+def _config(a: argparse.Namespace) -> BuildConfig:
     cli = {dest: getattr(a, dest) for dest in a.config_keys if getattr(a, dest) is not None}
     if a.source:
         cli["source"] = a.source
-    cfg: BuildConfig = load_build_config(a.config, cli)
-    m = build(cfg, progress=not a.quiet)
+    return load_build_config(a.config, cli)
+
+
+def _summary(out: object, m: Manifest) -> str:
     t = m.totals
     per = ", ".join(
         f"{s} {i.tracks}" + (f" in {i.num_samples} segments" if i.num_samples != i.tracks else "")
         for s, i in m.splits.items()
     )
-    print(f"{cfg.out}: {t['written']} written ({per}), {t['rejected']} rejected of {t['input']} inputs")
-    if cfg.strict and t["rejected"]:
-        print(
-            f"error: {t['rejected']} input(s) rejected (--strict); see {cfg.out / 'rejects.jsonl'}",
-            file=sys.stderr,
-        )
+    return f"{out}: {t['written']} written ({per}), {t['rejected']} rejected of {t['input']} inputs"
+
+
+def _finish(out: object, m: Manifest, strict: bool) -> int:
+    print(_summary(out, m))
+    rejected = m.totals["rejected"]
+    if strict and rejected:
+        print(f"error: {rejected} input(s) rejected (--strict); see {out}/{REJECTS}", file=sys.stderr)
         return 1
     return 0
+
+
+def _build(a: argparse.Namespace) -> int:
+    from shards.builder import build, build_part
+
+    cfg = _config(a)
+    if cfg.part is None:
+        return _finish(cfg.out, build(cfg, progress=not a.quiet), cfg.strict)
+    r = build_part(cfg, progress=not a.quiet)
+    (i, n), left = r.part, r.missing
+    print(
+        f"{cfg.out}: part {i}/{n}: {r.built} of its {r.shards} shards built now, the rest already were; "
+        + (
+            f"{left} of {r.planned} planned shards still to build"
+            if left
+            else f"all shards built: run `python -m shards merge {cfg.out}`"
+        )
+    )
+    return 0
+
+
+def _plan(a: argparse.Namespace) -> int:
+    from shards.builder import plan_build
+
+    cfg = _config(a)
+    p = plan_build(cfg, progress=not a.quiet)
+    per = ", ".join(f"{s} {sum(x.split == s for x in p.shards)}" for s in p.splits)
+    print(
+        f"{cfg.out}: {len(p.shards)} shards planned ({per}); build them with --part I/N, then `python -m shards merge {cfg.out}`"
+    )
+    return 0
+
+
+def _merge(a: argparse.Namespace) -> int:
+    from shards.builder import merge_build
+
+    return _finish(a.out, merge_build(a.out), a.strict)
 
 
 def _verify(a: argparse.Namespace) -> int:
@@ -190,14 +247,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(argv: list[str] | None) -> int:
     a = _parser().parse_args(argv)
-    if a.cmd == "build":
-        return _build(a)
-    if a.cmd == "synth":
-        return _synth(a)
-    if a.cmd == "verify":
-        return _verify(a)
-    if a.cmd == "copy":
-        return _copy(a)
+    commands = {
+        "build": _build,
+        "plan": _plan,
+        "merge": _merge,
+        "verify": _verify,
+        "synth": _synth,
+        "copy": _copy,
+    }
+    if a.cmd in commands:
+        return commands[a.cmd](a)
     from shards.bench.build_speed import main as bench_main
 
     return bench_main(a)

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
+from shards.base import storage
 from shards.base.config import from_dict, load_toml, section_table, to_dict
 from shards.base.tasks import TaskKind
 from shards.importers import ImporterOptions, get_importer
@@ -29,8 +32,9 @@ class BuildConfig:
     """Which registered importer reads ``root`` (built in: fma, mtat, ccmusic, folder)."""
     root: Path
     """Folder holding the raw dataset as its publisher ships it."""
-    out: Path
-    """Build folder to write (manifest.json, rejects.jsonl, SPLIT/%06d.tar + .idx)."""
+    out: str | Path
+    """Build folder to write (manifest.json, rejects.jsonl, SPLIT/%06d.tar + .idx): a local path or
+    an object-store prefix (``s3://bucket/prefix``)."""
     task: TaskKind | None = None
     """single, multi or hier; None = the importer's natural task (fma single, mtat multi, ccmusic hier, folder single)."""
     sample_rate: int = 22050
@@ -40,7 +44,7 @@ class BuildConfig:
     shard_size_mb: float = 256.0
     """Upper bound of one tar shard in MiB (a larger single sample gets its own shard)."""
     workers: int = 0
-    """Decoding processes; 0 = all cores, 1 = in-process."""
+    """Decoding processes; 0 = all cores, 1 = in-process (no decode timeout: for debugging)."""
     seed: int = 0
     """Seed of the shuffle across shards and of hash/random splits."""
     min_seconds: float = 1.0
@@ -52,12 +56,22 @@ class BuildConfig:
     """Rebuild everything instead of resuming finished shards."""
     strict: bool = False
     """Exit non-zero when any input was rejected."""
+    executor: Literal["local", "ray"] = "local"
+    """Who builds the shards: local (this machine's process pool) or ray (one Ray task per shard)."""
+    ray_address: str | None = None
+    """executor = ray: the cluster to join (auto, ray://host:10001); None = start Ray on this machine."""
+    decode_timeout: float = 600.0
+    """Seconds one file may take to read and decode before it is rejected as hung (0 = no limit)."""
+    part: str | None = None
+    """Array jobs: I/N builds the I-th of N slices of the plan (0-based); merge with `python -m shards merge`."""
     options: ImporterOptions | None = None
     """The importer's own options (its ``Importer.options`` dataclass); None = its defaults."""
 
     def __post_init__(self) -> None:
         importer = get_importer(self.source)
-        self.root, self.out = Path(self.root), Path(self.out)
+        self.root = Path(self.root)
+        storage.check_location(self.out)  # an unknown scheme or credentials in a URL: one line
+        self.out = str(self.out) if storage.is_remote(self.out) else Path(self.out)
         if self.task is None:
             self.task = importer.tasks[0]  # type: ignore[assignment]
         if self.task not in ("single", "multi", "hier"):
@@ -85,6 +99,41 @@ class BuildConfig:
             raise ValueError(f"min_seconds: must be >= 0, got {self.min_seconds}")
         if not self.segment_seconds * self.sample_rate >= 1:
             raise ValueError(f"segment_seconds: must be positive, got {self.segment_seconds}")
+        self._check_run_options()
+
+    def _check_run_options(self) -> None:
+        """The options of how (not what) to build."""
+        if self.executor not in ("local", "ray"):
+            raise ValueError(f"executor: {self.executor!r} is not local or ray")
+        if self.ray_address is not None and self.executor != "ray":
+            warnings.warn("ray_address has no effect unless executor = ray", stacklevel=3)
+        if not self.decode_timeout >= 0:
+            raise ValueError(f"decode_timeout: must be >= 0 (0 = no limit), got {self.decode_timeout}")
+        if self.part is not None:
+            _ = self.part_slice  # parses and checks I/N
+            if self.executor != "local":
+                raise ValueError("part: an array part builds with this machine's pool (executor = local)")
+            if self.force:
+                raise ValueError(
+                    "part: --force would wipe the other parts' shards; re-plan with `python -m shards plan --force` first"
+                )
+
+    @property
+    def part_slice(self) -> tuple[int, int]:
+        """``part`` as (I, N); (0, 1) when the whole plan is built."""
+        if self.part is None:
+            return 0, 1
+        m = re.fullmatch(r"(\d+)/(\d+)", self.part.strip())
+        if not m or not int(m[1]) < int(m[2]):
+            raise ValueError(f"part: expected I/N with 0 <= I < N (e.g. 3/16), got {self.part!r}")
+        return int(m[1]), int(m[2])
+
+    @property
+    def local_out(self) -> Path:
+        """``out`` as a local folder (for what cannot live in an object store)."""
+        if not isinstance(self.out, Path):
+            raise ValueError(f"out: {self.source} needs a local build folder here, got {self.out}")
+        return self.out
 
     def importer_options(self, cls: type[OptionsT]) -> OptionsT:
         """``options`` as the importer's own class (what its ``load`` reads)."""
@@ -105,12 +154,22 @@ class BuildConfig:
     def shard_bytes(self) -> int:
         return int(self.shard_size_mb * (1 << 20))
 
+    def provenance(self) -> dict[str, Any]:
+        """The config as the manifest records it: what shaped the shards, not how or where they
+        were built (so every executor writes the same manifest)."""
+        d = to_dict(self)
+        for k in RUN_FIELDS:
+            d.pop(k)
+        return d
+
     def fingerprint_fields(self) -> dict[str, Any]:
         """Fields that change the shards' bytes (resume only reuses shards built with the same)."""
-        d = to_dict(self)
-        for k in ("workers", "force", "strict", "out"):
-            d.pop(k)
+        d = self.provenance()
         return d | d.pop("options")  # the importer's options as top-level keys
+
+
+RUN_FIELDS = ("workers", "force", "strict", "out", "executor", "ray_address", "decode_timeout", "part")
+"""Fields that say how and where to build, never what: outside the fingerprint and the manifest."""
 
 
 COMMON_FIELDS = frozenset(f.name for f in dataclasses.fields(BuildConfig)) - {"options"}

@@ -10,12 +10,13 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from shards.base.errors import first_line
 from shards.base.tasks import Level, TaskSpec
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SPLITS = ("train", "validation", "test")
 _SPLIT_ALIASES = {
@@ -90,6 +91,8 @@ def hash_split(text: str, seed: int, fractions: tuple[float, float] = (0.8, 0.9)
 
 def read_table(path: Path, **kwargs: Any) -> pd.DataFrame:
     """``pd.read_csv`` whose failures are one error line naming the file."""
+    import pandas as pd  # here, not at the top: build workers unpickle Records without pandas
+
     if not path.is_file():
         raise FileNotFoundError(f"{path}: label file not found")
     try:

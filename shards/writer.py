@@ -71,13 +71,24 @@ class ShardWriter:
 
     ``write(key, {ext: bytes})`` adds one sample; ``output`` lists the finished shards.
     A storage fault (full disk, I/O error) removes the open shard's temporary file and raises
-    one ``WriteError``; the shards finished before it stay as they are.
+    one ``WriteError``; the shards finished before it stay as they are. ``room``: the bytes a
+    shard is expected to need, for that message (default ``max_bytes``; a writer whose shard
+    the plan already cut has no meaningful bound).
     """
 
-    def __init__(self, folder: str | Path, split: str, *, max_bytes: int = 256 << 20, start: int = 0) -> None:
+    def __init__(
+        self,
+        folder: str | Path,
+        split: str,
+        *,
+        max_bytes: int = 256 << 20,
+        start: int = 0,
+        room: int | None = None,
+    ) -> None:
         self.dir = Path(folder) / split
         self.split = split
         self.max_bytes = max_bytes
+        self.room = max_bytes if room is None else room
         self.next_index = start
         self.output: list[ShardInfo] = []
         self._tar: tarfile.TarFile | None = None
@@ -99,7 +110,7 @@ class ShardWriter:
     def _open(self) -> None:
         name = shard_name(self.next_index)
         self._tar_path = self.dir / f"{name}.tar"
-        self._ctx = atomic_path(self._tar_path, what=self._what(), need=self.max_bytes, up_to=True)
+        self._ctx = atomic_path(self._tar_path, what=self._what(), need=self.room, up_to=True)
         tmp = self._ctx.__enter__()
         self._raw = open(tmp, "wb")
         self._hf = _HashingFile(self._raw)
@@ -120,7 +131,7 @@ class ShardWriter:
         written = self._hf.tell() if self._hf is not None and self._tar is not None else 0
         self._abort()
         path = self.dir / f"{shard_name(self.next_index)}.tar"
-        need = max(self.max_bytes, written)
+        need = max(self.room, written)
         err = write_error(e, path, what=self._what(), need=need, up_to=True, kept=self._kept())
         if err is None:
             raise e
@@ -157,6 +168,8 @@ class ShardWriter:
             info = tarfile.TarInfo(name)
             info.size = len(data)
             info.mode = 0o644
+            # fixed metadata: a shard's bytes depend only on its samples, not on who wrote it when
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
             offset = self._tar.offset + 512  # type: ignore[union-attr]  # USTAR: one header block
             self._tar.addfile(info, io.BytesIO(data))  # type: ignore[union-attr]
             parts.append(index_line(ext, offset, len(data), name))

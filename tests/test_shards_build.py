@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.tars import read_members
 
 from shards.cli import main
 from shards.manifest import read_manifest
@@ -117,7 +118,14 @@ def test_dali_reader_accepts_index(raw: Path, tmp_path: Path) -> None:
             assert x.dtype == np.int16 and x.size == int(1.5 * 22050)
             assert class_of_signal(x, 22050) == y
             seen.append(int(np.array(tid.at(k))[0]))
-    assert sorted(seen) == [0, 0, 1, 1]  # tids of train (0, 1) and test (0, 1)
+    # a tid is the track's position in its split's plan (a rejected track leaves its number
+    # unused): the two written tracks of train and of test, as their .json members say
+    tids = {
+        s: sorted(json.loads(p["json"])["tid"] for p in read_members(m, s).values())
+        for s in ("train", "test")
+    }
+    assert all(len(set(t)) == 2 and max(t) < 3 for t in tids.values())
+    assert sorted(seen) == sorted(tids["train"] + tids["test"])
 
 
 def test_webdataset_reads_tars(raw: Path, tmp_path: Path) -> None:
@@ -224,12 +232,17 @@ def test_interrupted_build_resumes_after_last_finished_shard(
         builder.build(cfg, progress=False)
     assert not (cfg.out / "manifest.json").exists() and not list(cfg.out.rglob("*.tmp"))
     done = sorted(cfg.out.rglob("*.tar"))
-    # validation/000000 was still open (a shard closes when the next sample does not fit)
-    assert [p.relative_to(cfg.out).as_posix() for p in done] == ["train/000000.tar", "train/000001.tar"]
+    # the plan cut one track per shard (broken.mp3, 0 bytes, joins one): validation/000000 was
+    # committed before its second record was decoded
+    assert [p.relative_to(cfg.out).as_posix() for p in done] == [
+        "train/000000.tar",
+        "train/000001.tar",
+        "validation/000000.tar",
+    ]
     mtimes = {p: p.stat().st_mtime_ns for p in done}
     calls.clear()
     m = builder.build(cfg, progress=False)
-    assert len(calls) == 5  # validation's 2 + test's 3 records; train is not decoded again
+    assert len(calls) == 4  # validation's 1 + test's 3 records; committed shards are not decoded again
     assert {p: p.stat().st_mtime_ns for p in done} == mtimes
     fresh = builder.build(BuildConfig(**{**vars(cfg), "out": tmp_path / "fresh"}), progress=False)
     assert m.splits == fresh.splits and m.totals == fresh.totals == {"input": 8, "written": 6, "rejected": 2}
@@ -282,14 +295,14 @@ def test_dali_decodes_compressed_codecs(raw: Path, tmp_path: Path, codec: str) -
 
 def test_keys_are_sanitised_and_unique() -> None:
     from shards.base.tasks import TaskSpec
-    from shards.builder import plan
+    from shards.plan import order_records
     from shards.records import Dataset, Record
 
     recs = [
         Record(key=k, audio=Path(k), labels="x", split="train", path=k)
         for k in ["a.b", "a b", "a/b", "ü.mp3"]
     ]
-    planned = plan(
+    planned = order_records(
         Dataset(source="folder", task=TaskSpec(kind="single", classes=["x"]), records=recs), seed=0
     )
     keys = sorted(k for k, _ in planned["train"])
@@ -301,7 +314,7 @@ def test_long_keys_stay_sanitised_when_made_unique(tmp_path: Path) -> None:
     """Two paths alike in their first 80 key characters (deep folders, long titles): the
     de-duplicated key must still be one the writer accepts (it refused ``<80 chars>_2``)."""
     from shards.base.tasks import TaskSpec
-    from shards.builder import plan
+    from shards.plan import order_records
     from shards.records import Dataset, Record
     from shards.writer import MAX_KEY, ShardWriter, sanitize_key
 
@@ -309,7 +322,7 @@ def test_long_keys_stay_sanitised_when_made_unique(tmp_path: Path) -> None:
         Record(key=k, audio=Path(k), labels="x", split="train", path=k)
         for k in ["a" * 90 + "1", "a" * 90 + "2", "a" * 90 + "3"]
     ]
-    planned = plan(
+    planned = order_records(
         Dataset(source="folder", task=TaskSpec(kind="single", classes=["x"]), records=recs), seed=0
     )
     keys = [k for k, _ in planned["train"]]

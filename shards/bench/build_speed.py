@@ -44,17 +44,22 @@ def stage_times(path: Path, sample_rate: int, repeats: int = 3) -> dict[str, flo
     return best
 
 
-def run(work: Path, *, tracks: int, seconds: float, workers: list[int], source_rate: int) -> dict:
-    raw = work / "raw"
+def synth_mp3(raw: Path, *, tracks: int, seconds: float, source_rate: int) -> float:
+    """The benchmark's MP3 sources in ``raw`` (made once: MP3 encoding is slow); seconds spent."""
     params = {"tracks": tracks, "seconds": seconds, "source_rate": source_rate}
     t0 = time.perf_counter()
     stamp = raw / "bench-params.json"
-    if not (stamp.is_file() and json.loads(stamp.read_text()) == params):  # MP3 encoding is slow: reuse
+    if not (stamp.is_file() and json.loads(stamp.read_text()) == params):
         make_synth(
             raw, tracks=tracks, seconds=seconds, formats=["mp3"], sample_rates=[source_rate], stereo=True
         )
         stamp.write_text(json.dumps(params))
-    gen = time.perf_counter() - t0
+    return time.perf_counter() - t0
+
+
+def run(work: Path, *, tracks: int, seconds: float, workers: list[int], source_rate: int) -> dict:
+    raw = work / "raw"
+    gen = synth_mp3(raw, tracks=tracks, seconds=seconds, source_rate=source_rate)
     results = []
     for w in workers:
         cfg = BuildConfig(source="folder", root=raw, out=work / f"out{w}", workers=w, force=True)
