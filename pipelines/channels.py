@@ -139,17 +139,19 @@ def cqt_filterbank(sample_rate: int, n_fft: int, bins: int, fmin: float) -> np.n
     return w.astype(np.float32)
 
 
-def _mel(fc: FeatureConfig, device: torch.device) -> ChannelFn:
+def _mel(features: FeatureConfig, device: torch.device) -> ChannelFn:
     return lambda inp: inp.mel_db
 
 
-def _mfcc(fc: FeatureConfig, device: torch.device) -> ChannelFn:
-    dct = torch.from_numpy(dct_matrix(fc.n_mfcc, fc.n_mels)).to(device)
+def _mfcc(features: FeatureConfig, device: torch.device) -> ChannelFn:
+    dct = torch.from_numpy(dct_matrix(features.n_mfcc, features.n_mels)).to(device)
     return lambda inp: inp.mfcc if inp.mfcc is not None else torch.matmul(dct, inp.mel_db)
 
 
-def _chroma(fc: FeatureConfig, device: torch.device) -> ChannelFn:
-    fb = torch.from_numpy(chroma_filterbank(fc.sample_rate, fc.n_fft, fc.n_chroma)).to(device)
+def _chroma(features: FeatureConfig, device: torch.device) -> ChannelFn:
+    fb = torch.from_numpy(chroma_filterbank(features.sample_rate, features.n_fft, features.n_chroma)).to(
+        device
+    )
 
     def chroma(inp: ChannelInputs) -> torch.Tensor:
         c = torch.matmul(fb, inp.need_power("chroma"))
@@ -158,9 +160,11 @@ def _chroma(fc: FeatureConfig, device: torch.device) -> ChannelFn:
     return chroma
 
 
-def _cqt(fc: FeatureConfig, device: torch.device) -> ChannelFn:
-    fb = torch.from_numpy(cqt_filterbank(fc.sample_rate, fc.n_fft, fc.cqt_bins, fc.cqt_fmin)).to(device)
-    floor = 10.0 ** (fc.db_floor / 10.0)
+def _cqt(features: FeatureConfig, device: torch.device) -> ChannelFn:
+    fb = torch.from_numpy(
+        cqt_filterbank(features.sample_rate, features.n_fft, features.cqt_bins, features.cqt_fmin)
+    ).to(device)
+    floor = 10.0 ** (features.db_floor / 10.0)
     return lambda inp: torch.matmul(fb, inp.need_power("cqt")).clamp_min_(floor).log10_().mul_(10.0)
 
 

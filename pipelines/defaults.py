@@ -24,14 +24,14 @@ from shards.manifest import MANIFEST, Manifest, read_manifest
 Defaults = dict[str, dict[str, Any]]
 
 
-def image_features(m: Manifest) -> dict[str, Any]:
+def image_features(manifest: Manifest) -> dict[str, Any]:
     """``[features]`` values of an image build: all its channels in order, F = the tallest and
     T = the widest image of any channel (no image is shrunk); {} for an audio build."""
-    if m.kind != "image":
+    if manifest.kind != "image":
         return {}
-    height = max(c.max_size[0] for c in m.images.values())
-    width = max(c.max_size[1] for c in m.images.values())
-    return {"channels": list(m.images), "n_mels": height, "image_frames": max(2, width)}
+    height = max(c.max_size[0] for c in manifest.images.values())
+    width = max(c.max_size[1] for c in manifest.images.values())
+    return {"channels": list(manifest.images), "n_mels": height, "image_frames": max(2, width)}
 
 
 def feature_defaults(shards: str | Path | None) -> Callable[[dict[str, Any]], Defaults]:

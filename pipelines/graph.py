@@ -232,7 +232,7 @@ def masks(a: AugmentConfig, k: int, f: int, t: int, device: str):  # type: ignor
 
 
 def _graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
-    fc, fr = spec.features, spec.framing
+    features, framing = spec.features, spec.framing
     members = _read(spec)
     audio, lbl, tid = members[:3]
     seg = members[3] if spec.segmented else None
@@ -243,15 +243,15 @@ def _graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
         rows, starts, nchunks = _train_rows(spec, stored, n_in, n, seg)
     else:  # the whole sample (at most one segment) to the device
         rows = _eval_rows(spec, on_device(spec, stored), n)
-        nchunks = chunk_count(n, fr.chunk)
-    laid = fn.slice(rows, start=[-fr.lead], shape=[fr.stride], axes=[1], out_of_bounds_policy="pad")
+        nchunks = chunk_count(n, framing.chunk)
+    laid = fn.slice(rows, start=[-framing.lead], shape=[framing.stride], axes=[1], out_of_bounds_policy="pad")
     flat = fn.reshape(laid, shape=[-1])
-    window = torch.hann_window(fc.window, periodic=True, dtype=torch.float64).tolist()
+    window = torch.hann_window(features.window, periodic=True, dtype=torch.float64).tolist()
     power = fn.spectrogram(
         flat,
-        nfft=fc.n_fft,
-        window_length=fc.window,
-        window_step=fc.hop_length,
+        nfft=features.n_fft,
+        window_length=features.window,
+        window_step=features.hop_length,
         window_fn=window,
         center_windows=False,
         power=2,
@@ -259,19 +259,21 @@ def _graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
     )
     mel = fn.mel_filter_bank(
         power,
-        sample_rate=float(fc.sample_rate),
-        nfilter=fc.n_mels,
-        freq_low=fc.f_min,
-        freq_high=fc.mel_fmax,
-        normalize=fc.mel_norm,
-        mel_formula=fc.mel_formula,
+        sample_rate=float(features.sample_rate),
+        nfilter=features.n_mels,
+        freq_low=features.f_min,
+        freq_high=features.mel_fmax,
+        normalize=features.mel_norm,
+        mel_formula=features.mel_formula,
     )
-    mel_db = fn.to_decibels(mel, multiplier=10.0, reference=1.0, cutoff_db=fc.db_floor)
+    mel_db = fn.to_decibels(mel, multiplier=10.0, reference=1.0, cutoff_db=features.db_floor)
     outs = [mel_db]
-    if fc.needs_power:
+    if features.needs_power:
         outs.append(power)
     if spec.mode == "train" and spec.augment.active:
-        outs.append(masks(spec.augment, spec.loader.chunks_per_track, fc.n_mels, fr.frames, spec.device))
+        outs.append(
+            masks(spec.augment, spec.loader.chunks_per_track, features.n_mels, framing.frames, spec.device)
+        )
     outs += [lbl, tid, nchunks]
     if starts is not None:
         outs.append(starts)

@@ -146,17 +146,17 @@ def to_unit(planes: list[torch.Tensor], features: FeatureConfig) -> list[torch.T
     return [p * (1.0 / 255.0) for p in planes]
 
 
-def image_member_exts(m: Manifest, features: FeatureConfig) -> list[str]:
+def image_member_exts(manifest: Manifest, features: FeatureConfig) -> list[str]:
     """The reader's ext per requested channel; refuses channels the build does not have."""
-    where = m.where
-    missing = [c for c in features.channels if c not in m.images]
+    where = manifest.where
+    missing = [c for c in features.channels if c not in manifest.images]
     if missing:
         raise ShardError(
-            f"{where}: image build has no {missing} image: set features.channels = {list(m.images)} "
+            f"{where}: image build has no {missing} image: set features.channels = {list(manifest.images)} "
             "(or some of them), or leave it unset to use the build's"
         )
     if features.normalize == "meanstd" and features.image_color == "rgb":
         raise ShardError(
             f"{where}: features.normalize='meanstd' needs image_color='gray' (stats are per channel)"
         )
-    return [";".join(m.images[c].exts) for c in features.channels]
+    return [";".join(manifest.images[c].exts) for c in features.channels]

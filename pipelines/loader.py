@@ -188,7 +188,7 @@ class MusicLoader:
         GPU (a blocking ``.to(cuda)``, a boolean-mask index or ``repeat_interleave`` with device
         repeats would each synchronise the host with the training stream every batch).
         """
-        fr = self.spec.framing
+        framing = self.spec.framing
         tid = out["tid"][:, 0].to(torch.int64).cpu()  # .cpu(): no-ops, they are CPU outputs
         seg = out["seg"].to(torch.int64).cpu() if "seg" in out else None
         uid = seg[:, 0] if seg is not None else tid  # unique per sample (segment)
@@ -211,7 +211,9 @@ class MusicLoader:
             real (training), else gathered (N, rows, T). Frame j*stride_frames + t is frame t of chunk j."""
             b, height, _ = a.shape
             s = a.stride()
-            v = a.as_strided((b, n_max, height, fr.frames), (s[0], fr.stride_frames * s[2], s[1], s[2]))
+            v = a.as_strided(
+                (b, n_max, height, framing.frames), (s[0], framing.stride_frames * s[2], s[1], s[2])
+            )
             if pick is None:
                 return v
             return v[pick[0], pick[1]]
@@ -300,7 +302,7 @@ def _warn_downsampling(shards_rate: int, rate: int) -> None:
 
 
 def _graph_spec(
-    m: Manifest,
+    manifest: Manifest,
     split: str,
     mode: Literal["train", "eval"],
     features: FeatureConfig,
@@ -316,8 +318,8 @@ def _graph_spec(
     return GraphSpec(
         tars=inputs.tars,
         idxs=inputs.idxs,
-        codec=m.codec,
-        shards_rate=m.sample_rate,
+        codec=manifest.codec,
+        shards_rate=manifest.sample_rate,
         features=features,
         augment=augment,
         loader=loader,
@@ -327,9 +329,9 @@ def _graph_spec(
         rank=rank,
         world_size=world_size,
         device_id=dev.index if dev.type == "cuda" else None,
-        segmented=m.segmented,
-        segment_samples=m.segment_samples,
-        longest_sample=round(m.split(split).longest_sample_seconds * m.sample_rate),
+        segmented=manifest.segmented,
+        segment_samples=manifest.segment_samples,
+        longest_sample=round(manifest.split(split).longest_sample_seconds * manifest.sample_rate),
         image_exts=image_exts,
         plain_reads=inputs.plain_reads,
     )
@@ -358,24 +360,28 @@ def build_loader(
         raise ValueError(f"mode: {mode!r} is not 'train' or 'eval'")
     r, w = resolve_rank(rank, world_size)
     dev = resolve_device(device)
-    m = load_manifest(shards)  # an object store: reachable, every listed object there (one LIST)
-    split_info(m, split)
+    manifest = load_manifest(shards)  # an object store: reachable, every listed object there (one LIST)
+    split_info(manifest, split)
     train = mode == "train"
     batch = loader.tracks_per_batch if train else loader.eval_tracks_per_batch
-    inputs = reader_inputs(m, split, loader, rank=r, world_size=w, train=train, batch=batch)
-    validate_split(m, split, features=features, loader=loader, world_size=w, train=train, indexes=inputs.idxs)
+    inputs = reader_inputs(manifest, split, loader, rank=r, world_size=w, train=train, batch=batch)
+    validate_split(
+        manifest, split, features=features, loader=loader, world_size=w, train=train, indexes=inputs.idxs
+    )
     image_exts: list[str] = []
-    if m.kind == "image":  # spectrogram-image shards: their own DALI branch, the same contract
+    if manifest.kind == "image":  # spectrogram-image shards: their own DALI branch, the same contract
         from pipelines.image_graph import ImageLoader, image_member_exts
 
-        image_exts = image_member_exts(m, features)
-    elif m.sample_rate > features.sample_rate:
-        _warn_downsampling(m.sample_rate, features.sample_rate)
-    spec = _graph_spec(m, split, mode, features, augment, loader, r, w, dev, image_exts, inputs)
-    if m.kind == "audio":  # before reading any shard
-        check_memory(spec, split, m.where, dev)
+        image_exts = image_member_exts(manifest, features)
+    elif manifest.sample_rate > features.sample_rate:
+        _warn_downsampling(manifest.sample_rate, features.sample_rate)
+    spec = _graph_spec(manifest, split, mode, features, augment, loader, r, w, dev, image_exts, inputs)
+    if manifest.kind == "audio":  # before reading any shard
+        check_memory(spec, split, manifest.where, dev)
     if loader.verify == "first_open":
-        verify_on_first_open(m, split, train=train, rank=r, world_size=w, workers=loader.num_threads)
-    cls = ImageLoader if m.kind == "image" else MusicLoader
-    samples = m.split(split).num_samples
-    return cls(spec, m, m.task, dev, samples=samples, channels_last=channels_last, gate=inputs.gate)
+        verify_on_first_open(manifest, split, train=train, rank=r, world_size=w, workers=loader.num_threads)
+    cls = ImageLoader if manifest.kind == "image" else MusicLoader
+    samples = manifest.split(split).num_samples
+    return cls(
+        spec, manifest, manifest.task, dev, samples=samples, channels_last=channels_last, gate=inputs.gate
+    )

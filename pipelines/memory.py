@@ -51,30 +51,30 @@ class MemoryBound:
 def memory_bound(spec: GraphSpec) -> MemoryBound:
     """The bound for ``spec`` (audio graphs): a function of the batch, the chunk and the split's
     longest sample (one segment in segmented builds), the STFT and mel sizes and the prefetch."""
-    f, fr, lc = spec.features, spec.framing, spec.loader
+    f, framing, loader = spec.features, spec.framing, spec.loader
     train = spec.mode == "train"
-    B, K, L = spec.batch_size, lc.chunks_per_track, fr.chunk
+    B, K, L = spec.batch_size, loader.chunks_per_track, framing.chunk
     longest = -(-max(spec.longest_sample, 1) * f.sample_rate // spec.shards_rate)  # feature rate
     rows = K if train else max(1, -(-longest // L))
-    frames = rows * fr.stride_frames  # STFT frames of one sample's layout
+    frames = rows * framing.stride_frames  # STFT frames of one sample's layout
     n_freq = f.n_fft // 2 + 1
     stft = frames * (f.n_fft + 2 * n_freq + n_freq) * F32  # windows, complex spectrum, power
     mels = 2 * frames * f.n_mels * F32  # mel, dB
     if train:  # K windows: stored (<= 4 B), float, resampled, pre-emphasised; rows; their layout
         window = windowing(spec).max_window()
         audio = K * (2 * window * F32 + 2 * (window * f.sample_rate // spec.shards_rate + 1) * F32)
-        audio += K * (L + fr.stride) * F32
+        audio += K * (L + framing.stride) * F32
     else:  # the whole sample: stored, float, resampled, pre-emphasised, padded, laid out
-        audio = 2 * spec.longest_sample * F32 + 2 * longest * F32 + rows * (L + fr.stride) * F32
-    masks = 3 * K * f.n_mels * fr.frames if train and spec.augment.active else 0
+        audio = 2 * spec.longest_sample * F32 + 2 * longest * F32 + rows * (L + framing.stride) * F32
+    masks = 3 * K * f.n_mels * framing.frames if train and spec.augment.active else 0
     per_iteration = B * (audio + stft + mels + masks)
     outputs = B * (frames * f.n_mels * F32 + (frames * n_freq * F32 if f.needs_power else 0) + masks)
     growth = dali_backend.GetDeviceBufferGrowthFactor()  # type: ignore[attr-defined]  # 1.1 in DALI 2.4
     # DALI over-allocates a growing buffer by its growth factor
-    dali = round(growth * (lc.prefetch * per_iteration + (lc.prefetch + 1) * outputs))
+    dali = round(growth * (loader.prefetch * per_iteration + (loader.prefetch + 1) * outputs))
     n_chunks = B * rows
     filter_banks = B * frames * (f.n_mfcc + 2 * f.n_chroma + f.cqt_bins) * F32  # mfcc, chroma (+ max), cqt
-    chunk = n_chunks * f.n_mels * fr.frames * F32  # one channel's chunks at full height
+    chunk = n_chunks * f.n_mels * framing.frames * F32  # one channel's chunks at full height
     x = len(f.channels) * chunk  # the batch being built, and the previous one its consumer still holds
     return MemoryBound(dali=dali, torch=filter_banks + 3 * chunk + 2 * x, rows=rows)
 
@@ -94,16 +94,16 @@ def check_memory(spec: GraphSpec, split: str, where: object, device: torch.devic
     bound = memory_bound(spec)
     budget = budget_bytes(spec.loader.device_memory_gb, device)
     if budget is not None and bound.total > budget:
-        lc = spec.loader
+        loader = spec.loader
         what = (
             f"{spec.batch_size} samples x {bound.rows} chunks (longest sample "
             f"{spec.longest_sample / spec.shards_rate:.0f} s)"
             if spec.mode == "eval"
-            else f"{lc.tracks_per_batch} samples x {lc.chunks_per_track} chunks"
+            else f"{loader.tracks_per_batch} samples x {loader.chunks_per_track} chunks"
         )
         raise ValueError(
             f"{where}: split {split!r} ({spec.mode}) needs up to {bound.total / GB:.1f} GB of device memory per "
-            f"rank ({what}, prefetch {lc.prefetch}; docs/pipeline.md 'Device memory'), over the "
+            f"rank ({what}, prefetch {loader.prefetch}; docs/pipeline.md 'Device memory'), over the "
             f"{budget / GB:.1f} GB budget (loader.device_memory_gb); lower the batch or the prefetch, "
             "or rebuild the shards with segments (segment_seconds)"
         )

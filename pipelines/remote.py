@@ -42,28 +42,28 @@ def cache_root(cfg: LoaderConfig) -> Path:
     return Path(env).expanduser() if env else Path.home() / ".cache" / "musicstream" / "shards"
 
 
-def cache_folder(m: Manifest, split: str, cfg: LoaderConfig, rank: int) -> Path:
+def cache_folder(manifest: Manifest, split: str, cfg: LoaderConfig, rank: int) -> Path:
     """One folder per build URL, split and rank: ranks never share (or race on) a file."""
-    url = str(m.root).rstrip("/")
+    url = str(manifest.root).rstrip("/")
     readable = re.sub(r"[^A-Za-z0-9_.-]+", "-", url.split("://", 1)[-1])[-60:]
     key = hashlib.sha256(url.encode()).hexdigest()[:10]
     return cache_root(cfg) / f"{readable}-{key}" / split / f"rank{rank}"
 
 
 def reader_inputs(
-    m: Manifest, split: str, cfg: LoaderConfig, *, rank: int, world_size: int, train: bool, batch: int
+    manifest: Manifest, split: str, cfg: LoaderConfig, *, rank: int, world_size: int, train: bool, batch: int
 ) -> ReaderInputs:
     """Local builds: their own paths. Object-store builds: local index copies, and either the
     cache (local tar files filled ahead of the reader) or the tar URLs for DALI's direct reads."""
-    tars, idxs = m.urls(split)
-    if not m.remote:
+    tars, idxs = manifest.urls(split)
+    if not manifest.remote:
         return ReaderInputs(tars, idxs)
-    info = m.split(split)
+    info = manifest.split(split)
     cache = ShardCache(
         tars,
         idxs,
         info.shards,
-        cache_folder(m, split, cfg, rank),
+        cache_folder(manifest, split, cfg, rank),
         max_bytes=int(cfg.cache_gb * 1e9),
         workers=cfg.cache_workers,
         ahead=cfg.cache_ahead,

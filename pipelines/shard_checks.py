@@ -41,16 +41,16 @@ def load_manifest(shards: str | Path | Manifest) -> Manifest:
         raise ShardError(str(e)) from None
 
 
-def split_info(m: Manifest, split: str) -> SplitInfo:
+def split_info(manifest: Manifest, split: str) -> SplitInfo:
     """The manifest's entry for ``split``; an unknown split is a ``ShardError`` naming the file."""
     try:
-        return m.split(split)
+        return manifest.split(split)
     except ValueError as e:
         raise ShardError(str(e)) from None
 
 
 def validate_split(
-    m: Manifest,
+    manifest: Manifest,
     split: str,
     *,
     features: FeatureConfig,
@@ -65,42 +65,42 @@ def validate_split(
     An object-store build (``m.remote``) is checked without downloading a tar: ``read_manifest``
     has compared every object's size from one LIST; ``indexes`` are the local copies of its
     index files; ``checksums`` compares the manifest's sha256 with each object's metadata."""
-    assert m.root is not None
-    where = m.where
-    if m.kind == "audio" and m.codec not in ("pcm16", "flac", "ogg"):
-        raise ShardError(f"{where}: codec {m.codec!r} cannot be read (pcm16, flac, ogg)")
-    info = split_info(m, split)
+    assert manifest.root is not None
+    where = manifest.where
+    if manifest.kind == "audio" and manifest.codec not in ("pcm16", "flac", "ogg"):
+        raise ShardError(f"{where}: codec {manifest.codec!r} cannot be read (pcm16, flac, ogg)")
+    info = split_info(manifest, split)
     if info.num_samples < world_size:
         raise ShardError(
             f"{where}: split {split!r} has {info.num_samples} tracks, fewer than {world_size} ranks"
         )
-    if m.kind == "audio" and loader.chunk_seconds > info.max_seconds:
+    if manifest.kind == "audio" and loader.chunk_seconds > info.max_seconds:
         raise ShardError(
             f"{where}: loader.chunk_seconds={loader.chunk_seconds} is longer than every track of split "
             f"{split!r} (longest {info.max_seconds:.2f} s)"
         )
     if not train and info.num_samples > info.tracks:
-        _check_segment_alignment(m, features, loader)
+        _check_segment_alignment(manifest, features, loader)
     per_rank = info.num_samples // world_size
     if train and per_rank < loader.tracks_per_batch:
         raise ShardError(
             f"{where}: split {split!r} gives {per_rank} tracks per rank, fewer than one training batch "
             f"({loader.tracks_per_batch} tracks); lower loader.batch_size"
         )
-    tars, idxs = m.urls(split)
+    tars, idxs = manifest.urls(split)
     with tempfile.TemporaryDirectory(prefix="musicstream-idx-") as tmp:
         if indexes is not None:
             idxs = [str(i) for i in indexes]
-        elif m.remote:  # no local copies given: fetch the (small) indexes to check them
+        elif manifest.remote:  # no local copies given: fetch the (small) indexes to check them
             idxs = [str(storage.download(u, Path(tmp) / f"{i}.idx")) for i, u in enumerate(idxs)]
         total = 0
         for shard, tar, idx in zip(info.shards, tars, idxs):
-            if m.remote:
+            if manifest.remote:
                 _check_object(tar, shard.sha256 if checksums else None)
-                _check_index(tar, Path(idx), shard.bytes, shard.num_samples, m)
+                _check_index(tar, Path(idx), shard.bytes, shard.num_samples, manifest)
             else:
                 _check_shard(
-                    Path(tar), Path(idx), shard.bytes, shard.num_samples, m, checksums and shard.sha256
+                    Path(tar), Path(idx), shard.bytes, shard.num_samples, manifest, checksums and shard.sha256
                 )
             total += shard.num_samples
     if total != info.num_samples:
@@ -109,14 +109,14 @@ def validate_split(
         )
 
 
-def _check_segment_alignment(m: Manifest, features: FeatureConfig, loader: LoaderConfig) -> None:
+def _check_segment_alignment(manifest: Manifest, features: FeatureConfig, loader: LoaderConfig) -> None:
     """Evaluation chunks a track from its first sample; with segments that equals chunking each
     segment only if a full segment is a whole number of chunks at the feature rate."""
-    seg, src, rate = m.segment_samples or 0, m.sample_rate, features.sample_rate
+    seg, src, rate = manifest.segment_samples or 0, manifest.sample_rate, features.sample_rate
     chunk = framing(features, loader).chunk
     if (seg * rate) % src or ((seg * rate) // src) % chunk:
         raise ShardError(
-            f"{m.where}: tracks are stored in segments of "
+            f"{manifest.where}: tracks are stored in segments of "
             f"{seg / src:g} s, not a whole number of loader.chunk_seconds={loader.chunk_seconds:g} "
             f"chunks: evaluation chunks would straddle segments; use a chunk length that divides "
             f"{seg / src:g} s or rebuild the shards with --segment-seconds a multiple of it"
@@ -140,18 +140,18 @@ def _check_object(url: str, sha: str | None) -> None:
         )
 
 
-def _check_shard(tar: Path, idx: Path, size: int, count: int, m: Manifest, sha: str | bool) -> None:
+def _check_shard(tar: Path, idx: Path, size: int, count: int, manifest: Manifest, sha: str | bool) -> None:
     actual = tar.stat().st_size
     if actual != size:
         raise ShardError(f"{tar}: {actual} bytes, the manifest says {size} (truncated or corrupt shard)")
     if sha and _sha256(tar) != sha:  # (full checks: shards.verify, `python -m shards verify`)
         raise ShardError(f"{tar}: sha256 does not match the manifest (corrupt shard)")
-    samples = _check_index(tar, idx, actual, count, m)
+    samples = _check_index(tar, idx, actual, count, manifest)
     _check_headers(tar, idx, samples)
 
 
 def _check_index(
-    tar: str | Path, idx: Path, actual: int, count: int, m: Manifest
+    tar: str | Path, idx: Path, actual: int, count: int, manifest: Manifest
 ) -> list[dict[str, tuple[int, int]]]:
     """The index's samples: as many as the manifest says, each member inside the tar's bytes."""
     name = storage.basename(tar)
@@ -162,9 +162,13 @@ def _check_index(
     if len(samples) != count:
         raise ShardError(f"{idx}: {len(samples)} samples, the manifest says {count} for {name}")
     # media: one member per entry, any of its alternatives (an image channel may mix formats)
-    media = [(m.audio_ext,)] if m.kind == "audio" else [tuple(c.exts) for c in m.images.values()]
-    fixed = {LABEL_EXT: 8 * m.task.label_width, TRACK_EXT: 8}
-    if m.segmented:
+    media = (
+        [(manifest.audio_ext,)]
+        if manifest.kind == "audio"
+        else [tuple(c.exts) for c in manifest.images.values()]
+    )
+    fixed = {LABEL_EXT: 8 * manifest.task.label_width, TRACK_EXT: 8}
+    if manifest.segmented:
         fixed[SEGMENT_EXT] = 8 * len(SEGMENT_FIELDS)
     for i, sample in enumerate(samples):
         found = [next((e for e in alts if e in sample), alts[0]) for alts in media]
@@ -182,7 +186,7 @@ def _check_index(
         for ext in found:
             if sample[ext][1] == 0:
                 raise ShardError(f"{idx}: .{ext} of sample {i} is empty (a sample needs its media)")
-        if m.kind == "audio" and m.codec == "pcm16" and sample[m.audio_ext][1] % 2:
+        if manifest.kind == "audio" and manifest.codec == "pcm16" and sample[manifest.audio_ext][1] % 2:
             raise ShardError(f"{idx}: .pcm of sample {i} has an odd byte count (not int16)")
     return samples
 
@@ -205,31 +209,38 @@ def _sha256(path: Path) -> str:
 
 
 def verify_on_first_open(
-    m: Manifest, split: str, *, train: bool, rank: int, world_size: int, workers: int
+    manifest: Manifest, split: str, *, train: bool, rank: int, world_size: int, workers: int
 ) -> None:
     """``loader.verify = "first_open"``: the sha256 of every shard this rank's reader can open
     (in training all of them: ranks move across shards each epoch; in evaluation its own
     range), each checked once per process. A bad one stops here, before DALI reads it."""
-    assert m.root is not None
-    info = m.split(split)
+    assert manifest.root is not None
+    info = manifest.split(split)
     shards = info.shards
     if not train:  # the reader's contiguous range of samples for this rank
         lo, hi = rank * info.num_samples // world_size, (rank + 1) * info.num_samples // world_size
         ends = [sum(s.num_samples for s in shards[: k + 1]) for k in range(len(shards))]
         shards = [s for s, end in zip(shards, ends) if end > lo and end - s.num_samples < hi]
     try:
-        verify_first_open(files_of(m), shards, workers=workers, every_rank=not train and world_size > 1)
+        verify_first_open(
+            files_of(manifest), shards, workers=workers, every_rank=not train and world_size > 1
+        )
     except BadShard as e:
-        hint = f"(loader.verify=first_open; `python -m shards verify {m.root}` lists every bad shard)"
+        hint = f"(loader.verify=first_open; `python -m shards verify {manifest.root}` lists every bad shard)"
         raise BadShard(e.shard, f"{e.problem} {hint}") from None
 
 
-def read_fault(m: Manifest, tars: Sequence[str | Path], error: BaseException) -> BadShard | None:
+def read_fault(manifest: Manifest, tars: Sequence[str | Path], error: BaseException) -> BadShard | None:
     """The bad shard behind a reader error mid-run (truncated or damaged under the run), or
     None when every shard it reads is intact (then the error is not the data's). An object-store
     build's reader reads the shard cache, whose files were verified when fetched: not diagnosed."""
-    if m.root is None or storage.is_remote(m.root):
+    if manifest.root is None or storage.is_remote(manifest.root):
         return None
     wanted = {str(t) for t in tars}
-    shards = [s for info in m.splits.values() for s in info.shards if str(Path(m.root) / s.tar) in wanted]
-    return diagnose(files_of(m), shards, str(error))
+    shards = [
+        s
+        for info in manifest.splits.values()
+        for s in info.shards
+        if str(Path(manifest.root) / s.tar) in wanted
+    ]
+    return diagnose(files_of(manifest), shards, str(error))

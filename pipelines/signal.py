@@ -110,14 +110,14 @@ def feature_length(spec: GraphSpec, n_in: Any) -> Any:
 def on_device(spec: GraphSpec, x: Any) -> Any:
     """A CPU signal (or window) of stored samples -> float32 on ``spec.device`` at the feature
     rate, pre-emphasised (kaldi's ``y[0] = x[0] - c x[0]``: border "clamp")."""
-    fc = spec.features
+    features = spec.features
     x = x.gpu() if spec.device == "gpu" else x
     if spec.codec == "pcm16":
         x = fn.cast(x, dtype=types.DALIDataType.FLOAT) * (1.0 / 32768.0)
-    if spec.shards_rate != fc.sample_rate:
-        x = fn.audio_resample(x, in_rate=float(spec.shards_rate), out_rate=float(fc.sample_rate))
-    if fc.preemphasis:
-        x = fn.preemphasis_filter(x, preemph_coeff=fc.preemphasis, border="clamp")
+    if spec.shards_rate != features.sample_rate:
+        x = fn.audio_resample(x, in_rate=float(spec.shards_rate), out_rate=float(features.sample_rate))
+    if features.preemphasis:
+        x = fn.preemphasis_filter(x, preemph_coeff=features.preemphasis, border="clamp")
     return x
 
 

@@ -35,16 +35,16 @@ def compute_stats(
     progress: bool = True,
 ) -> dict:
     """Mean and std of every channel over all chunks of ``split`` (float64 accumulation)."""
-    m = read_manifest(shards)
+    manifest = read_manifest(shards)
     # image builds: their channels; audio: every registered channel, so any later choice finds its stats
-    names = list(m.images) if m.kind == "image" else list(channel_names())
+    names = list(manifest.images) if manifest.kind == "image" else list(channel_names())
     # (images: gray, one plane per channel, as 'meanstd' needs)
-    fc = dataclasses.replace(features, channels=names, normalize="none", image_color="gray")
+    gray = dataclasses.replace(features, channels=names, normalize="none", image_color="gray")
     dl = build_loader(
         shards,
         split,
         mode="eval",
-        features=fc,
+        features=gray,
         augment=AugmentConfig(enabled=False),
         loader=loader,
         rank=0,

@@ -153,8 +153,8 @@ def write_part(out: BuildOutput, part: ShardPart) -> None:
 
 def _part_from(text: str) -> ShardPart:
     d = json.loads(text)
-    st = d["stats"]
-    stats = SplitStats(**{**st, "images": {ch: ImageStats(**t) for ch, t in st["images"].items()}})
+    raw = d["stats"]
+    stats = SplitStats(**{**raw, "images": {ch: ImageStats(**t) for ch, t in raw["images"].items()}})
     shard = None if d["shard"] is None else ShardInfo(**d["shard"])
     return ShardPart(**{**d, "stats": stats, "shard": shard})
 

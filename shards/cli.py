@@ -136,18 +136,18 @@ def _config(a: argparse.Namespace) -> BuildConfig:
     return load_build_config(a.config, cli)
 
 
-def _summary(out: object, m: Manifest) -> str:
-    t = m.totals
+def _summary(out: object, manifest: Manifest) -> str:
+    t = manifest.totals
     per = ", ".join(
         f"{s} {i.tracks}" + (f" in {i.num_samples} segments" if i.num_samples != i.tracks else "")
-        for s, i in m.splits.items()
+        for s, i in manifest.splits.items()
     )
     return f"{out}: {t['written']} written ({per}), {t['rejected']} rejected of {t['input']} inputs"
 
 
-def _finish(out: object, m: Manifest, strict: bool) -> int:
-    print(_summary(out, m))
-    rejected = m.totals["rejected"]
+def _finish(out: object, manifest: Manifest, strict: bool) -> int:
+    print(_summary(out, manifest))
+    rejected = manifest.totals["rejected"]
     if strict and rejected:
         print(f"error: {rejected} input(s) rejected (--strict); see {out}/{REJECTS}", file=sys.stderr)
         return 1

@@ -33,13 +33,13 @@ class CopyReport:
 
 def copy_build(src: str | Path, dst: str | Path, *, workers: int = 4, show: bool | None = None) -> CopyReport:
     """Copy the build at ``src`` to ``dst`` (see the module docstring); one error line on failure."""
-    m = read_manifest(src)  # every listed object there, at its size
-    assert m.root is not None
-    root = m.root
+    manifest = read_manifest(src)  # every listed object there, at its size
+    assert manifest.root is not None
+    root = manifest.root
     storage.check_location(dst)
     storage.check_access(dst, must_exist=False)
     present = storage.list_files(dst)
-    shards = [s for info in m.splits.values() for s in info.shards]
+    shards = [s for info in manifest.splits.values() for s in info.shards]
     report = CopyReport()
     bar = progress(total=len(shards), desc="copy", unit="shard", enabled=show)
 

@@ -60,14 +60,14 @@ class HfFile:
 
     def _batches(self, columns: list[str], rows: int) -> Iterator[list[dict[str, Any]]]:
         if self.path.suffix == ".parquet":
-            for b in pq.ParquetFile(self.path).iter_batches(batch_size=rows, columns=columns):
-                yield b.to_pylist()
+            for batch in pq.ParquetFile(self.path).iter_batches(batch_size=rows, columns=columns):
+                yield batch.to_pylist()
             return
         with pa.memory_map(str(self.path)) as src:  # zero-copy: only the rows sliced below are read
-            for b in ipc.open_stream(src):
-                b = b.select(columns)
-                for start in range(0, b.num_rows, rows):
-                    yield b.slice(start, rows).to_pylist()
+            for batch in ipc.open_stream(src):
+                batch = batch.select(columns)
+                for start in range(0, batch.num_rows, rows):
+                    yield batch.slice(start, rows).to_pylist()
 
 
 def name_split(rel: str) -> str | None:

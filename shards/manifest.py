@@ -234,26 +234,26 @@ def read_manifest(folder: storage.Location, *, check_files: bool = True) -> Mani
         raise FileNotFoundError(
             f"{path}: no shard manifest here (build shards with `python -m shards build`)"
         )
-    m = parse_manifest(storage.read_text(path), str(path))
-    m.root = root
+    manifest = parse_manifest(storage.read_text(path), str(path))
+    manifest.root = root
     if storage.is_remote(root):
-        _check_objects(m, str(path), check_files)
-        return m
-    for name, info in m.splits.items():
+        _check_objects(manifest, str(path), check_files)
+        return manifest
+    for name, info in manifest.splits.items():
         for s in info.shards:
             for rel in (s.tar, s.index):
                 p = _inside(Path(root), rel)
                 if check_files and not p.is_file():
                     raise FileNotFoundError(f"{p}: listed in {path} (split {name}) but missing")
-    return m
+    return manifest
 
 
-def _check_objects(m: Manifest, where: str, check_files: bool) -> None:
+def _check_objects(manifest: Manifest, where: str, check_files: bool) -> None:
     """Every object the manifest names is in the store at its listed size: one paged LIST."""
-    assert m.root is not None
-    listed = storage.list_files(m.root) if check_files else {}
+    assert manifest.root is not None
+    listed = storage.list_files(manifest.root) if check_files else {}
     missing, wrong = [], []
-    for info in m.splits.values():
+    for info in manifest.splits.values():
         for s in info.shards:
             for rel in (_relative(where, s.tar), _relative(where, s.index)):
                 if check_files and rel not in listed:

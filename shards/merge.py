@@ -61,18 +61,18 @@ def manifest_of(plan: BuildPlan, parts: list[ShardPart]) -> Manifest:
     written = rejected = 0
     for split in plan.splits:
         mine = [p for p in parts if p.split == split]
-        st = SplitStats()
+        split_stats = SplitStats()
         for p in mine:
             if p.stats.tracks + len(p.rejects) != p.records:
                 raise ValueError(
                     f"{p.split}/{p.index:06d}: its part accounts for {p.stats.tracks + len(p.rejects)} of {p.records} records"
                 )
-            st.merge(p.stats)
+            split_stats.merge(p.stats)
             rejected += len(p.rejects)
-        written += st.tracks
-        stats.append(st)
-        if st.tracks:
-            splits[split] = st.split_info([p.shard for p in mine if p.shard is not None], image)
+        written += split_stats.tracks
+        stats.append(split_stats)
+        if split_stats.tracks:
+            splits[split] = split_stats.split_info([p.shard for p in mine if p.shard is not None], image)
     totals = {"input": plan.num_inputs, "written": written, "rejected": rejected + len(plan.rejects)}
     if totals["input"] != written + totals["rejected"]:
         raise ValueError(f"build accounting: {totals} (every input is written or rejected)")

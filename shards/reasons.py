@@ -71,14 +71,14 @@ def file_fault(audio: Path | bytes) -> str | None:
     if isinstance(audio, bytes):
         return empty_file() if not audio else None
     try:
-        st = audio.stat()
+        file_stat = audio.stat()
     except OSError as e:
         return unreadable(e)
-    if stat.S_ISDIR(st.st_mode):
+    if stat.S_ISDIR(file_stat.st_mode):
         return DIRECTORY
-    if not stat.S_ISREG(st.st_mode):
-        return f"not a regular file: {_SPECIAL.get(stat.S_IFMT(st.st_mode), 'special file')}"
-    if st.st_size == 0:
+    if not stat.S_ISREG(file_stat.st_mode):
+        return f"not a regular file: {_SPECIAL.get(stat.S_IFMT(file_stat.st_mode), 'special file')}"
+    if file_stat.st_size == 0:
         return empty_file()
     try:
         with audio.open("rb") as f:

@@ -95,26 +95,30 @@ class RemoteFiles:
         return storage.open_read(self.name(rel))
 
 
-def files_of(m: Manifest) -> Files:
+def files_of(manifest: Manifest) -> Files:
     """The files of a build read from ``m.root``: a local folder or an object-store prefix."""
-    assert m.root is not None, "manifest not read from a build"
-    return RemoteFiles(str(m.root)) if storage.is_remote(m.root) else LocalFiles(Path(m.root))
+    assert manifest.root is not None, "manifest not read from a build"
+    return (
+        RemoteFiles(str(manifest.root))
+        if storage.is_remote(manifest.root)
+        else LocalFiles(Path(manifest.root))
+    )
 
 
 def open_build(build: str | Path) -> tuple[Manifest, Files]:
     """A build's manifest (not checking its files: a missing shard is a finding) and its files,
     from a local folder or an object-store prefix."""
     if not storage.is_remote(build):
-        m = read_manifest(build, check_files=False)
-        return m, files_of(m)
+        manifest = read_manifest(build, check_files=False)
+        return manifest, files_of(manifest)
     storage.check_access(storage.check_location(build))
     url = str(storage.join(build, MANIFEST))
-    m = parse_manifest(storage.read_text(url), url)
-    for s in (s for info in m.splits.values() for s in info.shards):
+    manifest = parse_manifest(storage.read_text(url), url)
+    for s in (s for info in manifest.splits.values() for s in info.shards):
         for rel in (s.tar, s.index):
             if rel.startswith("/") or ".." in rel.split("/"):
                 raise ValueError(f"{url}: path {rel!r} points outside the build")
-    return m, RemoteFiles(str(build))
+    return manifest, RemoteFiles(str(build))
 
 
 def sha256_of(f: IO[bytes]) -> str:
@@ -210,13 +214,13 @@ class Verified:
 
 
 def verify_build(
-    m: Manifest, files: Files | None = None, *, workers: int = 4, show_progress: bool = True
+    manifest: Manifest, files: Files | None = None, *, workers: int = 4, show_progress: bool = True
 ) -> Verified:
     """Every shard and index of every split against the manifest, ``workers`` at a time
     (``files``: where they are; default the folder the manifest was read from)."""
-    assert files is not None or m.root is not None, "manifest not read from disk"
-    fs = files if files is not None else LocalFiles(m.root)  # type: ignore[arg-type]
-    shards = [s for info in m.splits.values() for s in info.shards]
+    assert files is not None or manifest.root is not None, "manifest not read from disk"
+    fs = files if files is not None else LocalFiles(manifest.root)  # type: ignore[arg-type]
+    shards = [s for info in manifest.splits.values() for s in info.shards]
     total = sum(s.bytes for s in shards)
     bar = progress(total=len(shards), desc="verify shards", unit="shard", enabled=show_progress)
     bad = []

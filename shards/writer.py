@@ -41,11 +41,11 @@ class _HashingFile(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
-    def write(self, b: bytes) -> int:  # type: ignore[override]
-        self.f.write(b)
-        self.h.update(b)
-        self.n += len(b)
-        return len(b)
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self.f.write(data)
+        self.h.update(data)
+        self.n += len(data)
+        return len(data)
 
     def tell(self) -> int:
         return self.n
@@ -147,7 +147,7 @@ class ShardWriter:
         for key, _ in samples:
             if key != sanitize_key(key):
                 raise ValueError(f"shard key {key!r} is not sanitised (use sanitize_key)")
-        size = sum(512 + ((len(b) + 511) // 512) * 512 for _, c in samples for b in c.values())
+        size = sum(512 + ((len(member) + 511) // 512) * 512 for _, c in samples for member in c.values())
         try:
             if self._tar is not None and self._lines and self._hf.tell() + size > self.max_bytes:  # type: ignore[union-attr]
                 self._finish()

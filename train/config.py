@@ -116,7 +116,7 @@ class OptimConfig:
             raise ValueError(f"optim.lr: must be > 0, got {self.lr}")
         if self.weight_decay < 0:
             raise ValueError(f"optim.weight_decay: must be >= 0, got {self.weight_decay}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+        if len(self.betas) != 2 or not all(0 <= beta < 1 for beta in self.betas):
             raise ValueError(f"optim.betas: need two values in [0, 1), got {self.betas}")
         if self.warmup_steps < 0 or self.grad_accum < 1:
             raise ValueError("optim.warmup_steps must be >= 0 and optim.grad_accum >= 1")

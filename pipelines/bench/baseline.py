@@ -38,15 +38,22 @@ class _Featurize:
 
     def __init__(
         self,
-        m: Manifest,
+        manifest: Manifest,
         features: FeatureConfig,
         augment: AugmentConfig,
         loader: LoaderConfig,
         mode: str,
         seed: int,
     ) -> None:
-        self.m, self.fc, self.aug, self.lc, self.mode, self.seed = m, features, augment, loader, mode, seed
-        self.fr = framing(features, loader)
+        self.manifest, self.features, self.augment, self.loader_cfg, self.mode, self.seed = (
+            manifest,
+            features,
+            augment,
+            loader,
+            mode,
+            seed,
+        )
+        self.framing = framing(features, loader)
         self._ref: ReferenceFeatures | None = None
         self._asm: FeatureAssembler | None = None
         self._rng: np.random.Generator | None = None
@@ -55,25 +62,25 @@ class _Featurize:
         info = torch.utils.data.get_worker_info()
         wid = info.id if info is not None else 0
         self._rng = np.random.default_rng([self.seed, wid])
-        self._ref = ReferenceFeatures(self.fc)
-        self._asm = FeatureAssembler(self.fc, "cpu", stats_path(self.fc, self.m.root))
+        self._ref = ReferenceFeatures(self.features)
+        self._asm = FeatureAssembler(self.features, "cpu", stats_path(self.features, self.manifest.root))
 
     def __call__(self, sample: dict[str, Any]) -> dict[str, torch.Tensor]:
         if self._ref is None:
             self._init()
         assert self._ref is not None and self._asm is not None and self._rng is not None
-        signal = preemphasize(self.decode(sample[self.m.audio_ext]), self.fc.preemphasis)
+        signal = preemphasize(self.decode(sample[self.manifest.audio_ext]), self.features.preemphasis)
         if self.mode == "train":
-            chunks = random_chunks(signal, self.fr.chunk, self.lc.chunks_per_track, self._rng)
+            chunks = random_chunks(signal, self.framing.chunk, self.loader_cfg.chunks_per_track, self._rng)
         else:
-            chunks = eval_chunks(signal, self.fr.chunk)
+            chunks = eval_chunks(signal, self.framing.chunk)
         mask = None
-        if self.mode == "train" and self.aug.active:
-            a = self.aug
+        if self.mode == "train" and self.augment.active:
+            a = self.augment
             mask = spec_augment_mask(
                 chunks.shape[0],
-                self.fc.n_mels,
-                self.fr.frames,
+                self.features.n_mels,
+                self.framing.frames,
                 freq_masks=a.freq_masks,
                 freq_width=a.freq_width,
                 time_masks=a.time_masks,
@@ -90,14 +97,14 @@ class _Featurize:
 
     def decode(self, data: bytes) -> torch.Tensor:
         """Audio bytes -> mono float32 at the feature rate."""
-        if self.m.codec == "pcm16":
+        if self.manifest.codec == "pcm16":
             x = torch.from_numpy(np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0)
-            rate = self.m.sample_rate
+            rate = self.manifest.sample_rate
         else:
             arr, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
             x = torch.from_numpy(arr.mean(axis=1))
-        if rate != self.fc.sample_rate:
-            x = torchaudio.functional.resample(x, rate, self.fc.sample_rate)
+        if rate != self.features.sample_rate:
+            x = torchaudio.functional.resample(x, rate, self.features.sample_rate)
         return x
 
 
@@ -127,15 +134,17 @@ class BaselineLoader:
         device: str | torch.device = "cpu",
     ) -> None:
         r, w = resolve_rank(rank, world_size)
-        self.m = load_manifest(shards)
-        validate_split(self.m, split, features=features, loader=loader, world_size=1, train=False)
-        tars, _ = self.m.paths(split)
+        self.manifest = load_manifest(shards)
+        validate_split(self.manifest, split, features=features, loader=loader, world_size=1, train=False)
+        tars, _ = self.manifest.paths(split)
         self.urls = [str(t) for t in tars][r::w]
         if not self.urls:
-            raise ValueError(f"{self.m.root}: split {split!r} has {len(tars)} tars, fewer than {w} ranks")
-        self.mode, self.lc, self.workers = mode, loader, workers
+            raise ValueError(
+                f"{self.manifest.root}: split {split!r} has {len(tars)} tars, fewer than {w} ranks"
+            )
+        self.mode, self.loader_cfg, self.workers = mode, loader, workers
         self.device = torch.device(device)
-        self.featurize = _Featurize(self.m, features, augment, loader, mode, loader.seed * 1000 + r)
+        self.featurize = _Featurize(self.manifest, features, augment, loader, mode, loader.seed * 1000 + r)
         self._dl: torch.utils.data.DataLoader | None = None
 
     def _dataset(self) -> wds.WebDataset:
@@ -145,16 +154,16 @@ class BaselineLoader:
             shardshuffle=len(self.urls) if train else False,
             nodesplitter=None,
             workersplitter=wds.split_by_worker,
-            seed=self.lc.seed,
+            seed=self.loader_cfg.seed,
             empty_check=False,
         )
-        if train and self.lc.shuffle:
-            ds = ds.shuffle(self.lc.initial_fill, seed=self.lc.seed)
+        if train and self.loader_cfg.shuffle:
+            ds = ds.shuffle(self.loader_cfg.initial_fill, seed=self.loader_cfg.seed)
         return ds.map(self.featurize)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         train = self.mode == "train"
-        per = self.lc.tracks_per_batch if train else self.lc.eval_tracks_per_batch
+        per = self.loader_cfg.tracks_per_batch if train else self.loader_cfg.eval_tracks_per_batch
         if self._dl is None:  # persistent workers: epochs do not pay for process start-up
             self._dl = torch.utils.data.DataLoader(
                 self._dataset(),
@@ -173,9 +182,9 @@ class BaselineLoader:
             yield self._batch(tracks)
 
     def _batch(self, tracks: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        b = _collate(tracks)
+        batch = _collate(tracks)
         return {
-            "x": b["x"].to(self.device, non_blocking=True),
-            "y": labels_to_y(b["lbl"], self.m.task).to(self.device),
-            "track": b["track"].to(self.device),
+            "x": batch["x"].to(self.device, non_blocking=True),
+            "y": labels_to_y(batch["lbl"], self.manifest.task).to(self.device),
+            "track": batch["track"].to(self.device),
         }

@@ -35,13 +35,13 @@ def _clone(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in batch.items()}
 
 
-def _differs(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+def _differs(ref: dict[str, torch.Tensor], got: dict[str, torch.Tensor]) -> float:
     """Max |x difference| (inf when shapes, labels or track ids differ)."""
-    if a.keys() != b.keys() or a["x"].shape != b["x"].shape:
+    if ref.keys() != got.keys() or ref["x"].shape != got["x"].shape:
         return float("inf")
-    if any(not torch.equal(a[k], b[k]) for k in a if k != "x"):
+    if any(not torch.equal(ref[k], got[k]) for k in ref if k != "x"):
         return float("inf")
-    return float((a["x"] - b["x"]).abs().max())
+    return float((ref["x"] - got["x"]).abs().max())
 
 
 def delayed_stream_check(
@@ -53,8 +53,8 @@ def delayed_stream_check(
     cuda = torch.cuda.is_available()
     sync = torch.cuda.synchronize if cuda else (lambda: None)
     ref = []
-    for b in make():
-        ref.append(_clone(b))
+    for batch in make():
+        ref.append(_clone(batch))
         sync()
     loader = make()
     if not lease:
@@ -62,10 +62,10 @@ def delayed_stream_check(
         close = loader.close  # but let the pass end's shutdown (which frees DALI's pool) wait for the GPU
         loader.close = lambda: (sync(), close())[1]  # type: ignore[method-assign]
     got, t0 = [], time.perf_counter()
-    for b in loader:
+    for batch in loader:
         if cuda:
             torch.cuda._sleep(sleep_cycles)  # the next batch's reads queue behind this
-        got.append(_clone(b))  # queued too: no synchronisation inside the pass
+        got.append(_clone(batch))  # queued too: no synchronisation inside the pass
     sync()
     seconds = time.perf_counter() - t0
     diffs = [_differs(g, r) for g, r in zip(got, ref)]
@@ -81,16 +81,16 @@ def delayed_stream_check(
 
 def cases(audio: Path, images: Path | None, device: str = "cuda") -> dict[str, Callable[[], MusicLoader]]:
     """Loader factories (DALI on ``device``) for each loader kind and mode."""
-    fc, aug, lc = small_configs(eval_tracks_per_batch=2)
-    ifc = dataclasses.replace(fc, channels=["mel", "cqt", "chroma"], image_frames=48)
+    audio_features, aug, loader_cfg = small_configs(eval_tracks_per_batch=2)
+    image_features = dataclasses.replace(audio_features, channels=["mel", "cqt", "chroma"], image_frames=48)
 
     def factory(shards: Path, mode: str, features: FeatureConfig) -> Callable[[], MusicLoader]:
         return lambda: build_loader(shards, "train", mode=mode, features=features, augment=aug,  # type: ignore[arg-type]
-                                    loader=lc, device=device)  # fmt: skip
+                                    loader=loader_cfg, device=device)  # fmt: skip
 
-    out = {f"audio-{mode}": factory(audio, mode, fc) for mode in ("train", "eval")}
+    out = {f"audio-{mode}": factory(audio, mode, audio_features) for mode in ("train", "eval")}
     if images is not None:
-        out.update({f"image-{mode}": factory(images, mode, ifc) for mode in ("train", "eval")})
+        out.update({f"image-{mode}": factory(images, mode, image_features) for mode in ("train", "eval")})
     return out
 
 

@@ -51,10 +51,10 @@ class _ImageFeaturize(_Featurize):
 
     @property
     def size(self) -> tuple[int, int]:
-        return self.fc.n_mels, image_frames(self.fc, self.lc)
+        return self.features.n_mels, image_frames(self.features, self.loader_cfg)
 
     def _member(self, sample: dict[str, Any], channel: str) -> bytes:
-        for ext in self.m.images[channel].exts:
+        for ext in self.manifest.images[channel].exts:
             if ext in sample:
                 return sample[ext]
         raise KeyError(f"{sample.get('__url__')}: sample {sample.get('__key__')} has no {channel} image")
@@ -64,19 +64,19 @@ class _ImageFeaturize(_Featurize):
             self._init()
         assert self._rng is not None and self._asm is not None
         train = self.mode == "train"
-        k = self.lc.chunks_per_track if train else 1
-        crop = self.aug.time_crop if train else 1.0
+        k = self.loader_cfg.chunks_per_track if train else 1
+        crop = self.augment.time_crop if train else 1.0
         starts = self._rng.random(k) * (1.0 - crop) if train else np.zeros(1)
         planes: list[torch.Tensor] = []
-        for ch in self.fc.channels:
+        for ch in self.features.channels:
             data = self._member(sample, ch)
             crops = torch.stack(
-                [reference_image(data, self.size, self.fc.image_color, (s, s + crop)) for s in starts]
+                [reference_image(data, self.size, self.features.image_color, (s, s + crop)) for s in starts]
             )
             planes += [crops[:, j] for j in range(crops.shape[1])]  # (K, F, T) each
         mask = None
-        if train and self.aug.active:
-            a = self.aug
+        if train and self.augment.active:
+            a = self.augment
             mask = spec_augment_mask(
                 k,
                 *self.size,
@@ -86,7 +86,7 @@ class _ImageFeaturize(_Featurize):
                 time_width=a.time_width,
                 rng=self._rng,
             )
-        x = self._asm.stack(to_unit(planes, self.fc), mask)
+        x = self._asm.stack(to_unit(planes, self.features), mask)
         lbl = torch.from_numpy(np.frombuffer(sample["lbl"], dtype="<i8").copy())
         tid = int(np.frombuffer(sample["tid"], dtype="<i8")[0])
         return {"x": x, "lbl": lbl.expand(k, -1), "track": torch.full((k,), tid, dtype=torch.int64)}
@@ -98,4 +98,6 @@ class ImageBaselineLoader(BaselineLoader):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         old = self.featurize
-        self.featurize = _ImageFeaturize(self.m, old.fc, old.aug, old.lc, old.mode, old.seed)  # type: ignore[assignment]
+        self.featurize = _ImageFeaturize(
+            self.manifest, old.features, old.augment, old.loader_cfg, old.mode, old.seed
+        )  # type: ignore[assignment]

@@ -35,7 +35,7 @@ def _epochs(make: Any, epochs: int, server: LocalS3, samples: int) -> list[dict[
     out, t0, r0 = [], time.perf_counter(), server.requests()
     loader = make()
     for _ in range(epochs):
-        chunks = sum(b["x"].shape[0] for b in loader)
+        chunks = sum(batch["x"].shape[0] for batch in loader)
         t1, r1 = time.perf_counter(), server.requests()
         reqs = sum((r1 - r0).values())
         out.append({"chunks": chunks, "seconds": round(t1 - t0, 2), "chunks_per_s": round(chunks / (t1 - t0), 1),

@@ -53,11 +53,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--seconds", type=float, default=4.0, help="timed per mode and round")
     a = p.parse_args(argv)
-    m = read_manifest(a.shards)
-    if m.kind != "audio" or m.codec != "pcm16":
-        raise ValueError(f"{a.shards}: needs a pcm16 audio build (this one is {m.kind}/{m.codec})")
-    tars, idxs = m.paths(a.split)
-    info = m.split(a.split)
+    manifest = read_manifest(a.shards)
+    if manifest.kind != "audio" or manifest.codec != "pcm16":
+        raise ValueError(
+            f"{a.shards}: needs a pcm16 audio build (this one is {manifest.kind}/{manifest.codec})"
+        )
+    tars, idxs = manifest.paths(a.split)
+    info = manifest.split(a.split)
     per_sample = sum(s.bytes for s in info.shards) / max(1, info.num_samples)
     rows = []
     for r in range(a.rounds):

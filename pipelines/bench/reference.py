@@ -23,27 +23,28 @@ class ReferenceFeatures(torch.nn.Module):
 
     def __init__(self, features: FeatureConfig) -> None:
         super().__init__()
-        fc = features
-        self.floor = 10.0 ** (fc.db_floor / 10.0)
+        self.floor = 10.0 ** (features.db_floor / 10.0)
         self.spec = torchaudio.transforms.Spectrogram(
-            n_fft=fc.n_fft,
-            hop_length=fc.hop_length,
-            win_length=fc.window,
+            n_fft=features.n_fft,
+            hop_length=features.hop_length,
+            win_length=features.window,
             window_fn=torch.hann_window,
             power=2.0,
             center=True,
             pad_mode="constant",
         )
         self.mel = torchaudio.transforms.MelScale(
-            n_mels=fc.n_mels,
-            sample_rate=fc.sample_rate,
-            f_min=fc.f_min,
-            f_max=fc.mel_fmax,
-            n_stft=fc.n_freqs,
-            norm="slaney" if fc.mel_norm else None,
-            mel_scale=fc.mel_formula,
+            n_mels=features.n_mels,
+            sample_rate=features.sample_rate,
+            f_min=features.f_min,
+            f_max=features.mel_fmax,
+            n_stft=features.n_freqs,
+            norm="slaney" if features.mel_norm else None,
+            mel_scale=features.mel_formula,
         )
-        self.register_buffer("dct", torchaudio.functional.create_dct(fc.n_mfcc, fc.n_mels, "ortho"))
+        self.register_buffer(
+            "dct", torchaudio.functional.create_dct(features.n_mfcc, features.n_mels, "ortho")
+        )
 
     def forward(self, chunks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         power = self.spec(chunks)

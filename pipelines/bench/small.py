@@ -17,7 +17,7 @@ def small_overrides(**loader: object) -> list[str]:
 
 def small_configs(**loader: object) -> tuple[FeatureConfig, AugmentConfig, LoaderConfig]:
     """Tiny but complete settings (8 kHz, 1 s chunks) so CPU tests take seconds."""
-    fc = FeatureConfig(**SMALL_FEATURES)  # type: ignore[arg-type]
+    features = FeatureConfig(**SMALL_FEATURES)  # type: ignore[arg-type]
     aug = AugmentConfig(freq_masks=2, freq_width=6, time_masks=2, time_width=8)
     kw: dict = dict(
         batch_size=8,
@@ -29,4 +29,4 @@ def small_configs(**loader: object) -> tuple[FeatureConfig, AugmentConfig, Loade
         prefetch=1,
     )
     kw.update(loader)
-    return fc, aug, LoaderConfig(**kw)
+    return features, aug, LoaderConfig(**kw)

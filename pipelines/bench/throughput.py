@@ -98,22 +98,22 @@ def time_batches(
     cuda = torch.cuda.is_available()
     it = _forever(loader)
     for _ in range(warmup):
-        b = next(it)
+        batch = next(it)
         if step is not None:
-            step(b)
+            step(batch)
     if cuda:
         torch.cuda.synchronize()
     chunks, wait = 0, 0.0
     cpu0, machine0, t0 = cpu_seconds(), machine_cpu_seconds(), time.perf_counter()
     for _ in range(batches):
         w0 = time.perf_counter()
-        b = next(it)
+        batch = next(it)
         if cuda:
             torch.cuda.synchronize()
         wait += time.perf_counter() - w0
-        chunks += b["x"].shape[0]
+        chunks += batch["x"].shape[0]
         if step is not None:
-            step(b)
+            step(batch)
     if cuda:
         torch.cuda.synchronize()
     wall = time.perf_counter() - t0
@@ -166,8 +166,12 @@ def bench_pipeline(name: str, shards: Path, cfg: dict[str, Any], args: argparse.
     res["pipeline"] = name
     gate = getattr(loader, "gate", None)
     if gate is not None:  # an object-store build through the shard cache
-        st = gate.cache.stats
-        res |= {"cache_fetched": st.fetched, "cache_hits": st.hits, "cache_wait_s": round(st.wait_seconds, 3)}
+        stats = gate.cache.stats
+        res |= {
+            "cache_fetched": stats.fetched,
+            "cache_hits": stats.hits,
+            "cache_wait_s": round(stats.wait_seconds, 3),
+        }
     if cuda:
         res["gpu_mem_device_mib"] = round((free0 - torch.cuda.mem_get_info()[0]) / 2**20, 1)
         res["gpu_mem_torch_peak_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)

@@ -116,30 +116,30 @@ def cpu_profile() -> Profile:
 def run_stage(ctx: Context, name: str, t_end: float) -> None:
     budget = ctx.profile.budgets.get(name, 0.0)
     left = t_end - time.monotonic() - RESERVE_S
-    st: dict[str, Any] = {"status": "skipped", "budget_s": round(min(budget, max(left, 0.0)), 1)}
-    ctx.doc["stages"][name] = st
+    stage: dict[str, Any] = {"status": "skipped", "budget_s": round(min(budget, max(left, 0.0)), 1)}
+    ctx.doc["stages"][name] = stage
     need = NEEDS.get(name)
     if budget <= 0:
-        st["reason"] = "not in this profile"
+        stage["reason"] = "not in this profile"
     elif need and "shards" not in ctx.doc["stages"].get(need, {}):
-        st["reason"] = f"no shards: stage {need} did not build them"
+        stage["reason"] = f"no shards: stage {need} did not build them"
     elif left < MIN_STAGE_S:
-        st["reason"] = f"out of time ({left:.0f} s left)"
+        stage["reason"] = f"out of time ({left:.0f} s left)"
     else:
-        st["status"] = "running"
+        stage["status"] = "running"
         ctx.save()
         t0 = time.monotonic()
         try:
-            RUNNERS[name](ctx, st, t0 + min(budget, left))
-            st["status"] = "ok"
+            RUNNERS[name](ctx, stage, t0 + min(budget, left))
+            stage["status"] = "ok"
         except StageTimeout as e:
-            st["status"], st["error"] = "timeout", str(e)
+            stage["status"], stage["error"] = "timeout", str(e)
         except StageFailed as e:
-            st["status"], st["error"] = "failed", str(e)[-2000:]
+            stage["status"], stage["error"] = "failed", str(e)[-2000:]
         except Exception as e:  # noqa: BLE001  # an orchestrator bug in one stage must not lose the next ones
-            st["status"], st["error"] = "error", f"{type(e).__name__}: {e}"
-        st["seconds"] = round(time.monotonic() - t0, 1)
-    print(f"gpu-proof: {name}: {st['status']} ({st.get('seconds', 0)} s) {st.get('error', st.get('reason', ''))[:300]}",
+            stage["status"], stage["error"] = "error", f"{type(e).__name__}: {e}"
+        stage["seconds"] = round(time.monotonic() - t0, 1)
+    print(f"gpu-proof: {name}: {stage['status']} ({stage.get('seconds', 0)} s) {stage.get('error', stage.get('reason', ''))[:300]}",
           file=sys.stderr, flush=True)  # fmt: skip
     ctx.save()
 

@@ -27,18 +27,18 @@ def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
     return [_row(header), _row(["---"] * len(header)), *(_row(r) for r in rows)]
 
 
-def _pipeline(title: str, st: dict[str, Any]) -> list[str]:
-    sh = st.get("shards")
+def _pipeline(title: str, stage: dict[str, Any]) -> list[str]:
+    sh = stage.get("shards")
     if not sh:
         return []
     lines = [
         f"**{title}**: {sh['tracks']} tracks x {sh['seconds']:g} s, {sh['codec']} at {sh['sample_rate']} Hz "
         f"({sh['distinct']} distinct signals, {sh['gb']} GB, splits {sh['splits']}; built in "
-        f"{st.get('shards_build_s', '-')} s); workers = DALI threads = {st.get('workers', '-')}; "
-        f"load average after {st.get('load_average', '-')}.",
+        f"{stage.get('shards_build_s', '-')} s); workers = DALI threads = {stage.get('workers', '-')}; "
+        f"load average after {stage.get('load_average', '-')}.",
         "",
     ]
-    results = st.get("results") or []
+    results = stage.get("results") or []
     if results:
         cols = [(k, h) for k, h in PIPELINE_COLS if any(k in r for r in results)]
         lines += _table([h for _, h in cols], [[r.get(k) for k, _ in cols] for r in results])
@@ -52,12 +52,12 @@ def _pipeline(title: str, st: dict[str, Any]) -> list[str]:
             lines += ["", f"vs the baseline: {', '.join(ratios)} (targets, one GPU: DALI gpu >= 20,000 chunks/s "
                       "with <= 4 CPU cores busy, >= 10x the baseline)"]  # fmt: skip
     else:
-        lines.append(f"(no figures: {st.get('status')}: {str(st.get('error', ''))[:300]})")
+        lines.append(f"(no figures: {stage.get('status')}: {str(stage.get('error', ''))[:300]})")
     return [*lines, ""]
 
 
-def _input_bound(st: dict[str, Any]) -> list[str]:
-    rows = st.get("rows") or []
+def _input_bound(stage: dict[str, Any]) -> list[str]:
+    rows = stage.get("rows") or []
     if not rows:
         return []
     ok = [r for r in rows if r["status"] == "ok"]
@@ -91,20 +91,25 @@ def _input_bound(st: dict[str, Any]) -> list[str]:
     return [*lines, ""]
 
 
-def _resume(st: dict[str, Any]) -> list[str]:
-    c = st.get("comparison")
+def _resume(stage: dict[str, Any]) -> list[str]:
+    c = stage.get("comparison")
     if not c:
         return (
-            [f"**Resume** ({st.get('status')}): {str(st.get('error', st.get('reason', '')))[:300]}", ""]
-            if st
+            [
+                f"**Resume** ({stage.get('status')}): {str(stage.get('error', stage.get('reason', '')))[:300]}",
+                "",
+            ]
+            if stage
             else []
         )
     pos = c["position_full"]
-    verdict = "passed" if st.get("passed") else "FAILED " + str([k for k, v in c["checks"].items() if not v])
+    verdict = (
+        "passed" if stage.get("passed") else "FAILED " + str([k for k, v in c["checks"].items() if not v])
+    )
     return [
-        f"**Resume** ({st['backend']}{', NCCL ' + str(st['nccl_version']) if st.get('nccl_version') else ''}): "
-        f"torchrun 1 rank, {st['steps']} steps; SIGTERM at logged step {st['signalled_at_logged_step']}, stopped "
-        f"at step {st['stopped_at_step']}, `--checkpoint.resume=auto` to {pos['step']} ({st.get('resume_s')} s) vs "
+        f"**Resume** ({stage['backend']}{', NCCL ' + str(stage['nccl_version']) if stage.get('nccl_version') else ''}): "
+        f"torchrun 1 rank, {stage['steps']} steps; SIGTERM at logged step {stage['signalled_at_logged_step']}, stopped "
+        f"at step {stage['stopped_at_step']}, `--checkpoint.resume=auto` to {pos['step']} ({stage.get('resume_s')} s) vs "
         f"uninterrupted: position {pos['epoch']}/{pos['batch_in_epoch']} (epoch/batch) "
         f"{'equal' if c['checks']['same_step_and_loader_position'] else 'DIFFERENT'}, DALI reader state "
         f"{'equal' if c['dali_checkpoint_equal'] else 'DIFFERENT'}, lr {c['lr_full']:.3g} vs {c['lr_resumed']:.3g}, "
@@ -115,22 +120,22 @@ def _resume(st: dict[str, Any]) -> list[str]:
     ]
 
 
-def _handoff(st: dict[str, Any]) -> list[str]:
-    results = st.get("results") or {}
+def _handoff(stage: dict[str, Any]) -> list[str]:
+    results = stage.get("results") or {}
     if not results:
         return []
-    how = (f"a `torch.cuda._sleep({st.get('sleep_cycles')})` queued after every batch on {st.get('device')}"
-           if st.get("device") != "cpu" else "DALI cpu, no delays: the plumbing only")  # fmt: skip
+    how = (f"a `torch.cuda._sleep({stage.get('sleep_cycles')})` queued after every batch on {stage.get('device')}"
+           if stage.get("device") != "cpu" else "DALI cpu, no delays: the plumbing only")  # fmt: skip
     lines = [f"**Hand-off** ({how}; each batch compared with a synchronised pass): "
-             f"**{'passed' if st.get('passed') else 'FAILED'}**.", ""]  # fmt: skip
+             f"**{'passed' if stage.get('passed') else 'FAILED'}**.", ""]  # fmt: skip
     rows = [[name, r["lease"]["batches"], r["lease"]["mismatched"], r["lease"]["host_waits"],
              r["no_lease"]["mismatched"]] for name, r in results.items()]  # fmt: skip
     head = ["loader", "batches", "mismatched (lease)", "host waits (lease)", "mismatched (no lease: control)"]
     return [*lines, *_table(head, rows), ""]
 
 
-def _figures(st: dict[str, Any]) -> list[str]:
-    figures = st.get("figures") or {}
+def _figures(stage: dict[str, Any]) -> list[str]:
+    figures = stage.get("figures") or {}
     if not figures:
         return []
     rows = [[test.rsplit(".", 1)[-1], ", ".join(f"{k} {v}" for k, v in props.items())]
@@ -155,12 +160,12 @@ def markdown(doc: dict[str, Any]) -> str:
         [
             [
                 name,
-                st["status"],
-                st.get("seconds", ""),
-                st["budget_s"],
-                str(st.get("error", st.get("reason", "")))[:160].replace("|", "/").replace("\n", " "),
+                stage["status"],
+                stage.get("seconds", ""),
+                stage["budget_s"],
+                str(stage.get("error", stage.get("reason", "")))[:160].replace("|", "/").replace("\n", " "),
             ]  # fmt: skip
-            for name, st in stages.items()
+            for name, stage in stages.items()
         ],
     )
     lines.append("")

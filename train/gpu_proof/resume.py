@@ -129,7 +129,7 @@ def compare(full: dict[str, Any], resumed: dict[str, Any], full_log: dict[str, f
     return c
 
 
-def run_resume_check(ctx: Context, st: dict[str, Any], shards: Path, deadline: float) -> None:
+def run_resume_check(ctx: Context, stage: dict[str, Any], shards: Path, deadline: float) -> None:
     p = ctx.profile
     full_dir, cut_dir = ctx.work / "resume-full", ctx.work / "resume-cut"
     for d in (full_dir, cut_dir):
@@ -139,24 +139,24 @@ def run_resume_check(ctx: Context, st: dict[str, Any], shards: Path, deadline: f
         if ctx.cuda
         else {"OMP_NUM_THREADS": "1"}
     )
-    st.update(steps=p.resume_steps, sigterm_after=p.sigterm_after, backend="nccl" if ctx.cuda else "gloo")
+    stage.update(steps=p.resume_steps, sigterm_after=p.sigterm_after, backend="nccl" if ctx.cuda else "gloo")
     procs: list[Proc] = []
     try:
         full = Proc(torchrun_cmd(ctx, shards, full_dir), "resume-full", ctx, env)
         cut = Proc(torchrun_cmd(ctx, shards, cut_dir), "resume-cut", ctx, env)
         procs += [full, cut]
-        st["signalled_at_logged_step"] = wait_for_step(cut, cut_dir, p.sigterm_after, deadline)
+        stage["signalled_at_logged_step"] = wait_for_step(cut, cut_dir, p.sigterm_after, deadline)
         os.kill(cut.p.pid, signal.SIGTERM)  # the launcher, as a scheduler's preemption does
-        st["cut_launcher_status"] = cut.wait(deadline)
+        stage["cut_launcher_status"] = cut.wait(deadline)
         stop = last_json(cut.stdout(), "interrupted run")
-        st["stopped_at_step"] = stop["step"]
+        stage["stopped_at_step"] = stop["step"]
         if not stop.get("stopped") or stop["step"] >= p.resume_steps:
             raise StageFailed(f"the interrupted run did not stop mid-run: {stop}")
         t0 = time.monotonic()
         resumed = Proc(torchrun_cmd(ctx, shards, cut_dir), "resume-resumed", ctx, env)
         procs.append(resumed)
         end = last_json(resumed.check(deadline), "resumed run")
-        st["resume_s"] = round(time.monotonic() - t0, 1)
+        stage["resume_s"] = round(time.monotonic() - t0, 1)
         done = last_json(full.check(deadline), "uninterrupted run")
     finally:
         for proc in procs:
@@ -165,14 +165,14 @@ def run_resume_check(ctx: Context, st: dict[str, Any], shards: Path, deadline: f
     if done["step"] != p.resume_steps or end["step"] != p.resume_steps or end.get("stopped"):
         raise StageFailed(f"final steps: uninterrupted {done}, resumed {end}; want {p.resume_steps}")
     n = p.resume_steps
-    st["comparison"] = c = compare(
+    stage["comparison"] = c = compare(
         final_state(full_dir, n), final_state(cut_dir, n), last_logged(full_dir, n), last_logged(cut_dir, n)
     )
     if ctx.cuda:
         text = full.err_path.read_text(errors="replace") + full.out_path.read_text(errors="replace")
         seen = NCCL_VERSION.search(text)
-        st["nccl_version"] = seen.group(1) if seen else None
+        stage["nccl_version"] = seen.group(1) if seen else None
         c["checks"]["nccl_initialised"] = seen is not None
-    st["passed"] = all(c["checks"].values())
-    if not st["passed"]:
+    stage["passed"] = all(c["checks"].values())
+    if not stage["passed"]:
         raise StageFailed(f"resume check failed: {[k for k, v in c['checks'].items() if not v]}")

@@ -185,7 +185,7 @@ def build_bench_shards(
     build(cfg, progress=False)
 
 
-def shards_step(ctx: Context, st: dict[str, Any], codec: str, tracks: int, deadline: float) -> Path:
+def shards_step(ctx: Context, stage: dict[str, Any], codec: str, tracks: int, deadline: float) -> Path:
     p = ctx.profile
     out = ctx.work / f"shards-{codec}-{tracks}"
     if not (out / "manifest.json").is_file():
@@ -194,10 +194,10 @@ def shards_step(ctx: Context, st: dict[str, Any], codec: str, tracks: int, deadl
         code = f"from train.gpu_proof.stages import build_bench_shards; build_bench_shards({str(out)!r}, **{kw!r})"
         t0 = time.monotonic()
         Proc([ctx.python, "-c", code], f"shards-{codec}", ctx).check(deadline)
-        st["shards_build_s"] = round(time.monotonic() - t0, 1)
+        stage["shards_build_s"] = round(time.monotonic() - t0, 1)
     manifest = json.loads((out / "manifest.json").read_text())
     size = sum(f.stat().st_size for f in out.rglob("*.tar"))
-    st["shards"] = {"path": str(out), "codec": codec, "tracks": tracks, "distinct": p.distinct,
+    stage["shards"] = {"path": str(out), "codec": codec, "tracks": tracks, "distinct": p.distinct,
                     "seconds": p.seconds, "sample_rate": p.sample_rate, "gb": round(size / 1e9, 2),
                     "splits": {k: v["num_samples"] for k, v in manifest["splits"].items()}}  # fmt: skip
     return out
@@ -232,9 +232,9 @@ def recorded_figures(junit: Path) -> dict[str, dict[str, str]]:
     return figures
 
 
-def stage_gpu_tests(ctx: Context, st: dict[str, Any], deadline: float) -> None:
-    st["files"] = files = gpu_test_files()
-    st["markers"] = GPU_MARKERS
+def stage_gpu_tests(ctx: Context, stage: dict[str, Any], deadline: float) -> None:
+    stage["files"] = files = gpu_test_files()
+    stage["markers"] = GPU_MARKERS
     junit = ctx.logs / "gpu_tests.xml"
     cmd = [ctx.python, "-m", "pytest", "-v", "-m", GPU_MARKERS, "-p", "no:cacheprovider", "--timeout=60",
            f"--junitxml={junit}", "-o", "junit_family=xunit1", *files]  # fmt: skip
@@ -249,22 +249,26 @@ def stage_gpu_tests(ctx: Context, st: dict[str, Any], deadline: float) -> None:
             ("ERROR", "errors"),
             ("SKIPPED", "skipped"),
         ):
-            st[key] = sum(1 for _, o in results if o == outcome)
-        st["failures"] = [t for t, o in results if o in ("FAILED", "ERROR")]
-        st["figures"] = recorded_figures(junit)
+            stage[key] = sum(1 for _, o in results if o == outcome)
+        stage["failures"] = [t for t, o in results if o in ("FAILED", "ERROR")]
+        stage["figures"] = recorded_figures(junit)
     if rc != 0:
-        raise StageFailed(f"pytest exit status {rc}: {len(st['failures'])} failed or errored")
+        raise StageFailed(f"pytest exit status {rc}: {len(stage['failures'])} failed or errored")
 
 
-def stage_handoff(ctx: Context, st: dict[str, Any], deadline: float) -> None:
+def stage_handoff(ctx: Context, stage: dict[str, Any], deadline: float) -> None:
     """The hand-off check first: a wrong answer there makes every later figure suspect."""
     cmd = [ctx.python, "-m", "pipelines.bench.handoff", "--synth", str(ctx.work / "handoff"), "--json",
            "--device", "cuda" if ctx.cuda else "cpu"]  # fmt: skip
     proc = Proc(cmd, "handoff", ctx)
     rc = proc.wait(deadline)
     doc = last_json(proc.stdout(), "pipelines.bench.handoff")
-    st["results"], st["passed"], st["sleep_cycles"] = doc["results"], doc["passed"], doc["sleep_cycles"]
-    st["device"] = doc["device"]
+    stage["results"], stage["passed"], stage["sleep_cycles"] = (
+        doc["results"],
+        doc["passed"],
+        doc["sleep_cycles"],
+    )
+    stage["device"] = doc["device"]
     if rc != 0 or not doc["passed"]:
         bad = [k for k, r in doc["results"].items() if r["lease"]["mismatched"]]
         raise StageFailed(f"hand-off check failed (exit status {rc}): mismatched batches in {bad}")
@@ -285,22 +289,26 @@ def bench_cmd(ctx: Context, shards: Path, *extra: str, module: str = "pipelines.
     ]
 
 
-def stage_pipeline_bench(ctx: Context, st: dict[str, Any], deadline: float, codec: str = "pcm16") -> None:
+def stage_pipeline_bench(ctx: Context, stage: dict[str, Any], deadline: float, codec: str = "pcm16") -> None:
     p = ctx.profile
     tracks = p.tracks if codec == "pcm16" else p.flac_tracks
-    shards = shards_step(ctx, st, codec, tracks, deadline)
+    shards = shards_step(ctx, stage, codec, tracks, deadline)
     ctx.save()
     cmd = bench_cmd(ctx, shards, "--workers", str(p.workers), "--warmup", str(p.bench_warmup),
                     "--batches", str(p.bench_batches))  # fmt: skip
     doc = last_json(Proc(cmd, f"bench-{codec}", ctx).check(deadline), "pipelines.bench")
-    st["results"], st["workers"], st["load_average"] = doc["results"], doc["workers"], doc["load_average"]
-    st["bench_machine"] = doc["machine"]
+    stage["results"], stage["workers"], stage["load_average"] = (
+        doc["results"],
+        doc["workers"],
+        doc["load_average"],
+    )
+    stage["bench_machine"] = doc["machine"]
 
 
-def stage_input_bound(ctx: Context, st: dict[str, Any], deadline: float) -> None:
+def stage_input_bound(ctx: Context, stage: dict[str, Any], deadline: float) -> None:
     p = ctx.profile
     shards = Path(ctx.doc["stages"]["pipeline_bench"]["shards"]["path"])
-    st["rows"] = []
+    stage["rows"] = []
     bad: list[str] = []
     for fam in p.families:
         cmd = bench_cmd(ctx, shards, "--family", fam, "--warmup", str(p.step_warmup),
@@ -315,21 +323,21 @@ def stage_input_bound(ctx: Context, st: dict[str, Any], deadline: float) -> None
         except StageFailed as e:  # one family's failure must not hide the others' figures
             row, bad = {"family": fam, "status": "failed", "error": str(e)[-800:]}, [*bad, fam]
         row["seconds"] = round(time.monotonic() - t0, 1)
-        st["rows"].append(row)
+        stage["rows"].append(row)
         ctx.save()
     if bad:
         raise StageFailed(f"failed families: {bad}")
 
 
-def stage_resume(ctx: Context, st: dict[str, Any], deadline: float) -> None:
+def stage_resume(ctx: Context, stage: dict[str, Any], deadline: float) -> None:
     from train.gpu_proof.resume import run_resume_check
 
     shards = Path(ctx.doc["stages"]["pipeline_bench"]["shards"]["path"])
-    run_resume_check(ctx, st, shards, deadline)
+    run_resume_check(ctx, stage, shards, deadline)
 
 
-def stage_flac(ctx: Context, st: dict[str, Any], deadline: float) -> None:
-    stage_pipeline_bench(ctx, st, deadline, codec="flac")
+def stage_flac(ctx: Context, stage: dict[str, Any], deadline: float) -> None:
+    stage_pipeline_bench(ctx, stage, deadline, codec="flac")
 
 
 RUNNERS: dict[str, Callable[[Context, dict[str, Any], float], None]] = {

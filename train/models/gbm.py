@@ -119,7 +119,7 @@ class GBMModel(nn.Module):
         if not self.fitted:
             raise RuntimeError("gbm model used before fit (train it with `python -m train`)")
         z = self.project(pooled_features(x, self.bands))
-        probs = [_predict(b, z) for b in self._loaded()]
+        probs = [_predict(booster, z) for booster in self._loaded()]
         p = torch.from_numpy(np.concatenate(probs, 1)).float().clamp(1e-7, 1 - 1e-7)
         logits = torch.logit(p) if self.state["kind"] == "multi" else p.log()
         return logits.to(x.device)
@@ -142,10 +142,10 @@ def _fit_one(lgb: Any, z: np.ndarray, y: np.ndarray, params: dict[str, Any], rou
     return booster.model_to_string()
 
 
-def _predict(b: Any, z: np.ndarray) -> np.ndarray:
-    if isinstance(b, str):
-        return np.full((len(z), 1), float(b.removeprefix("const:")))
-    p = b.predict(z)
+def _predict(booster: Any, z: np.ndarray) -> np.ndarray:
+    if isinstance(booster, str):
+        return np.full((len(z), 1), float(booster.removeprefix("const:")))
+    p = booster.predict(z)
     return p.reshape(len(z), -1)
 
 
