@@ -125,6 +125,12 @@ def test_bucket_and_prefix_missing(s3: S3) -> None:
         storage.check_access(url)
     _one_line(e.value, url, "missing", "no such object or prefix")
     storage.check_access(url, must_exist=False)  # a writer's new prefix is fine
+    # a bucket whose name is the word "bucket": its empty prefix is still a missing prefix
+    named = s3.server.create_bucket("bucket") + "/nothing"
+    with pytest.raises(FileNotFoundError) as e:
+        storage.check_access(named)
+    _one_line(e.value, named, "missing", "no such object or prefix")
+    storage.check_access(named, must_exist=False)
     with pytest.raises(FileNotFoundError) as e:
         storage.stat(storage.join(url, "x.tar"))
     _one_line(e.value, url, "missing")

@@ -53,8 +53,8 @@ class DataWait:
 
 
 def wait_postfix(report: dict[str, float]) -> str:
-    """``"3.2ms (slowest r1 7.9ms)"`` for the progress line."""
-    return (
-        f"{report['data/wait_ms_mean']:.1f}ms (slowest r{int(report['data/slowest_rank'])} "
-        f"{report['data/wait_ms_max']:.1f}ms)"
-    )
+    """``"3.2ms (slowest r1 7.9ms)"`` for the progress line; ``"3.2ms"`` with one rank."""
+    mean = f"{report['data/wait_ms_mean']:.1f}ms"
+    if sum(k.startswith("data/wait_ms/rank") for k in report) < 2:
+        return mean
+    return f"{mean} (slowest r{int(report['data/slowest_rank'])} {report['data/wait_ms_max']:.1f}ms)"

@@ -202,8 +202,8 @@ def check_access(prefix: Location, *, must_exist: bool = True) -> None:
     try:
         with storage_errors(prefix):
             fs.ls(_key(prefix), detail=False)  # one LIST: the request that tells every failure apart
-    except StorageError as e:
-        if must_exist or e.kind != "missing" or "bucket" in str(e):
+    except StorageNotFound as e:
+        if must_exist or e.bucket:
             raise
 
 

@@ -25,10 +25,12 @@ class StorageError(ValueError):
 
 
 class StorageNotFound(StorageError, FileNotFoundError):
-    """A missing bucket, object or prefix: also a ``FileNotFoundError``, as a missing local file is."""
+    """A missing bucket, object or prefix: also a ``FileNotFoundError``, as a missing local file is.
+    ``bucket``: the bucket itself is missing (a writer may create a prefix, never a bucket)."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, bucket: bool = False) -> None:
         super().__init__(message, "missing")
+        self.bucket = bucket
 
 
 def redact(text: str) -> str:
@@ -82,11 +84,14 @@ def explain(e: BaseException, location: object, endpoint: str | None = None) -> 
             "this bucket/prefix; grant s3:ListBucket and s3:GetObject (s3:PutObject to write)",
             "denied",
         )
-    if isinstance(e, FileNotFoundError) or "nosuchbucket" in low.replace(" ", ""):
+    # the store's own words for a missing bucket (boto's code, or s3fs's translation of it);
+    # not the word "bucket" alone, which a missing key's path can hold (s3://bucket/nothing)
+    no_bucket = "nosuchbucket" in low.replace(" ", "") or "bucket does not exist" in low
+    if isinstance(e, FileNotFoundError) or no_bucket:
         bucket = url.split("://", 1)[-1].split("/", 1)[0]
-        if "bucket" in low:
+        if no_bucket:
             return StorageNotFound(
-                f"{url}: bucket {bucket!r} does not exist{where}: create it or fix the URL"
+                f"{url}: bucket {bucket!r} does not exist{where}: create it or fix the URL", bucket=True
             )
         return StorageNotFound(f"{url}: no such object or prefix{where}")
     return StorageError(f"{url}: {type(e).__name__}: {text}", "other")
