@@ -217,3 +217,18 @@ def test_figures_recorded_by_tests_reach_the_report(tmp_path: Path) -> None:
     md = markdown(doc)
     assert "| audio-train | 9 | 0 | 7 | 4 |" in md and "**Hand-off**" in md and "passed" in md
     assert "| test_fig::test_a | dali_peak_mib 812.5 |" in md and '`-m "gpu and not slow"`' in md
+
+
+@pytest.mark.parametrize(
+    ("device", "fix"), [("gpu", "carry them as wheels"), ("cpu", "run `make install` first")]
+)
+def test_a_missing_module_stops_the_proof_with_the_fix_for_its_device(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], device: str, fix: str
+) -> None:
+    from train.gpu_proof import proof
+
+    monkeypatch.setattr(proof, "REQUIRED", (*proof.REQUIRED, "no_such_module_here"))
+    assert proof.main(["--device", device, "--out", str(tmp_path)]) == 2
+    line = capsys.readouterr().err.strip()
+    assert "\n" not in line and "cannot import ['no_such_module_here']" in line and fix in line, line
+    assert json.loads((tmp_path / "gpu-proof.json").read_text())["error"] in line

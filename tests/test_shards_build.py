@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from helpers.datasets import add_rows, synth_row
 from helpers.tars import read_members
 
 from shards.cli import main
@@ -26,27 +27,11 @@ def raw(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import soundfile as sf
 
     sf.write(root / "audio" / "short file.v2.wav", np.zeros(800, dtype=np.float32), 16000)
-    extra = [
-        dict(
-            path="audio/broken.mp3",
-            label="blues",
-            tags="bass",
-            level1="calm",
-            level2="blues",
-            level3="blues_plain",
-            split="train",
-        ),
-        dict(
-            path="audio/short file.v2.wav",
-            label="disco",
-            tags="",
-            level1="loud",
-            level2="disco",
-            level3="disco_plain",
-            split="test",
-        ),
+    rows = [
+        synth_row("audio/broken.mp3", "blues", "train", tags="bass"),
+        synth_row("audio/short file.v2.wav", "disco", "test"),
     ]
-    pd.concat([df, pd.DataFrame(extra)]).to_csv(csv, index=False)
+    add_rows(csv, df, rows)
     return root
 
 

@@ -11,7 +11,6 @@ and evaluate with ``python -m eval`` when measuring its peak memory (docs/benchm
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import os
 from pathlib import Path
@@ -20,10 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipelines.bench.throughput import DEFAULT_CONFIG, make_loader, time_batches
-from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
+from pipelines.bench.throughput import DEFAULT_CONFIG, make_loader, pipeline_config, time_batches
 from shards.audio import write_blocks
-from shards.base.config import load_sections
 from shards.base.errors import CliParser
 from shards.manifest import Codec
 from shards.synth import CSV_NAME, GENRES, make_synth, synth_track
@@ -132,13 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error(f"unrecognized arguments: {' '.join(overrides)}")
         print(eval_data(args.out, args.tracks, args.seconds, args.sample_rate))
         return 0
-    cfg = load_sections(
-        {"features": FeatureConfig, "augment": AugmentConfig, "loader": LoaderConfig},
-        args.config,
-        overrides,
-        allow_other=True,
-    )
-    cfg["loader"] = dataclasses.replace(cfg["loader"], num_threads=args.workers)
+    cfg = pipeline_config(args.config, overrides, args.workers)
     rows = throughput(args, cfg)
     cols = ["set", "chunks", "seconds", "chunks_per_s", "vs_short", "cpu_cores", "mean_wait_ms", "runs"]
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg())

@@ -18,11 +18,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from pipelines.bench.throughput import add_shard_args, bench_shards, machine
-from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
+from pipelines.bench.throughput import add_shard_args, bench_shards, machine, pipeline_config
 from pipelines.loader import build_loader
 from shards.base import storage
-from shards.base.config import load_sections
 from shards.base.errors import CliParser, run_cli
 from shards.bench.local_s3 import LocalS3
 from shards.copy import copy_build
@@ -101,13 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--synth-shard-mb", type=float, default=16.0, help="shard size of a --synth build")
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="DALI threads and downloads")
     args, overrides = ap.parse_known_args(argv)
-    cfg = load_sections(
-        {"features": FeatureConfig, "augment": AugmentConfig, "loader": LoaderConfig},
-        args.config,
-        overrides,
-        allow_other=True,
-    )
-    cfg["loader"] = dataclasses.replace(cfg["loader"], num_threads=args.workers)
+    cfg = pipeline_config(args.config, overrides, args.workers)
     if args.synth is not None and not (args.synth / "manifest.json").is_file():
         build_synth_shards(args.synth, tracks=args.synth_tracks, seconds=args.synth_seconds,
                            sample_rate=cfg["features"].sample_rate, shard_size_mb=args.synth_shard_mb)  # fmt: skip

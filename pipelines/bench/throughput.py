@@ -19,7 +19,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -226,6 +226,20 @@ def add_shard_args(ap: CliParser) -> None:
     )
 
 
+def pipeline_config(
+    config: Path,
+    overrides: list[str],
+    workers: int,
+    defaults: Callable[[dict[str, Any]], dict[str, dict[str, Any]]] | None = None,
+) -> dict[str, Any]:
+    """The experiment file's ``[features]``, ``[augment]`` and ``[loader]`` with the CLI overrides,
+    and as many DALI threads as the benchmark's ``--workers`` (a fair comparison with the baseline)."""
+    sections = {"features": FeatureConfig, "augment": AugmentConfig, "loader": LoaderConfig}
+    cfg = load_sections(sections, config, overrides, allow_other=True, defaults=defaults)
+    cfg["loader"] = dataclasses.replace(cfg["loader"], num_threads=workers)
+    return cfg
+
+
 def bench_shards(ap: CliParser, args: argparse.Namespace, sample_rate: int, progress: bool) -> Any:
     """The shard folder (or ``s3://`` prefix) of ``add_shard_args``, building the synthetic one
     when asked."""
@@ -263,13 +277,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batches", type=int, default=20)
     ap.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
     args, overrides = ap.parse_known_args(argv)
-    sections = {"features": FeatureConfig, "augment": AugmentConfig, "loader": LoaderConfig}
-    rate = load_sections(sections, args.config, overrides, allow_other=True)["features"].sample_rate
+    rate = pipeline_config(args.config, overrides, args.workers)["features"].sample_rate
     shards = bench_shards(ap, args, rate, progress=not args.json)
     # read again now that the build exists: an image build's channels and sizes, unless set
-    cfg = load_sections(sections, args.config, overrides, allow_other=True, defaults=feature_defaults(shards))
-    if cfg["loader"].num_threads != args.workers:  # a fair comparison: as many DALI threads as workers
-        cfg["loader"] = dataclasses.replace(cfg["loader"], num_threads=args.workers)
+    cfg = pipeline_config(args.config, overrides, args.workers, defaults=feature_defaults(shards))
     names = [n.strip() for n in args.pipelines.split(",") if n.strip()]
     bad = [n for n in names if n not in PIPELINES]
     if bad:

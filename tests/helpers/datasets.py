@@ -13,13 +13,28 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import soundfile as sf
 
 from shards.cli import main
 from shards.manifest import read_manifest
-from shards.synth import TAGS, synth_track
+from shards.synth import GENRES, MOODS, TAGS, synth_track
 
 SR = 22050
+
+
+def synth_row(path: str, genre: str, split: str, tags: str = "") -> dict[str, str]:
+    """A label-CSV row as ``make_synth`` writes it (its hierarchy, the ``plain`` variant), for a
+    file a test adds to a synthetic dataset: usually one the build must reject."""
+    mood = MOODS[GENRES.index(genre) // 2]
+    return dict(
+        path=path, label=genre, tags=tags, level1=mood, level2=genre, level3=f"{genre}_plain", split=split
+    )
+
+
+def add_rows(csv: Path, df: pd.DataFrame, rows: list[dict[str, str]]) -> None:
+    """Write ``df`` (the dataset's CSV as read, perhaps edited) with ``rows`` appended to ``csv``."""
+    pd.concat([df, pd.DataFrame(rows)]).to_csv(csv, index=False)
 
 
 def mp3_bytes(seconds: float = 1.5, seed: int = 0) -> bytes:

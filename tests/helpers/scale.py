@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
+from helpers.datasets import add_rows, synth_row
 from shards.cli import main
 from shards.synth import make_synth
 
@@ -27,27 +28,8 @@ def make_raw(root: Path) -> Path:
     df.loc[0, "path"] = f"audio/killme{first.suffix}"
     (root / "audio" / "empty.wav").write_bytes(b"")
     sf.write(root / "audio" / "short.wav", np.zeros(400, dtype=np.float32), 16000)
-    extra = [
-        dict(
-            path="audio/empty.wav",
-            label="blues",
-            tags="",
-            level1="calm",
-            level2="blues",
-            level3="blues_plain",
-            split="train",
-        ),
-        dict(
-            path="audio/short.wav",
-            label="disco",
-            tags="",
-            level1="loud",
-            level2="disco",
-            level3="disco_plain",
-            split="test",
-        ),
-    ]
-    pd.concat([df, pd.DataFrame(extra)]).to_csv(csv, index=False)
+    rows = [synth_row("audio/empty.wav", "blues", "train"), synth_row("audio/short.wav", "disco", "test")]
+    add_rows(csv, df, rows)
     return root
 
 

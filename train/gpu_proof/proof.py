@@ -189,9 +189,12 @@ def main(argv: list[str] | None = None) -> int:
     t_start = time.monotonic()
     ap, args = parse_args(argv)
     if missing := missing_modules():
-        msg = (
-            f"{sys.executable} cannot import {missing}: carry them as wheels (docs/benchmarks.md, GPU proof)"
+        fix = (
+            "carry them as wheels (docs/benchmarks.md, GPU proof)"
+            if args.device == "gpu"
+            else "run `make install` first, or pass PY= a python that has the project's dependencies"
         )
+        msg = f"{sys.executable} cannot import {missing}: {fix}"
         atomic_write_text(args.out / "gpu-proof.json", json.dumps({"error": msg}) + "\n")
         print(f"gpu-proof: {msg}", file=sys.stderr)
         return 2
