@@ -36,7 +36,8 @@ from nvidia.dali.pipeline import Pipeline
 
 from pipelines.config import AugmentConfig, FeatureConfig, Framing, LoaderConfig
 from pipelines.signal import cut_windows, feature_length, on_device, source
-from shards.manifest import AUDIO_EXT, LABEL_EXT, SEGMENT_EXT, SEGMENT_FIELDS, TRACK_EXT
+from shards.manifest import AUDIO_EXT, SEGMENT_FIELDS
+from shards.members import MemberLayout
 
 READER = "reader"
 Mode = Literal["train", "eval"]
@@ -58,12 +59,17 @@ class GraphSpec:
     device: Literal["gpu", "cpu"]
     rank: int
     world_size: int
+    members: MemberLayout  # the samples' ids members (manifest version, task, kind: shards.members)
     device_id: int | None = None  # CUDA device for device="gpu"; None = the current one
-    segmented: bool = False  # samples carry a ``seg`` member (manifest version 2)
     segment_samples: int | None = None  # samples per full segment at shards_rate (None: whole tracks)
     longest_sample: int = 0  # samples of the split's longest sample at shards_rate (uniform_time)
     image_exts: list[str] = field(default_factory=list)  # image builds: per channel, "mel.jpg;mel.png"
     plain_reads: bool = False  # open tars without mmap: the shard cache fills them in place (remote.py)
+
+    @property
+    def segmented(self) -> bool:
+        """Samples carry segment fields (``seg``): audio builds from manifest version 2 on."""
+        return self.members.segmented
 
     @property
     def batch_size(self) -> int:
@@ -116,23 +122,26 @@ def _read(spec: GraphSpec):  # type: ignore[no-untyped-def]
     return webdataset_reader(spec, [AUDIO_EXT[spec.codec]], [audio_dtype])
 
 
-def webdataset_reader(spec: GraphSpec, media: list[str], dtypes: list[types.DALIDataType]) -> Any:
-    """The webdataset reader: ``media`` members (ext alternatives as ``"a;b"``) then ``lbl``, ``tid``
-    (and ``seg`` for segmented shards). Shuffled and moving across shards in training; each
-    rank's contiguous range in evaluation."""
+def webdataset_reader(spec: GraphSpec, media: list[str], dtypes: list[types.DALIDataType]) -> list[Any]:
+    """The webdataset reader's nodes: ``media`` members (ext alternatives as ``"a;b"``) then
+    ``lbl``, ``tid`` (and ``seg`` for segmented shards), CPU int64 nodes whichever members hold
+    them (``spec.members``: one ``ids`` member per sample from version 3 on, sliced here; DALI
+    reads each member with its own request, so fewer members is fewer requests on ``s3://``).
+    Shuffled and moving across shards in training; each rank's contiguous range in evaluation."""
+    fixed = list(spec.members.members)
+    nodes = _reader(spec, [*media, *fixed], [*dtypes, *[types.DALIDataType.INT64] * len(fixed)])
+    fields = spec.members.split(nodes[len(media) :])
+    return [*nodes[: len(media)], fields["lbl"], fields["tid"], *([fields["seg"]] if spec.segmented else [])]
+
+
+def _reader(spec: GraphSpec, ext: list[str], dtypes: list[types.DALIDataType]) -> list[Any]:
+    """DALI's webdataset reader of ``ext`` (one output node each, in order)."""
     train = spec.mode == "train"
-    ext, types_ = (
-        [*media, LABEL_EXT, TRACK_EXT],
-        [*dtypes, types.DALIDataType.INT64, types.DALIDataType.INT64],
-    )
-    if spec.segmented:
-        ext.append(SEGMENT_EXT)
-        types_.append(types.DALIDataType.INT64)
-    return fn.readers.webdataset(
+    nodes = fn.readers.webdataset(
         paths=[str(p) for p in spec.tars],
         index_paths=[str(p) for p in spec.idxs],
         ext=ext,
-        dtypes=types_,
+        dtypes=dtypes,
         missing_component_behavior="error",
         shard_id=spec.rank,
         num_shards=spec.world_size,
@@ -145,6 +154,7 @@ def webdataset_reader(spec: GraphSpec, media: list[str], dtypes: list[types.DALI
         dont_use_mmap=spec.plain_reads or not spec.loader.mmap,
         name=READER,
     )
+    return list(nodes)  # type: ignore[arg-type]  # several ext: a list of nodes
 
 
 def chunk_count(n, chunk: int):  # type: ignore[no-untyped-def]

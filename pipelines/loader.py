@@ -34,6 +34,7 @@ from pipelines.shard_checks import load_manifest, read_fault, split_info, valida
 from shards.base.distributed import resolve_device, resolve_rank
 from shards.base.tasks import TaskSpec
 from shards.manifest import SEGMENT_FIELDS, Manifest
+from shards.members import member_layout
 
 
 def labels_to_y(lbl: torch.Tensor, task: TaskSpec) -> torch.Tensor:
@@ -329,7 +330,7 @@ def _graph_spec(
         rank=rank,
         world_size=world_size,
         device_id=dev.index if dev.type == "cuda" else None,
-        segmented=manifest.segmented,
+        members=member_layout(manifest),
         segment_samples=manifest.segment_samples,
         longest_sample=round(manifest.split(split).longest_sample_seconds * manifest.sample_rate),
         image_exts=image_exts,

@@ -12,15 +12,8 @@ from pathlib import Path
 
 from pipelines.config import FeatureConfig, LoaderConfig, framing
 from shards.base import storage
-from shards.manifest import (
-    LABEL_EXT,
-    SEGMENT_EXT,
-    SEGMENT_FIELDS,
-    TRACK_EXT,
-    Manifest,
-    SplitInfo,
-    read_manifest,
-)
+from shards.manifest import Manifest, SplitInfo, read_manifest
+from shards.members import member_layout
 from shards.verify import BadShard, diagnose, files_of, sha256_of, verify_first_open
 from shards.writer import read_index
 
@@ -167,9 +160,7 @@ def _check_index(
         if manifest.kind == "audio"
         else [tuple(c.exts) for c in manifest.images.values()]
     )
-    fixed = {LABEL_EXT: 8 * manifest.task.label_width, TRACK_EXT: 8}
-    if manifest.segmented:
-        fixed[SEGMENT_EXT] = 8 * len(SEGMENT_FIELDS)
+    fixed = member_layout(manifest).members  # the ids members: exact sizes (shards.members)
     for i, sample in enumerate(samples):
         found = [next((e for e in alts if e in sample), alts[0]) for alts in media]
         need: dict[str, int | None] = {**dict.fromkeys(found), **fixed}
@@ -182,13 +173,22 @@ def _check_index(
                     f"{idx}: .{ext} of sample {i} at {off}+{n} does not fit {tar} ({actual} bytes)"
                 )
             if want is not None and n != want:
-                raise ShardError(f"{idx}: .{ext} of sample {i} has {n} bytes, expected {want}")
+                raise ShardError(
+                    f"{tar}: .{ext} of sample {i} (key {_sample_key(idx, i)}) has {n} bytes, expected "
+                    f"{want} (manifest version {manifest.version}; index {storage.basename(idx)})"
+                )
         for ext in found:
             if sample[ext][1] == 0:
                 raise ShardError(f"{idx}: .{ext} of sample {i} is empty (a sample needs its media)")
         if manifest.kind == "audio" and manifest.codec == "pcm16" and sample[manifest.audio_ext][1] % 2:
             raise ShardError(f"{idx}: .pcm of sample {i} has an odd byte count (not int16)")
     return samples
+
+
+def _sample_key(idx: Path, i: int) -> str:
+    """Sample ``i``'s key, from its index line (member names are ``KEY.EXT``): for error lines."""
+    line = idx.read_text().splitlines()[i + 1].split()
+    return line[3].split(".", 1)[0] if len(line) >= 4 else "?"
 
 
 def _check_headers(tar: Path, idx: Path, samples: list[dict[str, tuple[int, int]]]) -> None:

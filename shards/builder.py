@@ -153,7 +153,7 @@ def _up_to_date(out: BuildOutput, the_plan: BuildPlan, force: bool) -> Manifest 
     except (OSError, ValueError, TypeError):
         return None
     if m.build.get("fingerprint") != the_plan.fingerprint or missing_shards(out, the_plan):
-        return None
+        return None  # (the fingerprint covers the shard format version: an older format rebuilds)
     return m
 
 

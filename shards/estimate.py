@@ -18,6 +18,7 @@ import soundfile as sf
 
 from shards import reasons
 from shards.base.progress import progress
+from shards.members import written_layout
 from shards.records import Record
 from shards.workers import DecodePool, Fault, run_pooled
 
@@ -56,6 +57,12 @@ def member_bytes(size: int) -> int:
     return BLOCK + -(-size // BLOCK) * BLOCK
 
 
+def _fixed_bytes(layout: Layout) -> int:
+    """Tar bytes of a sample's members besides its media: the ids (``shards.members``), the .json."""
+    sizes = written_layout(layout.kind, layout.label_width).members.values()
+    return sum(member_bytes(n) for n in sizes) + member_bytes(META_BYTES)
+
+
 def resampled_length(frames: int, rate: int, target: int) -> int:
     """Samples soxr returns for ``frames`` at ``rate`` resampled to ``target`` (round half up)."""
     return frames if rate == target else (2 * frames * target + rate) // (2 * rate)
@@ -73,17 +80,15 @@ def estimate_audio(path: Path, layout: Layout) -> Estimate:
     n = resampled_length(int(info.frames), int(info.samplerate), layout.sample_rate)
     seg = layout.segment_samples
     lengths = [min(seg, n - a) for a in range(0, n, seg)] or [0]
-    small = (
-        member_bytes(8 * layout.label_width) + member_bytes(8) + member_bytes(40) + member_bytes(META_BYTES)
-    )
+    small = _fixed_bytes(layout)
     ratio = CODEC_RATIO[layout.codec]
     total = sum(member_bytes(int(2 * k * ratio)) + small for k in lengths)
     return Estimate(total, len(lengths))
 
 
 def estimate_images(images: dict[str, Path | bytes], layout: Layout) -> Estimate:
-    """Images are stored unchanged: their sizes, plus the label, track id and .json members."""
-    total = member_bytes(8 * layout.label_width) + member_bytes(8) + member_bytes(META_BYTES)
+    """Images are stored unchanged: their sizes, plus the ids and .json members."""
+    total = _fixed_bytes(layout)
     for src in images.values():
         try:
             size = len(src) if isinstance(src, bytes) else src.stat().st_size

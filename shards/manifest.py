@@ -17,16 +17,18 @@ from shards.base.config import to_dict
 from shards.base.tasks import TaskSpec
 
 FORMAT = "musicstream.shards"
-VERSION = 2  # 2: long tracks are stored as consecutive segments (``seg`` member)
-READABLE_VERSIONS = (1, 2)  # version 1 reads as one segment per track
+VERSION = 3  # 3: a sample's ids, labels and segment fields packed in one ``ids`` member
+READABLE_VERSIONS = (1, 2, 3)  # version 1 reads as one segment per track
+PACKED_VERSION = 3  # from this version on, samples carry ``ids`` instead of ``lbl``, ``tid``, ``seg``
 MANIFEST = "manifest.json"
 REJECTS = "rejects.jsonl"
 
 # Member extensions inside a sample (key.EXT). DALI takes everything after the first
 # dot as the extension, so keys never contain dots.
 AUDIO_EXT = {"pcm16": "pcm", "flac": "flac", "ogg": "ogg"}
-LABEL_EXT = "lbl"  # little-endian int64 vector, TaskSpec.label_width entries
-TRACK_EXT = "tid"  # little-endian int64 [1]: the track's index within its split
+IDS_EXT = "ids"  # version 3: little-endian int64 [tid, *lbl, *seg (audio)] (shards.members)
+LABEL_EXT = "lbl"  # versions 1-2: little-endian int64 vector, TaskSpec.label_width entries
+TRACK_EXT = "tid"  # versions 1-2: little-endian int64 [1]: the track's index within its split
 SEGMENT_EXT = "seg"  # version 2: little-endian int64 [SEGMENT_FIELDS]
 SEGMENT_FIELDS = ("sample", "index", "count", "start", "track_samples")
 """``seg`` entries: the sample's unique index in its split, its segment index within the track,
@@ -55,8 +57,8 @@ class SplitInfo:
     min_seconds: float  # of tracks
     max_seconds: float  # of tracks
     shards: list[ShardInfo]
-    num_tracks: int | None = None  # version 2; version 1: one sample per track
-    max_segment_seconds: float | None = None  # version 2: the longest sample
+    num_tracks: int | None = None  # version >= 2; version 1: one sample per track
+    max_segment_seconds: float | None = None  # version >= 2: the longest sample
 
     def __post_init__(self) -> None:
         self.shards = [s if isinstance(s, ShardInfo) else ShardInfo(**s) for s in self.shards]
@@ -90,7 +92,7 @@ class Manifest:
     splits: dict[str, SplitInfo]
     totals: dict[str, int]  # input, written, rejected
     build: dict[str, Any] = field(default_factory=dict)  # arguments of the build, for provenance
-    segment_samples: int | None = None  # version 2: samples per full segment (None: whole tracks)
+    segment_samples: int | None = None  # version >= 2: samples per full segment (None: whole tracks)
     format: str = FORMAT
     version: int = VERSION
     kind: SampleKind = "audio"  # absent in a manifest = "audio"
@@ -119,8 +121,8 @@ class Manifest:
 
     @property
     def segmented(self) -> bool:
-        """Audio samples carry a ``seg`` member (version 2); version 1 samples are whole tracks
-        (image samples are never segmented)."""
+        """Audio samples carry segment fields (version 2: a ``seg`` member, 3: inside ``ids``);
+        version 1 samples are whole tracks (image samples are never segmented)."""
         return self.version >= 2 and self.kind == "audio"
 
     @property

@@ -13,7 +13,7 @@ import json
 import re
 
 from shards.build_files import BUILD, PLAN, committed, read_parts, read_plan
-from shards.manifest import MANIFEST, REJECTS, Manifest, read_manifest
+from shards.manifest import MANIFEST, REJECTS, VERSION, Manifest, read_manifest
 from shards.output import BuildOutput
 from shards.plan import BuildPlan
 from shards.stats import ShardPart, SplitStats, image_channels
@@ -84,6 +84,7 @@ def manifest_of(plan: BuildPlan, parts: list[ShardPart]) -> Manifest:
         splits=splits,
         totals=totals,
         build=plan.build,
+        version=VERSION,  # the writer's (shard_task: shards.members.written_layout)
         segment_samples=None if image else ctx.segment_samples,
         kind="image" if image else "audio",
         images=image_channels(stats, ctx.channels) if image else {},

@@ -28,6 +28,7 @@ from shards.base.tasks import TaskSpec
 from shards.config import BuildConfig
 from shards.estimate import HEADER_TIMEOUT_S, Estimate, Layout, estimate_all
 from shards.images import ImageSpec
+from shards.manifest import VERSION
 from shards.records import SPLITS, Dataset, Record, Reject
 from shards.workers import DecodePool
 from shards.writer import MAX_KEY, sanitize_key, shard_name
@@ -63,9 +64,10 @@ def order_records(ds: Dataset, seed: int) -> dict[str, list[tuple[str, Record]]]
 
 
 def fingerprint(cfg: BuildConfig, ds: Dataset, ordered: dict[str, list[tuple[str, Record]]]) -> str:
-    """What makes two builds write the same shards: the config's shard-shaping fields, the
-    vocabulary and every split's ordered (key, path) list."""
-    h = hashlib.sha256(f"{PLAN_FORMAT} {PLAN_VERSION}\n".encode())  # a new plan format rebuilds
+    """What makes two builds write the same shards: the shard format version, the config's
+    shard-shaping fields, the vocabulary and every split's ordered (key, path) list."""
+    # a new plan format or shard format rebuilds: an older version's shards are never "up to date"
+    h = hashlib.sha256(f"{PLAN_FORMAT} {PLAN_VERSION} shards {VERSION}\n".encode())
     h.update(json.dumps(cfg.fingerprint_fields(), sort_keys=True, default=str).encode())
     h.update(json.dumps(ds.task.vocab(), sort_keys=True).encode())
     for split, items in ordered.items():

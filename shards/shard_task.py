@@ -13,12 +13,11 @@ import json
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-import numpy as np
-
 from shards.audio import Encoded, segment_bounds
 from shards.build_files import committed, read_parts, write_part
 from shards.images import EncodedImages
-from shards.manifest import AUDIO_EXT, LABEL_EXT, META_EXT, SEGMENT_EXT, SEGMENT_FIELDS, TRACK_EXT
+from shards.manifest import AUDIO_EXT, META_EXT, SEGMENT_FIELDS
+from shards.members import written_layout
 from shards.output import BuildOutput
 from shards.plan import PlannedRecord, ShardContext, ShardPlan
 from shards.stats import ShardPart
@@ -98,6 +97,7 @@ def _track_samples(
     rate, r = ctx.sample_rate, rec.record
     bounds = segment_bounds(result.samples, ctx.segment_samples)
     label = ctx.task.encode(r.labels)
+    layout = written_layout(ctx.kind, ctx.task.label_width)
     group = []
     for index, ((start, end), data) in enumerate(zip(bounds, result.segments)):
         name = rec.key if len(bounds) == 1 else f"{rec.key}-s{index:04d}"
@@ -121,9 +121,7 @@ def _track_samples(
         }
         members = {
             AUDIO_EXT[ctx.codec]: data,
-            LABEL_EXT: label,
-            TRACK_EXT: np.asarray([rec.tid], dtype="<i8").tobytes(),
-            SEGMENT_EXT: np.asarray(seg, dtype="<i8").tobytes(),
+            **layout.pack(rec.tid, label, seg),
             META_EXT: json.dumps(meta, sort_keys=True).encode(),
         }
         group.append((name, members))
@@ -133,14 +131,13 @@ def _track_samples(
 def _image_members(
     ctx: ShardContext, shard: ShardPlan, rec: PlannedRecord, result: EncodedImages
 ) -> dict[str, bytes]:
-    """An image sample: the images' bytes unchanged, labels, track id, metadata."""
+    """An image sample: the images' bytes unchanged, track id and labels, metadata."""
     r = rec.record
     sizes = {ch: list(hw) for ch, hw in result.sizes.items()}
     meta: dict[str, Any] = {"key": rec.key, "source": ctx.source, "source_id": r.key, "path": r.path}
     meta |= {"split": shard.split, "tid": rec.tid, "labels": r.labels, "image_sizes": sizes, **r.meta}
     return {
         **result.members,
-        LABEL_EXT: ctx.task.encode(r.labels),
-        TRACK_EXT: np.asarray([rec.tid], dtype="<i8").tobytes(),
+        **written_layout(ctx.kind, ctx.task.label_width).pack(rec.tid, ctx.task.encode(r.labels)),
         META_EXT: json.dumps(meta, sort_keys=True).encode(),
     }

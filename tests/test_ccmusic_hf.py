@@ -157,9 +157,7 @@ def test_every_layout_and_config(tmp_path: Path, config: str, layout: str) -> No
         assert m.kind == "image" and list(m.images) == ["mel", "cqt", "chroma"]
         assert m.images["mel"].exts == ["mel.jpg"] and m.images["cqt"].max_size == [24, 40]
         assert m.codec == "none" and m.sample_rate == 0
-        assert all(
-            e == {"mel.jpg", "cqt.jpg", "chroma.jpg", "lbl", "tid", "json"} for e in _members(out, "train")
-        )
+        assert all(e == {"mel.jpg", "cqt.jpg", "chroma.jpg", "ids", "json"} for e in _members(out, "train"))
     else:
         assert m.kind == "audio" and m.codec == "pcm16" and m.splits["test"].max_seconds == 2.0
         assert "kind" not in json.loads((out / "manifest.json").read_text())  # absent = audio
@@ -264,7 +262,7 @@ def test_folder_of_precomputed_spectrogram_pngs(tmp_path: Path) -> None:
     rejects = _rejects(out)
     assert rejects["img/5_mel.png"] == "missing file: cqt"
     assert rejects["img/4_mel.png"].startswith("image decode failed: cqt: ")
-    assert all(e == {"mel.png", "cqt.png", "lbl", "tid", "json"} for e in _members(out, "train"))
+    assert all(e == {"mel.png", "cqt.png", "ids", "json"} for e in _members(out, "train"))
 
 
 def test_a_saved_dataset_without_splits_is_split_by_hash(tmp_path: Path) -> None:

@@ -19,7 +19,8 @@ import pytest
 import soundfile as sf
 import torch
 from helpers.features import reference_track
-from helpers.tars import read_tracks
+from helpers.old_formats import as_version
+from helpers.tars import read_ids, read_tracks
 
 from eval.aggregate import ScoredRows, aggregate_tracks
 from eval.runner import evaluate_model
@@ -30,9 +31,8 @@ from pipelines.memory import memory_bound
 from pipelines.shard_checks import ShardError
 from shards.builder import build
 from shards.config import BuildConfig
-from shards.manifest import MANIFEST, SEGMENT_FIELDS, read_manifest
+from shards.manifest import SEGMENT_FIELDS, read_manifest
 from shards.synth import GENRES, synth_track
-from shards.writer import ShardWriter
 
 SR, SEG = 8000, 30 * 8000
 TEST_SECONDS = [1.0, 2.5, 29.0, 30.0, 31.0, 61.5, 150.0, 300.0, 720.0]  # 1+1+1+1+2+3+5+10+24 = 48 segments
@@ -87,7 +87,7 @@ def loader_for(shards, split, mode, *, rank=0, world_size=1, augment=None, devic
 
 def test_segments_concatenate_to_the_track(long_build: Path) -> None:
     m = read_manifest(long_build)
-    assert m.version == 2 and m.segment_samples == SEG
+    assert m.version == 3 and m.segment_samples == SEG
     info = m.split("test")
     assert info.num_tracks == len(TEST_SECONDS)
     assert info.num_samples == sum(segments_of(s) for s in TEST_SECONDS) == 48
@@ -99,7 +99,7 @@ def test_segments_concatenate_to_the_track(long_build: Path) -> None:
         src, _ = sf.read(raw / f"audio/test{i}.wav", dtype="float32")
         t = by_length[src.size]  # every length is distinct: nothing lost or duplicated
         np.testing.assert_allclose(t.signal, src, atol=2 / 32768)
-    seen = []
+    seen, ids = [], read_ids(long_build, "test")
     for tar in m.paths("test")[0]:
         with tarfile.open(tar) as tf:
             for member in tf.getmembers():
@@ -109,6 +109,9 @@ def test_segments_concatenate_to_the_track(long_build: Path) -> None:
                     assert set(seg) == set(SEGMENT_FIELDS)
                     assert seg["start"] == seg["index"] * SEG and seg["count"] == segments_of(meta["seconds"])
                     seen.append(seg["sample"])
+                    fields = ids[seg["sample"]]  # the packed ids member says what the json says
+                    assert fields["seg"].tolist() == [seg[f] for f in SEGMENT_FIELDS]
+                    assert fields["tid"].tolist() == [meta["tid"]] and fields["lbl"].shape == (1,)
     assert sorted(seen) == list(range(48))  # a unique id per sample
 
 
@@ -218,36 +221,11 @@ def test_training_draws_follow_the_weighting(long_build: Path, weighting: str) -
         assert float((x - ref[0]).abs().max()) < 5e-3
 
 
-def _as_version_1(src: Path, dst: Path) -> Path:
-    """The same build as manifest version 1 writes it: no ``seg`` member, no segment fields."""
-    data = json.loads((src / MANIFEST).read_text())
-    for split, info in data["splits"].items():
-        assert info["num_samples"] == info["num_tracks"], "only whole-track builds exist in version 1"
-        writer = ShardWriter(dst, split, max_bytes=1 << 40)
-        for shard in info["shards"]:
-            with tarfile.open(src / shard["tar"]) as tf:
-                samples: dict[str, dict[str, bytes]] = {}
-                for member in tf.getmembers():
-                    key, ext = member.name.split(".", 1)
-                    if ext != "seg":
-                        samples.setdefault(key, {})[ext] = tf.extractfile(member).read()  # type: ignore[union-attr]
-            for key, parts in samples.items():
-                writer.write(key, parts)
-            writer.close()
-        info["shards"] = [dataclasses.asdict(s) for s in writer.output]
-        for k in ("num_tracks", "max_segment_seconds"):
-            info.pop(k)
-    data.pop("segment_samples")
-    data["version"] = 1
-    (dst / MANIFEST).write_text(json.dumps(data))
-    return dst
-
-
 def test_version_1_shards_read_as_one_segment_per_track(synth_shards, tmp_path: Path) -> None:
-    v2 = synth_shards(tracks=8, seconds=2.5, sample_rate=SR, shard_size_mb=0.1)
-    v1 = _as_version_1(v2, tmp_path / "v1")
+    v3 = synth_shards(tracks=8, seconds=2.5, sample_rate=SR, shard_size_mb=0.1)
+    v1 = as_version(v3, tmp_path / "v1", 1)
     assert read_manifest(v1).version == 1 and not read_manifest(v1).segmented
-    a, b = (list(loader_for(p, "train", "eval")) for p in (v2, v1))
+    a, b = (list(loader_for(p, "train", "eval")) for p in (v3, v1))
     assert len(a) == len(b)
     for x, y in zip(a, b):
         for key in ("x", "y", "track", "start"):

@@ -9,6 +9,7 @@ import shutil
 
 import pytest
 import torch
+from helpers.old_formats import as_version
 
 from pipelines.bench.small import small_configs, small_overrides
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
@@ -104,10 +105,28 @@ def test_fewer_tracks_than_ranks(shards):
         )
 
 
-def test_index_sample_without_its_labels(shards):
-    edit_first_sample(shards, lambda f: f[: f.index("lbl")] + f[f.index("lbl") + 4 :])
-    with pytest.raises(ShardError, match=r"000000\.idx: sample 0 has no \.lbl component"):
+def test_index_sample_without_its_ids(shards):
+    edit_first_sample(shards, lambda f: f[: f.index("ids")] + f[f.index("ids") + 4 :])
+    with pytest.raises(ShardError, match=r"000000\.idx: sample 0 has no \.ids component"):
         load(shards)
+
+
+def test_ids_member_of_the_wrong_size_names_the_tar_and_the_key(shards):
+    """Version 3: [tid, label, 5 segment fields] = 56 bytes; one entry short is refused before DALI."""
+    key = (shards / "train" / "000000.idx").read_text().splitlines()[1].split()[3].split(".")[0]
+    edit_first_sample(shards, lambda f: [*f[: f.index("ids") + 2], "48", *f[f.index("ids") + 3 :]])
+    with pytest.raises(ShardError) as e:
+        load(shards)
+    assert str(e.value).startswith(str(shards / "train" / "000000.tar") + ": .ids of sample 0 ")
+    assert f"(key {key}) has 48 bytes, expected 56 (manifest version 3" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_version_2_sample_without_its_labels(shards, tmp_path):
+    v2 = as_version(shards, tmp_path / "v2", 2)
+    edit_first_sample(v2, lambda f: f[: f.index("lbl")] + f[f.index("lbl") + 4 :])
+    with pytest.raises(ShardError, match=r"000000\.idx: sample 0 has no \.lbl component"):
+        load(v2)
 
 
 def test_index_sample_with_empty_audio(shards):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+from helpers.old_formats import as_version
 from helpers.s3 import S3
 
 from pipelines.bench.small import small_configs
@@ -31,5 +32,28 @@ def test_direct_member_reads_give_the_local_batches(synth_shards, s3: S3, tmp_pa
             assert all(torch.equal(x[k], y[k]) for k in x)
     info = read_manifest(local).split("train")
     gets = (s3.server.requests() - before)["GET"]
-    members = 4  # pcm, lbl, tid, seg: one ranged GET each, per sample read
+    members = 2  # pcm, ids (shard format 3): one ranged GET each, per sample read
     assert gets >= 2 * members * info.num_samples  # two epochs of member reads (no index GETs by DALI)
+
+
+def test_direct_reads_cost_two_requests_per_audio_sample(synth_shards, s3: S3, tmp_path) -> None:
+    """An evaluation pass of a version-3 build and of the same build in version 2's layout: 2
+    ranged GETs per sample read (pcm, ids) against 4 (pcm, lbl, tid, seg). The reader runs ahead
+    of the iterator (prefetch), so it reads K >= n samples, the same K for both: 2K + c and
+    4K + c requests with c other GETs; the exact 2x says c = 0."""
+    v3 = synth_shards(tracks=13, seconds=2.5, sample_rate=8000, shard_size_mb=0.1)
+    v2 = as_version(v3, tmp_path / "v2", 2)
+    fc, aug, lc = small_configs(batch_size=4)
+    lc = dataclasses.replace(lc, remote="direct", cache_dir=str(tmp_path / "cache"), prefetch=1)
+    n = read_manifest(v3).split("train").num_samples
+    gets, out = {}, {}
+    for name, local in (("v3", v3), ("v2", v2)):
+        url = s3.put_build(local, f"members-{name}")
+        loader = build_loader(url, "train", mode="eval", features=fc, augment=aug, loader=lc)
+        before = s3.server.requests()
+        out[name] = list(loader)
+        gets[name] = (s3.server.requests() - before)["GET"]
+    assert len(out["v3"]) == len(out["v2"]) > 0
+    for x, y in zip(out["v3"], out["v2"]):
+        assert all(torch.equal(x[k], y[k]) for k in x)
+    assert gets["v2"] == 2 * gets["v3"] and gets["v3"] % 2 == 0 and gets["v3"] >= 2 * n, (gets, n)

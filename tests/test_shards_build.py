@@ -82,27 +82,29 @@ def test_dali_reader_accepts_index(raw: Path, tmp_path: Path) -> None:
 
     @pipeline_def(batch_size=2, num_threads=1, device_id=None)
     def pipe():
-        pcm, lbl, tid = fn.readers.webdataset(
+        pcm, ids = fn.readers.webdataset(
             paths=[str(p) for p in tars],
             index_paths=[str(p) for p in idxs],
-            ext=["pcm", "lbl", "tid"],
-            dtypes=[types.INT16, types.INT64, types.INT64],
+            ext=["pcm", "ids"],
+            dtypes=[types.INT16, types.INT64],
             missing_component_behavior="error",
             name="r",
         )
-        return pcm, lbl, tid
+        return pcm, ids
 
     p = pipe()
     p.build()
     assert p.reader_meta("r")["epoch_size"] == 4
     seen = []
     for _ in range(2):
-        pcm, lbl, tid = p.run()
+        pcm, ids = p.run()
         for k in range(2):
-            x, y = np.array(pcm.at(k)), int(np.array(lbl.at(k))[0])
+            # version 3: ids = [tid, label, sample, segment index, count, start, track samples]
+            x, row = np.array(pcm.at(k)), np.array(ids.at(k))
             assert x.dtype == np.int16 and x.size == int(1.5 * 22050)
-            assert class_of_signal(x, 22050) == y
-            seen.append(int(np.array(tid.at(k))[0]))
+            assert row.shape == (7,) and row[3:6].tolist() == [0, 1, 0] and row[6] == x.size
+            assert class_of_signal(x, 22050) == int(row[1])
+            seen.append(int(row[0]))
     # a tid is the track's position in its split's plan (a rejected track leaves its number
     # unused): the two written tracks of train and of test, as their .json members say
     tids = {
@@ -124,8 +126,10 @@ def test_webdataset_reads_tars(raw: Path, tmp_path: Path) -> None:
     assert len(rows) == 2
     csv = pd.read_csv(raw / "labels.csv", keep_default_na=False).set_index("path")
     for r in rows:
-        vec = np.frombuffer(r["lbl"], dtype="<i8")
+        assert set(r) - {"__key__", "__url__", "__local_path__"} == {"pcm", "ids", "json"}
+        vec = np.frombuffer(r["ids"], dtype="<i8")[1 : 1 + m.task.label_width]  # [tid, *label, *seg]
         meta = json.loads(r["json"])
+        assert int(np.frombuffer(r["ids"], dtype="<i8")[0]) == meta["tid"]
         assert [m.task.classes[i] for i in np.flatnonzero(vec)] == meta["labels"]
         assert meta["labels"] == [t for t in csv.at[meta["path"], "tags"].split(";") if t]
         genre = GENRES[class_of_signal(np.frombuffer(r["pcm"], "<i2"), 22050)]
@@ -258,15 +262,15 @@ def test_dali_decodes_compressed_codecs(raw: Path, tmp_path: Path, codec: str) -
 
     @pipeline_def(batch_size=2, num_threads=1, device_id=None)
     def pipe():
-        enc, lbl = fn.readers.webdataset(
+        enc, ids = fn.readers.webdataset(
             paths=[str(p) for p in tars],
             index_paths=[str(p) for p in idxs],
-            ext=[codec, "lbl"],
+            ext=[codec, "ids"],
             dtypes=[types.UINT8, types.INT64],
             missing_component_behavior="error",
         )
         audio, rate = fn.decoders.audio(enc, dtype=types.INT16, downmix=True)
-        return audio, rate, lbl
+        return audio, rate, ids[1:2]  # [tid, label, *seg]
 
     p = pipe()
     p.build()

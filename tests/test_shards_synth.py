@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from shards.manifest import read_manifest
+from shards.manifest import SEGMENT_FIELDS, read_manifest
 from shards.synth import GENRE_BANDS, GENRES, TAGS, class_of_signal, make_synth, synth_track
 from shards.writer import read_index
 
@@ -79,12 +79,15 @@ def test_synth_shards_single_aligned(synth_shards) -> None:
             for key, comp in samples.items():
                 pcm = np.frombuffer(comp["pcm"], dtype="<i2")
                 assert pcm.size == 8 * 22050
-                (label,) = np.frombuffer(comp["lbl"], dtype="<i8")
+                ids = np.frombuffer(comp["ids"], dtype="<i8")  # [tid, label, *SEGMENT_FIELDS]
+                assert sorted(comp) == ["ids", "json", "pcm"] and ids.size == 7
+                label = ids[1]
                 assert class_of_signal(pcm, 22050) == label
                 assert GENRES[label] == by_key[key]
                 meta = json.loads(comp["json"])
                 assert meta["labels"] == by_key[key] and meta["seconds"] == 8.0
-                tids.append(int(np.frombuffer(comp["tid"], dtype="<i8")[0]))
+                tids.append(int(ids[0]))
+                assert ids[2:].tolist() == [meta["segment"][f] for f in SEGMENT_FIELDS]
         assert sorted(tids) == list(range(m.splits[split].num_samples))
 
 
@@ -107,7 +110,7 @@ def test_synth_shards_flac_codec_decodes(synth_shards) -> None:
     for comp in _members(tar).values():
         y, sr = sf.read(io.BytesIO(comp["flac"]), dtype="int16")
         assert sr == 22050 and y.shape == (2 * 22050,)
-        assert class_of_signal(y, sr) == int(np.frombuffer(comp["lbl"], dtype="<i8")[0])
+        assert class_of_signal(y, sr) == int(np.frombuffer(comp["ids"], dtype="<i8")[1])  # [tid, label, ...]
 
 
 def test_synth_and_bench_cli(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

@@ -31,6 +31,7 @@ from pipelines.loader import labels_to_y
 from pipelines.shard_checks import load_manifest, validate_split
 from shards.base.distributed import resolve_rank
 from shards.manifest import Manifest
+from shards.members import member_layout
 
 
 class _Featurize:
@@ -90,10 +91,16 @@ class _Featurize:
         with torch.no_grad():
             mel_db, mfcc, power = self._ref(chunks)
             x = self._asm(mel_db, mfcc, power, mask)
-        lbl = torch.from_numpy(np.frombuffer(sample["lbl"], dtype="<i8").copy())
-        tid = int(np.frombuffer(sample["tid"], dtype="<i8")[0])
+        lbl, tid = self.ids(sample)
         n = x.shape[0]
         return {"x": x, "lbl": lbl.expand(n, -1), "track": torch.full((n,), tid, dtype=torch.int64)}
+
+    def ids(self, sample: dict[str, Any]) -> tuple[torch.Tensor, int]:
+        """The sample's labels ``(label_width,)`` and track id, whichever members hold them
+        (``shards.members``: ``ids`` from version 3, ``lbl`` + ``tid`` before)."""
+        where = f"{sample.get('__url__')}: sample {sample.get('__key__')}"
+        fields = member_layout(self.manifest).unpack(sample, where)
+        return torch.from_numpy(fields["lbl"]), int(fields["tid"][0])
 
     def decode(self, data: bytes) -> torch.Tensor:
         """Audio bytes -> mono float32 at the feature rate."""

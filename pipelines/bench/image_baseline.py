@@ -87,8 +87,7 @@ class _ImageFeaturize(_Featurize):
                 rng=self._rng,
             )
         x = self._asm.stack(to_unit(planes, self.features), mask)
-        lbl = torch.from_numpy(np.frombuffer(sample["lbl"], dtype="<i8").copy())
-        tid = int(np.frombuffer(sample["tid"], dtype="<i8")[0])
+        lbl, tid = self.ids(sample)
         return {"x": x, "lbl": lbl.expand(k, -1), "track": torch.full((k,), tid, dtype=torch.int64)}
 
 

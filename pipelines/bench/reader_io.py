@@ -18,21 +18,24 @@ from nvidia.dali import fn, pipeline_def, types
 
 from shards.base.errors import CliParser, run_cli
 from shards.manifest import read_manifest
+from shards.members import member_layout
 
 
-def reader_rate(tars: list[Path], idxs: list[Path], *, mmap: bool, threads: int, seconds: float) -> float:
-    """Samples per second through a reader-only pipeline (each sample's bytes read once)."""
+def reader_rate(
+    tars: list[Path], idxs: list[Path], fixed: list[str], *, mmap: bool, threads: int, seconds: float
+) -> float:
+    """Samples per second through a reader-only pipeline (each sample's bytes read once);
+    ``fixed``: the ids members the loader reads besides the audio (``shards.members``)."""
 
     @pipeline_def(batch_size=16, num_threads=threads, device_id=None, prefetch_queue_depth=2)  # type: ignore[call-overload]
     def reader():  # type: ignore[no-untyped-def]
-        pcm, lbl = fn.readers.webdataset(
-            paths=[str(t) for t in tars], index_paths=[str(i) for i in idxs], ext=["pcm", "lbl"],
-            dtypes=[types.INT16, types.INT64], dont_use_mmap=not mmap, random_shuffle=True,
-            initial_fill=32, name="r",
+        pcm, *ids = fn.readers.webdataset(
+            paths=[str(t) for t in tars], index_paths=[str(i) for i in idxs], ext=["pcm", *fixed],
+            dtypes=[types.INT16, *[types.INT64] * len(fixed)], dont_use_mmap=not mmap,
+            random_shuffle=True, initial_fill=32, name="r",
         )  # fmt: skip
-        return fn.reductions.max(
-            pcm
-        ), lbl  # touches every byte, as decoding does (a mapped page is read only when touched)
+        # touches every byte, as decoding does (a mapped page is read only when touched)
+        return fn.reductions.max(pcm), *ids
 
     pipe = reader()
     pipe.build()
@@ -59,12 +62,13 @@ def main(argv: list[str] | None = None) -> int:
             f"{a.shards}: needs a pcm16 audio build (this one is {manifest.kind}/{manifest.codec})"
         )
     tars, idxs = manifest.paths(a.split)
+    fixed = list(member_layout(manifest).members)
     info = manifest.split(a.split)
     per_sample = sum(s.bytes for s in info.shards) / max(1, info.num_samples)
     rows = []
     for r in range(a.rounds):
         for mmap in (True, False):
-            rate = reader_rate(tars, idxs, mmap=mmap, threads=a.threads, seconds=a.seconds)
+            rate = reader_rate(tars, idxs, fixed, mmap=mmap, threads=a.threads, seconds=a.seconds)
             rows.append(
                 {
                     "round": r,

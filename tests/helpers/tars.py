@@ -16,6 +16,7 @@ import torchaudio
 
 from pipelines.config import FeatureConfig
 from shards.manifest import Manifest, read_manifest
+from shards.members import member_layout
 
 
 @dataclass
@@ -27,10 +28,22 @@ class Track:
 
 def read_members(shards: str | Path | Manifest, split: str) -> dict[int, dict[str, bytes]]:
     """Every sample's members ``{ext: bytes}`` of a split, read with ``tarfile``, by sample id
-    (the ``seg`` member's; the track id where samples are whole tracks)."""
+    (the first segment field; the track id where samples are whole tracks)."""
     m = shards if isinstance(shards, Manifest) else read_manifest(shards)
+    return {sample: parts for sample, (parts, _) in _read_samples(m, split).items()}
+
+
+def read_ids(shards: str | Path | Manifest, split: str) -> dict[int, dict[str, np.ndarray]]:
+    """Every sample's int64 fields ``{"tid", "lbl"(, "seg")}`` of a split, by sample id, whichever
+    members hold them (``ids`` from version 3, ``lbl``/``tid``/``seg`` before)."""
+    m = shards if isinstance(shards, Manifest) else read_manifest(shards)
+    return {sample: ids for sample, (_, ids) in _read_samples(m, split).items()}
+
+
+def _read_samples(m: Manifest, split: str) -> dict[int, tuple[dict[str, bytes], dict[str, np.ndarray]]]:
+    layout = member_layout(m)
     tars, _ = m.paths(split)
-    out: dict[int, dict[str, bytes]] = {}
+    out: dict[int, tuple[dict[str, bytes], dict[str, np.ndarray]]] = {}
     for tar in tars:
         members: dict[str, dict[str, bytes]] = {}
         with tarfile.open(tar) as tf:
@@ -39,25 +52,26 @@ def read_members(shards: str | Path | Manifest, split: str) -> dict[int, dict[st
                 f = tf.extractfile(info)
                 assert f is not None
                 members.setdefault(key, {})[ext] = f.read()
-        for parts in members.values():
-            ids = np.frombuffer(parts.get("seg", parts["tid"]), dtype="<i8")
-            out[int(ids[0])] = parts
+        for key, parts in members.items():
+            ids = layout.unpack(parts, f"{tar}: sample {key}")
+            out[int(ids.get("seg", ids["tid"])[0])] = (parts, ids)
     return out
 
 
 def read_tracks(shards: str | Path | Manifest, split: str) -> dict[int, Track]:
     """Every track of a pcm16 split by track id, read with ``tarfile``; the segments of a
-    long track (version 2) are put back together in segment order."""
+    long track (version 2 on) are put back together in segment order."""
     pieces: dict[int, list[tuple[int, np.ndarray | None]]] = {}
     labels: dict[int, np.ndarray] = {}
-    for parts in read_members(shards, split).values():
-        tid = int(np.frombuffer(parts["tid"], dtype="<i8")[0])
-        index = int(np.frombuffer(parts["seg"], dtype="<i8")[1]) if "seg" in parts else 0
+    m = shards if isinstance(shards, Manifest) else read_manifest(shards)
+    for parts, ids in _read_samples(m, split).values():
+        tid = int(ids["tid"][0])
+        index = int(ids["seg"][1]) if "seg" in ids else 0
         sig = (
             np.frombuffer(parts["pcm"], dtype="<i2").astype(np.float32) / 32768.0 if "pcm" in parts else None
         )
         pieces.setdefault(tid, []).append((index, sig))
-        labels[tid] = np.frombuffer(parts["lbl"], dtype="<i8").copy()
+        labels[tid] = ids["lbl"]
     out: dict[int, Track] = {}
     for tid, segs in pieces.items():
         segs.sort(key=lambda p: p[0])
