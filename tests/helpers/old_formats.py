@@ -15,25 +15,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
-import tarfile
 from pathlib import Path
 
 import numpy as np
 
+from helpers.tars import tar_samples
 from shards.manifest import MANIFEST, META_EXT, SEGMENT_FIELDS, read_manifest
 from shards.writer import ShardWriter
-
-
-def _samples(tar: Path) -> dict[str, dict[str, bytes]]:
-    """A tar's samples ``key -> {ext: bytes}``, in the tar's order."""
-    samples: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(tar) as tf:
-        for member in tf.getmembers():
-            key, ext = member.name.split(".", 1)
-            f = tf.extractfile(member)
-            assert f is not None
-            samples.setdefault(key, {})[ext] = f.read()
-    return samples
 
 
 def _rewrite(parts: dict[str, bytes], width: int, audio: bool, version: int, where: str) -> dict[str, bytes]:
@@ -63,7 +51,7 @@ def as_version(src: Path, dst: Path, version: int) -> Path:
             tar = src / shard["tar"]
             start = int(Path(shard["tar"]).stem)
             with ShardWriter(dst, split, max_bytes=1 << 40, start=start) as writer:
-                for key, parts in _samples(tar).items():
+                for key, parts in tar_samples(tar).items():
                     writer.write(key, _rewrite(parts, width, audio, version, f"{tar}: sample {key}"))
             (out,) = writer.output
             assert out.num_samples == shard["num_samples"]

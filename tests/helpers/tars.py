@@ -40,19 +40,26 @@ def read_ids(shards: str | Path | Manifest, split: str) -> dict[int, dict[str, n
     return {sample: ids for sample, (_, ids) in _read_samples(m, split).items()}
 
 
-def _read_samples(m: Manifest, split: str) -> dict[int, tuple[dict[str, bytes], dict[str, np.ndarray]]]:
-    layout = member_layout(m)
-    tars, _ = m.paths(split)
+def tar_samples(tar: str | Path) -> dict[str, dict[str, bytes]]:
+    """A tar's samples ``key -> {ext: bytes}``, in the tar's order."""
+    samples: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(tar) as tf:
+        for info in tf.getmembers():
+            key, ext = info.name.split(".", 1)
+            f = tf.extractfile(info)
+            assert f is not None
+            samples.setdefault(key, {})[ext] = f.read()
+    return samples
+
+
+def _read_samples(
+    manifest: Manifest, split: str
+) -> dict[int, tuple[dict[str, bytes], dict[str, np.ndarray]]]:
+    layout = member_layout(manifest)
+    tars, _ = manifest.paths(split)
     out: dict[int, tuple[dict[str, bytes], dict[str, np.ndarray]]] = {}
     for tar in tars:
-        members: dict[str, dict[str, bytes]] = {}
-        with tarfile.open(tar) as tf:
-            for info in tf.getmembers():
-                key, ext = info.name.split(".", 1)
-                f = tf.extractfile(info)
-                assert f is not None
-                members.setdefault(key, {})[ext] = f.read()
-        for key, parts in members.items():
+        for key, parts in tar_samples(tar).items():
             ids = layout.unpack(parts, f"{tar}: sample {key}")
             out[int(ids.get("seg", ids["tid"])[0])] = (parts, ids)
     return out
