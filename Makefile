@@ -13,7 +13,7 @@ CONSTRAINTS ?= .ci/constraints.txt
 $(STAMP): setup.cfg pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install $(if $(CONSTRAINTS),-c $(CONSTRAINTS)) -e '.[dev,gbm,cloud,ray]'
+	$(BIN)/python -m pip install -e '.[dev,gbm,cloud,ray,tensorboard]' $(if $(CONSTRAINTS),-c $(CONSTRAINTS))
 	touch $(STAMP)
 
 install: $(STAMP)
