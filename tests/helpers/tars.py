@@ -29,15 +29,13 @@ class Track:
 def read_members(shards: str | Path | Manifest, split: str) -> dict[int, dict[str, bytes]]:
     """Every sample's members ``{ext: bytes}`` of a split, read with ``tarfile``, by sample id
     (the first segment field; the track id where samples are whole tracks)."""
-    m = shards if isinstance(shards, Manifest) else read_manifest(shards)
-    return {sample: parts for sample, (parts, _) in _read_samples(m, split).items()}
+    return {sample: parts for sample, (parts, _) in _read_samples(shards, split).items()}
 
 
 def read_ids(shards: str | Path | Manifest, split: str) -> dict[int, dict[str, np.ndarray]]:
     """Every sample's int64 fields ``{"tid", "lbl"(, "seg")}`` of a split, by sample id, whichever
     members hold them (``ids`` from version 3, ``lbl``/``tid``/``seg`` before)."""
-    m = shards if isinstance(shards, Manifest) else read_manifest(shards)
-    return {sample: ids for sample, (_, ids) in _read_samples(m, split).items()}
+    return {sample: ids for sample, (_, ids) in _read_samples(shards, split).items()}
 
 
 def tar_samples(tar: str | Path) -> dict[str, dict[str, bytes]]:
@@ -53,8 +51,9 @@ def tar_samples(tar: str | Path) -> dict[str, dict[str, bytes]]:
 
 
 def _read_samples(
-    manifest: Manifest, split: str
+    shards: str | Path | Manifest, split: str
 ) -> dict[int, tuple[dict[str, bytes], dict[str, np.ndarray]]]:
+    manifest = shards if isinstance(shards, Manifest) else read_manifest(shards)
     layout = member_layout(manifest)
     tars, _ = manifest.paths(split)
     out: dict[int, tuple[dict[str, bytes], dict[str, np.ndarray]]] = {}
@@ -70,8 +69,7 @@ def read_tracks(shards: str | Path | Manifest, split: str) -> dict[int, Track]:
     long track (version 2 on) are put back together in segment order."""
     pieces: dict[int, list[tuple[int, np.ndarray | None]]] = {}
     labels: dict[int, np.ndarray] = {}
-    m = shards if isinstance(shards, Manifest) else read_manifest(shards)
-    for parts, ids in _read_samples(m, split).values():
+    for parts, ids in _read_samples(shards, split).values():
         tid = int(ids["tid"][0])
         index = int(ids["seg"][1]) if "seg" in ids else 0
         sig = (
