@@ -1,0 +1,298 @@
+"""Object storage never feeds a wrong byte (issue 27): a rebuild at the same URL, two processes on
+one cache folder, epoch boundaries on 2 ranks with a small cache, local disk faults while caching;
+and the cache's hardening and deadlines (issue 28). A local S3 server in its own process
+(tests/helpers/s3.py); each test fails on the code before the fix."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from helpers.faults import tmpfs
+from helpers.s3 import S3
+from test_remote_shards import epochs, make, same
+
+import pipelines.cache_files as cache_files
+from pipelines.bench.small import small_configs
+from pipelines.remote import GatedIterator, reader_inputs
+from pipelines.shard_cache import CacheWaitStopped, ShardCache
+from shards.base.atomic import WriteError
+from shards.format import BadShard, storage
+from shards.format.copy import copy_build
+from shards.format.manifest import read_manifest
+
+SR = 8000
+
+
+@pytest.fixture(scope="module")
+def builds(synth_shards) -> tuple[Path, Path]:
+    """Two builds of the same shape from different seeds (other audio lengths: other offsets)."""
+    kw = dict(tracks=13, seconds=2.5, sample_rate=SR, shard_size_mb=0.1)
+    return synth_shards(**kw), synth_shards(**kw, seed=1)
+
+
+@pytest.fixture(scope="module")
+def one_per_shard(synth_shards, s3: S3) -> tuple[Path, str]:
+    """26 training shards of one track each: a cache of 60% of the split evicts every epoch."""
+    local = synth_shards(tracks=36, seconds=1.2, sample_rate=SR, shard_size_mb=0.001)
+    return local, s3.put_build(local, "exact-one-per-shard")
+
+
+def _train_shards(build: Path):
+    return read_manifest(build).split("train").shards
+
+
+def _bound(build: Path, share: float = 0.6) -> float:
+    """loader.cache_gb holding ``share`` of the training split."""
+    return share * sum(s.bytes for s in _train_shards(build)) / 1e9
+
+
+def test_a_rebuild_at_the_same_url_reads_its_own_indexes(builds, s3: S3, tmp_path: Path) -> None:
+    a, b = builds
+    assert [(a / s.index).read_bytes() for s in _train_shards(a)] != [
+        (b / s.index).read_bytes() for s in _train_shards(b)
+    ]
+    url = s3.url("rebuilt")
+    copy_build(a, url, show=False)
+    first = make(url, "train", tmp_path / "cache")
+    epochs(first, 1)
+    first.gate.cache.close()
+    copy_build(b, url, show=False)  # a new build at the same prefix, the old cache still on disk
+    same(epochs(make(b, "train"), 1), epochs(make(url, "train", tmp_path / "cache"), 1))
+    for remote in ("direct", "cache"):  # the index copies DALI is given are the new manifest's
+        lc = dataclasses.replace(small_configs()[2], cache_dir=str(tmp_path / "cache"), remote=remote)
+        inputs = reader_inputs(read_manifest(url), "train", lc, rank=0, world_size=1, train=True, batch=4)
+        for s, idx in zip(_train_shards(b), inputs.idxs):
+            assert storage.sha256_file(idx) == s.index_sha256, remote
+        if inputs.gate is not None:
+            inputs.gate.cache.close()
+
+
+def test_a_local_index_that_differs_from_the_manifest_is_fetched_again(builds, s3: S3, tmp_path) -> None:
+    local, _ = builds
+    url = s3.put_build(local, "stale-index")
+    first = make(url, "train", tmp_path / "cache")
+    ref = epochs(first, 1)
+    idx = first.gate.cache.indexes[0]
+    first.gate.cache.close()
+    data = bytearray(idx.read_bytes())
+    data[-3:-1] = b"99"  # same size, another offset
+    idx.write_bytes(bytes(data))
+    again = make(url, "train", tmp_path / "cache")
+    assert again.gate.cache.folder == first.gate.cache.folder
+    assert storage.sha256_file(idx) == _train_shards(local)[0].index_sha256
+    same(ref, epochs(again, 1))
+
+
+def test_index_sizes_are_checked_with_the_tars(builds, s3: S3) -> None:
+    local, _ = builds
+    url = s3.put_build(local, "long-index")
+    s = _train_shards(local)[1]
+    body = (local / s.index).read_bytes() + b"\n"
+    s3.client().put_object(Bucket=s3.bucket, Key=f"long-index/{s.index}", Body=body)
+    with pytest.raises(ValueError, match=rf"differ in size from the manifest: {s.index} \("):
+        read_manifest(url)
+
+
+def test_two_processes_never_share_a_cache_folder(one_per_shard, tmp_path: Path, capsys) -> None:
+    """Two loaders alive at once on one cache root with a cache of 60% of the split (each evicts
+    and refetches): the second works in a folder beside the first; both read the local batches."""
+    local, url = one_per_shard
+    kw = dict(batch_size=4, initial_fill=2, prefetch=1, cache_ahead=1, cache_workers=1, cache_gb=_bound(local))
+    ref = epochs(make(local, "train", **kw))
+    one = make(url, "train", tmp_path / "shared", **kw)
+    two = make(url, "train", tmp_path / "shared", **dict(kw, seed=1))
+    assert two.gate.cache.folder == one.gate.cache.folder.with_name("rank0-1")
+    got = [[], []]
+    for _ in range(2):  # interleaved epochs: both caches evict and fetch while the other reads
+        for k, loader in enumerate((one, two)):
+            got[k].append([{n: v.clone() for n, v in b.items()} for b in loader])
+    same(ref, got[0])
+    same(epochs(make(local, "train", **dict(kw, seed=1))), got[1])
+    assert one.gate.cache.stats.evicted > 0 and two.gate.cache.stats.evicted > 0
+
+
+def test_a_held_or_unlockable_folder_is_never_used(one_per_shard, tmp_path: Path, monkeypatch) -> None:
+    local, url = one_per_shard
+    base = tmp_path / "c" / "x" / "rank0"
+    held = [cache_files.claim_folder(base) for _ in range(cache_files.SLOTS)]
+    shards = _train_shards(local)
+    urls, idxs = read_manifest(url).urls("train")
+    with pytest.raises(cache_files.CacheBusy) as e:
+        ShardCache(urls, idxs, shards, base, max_bytes=10**9)
+    assert f"{base}: shard cache folder in use by pid {os.getpid()} on host " in str(e.value)
+    assert "\n" not in str(e.value)
+    for _, lock in held:
+        lock.release()
+
+    def no_flock(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(cache_files.fcntl, "flock", no_flock)
+    with pytest.raises(cache_files.CacheBusy, match=f"{base}: shard cache folder cannot be locked"):
+        ShardCache(urls, idxs, shards, base, max_bytes=10**9)
+
+
+def test_evicted_and_pending_shards_are_empty_never_zeros(one_per_shard, tmp_path: Path) -> None:
+    local, url = one_per_shard
+    shards = _train_shards(local)
+    urls, idxs = read_manifest(url).urls("train")
+    cache = ShardCache(urls, idxs, shards, tmp_path / "r", max_bytes=3 * max(s.bytes for s in shards), ahead=1)
+    assert all(p.stat().st_size == 0 for p in cache.tars)  # not yet fetched: empty, not sparse
+    for i in range(len(shards)):
+        cache.ensure([i])
+    assert cache.stats.evicted > 0
+    sizes = [p.stat().st_size for p in cache.tars]
+    assert sizes[-1] == shards[-1].bytes and sizes[0] == 0  # evicted: truncated to nothing
+    assert oct(cache.folder.stat().st_mode & 0o777) == oct(0o700)
+    cache.close()
+
+
+class _Gate:
+    def __init__(self) -> None:
+        self.waits: list[tuple[int, int]] = []
+
+    def wait(self, epoch: int, batch: int, *, restored: bool = False) -> None:
+        self.waits.append((epoch, batch))
+
+
+class _It:
+    def reset(self) -> None:
+        pass
+
+
+def test_the_gate_waits_on_the_readers_epoch_at_reset() -> None:
+    """The loader moves to (epoch + 1, batch 0) before DALI's reset: the gate waits on exactly that."""
+    gate = _Gate()
+    position = (3, 0)
+    GatedIterator(_It(), gate, lambda: position).reset()  # type: ignore[arg-type]
+    assert gate.waits == [(3, 0)]
+
+
+def test_two_ranks_three_epochs_with_a_small_cache_equal_local(one_per_shard, tmp_path: Path) -> None:
+    """Rank 0 and rank 1 of 2, three epochs, a read window of a few tracks and a cache of 60% of
+    the split: exactly the batches of the local build, and no fetch beyond the reader's needs."""
+    local, url = one_per_shard
+    kw = dict(batch_size=4, initial_fill=2, prefetch=1, cache_ahead=1, cache_workers=1, cache_gb=_bound(local))
+    for rank in (0, 1):
+        ref = epochs(make(local, "train", rank=rank, world_size=2, **kw), 3)
+        remote = make(url, "train", tmp_path / "two", rank=rank, world_size=2, **kw)
+        asked: list[int] = []
+        real = remote.gate.wait
+        remote.gate.wait = lambda e, b, real=real, **k: (asked.append(e), real(e, b, **k))[1]
+        same(ref, epochs(remote, 3))
+        # epochs 0-2, and epoch 3's start at the last reset: never an epoch the reader is not in
+        assert sorted(set(asked)) == [0, 1, 2, 3] and asked[-1] == 3, asked
+        assert remote.gate.cache.stats.evicted > 0
+        remote.gate.cache.close()
+
+
+def test_a_full_cache_disk_is_a_write_error_not_the_stores(builds, s3: S3, tmp_path: Path) -> None:
+    local, _ = builds
+    url = s3.put_build(local, "disk-full")
+    shards = _train_shards(local)
+    urls, idxs = read_manifest(url).urls("train")
+    with tmpfs(tmp_path / "small", 3 * max(s.bytes for s in shards) // 2) as mnt:
+        cache = ShardCache(urls, idxs, shards, mnt / "r", max_bytes=10**9, ahead=len(shards))
+        with pytest.raises(WriteError) as e:
+            cache.ensure(list(range(len(shards))))
+        cache.close()
+    text = str(e.value)
+    assert text.startswith(f"{mnt / 'r'}: no space left on device while writing the cached copy of ")
+    assert "\n" not in text and "needs" in text and "s3" not in text.split(" while ")[0]
+
+
+def test_a_read_only_cache_is_a_write_error_not_access_denied(builds, s3: S3, tmp_path: Path) -> None:
+    local, _ = builds
+    url = s3.put_build(local, "read-only")
+    ro = tmp_path / "ro"
+    with tmpfs(ro, 1 << 20, read_only=True) as mnt:
+        with pytest.raises(WriteError, match=f"^{mnt}.*: read-only file system while writing"):
+            make(url, "train", mnt)
+
+
+def test_cache_files_are_private_and_never_followed(builds, s3: S3, tmp_path: Path) -> None:
+    local, _ = builds
+    url = s3.put_build(local, "hardened")
+    first = make(url, "train", tmp_path / "cache")
+    folder, tar = first.gate.cache.folder, first.gate.cache.tars[0]
+    first.gate.cache.close()
+    target = tmp_path / "victim"
+    target.write_bytes(b"precious")
+    tar.unlink()
+    tar.symlink_to(target)  # planted in the cache folder
+    with pytest.raises(ValueError, match=f"{tar}: a symlink in the shard cache; refused"):
+        make(url, "train", tmp_path / "cache")
+    assert target.read_bytes() == b"precious"
+    tar.unlink()
+    os.chown(folder, 4321, 4321)  # a folder someone else owns
+    with pytest.raises(ValueError, match=f"{folder}: owned by uid 4321, not by you"):
+        make(url, "train", tmp_path / "cache")
+
+
+def test_flattened_names_that_collide_are_refused(builds) -> None:
+    local, _ = builds
+    a, b = _train_shards(local)[:2]
+    b = dataclasses.replace(b, tar=a.tar.replace("/", "-"))
+    with pytest.raises(ValueError, match=f"'{b.tar}' and '{a.tar}' map to one shard cache file"):
+        cache_files.local_names([a, b], "where")
+
+
+class _Stalled:
+    """A store read that delivers nothing for ``seconds`` (then the object)."""
+
+    def __init__(self, real, seconds: float) -> None:
+        self.real, self.seconds = real, seconds
+
+    def __call__(self, url):
+        real, seconds = self.real, self.seconds
+
+        class Ctx:
+            def __enter__(self):
+                self.cm = real(url)
+                f = self.cm.__enter__()
+                if str(url).endswith(".tar"):
+                    time.sleep(seconds)
+                return f
+
+            def __exit__(self, *exc):
+                return self.cm.__exit__(*exc)
+
+        return Ctx()
+
+
+def test_a_stalled_download_ends_the_wait_with_one_line(builds, s3: S3, tmp_path: Path, monkeypatch) -> None:
+    local, _ = builds
+    url = s3.put_build(local, "stalled")
+    monkeypatch.setattr(cache_files.storage, "open_read", _Stalled(storage.open_read, 6.0))
+    loader = make(url, "train", tmp_path / "cache", cache_stall_s=1.0)
+    t0 = time.monotonic()
+    with pytest.raises(BadShard, match=r"its download delivered no byte for \d+ s \(loader.cache_stall_s\)") as e:
+        next(iter(loader))
+    assert time.monotonic() - t0 < 5.0 and str(e.value).startswith(f"{url}/train/") and loader._pipe is None
+
+
+def test_a_caught_sigterm_ends_a_blocked_wait(builds, s3: S3, tmp_path: Path, monkeypatch) -> None:
+    """A handler that saves on SIGTERM (the trainer's) still runs, and the wait ends at once."""
+    local, _ = builds
+    url = s3.put_build(local, "sigterm")
+    monkeypatch.setattr(cache_files.storage, "open_read", _Stalled(storage.open_read, 6.0))
+    loader = make(url, "train", tmp_path / "cache")
+    got: list[int] = []
+    old = signal.signal(signal.SIGTERM, lambda s, f: got.append(s))
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
+    try:
+        timer.start()
+        t0 = time.monotonic()
+        with pytest.raises(CacheWaitStopped, match="SIGTERM while the reader waited for this shard"):
+            next(iter(loader))
+        assert time.monotonic() - t0 < 4.0 and got == [signal.SIGTERM]
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGTERM, old)
