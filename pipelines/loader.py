@@ -378,7 +378,9 @@ def build_loader(
     spec = _graph_spec(manifest, split, mode, features, augment, loader, r, w, dev, image_exts, inputs)
     if manifest.kind == "audio":  # before reading any shard
         check_memory(spec, split, manifest.where, dev)
-    if loader.verify == "first_open":
+    if loader.verify == "first_open" and not (
+        manifest.remote and loader.remote == "cache"
+    ):  # cache: its own check
         verify_on_first_open(manifest, split, train=train, rank=r, world_size=w, workers=loader.num_threads)
     cls = ImageLoader if manifest.kind == "image" else MusicLoader
     samples = manifest.split(split).num_samples

@@ -9,6 +9,8 @@ import dataclasses
 import errno
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -104,7 +106,9 @@ def test_two_processes_never_share_a_cache_folder(one_per_shard, tmp_path: Path,
     """Two loaders alive at once on one cache root with a cache of 60% of the split (each evicts
     and refetches): the second works in a folder beside the first; both read the local batches."""
     local, url = one_per_shard
-    kw = dict(batch_size=4, initial_fill=2, prefetch=1, cache_ahead=1, cache_workers=1, cache_gb=_bound(local))
+    kw = dict(
+        batch_size=4, initial_fill=2, prefetch=1, cache_ahead=1, cache_workers=1, cache_gb=_bound(local)
+    )
     ref = epochs(make(local, "train", **kw))
     one = make(url, "train", tmp_path / "shared", **kw)
     two = make(url, "train", tmp_path / "shared", **dict(kw, seed=1))
@@ -143,7 +147,9 @@ def test_evicted_and_pending_shards_are_empty_never_zeros(one_per_shard, tmp_pat
     local, url = one_per_shard
     shards = _train_shards(local)
     urls, idxs = read_manifest(url).urls("train")
-    cache = ShardCache(urls, idxs, shards, tmp_path / "r", max_bytes=3 * max(s.bytes for s in shards), ahead=1)
+    cache = ShardCache(
+        urls, idxs, shards, tmp_path / "r", max_bytes=3 * max(s.bytes for s in shards), ahead=1
+    )
     assert all(p.stat().st_size == 0 for p in cache.tars)  # not yet fetched: empty, not sparse
     for i in range(len(shards)):
         cache.ensure([i])
@@ -179,13 +185,15 @@ def test_two_ranks_three_epochs_with_a_small_cache_equal_local(one_per_shard, tm
     """Rank 0 and rank 1 of 2, three epochs, a read window of a few tracks and a cache of 60% of
     the split: exactly the batches of the local build, and no fetch beyond the reader's needs."""
     local, url = one_per_shard
-    kw = dict(batch_size=4, initial_fill=2, prefetch=1, cache_ahead=1, cache_workers=1, cache_gb=_bound(local))
+    kw = dict(
+        batch_size=4, initial_fill=2, prefetch=1, cache_ahead=1, cache_workers=1, cache_gb=_bound(local)
+    )
     for rank in (0, 1):
         ref = epochs(make(local, "train", rank=rank, world_size=2, **kw), 3)
         remote = make(url, "train", tmp_path / "two", rank=rank, world_size=2, **kw)
         asked: list[int] = []
         real = remote.gate.wait
-        remote.gate.wait = lambda e, b, real=real, **k: (asked.append(e), real(e, b, **k))[1]
+        remote.gate.wait = lambda e, b, real=real, asked=asked, **k: (asked.append(e), real(e, b, **k))[1]
         same(ref, epochs(remote, 3))
         # epochs 0-2, and epoch 3's start at the last reset: never an epoch the reader is not in
         assert sorted(set(asked)) == [0, 1, 2, 3] and asked[-1] == 3, asked
@@ -273,7 +281,9 @@ def test_a_stalled_download_ends_the_wait_with_one_line(builds, s3: S3, tmp_path
     monkeypatch.setattr(cache_files.storage, "open_read", _Stalled(storage.open_read, 6.0))
     loader = make(url, "train", tmp_path / "cache", cache_stall_s=1.0)
     t0 = time.monotonic()
-    with pytest.raises(BadShard, match=r"its download delivered no byte for \d+ s \(loader.cache_stall_s\)") as e:
+    with pytest.raises(
+        BadShard, match=r"its download delivered no byte for \d+ s \(loader.cache_stall_s\)"
+    ) as e:
         next(iter(loader))
     assert time.monotonic() - t0 < 5.0 and str(e.value).startswith(f"{url}/train/") and loader._pipe is None
 
@@ -296,3 +306,91 @@ def test_a_caught_sigterm_ends_a_blocked_wait(builds, s3: S3, tmp_path: Path, mo
     finally:
         timer.cancel()
         signal.signal(signal.SIGTERM, old)
+
+
+def test_a_read_of_a_shard_the_cache_does_not_hold_is_one_line(builds, s3: S3, tmp_path: Path) -> None:
+    """A cache file cut under the reader (what a wrong read window would do) stops the pass with
+    one line naming the shard's URL, never zeros fed as audio."""
+    local, _ = builds
+    url = s3.put_build(local, "cut-under")
+    loader = make(url, "train", tmp_path / "cache", batch_size=4, shuffle=False, initial_fill=1)
+    it = iter(loader)
+    next(it)
+    loader.gate.cache.ensure = lambda *a, **k: None  # the gate lets everything through
+    for e in loader.gate.cache.entries:
+        e.local.write_bytes(b"")  # every file empty, as the cache leaves one it does not hold
+    with pytest.raises(BadShard, match="did not hold it complete") as e:
+        list(it)
+    assert str(e.value).startswith(f"{url}/train/") and "\n" not in str(e.value)
+
+
+def test_first_open_in_cache_mode_downloads_nothing_twice(
+    builds, s3: S3, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Cache mode: the cache's own sha256 check is loader.verify=first_open (no tar is read before
+    the first batch). Direct mode: the download it costs shows a progress line."""
+    local, _ = builds
+    url = s3.put_build(local, "first-open")
+    before = s3.server.requests()
+    loader = make(url, "train", tmp_path / "cache", verify="first_open")
+    shards = len(_train_shards(local))
+    assert (s3.server.requests() - before)["GET"] == 1 + shards  # the manifest and the indexes
+    loader.gate.cache.close()
+    monkeypatch.setenv("MUSICSTREAM_PROGRESS", "lines")
+    make(url, "train", tmp_path / "cache", verify="first_open", remote="direct")
+    assert (
+        f"loader.verify=first_open: downloading train to check: {shards}/{shards} shard"
+        in capsys.readouterr().err
+    )
+
+
+def _train_cmd(shards: str, out: Path, seed: int, cache: Path, bound: float) -> list[str]:
+    from test_train_e2e import ROOT, TINY
+
+    small = [
+        "loader.batch_size=4",
+        "loader.initial_fill=2",
+        "loader.prefetch=1",
+        "loader.cache_ahead=1",
+        "loader.cache_workers=1",
+    ]
+    return [
+        sys.executable, "-m", "train", "--config", str(ROOT / "configs" / "demo_customcnn.toml"),
+        f"--data.shards={shards}", f"--train.out={out}", "--train.epochs=1", f"--train.seed={seed}",
+        f"--loader.seed={seed}", f"--loader.cache_dir={cache}", f"--loader.cache_gb={bound}",
+        *[f"--{t}" for t in TINY + small],
+    ]  # fmt: skip
+
+
+def _losses(out: Path) -> list[float]:
+    from train.logger import read_metrics
+
+    return [r["train/loss"] for r in read_metrics(out) if "train/loss" in r]
+
+
+@pytest.mark.slow
+def test_two_trainings_on_one_cache_root_log_the_local_losses(one_per_shard, tmp_path: Path) -> None:
+    """Two `python -m train` started together on one cache root, different seeds, a small read
+    window and a cache of 60% of the split: each logs exactly the losses of its run from local disk."""
+    from test_train_e2e import ROOT
+
+    local, url = one_per_shard
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "MUSICSTREAM_PROGRESS": "none"}
+    cache, bound = tmp_path / "cache", _bound(local)
+    runs = [
+        subprocess.Popen(_train_cmd(url, tmp_path / f"s3-{seed}", seed, cache, bound), cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for seed in (1, 2)
+    ]  # fmt: skip
+    for proc in runs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+    for seed in (1, 2):
+        ref = subprocess.run(_train_cmd(str(local), tmp_path / f"local-{seed}", seed, cache, bound), cwd=ROOT,
+                             env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert ref.returncode == 0, ref.stderr[-3000:]
+        got = _losses(tmp_path / f"s3-{seed}")
+        assert len(got) == 13 and got == _losses(tmp_path / f"local-{seed}"), seed
+    assert _losses(tmp_path / "s3-1") != _losses(tmp_path / "s3-2")
+    folders = sorted(p.name for p in cache.glob("*/train/*"))
+    assert folders == ["rank0", "rank0-1"], folders  # started together: one folder each
