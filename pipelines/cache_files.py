@@ -83,6 +83,7 @@ class FolderLock:
         self.folder = folder
         self.fd: int | None = None
         self.reason = ""  # why it could not be taken: the holder, or the file system's refusal
+        self.unlockable = False  # the file system refused flock itself
 
     def acquire(self) -> bool:
         fd = open_private(self.folder / LOCK)
@@ -93,7 +94,8 @@ class FolderLock:
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                 self.reason = f"in use by {holder(self.folder)}"
             else:  # no flock on this file system: counts as held
-                self.reason = f"cannot be locked ({os.strerror(e.errno or 0)}): use a local file system"
+                self.reason = f"cannot be locked ({os.strerror(e.errno or 0)})"
+                self.unlockable = True
             return False
         self.fd = fd
         with write_faults(self.folder, what=LOCK):
@@ -119,16 +121,21 @@ def holder(folder: Path) -> str:
 
 def claim_folder(base: Path) -> tuple[Path, FolderLock]:
     """The first of ``base``, ``base-1`` ... ``base-7`` this process can lock (created private)."""
-    first = ""
+    refused: list[FolderLock] = []
     for k in range(SLOTS):
         folder = private_dir(base if k == 0 else base.with_name(f"{base.name}-{k}"))
         lock = FolderLock(folder)
         if lock.acquire():
             return folder, lock
-        first = first or lock.reason
+        refused.append(lock)
+        if lock.unlockable:  # the same file system for every folder beside it: never run unlocked
+            raise CacheBusy(
+                f"{base}: shard cache folder {lock.reason}: the cache never runs unlocked; put "
+                "loader.cache_dir (or MUSICSTREAM_CACHE) on a local file system"
+            )
     raise CacheBusy(
-        f"{base}: shard cache folder {first}, and the {SLOTS - 1} folders beside it are held too: "
-        "stop a job or give this one its own loader.cache_dir"
+        f"{base}: shard cache folder {refused[0].reason}; the {SLOTS - 1} folders beside it are "
+        "held too: stop a job or give this one its own loader.cache_dir"
     )
 
 

@@ -280,9 +280,11 @@ def _cache_fault(manifest: Manifest, tars: Sequence[str | Path], message: str) -
             continue  # direct reads: DALI's own error
         named = p.name in message or s.index.replace("/", "-") in message
         if named and (not p.is_file() or p.stat().st_size != s.bytes):
-            return BadShard(
+            err = BadShard(
                 str(storage.join(manifest.root, s.tar)),
                 f"read while the shard cache ({p.parent}) did not hold it complete (evicted or still "
-                "downloading); no wrong byte was used. Resume with checkpoint.resume=auto",
+                "downloading); no wrong byte was used",
             )
+            err.advice = "resume with checkpoint.resume=auto (the shard is fetched again)"  # type: ignore[attr-defined]
+            return err
     return None

@@ -102,22 +102,41 @@ def test_index_sizes_are_checked_with_the_tars(builds, s3: S3) -> None:
         read_manifest(url)
 
 
-def test_two_processes_never_share_a_cache_folder(one_per_shard, tmp_path: Path, capsys) -> None:
-    """Two loaders alive at once on one cache root with a cache of 60% of the split (each evicts
-    and refetches): the second works in a folder beside the first; both read the local batches."""
+def _clone(batch: dict) -> dict:
+    return {k: v.clone() for k, v in batch.items()}
+
+
+def _alternate(loaders: list, iters: list, got: list[list]) -> None:
+    """Batches from each iterator in turn (``got[k]``: loader k's epoch) until all are done."""
+    live = list(range(len(loaders)))
+    while live:
+        for k in list(live):
+            batch = next(iters[k], None)
+            if batch is None:
+                live.remove(k)
+            else:
+                got[k].append(_clone(batch))
+
+
+def test_two_processes_never_share_a_cache_folder(one_per_shard, tmp_path: Path) -> None:
+    """Two loaders alive at once on one cache root with a cache of 60% of the split, the second
+    started while the first is mid-epoch (so their windows differ and each evicts): the second
+    works in a folder beside the first, and both read exactly the local batches."""
     local, url = one_per_shard
     kw = dict(
         batch_size=4, initial_fill=2, prefetch=1, cache_ahead=1, cache_workers=1, cache_gb=_bound(local)
     )
-    ref = epochs(make(local, "train", **kw))
     one = make(url, "train", tmp_path / "shared", **kw)
+    first = iter(one)
+    head = [_clone(next(first)) for _ in range(6)]
     two = make(url, "train", tmp_path / "shared", **dict(kw, seed=1))
     assert two.gate.cache.folder == one.gate.cache.folder.with_name("rank0-1")
-    got = [[], []]
-    for _ in range(2):  # interleaved epochs: both caches evict and fetch while the other reads
-        for k, loader in enumerate((one, two)):
-            got[k].append([{n: v.clone() for n, v in b.items()} for b in loader])
-    same(ref, got[0])
+    got: list[list[list]] = [[head], [[]]]
+    _alternate([one, two], [first, iter(two)], [got[0][0], got[1][0]])
+    got[0].append([])
+    got[1].append([])
+    _alternate([one, two], [iter(one), iter(two)], [got[0][1], got[1][1]])
+    same(epochs(make(local, "train", **kw)), got[0])
     same(epochs(make(local, "train", **dict(kw, seed=1))), got[1])
     assert one.gate.cache.stats.evicted > 0 and two.gate.cache.stats.evicted > 0
 
