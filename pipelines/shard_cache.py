@@ -172,7 +172,7 @@ class ShardCache:
         finally:
             self.stats.wait_seconds += time.perf_counter() - t0
 
-    def _wait(self, waits: list[tuple[_Entry, Future[None] | None]]) -> None:
+    def _wait(self, waits: Sequence[tuple[_Entry, Future[None] | None]]) -> None:
         """Block until each download is done; a stalled one or a caught signal ends the wait."""
         with _signals() as caught:
             for e, fut in waits:
@@ -275,7 +275,7 @@ def _signals() -> Iterator[list[str]]:
     if threading.current_thread() is not threading.main_thread():
         yield caught
         return
-    old: dict[int, Any] = {}
+    old: dict[signal.Signals, Any] = {}
     for sig in (signal.SIGTERM, signal.SIGINT):
         handler = signal.getsignal(sig)
         if callable(handler) and handler is not signal.default_int_handler:
@@ -288,8 +288,8 @@ def _signals() -> Iterator[list[str]]:
     try:
         yield caught
     finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
+        for number, previous in old.items():
+            signal.signal(number, previous)
 
 
 def _marker(local: Path) -> Path:
