@@ -44,14 +44,22 @@ class CacheBusy(ValueError):
     """Every cache folder for this rank is held by another process (or cannot be locked)."""
 
 
-def private_dir(path: Path) -> Path:
-    """``path`` as a folder of this user: missing parts created ``0700``; an existing one must be
-    a real folder (not a symlink) owned by the user, and is made ``0700``."""
+def private_dir(path: Path, own: int = 3) -> Path:
+    """``path`` as a folder of this user: missing parts created ``0700``; it and the ``own - 1``
+    folders above it (the cache's own levels: build, split, rank) must be real folders (not
+    symlinks) owned by the user, and are made ``0700``."""
     missing = [p for p in (path, *path.parents) if not os.path.lexists(p)]
     with write_faults(path, what="the shard cache folder"):
         for p in reversed(missing):
             with contextlib.suppress(FileExistsError):  # another process made it meanwhile
                 os.mkdir(p, 0o700)
+    for p in reversed([path, *path.parents][:own]):
+        _check_own(p)
+    return path
+
+
+def _check_own(path: Path) -> None:
+    with write_faults(path, what="the shard cache folder"):
         st = os.lstat(path)
     if not stat.S_ISDIR(st.st_mode):
         raise ValueError(f"{path}: not a folder (a symlink or a file): the shard cache refuses it; remove it")
@@ -63,7 +71,6 @@ def private_dir(path: Path) -> Path:
     if stat.S_IMODE(st.st_mode) != 0o700:
         with write_faults(path, what="the shard cache folder's permissions"):
             os.chmod(path, 0o700)
-    return path
 
 
 def open_private(path: Path, flags: int = os.O_RDWR | os.O_CREAT) -> int:
