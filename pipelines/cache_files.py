@@ -168,15 +168,14 @@ def local_names(shards: Sequence[ShardInfo], where: str) -> tuple[list[str], lis
 
 
 def stream_into(
-    url: str, fd: int, path: Path, on_block: Callable[[int], None] | None = None
+    url: str, fd: int, path: Path, need: int, on_block: Callable[[int], None] | None = None
 ) -> tuple[str, int]:
-    """Write the object ``url`` into the open file ``fd`` (``path``) from its start, hashing what
-    is written: (sha256, bytes). A local fault (full disk, read-only folder) is a ``WriteError``
-    naming the cache folder and the room needed, never blamed on the store."""
+    """Write the object ``url`` (``need`` bytes, as the manifest says) into the open file ``fd``
+    (``path``) from its start, hashing what is written: (sha256, bytes). A local fault (full disk,
+    read-only folder) is a ``WriteError`` naming the cache folder and the room needed, never
+    blamed on the store."""
     h, size, fault = hashlib.sha256(), 0, None
-    need = None
-    with storage.open_read(url) as src:
-        need = getattr(src, "size", None)
+    with storage.open_read(url, size=need) as src:  # the size known: no HEAD before the GET
         try:
             os.ftruncate(fd, 0)
             os.lseek(fd, 0, os.SEEK_SET)
@@ -184,9 +183,7 @@ def stream_into(
             fault = e
         while fault is None and (chunk := src.read(BLOCK)):
             try:
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd, view) :]
+                _write_all(fd, chunk)
             except OSError as e:
                 fault = e  # raised outside the store's block: storage_errors would blame the store
                 break
@@ -202,6 +199,12 @@ def stream_into(
     if fault is not None:
         raise _disk_fault(fault, path, need, size) from None
     return h.hexdigest(), size
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _disk_fault(e: OSError, path: Path, need: int | None, written: int) -> OSError:
@@ -225,19 +228,17 @@ def fetch_index(url: str, path: Path, s: ShardInfo) -> bool:
     matches); True when fetched. A fetched index that does not match is one line naming ``url``."""
     if index_matches(path, s):
         return False
-    with atomic_path(path, what=f"the cached index {path.name} (shard cache)") as tmp:
-        fd = open_private(tmp, os.O_WRONLY)
-        try:
-            digest, size = stream_into(url, fd, tmp)
-        finally:
-            os.close(fd)
-        want = (s.index_sha256, s.index_bytes)
-        if (want[0] is not None and digest != want[0]) or (want[1] is not None and size != want[1]):
-            raise ValueError(
-                f"{url}: index of {size} bytes with sha256 {digest[:12]}..., the manifest records "
-                f"{want[1]} bytes, {str(want[0])[:12]}... (a build replaced under the manifest? re-run "
-                "`python -m shards copy`)"
-            )
+    data = storage.read_bytes(url)  # small: one GET; written below, so a disk fault is the disk's
+    digest, want = hashlib.sha256(data).hexdigest(), (s.index_sha256, s.index_bytes)
+    if (want[0] is not None and digest != want[0]) or (want[1] is not None and len(data) != want[1]):
+        raise ValueError(
+            f"{url}: index of {len(data)} bytes with sha256 {digest[:12]}..., the manifest records "
+            f"{want[1]} bytes, {str(want[0])[:12]}... (a build replaced under the manifest? re-run "
+            "`python -m shards copy`)"
+        )
+    with atomic_path(path, what=f"the cached index {path.name} (shard cache)", need=len(data)) as tmp:
+        with opened(tmp, os.O_WRONLY) as fd:
+            _write_all(fd, data)
     return True
 
 

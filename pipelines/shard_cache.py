@@ -230,7 +230,7 @@ class ShardCache:
         try:
             for attempt in (1, 2):
                 with opened(e.local) as fd:
-                    digest, size = stream_into(e.url, fd, e.local, lambda _: self._touch(e))
+                    digest, size = stream_into(e.url, fd, e.local, e.info.bytes, lambda _: self._touch(e))
                 with self._lock:
                     self.stats.requests += 1
                 if size == e.info.bytes and digest == e.info.sha256:

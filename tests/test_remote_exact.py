@@ -277,12 +277,12 @@ class _Stalled:
     def __init__(self, real, seconds: float) -> None:
         self.real, self.seconds = real, seconds
 
-    def __call__(self, url):
+    def __call__(self, url, **kw):
         real, seconds = self.real, self.seconds
 
         class Ctx:
             def __enter__(self):
-                self.cm = real(url)
+                self.cm = real(url, **kw)
                 f = self.cm.__enter__()
                 if str(url).endswith(".tar"):
                     time.sleep(seconds)

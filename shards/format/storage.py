@@ -251,13 +251,15 @@ def list_files(prefix: Location) -> dict[str, int]:
 
 
 @contextlib.contextmanager
-def open_read(location: Location) -> Iterator[IO[bytes]]:
-    """A binary file object for reading ``location`` (streamed from a store, not downloaded whole)."""
+def open_read(location: Location, *, size: int | None = None) -> Iterator[IO[bytes]]:
+    """A binary file object for reading ``location`` (streamed from a store, not downloaded whole).
+    ``size``: the object's size when known (an ``s3://`` read then sends no HEAD first)."""
     if not is_remote(location):
         with open(location, "rb") as f:
             yield f
         return
-    with storage_errors(location), _filesystem(location).open(_key(location), "rb") as f:
+    kw = {"size": size} if size is not None and str(location).lower().startswith("s3://") else {}
+    with storage_errors(location), _filesystem(location).open(_key(location), "rb", **kw) as f:
         yield f
 
 
