@@ -35,8 +35,8 @@ from shards.format import ShardInfo, storage
 
 SLOTS = 8
 """Folders tried for one rank of one build (the folder itself, then ``-1`` ... ``-7`` beside it)."""
-BLOCK = 8 << 20
-"""Bytes read from the store and written to disk at a time."""
+BLOCK = 32 << 20
+"""Bytes per ranged read of a shard (one GET each: a 256-MB shard is 8 requests, none per sample)."""
 LOCK = ".lock"
 
 
@@ -171,33 +171,25 @@ def stream_into(
     url: str, fd: int, path: Path, need: int, on_block: Callable[[int], None] | None = None
 ) -> tuple[str, int]:
     """Write the object ``url`` (``need`` bytes, as the manifest says) into the open file ``fd``
-    (``path``) from its start, hashing what is written: (sha256, bytes). A local fault (full disk,
-    read-only folder) is a ``WriteError`` naming the cache folder and the room needed, never
-    blamed on the store."""
-    h, size, fault = hashlib.sha256(), 0, None
-    with storage.open_read(url, size=need) as src:  # the size known: no HEAD before the GET
-        try:
-            os.ftruncate(fd, 0)
-            os.lseek(fd, 0, os.SEEK_SET)
-        except OSError as e:
-            fault = e
-        while fault is None and (chunk := src.read(BLOCK)):
-            try:
-                _write_all(fd, chunk)
-            except OSError as e:
-                fault = e  # raised outside the store's block: storage_errors would blame the store
-                break
+    (``path``) from its start, in ranged reads of ``BLOCK`` bytes (one GET each, no HEAD), hashing
+    what is written: (sha256, bytes). A local fault (full disk, read-only folder) is a
+    ``WriteError`` naming the cache folder and the room needed, never blamed on the store."""
+    h, size = hashlib.sha256(), 0
+    try:
+        os.ftruncate(fd, 0)
+        os.lseek(fd, 0, os.SEEK_SET)
+        while size < need:
+            chunk = storage.read_range(url, size, min(size + BLOCK, need))  # the store's errors: its own
+            if not chunk:
+                break  # shorter than the manifest says: the sha256 check names it
+            _write_all(fd, chunk)
             h.update(chunk)
             size += len(chunk)
             if on_block is not None:
                 on_block(size)
-        if fault is None:
-            try:
-                os.fsync(fd)
-            except OSError as e:
-                fault = e
-    if fault is not None:
-        raise _disk_fault(fault, path, need, size) from None
+        os.fsync(fd)
+    except OSError as e:  # only the disk's: a store's failure is a StorageError (a ValueError)
+        raise _disk_fault(e, path, need, size) from None
     return h.hexdigest(), size
 
 
@@ -228,7 +220,8 @@ def fetch_index(url: str, path: Path, s: ShardInfo) -> bool:
     matches); True when fetched. A fetched index that does not match is one line naming ``url``."""
     if index_matches(path, s):
         return False
-    data = storage.read_bytes(url)  # small: one GET; written below, so a disk fault is the disk's
+    # small: one GET (no HEAD when the size is recorded); written below, so a disk fault is the disk's
+    data = storage.read_range(url, 0, s.index_bytes) if s.index_bytes else storage.read_bytes(url)
     digest, want = hashlib.sha256(data).hexdigest(), (s.index_sha256, s.index_bytes)
     if (want[0] is not None and digest != want[0]) or (want[1] is not None and len(data) != want[1]):
         raise ValueError(

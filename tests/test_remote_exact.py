@@ -272,32 +272,21 @@ def test_flattened_names_that_collide_are_refused(builds) -> None:
 
 
 class _Stalled:
-    """A store read that delivers nothing for ``seconds`` (then the object)."""
+    """A store whose shard reads deliver nothing for ``seconds`` (then the bytes)."""
 
     def __init__(self, real, seconds: float) -> None:
         self.real, self.seconds = real, seconds
 
-    def __call__(self, url, **kw):
-        real, seconds = self.real, self.seconds
-
-        class Ctx:
-            def __enter__(self):
-                self.cm = real(url, **kw)
-                f = self.cm.__enter__()
-                if str(url).endswith(".tar"):
-                    time.sleep(seconds)
-                return f
-
-            def __exit__(self, *exc):
-                return self.cm.__exit__(*exc)
-
-        return Ctx()
+    def __call__(self, url, start, end):
+        if str(url).endswith(".tar"):
+            time.sleep(self.seconds)
+        return self.real(url, start, end)
 
 
 def test_a_stalled_download_ends_the_wait_with_one_line(builds, s3: S3, tmp_path: Path, monkeypatch) -> None:
     local, _ = builds
     url = s3.put_build(local, "stalled")
-    monkeypatch.setattr(cache_files.storage, "open_read", _Stalled(storage.open_read, 6.0))
+    monkeypatch.setattr(cache_files.storage, "read_range", _Stalled(storage.read_range, 6.0))
     loader = make(url, "train", tmp_path / "cache", cache_stall_s=1.0)
     t0 = time.monotonic()
     with pytest.raises(
@@ -311,7 +300,7 @@ def test_a_caught_sigterm_ends_a_blocked_wait(builds, s3: S3, tmp_path: Path, mo
     """A handler that saves on SIGTERM (the trainer's) still runs, and the wait ends at once."""
     local, _ = builds
     url = s3.put_build(local, "sigterm")
-    monkeypatch.setattr(cache_files.storage, "open_read", _Stalled(storage.open_read, 6.0))
+    monkeypatch.setattr(cache_files.storage, "read_range", _Stalled(storage.read_range, 6.0))
     loader = make(url, "train", tmp_path / "cache")
     got: list[int] = []
     old = signal.signal(signal.SIGTERM, lambda s, f: got.append(s))
@@ -413,3 +402,15 @@ def test_two_trainings_on_one_cache_root_log_the_local_losses(one_per_shard, tmp
     assert _losses(tmp_path / "s3-1") != _losses(tmp_path / "s3-2")
     folders = sorted(p.name for p in cache.glob("*/train/*"))
     assert folders == ["rank0", "rank0-1"], folders  # started together: one folder each
+
+
+def test_the_cache_sends_one_get_per_shard_and_index_and_nothing_else(builds, s3: S3, tmp_path: Path) -> None:
+    local, _ = builds
+    url = s3.put_build(local, "requests")
+    shards = _train_shards(local)
+    urls, idxs = read_manifest(url).urls("train")
+    before = s3.server.requests()
+    cache = ShardCache(urls, idxs, shards, tmp_path / "b" / "s" / "r", max_bytes=10**9)
+    cache.ensure(list(range(len(shards))))
+    cache.close()
+    assert dict(s3.server.requests() - before) == {"GET": 2 * len(shards)}  # no HEAD, no LIST

@@ -251,16 +251,25 @@ def list_files(prefix: Location) -> dict[str, int]:
 
 
 @contextlib.contextmanager
-def open_read(location: Location, *, size: int | None = None) -> Iterator[IO[bytes]]:
-    """A binary file object for reading ``location`` (streamed from a store, not downloaded whole).
-    ``size``: the object's size when known (an ``s3://`` read then sends no HEAD first)."""
+def open_read(location: Location) -> Iterator[IO[bytes]]:
+    """A binary file object for reading ``location`` (streamed from a store, not downloaded whole)."""
     if not is_remote(location):
         with open(location, "rb") as f:
             yield f
         return
-    kw = {"size": size} if size is not None and str(location).lower().startswith("s3://") else {}
-    with storage_errors(location), _filesystem(location).open(_key(location), "rb", **kw) as f:
+    with storage_errors(location), _filesystem(location).open(_key(location), "rb") as f:
         yield f
+
+
+def read_range(location: Location, start: int, end: int) -> bytes:
+    """Bytes ``[start, end)`` of ``location``: one ranged GET for a store, no HEAD before it
+    (a whole shard is streamed as a few such ranges by the shard cache)."""
+    if not is_remote(location):
+        with open(location, "rb") as f:
+            f.seek(start)
+            return f.read(end - start)
+    with storage_errors(location):
+        return bytes(_filesystem(location).cat_file(_key(location), start=start, end=end))
 
 
 def read_bytes(location: Location) -> bytes:
