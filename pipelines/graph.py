@@ -94,6 +94,16 @@ def build_pipeline(
 ) -> Pipeline:
     """Build (not yet run) the DALI pipeline for ``spec``; ``checkpoint`` restores a reader position.
     ``graph`` defines the nodes (default: the audio graph; the image branch passes its own)."""
+    pipe = define_pipeline(spec, checkpoint, graph)
+    pipe.build()
+    return pipe
+
+
+def define_pipeline(
+    spec: GraphSpec, checkpoint: str | None = None, graph: Callable[[GraphSpec], Any] | None = None
+) -> Pipeline:
+    """The DALI pipeline for ``spec``, defined but not built (its operators: ``pipelines.bench``'s
+    ``--graph-ops`` counts them without CUDA, given an explicit ``spec.device_id``)."""
     device_id = None
     if spec.device == "gpu":
         device_id = spec.device_id if spec.device_id is not None else torch.cuda.current_device()
@@ -112,9 +122,7 @@ def build_pipeline(
         return (graph or _graph)(spec)
 
     kwargs = {"checkpoint": checkpoint} if checkpoint is not None else {}
-    pipe = music_pipeline(**kwargs)
-    pipe.build()
-    return pipe
+    return music_pipeline(**kwargs)  # type: ignore[no-any-return]
 
 
 def _read(spec: GraphSpec):  # type: ignore[no-untyped-def]
