@@ -35,7 +35,7 @@ from nvidia.dali import math as dmath
 from nvidia.dali.pipeline import Pipeline
 
 from pipelines.config import AugmentConfig, FeatureConfig, Framing, LoaderConfig
-from pipelines.signal import cut_windows, feature_length, length_of, train_lengths, on_device, source
+from pipelines.signal import cut_windows, feature_length, length_of, on_device, source, train_lengths
 from shards.manifest import AUDIO_EXT, SEGMENT_FIELDS
 from shards.members import MemberLayout
 

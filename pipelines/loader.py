@@ -281,8 +281,6 @@ class MusicLoader:
         self._batch = int(state.get("batch", 0))
 
 
-
-
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A host tensor on ``device`` without making the host wait for the GPU: a pinned,
     non-blocking copy (a plain ``.to("cuda")`` synchronises the stream, i.e. waits for

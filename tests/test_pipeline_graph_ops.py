@@ -22,7 +22,13 @@ def test_seed_training_graph_has_at_most_60_operators_whatever_chunks_per_track(
     shards = synth_shards(tracks=8, seconds=8.0, sample_rate=rate)
     counts = {}
     for k in (4, 8):
-        args = [str(shards), "--config", str(SEED), f"--loader.chunks_per_track={k}", f"--loader.batch_size={k}"]
+        args = [
+            str(shards),
+            "--config",
+            str(SEED),
+            f"--loader.chunks_per_track={k}",
+            f"--loader.batch_size={k}",
+        ]
         assert main([*args, "--graph-ops", "--json"]) == 0
         counts[k] = json.loads(capsys.readouterr().out)
     assert counts[4] == counts[8]

@@ -10,7 +10,15 @@ import pytest
 from nvidia.dali import fn, pipeline_def, types
 
 from pipelines.config import FeatureConfig
-from pipelines.signal import RESAMPLE_LOBES, Windowing, cut_windows, length_of, on_device, source, train_lengths
+from pipelines.signal import (
+    RESAMPLE_LOBES,
+    Windowing,
+    cut_windows,
+    length_of,
+    on_device,
+    source,
+    train_lengths,
+)
 
 
 def _spec(src: int, rate: int, chunk: int, preemphasis: float, k: int = 1) -> SimpleNamespace:
