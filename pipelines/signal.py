@@ -7,13 +7,14 @@ GPU backend (the two use the same kernel: equal output on the CPU). Everything h
 after the transfer: the int16 -> float cast, resampling, pre-emphasis.
 
 Training cuts its K chunks **before** the transfer (:func:`cut_windows`): each chunk travels
-as a window of stored samples, never the whole sample. With resampling, a window carries a
-margin of the resampler's filter support either side and starts on a sample whose resampled
-position is a whole output sample, so the chunk cut from the resampled window equals the chunk
-cut from the resampled whole sample (up to DALI's float32 position arithmetic: 7e-4 of full
-scale measured for 16 -> 22.05 kHz, exactly for integer ratios; tests/test_pipeline_windows.py).
-At the sample's ends a window stops at the signal, where the whole-sample resampler and
-pre-emphasis see the same border.
+as a window of stored samples, never the whole sample, and the K windows travel and are
+processed as one batch, so the graph's operator count does not depend on K. With resampling, a
+window carries a margin of the resampler's filter support either side and starts on a sample
+whose resampled position is a whole output sample, so the chunk cut from the resampled window
+equals the chunk cut from the resampled whole sample (up to DALI's float32 position arithmetic:
+7e-4 of full scale measured for 16 -> 22.05 kHz; exactly for integer ratios but for the
+sample's very last output sample, 4e-9; tests/test_pipeline_windows.py). At the sample's end
+a window stops at the signal; zeros follow it in its row.
 """
 
 from __future__ import annotations

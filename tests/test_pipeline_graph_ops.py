@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pipelines.bench.throughput import main
-from pipelines.config import AugmentConfig
+from pipelines.config import AugmentConfig, LoaderConfig
 from pipelines.features import masks_from_draws
 
 SEED = Path(__file__).resolve().parents[1] / "configs" / "fma_small_efficientnet_b2.toml"
@@ -51,3 +51,8 @@ def test_masks_from_draws_are_full_bands_of_the_drawn_widths():
     assert not (m[1] == 0).all(dim=1).any()
     assert (m[1] == 0).all(dim=0).tolist() == [True] * 4 + [False] * 6
     assert bool(((m[0] == 0) == (rows0[:, None] | cols0[None, :])).all())
+
+
+def test_more_chunks_per_track_than_one_multi_paste_takes_are_refused():
+    with pytest.raises(ValueError, match=r"loader.chunks_per_track: must be 1..64, got 65"):
+        LoaderConfig(batch_size=65, chunks_per_track=65)
