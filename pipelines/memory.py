@@ -60,7 +60,7 @@ def memory_bound(spec: GraphSpec) -> MemoryBound:
     n_freq = f.n_fft // 2 + 1
     stft = frames * (f.n_fft + 2 * n_freq + n_freq) * F32  # windows, complex spectrum, power
     mels = 2 * frames * f.n_mels * F32  # mel, dB
-    if train:  # K window rows: stored (<= 4 B), float; resampled, pre-emphasised, its fix-up (2); chunks; layout
+    if train:  # K window rows: stored (<= 4 B), float; resampled, pre-emphasised, fix-up (2); chunks, layout
         w = windowing(spec)
         audio = K * (2 * w.width * F32 + 4 * w.out_width * F32)
         audio += K * (L + framing.stride) * F32
