@@ -24,7 +24,7 @@ from pipelines.bench.small import small_configs
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig, framing
 from pipelines.features import FeatureAssembler
 from pipelines.loader import build_loader
-from shards.synth import GENRE_BANDS
+from shards.bench.synth import GENRE_BANDS
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 TOL = {"mel": (0.5, 0.01), "mfcc": (0.25, 0.01), "chroma": (1e-4, 1e-6), "cqt": (0.5, 0.01)}

@@ -172,7 +172,7 @@ def summary(results: dict[str, dict[str, Any]], sleep_cycles: int, device: str) 
 
 def build_audio(folder: Path) -> Path:
     """Small synthetic audio shards under ``folder`` (built once)."""
-    from shards.synth import build_synth_shards
+    from shards.bench.synth import build_synth_shards
 
     audio = folder / "audio"
     if not (audio / "manifest.json").is_file():
