@@ -312,3 +312,26 @@ def test_handoff_verdict_on_a_gpu_needs_the_control_to_show_the_hazard() -> None
     assert verdict([attempt(0, 0), attempt(1, 5)], cuda=True)["status"] == "failed"
     assert verdict([attempt(0, 0)], cuda=False)["status"] == "ok"
     assert verdict([attempt(0, 0)], cuda=False)["control"] == "n/a"
+
+
+def test_a_failed_preflight_names_the_missing_library_and_skips_every_later_stage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from train.gpu_proof import preflight, proof
+
+    def no_cufft(gpu: bool) -> dict:
+        raise RuntimeError(
+            "[/opt/dali/fft.cc:12] libcufft.so.12: cannot open shared object file\nStacktrace (9 entries)"
+        )
+
+    monkeypatch.setattr(preflight, "spectrogram_smoke", no_cufft)
+    smoke = preflight.smoke(gpu=True)
+    assert smoke["status"] == "error" and "\n" not in smoke["error"]
+    assert smoke["error"].startswith("DALI fn.spectrogram (gpu): missing library libcufft.so.12: ")
+    ctx = _ctx(tmp_path)
+    ctx.doc.update(machine={"cpu_count": 2, "python": "3", "torch": "2"}, started="now", command="c",
+                   total_budget_s=720.0)  # fmt: skip
+    ctx.doc["stages"]["preflight"] = {"status": "failed", "budget_s": 30, "error": smoke["error"]}
+    proof.run_stage(ctx, "handoff", time.monotonic() + 600)
+    skipped = ctx.doc["stages"]["handoff"]
+    assert skipped["status"] == "skipped" and skipped["reason"] == f"preflight failed: {smoke['error']}"

@@ -139,12 +139,12 @@ def plan(profile: Profile, names: list[str]) -> dict[str, Any]:
 def run_stage(ctx: Context, name: str, t_end: float) -> None:
     budget = ctx.profile.budgets.get(name, 0.0)
     left = t_end - time.monotonic() - RESERVE_S
+    need, gate = NEEDS.get(name), ctx.doc["stages"].get("preflight", {"status": "ok"})
     stage: dict[str, Any] = {"status": "skipped", "budget_s": round(min(budget, max(left, 0.0)), 1)}
     ctx.doc["stages"][name] = stage
-    need, gate = NEEDS.get(name), ctx.doc["stages"].get("preflight", {"status": "ok"})
     if budget <= 0:
         stage["reason"] = "not in this profile"
-    elif gate["status"] != "ok":
+    elif gate["status"] in ("failed", "error", "timeout"):
         stage["reason"] = f"preflight {gate['status']}: {str(gate.get('error', ''))[:300]}"
     elif need and "shards" not in ctx.doc["stages"].get(need, {}):
         stage["reason"] = f"no shards: stage {need} did not build them"

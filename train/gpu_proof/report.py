@@ -120,6 +120,18 @@ def _resume(stage: dict[str, Any]) -> list[str]:
     ]
 
 
+def _preflight(stage: dict[str, Any]) -> list[str]:
+    v, smoke = stage.get("versions"), stage.get("smoke")
+    if not v or not smoke:
+        return []
+    names = ", ".join(f"{k} {val}" for k, val in v.items())
+    cufft = next(
+        (p for name, p in smoke.get("libraries", {}).items() if name.startswith("libcufft")), "not loaded"
+    )
+    did = f"ok, shape {smoke['shape']}" if smoke["status"] == "ok" else f"**{smoke.get('error')}**"
+    return [f"**Preflight**: {names}. DALI `fn.spectrogram`: {did}; cuFFT from {cufft}.", ""]
+
+
 def _handoff(stage: dict[str, Any]) -> list[str]:
     results = stage.get("results") or {}
     if not results:
@@ -176,6 +188,7 @@ def markdown(doc: dict[str, Any]) -> str:
         ],
     )
     lines.append("")
+    lines += _preflight(stages.get("preflight", {}))
     lines += _handoff(stages.get("handoff", {}))
     t = stages.get("gpu_tests")
     if t and "passed" in t:
