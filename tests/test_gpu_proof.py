@@ -335,3 +335,28 @@ def test_a_failed_preflight_names_the_missing_library_and_skips_every_later_stag
     proof.run_stage(ctx, "handoff", time.monotonic() + 600)
     skipped = ctx.doc["stages"]["handoff"]
     assert skipped["status"] == "skipped" and skipped["reason"] == f"preflight failed: {smoke['error']}"
+
+
+@pytest.mark.parametrize(("shows_at", "status"), [(2, "ok"), (99, "inconclusive")])
+def test_a_gpu_case_escalates_while_the_control_shows_no_hazard(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, shows_at: int, status: str
+) -> None:
+    """Longer sleeps, then larger batches, until the no-lease control shows the hazard (or the
+    escalation ends: inconclusive). Simulated: no GPU here."""
+    from pipelines.bench import handoff
+
+    made: list[int] = []
+    monkeypatch.setattr(
+        handoff, "case_loader", lambda case, folder, device, scale: made.append(scale) or scale
+    )
+
+    def check(make: int, *, lease: bool, sleep_cycles: int) -> dict:
+        hazard = not lease and len(made) >= shows_at
+        return {"batches": 8, "yielded": 8, "mismatched": 3 if hazard else 0, "host_waits": 0}
+
+    monkeypatch.setattr(handoff, "delayed_stream_check", check)
+    r = handoff.check_case("audio-train", tmp_path, device="cuda", sleep_cycles=10, budget_s=60)
+    tried = [(a["sleep_cycles"], a["batch_scale"]) for a in r["attempts"]]
+    assert tried == ([(10, 1), (40, 1)] if status == "ok" else [(10, 1), (40, 1), (40, 4)])
+    assert r["status"] == status and r["control"] == ("shown" if status == "ok" else "not shown")
+    assert (r["sleep_cycles"], r["batch_scale"]) == tried[-1]

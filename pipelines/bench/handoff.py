@@ -95,7 +95,9 @@ def case_loader(case: str, folder: Path, device: str, scale: int = 1) -> Callabl
     """A factory of the loader of ``case`` (``KIND-MODE``) on the small shards under ``folder``
     (built on first use), with ``scale`` times the chunks per batch."""
     kind, mode = case.split("-")
-    features, aug, loader_cfg = small_configs(eval_tracks_per_batch=2 * scale, chunks_per_track=2 * scale)
+    features, aug, loader_cfg = small_configs(
+        batch_size=8 * scale, chunks_per_track=2 * scale, eval_tracks_per_batch=2 * scale
+    )
     if kind == "image":
         features = dataclasses.replace(features, channels=["mel", "cqt", "chroma"], image_frames=48)
     shards = build_images(folder) if kind == "image" else build_audio(folder)
