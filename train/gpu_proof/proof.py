@@ -131,7 +131,7 @@ def plan(profile: Profile, names: list[str]) -> dict[str, Any]:
     for name in names:
         budget = min(profile.budgets.get(name, 0.0), max(left, 0.0))
         budget = budget if budget >= MIN_STAGE_S else 0.0
-        stages[name] = {"budget_s": budget}
+        stages[name] = {"budget_s": float(budget)}
         left -= budget
     return {"total_budget_s": profile.total_s, "stages": stages}
 
