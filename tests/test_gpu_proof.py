@@ -259,10 +259,14 @@ def test_a_missing_module_stops_the_proof_with_the_fix_for_its_device(
 def test_plan_fits_the_total_most_valuable_first_and_runs_nothing(
     tmp_path: Path, total: float | None, want: float
 ) -> None:
-    """``--plan`` on a machine without CUDA: the budgets as JSON, exit 0, nothing written."""
+    """``--plan`` on a machine without CUDA, torch or DALI (both made unimportable here): the
+    budgets as JSON, exit 0, nothing written."""
     from train.gpu_proof.proof import RESERVE_S
 
-    cmd = [sys.executable, "-m", "train.gpu_proof", "--device", "gpu", "--plan", "--out", str(tmp_path / "o")]
+    args = ["--device", "gpu", "--plan", "--out", str(tmp_path / "o")]
+    code = ("import runpy, sys; sys.modules['torch'] = sys.modules['nvidia'] = None; "
+            f"sys.argv = ['gpu_proof', *{args!r}, *sys.argv[1:]]; runpy.run_module('train.gpu_proof', run_name='__main__')")  # fmt: skip
+    cmd = [sys.executable, "-c", code]
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.run([*cmd, *(["--total", str(total)] if total else [])], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=120)  # fmt: skip
