@@ -22,6 +22,7 @@ object or the new one, never a part.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import importlib
 import importlib.util
@@ -298,6 +299,33 @@ def write_text(location: Location, text: str) -> None:
         atomic_write_text(location, text)
         return
     write_bytes(location, text.encode("utf-8"))
+
+
+class NoConditionalWrite(StorageError):
+    """The store refused a conditional create (an S3-compatible server without ``If-None-Match``)."""
+
+
+def create_bytes(location: Location, data: bytes) -> bool:
+    """Write ``data`` only if nothing is there yet, in one request the store decides (fsspec's
+    ``mode="create"``: ``If-None-Match: *`` on S3, ``ifGenerationMatch=0`` on GCS); False when
+    the object exists. :class:`NoConditionalWrite` when the store refuses the condition."""
+    fs = _filesystem(location)
+    try:
+        fs.pipe_file(_key(location), data, mode="create")
+    except FileExistsError:  # 412 Precondition Failed: another writer's object is there
+        return False
+    except Exception as e:
+        text = f"{type(e).__name__} {e}"
+        if "ConditionalRequestConflict" in text:  # a concurrent conditional write is in flight
+            return False
+        refused = isinstance(e, (TypeError, NotImplementedError)) or getattr(e, "errno", 0) in _REFUSED
+        if refused or "NotImplemented" in text:
+            raise NoConditionalWrite(f"{location}: the store refused a conditional write ({text})") from None
+        raise explain(e, location, endpoint()) from None
+    return True
+
+
+_REFUSED = (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP)  # s3fs: 501 NotImplemented, 400 InvalidArgument
 
 
 def upload(local: str | Path, dst: Location, *, sha256: str | None = None) -> None:
