@@ -36,7 +36,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from shards.base.atomic import atomic_path, atomic_write_text
-from shards.format.storage_errors import SECRET_VARS, StorageError, StorageNotFound, explain, redact
+from shards.format.storage_errors import (
+    SECRET_VARS,
+    StorageError,
+    StorageNotFound,
+    explain,
+    redact,
+    remember_credentials,
+)
 
 __all__ = [
     "SECRET_VARS",
@@ -157,6 +164,8 @@ def _filesystem(location: Location) -> Any:
                 + ("pip install 'musicstream[cloud]'" if package == "s3fs" else f"pip install {package}")
             )
         if scheme == "s3":
+            with storage_errors(location):  # a broken profile: one line
+                remember_credentials()
             s3fs = importlib.import_module("s3fs")
             fs = s3fs.S3FileSystem(
                 endpoint_url=endpoint(),
@@ -318,14 +327,11 @@ def create_bytes(location: Location, data: bytes) -> bool:
         text = f"{type(e).__name__} {e}"
         if "ConditionalRequestConflict" in text:  # a concurrent conditional write is in flight
             return False
-        refused = isinstance(e, (TypeError, NotImplementedError)) or getattr(e, "errno", 0) in _REFUSED
-        if refused or "NotImplemented" in text:
+        code = getattr(e, "errno", 0)  # s3fs: 501 NotImplemented is ENOSYS, 400 InvalidArgument EINVAL
+        if isinstance(e, (TypeError, NotImplementedError)) or code in (errno.ENOSYS, errno.EINVAL):
             raise NoConditionalWrite(f"{location}: the store refused a conditional write ({text})") from None
         raise explain(e, location, endpoint()) from None
     return True
-
-
-_REFUSED = (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP)  # s3fs: 501 NotImplemented, 400 InvalidArgument
 
 
 def upload(local: str | Path, dst: Location, *, sha256: str | None = None) -> None:
