@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from helpers.s3 import s3_environment
+from helpers.s3 import point_at
 from helpers.scale import build_args, make_raw
 
 import shards.builder.driver as driver
@@ -84,11 +84,7 @@ def test_the_holder_confirms_its_token_before_the_manifest(
 def server(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[LocalS3]:
     """A moto server (own process) with the faults the test names in its ``param``."""
     with LocalS3(**request.param) as s3:
-        for name, value in s3_environment(s3).items():
-            if value is None:
-                monkeypatch.delenv(name, raising=False)
-            else:
-                monkeypatch.setenv(name, value)
+        point_at(s3, monkeypatch)
         s3.create_bucket(BUCKET)
         yield s3
 
