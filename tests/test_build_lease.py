@@ -60,6 +60,22 @@ def test_heartbeat_survives_store_errors_then_the_holder_stops(
     assert len(warned) == 1  # once, not once per heartbeat
 
 
+def test_the_heartbeat_never_writes_over_another_drivers_lease(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lock, "HEARTBEAT_S", 0.02)
+    out = BuildOutput(tmp_path / "o")
+    with hold_lease(out, "driver") as lease:
+        lease_file = tmp_path / "o" / LOCKS / "driver.json"
+        other = json.loads(lease_file.read_text()) | {"token": "theirs", "pid": 4242, "host": "node7"}
+        lease_file.write_text(json.dumps(other))  # the lease was deleted by hand and taken by another
+        time.sleep(0.2)
+        assert json.loads(lease_file.read_text())["token"] == "theirs"  # not refreshed over it
+        with pytest.raises(ValueError, match=r"no longer this driver's \(held by pid 4242 on node7\)"):
+            lease.check(out)
+    assert json.loads(lease_file.read_text())["token"] == "theirs"  # nor removed on the way out
+
+
 def test_the_holder_confirms_its_token_before_the_manifest(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -78,6 +94,7 @@ def test_the_holder_confirms_its_token_before_the_manifest(
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "is no longer this driver's (held by pid" in err and "elsewhere" in err
     assert not (out / "manifest.json").exists()  # stopped before writing it
+    assert json.loads((out / LOCKS / "driver.json").read_text())["token"] == "another-driver"  # kept
 
 
 @pytest.fixture

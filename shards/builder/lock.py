@@ -51,17 +51,21 @@ class Lease:
     """``time.monotonic()`` of the last successful write (this process only; never stored)."""
     failure: str = field(default="", repr=False, compare=False)
     """The last refresh error (this process only)."""
+    taken: str = field(default="", repr=False, compare=False)
+    """Who holds the lease file now, when the heartbeat found another's token there."""
 
     def stored(self) -> str:
         """The lease file's text (without this process's bookkeeping)."""
         d = asdict(self)
-        for k in ("refreshed", "failure"):
+        for k in ("refreshed", "failure", "taken"):
             d.pop(k)
         return json.dumps(d)
 
     def check(self, out: BuildOutput | str = "") -> None:
         """Stop (ValueError, one line) when no refresh has succeeded for half the stale time:
         another host may soon take the lease over, so this holder must not write any more."""
+        if self.taken:
+            raise _taken_over(out, self.name, self.taken)
         quiet = time.monotonic() - self.refreshed
         if self.refreshed and quiet > STALE_S / 2:
             raise ValueError(
@@ -76,17 +80,20 @@ class Lease:
         self.check(out)
         mine = next((x for x in _read_leases(out) if x.name == self.name), None)
         if mine is None or mine.token != self.token:
-            who = "nobody" if mine is None else f"pid {mine.pid} on {mine.host}"
-            raise ValueError(
-                f"{out}: the build lease {self.name} is no longer this driver's (held by {who}); "
-                "stopped before writing: another driver took the build over"
-            )
+            raise _taken_over(out, self.name, "nobody" if mine is None else f"pid {mine.pid} on {mine.host}")
 
     def live(self, now: float) -> bool:
         """Its holder still runs: same host and the process exists, or refreshed recently elsewhere."""
         if self.host == socket.gethostname():
             return _pid_alive(self.pid)
         return now - self.time < STALE_S
+
+
+def _taken_over(out: BuildOutput | str, name: str, who: str) -> ValueError:
+    return ValueError(
+        f"{out}: the build lease {name} is no longer this driver's (held by {who}); "
+        "stopped before writing: another driver took the build over"
+    )
 
 
 def _pid_alive(pid: int) -> bool:
@@ -135,8 +142,13 @@ class _Heartbeat(threading.Thread):
         warned = False
         while not self.stop.wait(HEARTBEAT_S):
             self.lease.time = time.time()
+            rel = f"{LOCKS}/{self.lease.name}.json"
             try:
-                self.out.write_text(f"{LOCKS}/{self.lease.name}.json", self.lease.stored())
+                now = json.loads(self.out.read_text(rel) or "{}")
+                if now.get("token", self.lease.token) != self.lease.token:  # never write over another's
+                    self.lease.taken = f"pid {now.get('pid')} on {now.get('host')}"
+                    return
+                self.out.write_text(rel, self.lease.stored())
             except Exception as e:  # any failure (a store's StorageError too): never end the thread
                 self.lease.failure = first_line(e)
                 if not warned:
@@ -173,9 +185,16 @@ def hold_lease(out: BuildOutput, name: str, *, alongside: tuple[str, ...] = ()) 
         raise _refuse(out, name, rival)
     beat = _Heartbeat(out, lease)
     beat.start()
+    failed = True
     try:
         yield lease
+        failed = False
     finally:
         beat.stop.set()
-        beat.join()
-        out.remove(rel)
+        beat.join(HEARTBEAT_S)  # a refresh stuck on a dead store must not hold the exit
+        try:  # only our own: a lease another driver took over stays its
+            if any(x.token == lease.token for x in _read_leases(out) if x.name == name):
+                out.remove(rel)
+        except Exception:
+            if not failed:  # the block's own error (the store is down, say) is the one to report
+                raise
