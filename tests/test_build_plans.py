@@ -75,3 +75,11 @@ def test_a_part_uses_the_plan_another_part_created_while_it_planned(
     assert stored["context"]["cut"] == theirs.context.cut  # not overwritten
     markers = [json.loads(p.read_text()) for p in (out / ".build" / "shards").rglob("*.done")]
     assert markers and {m["cut"] for m in markers} == {theirs.context.cut}
+
+
+def test_a_damaged_plan_is_still_replaced(raw: Path, tmp_path: Path) -> None:
+    out = tmp_path / "o"
+    (out / ".build").mkdir(parents=True)
+    (out / PLAN).write_text("{not json")  # a plan cut off by a full disk on a non-atomic mount
+    assert main([*build_args(raw, out, "--workers", "1")]) == 0
+    assert json.loads((out / PLAN).read_text())["context"]["cut"]

@@ -124,10 +124,11 @@ def ensure_plan(
     plan that got there first (their cuts may differ: a header read that timed out)."""
     ordered = order_records(ds, cfg.seed)
     fp = fingerprint(cfg, ds, ordered)
+    damaged = False
     try:
         existing = read_plan(out)
-    except ValueError:  # another version's or a damaged plan: plan again
-        existing = None
+    except ValueError:  # another version's or a damaged plan: plan again (and replace it)
+        existing, damaged = None, True
     if existing is not None and existing.fingerprint == fp and not cfg.force:
         return existing
     if existing is not None and not replace:
@@ -142,7 +143,7 @@ def ensure_plan(
     new = plan(cfg, ds, ordered=ordered, show=show, pool=pool)
     if lease is not None:
         lease.confirm(out)
-    if existing is not None:
+    if existing is not None or damaged:
         write_plan(out, new)  # replacing it: only the holder of the driver or plan lease gets here
         return new
     if create_plan(out, new):
