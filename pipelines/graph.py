@@ -193,7 +193,8 @@ def _train_rows(spec: GraphSpec, stored, n_in, n, seg):  # type: ignore[no-untyp
 
 
 def _keep_weight(spec: GraphSpec, n, seg):  # type: ignore[no-untyped-def]
-    """Probability (<= 1) of keeping each drawn chunk of a sample of ``n`` samples (int32, feature rate; the probability is float64).
+    """Probability (<= 1, float64) of keeping each drawn chunk of a sample of ``n`` samples
+    (int32, at the feature rate).
 
     uniform_time: ``n / (longest sample of the split)``: every sample yields K chunks per
     longest-sample's worth of audio, so each second of the split is as likely to be drawn
