@@ -25,7 +25,7 @@ from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig, framing
-from pipelines.features import FeatureAssembler, stats_path
+from pipelines.features import FeatureAssembler, masks_from_draws, stats_path
 from pipelines.graph import READER, GraphSpec, build_pipeline
 from pipelines.handoff import BufferLease
 from pipelines.memory import check_memory, release_pool_memory
@@ -223,9 +223,10 @@ class MusicLoader:
         power = out["power"].transpose(1, 2) if "power" in out else None
         raw = self.assembler.raw_channels(out["mel"].transpose(1, 2), None, power)
         mask = None
-        if "mask" in out:
+        if "mask" in out:  # the draws (B, K, R, 2), CPU: picked on the host, masks made on the device
             m = out["mask"][:, :n_max]
-            mask = m.flatten(0, 1) if pick is None else m[pick[0], pick[1]]
+            m = m.flatten(0, 1) if pick is None else m[rows, cols]
+            mask = self._masks(m, out["mel"].device)
         x = self.assembler.stack([chunks(c) for c in raw.values()], mask)
         y = labels_to_y(out["lbl"].to(torch.int64).cpu()[rows], self.task)
         return {
@@ -246,6 +247,11 @@ class MusicLoader:
         if "start" in out:  # training: the drawn offsets within the sample
             return offset + out["start"].to(torch.int64).cpu()[rows, cols]
         return offset + cols * sp.framing.chunk
+
+    def _masks(self, draws: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """SpecAugment masks ``(N, F, T)`` on ``device`` from the kept chunks' draws ``(N, R, 2)``."""
+        _, f, t = self.feature_shape
+        return masks_from_draws(to_device(draws, device), self.spec.augment, f, t)
 
     def _keep(self, ids: torch.Tensor) -> torch.Tensor:
         """CPU bool ``(B,)``: the samples to yield. Eval drops DALI's ``pad_last_batch`` repeats
@@ -272,13 +278,6 @@ class MusicLoader:
         self.epoch = int(state["epoch"])
         self._seen = set(state.get("seen", []))
         self._batch = int(state.get("batch", 0))
-
-
-def chunks_mask(mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """``(B, K, F, T)`` masks of kept tracks (``keep``: CPU bool) -> ``(N, F, T)`` (a view when all are kept)."""
-    if bool(keep.all()):
-        return mask.flatten(0, 1)
-    return mask.index_select(0, to_device(keep.nonzero().squeeze(1), mask.device)).flatten(0, 1)
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
