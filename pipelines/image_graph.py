@@ -23,7 +23,8 @@ from nvidia.dali import math as dmath
 
 from pipelines.config import FeatureConfig, LoaderConfig, framing
 from pipelines.graph import GraphSpec, mask_draws, webdataset_reader
-from pipelines.loader import MusicLoader, labels_to_y, to_device
+from pipelines.handoff import to_device
+from pipelines.loader import MusicLoader, labels_to_y
 from pipelines.shard_checks import ShardError
 from shards.format import Manifest
 

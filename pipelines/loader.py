@@ -27,7 +27,7 @@ from nvidia.dali.plugin.pytorch import DALIGenericIterator
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig, framing
 from pipelines.features import FeatureAssembler, masks_from_draws, stats_path
 from pipelines.graph import READER, GraphSpec, build_pipeline
-from pipelines.handoff import BufferLease
+from pipelines.handoff import BufferLease, to_device
 from pipelines.memory import check_memory, release_pool_memory
 from pipelines.remote import CacheGate, ReaderInputs, reader_inputs
 from pipelines.shard_checks import load_manifest, read_fault, split_info, validate_split, verify_on_first_open
@@ -43,6 +43,12 @@ def labels_to_y(lbl: torch.Tensor, task: TaskSpec) -> torch.Tensor:
     if task.kind == "multi":
         return lbl.to(torch.float32)
     return lbl
+
+
+GRAPH_VERSION = 2
+"""The DALI graph's layout, saved with the loader's position: a DALI checkpoint restores only
+into the graph that wrote it (1: per-chunk window chains and erase masks; 2: the windows as
+one batch and one mask draw, issue 30)."""
 
 
 class MusicLoader:
@@ -268,25 +274,32 @@ class MusicLoader:
         dali = (
             self._restore if self._dali is None and self._restore is not None else self._it.checkpoints()[0]
         )
-        return {"dali": dali, "epoch": self.epoch, "seen": sorted(self._seen), "batch": self._batch}
+        return {
+            "dali": dali,
+            "graph": GRAPH_VERSION,
+            "epoch": self.epoch,
+            "seen": sorted(self._seen),
+            "batch": self._batch,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the saved position: the next batches are the ones the saved loader would have
-        produced. The pipeline is rebuilt from it on first use (none is built here)."""
+        produced. The pipeline is rebuilt from it on first use (none is built here). A position
+        saved by another graph version is never fed to this graph: its epoch restarts."""
         self._shutdown()
-        self._restore = state["dali"]
         self.epoch = int(state["epoch"])
+        saved = int(state.get("graph", 1))
+        if saved != GRAPH_VERSION:
+            warnings.warn(
+                f"the loader position in this checkpoint was saved by input graph version {saved} "
+                f"(this one is {GRAPH_VERSION}): epoch {self.epoch} restarts from its beginning",
+                stacklevel=2,
+            )
+            self._restore, self._seen, self._batch = None, set(), 0
+            return
+        self._restore = state["dali"]
         self._seen = set(state.get("seen", []))
         self._batch = int(state.get("batch", 0))
-
-
-def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor on ``device`` without making the host wait for the GPU: a pinned,
-    non-blocking copy (a plain ``.to("cuda")`` synchronises the stream, i.e. waits for
-    everything queued on it, such as the previous training step)."""
-    if device.type != "cuda" or t.device == device:
-        return t
-    return t.pin_memory().to(device, non_blocking=True)
 
 
 def _warn_downsampling(shards_rate: int, rate: int) -> None:
