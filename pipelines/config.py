@@ -249,9 +249,10 @@ class LoaderConfig:
     process with SIGBUS ("Bus error"); false: plain reads, and such a shard stops the run with
     one line naming it and the step, after a checkpoint (for shards on shared or network storage)."""
     device_memory_gb: float | None = None
-    """Budget per loader for its pipeline's buffers (the bound in docs/pipeline.md, "Device
-    memory"); an audio config whose bound exceeds it is refused before any DALI work. None: half
-    the GPU's memory when DALI runs on the GPU, no check for DALI's CPU pipeline."""
+    """Budget per rank for the loaders' buffers (the bound in docs/pipeline.md, "Device memory"):
+    an audio loader whose bound exceeds it is refused before any DALI work, and so are a training
+    and a validation loader that exceed it together with the CUDA context. None: half the GPU's
+    memory when DALI runs on the GPU, no check for DALI's CPU pipeline."""
 
     remote: Literal["cache", "direct"] = "cache"
     """Shards in object storage (``s3://``): 'cache' fetches whole shards ahead of the reader into
@@ -282,8 +283,8 @@ class LoaderConfig:
         for name in ("cache_workers", "cache_ahead"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"loader.{name}: must be positive, got {getattr(self, name)}")
-        if self.chunks_per_track <= 0:
-            raise ValueError(f"loader.chunks_per_track: must be positive, got {self.chunks_per_track}")
+        if not 0 < self.chunks_per_track <= 64:  # DALI's multi_paste takes at most 64 inputs (signal.py)
+            raise ValueError(f"loader.chunks_per_track: must be 1..64, got {self.chunks_per_track}")
         if self.batch_size < self.chunks_per_track or self.batch_size % self.chunks_per_track:
             raise ValueError(
                 f"loader.batch_size: {self.batch_size} must be a positive multiple of "

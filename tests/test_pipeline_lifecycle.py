@@ -1,5 +1,6 @@
 """The loader's pipeline lifecycle (built on first use, eval shut down after each pass, close),
-the hand-off lease, channels-last x and full-float32 filter banks, on DALI's CPU pipeline."""
+the hand-off lease and channels-last x, on DALI's CPU pipeline (the filter banks' float32:
+tests/test_precision.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import pytest
 import torch
 
 from pipelines.bench.small import small_configs
-from pipelines.channels import full_fp32_matmuls
 from pipelines.handoff import BufferLease
 from pipelines.loader import build_loader
 
@@ -87,14 +87,19 @@ def test_lease_is_a_no_op_on_the_cpu():
         BufferLease(torch.device("cpu"), depth=0)
 
 
-def test_filter_banks_run_in_full_float32_whatever_the_global_setting():
-    old = torch.get_float32_matmul_precision()
-    try:
-        for setting in ("high", "medium"):
-            torch.set_float32_matmul_precision(setting)
-            with full_fp32_matmuls():
-                assert torch.get_float32_matmul_precision() == "highest"
-                assert not torch.backends.cuda.matmul.allow_tf32
-            assert torch.get_float32_matmul_precision() == setting  # restored for the model
-    finally:
-        torch.set_float32_matmul_precision(old)
+def test_a_position_from_another_graph_version_restarts_its_epoch(shards):
+    """A DALI checkpoint restores only into the graph that wrote it: a loader state saved before
+    the graph changed (no "graph" key) restarts its epoch, with a warning, instead of being fed
+    to this graph."""
+    src = make(shards, "train", batch_size=4)
+    it = iter(src)
+    next(it)
+    state = src.state_dict()
+    assert state["graph"] == 2
+    old = {k: v for k, v in state.items() if k != "graph"}
+    resumed = make(shards, "train", batch_size=4)
+    with pytest.warns(UserWarning, match="graph version 1 .* restarts from its beginning"):
+        resumed.load_state_dict(old)
+    fresh = make(shards, "train", batch_size=4)
+    assert resumed.epoch == src.epoch
+    assert torch.equal(next(iter(resumed))["x"], next(iter(fresh))["x"])
