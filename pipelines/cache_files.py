@@ -179,7 +179,9 @@ def stream_into(
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)
         while size < need:
-            chunk = storage.read_range(url, size, min(size + BLOCK, need))  # the store's errors: its own
+            chunk = storage.read_bytes(
+                url, size, min(size + BLOCK, need)
+            )  # a ranged GET; errors: the store's
             if not chunk:
                 break  # shorter than the manifest says: the sha256 check names it
             _write_all(fd, chunk)
@@ -221,7 +223,7 @@ def fetch_index(url: str, path: Path, s: ShardInfo) -> bool:
     if index_matches(path, s):
         return False
     # small: one GET (no HEAD when the size is recorded); written below, so a disk fault is the disk's
-    data = storage.read_range(url, 0, s.index_bytes) if s.index_bytes else storage.read_bytes(url)
+    data = storage.read_bytes(url, 0, s.index_bytes) if s.index_bytes else storage.read_bytes(url)
     digest, want = hashlib.sha256(data).hexdigest(), (s.index_sha256, s.index_bytes)
     if (want[0] is not None and digest != want[0]) or (want[1] is not None and len(data) != want[1]):
         raise ValueError(

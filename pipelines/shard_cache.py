@@ -2,8 +2,8 @@
 
 Why whole shards: DALI's webdataset reader issues one ranged GET per sample member, one after
 another; on any store each request costs milliseconds to tens of them, so per-member reads
-cannot feed a GPU. One streamed read per shard (tens of MB) moves the same bytes at the link's
-speed.
+cannot feed a GPU. Whole shards in ranged GETs of 32 MiB (one for a small shard, no HEAD)
+move the same bytes at the link's speed.
 
 How it streams (DALI 2.4, checked on this machine; see docs/pipeline.md "Shards in object
 storage"): the reader opens EVERY tar of the split when the pipeline is built (a missing path

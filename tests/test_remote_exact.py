@@ -277,7 +277,7 @@ class _Stalled:
     def __init__(self, real, seconds: float) -> None:
         self.real, self.seconds = real, seconds
 
-    def __call__(self, url, start, end):
+    def __call__(self, url, start=None, end=None):
         if str(url).endswith(".tar"):
             time.sleep(self.seconds)
         return self.real(url, start, end)
@@ -286,7 +286,7 @@ class _Stalled:
 def test_a_stalled_download_ends_the_wait_with_one_line(builds, s3: S3, tmp_path: Path, monkeypatch) -> None:
     local, _ = builds
     url = s3.put_build(local, "stalled")
-    monkeypatch.setattr(cache_files.storage, "read_range", _Stalled(storage.read_range, 6.0))
+    monkeypatch.setattr(cache_files.storage, "read_bytes", _Stalled(storage.read_bytes, 6.0))
     loader = make(url, "train", tmp_path / "cache", cache_stall_s=1.0)
     t0 = time.monotonic()
     with pytest.raises(
@@ -300,7 +300,7 @@ def test_a_caught_sigterm_ends_a_blocked_wait(builds, s3: S3, tmp_path: Path, mo
     """A handler that saves on SIGTERM (the trainer's) still runs, and the wait ends at once."""
     local, _ = builds
     url = s3.put_build(local, "sigterm")
-    monkeypatch.setattr(cache_files.storage, "read_range", _Stalled(storage.read_range, 6.0))
+    monkeypatch.setattr(cache_files.storage, "read_bytes", _Stalled(storage.read_bytes, 6.0))
     loader = make(url, "train", tmp_path / "cache")
     got: list[int] = []
     old = signal.signal(signal.SIGTERM, lambda s, f: got.append(s))

@@ -271,22 +271,12 @@ def open_read(location: Location) -> Iterator[IO[bytes]]:
         yield f
 
 
-def read_range(location: Location, start: int, end: int) -> bytes:
-    """Bytes ``[start, end)`` of ``location``: one ranged GET for a store, no HEAD before it
-    (a whole shard is streamed as a few such ranges by the shard cache)."""
+def read_bytes(location: Location, start: int | None = None, end: int | None = None) -> bytes:
+    """The bytes of ``location`` (``[start, end)`` when given: one ranged GET, no HEAD before it)."""
     if not is_remote(location):
-        with open(location, "rb") as f:
-            f.seek(start)
-            return f.read(end - start)
+        return Path(location).read_bytes()[start:end]
     with storage_errors(location):
         return bytes(_filesystem(location).cat_file(_key(location), start=start, end=end))
-
-
-def read_bytes(location: Location) -> bytes:
-    if not is_remote(location):
-        return Path(location).read_bytes()
-    with storage_errors(location):
-        return bytes(_filesystem(location).cat_file(_key(location)))
 
 
 def read_text(location: Location) -> str:
