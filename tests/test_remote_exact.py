@@ -352,7 +352,8 @@ def test_first_open_in_cache_mode_downloads_nothing_twice(
     )
 
 
-def _train_cmd(shards: str, out: Path, seed: int, cache: Path, bound: float) -> list[str]:
+def _train_args(shards: str, out: Path, seed: int, cache: Path, bound: float, epochs: int = 1) -> list[str]:
+    """``python -m train`` arguments: TINY, 2 tracks per batch, a small read window, the cache."""
     from test_train_e2e import ROOT, TINY
 
     small = [
@@ -363,11 +364,14 @@ def _train_cmd(shards: str, out: Path, seed: int, cache: Path, bound: float) -> 
         "loader.cache_workers=1",
     ]
     return [
-        sys.executable, "-m", "train", "--config", str(ROOT / "configs" / "demo_customcnn.toml"),
-        f"--data.shards={shards}", f"--train.out={out}", "--train.epochs=1", f"--train.seed={seed}",
-        f"--loader.seed={seed}", f"--loader.cache_dir={cache}", f"--loader.cache_gb={bound}",
-        *[f"--{t}" for t in TINY + small],
+        "--config", str(ROOT / "configs" / "demo_customcnn.toml"), f"--data.shards={shards}",
+        f"--train.out={out}", f"--train.epochs={epochs}", f"--train.seed={seed}", f"--loader.seed={seed}",
+        f"--loader.cache_dir={cache}", f"--loader.cache_gb={bound}", *[f"--{t}" for t in TINY + small],
     ]  # fmt: skip
+
+
+def _train_cmd(shards: str, out: Path, seed: int, cache: Path, bound: float) -> list[str]:
+    return [sys.executable, "-m", "train", *_train_args(shards, out, seed, cache, bound)]
 
 
 def _losses(out: Path) -> list[float]:
@@ -414,3 +418,18 @@ def test_the_cache_sends_one_get_per_shard_and_index_and_nothing_else(builds, s3
     cache.ensure(list(range(len(shards))))
     cache.close()
     assert dict(s3.server.requests() - before) == {"GET": 2 * len(shards)}  # no HEAD, no LIST
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_three_epochs_with_a_small_cache_log_the_local_losses(one_per_shard, tmp_path) -> None:
+    """torchrun, 2 gloo ranks, 3 epochs, a read window of a few tracks and a cache of 60% of the
+    split per rank: the losses (averaged over both ranks each step) equal the local build's."""
+    from test_train_ddp import torchrun
+
+    local, url = one_per_shard
+    bound = _bound(local)
+    for name, shards in (("local", str(local)), ("s3", url)):
+        torchrun(_train_args(shards, tmp_path / name, 0, tmp_path / "cache", bound, epochs=3))
+    got = _losses(tmp_path / "s3")
+    assert len(got) == 3 * (26 // 2 // 2) and got == _losses(tmp_path / "local")
+    assert sorted(p.name for p in (tmp_path / "cache").glob("*/train/*")) == ["rank0", "rank1"]
