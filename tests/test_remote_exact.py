@@ -271,23 +271,34 @@ def test_flattened_names_that_collide_are_refused(builds) -> None:
         cache_files.local_names([a, b], "where")
 
 
-class _Stalled:
-    """A store whose shard reads deliver nothing for ``seconds`` (then the bytes)."""
+def _stall_tars(monkeypatch, seconds: float, *, after: int = 0, on_stall=None) -> None:
+    """The store answers the first GET of each tar after the first ``after`` ones only after
+    ``seconds`` (``on_stall()`` called as the first stall starts): at the client's request layer,
+    under whatever way a cache reads a shard."""
+    import asyncio
 
-    def __init__(self, real, seconds: float) -> None:
-        self.real, self.seconds = real, seconds
+    import s3fs.core
 
-    def __call__(self, url, start=None, end=None):
-        if str(url).endswith(".tar"):
-            time.sleep(self.seconds)
-        return self.real(url, start, end)
+    real, seen = s3fs.core.S3FileSystem._call_s3, set()
+
+    async def call(self, method, *args, **kw):
+        key = str(kw.get("Key", ""))
+        if method == "get_object" and key.endswith(".tar") and key not in seen:
+            seen.add(key)
+            if len(seen) > after:
+                if on_stall is not None and len(seen) == after + 1:
+                    on_stall()
+                await asyncio.sleep(seconds)
+        return await real(self, method, *args, **kw)
+
+    monkeypatch.setattr(s3fs.core.S3FileSystem, "_call_s3", call)
 
 
 def test_a_stalled_download_ends_the_wait_with_one_line(builds, s3: S3, tmp_path: Path, monkeypatch) -> None:
     local, _ = builds
     url = s3.put_build(local, "stalled")
-    monkeypatch.setattr(cache_files.storage, "read_bytes", _Stalled(storage.read_bytes, 6.0))
     loader = make(url, "train", tmp_path / "cache", cache_stall_s=1.0)
+    _stall_tars(monkeypatch, 6.0)
     t0 = time.monotonic()
     with pytest.raises(
         BadShard, match=r"its download delivered no byte for \d+ s \(loader.cache_stall_s\)"
@@ -300,8 +311,8 @@ def test_a_caught_sigterm_ends_a_blocked_wait(builds, s3: S3, tmp_path: Path, mo
     """A handler that saves on SIGTERM (the trainer's) still runs, and the wait ends at once."""
     local, _ = builds
     url = s3.put_build(local, "sigterm")
-    monkeypatch.setattr(cache_files.storage, "read_bytes", _Stalled(storage.read_bytes, 6.0))
     loader = make(url, "train", tmp_path / "cache")
+    _stall_tars(monkeypatch, 6.0)
     got: list[int] = []
     old = signal.signal(signal.SIGTERM, lambda s, f: got.append(s))
     timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
@@ -433,3 +444,26 @@ def test_two_gloo_ranks_three_epochs_with_a_small_cache_log_the_local_losses(one
     got = _losses(tmp_path / "s3")
     assert len(got) == 3 * (26 // 2 // 2) and got == _losses(tmp_path / "local")
     assert sorted(p.name for p in (tmp_path / "cache").glob("*/train/*")) == ["rank0", "rank1"]
+
+
+@pytest.mark.slow
+def test_a_sigterm_while_training_waits_for_a_shard_saves_then_one_line(
+    one_per_shard, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """The store stops answering at the 12th shard; a SIGTERM lands while the trainer's batch
+    waits for it: the run checkpoints and stops with one line naming that shard."""
+    from shards.base.errors import run_cli
+    from train.__main__ import main as train_main
+
+    local, url = one_per_shard
+    timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGTERM))
+    _stall_tars(monkeypatch, 8.0, after=11, on_stall=timer.start)
+    out = tmp_path / "run"
+    args = _train_args(url, out, 0, tmp_path / "cache", _bound(local)) + ["--train.log_every=1"]
+    assert run_cli(train_main, args) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
+    assert (
+        len(err) == 1 and "SIGTERM while the reader waited for this shard; the run stopped at step" in err[0]
+    )
+    assert err[0].startswith(f"error: {url}/train/") and "written)" in err[0], err
+    assert list((out / "checkpoints").glob("step_*.pt"))
