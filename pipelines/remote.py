@@ -4,8 +4,8 @@
 cache (:mod:`pipelines.shard_cache`); DALI reads local files. ``"direct"``: DALI reads the
 ``s3://`` tars itself, one ranged GET per sample member (its S3 client is configured from the
 same environment: ``AWS_ENDPOINT_URL``, the credential chain, ``AWS_REGION``). In both modes the
-small index files are downloaded once into the cache folder, so validation reads them locally
-and DALI's start-up costs no request per index.
+small index files are downloaded into the cache folder (and used only while they match the
+manifest), so validation reads them locally and DALI's start-up costs no request per index.
 """
 
 from __future__ import annotations
