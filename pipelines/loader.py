@@ -25,7 +25,7 @@ from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig, framing
-from pipelines.features import FeatureAssembler, stats_path
+from pipelines.feature_stack import FeatureAssembler, stats_path
 from pipelines.graph import READER, GraphSpec, build_pipeline
 from pipelines.handoff import BufferLease
 from pipelines.memory import check_memory, release_pool_memory

@@ -16,7 +16,7 @@ import torch
 from pipelines.channels import channel_names
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
 from pipelines.defaults import feature_defaults
-from pipelines.features import STATS_FILE, stats_key
+from pipelines.feature_stack import STATS_FILE, stats_key
 from pipelines.loader import build_loader
 from shards.base import storage
 from shards.base.config import load_sections

@@ -13,7 +13,7 @@ from helpers.old_formats import as_version
 
 from pipelines.bench.small import small_configs, small_overrides
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
-from pipelines.features import STATS_FILE
+from pipelines.feature_stack import STATS_FILE
 from pipelines.loader import build_loader
 from pipelines.shard_checks import ShardError
 from pipelines.stats import compute_stats, write_stats

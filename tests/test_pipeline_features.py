@@ -13,7 +13,7 @@ from helpers.features import normalize_reference
 
 from pipelines.channels import dct_matrix
 from pipelines.config import FeatureConfig
-from pipelines.features import FeatureAssembler, nearest_rows, stats_key
+from pipelines.feature_stack import FeatureAssembler, nearest_rows, stats_key
 
 
 @pytest.mark.parametrize(

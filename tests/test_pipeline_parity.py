@@ -22,7 +22,7 @@ from pipelines.bench.baseline import BaselineLoader
 from pipelines.bench.reference import ReferenceFeatures, eval_chunks
 from pipelines.bench.small import small_configs
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig, framing
-from pipelines.features import FeatureAssembler
+from pipelines.feature_stack import FeatureAssembler
 from pipelines.loader import build_loader
 from shards.synth import GENRE_BANDS
 

@@ -26,7 +26,7 @@ from pipelines.bench.reference import (
     spec_augment_mask,
 )
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig, framing
-from pipelines.features import FeatureAssembler, stats_path
+from pipelines.feature_stack import FeatureAssembler, stats_path
 from pipelines.loader import labels_to_y
 from pipelines.shard_checks import load_manifest, validate_split
 from shards.base.distributed import resolve_rank

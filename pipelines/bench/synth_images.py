@@ -21,7 +21,7 @@ from PIL import Image
 
 from pipelines.bench.reference import ReferenceFeatures
 from pipelines.config import FeatureConfig
-from pipelines.features import FeatureAssembler
+from pipelines.feature_stack import FeatureAssembler
 from shards.audio import decode, to_mono
 from shards.base.atomic import atomic_path, atomic_write_text
 from shards.synth import make_synth

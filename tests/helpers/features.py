@@ -6,7 +6,7 @@ import torch
 
 from pipelines.bench.reference import ReferenceFeatures, eval_chunks, preemphasize
 from pipelines.config import FeatureConfig, Framing
-from pipelines.features import FeatureAssembler
+from pipelines.feature_stack import FeatureAssembler
 
 _EPS = 1e-8
 
