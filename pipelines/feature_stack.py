@@ -40,6 +40,11 @@ def load_stats(path: storage.Location, features: FeatureConfig) -> tuple[torch.T
         raise ValueError(
             f"{path}: statistics were computed for other features {data.get('features')}, need {want}"
         )
+    missing = [c for c in features.channels if c not in data["mean"]]
+    if missing:  # e.g. pseudo_cqt, in a file written before it was registered
+        raise ValueError(
+            f"{path}: no statistics for channel(s) {missing}: rerun `python -m pipelines.stats SHARDS`"
+        )
     mean = torch.tensor([data["mean"][c] for c in features.channels], dtype=torch.float32)
     std = torch.tensor([data["std"][c] for c in features.channels], dtype=torch.float32)
     return mean, std
@@ -55,6 +60,8 @@ def stats_key(features: FeatureConfig) -> dict:
         ("mel_formula", "slaney"),
         ("mel_norm", True),
         ("preemphasis", 0.0),
+        ("cqt_bins_per_octave", 12),
+        ("cqt_filter_scale", 1.0),
     ):
         if d.get(k) == default:  # keys added later: statistics written before them stay valid
             d.pop(k, None)
@@ -85,6 +92,8 @@ class FeatureAssembler:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         # each requested channel's compute function, filter banks built once (pipelines.channels)
         self.channels = {c: get_channel(c).build(features, self.device) for c in features.channels}
+        # channels computed from the chunks' samples (the CQT): their output is per chunk already
+        self.per_chunk = frozenset(c for c in features.channels if get_channel(c).needs == "wave")
         self._rows: dict[tuple[int, torch.device], torch.Tensor] = {}
         self.mean = self.std = None
         if features.normalize == "meanstd" and features.norm_mean is not None:
@@ -99,12 +108,17 @@ class FeatureAssembler:
             self.std = std.clamp_min(_EPS).to(self.device).view(1, -1, 1, 1)
 
     def raw_channels(
-        self, mel_db: torch.Tensor, mfcc: torch.Tensor | None, power: torch.Tensor | None
+        self,
+        mel_db: torch.Tensor,
+        mfcc: torch.Tensor | None,
+        power: torch.Tensor | None,
+        wave: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Each requested channel at its own height ``(..., rows, T)``, before resizing and
         normalisation. ``mfcc=None``: the orthonormal DCT-II of ``mel_db`` is computed here.
+        ``wave (..., L)``: the chunks' samples, for channels computed from them (the CQT).
         The filter banks' matmuls run in full float32 even where TF32 is enabled globally."""
-        inputs = ChannelInputs(mel_db=mel_db, power=power, mfcc=mfcc)
+        inputs = ChannelInputs(mel_db=mel_db, power=power, mfcc=mfcc, wave=wave)
         with full_fp32_matmuls():
             return {name: fn(inputs) for name, fn in self.channels.items()}
 
@@ -114,9 +128,10 @@ class FeatureAssembler:
         mfcc: torch.Tensor | None = None,
         power: torch.Tensor | None = None,
         mask: torch.Tensor | None = None,
+        wave: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Per-chunk inputs ``(N, rows, T)`` -> ``x (N, C, F, T)``."""
-        return self.stack(list(self.raw_channels(mel_db, mfcc, power).values()), mask)
+        """Per-chunk inputs ``(N, rows, T)`` (``wave (N, L)``) -> ``x (N, C, F, T)``."""
+        return self.stack(list(self.raw_channels(mel_db, mfcc, power, wave).values()), mask)
 
     def stack(self, chans: list[torch.Tensor], mask: torch.Tensor | None = None) -> torch.Tensor:
         """Channels ``(*lead, rows_c, T)`` -> resized to F rows, stacked, normalised, masked ``(N, C, F, T)``.

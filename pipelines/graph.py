@@ -13,8 +13,8 @@ spectrogram takes only 1-D input), which equals a centred, zero-padded STFT of e
 chunk. Outputs per sample (a track or a segment), F_all = frames of the whole layout, all
 frame-major (``"tf"``, DALI's native spectrogram layout: its ``"ft"`` layout costs a
 transpose of the whole power spectrogram, half of the CPU graph's time):
-``mel (F_all, n_mels)`` in dB, optionally ``power (F_all, n_fft/2+1)`` (chroma/CQT),
-in training ``mask (K, n_mels, T)`` uint8, then ``lbl``, ``tid``, ``nchunks`` (chunks to keep), in
+``mel (F_all, n_mels)`` in dB, optionally ``power (F_all, n_fft/2+1)`` (chroma, pseudo-CQT)
+and ``wave (rows, L)`` (the chunks' samples, as the STFT framed them: the CQT), in training ``mask (K, n_mels, T)`` uint8, then ``lbl``, ``tid``, ``nchunks`` (chunks to keep), in
 training ``start (K,)`` (chunk offsets in the sample) and, for version-2 shards, ``seg``.
 A sample is a track or one segment of a long track (docs/shard-format.md). The MFCC
 (an orthonormal DCT-II, i.e. one small matrix) is applied in torch with the other filter
@@ -81,6 +81,8 @@ class GraphSpec:
         names = ["mel"]
         if self.features.needs_power:
             names.append("power")
+        if self.features.needs_wave:
+            names.append("wave")
         if self.mode == "train" and self.augment.active:
             names.append("mask")
         names += ["lbl", "tid", "nchunks"]
@@ -280,6 +282,8 @@ def _graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
     outs = [mel_db]
     if features.needs_power:
         outs.append(power)
+    if features.needs_wave:  # the chunks themselves: the CQT is computed from them in torch
+        outs.append(rows)
     if spec.mode == "train" and spec.augment.active:
         outs.append(
             masks(spec.augment, spec.loader.chunks_per_track, features.n_mels, framing.frames, spec.device)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +25,7 @@ import torch
 from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig, framing
+from pipelines.config import AugmentConfig, FeatureConfig, Framing, LoaderConfig, framing
 from pipelines.feature_stack import FeatureAssembler, stats_path
 from pipelines.graph import READER, GraphSpec, build_pipeline
 from pipelines.handoff import BufferLease
@@ -207,27 +208,16 @@ class MusicLoader:
         # copied once to DALI's device for every channel
         pick = None if dense else tuple(to_device(i, out["mel"].device) for i in (rows, cols))
 
-        def chunks(a: torch.Tensor) -> torch.Tensor:
-            """(B, rows, frames_all) -> chunks (B, n_max, rows, T) as a view when every chunk is
-            real (training), else gathered (N, rows, T). Frame j*stride_frames + t is frame t of chunk j."""
-            b, height, _ = a.shape
-            s = a.stride()
-            v = a.as_strided(
-                (b, n_max, height, framing.frames), (s[0], framing.stride_frames * s[2], s[1], s[2])
-            )
-            if pick is None:
-                return v
-            return v[pick[0], pick[1]]
-
+        cut = ChunkPick(n_max, pick, framing)
         # DALI's outputs are frame-major (B, frames, rows): transposed views, no copy. The MFCC
-        # and chroma/CQT filter banks are matmuls on them, frame-local like everything up to here.
+        # and chroma filter banks are matmuls on them, frame-local like everything up to here;
+        # the CQT's input is the real chunks' samples (its output is per chunk already).
         power = out["power"].transpose(1, 2) if "power" in out else None
-        raw = self.assembler.raw_channels(out["mel"].transpose(1, 2), None, power)
-        mask = None
-        if "mask" in out:
-            m = out["mask"][:, :n_max]
-            mask = m.flatten(0, 1) if pick is None else m[pick[0], pick[1]]
-        x = self.assembler.stack([chunks(c) for c in raw.values()], mask)
+        wave = cut.real(out["wave"]) if "wave" in out else None
+        raw = self.assembler.raw_channels(out["mel"].transpose(1, 2), None, power, wave)
+        mask = cut.real(out["mask"]).flatten(0, -3) if "mask" in out else None  # (N, F, T)
+        per_chunk = self.assembler.per_chunk
+        x = self.assembler.stack([c if n in per_chunk else cut.frames(c) for n, c in raw.items()], mask)
         y = labels_to_y(out["lbl"].to(torch.int64).cpu()[rows], self.task)
         return {
             "x": x.to(self.device, non_blocking=True),
@@ -273,6 +263,28 @@ class MusicLoader:
         self.epoch = int(state["epoch"])
         self._seen = set(state.get("seen", []))
         self._batch = int(state.get("batch", 0))
+
+
+@dataclass(frozen=True)
+class ChunkPick:
+    """The real chunks of a DALI batch: the first ``n_max`` slots of every sample, or the
+    ``pick`` (sample, slot) index pairs (on DALI's device) when some slots are not real."""
+
+    n_max: int
+    pick: tuple[torch.Tensor, ...] | None
+    framing: Framing
+
+    def real(self, v: torch.Tensor) -> torch.Tensor:
+        """``(B, slots, ...)`` -> ``(B, n_max, ...)`` (a view) when every chunk is real, else ``(N, ...)``."""
+        v = v[:, : self.n_max]
+        return v if self.pick is None else v[self.pick[0], self.pick[1]]
+
+    def frames(self, a: torch.Tensor) -> torch.Tensor:
+        """``(B, rows, frames_all)`` -> the chunks ``(B, n_max, rows, T)`` or ``(N, rows, T)``:
+        frame ``j * stride_frames + t`` of the layout is frame t of chunk j."""
+        fr, (b, height, _), s = self.framing, a.shape, a.stride()
+        shape = (b, self.n_max, height, fr.frames)
+        return self.real(a.as_strided(shape, (s[0], fr.stride_frames * s[2], s[1], s[2])))
 
 
 def chunks_mask(mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:

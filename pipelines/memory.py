@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import torch
 from nvidia.dali import backend as dali_backend
 
+from pipelines.cqt import CqtParams, workspace_bytes
 from pipelines.signal import windowing
 
 if TYPE_CHECKING:
@@ -69,11 +70,16 @@ def memory_bound(spec: GraphSpec) -> MemoryBound:
     masks = 3 * K * f.n_mels * framing.frames if train and spec.augment.active else 0
     per_iteration = B * (audio + stft + mels + masks)
     outputs = B * (frames * f.n_mels * F32 + (frames * n_freq * F32 if f.needs_power else 0) + masks)
+    outputs += B * rows * L * F32 if f.needs_wave else 0  # the chunks' samples (the CQT's input)
     growth = dali_backend.GetDeviceBufferGrowthFactor()  # type: ignore[attr-defined]  # 1.1 in DALI 2.4
     # DALI over-allocates a growing buffer by its growth factor
     dali = round(growth * (loader.prefetch * per_iteration + (loader.prefetch + 1) * outputs))
     n_chunks = B * rows
-    filter_banks = B * frames * (f.n_mfcc + 2 * f.n_chroma + f.cqt_bins) * F32  # mfcc, chroma (+ max), cqt
+    filter_banks = (
+        B * frames * (f.n_mfcc + 2 * f.n_chroma + f.cqt_bins) * F32
+    )  # mfcc, chroma (+ max), pseudo-cqt
+    if "cqt" in f.channels:  # the constant-Q transform's temporaries, per chunk
+        filter_banks += B * rows * workspace_bytes(CqtParams.of(f), L)
     chunk = n_chunks * f.n_mels * framing.frames * F32  # one channel's chunks at full height
     x = len(f.channels) * chunk  # the batch being built, and the previous one its consumer still holds
     return MemoryBound(dali=dali, torch=filter_banks + 3 * chunk + 2 * x, rows=rows)

@@ -177,7 +177,7 @@ def test_toml_sections(tmp_path):
 
 def test_meanstd_statistics(shards):
     fc, aug, lc = small_configs()
-    ms = dataclasses.replace(fc, normalize="meanstd", channels=["cqt", "mel"])
+    ms = dataclasses.replace(fc, normalize="meanstd", channels=["pseudo_cqt", "mel"])
     with pytest.raises(FileNotFoundError, match=STATS_FILE):
         build_loader(shards, "train", mode="eval", features=ms, augment=aug, loader=lc)
     assert stats_main([str(shards), *small_overrides()]) == 0

@@ -90,7 +90,7 @@ class _Featurize:
             )
         with torch.no_grad():
             mel_db, mfcc, power = self._ref(chunks)
-            x = self._asm(mel_db, mfcc, power, mask)
+            x = self._asm(mel_db, mfcc, power, mask, wave=chunks)
         lbl, tid = self.ids(sample)
         n = x.shape[0]
         return {"x": x, "lbl": lbl.expand(n, -1), "track": torch.full((n,), tid, dtype=torch.int64)}

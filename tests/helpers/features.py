@@ -31,4 +31,5 @@ def reference_track(
     ref = ReferenceFeatures(features)
     asm = assembler or FeatureAssembler(features, "cpu")
     with torch.no_grad():
-        return asm(*ref(eval_chunks(preemphasize(signal, features.preemphasis), fr.chunk)))
+        chunks = eval_chunks(preemphasize(signal, features.preemphasis), fr.chunk)
+        return asm(*ref(chunks), wave=chunks)
