@@ -21,7 +21,7 @@ from shards.base.distributed import is_main_process
 from shards.base.errors import CliParser, run_cli
 from shards.base.progress import progress
 from shards.base.tasks import TaskSpec
-from shards.manifest import Manifest, read_manifest
+from shards.format import Manifest, read_manifest
 from train.checkpoint import check_vocab, load_trained_model
 from train.config import DataConfig
 

@@ -34,8 +34,8 @@ from shards.base.distributed import resolve_device
 from shards.base.errors import CliParser, run_cli
 from shards.base.progress import progress
 from shards.base.tasks import TaskSpec
-from shards.manifest import META_EXT, REJECTS, Manifest
-from shards.records import Dataset, Record, read_table, require_columns
+from shards.format import META_EXT, REJECTS, Manifest
+from shards.importers.records import Dataset, Record, read_table, require_columns
 from train.checkpoint import TrainedModel, load_trained_model
 
 # extensions soundfile (libsndfile) reads, plus the common aliases; other files in a folder are skipped, and listed
@@ -163,8 +163,8 @@ class Predictor:
 
     def _transcode(self, files: list[Path], tmp: Path) -> tuple[Manifest, list[dict[str, Any]]]:
         """The files as a one-split shard build at the model's sample rate; keys are input indices."""
-        from shards.builder import build
-        from shards.config import BuildConfig
+        from shards.builder.config import BuildConfig
+        from shards.builder.driver import build
 
         labels = placeholder_labels(self.task)
         records = [

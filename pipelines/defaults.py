@@ -17,9 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipelines.config import FEATURE_PRESETS, FeatureConfig
-from shards.base import storage
-from shards.base.storage_errors import StorageError
-from shards.manifest import MANIFEST, Manifest, read_manifest
+from shards.format import MANIFEST, Manifest, StorageError, read_manifest, storage
 
 Defaults = dict[str, dict[str, Any]]
 

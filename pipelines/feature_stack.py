@@ -17,8 +17,8 @@ import torch
 
 from pipelines.channels import ChannelInputs, full_fp32_matmuls, get_channel
 from pipelines.config import FeatureConfig
-from shards.base import storage
 from shards.base.config import to_dict
+from shards.format import storage
 
 STATS_FILE = "feature_stats.json"
 _EPS = 1e-8

@@ -36,8 +36,7 @@ from nvidia.dali.pipeline import Pipeline
 
 from pipelines.config import AugmentConfig, FeatureConfig, Framing, LoaderConfig
 from pipelines.signal import cut_windows, feature_length, on_device, source
-from shards.manifest import AUDIO_EXT, SEGMENT_FIELDS
-from shards.members import MemberLayout
+from shards.format import AUDIO_EXT, SEGMENT_FIELDS, MemberLayout
 
 READER = "reader"
 Mode = Literal["train", "eval"]
@@ -59,7 +58,7 @@ class GraphSpec:
     device: Literal["gpu", "cpu"]
     rank: int
     world_size: int
-    members: MemberLayout  # the samples' ids members (manifest version, task, kind: shards.members)
+    members: MemberLayout  # the samples' ids members (manifest version, task, kind: shards.format.members)
     device_id: int | None = None  # CUDA device for device="gpu"; None = the current one
     segment_samples: int | None = None  # samples per full segment at shards_rate (None: whole tracks)
     longest_sample: int = 0  # samples of the split's longest sample at shards_rate (uniform_time)

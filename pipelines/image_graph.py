@@ -25,7 +25,7 @@ from pipelines.config import FeatureConfig, LoaderConfig, framing
 from pipelines.graph import GraphSpec, masks, webdataset_reader
 from pipelines.loader import MusicLoader, chunks_mask, labels_to_y, to_device
 from pipelines.shard_checks import ShardError
-from shards.manifest import Manifest
+from shards.format import Manifest
 
 
 def image_frames(features: FeatureConfig, loader: LoaderConfig) -> int:

@@ -34,8 +34,7 @@ from pipelines.remote import CacheGate, ReaderInputs, reader_inputs
 from pipelines.shard_checks import load_manifest, read_fault, split_info, validate_split, verify_on_first_open
 from shards.base.distributed import resolve_device, resolve_rank
 from shards.base.tasks import TaskSpec
-from shards.manifest import SEGMENT_FIELDS, Manifest
-from shards.members import member_layout
+from shards.format import SEGMENT_FIELDS, Manifest, member_layout
 
 
 def labels_to_y(lbl: torch.Tensor, task: TaskSpec) -> torch.Tensor:
@@ -172,7 +171,7 @@ class MusicLoader:
     @contextlib.contextmanager
     def _read_faults(self) -> Iterator[None]:
         """A reader error mid-epoch from a shard truncated or damaged under the run becomes
-        ``shards.verify.BadShard`` naming it (one line, not DALI's trace); other errors pass."""
+        ``shards.format.verify.BadShard`` naming it (one line, not DALI's trace); other errors pass."""
         try:
             yield
         except RuntimeError as e:

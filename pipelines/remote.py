@@ -21,7 +21,7 @@ from typing import Any
 from pipelines.config import LoaderConfig
 from pipelines.read_order import ReadOrder
 from pipelines.shard_cache import ShardCache
-from shards.manifest import Manifest
+from shards.format import Manifest
 
 
 @dataclass

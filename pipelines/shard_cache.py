@@ -32,9 +32,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shards.base import storage
 from shards.base.atomic import atomic_write_text
-from shards.manifest import ShardInfo
+from shards.format import ShardInfo, storage
 
 
 @dataclass

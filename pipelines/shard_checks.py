@@ -11,11 +11,19 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipelines.config import FeatureConfig, LoaderConfig, framing
-from shards.base import storage
-from shards.manifest import Manifest, SplitInfo, read_manifest
-from shards.members import member_layout
-from shards.verify import BadShard, diagnose, files_of, sha256_of, verify_first_open
-from shards.writer import read_index
+from shards.format import (
+    BadShard,
+    Manifest,
+    SplitInfo,
+    diagnose,
+    files_of,
+    member_layout,
+    read_index,
+    read_manifest,
+    sha256_of,
+    storage,
+    verify_first_open,
+)
 
 
 class ShardError(ValueError):
@@ -26,7 +34,7 @@ def load_manifest(shards: str | Path | Manifest) -> Manifest:
     """A validated manifest from a folder, a manifest.json path, or an already read Manifest."""
     if isinstance(shards, Manifest):
         if shards.root is None:
-            raise ShardError("manifest was not read from disk (use shards.manifest.read_manifest)")
+            raise ShardError("manifest was not read from disk (use shards.format.manifest.read_manifest)")
         return shards
     try:
         return read_manifest(shards)
@@ -137,7 +145,7 @@ def _check_shard(tar: Path, idx: Path, size: int, count: int, manifest: Manifest
     actual = tar.stat().st_size
     if actual != size:
         raise ShardError(f"{tar}: {actual} bytes, the manifest says {size} (truncated or corrupt shard)")
-    if sha and _sha256(tar) != sha:  # (full checks: shards.verify, `python -m shards verify`)
+    if sha and _sha256(tar) != sha:  # (full checks: shards.format.verify, `python -m shards verify`)
         raise ShardError(f"{tar}: sha256 does not match the manifest (corrupt shard)")
     samples = _check_index(tar, idx, actual, count, manifest)
     _check_headers(tar, idx, samples)
@@ -160,7 +168,7 @@ def _check_index(
         if manifest.kind == "audio"
         else [tuple(c.exts) for c in manifest.images.values()]
     )
-    fixed = member_layout(manifest).members  # the ids members: exact sizes (shards.members)
+    fixed = member_layout(manifest).members  # the ids members: exact sizes (shards.format.members)
     for i, sample in enumerate(samples):
         found = [next((e for e in alts if e in sample), alts[0]) for alts in media]
         need: dict[str, int | None] = {**dict.fromkeys(found), **fixed}

@@ -18,11 +18,10 @@ from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
 from pipelines.defaults import feature_defaults
 from pipelines.feature_stack import STATS_FILE, stats_key
 from pipelines.loader import build_loader
-from shards.base import storage
 from shards.base.config import load_sections
 from shards.base.errors import CliParser, run_cli
 from shards.base.progress import progress as progress_bar
-from shards.manifest import read_manifest
+from shards.format import read_manifest, storage
 
 
 def compute_stats(

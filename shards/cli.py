@@ -17,9 +17,9 @@ from typing import Any
 
 from shards.base.config import field_docs
 from shards.base.errors import CliParser, run_cli
-from shards.config import BuildConfig, load_build_config
+from shards.builder.config import BuildConfig, load_build_config
+from shards.format.manifest import REJECTS, Manifest
 from shards.importers import get_importer, importer_names
-from shards.manifest import REJECTS, Manifest
 
 # CLI flag -> BuildConfig field; unset flags stay None so the TOML file can supply them.
 _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
@@ -107,7 +107,7 @@ def _parser() -> CliParser:
     v.add_argument("build", help="build folder holding manifest.json, or its s3:// / gs:// prefix")
     v.add_argument("--workers", type=int, default=4, help="shards checked at once (default 4)")
     v.add_argument("--quiet", action="store_true", help="no progress bar")
-    s = sub.add_parser("synth", help="write a synthetic folder dataset (see shards/synth.py)")
+    s = sub.add_parser("synth", help="write a synthetic folder dataset (see shards/bench/synth.py)")
     s.add_argument("--out", type=Path, required=True)
     s.add_argument("--tracks", type=int, default=48)
     s.add_argument("--seconds", type=float, default=10.0)
@@ -155,7 +155,7 @@ def _finish(out: object, manifest: Manifest, strict: bool) -> int:
 
 
 def _build(a: argparse.Namespace) -> int:
-    from shards.builder import build, build_part
+    from shards.builder.driver import build, build_part
 
     cfg = _config(a)
     if cfg.part is None:
@@ -174,7 +174,7 @@ def _build(a: argparse.Namespace) -> int:
 
 
 def _plan(a: argparse.Namespace) -> int:
-    from shards.builder import plan_build
+    from shards.builder.driver import plan_build
 
     cfg = _config(a)
     p = plan_build(cfg, progress=not a.quiet)
@@ -186,15 +186,15 @@ def _plan(a: argparse.Namespace) -> int:
 
 
 def _merge(a: argparse.Namespace) -> int:
-    from shards.builder import merge_build
+    from shards.builder.driver import merge_build
 
     return _finish(a.out, merge_build(a.out), a.strict)
 
 
 def _verify(a: argparse.Namespace) -> int:
     from shards.base.atomic import human_bytes
-    from shards.manifest import MANIFEST
-    from shards.verify import open_build, verify_build
+    from shards.format.manifest import MANIFEST
+    from shards.format.verify import open_build, verify_build
 
     if a.workers < 1:
         raise ValueError(f"--workers: must be >= 1, got {a.workers}")
@@ -214,7 +214,7 @@ def _verify(a: argparse.Namespace) -> int:
 
 
 def _synth(a: argparse.Namespace) -> int:
-    from shards.synth import make_synth
+    from shards.bench.synth import make_synth
 
     csv = make_synth(
         a.out,
@@ -229,7 +229,7 @@ def _synth(a: argparse.Namespace) -> int:
 
 
 def _copy(a: argparse.Namespace) -> int:
-    from shards.copy import copy_build
+    from shards.format.copy import copy_build
 
     if a.workers <= 0:
         raise ValueError(f"--workers: must be positive, got {a.workers}")

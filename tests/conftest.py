@@ -31,13 +31,13 @@ def synth_shards(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path
     """Factory ``synth_shards(task="single", codec="pcm16", tracks=24, seconds=8.0,
     sample_rate=22050, seed=0, shard_size_mb=2.0) -> Path`` of a built shard folder.
 
-    Built once per argument set and session (``shards.synth.build_synth_shards``); every
+    Built once per argument set and session (``shards.bench.synth.build_synth_shards``); every
     split (train/validation/test) holds >= 2 tracks; with the defaults: 16/4/4 tracks,
     train in 4 shards. The raw synthetic dataset stays beside it in ``../raw``
     (``labels.csv`` + audio files) for tests that compare against the source audio.
-    Labels follow ``shards.synth`` (genre = ``class_of_signal`` of the audio).
+    Labels follow ``shards.bench.synth`` (genre = ``class_of_signal`` of the audio).
     """
-    from shards.synth import build_synth_shards
+    from shards.bench.synth import build_synth_shards
 
     cache: dict[tuple, Path] = {}
 

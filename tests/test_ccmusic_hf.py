@@ -22,7 +22,7 @@ import soundfile as sf
 from PIL import Image
 
 from shards.cli import main
-from shards.manifest import read_manifest
+from shards.format.manifest import read_manifest
 
 datasets.disable_progress_bars()  # keeps stderr to our CLI's own lines
 FST = ["Classic", "Non_classic"]

@@ -16,7 +16,7 @@ from pipelines.bench.throughput import main as bench_main
 from pipelines.feature_stack import load_stats
 from pipelines.stats import main as stats_main
 from shards.base.errors import run_cli
-from shards.manifest import read_manifest
+from shards.format.manifest import read_manifest
 from train.config import load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]

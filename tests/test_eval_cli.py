@@ -11,7 +11,7 @@ import pytest
 from eval.cli import check_vocab, main, parse_args
 from eval.config import EvalConfig
 from shards.base.tasks import TaskSpec
-from shards.manifest import Manifest, SplitInfo, write_manifest
+from shards.format.manifest import Manifest, SplitInfo, write_manifest
 
 
 def test_flags_beat_overrides_beat_toml(tmp_path: Path) -> None:

@@ -14,7 +14,7 @@ from eval.predict import Predictor, expand_inputs, main
 from eval.prediction_report import describe, load_thresholds
 from pipelines.bench.small import small_overrides
 from shards.base.tasks import Level, TaskSpec
-from shards.manifest import read_manifest
+from shards.format.manifest import read_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -83,7 +83,8 @@ def test_predictions_equal_eval_track_results_and_bad_files_are_listed(
     reasons = {r["path"]: r["reason"] for r in preds.rejected}  # ... and listed with their reason
     assert set(reasons) == {str(broken), str(tmp_path / "missing.wav")}
     assert (
-        reasons[str(broken)] == f"no audio frames ({broken.stat().st_size} bytes)"  # shards/reasons.py
+        reasons[str(broken)]
+        == f"no audio frames ({broken.stat().st_size} bytes)"  # shards/importers/reasons.py
         and reasons[str(tmp_path / "missing.wav")] == "missing file"
     )
     got = np.stack([preds.probs[i] for i in range(len(files))])

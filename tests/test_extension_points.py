@@ -21,13 +21,13 @@ from pipelines.channels import CHANNELS, Channel, ChannelFn, ChannelInputs, regi
 from pipelines.config import FeatureConfig
 from pipelines.loader import build_loader
 from shards.base.tasks import TaskSpec
+from shards.bench.synth import make_synth
+from shards.builder.config import BuildConfig, load_build_config
 from shards.cli import main
-from shards.config import BuildConfig, load_build_config
+from shards.format.manifest import read_manifest
 from shards.importers import IMPORTERS, Importer, ImporterOptions, register_importer
-from shards.manifest import read_manifest
-from shards.mtat import MTATOptions
-from shards.records import Dataset, Record, hash_split, read_table, single_task
-from shards.synth import make_synth
+from shards.importers.mtat import MTATOptions
+from shards.importers.records import Dataset, Record, hash_split, read_table, single_task
 
 
 def _double_mel(fc: FeatureConfig, device: torch.device) -> ChannelFn:

@@ -18,14 +18,14 @@ import pytest
 import torch
 from helpers.faults import error_lines, temp_files
 
-from shards import reasons
 from shards.base.atomic import human_bytes
 from shards.base.errors import first_line, run_cli
+from shards.bench.synth import make_synth
 from shards.cli import main as shards_main
-from shards.manifest import read_manifest
-from shards.synth import make_synth
-from shards.verify import BadShard, LocalFiles, verify_first_open
-from shards.writer import read_index
+from shards.format.manifest import read_manifest
+from shards.format.verify import BadShard, LocalFiles, verify_first_open
+from shards.format.writer import read_index
+from shards.importers import reasons
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(task="single", tracks=24, seconds=3.0, sample_rate=8000, shard_size_mb=0.12)  # 2 tracks a shard

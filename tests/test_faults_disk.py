@@ -23,10 +23,10 @@ from helpers.faults import FailingWrites, error_lines, free_bytes, resize_tmpfs,
 
 from shards.base.atomic import WriteError, atomic_write_text, human_bytes
 from shards.base.errors import run_cli
-from shards.build_files import PARTS
+from shards.bench.synth import make_synth
+from shards.builder.build_files import PARTS
 from shards.cli import main as shards_main
-from shards.synth import make_synth
-from shards.writer import ShardWriter
+from shards.format.writer import ShardWriter
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARD = 0.2  # MiB: one 3-s track per shard

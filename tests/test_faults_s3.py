@@ -15,8 +15,8 @@ from helpers.s3 import S3
 from shards.base.atomic import human_bytes
 from shards.base.errors import run_cli
 from shards.cli import main as shards_main
-from shards.manifest import read_manifest
-from shards.verify import sha256_of
+from shards.format.manifest import read_manifest
+from shards.format.verify import sha256_of
 
 SMALL = dict(task="single", tracks=24, seconds=3.0, sample_rate=8000, shard_size_mb=0.12)  # 12 shards
 

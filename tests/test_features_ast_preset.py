@@ -19,7 +19,7 @@ from pipelines.bench.reference import ReferenceFeatures, eval_chunks, preemphasi
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig, framing
 from pipelines.feature_stack import FeatureAssembler
 from pipelines.loader import build_loader
-from shards.synth import TAGS, synth_track
+from shards.bench.synth import TAGS, synth_track
 
 # 128 HTK bins from 20 Hz in a 512-point FFT leave one filter between bins, in kaldi's bank too
 EMPTY_FILTER = pytest.mark.filterwarnings("ignore:At least one mel filterbank has all zero values")

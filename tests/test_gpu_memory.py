@@ -16,9 +16,9 @@ from pipelines.channels import dct_matrix
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
 from pipelines.loader import build_loader
 from pipelines.memory import memory_bound, release_pool_memory
-from shards.builder import build
-from shards.config import BuildConfig
-from shards.synth import GENRES, synth_track
+from shards.bench.synth import GENRES, synth_track
+from shards.builder.config import BuildConfig
+from shards.builder.driver import build
 
 pytestmark = pytest.mark.gpu
 MIB = 2**20

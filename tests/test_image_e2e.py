@@ -10,7 +10,7 @@ import pytest
 
 from eval.cli import main as eval_main
 from eval.predict import Predictor
-from shards.manifest import read_manifest
+from shards.format.manifest import read_manifest
 from train.__main__ import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]

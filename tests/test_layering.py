@@ -10,6 +10,8 @@ and nothing in the packages imports them. Every import counts, the ones inside f
 from __future__ import annotations
 
 import ast
+import importlib
+import re
 from pathlib import Path
 
 import pytest
@@ -28,8 +30,8 @@ TOOLS = (
 )
 # Where the stages are composed (a CLI may hand one stage's function to another)
 ENTRY_POINTS = {"train.__main__", "eval.cli", "eval.__main__", "eval.predict"}
-# A CLI subcommand that runs a tool: `python -m shards bench`
-TOOL_DISPATCH = {("shards.cli", "shards.bench.build_speed")}
+# A CLI subcommand that runs a tool: `python -m shards bench|synth`
+TOOL_DISPATCH = {("shards.cli", "shards.bench.build_speed"), ("shards.cli", "shards.bench.synth")}
 # the [eval] section's dataclass: part of every experiment file and checkpoint config
 SHARED_DATA = {"eval.config"}
 LIMITS = {"file_lines": 400, "function_lines": 60}
@@ -91,8 +93,9 @@ def _imports(path: Path, *, in_functions: bool = True) -> set[str]:
     return {n for n in names if n in MODULES and n.split(".")[0] in PACKAGES}
 
 
-GRAPH = {m: _imports(p) for m, p in MODULES.items()}
-AT_IMPORT = {m: _imports(p, in_functions=False) for m, p in MODULES.items()}
+# a package importing its own submodules (``from shards.format import storage`` in its face) is no edge
+GRAPH = {m: _imports(p) - {m} for m, p in MODULES.items()}
+AT_IMPORT = {m: _imports(p, in_functions=False) - {m} for m, p in MODULES.items()}
 
 
 def test_every_room_is_what_its_name_says() -> None:
@@ -186,7 +189,7 @@ def test_no_test_helper_ships_in_a_package() -> None:
 
 
 def test_files_and_functions_fit_on_a_screen() -> None:
-    """style.md: a file past ~400 lines is two modules; a function fits on a screen."""
+    """docs/architecture.md, Conventions: a file past ~400 lines is two modules; a function fits on a screen."""
     long_files, long_functions = [], []
     for m, path in MODULES.items():
         src = path.read_text()
@@ -198,3 +201,84 @@ def test_files_and_functions_fit_on_a_screen() -> None:
                 if n > LIMITS["function_lines"]:
                     long_functions.append(f"{m}.{node.name}: {n} lines")
     assert not long_files and not long_functions, long_files + long_functions
+
+
+# shards/ rooms (docs/architecture.md): what each may import of shards
+SHARDS_ROOMS = {
+    "shards.format": ("shards.base", "shards.format"),
+    "shards.importers": ("shards.base", "shards.importers"),
+    "shards.builder": ("shards.base", "shards.format", "shards.importers", "shards.builder"),
+}
+FACE = ("shards.base", "shards.format")
+"""What a library module outside ``shards`` may import of it."""
+
+
+def _shards_deps(module: str) -> set[str]:
+    return {d for d in GRAPH[module] if d.split(".")[0] == "shards"}
+
+
+@pytest.mark.parametrize("room_name", sorted(SHARDS_ROOMS))
+def test_each_shards_room_imports_only_the_rooms_below(room_name: str) -> None:
+    allowed = SHARDS_ROOMS[room_name]
+    bad = {
+        m: sorted(d for d in _shards_deps(m) if not any(_in(d, a) for a in allowed))
+        for m in MODULES
+        if _in(m, room_name)
+    }
+    assert any(_in(m, room_name) for m in MODULES), f"{room_name} is gone: update SHARDS_ROOMS"
+    assert not {m: d for m, d in bad.items() if d}
+
+
+def test_other_stages_reach_shards_only_through_base_and_format() -> None:
+    """Library modules of pipelines, train and eval import ``shards.base`` and ``shards.format``;
+    entry points (``eval.predict`` builds shards from audio files) and tools are exempt by name."""
+    bad = {
+        m: sorted(d for d in _shards_deps(m) if not any(_in(d, a) for a in FACE))
+        for m in MODULES
+        if room(m) == "library" and m.split(".")[0] != "shards" and m not in ENTRY_POINTS
+    }
+    assert not {m: d for m, d in bad.items() if d}
+
+
+def test_shards_keeps_few_flat_modules() -> None:
+    """Entry modules only at the top of shards/; everything else lives in a room."""
+    flat = sorted(p.name for p in (ROOT / "shards").glob("*.py"))
+    assert len(flat) <= 8, flat
+    assert {"base", "format", "importers", "builder", "bench"} <= {
+        p.name for p in (ROOT / "shards").iterdir() if (p / "__init__.py").is_file()
+    }
+
+
+# dotted names, not file paths (``docs/eval.md``, ``shards/cli.py``)
+_DOTTED = re.compile(r"(?<![\w/.-])((?:shards|pipelines|train|eval)(?:\.[A-Za-z_]\w*)+)(?![\w/])")
+_FILE_SUFFIXES = ("md", "py", "toml", "json", "txt")
+
+
+def _resolves(dotted: str) -> bool:
+    """A module, or an attribute reached from the longest importable module prefix."""
+    parts = dotted.split(".")
+    for cut in range(len(parts), 0, -1):
+        try:
+            obj: object = importlib.import_module(".".join(parts[:cut]))
+        except ModuleNotFoundError:
+            continue
+        for name in parts[cut:]:
+            if not hasattr(obj, name):
+                return False
+            obj = getattr(obj, name)
+        return True
+    return False
+
+
+def test_package_docstrings_name_what_exists() -> None:
+    """A package docstring is a newcomer's index: every dotted name it mentions resolves."""
+    missing = {}
+    for m, path in MODULES.items():
+        if path.name != "__init__.py":
+            continue
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        names = {d for d in _DOTTED.findall(doc) if d.rsplit(".", 1)[-1] not in _FILE_SUFFIXES}
+        gone = sorted(d for d in names if not _resolves(d))
+        if gone:
+            missing[m] = gone
+    assert not missing

@@ -29,10 +29,10 @@ from pipelines.config import AugmentConfig, framing
 from pipelines.loader import build_loader
 from pipelines.memory import memory_bound
 from pipelines.shard_checks import ShardError
-from shards.builder import build
-from shards.config import BuildConfig
-from shards.manifest import SEGMENT_FIELDS, read_manifest
-from shards.synth import GENRES, synth_track
+from shards.bench.synth import GENRES, synth_track
+from shards.builder.config import BuildConfig
+from shards.builder.driver import build
+from shards.format.manifest import SEGMENT_FIELDS, read_manifest
 
 SR, SEG = 8000, 30 * 8000
 TEST_SECONDS = [1.0, 2.5, 29.0, 30.0, 31.0, 61.5, 150.0, 300.0, 720.0]  # 1+1+1+1+2+3+5+10+24 = 48 segments

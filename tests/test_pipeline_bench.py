@@ -99,7 +99,7 @@ def test_bench_long_compares_the_same_audio_three_ways(tmp_path, capsys):
     assert [r["set"] for r in rows] == ["2s", "4s-segmented", "4s-whole"]
     assert [int(r["chunks"]) for r in rows] == [8, 8, 8]  # 2 batches of 4: full samples keep every draw
     assert float(rows[0]["vs_short"]) == 1.0 and all(float(r["chunks_per_s"]) > 0 for r in rows)
-    from shards.manifest import read_manifest
+    from shards.format.manifest import read_manifest
 
     seg, whole = (
         read_manifest(tmp_path / f"shards-pcm16-4s-{k}").split("train") for k in ("segmented", "whole")

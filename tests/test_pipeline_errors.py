@@ -93,7 +93,7 @@ def test_split_too_small_for_a_training_batch(shards):
 
 
 def test_fewer_tracks_than_ranks(shards):
-    from shards.manifest import read_manifest
+    from shards.format.manifest import read_manifest
 
     n = read_manifest(shards).split("train").num_samples
     fc, aug, lc = small_configs()

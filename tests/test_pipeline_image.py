@@ -14,7 +14,7 @@ from pipelines.bench.image_baseline import ImageBaselineLoader, reference_image
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
 from pipelines.loader import build_loader
 from pipelines.shard_checks import ShardError
-from shards.manifest import read_manifest
+from shards.format.manifest import read_manifest
 
 CHANNELS = ["mel", "cqt", "chroma"]
 # Tolerances on [0, 1] pixel values, DALI (libjpeg-turbo decode, its antialiased linear resize)

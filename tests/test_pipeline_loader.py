@@ -18,7 +18,7 @@ from helpers.tars import mel_centres, read_tracks
 from pipelines.bench.small import small_configs
 from pipelines.config import AugmentConfig
 from pipelines.loader import build_loader, resolve_device
-from shards.synth import GENRE_BANDS, class_of_signal
+from shards.bench.synth import GENRE_BANDS, class_of_signal
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 SR, SECONDS, TRACKS = 8000, 2.5, 13  # train split: 9 tracks (odd: uneven 2-rank shards), 3 chunks each

@@ -24,7 +24,7 @@ from pipelines.bench.small import small_configs
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig, framing
 from pipelines.feature_stack import FeatureAssembler
 from pipelines.loader import build_loader
-from shards.synth import GENRE_BANDS
+from shards.bench.synth import GENRE_BANDS
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 TOL = {

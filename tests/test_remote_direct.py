@@ -13,7 +13,7 @@ from helpers.s3 import S3
 
 from pipelines.bench.small import small_configs
 from pipelines.loader import build_loader
-from shards.manifest import read_manifest
+from shards.format.manifest import read_manifest
 
 
 def test_direct_member_reads_give_the_local_batches(synth_shards, s3: S3, tmp_path) -> None:

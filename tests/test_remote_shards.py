@@ -14,7 +14,7 @@ from helpers.s3 import S3
 from pipelines.bench.small import small_configs
 from pipelines.loader import build_loader
 from pipelines.read_order import ReadOrder
-from shards.manifest import read_manifest
+from shards.format.manifest import read_manifest
 
 SR, SECONDS = 8000, 2.5
 
@@ -137,7 +137,7 @@ def test_shard_checks_use_object_metadata_not_downloads(build, s3: S3) -> None:
     """``checksums=True`` on a store compares the manifest's sha256 with each object's metadata
     (HEADs, no tar GET): present after ``shards copy``, reported missing after a plain upload."""
     from pipelines.shard_checks import ShardError, validate_split
-    from shards.copy import copy_build
+    from shards.format.copy import copy_build
 
     local, plain = build
     fc, _, lc = small_configs()

@@ -18,7 +18,7 @@ import pipelines.graph
 from eval.cli import main as eval_main
 from pipelines.stats import main as stats_main
 from shards.base.errors import run_cli
-from shards.manifest import read_manifest
+from shards.format.manifest import read_manifest
 from train.__main__ import main as train_main
 from train.logger import read_metrics
 

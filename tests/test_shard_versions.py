@@ -21,16 +21,16 @@ from helpers.old_formats import as_version
 from helpers.tars import read_ids
 
 import pipelines.graph as graph
-import shards.members
-import shards.merge
-import shards.plan as plan_module
+import shards.builder.merge
+import shards.builder.plan as plan_module
+import shards.format.members
 from pipelines.bench.small import small_configs
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
 from pipelines.loader import build_loader
-from shards.builder import build, import_dataset
-from shards.config import BuildConfig
-from shards.manifest import read_manifest
-from shards.verify import verify_build
+from shards.builder.config import BuildConfig
+from shards.builder.driver import build, import_dataset
+from shards.format.manifest import read_manifest
+from shards.format.verify import verify_build
 
 SR = 8000
 IMAGE_CHANNELS = ["mel", "cqt", "chroma"]
@@ -161,7 +161,7 @@ def test_a_version_2_build_in_the_folder_is_rebuilt(
     again must not take it for up to date, and writes version 3."""
     out = tmp_path / "out"
     with monkeypatch.context() as old_writer:
-        for module in (shards.members, plan_module, shards.merge):
+        for module in (shards.format.members, plan_module, shards.builder.merge):
             old_writer.setattr(module, "VERSION", 2)
         assert build(_config(segmented, out), progress=False).version == 2
     assert _exts(out, "train") == {frozenset({"pcm", "lbl", "tid", "seg", "json"})}

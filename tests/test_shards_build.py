@@ -12,9 +12,9 @@ import pytest
 from helpers.datasets import add_rows, synth_row
 from helpers.tars import read_members
 
+from shards.bench.synth import GENRES, class_of_signal, make_synth
 from shards.cli import main
-from shards.manifest import read_manifest
-from shards.synth import GENRES, class_of_signal, make_synth
+from shards.format.manifest import read_manifest
 
 
 @pytest.fixture(scope="module")
@@ -203,9 +203,9 @@ def test_manifest_pointing_outside_is_refused(raw: Path, tmp_path: Path) -> None
 def test_interrupted_build_resumes_after_last_finished_shard(
     raw: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import shards.builder as builder
-    import shards.workers as workers
-    from shards.config import BuildConfig
+    import shards.builder.driver as builder
+    import shards.builder.workers as workers
+    from shards.builder.config import BuildConfig
 
     cfg = BuildConfig(source="folder", root=raw, out=tmp_path / "o", workers=1, shard_size_mb=0.01)
     real, calls = workers.process_indexed, []
@@ -238,8 +238,8 @@ def test_interrupted_build_resumes_after_last_finished_shard(
 
 
 def test_hash_split_without_split_column(tmp_path: Path) -> None:
-    from shards.config import BuildConfig
-    from shards.folder import load
+    from shards.builder.config import BuildConfig
+    from shards.importers.folder import load
 
     rows = "".join(f"audio/x{i}.wav,a\n" for i in range(400))  # load() does not open the audio
     (tmp_path / "labels.csv").write_text("path,label\n" + rows)
@@ -284,8 +284,8 @@ def test_dali_decodes_compressed_codecs(raw: Path, tmp_path: Path, codec: str) -
 
 def test_keys_are_sanitised_and_unique() -> None:
     from shards.base.tasks import TaskSpec
-    from shards.plan import order_records
-    from shards.records import Dataset, Record
+    from shards.builder.plan import order_records
+    from shards.importers.records import Dataset, Record
 
     recs = [
         Record(key=k, audio=Path(k), labels="x", split="train", path=k)
@@ -303,9 +303,9 @@ def test_long_keys_stay_sanitised_when_made_unique(tmp_path: Path) -> None:
     """Two paths alike in their first 80 key characters (deep folders, long titles): the
     de-duplicated key must still be one the writer accepts (it refused ``<80 chars>_2``)."""
     from shards.base.tasks import TaskSpec
-    from shards.plan import order_records
-    from shards.records import Dataset, Record
-    from shards.writer import MAX_KEY, ShardWriter, sanitize_key
+    from shards.builder.plan import order_records
+    from shards.format.writer import MAX_KEY, ShardWriter, sanitize_key
+    from shards.importers.records import Dataset, Record
 
     recs = [
         Record(key=k, audio=Path(k), labels="x", split="train", path=k)
@@ -329,7 +329,7 @@ def test_track_resampled_to_nothing_is_rejected() -> None:
     import numpy as np
     import soundfile as sf
 
-    from shards.audio import AudioSpec, transcode
+    from shards.builder.audio import AudioSpec, transcode
 
     buf = io.BytesIO()
     sf.write(buf, np.ones(2, dtype=np.float32) * 0.1, 48000, format="WAV")

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from helpers.s3 import S3
 
-from shards.base import storage
 from shards.cli import main
-from shards.copy import copy_build
-from shards.manifest import MANIFEST, read_manifest
+from shards.format import storage
+from shards.format.copy import copy_build
+from shards.format.manifest import MANIFEST, read_manifest
 
 
 @pytest.fixture(scope="module")

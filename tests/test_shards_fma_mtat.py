@@ -13,12 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 from helpers.datasets import build_cli, mp3_bytes, read_labels, read_rejects
+from helpers.mtat_columns import MTAT_COLUMNS
 
-from shards.audio import AudioSpec, transcode
-from shards.manifest import read_manifest
-from shards.mtat import GENRE_TAGS, main_genre
-from shards.mtat_columns import MTAT_COLUMNS
-from shards.mtat_split import map_tags
+from shards.builder.audio import AudioSpec, transcode
+from shards.format.manifest import read_manifest
+from shards.importers.mtat import GENRE_TAGS, main_genre, map_tags
 
 # ---------------------------------------------------------------- FMA
 # tracks.csv as fma_metadata.zip ships it: 52 columns, sorted, under (album|artist|set|track).

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from shards.workers import process_indexed as real_process_indexed
+from shards.builder.workers import process_indexed as real_process_indexed
 
 # light imports only at the top: the build's spawned workers import this module for die_on_crash_file
 
@@ -23,12 +23,12 @@ SR = 8000
 
 @pytest.mark.slow
 def test_five_minute_ogg_synth_and_build(tmp_path: Path) -> None:
-    from shards.builder import build
-    from shards.config import BuildConfig
+    from shards.builder.config import BuildConfig
+    from shards.builder.driver import build
 
     raw = tmp_path / "raw"
     code = (
-        "from shards.synth import make_synth; "
+        "from shards.bench.synth import make_synth; "
         f"make_synth({str(raw)!r}, tracks=6, seconds=300, formats=['ogg'], sample_rates=[{SR}])"
     )
     # a subprocess: the unfixed write kills its process with SIGSEGV (exit 139), not a test error
@@ -55,10 +55,10 @@ def test_a_dead_worker_is_a_reject_not_a_hang(tmp_path: Path, monkeypatch: pytes
     import pandas as pd
     from helpers.tars import read_tracks
 
-    import shards.builder as builder
-    import shards.workers as workers
-    from shards.config import BuildConfig
-    from shards.manifest import read_manifest
+    import shards.builder.driver as builder
+    import shards.builder.workers as workers
+    from shards.builder.config import BuildConfig
+    from shards.format.manifest import read_manifest
 
     raw = tmp_path / "raw"
     (raw / "audio").mkdir(parents=True)
@@ -86,9 +86,9 @@ def test_resume_keeps_whole_tracks_of_segments(tmp_path: Path, monkeypatch: pyte
     """A shard ends only between tracks, so a resumed build equals a fresh one, segment for segment."""
     import pandas as pd
 
-    import shards.builder as builder
-    import shards.workers as workers
-    from shards.config import BuildConfig
+    import shards.builder.driver as builder
+    import shards.builder.workers as workers
+    from shards.builder.config import BuildConfig
 
     raw = tmp_path / "raw"
     (raw / "audio").mkdir(parents=True)

@@ -13,8 +13,8 @@ import ray
 from helpers.decode_faults import KILL_MARKER
 from helpers.scale import assert_same_build, build_args, make_raw, reference
 
+from shards.builder.ray_executor import kept_signal_handlers
 from shards.cli import main
-from shards.ray_executor import kept_signal_handlers
 
 TESTS = Path(__file__).resolve().parent
 pytestmark = pytest.mark.slow  # Ray's start-up: a few seconds

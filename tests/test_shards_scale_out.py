@@ -21,14 +21,14 @@ import soundfile as sf
 from helpers import decode_faults as faults
 from helpers.scale import assert_same_build, build_args, build_files, make_raw, reference
 
-import shards.estimate as estimate
-import shards.workers as workers
-from shards.base.storage import list_files, read_bytes
-from shards.build_lock import hold_lease
+import shards.builder.estimate as estimate
+import shards.builder.workers as workers
+from shards.builder.lock import hold_lease
+from shards.builder.output import BuildOutput
+from shards.builder.plan import PlannedRecord, ShardPlan
 from shards.cli import main
-from shards.output import BuildOutput
-from shards.plan import PlannedRecord, ShardPlan
-from shards.records import Record
+from shards.format.storage import list_files, read_bytes
+from shards.importers.records import Record
 
 TESTS = Path(__file__).resolve().parent
 

@@ -15,7 +15,7 @@ from helpers.datasets import mp3_bytes as _mp3
 from helpers.datasets import read_labels as _labels
 from helpers.datasets import read_rejects as _rejects
 
-from shards.manifest import read_manifest
+from shards.format.manifest import read_manifest
 
 # ---------------------------------------------------------------- ccmusic (Hugging Face parquet)
 FST = ["1_Classic", "2_Non_classic"]

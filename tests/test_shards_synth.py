@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from shards.manifest import SEGMENT_FIELDS, read_manifest
-from shards.synth import GENRE_BANDS, GENRES, TAGS, class_of_signal, make_synth, synth_track
-from shards.writer import read_index
+from shards.bench.synth import GENRE_BANDS, GENRES, TAGS, class_of_signal, make_synth, synth_track
+from shards.format.manifest import SEGMENT_FIELDS, read_manifest
+from shards.format.writer import read_index
 
 
 def _members(tar: Path) -> dict[str, dict[str, bytes]]:

@@ -1,4 +1,4 @@
-"""shards.base.storage: one API for a local folder and an s3:// prefix, and one error line per
+"""shards.format.storage: one API for a local folder and an s3:// prefix, and one error line per
 failure, never a credential (a local moto server in its own process: tests/helpers/s3.py)."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from helpers.s3 import S3
 
-from shards.base import storage
 from shards.base.errors import run_cli
 from shards.bench.local_s3 import TEST_CREDENTIALS, LocalS3
+from shards.format import storage
 
 
 @pytest.fixture(params=["local", "s3"])

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal, TypedDict
 import torch
 
 from shards.base.tasks import TaskSpec
-from shards.manifest import Manifest, read_manifest
+from shards.format import Manifest, read_manifest
 from train.config import Experiment
 from train.synthetic import SyntheticLoader, synthetic_task
 

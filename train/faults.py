@@ -1,7 +1,7 @@
 """A shard that goes bad under a running job: stop with one line naming it and the step.
 
 The loader turns a reader error from a truncated or damaged shard into
-``shards.verify.BadShard``; the Trainer hands it here. One process: the run is checkpointed
+``shards.format.verify.BadShard``; the Trainer hands it here. One process: the run is checkpointed
 first, so nothing trained is lost. Under DDP the other ranks are already waiting in the
 step's collectives and cannot join a save: the line names the last checkpoint written
 before it, and only the rank that read the shard knows it, so that rank prints it.
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from shards.verify import BadShard
+from shards.format import BadShard
 
 __all__ = ["BadShard", "stop_on_bad_shard"]
 

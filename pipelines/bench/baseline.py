@@ -30,8 +30,7 @@ from pipelines.feature_stack import FeatureAssembler, stats_path
 from pipelines.loader import labels_to_y
 from pipelines.shard_checks import load_manifest, validate_split
 from shards.base.distributed import resolve_rank
-from shards.manifest import Manifest
-from shards.members import member_layout
+from shards.format import Manifest, member_layout
 
 
 class _Featurize:
@@ -97,7 +96,7 @@ class _Featurize:
 
     def ids(self, sample: dict[str, Any]) -> tuple[torch.Tensor, int]:
         """The sample's labels ``(label_width,)`` and track id, whichever members hold them
-        (``shards.members``: ``ids`` from version 3, ``lbl`` + ``tid`` before)."""
+        (``shards.format.members``: ``ids`` from version 3, ``lbl`` + ``tid`` before)."""
         where = f"{sample.get('__url__')}: sample {sample.get('__key__')}"
         fields = member_layout(self.manifest).unpack(sample, where)
         return torch.from_numpy(fields["lbl"]), int(fields["tid"][0])

@@ -115,7 +115,7 @@ def run_checks(
 def build_inputs(folder: Path) -> tuple[Path, Path]:
     """Small audio and image shards under ``folder`` (built once)."""
     from pipelines.bench.synth_images import build_synth_image_shards
-    from shards.synth import build_synth_shards
+    from shards.bench.synth import build_synth_shards
 
     audio, images = folder / "audio", folder / "images"
     if not (audio / "manifest.json").is_file():

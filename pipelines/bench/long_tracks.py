@@ -20,10 +20,10 @@ import numpy as np
 import pandas as pd
 
 from pipelines.bench.throughput import DEFAULT_CONFIG, make_loader, pipeline_config, time_batches
-from shards.audio import write_blocks
 from shards.base.errors import CliParser
-from shards.manifest import Codec
-from shards.synth import CSV_NAME, GENRES, make_synth, synth_track
+from shards.bench.synth import CSV_NAME, GENRES, make_synth, synth_track
+from shards.builder.audio import write_blocks
+from shards.format import Codec
 
 
 def _all_train(raw: Path) -> None:
@@ -34,8 +34,8 @@ def _all_train(raw: Path) -> None:
 
 
 def _shards(raw: Path, out: Path, rate: int, segment: float, codec: Codec, workers: int) -> Path:
-    from shards.builder import build
-    from shards.config import BuildConfig
+    from shards.builder.config import BuildConfig
+    from shards.builder.driver import build
 
     opts: dict[str, Any] = {
         "sample_rate": rate,
@@ -88,7 +88,7 @@ def throughput(args: argparse.Namespace, cfg: dict[str, Any]) -> list[dict[str, 
 
 def eval_data(out: Path, tracks: int, seconds: float, rate: int, seed: int = 0) -> Path:
     """``tracks`` test tracks of ``seconds`` (plus 2 short train and validation tracks) with
-    the synthetic genre rule (the lead tone of ``shards.synth``, plus noise): cheap to make at
+    the synthetic genre rule (the lead tone of ``shards.bench.synth``, plus noise): cheap to make at
     any length."""
     rng = np.random.default_rng(seed)
     (out / "audio").mkdir(parents=True, exist_ok=True)

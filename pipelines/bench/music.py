@@ -4,7 +4,7 @@ There is no real music on the machines this project is tested on and nothing may
 so the CQT's parity with ``librosa.cqt`` (tests/test_cqt.py, docs/pipeline.md) and the README's
 feature picture use these clips: a bass line (E1-E2, the octaves a pseudo-CQT smears), chords,
 a melody with vibrato and drums (kick, snare, hi-hat) at a random tempo and key per seed, written
-as MP3 by libsndfile and decoded back through ``shards.audio`` (soundfile, mono, soxr).
+as MP3 by libsndfile and decoded back through ``shards.builder.audio`` (soundfile, mono, soxr).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from shards.audio import decode, to_mono
+from shards.builder.audio import decode, to_mono
 
 RATE = 44100
 PROGRESSIONS = ([0, 7, 9, 5], [0, 5, 7, 5], [9, 5, 0, 7], [0, 3, 5, 7])  # semitones above the key

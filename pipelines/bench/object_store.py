@@ -20,12 +20,10 @@ from typing import Any
 
 from pipelines.bench.throughput import add_shard_args, bench_shards, machine, pipeline_config
 from pipelines.loader import build_loader
-from shards.base import storage
 from shards.base.errors import CliParser, run_cli
 from shards.bench.local_s3 import LocalS3
-from shards.copy import copy_build
-from shards.manifest import read_manifest
-from shards.synth import build_synth_shards
+from shards.bench.synth import build_synth_shards
+from shards.format import copy_build, read_manifest, storage
 
 
 def _epochs(make: Any, epochs: int, server: LocalS3, samples: int) -> list[dict[str, Any]]:

@@ -17,15 +17,14 @@ from pathlib import Path
 from nvidia.dali import fn, pipeline_def, types
 
 from shards.base.errors import CliParser, run_cli
-from shards.manifest import read_manifest
-from shards.members import member_layout
+from shards.format import member_layout, read_manifest
 
 
 def reader_rate(
     tars: list[Path], idxs: list[Path], fixed: list[str], *, mmap: bool, threads: int, seconds: float
 ) -> float:
     """Samples per second through a reader-only pipeline (each sample's bytes read once);
-    ``fixed``: the ids members the loader reads besides the audio (``shards.members``)."""
+    ``fixed``: the ids members the loader reads besides the audio (``shards.format.members``)."""
 
     @pipeline_def(batch_size=16, num_threads=threads, device_id=None, prefetch_queue_depth=2)  # type: ignore[call-overload]
     def reader():  # type: ignore[no-untyped-def]

@@ -3,7 +3,7 @@
 What a user with precomputed spectrograms (the seeds' route, ccmusic's ``eval`` config) has:
 one image per channel and track, a ``labels.csv`` in the folder importer's image layout
 (``path`` = the mel image, ``cqt``, ``chroma`` columns). The labels stay learnable: the
-genre is the frequency band holding the most energy (``shards.synth``), visible in every
+genre is the frequency band holding the most energy (``shards.bench.synth``), visible in every
 channel. Images are rendered with the CPU reference features (low frequencies at the
 bottom, as librosa's ``specshow`` draws them), scaled per image to 0..255.
 """
@@ -22,9 +22,9 @@ from PIL import Image
 from pipelines.bench.reference import ReferenceFeatures
 from pipelines.config import FeatureConfig
 from pipelines.feature_stack import FeatureAssembler
-from shards.audio import decode, to_mono
 from shards.base.atomic import atomic_path, atomic_write_text
-from shards.synth import make_synth
+from shards.bench.synth import make_synth
+from shards.builder.audio import decode, to_mono
 
 # small, fast render settings (the images are the dataset: the pipeline resizes them anyway)
 RENDER = FeatureConfig(n_fft=1024, hop_length=256, n_mels=64, n_mfcc=20, channels=["mel", "cqt", "chroma"])
@@ -82,8 +82,8 @@ def build_synth_image_shards(
     progress: bool = False,
 ) -> Path:
     """Render a synthetic image dataset into ``raw`` and build its image shards into ``out``."""
-    from shards.builder import build
-    from shards.config import BuildConfig
+    from shards.builder.config import BuildConfig
+    from shards.builder.driver import build
 
     make_synth_images(raw, tracks=tracks, seconds=seconds, seed=seed)
     cfg = BuildConfig(source="folder", root=Path(raw), out=Path(out), task=task, seed=seed, workers=workers)  # type: ignore[arg-type]

@@ -28,10 +28,10 @@ import torch
 
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
 from pipelines.defaults import feature_defaults
-from shards.base import storage
 from shards.base.config import load_sections, to_dict
 from shards.base.distributed import resolve_device
 from shards.base.errors import CliParser
+from shards.format import storage
 
 PIPELINES = ("dali-gpu", "dali-cpu", "baseline")
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "demo_customcnn.toml"
@@ -252,7 +252,7 @@ def bench_shards(ap: CliParser, args: argparse.Namespace, sample_rate: int, prog
         raw = args.synth.with_name(args.synth.name + "-raw")
         build_synth_image_shards(args.synth, raw=raw, tracks=args.synth_tracks, seconds=args.synth_seconds)
     elif args.synth is not None and not (args.synth / "manifest.json").is_file():
-        from shards.synth import build_synth_shards
+        from shards.bench.synth import build_synth_shards
 
         build_synth_shards(
             args.synth, tracks=args.synth_tracks, seconds=args.synth_seconds, sample_rate=sample_rate,

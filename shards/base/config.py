@@ -257,7 +257,7 @@ def section_table(tree: dict[str, Any], name: str, label: str) -> dict[str, Any]
 
 
 def field_docs(cls: type) -> dict[str, str]:
-    """Each field's docstring line (the string under it, style.md), for generated CLI help."""
+    """Each field's docstring line (the string under it: docs/architecture.md, Conventions), for generated CLI help."""
     docs: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
         if not dataclasses.is_dataclass(klass):

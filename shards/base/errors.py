@@ -18,7 +18,7 @@ from shards.base.distributed import is_main_process
 from shards.base.progress import close_all, write_line
 
 UserError = (ValueError, FileNotFoundError, NotADirectoryError, WriteError)
-"""What a wrong config, path or input raises in this project (style.md: ``ValueError`` for
+"""What a wrong config, path or input raises in this project (docs/architecture.md, Conventions: ``ValueError`` for
 user mistakes, ``assert`` for internal invariants), and a write the machine refused (a full
 disk, an I/O error: ``shards.base.atomic.WriteError``)."""
 

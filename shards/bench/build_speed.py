@@ -16,10 +16,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from shards.audio import SOXR_QUALITY, decode, encode, to_mono
-from shards.builder import build
-from shards.config import BuildConfig
-from shards.synth import make_synth
+from shards.bench.synth import make_synth
+from shards.builder.audio import SOXR_QUALITY, decode, encode, to_mono
+from shards.builder.config import BuildConfig
+from shards.builder.driver import build
 
 
 def _cpu_seconds() -> float:

@@ -24,19 +24,19 @@ from typing import Any
 import numpy as np
 import soundfile as sf
 
-from shards.audio import Encoded
 from shards.base.tasks import TaskSpec
 from shards.bench.build_speed import synth_mp3
-from shards.build_files import read_plan, write_plan
-from shards.builder import build
-from shards.config import BuildConfig
-from shards.estimate import Layout, estimate_all
-from shards.merge import merge
-from shards.output import BuildOutput
-from shards.plan import fingerprint, order_records, plan
-from shards.records import Dataset, Record
-from shards.shard_task import build_shard
-from shards.workers import DecodePool
+from shards.builder.audio import Encoded
+from shards.builder.build_files import read_plan, write_plan
+from shards.builder.config import BuildConfig
+from shards.builder.driver import build
+from shards.builder.estimate import Layout, estimate_all
+from shards.builder.merge import merge
+from shards.builder.output import BuildOutput
+from shards.builder.plan import fingerprint, order_records, plan
+from shards.builder.shard_task import build_shard
+from shards.builder.workers import DecodePool
+from shards.importers.records import Dataset, Record
 
 
 def _digest(out: Path) -> str:

@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
+from shards.bench.synth import GENRES, MOODS, TAGS, synth_track
 from shards.cli import main
-from shards.manifest import read_manifest
-from shards.synth import GENRES, MOODS, TAGS, synth_track
+from shards.format.manifest import read_manifest
 
 SR = 22050
 

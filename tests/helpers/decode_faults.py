@@ -1,5 +1,5 @@
 """Faults for the scale-out tests, injected where a build decodes: a decode that crawls, one
-that hangs, one that kills its Ray worker once. They replace ``shards.workers.process_indexed``
+that hangs, one that kills its Ray worker once. They replace ``shards.builder.workers.process_indexed``
 (the function a decode process runs), so they reach spawned decode processes (pickled by
 reference: this module must be importable there, ``tests/`` on PYTHONPATH) and, through
 ``ray_setup`` (a Ray ``worker_process_setup_hook``), Ray workers."""
@@ -12,8 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import shards.estimate as estimate
-import shards.workers as workers
+import shards.builder.estimate as estimate
+import shards.builder.workers as workers
 
 REAL_DECODE = workers.process_indexed
 REAL_ESTIMATE = estimate.estimate_record

@@ -4,8 +4,8 @@
 sample) as version 2 wrote it (separate ``lbl``, ``tid``, ``seg`` members, in that order after
 the media) or version 1 (no segment fields at all; whole-track builds only). The ``ids`` member
 is split here from the format's description (``docs/shard-format.md``: ``[tid, *lbl, *seg]``),
-not with ``shards.members``, so the loader's own unpacking is checked against it. The tars are
-written again through the project's writer (``shards.writer.ShardWriter``: the DALI index
+not with ``shards.format.members``, so the loader's own unpacking is checked against it. The tars are
+written again through the project's writer (``shards.format.writer.ShardWriter``: the DALI index
 regenerated from the new offsets), and the manifest's version, shard sha256, sizes and index
 fields follow; every other byte of every member is the source's.
 """
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from helpers.tars import tar_samples
-from shards.manifest import MANIFEST, META_EXT, SEGMENT_FIELDS, read_manifest
-from shards.writer import ShardWriter
+from shards.format.manifest import MANIFEST, META_EXT, SEGMENT_FIELDS, read_manifest
+from shards.format.writer import ShardWriter
 
 
 def _rewrite(parts: dict[str, bytes], width: int, audio: bool, version: int, where: str) -> dict[str, bytes]:

@@ -12,8 +12,8 @@ import pandas as pd
 import soundfile as sf
 
 from helpers.datasets import add_rows, synth_row
+from shards.bench.synth import make_synth
 from shards.cli import main
-from shards.synth import make_synth
 
 SHARD_MB = "0.035"  # ~2 tracks of 2 s per shard (OGG; estimated 13.5 KiB each with their ids and json)
 

@@ -15,8 +15,8 @@ import torch
 import torchaudio
 
 from pipelines.config import FeatureConfig
-from shards.manifest import Manifest, read_manifest
-from shards.members import member_layout
+from shards.format.manifest import Manifest, read_manifest
+from shards.format.members import member_layout
 
 
 @dataclass

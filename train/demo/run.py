@@ -42,7 +42,7 @@ def run(out: Path, *, tracks: int, seconds: float, config: Path = CONFIG) -> dic
     timings: dict[str, float] = {}
 
     def build() -> None:
-        from shards.synth import build_synth_shards
+        from shards.bench.synth import build_synth_shards
 
         if (shards / "manifest.json").is_file():
             print(f"{shards}: already built (delete it to rebuild)")

@@ -157,9 +157,9 @@ def build_bench_shards(
     """Synthetic shards of ``tracks`` tracks: ``distinct`` synthesised (WAV at the features' rate,
     mono), the rest hard links to them. Synthesis costs ~0.1 s per 30-s track on one core; a
     repeat costs the pipeline exactly what a new track would (it is decoded and featurised again)."""
-    from shards.builder import build
-    from shards.config import BuildConfig
-    from shards.synth import CSV_NAME, make_synth
+    from shards.bench.synth import CSV_NAME, make_synth
+    from shards.builder.config import BuildConfig
+    from shards.builder.driver import build
 
     out = Path(out)
     raw = out.parent / f"{out.name}-raw"
