@@ -242,21 +242,10 @@ def masks(a: AugmentConfig, k: int, f: int, t: int, device: str):  # type: ignor
     return mask
 
 
-def _graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
-    features, framing = spec.features, spec.framing
-    members = _read(spec)
-    audio, lbl, tid = members[:3]
-    seg = members[3] if spec.segmented else None
-    stored, n_in = source(spec, audio)  # CPU, at the shards' rate
-    n = feature_length(spec, n_in)
-    starts = None
-    if spec.mode == "train":
-        rows, starts, nchunks = _train_rows(spec, stored, n_in, n, seg)
-    else:  # the whole sample (at most one segment) to the device
-        rows = _eval_rows(spec, on_device(spec, stored), n)
-        nchunks = chunk_count(n, framing.chunk)
-    laid = fn.slice(rows, start=[-framing.lead], shape=[framing.stride], axes=[1], out_of_bounds_policy="pad")
-    flat = fn.reshape(laid, shape=[-1])
+def spectra(features: FeatureConfig, flat):  # type: ignore[no-untyped-def]
+    """A 1-D signal node (frames start every hop: pad it by the window's half to centre them)
+    -> its power spectrogram ``(frames, n_fft/2+1)`` and dB mel ``(frames, n_mels)``, frame-major.
+    Shared by the loader's graph and the whole-file features (``pipelines.whole_file``)."""
     window = torch.hann_window(features.window, periodic=True, dtype=torch.float64).tolist()
     power = fn.spectrogram(
         flat,
@@ -278,6 +267,25 @@ def _graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
         mel_formula=features.mel_formula,
     )
     mel_db = fn.to_decibels(mel, multiplier=10.0, reference=1.0, cutoff_db=features.db_floor)
+    return power, mel_db
+
+
+def _graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
+    features, framing = spec.features, spec.framing
+    members = _read(spec)
+    audio, lbl, tid = members[:3]
+    seg = members[3] if spec.segmented else None
+    stored, n_in = source(spec, audio)  # CPU, at the shards' rate
+    n = feature_length(spec, n_in)
+    starts = None
+    if spec.mode == "train":
+        rows, starts, nchunks = _train_rows(spec, stored, n_in, n, seg)
+    else:  # the whole sample (at most one segment) to the device
+        rows = _eval_rows(spec, on_device(spec, stored), n)
+        nchunks = chunk_count(n, framing.chunk)
+    laid = fn.slice(rows, start=[-framing.lead], shape=[framing.stride], axes=[1], out_of_bounds_policy="pad")
+    flat = fn.reshape(laid, shape=[-1])
+    power, mel_db = spectra(features, flat)
     outs = [mel_db]
     if features.needs_power:
         outs.append(power)
