@@ -14,8 +14,11 @@ octave, from the top, and so is this one:
    below uses the same-length filters at half the rate; responses are divided by
    ``sqrt(filter length)`` (librosa's ``scale=True``).
 
-librosa halves with soxr; here a Kaiser-windowed sinc: both are flat far above the bins an octave
-reads. Parity with ``librosa.cqt``: docs/pipeline.md ("The CQT"), tests/test_cqt.py.
+librosa halves with soxr; here a Kaiser-windowed half-band, applied in the frequency domain for
+all octaves from one FFT (few, large kernels: the same code on the GPU and the CPU), and all
+octaves' frames go through one FFT and one complex matmul. Both low-passes are flat far above
+the bins an octave reads. Parity with ``librosa.cqt``: docs/pipeline.md ("The CQT"),
+tests/test_cqt.py.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ if TYPE_CHECKING:
     from pipelines.config import FeatureConfig
 
 HANN_BANDWIDTH = 1.50018310546875  # librosa.filters.window_bandwidth("hann")
-HALFBAND_TAPS = 11  # taps either side of the half-band low-pass (odd: the outermost is non-zero)
+HALFBAND_TAPS = 11  # taps either side of the half-band low-pass
 HALFBAND_BETA = 7.0  # its Kaiser window
 
 
@@ -91,13 +94,13 @@ class CqtParams:
 
 def workspace_bytes(p: CqtParams, samples: int) -> int:
     """torch's peak temporaries for the CQT of one chunk of ``samples`` (the device memory bound):
-    the padded and halved signals, one octave's frames and spectrum, every octave's response."""
+    the signal's spectrum and every level, all octaves' frames and spectra, the responses."""
     frames = 1 + samples // p.hop
     n_fft = int(2.0 ** np.ceil(np.log2(p.lengths(p.sample_rate)[-p.bins_per_octave :].max())))
     if p.hop % 2 ** (p.octaves - 1):  # librosa's rule: no halving at an odd hop, longer filters below
         n_fft = int(2.0 ** np.ceil(np.log2(p.lengths(p.sample_rate).max())))
-    octave = frames * (n_fft * 4 + (n_fft // 2 + 1) * 8)
-    return 4 * samples * 4 + octave + 3 * p.bins * frames * 8
+    octaves = p.octaves * frames * (n_fft * 4 + (n_fft // 2 + 1) * 8 + p.bins_per_octave * 12)
+    return 4 * samples * 4 + octaves + 2 * p.bins * frames * 4
 
 
 def check_params(p: CqtParams) -> None:
@@ -145,55 +148,91 @@ def halfband(taps: int = HALFBAND_TAPS, beta: float = HALFBAND_BETA) -> np.ndarr
 class ConstantQ:
     """``wave (..., L)`` float32 -> CQT power ``(..., bins, 1 + L // hop)`` (librosa's magnitude, squared).
 
-    Bases and the half-band filter's spectrum are built once per config, on ``device``."""
+    Bases are built once per config, on ``device``; the low-pass responses once per signal length."""
 
     def __init__(self, p: CqtParams, device: torch.device) -> None:
         check_params(p)
         self.p = p
-        # per octave from the top: (basis, n_fft, hop, halve the signal first); as librosa, the
-        # signal is halved below an octave only while the hop is even (else longer filters)
-        self.bases: list[tuple[torch.Tensor, int, int, bool]] = []
+        # per octave from the top: (basis^T (n_fft//2+1, bins), n_fft, hop, halvings); as librosa,
+        # the signal is halved below an octave only while the hop is even (else longer filters)
+        self.octaves: list[tuple[torch.Tensor, int, int, int]] = []
         hop, halvings = p.hop, 0
         for octave in range(p.octaves):
-            halve = octave > 0 and hop % 2 == 0
-            if halve:
+            if octave > 0 and hop % 2 == 0:
                 hop, halvings = hop // 2, halvings + 1
             basis, n_fft = octave_basis(p, octave, halvings)
-            self.bases.append((torch.from_numpy(basis).to(device), n_fft, hop, halve))
-        # the half-band's centre and odd taps (the even ones are zero), times sqrt(2)
-        self.taps = [float(v) * math.sqrt(2.0) for v in halfband()[HALFBAND_TAPS:]]
+            self.octaves.append((torch.from_numpy(basis.T.copy()).to(device), n_fft, hop, halvings))
+        self.halvings = halvings
+        # the usual case (every octave 12 bins through one n_fft): one FFT and one matmul for all
+        shapes = {tuple(b.shape) for b, *_ in self.octaves}
+        self.stacked = torch.stack([b for b, *_ in self.octaves]) if len(shapes) == 1 else None
         self.inv_len = torch.from_numpy((1.0 / p.lengths(p.sample_rate)).astype(np.float32)).to(device)
         self.inv_len = self.inv_len.view(-1, 1)
+        self._lowpass: dict[tuple[int, int], torch.Tensor] = {}
 
     def __call__(self, wave: torch.Tensor) -> torch.Tensor:
         lead, n = wave.shape[:-1], wave.shape[-1]
-        y = wave.reshape(-1, n).float()
         frames = 1 + n // self.p.hop
-        out = []
-        for basis, n_fft, hop, halve in self.bases:
-            if halve:
-                y = self._halve(y)
-            spec = torch.stft(
-                y, n_fft, hop_length=hop, window=torch.ones(n_fft, device=y.device), center=True,
-                pad_mode="constant", return_complex=True,
-            )  # fmt: skip
-            z = torch.matmul(basis, spec[..., :frames])  # (N, bins_in_octave, T) complex
-            out.append(torch.view_as_real(z).square().sum(-1))
-        power = torch.cat(out[::-1], dim=-2).mul_(self.inv_len)
+        levels = self._levels(wave.reshape(-1, n).float())
+        cut = []  # per octave: (N, T, n_fft) centred frames (window of ones, zero padding)
+        for _, n_fft, hop, level in self.octaves:
+            padded = torch.nn.functional.pad(levels[level], (n_fft // 2, n_fft // 2))
+            cut.append(padded.unfold(-1, n_fft, hop)[:, :frames])
+        if self.stacked is not None:
+            z = torch.matmul(torch.fft.rfft(torch.stack(cut, 1)), self.stacked)  # (N, octaves, T, bins)
+            blocks = list(torch.view_as_real(z).square().sum(-1).unbind(1))
+        else:
+            blocks = [
+                torch.view_as_real(torch.matmul(torch.fft.rfft(c), b)).square().sum(-1)
+                for c, (b, *_) in zip(cut, self.octaves)
+            ]
+        power = torch.cat(blocks[::-1], dim=-1).transpose(-1, -2) * self.inv_len  # (N, bins, T), low first
         return power.reshape(*lead, self.p.bins, frames)
 
-    def _halve(self, y: torch.Tensor) -> torch.Tensor:
-        """``(N, n)`` -> ``(N, ceil(n / 2))``: low-passed by the half-band FIR, every other sample,
-        times sqrt(2) (librosa's energy-preserving ``scale=True``); output sample m sits at input
-        sample 2m, zeros beyond the ends. A half-band's even taps are zero but the centre, so
-        the FIR is a few strided sums (no convolution kernel: 5x faster on the CPU)."""
-        h, taps, m = self.taps, HALFBAND_TAPS, (y.shape[-1] + 1) // 2
-        yp = torch.nn.functional.pad(y, (taps, taps))
-        out = yp[:, taps : taps + 2 * m : 2] * h[0]
-        for k in range(1, taps + 1, 2):
-            pair = yp[:, taps - k : taps - k + 2 * m : 2] + yp[:, taps + k : taps + k + 2 * m : 2]
-            out.add_(pair, alpha=h[k])
-        return out
+    def _levels(self, y: torch.Tensor) -> list[torch.Tensor]:
+        """``(N, n)`` -> the signal at each halving ``k`` (``ceil(n / 2^k)`` samples): one FFT,
+        then per level the low-pass's response (the half-band FIR applied k times, as librosa
+        filters and halves k times) and an inverse FFT at the lower rate, times ``2^(k/2)``
+        (librosa's energy-preserving ``scale=True``). The zero padding exceeds the filters'
+        support, so this is the FIR's linear convolution: sample m of level k sits at input
+        sample ``m 2^k``, zeros beyond the ends."""
+        levels, n, k_max = [y], y.shape[-1], self.halvings
+        if k_max == 0:
+            return levels
+        step = 2**k_max
+        m = step * fast_len(-(-(n + 2 * HALFBAND_TAPS * step) // step))
+        spectrum = torch.fft.rfft(y, m)
+        for k in range(1, k_max + 1):
+            low = torch.fft.irfft(spectrum[:, : (m >> k) // 2 + 1] * self._response(k, m, y.device), m >> k)
+            levels.append(low[:, : -(-n // 2**k)])
+        return levels
+
+    def _response(self, k: int, m: int, device: torch.device) -> torch.Tensor:
+        """The k-fold half-band response at the ``(m >> k) // 2 + 1`` bins kept, with the scale."""
+        if (k, m) not in self._lowpass:
+            f = np.arange((m >> k) // 2 + 1) / m  # cycles per input sample
+            taps = np.arange(-HALFBAND_TAPS, HALFBAND_TAPS + 1)
+            h, response = halfband().astype(np.float64), np.ones(f.size)
+            for i in range(k):  # the FIR's real, zero-phase response at the rate after i halvings
+                response *= np.cos(2 * np.pi * np.outer(f * 2**i, taps)) @ h
+            gain = 2 ** (k / 2) / 2**k  # scale=True, and the inverse FFT's 1/(m >> k)
+            self._lowpass[k, m] = torch.from_numpy((response * gain).astype(np.float32)).to(device)
+        return self._lowpass[k, m]
+
+
+def fast_len(n: int) -> int:
+    """The smallest ``2^a 3^b 5^c >= n``: a length the FFT handles at full speed."""
+    best, p5 = 2 * n, 1
+    while p5 < best:
+        p35 = p5
+        while p35 < best:
+            p2 = p35
+            while p2 < n:
+                p2 *= 2
+            best = min(best, p2)
+            p35 *= 3
+        p5 *= 5
+    return best
 
 
 def cqt_db(features: FeatureConfig, power: torch.Tensor) -> torch.Tensor:

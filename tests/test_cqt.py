@@ -111,3 +111,19 @@ def test_settings_are_checked_and_scale_with_length():
     cqt = ConstantQ(p, torch.device("cpu"))
     for n in (HOP, 10_000, 3 * SR + 7):
         assert cqt(torch.zeros(2, n)).shape == (2, 84, 1 + n // HOP)
+
+
+@pytest.mark.parametrize(
+    "hop,bins,per_octave",
+    [(160, 80, 12), (512, 96, 24)],  # hop 160 stops halving after 5 (librosa's rule); 8-bin last octave
+)
+def test_other_settings_follow_librosa(hop, bins, per_octave, tmp_path):
+    clip = decoded(write_mp3(tmp_path / "a.mp3", 6.0, seed=5), 16000)
+    p = CqtParams(sample_rate=16000, hop=hop, bins=bins, bins_per_octave=per_octave, fmin=C1)
+    got = ConstantQ(p, torch.device("cpu"))(torch.from_numpy(clip)).sqrt().numpy()
+    want = np.abs(
+        librosa.cqt(clip, sr=16000, hop_length=hop, fmin=C1, n_bins=bins, bins_per_octave=per_octave)
+    )
+    assert got.shape == want.shape
+    to_db = lambda a: librosa.amplitude_to_db(a, ref=np.max, top_db=80.0)  # noqa: E731
+    assert np.corrcoef(to_db(got).ravel(), to_db(want).ravel())[0, 1] >= 0.98
