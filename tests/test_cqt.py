@@ -127,3 +127,34 @@ def test_other_settings_follow_librosa(hop, bins, per_octave, tmp_path):
     assert got.shape == want.shape
     to_db = lambda a: librosa.amplitude_to_db(a, ref=np.max, top_db=80.0)  # noqa: E731
     assert np.corrcoef(to_db(got).ravel(), to_db(want).ravel())[0, 1] >= 0.98
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])  # eval: 3 samples per batch, padded batches
+def test_loader_batches_carry_the_cqt_of_their_chunks(synth_shards, mode):
+    """The DALI graph hands the chunks' samples over (``wave``); each chunk's cqt rows in ``x``
+    are the channel of that chunk, cut from the track at the batch's ``start`` (in evaluation the
+    last batch's padding repeats are dropped: the chunks are gathered before the CQT)."""
+    from helpers.tars import read_tracks
+
+    from pipelines.bench.reference import eval_chunks
+    from pipelines.config import AugmentConfig, LoaderConfig, framing
+    from pipelines.loader import build_loader
+
+    path = synth_shards(tracks=8, seconds=3.0, sample_rate=SR)
+    fc = FeatureConfig(channels=["mel", "cqt"], normalize="none")
+    lc = LoaderConfig(
+        chunk_seconds=1.0, batch_size=4, chunks_per_track=2, num_threads=1, eval_tracks_per_batch=3
+    )
+    loader = build_loader(
+        path, "train", mode=mode, features=fc, augment=AugmentConfig(enabled=False), loader=lc
+    )
+    tracks, fr, asm = read_tracks(path, "train"), framing(fc, lc), FeatureAssembler(fc)
+    ref, seen = ReferenceFeatures(fc), 0
+    for batch in loader:
+        for x, t, s in zip(batch["x"], batch["track"].tolist(), batch["start"].tolist()):
+            chunk = eval_chunks(torch.from_numpy(tracks[t].signal[s : s + fr.chunk]), fr.chunk)[:1]
+            with torch.no_grad():
+                want = asm(*ref(chunk), wave=chunk)[0]
+            assert float((x[1] - want[1]).abs().max()) < 0.5  # dB, the parity tolerance
+            seen += 1
+    assert seen == (len(tracks) * 3 if mode == "eval" else len(loader) * lc.batch_size)
