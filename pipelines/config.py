@@ -198,6 +198,16 @@ class FeatureConfig:
         return any(get_channel(c).needs == "wave" for c in self.channels)
 
 
+def stored_features(section: dict[str, Any]) -> dict[str, Any]:
+    """A ``[features]`` section an audio checkpoint stored, in today's names: before the true
+    CQT (issue 32) the ``cqt`` channel was the filter bank now called ``pseudo_cqt``, and those
+    configs have no ``cqt_bins_per_octave``; the model must get the features it was trained on."""
+    channels = section.get("channels") or []
+    if "cqt" in channels and "cqt_bins_per_octave" not in section:
+        return {**section, "channels": ["pseudo_cqt" if c == "cqt" else c for c in channels]}
+    return section
+
+
 @dataclass(kw_only=True)
 class AugmentConfig:
     """SpecAugment: random frequency and time masks, training only."""
