@@ -23,7 +23,9 @@ tests/test_cqt.py.
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -181,14 +183,13 @@ class ConstantQ:
         frames = 1 + n // self.p.hop
         levels = self._levels(wave.reshape(-1, n).float())
         blocks = []
-        for kernels, hop, level in reversed(self.octaves):  # lowest octave first
-            n_fft, bins = kernels.shape[-1], kernels.shape[0] // 2
-            # centred frames: zero padding of half a frame either side (librosa's center=True)
-            z = torch.nn.functional.conv1d(
-                levels[level].unsqueeze(1), kernels, stride=hop, padding=n_fft // 2
-            )
-            z = z[..., :frames]  # (N, 2 bins, T)
-            blocks.append(z[:, :bins].square() + z[:, bins:].square())
+        with ieee_convolutions(wave.device):
+            for kernels, hop, level in reversed(self.octaves):  # lowest octave first
+                n_fft, bins = kernels.shape[-1], kernels.shape[0] // 2
+                # centred frames: zero padding of half a frame either side (librosa's center=True)
+                x = levels[level].unsqueeze(1)
+                z = torch.nn.functional.conv1d(x, kernels, stride=hop, padding=n_fft // 2)[..., :frames]
+                blocks.append(z[:, :bins].square() + z[:, bins:].square())  # (N, bins, T)
         power = torch.cat(blocks, dim=-2).mul_(self.inv_len)
         return power.reshape(*lead, self.p.bins, frames)
 
@@ -221,6 +222,24 @@ class ConstantQ:
             gain = 2 ** (k / 2) / 2**k  # scale=True, and the inverse FFT's 1/(m >> k)
             self._lowpass[k, m] = torch.from_numpy((response * gain).astype(np.float32)).to(device)
         return self._lowpass[k, m]
+
+
+@contextlib.contextmanager
+def ieee_convolutions(device: torch.device) -> Iterator[None]:
+    """cuDNN convolutions in full float32 inside: its default (``torch.backends.cudnn.conv.
+    fp32_precision == "tf32"``) rounds the inputs to 10 mantissa bits, which lifts the quiet bins
+    beside a loud one by tens of dB. Set and restored through the current API (PyTorch >= 2.9),
+    which also reads a setting made through the legacy ``allow_tf32``."""
+    if device.type != "cuda":
+        yield
+        return
+    conv = torch.backends.cudnn.conv  # type: ignore[attr-defined]  # set up at run time, not in the stubs
+    previous = conv.fp32_precision
+    conv.fp32_precision = "ieee"
+    try:
+        yield
+    finally:
+        conv.fp32_precision = previous
 
 
 def fast_len(n: int) -> int:

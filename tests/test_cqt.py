@@ -158,3 +158,27 @@ def test_loader_batches_carry_the_cqt_of_their_chunks(synth_shards, mode):
             assert float((x[1] - want[1]).abs().max()) < 0.5  # dB, the parity tolerance
             seen += 1
     assert seen == (len(tracks) * 3 if mode == "eval" else len(loader) * lc.batch_size)
+
+
+@pytest.mark.parametrize("legacy", [False, True])
+def test_cudnn_convolutions_run_in_full_float32_and_the_setting_comes_back(legacy):
+    """cuDNN's default lets float32 convolutions run in TF32; the CQT's are held to IEEE float32
+    for their duration, whichever API set the user's choice (flags only: no CUDA needed)."""
+    from pipelines.cqt import ieee_convolutions
+
+    conv = torch.backends.cudnn.conv
+    before = conv.fp32_precision
+    try:
+        if legacy:
+            torch.backends.cudnn.allow_tf32 = True
+        else:
+            conv.fp32_precision = "tf32"
+        with ieee_convolutions(torch.device("cuda")):
+            assert conv.fp32_precision == "ieee"
+        assert conv.fp32_precision == "tf32"
+        if legacy:
+            assert torch.backends.cudnn.allow_tf32  # still readable through the legacy API
+        with ieee_convolutions(torch.device("cpu")):
+            assert conv.fp32_precision == "tf32"  # the CPU's convolutions are float32 anyway
+    finally:
+        conv.fp32_precision = before
