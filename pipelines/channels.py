@@ -82,23 +82,36 @@ def register_channel(channel: Channel) -> Channel:
     return CHANNELS.register(channel.name, channel)
 
 
+# The float32 matmul settings that can lower the filter banks' precision, read and written through
+# PyTorch's per-backend API (torch >= 2.9). Its getters never raise; the legacy getter
+# (``torch.get_float32_matmul_precision``) raises once the per-backend API has set what the legacy
+# one cannot express, e.g. after ``torch.backends.fp32_precision = "tf32"``.
+_MATMUL_BACKENDS = ("cuda", "mkldnn")
+_REDUCED = frozenset({"tf32", "bf16"})
+
+
 @contextlib.contextmanager
 def full_fp32_matmuls() -> Iterator[None]:
     """Matmuls in full float32 inside, whatever precision the user set globally.
 
-    ``torch.backends.cuda.matmul.allow_tf32 = True`` or ``set_float32_matmul_precision("high")``
-    (common for training speed) would turn the filter banks' matmuls into TF32 on the GPU only:
-    its 10-bit mantissa moves the MFCC (values span +-1600) by more than the parity tolerance.
-    The setting is read when a kernel is launched, so it is restored right after."""
-    previous = torch.get_float32_matmul_precision()
-    if previous == "highest":
+    TF32 (``torch.backends.fp32_precision = "tf32"``, ``torch.backends.cuda.matmul.fp32_precision``,
+    or the legacy ``allow_tf32 = True`` / ``set_float32_matmul_precision("high")``, common for
+    training speed) would turn the filter banks' matmuls into TF32 on the GPU: its 10-bit mantissa
+    moves the MFCC (values span +-1600) by more than the parity tolerance. Each backend's matmul
+    setting is saved, set to "ieee" and restored to the same value (so the legacy getters read what
+    they read before); the setting is read when a kernel is launched, so it is restored right after."""
+    saved = {b: getattr(torch.backends, b).matmul.fp32_precision for b in _MATMUL_BACKENDS}
+    reduced = {b: v for b, v in saved.items() if v in _REDUCED}
+    if not reduced:
         yield
         return
-    torch.set_float32_matmul_precision("highest")
+    for backend in reduced:
+        getattr(torch.backends, backend).matmul.fp32_precision = "ieee"
     try:
         yield
     finally:
-        torch.set_float32_matmul_precision(previous)
+        for backend, value in reduced.items():
+            getattr(torch.backends, backend).matmul.fp32_precision = value
 
 
 def channel_names() -> tuple[str, ...]:

@@ -273,9 +273,10 @@ class LoaderConfig:
     process with SIGBUS ("Bus error"); false: plain reads, and such a shard stops the run with
     one line naming it and the step, after a checkpoint (for shards on shared or network storage)."""
     device_memory_gb: float | None = None
-    """Budget per loader for its pipeline's buffers (the bound in docs/pipeline.md, "Device
-    memory"); an audio config whose bound exceeds it is refused before any DALI work. None: half
-    the GPU's memory when DALI runs on the GPU, no check for DALI's CPU pipeline."""
+    """Budget per rank for the loaders' buffers (the bound in docs/pipeline.md, "Device memory"):
+    an audio loader whose bound exceeds it is refused before any DALI work, and so are a training
+    and a validation loader that exceed it together with the CUDA context. None: half the GPU's
+    memory when DALI runs on the GPU, no check for DALI's CPU pipeline."""
 
     remote: Literal["cache", "direct"] = "cache"
     """Shards in object storage (``s3://``): 'cache' fetches whole shards ahead of the reader into

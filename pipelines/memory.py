@@ -6,8 +6,11 @@ number of chunk slots a sample is laid out in: K in training, and in evaluation 
 the split's longest *sample*, which is at most one segment (``segment_seconds``, 30 s) in a
 segmented build, whatever the track length. :func:`memory_bound` adds the tensors up per
 sample, per DALI iteration and over the iterations alive at once (the prefetch queue and the
-batches the hand-off holds), plus torch's side of a batch; ``build_loader`` refuses a config
-whose bound exceeds ``loader.device_memory_gb`` before any DALI work.
+batches the hand-off holds), plus the cuFFT work areas of DALI's STFT, the pools' granularity
+and torch's side of a batch; ``build_loader`` refuses a config whose bound exceeds
+``loader.device_memory_gb`` before any DALI work, and :func:`check_together` refuses a training and
+a validation loader that fit alone but not together with the CUDA context (they coexist while
+validating: the training pipeline keeps its pool).
 
 DALI's pools never shrink on their own (its ``ReleaseUnusedMemory`` frees whole free blocks):
 :func:`release_pool_memory` gives them back once a pipeline is shut down, so torch can use them.
@@ -28,7 +31,16 @@ if TYPE_CHECKING:
     from pipelines.graph import GraphSpec
 
 F32 = 4
+C64 = 8  # complex64
 GB = 1e9
+MIB = 1 << 20
+GRANULE = 2 * MIB  # an allocation's rounding in the pools (torch's large blocks: 2 MiB; DALI's alike)
+CUDA_CONTEXT = 512 * MIB  # per process: the CUDA context, loaded kernels, cuBLAS/cuDNN/cuFFT handles
+CUFFT_STREAMS = 4  # DALI's GPU STFT runs its cuFFT plans on up to 4 streams, one work area each
+CUFFT_MAX_SIZE = 1 << 26  # DALI's largest plan: windows x n_fft <= 2^26 (stft_gpu_impl.cuh, kMaxSize)
+DALI_BUFFERS = 14  # buffers of one iteration (audio steps, STFT, mel, dB, masks): each rounded up
+TORCH_BUFFERS = 9  # filter-bank channels, chunk temporaries, x and the previous x
+CQT_BUFFERS = 20  # the CQT's temporaries alive at its peak (pipelines.cqt.workspace_bytes)
 
 
 @dataclass(frozen=True)
@@ -37,12 +49,15 @@ class MemoryBound:
 
     dali: int
     """DALI's pool: ``prefetch`` iterations with every intermediate, plus the outputs the
-    hand-off holds (``prefetch`` consumed batches) and the one being converted."""
+    hand-off holds (``prefetch`` consumed batches) and the one being converted, the cuFFT work
+    areas and each buffer's rounding to ``GRANULE``."""
     torch: int
     """torch's allocator: one batch's filter-bank channels and chunk temporaries, its ``x`` and
     the previous batch's ``x`` (still held by the consumer while the next one is built)."""
     rows: int
     """Chunk slots per sample: K in training, the longest sample's chunks in evaluation."""
+    cufft: int = 0
+    """Of ``dali``: the STFT's cuFFT work areas (``cufft_work``)."""
 
     @property
     def total(self) -> int:
@@ -74,15 +89,32 @@ def memory_bound(spec: GraphSpec) -> MemoryBound:
     growth = dali_backend.GetDeviceBufferGrowthFactor()  # type: ignore[attr-defined]  # 1.1 in DALI 2.4
     # DALI over-allocates a growing buffer by its growth factor
     dali = round(growth * (loader.prefetch * per_iteration + (loader.prefetch + 1) * outputs))
+    cufft = cufft_work(B * frames, f.n_fft)
+    dali += cufft + (DALI_BUFFERS * loader.prefetch + 3 * (loader.prefetch + 1)) * GRANULE
     n_chunks = B * rows
-    filter_banks = (
-        B * frames * (f.n_mfcc + 2 * f.n_chroma + f.cqt_bins) * F32
-    )  # mfcc, chroma (+ max), pseudo-cqt
-    if "cqt" in f.channels:  # the constant-Q transform's temporaries, per chunk
-        filter_banks += B * rows * workspace_bytes(CqtParams.of(f), L)
+    # mfcc, chroma (+ max), pseudo-cqt on whole frames; the constant-Q transform's temporaries
+    # per chunk (its spectrum, levels and octave responses: about 20 buffers, each rounded)
+    filter_banks = B * frames * (f.n_mfcc + 2 * f.n_chroma + f.cqt_bins) * F32
+    if "cqt" in f.channels:
+        filter_banks += B * rows * workspace_bytes(CqtParams.of(f), L) + CQT_BUFFERS * GRANULE
     chunk = n_chunks * f.n_mels * framing.frames * F32  # one channel's chunks at full height
     x = len(f.channels) * chunk  # the batch being built, and the previous one its consumer still holds
-    return MemoryBound(dali=dali, torch=filter_banks + 3 * chunk + 2 * x, rows=rows)
+    torch_side = filter_banks + 3 * chunk + 2 * x + TORCH_BUFFERS * GRANULE
+    return MemoryBound(dali=dali, torch=torch_side, rows=rows, cufft=cufft)
+
+
+def cufft_work(windows: int, n_fft: int) -> int:
+    """Bytes of cuFFT work areas one STFT of ``windows`` frames may hold: DALI makes R2C plans of
+    power-of-2 batches up to ``CUFFT_MAX_SIZE / n_fft`` windows, and gives each of its up to
+    ``CUFFT_STREAMS`` streams a work area of the largest plan's size; a plan's work area is taken
+    to be at most one complex output of its batch (an assumption: cuFFT does not document it;
+    the gpu test compares the whole bound with DALI's measured peak). Transient (DALI's
+    scratchpad, one operator run at a time): counted once, not per prefetched iteration."""
+    plan = 1
+    while plan * 2 <= min(windows, CUFFT_MAX_SIZE // n_fft):
+        plan *= 2
+    streams = min(CUFFT_STREAMS, -(-windows // plan))
+    return streams * plan * (n_fft // 2 + 1) * C64
 
 
 def budget_bytes(budget_gb: float | None, device: torch.device) -> float | None:
@@ -114,6 +146,29 @@ def check_memory(spec: GraphSpec, split: str, where: object, device: torch.devic
             "or rebuild the shards with segments (segment_seconds)"
         )
     return bound
+
+
+def check_together(loaders: list[object], where: object, device: torch.device) -> int | None:
+    """Refuse (ValueError, one line) loaders that coexist on one device (training + validation:
+    the training pipeline keeps its pool while validating) when their audio bounds, with the CUDA
+    context, exceed the budget. Returns that total (None: no audio loader, or no budget)."""
+    specs = [
+        spec for lo in loaders if (spec := getattr(lo, "spec", None)) is not None and not spec.image_exts
+    ]
+    budget = budget_bytes(specs[0].loader.device_memory_gb, device) if specs else None
+    if budget is None:
+        return None
+    parts = [(spec.mode, memory_bound(spec).total) for spec in specs]
+    total = sum(n for _, n in parts) + CUDA_CONTEXT
+    named = " + ".join(f"{mode} {n / GB:.2f}" for mode, n in parts)
+    if total > budget:
+        raise ValueError(
+            f"{where}: the loaders of one rank need up to {total / GB:.1f} GB of device memory together "
+            f"({named} GB + {CUDA_CONTEXT / GB:.2f} GB CUDA context; they coexist "
+            f"while validating; docs/pipeline.md 'Device memory'), over the {budget / GB:.1f} GB budget "
+            "(loader.device_memory_gb); lower the batches or the prefetch"
+        )
+    return total
 
 
 def release_pool_memory(device: torch.device) -> None:

@@ -98,10 +98,12 @@ def test_eval_device_memory_is_bounded_whatever_the_track_length(
     assert long["dali_peak"] <= 1.25 * short["dali_peak"] + 64 * MIB, (short, long)
 
 
+@pytest.mark.parametrize("api", ["legacy", "per-backend"])
 def test_filter_banks_keep_float32_when_tf32_is_enabled(
-    synth_shards: Callable[..., Path], record_property: Callable
+    synth_shards: Callable[..., Path], record_property: Callable, api: str
 ) -> None:
-    """TF32 enabled globally (as users do for speed) must not reach the MFCC/chroma/CQT matmuls."""
+    """TF32 enabled globally (as users do for speed), through the legacy ``allow_tf32`` or the
+    per-backend ``fp32_precision`` (torch >= 2.9), must not reach the MFCC/chroma/CQT matmuls."""
     path = synth_shards(tracks=6, seconds=3.0, sample_rate=SR)
     fc = FeatureConfig(channels=["mel", "mfcc", "chroma", "cqt"], normalize="none")
     lc = LoaderConfig(
@@ -116,14 +118,18 @@ def test_filter_banks_keep_float32_when_tf32_is_enabled(
     fp32 = features()
     old = torch.get_float32_matmul_precision()
     try:
-        torch.backends.cuda.matmul.allow_tf32 = True
+        if api == "legacy":
+            torch.backends.cuda.matmul.allow_tf32 = True
+        else:
+            torch.backends.cuda.matmul.fp32_precision = "tf32"
         tf32 = features()
-        assert torch.backends.cuda.matmul.allow_tf32  # restored for the model after each batch
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32"  # restored for the model after each batch
         mel = fp32[:, 0].double()  # what a TF32 matmul does to the MFCC's DCT (the hazard)
         dct = torch.from_numpy(dct_matrix(fc.n_mfcc, fc.n_mels)).cuda()
         plain_err = float((torch.matmul(dct, mel.float()).double() - dct.double() @ mel).abs().max())
     finally:
         torch.set_float32_matmul_precision(old)
+        torch.backends.cuda.matmul.fp32_precision = "none"
     err = [float((tf32[:, c] - fp32[:, c]).abs().max()) for c in range(4)]
     record_property("tf32_plain_mfcc_max_error", plain_err)
     record_property("loader_tf32_vs_fp32_max_diff", max(err))

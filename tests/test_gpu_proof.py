@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from train.gpu_proof.proof import GPU, STAGES, cpu_profile
 from train.gpu_proof.stages import GPU_MARKERS, Context, Proc, StageTimeout, gpu_test_files, last_json
@@ -32,14 +33,24 @@ def test_cpu_dry_run_fills_every_stage_with_real_figures(tmp_path: Path) -> None
     doc = json.loads((out / "gpu-proof.json").read_text())
     st = doc["stages"]
     assert list(st) == list(STAGES)
-    assert [st[s]["status"] for s in STAGES] == ["ok", "ok", "ok", "ok", "ok", "skipped"], st
-    for s in STAGES[:5]:
+    assert [st[s]["status"] for s in STAGES] == [*["ok"] * 7, "skipped"], st
+    for s in STAGES[:7]:
         assert 0 < st[s]["seconds"] <= st[s]["budget_s"] + 1
     assert doc["elapsed_s"] <= doc["total_budget_s"]
-    # 0. the hand-off check ran every loader kind and mode (on the CPU: the plumbing, no delays)
+    # preflight: versions, and DALI's spectrogram ran (on the CPU here)
+    pre = st["preflight"]
+    assert pre["smoke"]["status"] == "ok" and pre["smoke"]["shape"] == [129, 63]
+    assert pre["versions"]["torch"] == torch.__version__ and doc["machine"]["versions"] == pre["versions"]
+    # 0. the hand-off check ran every loader kind and mode, each on its own, audio first (on the
+    # CPU: the plumbing, no delays, no escalation; the control is not applicable)
     h = st["handoff"]
-    assert h["passed"] and sorted(h["results"]) == ["audio-eval", "audio-train", "image-eval", "image-train"]
-    assert all(r["lease"]["batches"] > 3 and r["lease"]["mismatched"] == 0 for r in h["results"].values())
+    assert h["passed"] and list(h["results"]) == ["audio-train", "audio-eval", "image-train", "image-eval"]
+    for r in h["results"].values():
+        assert (r["status"], r["control"], len(r["attempts"])) == ("ok", "n/a", 1), r
+        assert r["lease"]["batches"] > 3 and r["lease"]["mismatched"] == 0
+    assert sorted(p.name for p in (out.parent / "proof-work" / "logs").glob("handoff-*.out.txt")) == [
+        f"handoff-{c}.out.txt" for c in ("audio-eval", "audio-train", "image-eval", "image-train")
+    ]
     # 1. every non-slow gpu test is collected, and skips: the dry run hides any GPU
     t = st["gpu_tests"]
     assert (
@@ -52,7 +63,11 @@ def test_cpu_dry_run_fills_every_stage_with_real_figures(tmp_path: Path) -> None
     assert t["markers"] == "gpu and not slow" and t["figures"] == {}
     # 2. the bench ran on the shards the run built (24 tracks: 16/4/4), both CPU pipelines
     b = st["pipeline_bench"]
-    assert b["shards"]["splits"] == {"train": 16, "validation": 4, "test": 4}
+    assert b["shards"] == st["shards"]["shards"] and b["shards"]["splits"] == {
+        "train": 16,
+        "validation": 4,
+        "test": 4,
+    }
     assert [r["pipeline"] for r in b["results"]] == ["dali-cpu", "baseline"]
     for r in b["results"]:
         assert r["batches"] == cpu.bench_batches and r["chunks"] == cpu.bench_batches * 8
@@ -140,7 +155,7 @@ def test_the_lease_profile_commands_resolve(tmp_path: Path) -> None:
     resolve_family(exp.model)
     assert (exp.model.family, exp.train.max_steps, exp.train.device, exp.data.val_split) == (
         "customcnn",
-        200,
+        GPU.resume_steps,
         "cuda",
         None,
     )
@@ -209,13 +224,19 @@ def test_figures_recorded_by_tests_reach_the_report(tmp_path: Path) -> None:
         "total_budget_s": 430.0, "machine": {"cpu_count": 16, "python": "3.12.3", "torch": "2.11.0"},
         "stages": {
             "handoff": {"status": "ok", "budget_s": 60, "seconds": 20.0, "passed": True, "sleep_cycles": 20000000,
-                        "results": {"audio-train": {"lease": run, "no_lease": {**run, "mismatched": 4}}}},
+                        "results": {"audio-train": {"status": "ok", "control": "shown", "lease": run,
+                                                    "no_lease": {**run, "mismatched": 4}, "sleep_cycles": 8e7,
+                                                    "batch_scale": 1, "seconds": 6.0},
+                                    "image-train": {"status": "error", "error": "RuntimeError: no nvImageCodec"}}},
             "gpu_tests": {"status": "ok", "budget_s": 110, "seconds": 80.0, "passed": 2, "failed": 0, "errors": 0,
                           "skipped": 0, "failures": [], "markers": "gpu and not slow", "figures": figures},
         },
     }  # fmt: skip
     md = markdown(doc)
-    assert "| audio-train | 9 | 0 | 7 | 4 |" in md and "**Hand-off**" in md and "passed" in md
+    assert "| audio-train | ok | 9 | 0 | 7 | shown (4) | 8e+07 / x1 | 6.0 |  |" in md and "**Hand-off**" in md
+    assert (
+        "| image-train | error |  |  |  |  |  |  | RuntimeError: no nvImageCodec |" in md and "passed" in md
+    )
     assert "| test_fig::test_a | dali_peak_mib 812.5 |" in md and '`-m "gpu and not slow"`' in md
 
 
@@ -232,3 +253,114 @@ def test_a_missing_module_stops_the_proof_with_the_fix_for_its_device(
     line = capsys.readouterr().err.strip()
     assert "\n" not in line and "cannot import ['no_such_module_here']" in line and fix in line, line
     assert json.loads((tmp_path / "gpu-proof.json").read_text())["error"] in line
+
+
+@pytest.mark.parametrize(("total", "want"), [(None, 430.0), (300.0, 300.0)])
+def test_plan_fits_the_total_most_valuable_first_and_runs_nothing(
+    tmp_path: Path, total: float | None, want: float
+) -> None:
+    """``--plan`` on a machine without CUDA, torch or DALI (both made unimportable here): the
+    budgets as JSON, exit 0, nothing written."""
+    from train.gpu_proof.proof import RESERVE_S
+
+    args = ["--device", "gpu", "--plan", "--out", str(tmp_path / "o")]
+    code = ("import runpy, sys; sys.modules['torch'] = sys.modules['nvidia'] = None; "
+            f"sys.argv = ['gpu_proof', *{args!r}, *sys.argv[1:]]; runpy.run_module('train.gpu_proof', run_name='__main__')")  # fmt: skip
+    cmd = [sys.executable, "-c", code]
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([*cmd, *(["--total", str(total)] if total else [])], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    budgets = [doc["stages"][s]["budget_s"] for s in STAGES]
+    assert doc["total_budget_s"] == want and list(doc["stages"]) == list(STAGES)
+    assert sum(budgets) <= want - RESERVE_S and budgets[:3] == [GPU.budgets[s] for s in STAGES[:3]]
+    if total is None:  # the whole lease: every stage, the FLAC bench included, gets its budget
+        assert budgets == [GPU.budgets[s] for s in STAGES] and min(budgets) > 0
+    else:  # a shorter lease drops the least valuable stages (last), never the first
+        assert budgets[-1] == 0 and budgets[0] > 0
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_handoff_case_that_cannot_run_is_its_own_result(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An image case failing (as without nvImageCodec) is recorded as that case's error; the
+    audio case after it still runs, and each result is emitted as it ends."""
+    from pipelines.bench import handoff
+
+    def no_codec(folder: Path) -> Path:
+        raise RuntimeError("nvImageCodec: libnvimgcodec.so.0: cannot open shared object file\n(more)")
+
+    monkeypatch.setattr(handoff, "build_images", no_codec)
+    emitted: list[tuple[str, str]] = []
+    doc = handoff.run_checks(tmp_path, device="cpu", cases=("image-train", "audio-train"),
+                             emit=lambda case, r: emitted.append((case, r["status"])))  # fmt: skip
+    assert emitted == [("image-train", "error"), ("audio-train", "ok")]
+    image, audio = doc["results"]["image-train"], doc["results"]["audio-train"]
+    assert image["error"] == "RuntimeError: nvImageCodec: libnvimgcodec.so.0: cannot open shared object file"
+    assert audio["control"] == "n/a" and audio["lease"]["batches"] > 3 and audio["lease"]["mismatched"] == 0
+    assert not doc["passed"]
+
+
+def test_handoff_verdict_on_a_gpu_needs_the_control_to_show_the_hazard() -> None:
+    from pipelines.bench.handoff import verdict
+
+    def attempt(lease: int, control: int) -> dict:
+        run = {"batches": 8, "yielded": 8, "host_waits": 0}
+        return {"sleep_cycles": 1, "batch_scale": 1, "lease": {**run, "mismatched": lease},
+                "no_lease": {**run, "mismatched": control}}  # fmt: skip
+
+    assert verdict([attempt(0, 3)], cuda=True)["status"] == "ok"
+    assert verdict([attempt(0, 0), attempt(0, 0)], cuda=True)["status"] == "inconclusive"
+    assert verdict([attempt(0, 0), attempt(1, 5)], cuda=True)["status"] == "failed"
+    assert verdict([attempt(0, 0)], cuda=False)["status"] == "ok"
+    assert verdict([attempt(0, 0)], cuda=False)["control"] == "n/a"
+
+
+def test_a_failed_preflight_names_the_missing_library_and_skips_every_later_stage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from train.gpu_proof import preflight, proof
+
+    def no_cufft(gpu: bool) -> dict:
+        raise RuntimeError(
+            "[/opt/dali/fft.cc:12] libcufft.so.12: cannot open shared object file\nStacktrace (9 entries)"
+        )
+
+    monkeypatch.setattr(preflight, "spectrogram_smoke", no_cufft)
+    smoke = preflight.smoke(gpu=True)
+    assert smoke["status"] == "error" and "\n" not in smoke["error"]
+    assert smoke["error"].startswith("DALI fn.spectrogram (gpu): missing library libcufft.so.12: ")
+    ctx = _ctx(tmp_path)
+    ctx.doc.update(machine={"cpu_count": 2, "python": "3", "torch": "2"}, started="now", command="c",
+                   total_budget_s=720.0)  # fmt: skip
+    ctx.doc["stages"]["preflight"] = {"status": "failed", "budget_s": 30, "error": smoke["error"]}
+    proof.run_stage(ctx, "handoff", time.monotonic() + 600)
+    skipped = ctx.doc["stages"]["handoff"]
+    assert skipped["status"] == "skipped" and skipped["reason"] == f"preflight failed: {smoke['error']}"
+
+
+@pytest.mark.parametrize(("shows_at", "status"), [(2, "ok"), (99, "inconclusive")])
+def test_a_gpu_case_escalates_while_the_control_shows_no_hazard(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, shows_at: int, status: str
+) -> None:
+    """Longer sleeps, then larger batches, until the no-lease control shows the hazard (or the
+    escalation ends: inconclusive). Simulated: no GPU here."""
+    from pipelines.bench import handoff
+
+    made: list[int] = []
+    monkeypatch.setattr(
+        handoff, "case_loader", lambda case, folder, device, scale: made.append(scale) or scale
+    )
+
+    def check(make: int, *, lease: bool, sleep_cycles: int) -> dict:
+        hazard = not lease and len(made) >= shows_at
+        return {"batches": 8, "yielded": 8, "mismatched": 3 if hazard else 0, "host_waits": 0}
+
+    monkeypatch.setattr(handoff, "delayed_stream_check", check)
+    r = handoff.check_case("audio-train", tmp_path, device="cuda", sleep_cycles=10, budget_s=60)
+    tried = [(a["sleep_cycles"], a["batch_scale"]) for a in r["attempts"]]
+    assert tried == ([(10, 1), (40, 1)] if status == "ok" else [(10, 1), (40, 1), (40, 4)])
+    assert r["status"] == status and r["control"] == ("shown" if status == "ok" else "not shown")
+    assert (r["sleep_cycles"], r["batch_scale"]) == tried[-1]

@@ -244,7 +244,8 @@ def test_device_memory_bound_follows_the_segment_not_the_track(long_build: Path)
     bound = memory_bound(ev.spec)
     assert bound.rows == 30 and memory_bound(loader_for(long_build, "train", "train").spec).rows == 2
     whole = memory_bound(dataclasses.replace(ev.spec, longest_sample=720 * SR))
-    assert whole.rows == 720 and whole.dali > 20 * bound.dali and whole.torch > 20 * bound.torch
+    # 24x the slots: the tensors scale with them (the pools' rounding and the capped cuFFT work areas do not)
+    assert whole.rows == 720 and whole.dali > 12 * bound.dali and whole.torch > 8 * bound.torch
     budget = bound.total / 1e9 * 0.9
     with pytest.raises(ValueError, match=r"manifest.json: split 'test' \(eval\) needs up to .* GB .*"
                                          r"loader.device_memory_gb") as e:  # fmt: skip

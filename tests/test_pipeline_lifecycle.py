@@ -1,5 +1,6 @@
 """The loader's pipeline lifecycle (built on first use, eval shut down after each pass, close),
-the hand-off lease, channels-last x and full-float32 filter banks, on DALI's CPU pipeline."""
+the hand-off lease and channels-last x, on DALI's CPU pipeline (the filter banks' float32:
+tests/test_precision.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import pytest
 import torch
 
 from pipelines.bench.small import small_configs
-from pipelines.channels import full_fp32_matmuls
 from pipelines.handoff import BufferLease
 from pipelines.loader import build_loader
 
@@ -85,16 +85,3 @@ def test_lease_is_a_no_op_on_the_cpu():
     assert len(lease) == 0 and lease.waits == 0
     with pytest.raises(ValueError, match="depth"):
         BufferLease(torch.device("cpu"), depth=0)
-
-
-def test_filter_banks_run_in_full_float32_whatever_the_global_setting():
-    old = torch.get_float32_matmul_precision()
-    try:
-        for setting in ("high", "medium"):
-            torch.set_float32_matmul_precision(setting)
-            with full_fp32_matmuls():
-                assert torch.get_float32_matmul_precision() == "highest"
-                assert not torch.backends.cuda.matmul.allow_tf32
-            assert torch.get_float32_matmul_precision() == setting  # restored for the model
-    finally:
-        torch.set_float32_matmul_precision(old)

@@ -325,7 +325,10 @@ class TrainedModel:
         name: str,
         device: torch.device,
         sample_kind: str = "audio",
+        amp: torch.dtype | None | str = "config",
     ) -> None:
+        """``amp``: the autocast dtype to predict under (None = float32); "config" derives it from
+        ``experiment.train.amp`` on ``device`` (a stored checkpoint). The Trainer hands its own."""
         from train.loss import TaskLoss
 
         self.model, self.task, self.experiment, self.name = model, task, experiment, name
@@ -339,7 +342,7 @@ class TrainedModel:
         }
         self.channels_last = experiment.train.channels_last
         # validation and evaluation run under the autocast the model was trained with
-        self.amp = amp_dtype(experiment.train.amp, device)
+        self.amp = amp_dtype(experiment.train.amp, device) if isinstance(amp, str) else amp
 
     @torch.no_grad()
     def predict_proba(self, x: torch.Tensor) -> torch.Tensor:

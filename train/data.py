@@ -77,6 +77,10 @@ def build_data(
 
     train = loader(exp.data.train_split, "train")
     val = loader(exp.data.val_split, "eval") if exp.data.val_split else None
+    if val is not None:  # each fits alone (build_loader); both hold device memory while validating
+        from pipelines.memory import check_together
+
+        check_together([train, val], manifest.where, device)
     c, f, t = train.feature_shape
     return DataBundle(task=task, train=train, val=val, feature_shape=(c, f, t))
 

@@ -314,9 +314,11 @@ class Trainer:
 
     # ------------------------------------------------------------ validation
     def predictor(self) -> TrainedModel:
-        """The model being validated (EMA weights when enabled) as eval's TrainedModel."""
+        """The model being validated (EMA weights when enabled), under the autocast this Trainer trains with."""
         module = self.ema.module if self.ema is not None else self.model
-        return TrainedModel(module, self.task, self.exp, name=self.exp.model.family, device=self.device)
+        return TrainedModel(
+            module, self.task, self.exp, name=self.exp.model.family, device=self.device, amp=self._amp
+        )
 
     def sync_buffers(self) -> None:
         """Rank 0's buffers (BatchNorm statistics) everywhere: DDP only syncs them at the next

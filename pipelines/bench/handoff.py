@@ -7,13 +7,22 @@ batch it queues ``torch.cuda._sleep`` on torch's stream, so the next batch's rea
 it while the host (and DALI, prefetching) run ahead; then it compares every batch with a
 reference run that synchronises after each batch. It runs once with the loader's hand-off lease
 and once with the lease disabled (the control: how often the hazard shows on this machine), for
-the audio loader (train, eval) and the image loader (train, eval). Needs CUDA.
+the audio loader (train, eval) and the image loader (train, eval): each case on its own (audio
+first: DALI's image decoders need nvImageCodec, which a machine may lack), its result printed as
+one JSON line as soon as it is known, an exception recorded as that case's result.
+
+A case's ``status``: ``ok`` (0 mismatched with the lease; on a GPU the control showed the
+hazard, so the check could have seen one), ``inconclusive`` (GPU: the control showed no hazard
+even after escalating to longer sleeps and larger batches, so the pass proves nothing about the
+lease), ``failed`` (a batch mismatched with the lease), ``error`` (the case could not run). On the
+CPU no hazard exists: the control is ``n/a``, nothing escalates, and ``ok`` means the plumbing.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,13 +31,16 @@ from typing import Any
 import torch
 
 from pipelines.bench.small import small_configs
-from pipelines.config import FeatureConfig
 from pipelines.handoff import BufferLease
 from pipelines.loader import MusicLoader, build_loader
-from shards.base.errors import CliParser, run_cli
+from shards.base.errors import CliParser, first_line, run_cli
 
 SLEEP_CYCLES = 20_000_000  # ~10 ms of GPU time per batch at H100/H200 clocks
 X_TOL = 1e-4  # x is min-max normalised to [0, 1]: a wrong batch differs by far more
+CASES = ("audio-train", "audio-eval", "image-train", "image-eval")  # audio first (no nvImageCodec needed)
+# (sleep x, batch x) tried in turn on a GPU while the control shows no hazard: longer delays, then
+# larger batches (chunks per track in training, tracks per batch in eval), while the budget allows
+ESCALATION = ((1, 1), (4, 1), (4, 4))
 
 
 def _clone(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -79,50 +91,105 @@ def delayed_stream_check(
     }
 
 
-def cases(audio: Path, images: Path | None, device: str = "cuda") -> dict[str, Callable[[], MusicLoader]]:
-    """Loader factories (DALI on ``device``) for each loader kind and mode."""
-    audio_features, aug, loader_cfg = small_configs(eval_tracks_per_batch=2)
-    image_features = dataclasses.replace(audio_features, channels=["mel", "cqt", "chroma"], image_frames=48)
+def case_loader(case: str, folder: Path, device: str, scale: int = 1) -> Callable[[], MusicLoader]:
+    """A factory of the loader of ``case`` (``KIND-MODE``) on the small shards under ``folder``
+    (built on first use), with ``scale`` times the chunks per batch."""
+    kind, mode = case.split("-")
+    features, aug, loader_cfg = small_configs(
+        batch_size=8 * scale, chunks_per_track=2 * scale, eval_tracks_per_batch=2 * scale
+    )
+    if kind == "image":
+        features = dataclasses.replace(features, channels=["mel", "cqt", "chroma"], image_frames=48)
+    shards = build_images(folder) if kind == "image" else build_audio(folder)
+    return lambda: build_loader(shards, "train", mode=mode, features=features, augment=aug,  # type: ignore[arg-type]
+                                loader=loader_cfg, device=device)  # fmt: skip
 
-    def factory(shards: Path, mode: str, features: FeatureConfig) -> Callable[[], MusicLoader]:
-        return lambda: build_loader(shards, "train", mode=mode, features=features, augment=aug,  # type: ignore[arg-type]
-                                    loader=loader_cfg, device=device)  # fmt: skip
 
-    out = {f"audio-{mode}": factory(audio, mode, audio_features) for mode in ("train", "eval")}
-    if images is not None:
-        out.update({f"image-{mode}": factory(images, mode, image_features) for mode in ("train", "eval")})
-    return out
+def verdict(attempts: list[dict[str, Any]], cuda: bool) -> dict[str, Any]:
+    """A case's result from its attempts (the last one's figures first)."""
+    last = attempts[-1]
+    lease_ok = all(a["lease"]["mismatched"] == 0 and a["lease"]["batches"] > 0 for a in attempts)
+    control = "n/a" if not cuda else "shown" if last["no_lease"]["mismatched"] else "not shown"
+    status = "failed" if not lease_ok else "inconclusive" if control == "not shown" else "ok"
+    return {"status": status, "control": control, "lease": last["lease"], "no_lease": last["no_lease"],
+            "sleep_cycles": last["sleep_cycles"], "batch_scale": last["batch_scale"], "attempts": attempts}  # fmt: skip
+
+
+def check_case(
+    case: str, folder: Path, *, device: str, sleep_cycles: int = SLEEP_CYCLES, budget_s: float = 60.0
+) -> dict[str, Any]:
+    """One case with the lease and without it; on a GPU, escalated (``ESCALATION``) while the
+    control shows no hazard and the next attempt (~4x the last) fits in ``budget_s``."""
+    cuda, t_end = device == "cuda", time.monotonic() + budget_s
+    attempts: list[dict[str, Any]] = []
+    for sleep_x, batch_x in ESCALATION if cuda else ESCALATION[:1]:
+        t0 = time.monotonic()
+        make, cycles = case_loader(case, folder, device, batch_x), sleep_cycles * sleep_x
+        attempts.append({"sleep_cycles": cycles, "batch_scale": batch_x,
+                         "lease": delayed_stream_check(make, lease=True, sleep_cycles=cycles),
+                         "no_lease": delayed_stream_check(make, lease=False, sleep_cycles=cycles)})  # fmt: skip
+        if verdict(attempts, cuda)["status"] != "inconclusive":
+            break
+        if time.monotonic() + 4 * (time.monotonic() - t0) > t_end:
+            attempts[-1]["next_skipped"] = "out of the case's budget"
+            break
+    return verdict(attempts, cuda)
+
+
+def run_case(case: str, folder: Path, *, device: str, sleep_cycles: int, budget_s: float) -> dict[str, Any]:
+    """``check_case``, or ``{"status": "error", "error": one line}`` when the case cannot run."""
+    t0 = time.monotonic()
+    try:
+        result = check_case(case, folder, device=device, sleep_cycles=sleep_cycles, budget_s=budget_s)
+    except Exception as e:  # noqa: BLE001  # one case's failure (e.g. no nvImageCodec) must not lose the others
+        result = {"status": "error", "error": f"{type(e).__name__}: {first_line(e)}"[:500]}
+    result["seconds"] = round(time.monotonic() - t0, 1)
+    return result
 
 
 def run_checks(
-    audio: Path, images: Path | None, sleep_cycles: int = SLEEP_CYCLES, device: str = "cuda"
-) -> dict[str, Any]:
-    """Every case with the lease (must be 0 mismatched) and without it (the control)."""
+    audio_and_images: Path, sleep_cycles: int = SLEEP_CYCLES, device: str = "cuda",
+    cases: tuple[str, ...] = CASES, budget_s: float = 60.0, emit: Callable[[str, dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Every case in turn (each with ``budget_s`` for its escalation); ``emit(case, result)`` as each ends."""
     results = {}
-    for name, make in cases(audio, images, device).items():
-        results[name] = {
-            "lease": delayed_stream_check(make, lease=True, sleep_cycles=sleep_cycles),
-            "no_lease": delayed_stream_check(make, lease=False, sleep_cycles=sleep_cycles),
-        }
+    for case in cases:
+        results[case] = run_case(
+            case, audio_and_images, device=device, sleep_cycles=sleep_cycles, budget_s=budget_s
+        )
+        if emit is not None:
+            emit(case, results[case])
+    return summary(results, sleep_cycles, device)
+
+
+def summary(results: dict[str, dict[str, Any]], sleep_cycles: int, device: str) -> dict[str, Any]:
+    """The document the CLI prints last: ``passed`` when every case is ok (inconclusive: not passed)."""
     return {
         "results": results,
-        "passed": all(r["lease"]["mismatched"] == 0 and r["lease"]["batches"] > 0 for r in results.values()),
+        "passed": bool(results) and all(r["status"] == "ok" for r in results.values()),
         "sleep_cycles": sleep_cycles,
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
     }
 
 
-def build_inputs(folder: Path) -> tuple[Path, Path]:
-    """Small audio and image shards under ``folder`` (built once)."""
-    from pipelines.bench.synth_images import build_synth_image_shards
+def build_audio(folder: Path) -> Path:
+    """Small synthetic audio shards under ``folder`` (built once)."""
     from shards.bench.synth import build_synth_shards
 
-    audio, images = folder / "audio", folder / "images"
+    audio = folder / "audio"
     if not (audio / "manifest.json").is_file():
         build_synth_shards(audio, tracks=48, seconds=3.0, sample_rate=8000, shard_size_mb=0.2)
+    return audio
+
+
+def build_images(folder: Path) -> Path:
+    """Small synthetic image shards under ``folder`` (built once)."""
+    from pipelines.bench.synth_images import build_synth_image_shards
+
+    images = folder / "images"
     if not (images / "manifest.json").is_file():
         build_synth_image_shards(images, raw=folder / "images-raw", tracks=32, seconds=3.0)
-    return audio, images
+    return images
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -132,18 +199,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--device", choices=("cuda", "cpu"), default="cuda", help="cpu: the plumbing only (dry run)"
     )
-    ap.add_argument("--json", action="store_true", help="print one JSON document")
+    ap.add_argument("--cases", default=",".join(CASES), help="comma list of " + ", ".join(CASES))
+    ap.add_argument("--budget-s", type=float, default=60.0, help="seconds per case for escalating")
+    ap.add_argument(
+        "--json", action="store_true", help="one JSON line per case as it ends, then one document"
+    )
     args = ap.parse_args(argv)
+    cases = tuple(c.strip() for c in args.cases.split(",") if c.strip())
+    if bad := [c for c in cases if c not in CASES]:
+        ap.error(f"--cases: unknown {bad}; choose from {CASES}")
     if args.device == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda: no CUDA device visible")
-    doc = run_checks(*build_inputs(args.synth), sleep_cycles=args.sleep_cycles, device=args.device)
+
+    def emit(case: str, result: dict[str, Any]) -> None:
+        line = json.dumps({"case": case, "result": result}) if args.json else f"{case}: {result}"
+        print(line, flush=True)
+
+    doc = run_checks(args.synth, sleep_cycles=args.sleep_cycles, device=args.device, cases=cases,
+                     budget_s=args.budget_s, emit=emit)  # fmt: skip
     if args.json:
         print(json.dumps(doc, indent=2))
-    else:
-        for name, r in doc["results"].items():
-            print(f"{name}: with lease {r['lease']}; without {r['no_lease']}")
     return 0 if doc["passed"] else 1
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_cli(main))
+    sys.exit(run_cli(main))

@@ -1,4 +1,4 @@
-"""Stage 4 of ``train.gpu_proof``: ``torchrun -m train``, SIGTERM mid-run, resume, compare.
+"""Stage 6 of ``train.gpu_proof``: ``torchrun -m train``, SIGTERM mid-run, resume, compare.
 
 Two one-rank ``torchrun`` runs start together on the same shards and config: one runs
 uninterrupted to ``resume_steps``; the other gets SIGTERM on its launcher once its metrics show

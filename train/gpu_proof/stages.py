@@ -1,6 +1,7 @@
 """The stages of ``train.gpu_proof`` and the mechanics they share: subprocesses under a
 deadline (each in its own session, so a stop reaches its workers), the run's context, and the
-JSON the CLIs print. Stage 4 (resume) lives in ``train.gpu_proof.resume``.
+JSON the CLIs print. The hand-off stage lives in ``train.gpu_proof.handoff``, the resume check in
+``train.gpu_proof.resume``.
 """
 
 from __future__ import annotations
@@ -257,21 +258,9 @@ def stage_gpu_tests(ctx: Context, stage: dict[str, Any], deadline: float) -> Non
 
 
 def stage_handoff(ctx: Context, stage: dict[str, Any], deadline: float) -> None:
-    """The hand-off check first: a wrong answer there makes every later figure suspect."""
-    cmd = [ctx.python, "-m", "pipelines.bench.handoff", "--synth", str(ctx.work / "handoff"), "--json",
-           "--device", "cuda" if ctx.cuda else "cpu"]  # fmt: skip
-    proc = Proc(cmd, "handoff", ctx)
-    rc = proc.wait(deadline)
-    doc = last_json(proc.stdout(), "pipelines.bench.handoff")
-    stage["results"], stage["passed"], stage["sleep_cycles"] = (
-        doc["results"],
-        doc["passed"],
-        doc["sleep_cycles"],
-    )
-    stage["device"] = doc["device"]
-    if rc != 0 or not doc["passed"]:
-        bad = [k for k, r in doc["results"].items() if r["lease"]["mismatched"]]
-        raise StageFailed(f"hand-off check failed (exit status {rc}): mismatched batches in {bad}")
+    from train.gpu_proof.handoff import run_handoff
+
+    run_handoff(ctx, stage, deadline)
 
 
 def bench_cmd(ctx: Context, shards: Path, *extra: str, module: str = "pipelines.bench") -> list[str]:
@@ -289,10 +278,37 @@ def bench_cmd(ctx: Context, shards: Path, *extra: str, module: str = "pipelines.
     ]
 
 
+def stage_preflight(ctx: Context, stage: dict[str, Any], deadline: float) -> None:
+    """Versions and one DALI ``fn.spectrogram`` on the device, before anything else: a missing
+    library is then one line here, and every later stage is skipped instead of failing."""
+    proc = Proc(
+        [ctx.python, "-m", "train.gpu_proof.preflight", "--device", ctx.profile.device], "preflight", ctx
+    )
+    rc = proc.wait(deadline)
+    doc = last_json(proc.stdout(), "train.gpu_proof.preflight")
+    stage["versions"], stage["smoke"] = doc["versions"], doc["smoke"]
+    ctx.doc["machine"]["versions"] = doc["versions"]
+    if rc != 0 or doc["smoke"]["status"] != "ok":
+        raise StageFailed(doc["smoke"].get("error", f"exit status {rc}"))
+
+
+def stage_shards(ctx: Context, stage: dict[str, Any], deadline: float) -> None:
+    """The pcm16 bench shards, built once for the bench, the input-bound and the resume checks."""
+    shards_step(ctx, stage, "pcm16", ctx.profile.tracks, deadline)
+
+
+def built_shards(ctx: Context) -> Path:
+    return Path(ctx.doc["stages"]["shards"]["shards"]["path"])
+
+
 def stage_pipeline_bench(ctx: Context, stage: dict[str, Any], deadline: float, codec: str = "pcm16") -> None:
     p = ctx.profile
-    tracks = p.tracks if codec == "pcm16" else p.flac_tracks
-    shards = shards_step(ctx, stage, codec, tracks, deadline)
+    if codec == "pcm16":
+        built = ctx.doc["stages"]["shards"]
+        stage["shards"], stage["shards_build_s"] = built["shards"], built.get("shards_build_s")
+        shards = built_shards(ctx)
+    else:
+        shards = shards_step(ctx, stage, codec, p.flac_tracks, deadline)
     ctx.save()
     cmd = bench_cmd(ctx, shards, "--workers", str(p.workers), "--warmup", str(p.bench_warmup),
                     "--batches", str(p.bench_batches))  # fmt: skip
@@ -307,7 +323,7 @@ def stage_pipeline_bench(ctx: Context, stage: dict[str, Any], deadline: float, c
 
 def stage_input_bound(ctx: Context, stage: dict[str, Any], deadline: float) -> None:
     p = ctx.profile
-    shards = Path(ctx.doc["stages"]["pipeline_bench"]["shards"]["path"])
+    shards = built_shards(ctx)
     stage["rows"] = []
     bad: list[str] = []
     for fam in p.families:
@@ -332,8 +348,7 @@ def stage_input_bound(ctx: Context, stage: dict[str, Any], deadline: float) -> N
 def stage_resume(ctx: Context, stage: dict[str, Any], deadline: float) -> None:
     from train.gpu_proof.resume import run_resume_check
 
-    shards = Path(ctx.doc["stages"]["pipeline_bench"]["shards"]["path"])
-    run_resume_check(ctx, stage, shards, deadline)
+    run_resume_check(ctx, stage, built_shards(ctx), deadline)
 
 
 def stage_flac(ctx: Context, stage: dict[str, Any], deadline: float) -> None:
@@ -341,11 +356,13 @@ def stage_flac(ctx: Context, stage: dict[str, Any], deadline: float) -> None:
 
 
 RUNNERS: dict[str, Callable[[Context, dict[str, Any], float], None]] = {
+    "preflight": stage_preflight,
     "handoff": stage_handoff,
     "gpu_tests": stage_gpu_tests,
+    "shards": stage_shards,
     "pipeline_bench": stage_pipeline_bench,
     "input_bound": stage_input_bound,
     "resume": stage_resume,
     "pipeline_bench_flac": stage_flac,
 }
-NEEDS = {"input_bound": "pipeline_bench", "resume": "pipeline_bench"}  # the shards they train on
+NEEDS = {"pipeline_bench": "shards", "input_bound": "shards", "resume": "shards"}  # the shards they read
