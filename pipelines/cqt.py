@@ -17,8 +17,8 @@ octave, from the top, and so is this one:
 
 librosa halves with soxr; here a Kaiser-windowed half-band, applied in the frequency domain for
 all octaves from one FFT (few, large kernels: the same code on the GPU and the CPU). Both
-low-passes are flat far above the bins an octave reads. Parity with ``librosa.cqt``: docs/pipeline.md ("The CQT"),
-tests/test_cqt.py.
+low-passes are flat far above the bins an octave reads. Parity with ``librosa.cqt``:
+docs/pipeline.md ("The CQT"), tests/test_cqt.py.
 """
 
 from __future__ import annotations
@@ -137,7 +137,7 @@ def time_kernels(basis: np.ndarray, n_fft: int) -> np.ndarray:
     (real parts, then imaginary): ``sum_j B[j] FFT(frame)[j]`` over the kept bins is ``sum_n
     w[n] frame[n]`` with ``w[n] = sum_j B[j] exp(-2 pi i j n / n_fft)``, exactly. A strided
     convolution then reads each centred frame in place: no frames are materialised and no
-    per-frame FFT runs (2.5x less CPU than frames + FFT + matmul, and one kernel per octave)."""
+    per-frame FFT runs (less CPU than frames + FFT + matmul, and one kernel per octave)."""
     j = np.arange(basis.shape[1])[:, None]
     n = np.arange(n_fft)[None, :]
     w = basis.astype(np.complex128) @ np.exp(-2j * np.pi * j * n / n_fft)
@@ -212,8 +212,11 @@ class ConstantQ:
         return levels
 
     def _response(self, k: int, m: int, device: torch.device) -> torch.Tensor:
-        """The k-fold half-band response at the ``(m >> k) // 2 + 1`` bins kept, with the scale."""
+        """The k-fold half-band response at the ``(m >> k) // 2 + 1`` bins kept, with the scale
+        (kept for the last few signal lengths: the loader's chunks have one, whole files many)."""
         if (k, m) not in self._lowpass:
+            if len(self._lowpass) >= 4 * self.halvings:
+                self._lowpass.clear()
             f = np.arange((m >> k) // 2 + 1) / m  # cycles per input sample
             taps = np.arange(-HALFBAND_TAPS, HALFBAND_TAPS + 1)
             h, response = halfband().astype(np.float64), np.ones(f.size)

@@ -63,9 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="output folder (NAME.npz, NAME.png per file)")
     ap.add_argument("--device", default="auto", help="auto (the GPU when there is one), cpu, cuda[:N]")
     args, overrides = ap.parse_known_args(argv)
-    features = load_sections({"features": FeatureConfig}, args.config, overrides, allow_other=True)[
-        "features"
-    ]
+    sections = load_sections({"features": FeatureConfig}, args.config, overrides, allow_other=True)
+    features = sections["features"]
     compute = WholeFile(features, resolve_device(args.device))
     failed = 0
     try:

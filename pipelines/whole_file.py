@@ -10,6 +10,7 @@ file's frames line up with ``librosa.stft`` / ``librosa.cqt`` frames of the same
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -28,13 +29,15 @@ class WholeFile:
     def __init__(self, features: FeatureConfig, device: torch.device) -> None:
         self.features = features
         self.device = device
-        self.assembler = FeatureAssembler(features, device)
+        # raw channels only: no normalisation (a 'meanstd' config needs no statistics here)
+        plain = dataclasses.replace(features, normalize="none", norm_mean=None, norm_std=None)
+        self.assembler = FeatureAssembler(plain, device)
         self.names = [
             "mel",
             *(["power"] if features.needs_power else []),
             *(["wave"] if features.needs_wave else []),
         ]
-        self.pipe = _pipeline(features, "gpu" if device.type == "cuda" else "cpu", device.index)
+        self.pipe = _pipeline(features, device)
         self.pipe.build()
 
     def __call__(self, signal: np.ndarray) -> dict[str, np.ndarray]:
@@ -62,18 +65,17 @@ class WholeFile:
         self.pipe._shutdown()
 
 
-def _pipeline(features: FeatureConfig, device: str, device_id: int | None) -> Any:
-    if device == "gpu" and device_id is None:
-        device_id = torch.cuda.current_device()
-
-    gpu_id = device_id if device == "gpu" else None
+def _pipeline(features: FeatureConfig, device: torch.device) -> Any:
+    """The loader graph's signal nodes on one fed signal: DALI on the GPU for a CUDA device."""
+    gpu = device.type == "cuda"
+    gpu_id = (device.index if device.index is not None else torch.cuda.current_device()) if gpu else None
 
     @pipeline_def(batch_size=1, num_threads=1, device_id=gpu_id, seed=0, prefetch_queue_depth=1)  # type: ignore[call-overload,arg-type]
     def whole():  # type: ignore[no-untyped-def]
         signal = fn.external_source(name="signal", device="cpu", dtype=types.FLOAT, ndim=1)
         anchor = fn.external_source(name="anchor", device="cpu", dtype=types.INT32, ndim=1)
         shape = fn.external_source(name="shape", device="cpu", dtype=types.INT32, ndim=1)
-        x = signal.gpu() if device == "gpu" else signal
+        x = signal.gpu() if gpu else signal
         if features.preemphasis:  # as the loader's graph (pipelines.signal.on_device)
             x = fn.preemphasis_filter(x, preemph_coeff=features.preemphasis, border="clamp")
         padded = fn.slice(x, start=anchor, shape=shape, axes=[0], out_of_bounds_policy="pad")

@@ -22,7 +22,8 @@ def test_features_command_writes_arrays_and_pictures(tmp_path, capsys):
     broken = tmp_path / "broken.mp3"
     broken.write_bytes(b"this is not audio " * 20)
     config = tmp_path / "x.toml"
-    config.write_text("[features]\nn_mels = 128\n[loader]\nbatch_size = 8\n")  # other sections: ignored
+    # raw channels: a 'meanstd' config needs no statistics here; other sections are ignored
+    config.write_text('[features]\nn_mels = 128\nnormalize = "meanstd"\n[loader]\nbatch_size = 8\n')
     out = tmp_path / "out"
     args = [str(songs[0]), str(broken), str(songs[1]), "--config", str(config), "--out", str(out)]
     assert main([*args, f"--features.channels={CHANNELS}".replace("'", '"'), "--progress=none"]) == 1
