@@ -302,8 +302,8 @@ class LoaderConfig:
         for name in ("cache_workers", "cache_ahead"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"loader.{name}: must be positive, got {getattr(self, name)}")
-        if self.chunks_per_track <= 0:
-            raise ValueError(f"loader.chunks_per_track: must be positive, got {self.chunks_per_track}")
+        if not 0 < self.chunks_per_track <= 64:  # DALI's multi_paste takes at most 64 inputs (signal.py)
+            raise ValueError(f"loader.chunks_per_track: must be 1..64, got {self.chunks_per_track}")
         if self.batch_size < self.chunks_per_track or self.batch_size % self.chunks_per_track:
             raise ValueError(
                 f"loader.batch_size: {self.batch_size} must be a positive multiple of "

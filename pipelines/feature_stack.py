@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from pipelines.channels import ChannelInputs, full_fp32_matmuls, get_channel
-from pipelines.config import FeatureConfig
+from pipelines.config import AugmentConfig, FeatureConfig
 from shards.base.config import to_dict
 from shards.format import storage
 
@@ -177,6 +177,30 @@ class FeatureAssembler:
             assert self.mean is not None and self.std is not None
             return (c - self.mean[0, i]).div_(self.std[0, i])
         return c
+
+
+def masks_from_draws(draws: torch.Tensor, augment: AugmentConfig, f: int, t: int) -> torch.Tensor:
+    """SpecAugment keep-masks ``(N, F, T)`` uint8 (1 keep, 0 masked) from the graph's draws
+    ``(N, R, 2)`` (``pipelines.graph.mask_draws``): for each frequency band, then each time
+    band, a width ``floor(u0 (width + 1))`` (at most the extent) and a start
+    ``floor(u1 (extent - width + 1))``, in float32 as DALI drew them. A few whole-batch
+    operations on the draws' device, where DALI spent some 30 operators per sample."""
+    keep = []
+    bands = ((augment.freq_masks, augment.freq_width, f), (augment.time_masks, augment.time_width, t))
+    col = 0
+    for count, width, extent in bands:
+        d = draws[:, col : col + count].to(torch.float32)
+        col += count
+        width = min(width, extent)
+        if count == 0 or width == 0:
+            keep.append(torch.ones((draws.shape[0], extent), dtype=torch.bool, device=draws.device))
+            continue
+        w = torch.floor(d[..., 0] * (width + 1.0)).clamp_(max=float(width))
+        start = torch.floor(d[..., 1] * (extent - w + 1.0))
+        pos = torch.arange(extent, device=draws.device, dtype=torch.float32)
+        hit = (pos >= start[..., None]) & (pos < (start + w)[..., None])  # (N, count, extent)
+        keep.append(~hit.any(dim=1))
+    return (keep[0][:, :, None] & keep[1][:, None, :]).to(torch.uint8)
 
 
 def stats_path(features: FeatureConfig, shards_root: storage.Location | None) -> storage.Location | None:

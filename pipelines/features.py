@@ -23,17 +23,27 @@ from pipelines.whole_file import WholeFile
 from shards.base.atomic import atomic_open
 from shards.base.config import load_sections
 from shards.base.distributed import resolve_device
-from shards.base.errors import CliParser, run_cli, say_warning
+from shards.base.errors import CliParser, first_line, run_cli, say_warning
 from shards.base.progress import progress
-from shards.builder.audio import decode_or_reason, to_mono
+from shards.builder.audio import NoAudio, decode, to_mono
+from shards.importers import reasons
 
 
 def read_signal(path: Path, sample_rate: int) -> np.ndarray | str:
-    """Mono float32 at ``sample_rate`` as a shard build stores it, or why the file cannot be used."""
-    decoded = decode_or_reason(path)
-    if isinstance(decoded, str):
-        return decoded
-    y = to_mono(*decoded, sample_rate)
+    """Mono float32 at ``sample_rate`` as a shard build stores it, or why the file cannot be used
+    (the build's reject reasons: ``shards.importers.reasons``)."""
+    fault = reasons.file_fault(path)
+    if fault:
+        return fault
+    try:
+        x, sr = decode(path)
+    except NoAudio:
+        return reasons.not_audio(path)
+    except Exception as e:  # libsndfile raises several types for a stream damaged mid-way
+        return f"decode failed: {first_line(e)}"
+    if x.shape[0] == 0 or sr <= 0:
+        return reasons.no_audio_frames(reasons.size_of(path))
+    y = to_mono(x, sr, sample_rate)
     if y.shape[0] == 0:
         return f"no samples left at {sample_rate} Hz"
     if not np.isfinite(y).all():

@@ -14,7 +14,8 @@ chunk. Outputs per sample (a track or a segment), F_all = frames of the whole la
 frame-major (``"tf"``, DALI's native spectrogram layout: its ``"ft"`` layout costs a
 transpose of the whole power spectrogram, half of the CPU graph's time):
 ``mel (F_all, n_mels)`` in dB, optionally ``power (F_all, n_fft/2+1)`` (chroma, pseudo-CQT)
-and ``wave (rows, L)`` (the chunks' samples, as the STFT framed them: the CQT), in training ``mask (K, n_mels, T)`` uint8, then ``lbl``, ``tid``, ``nchunks`` (chunks to keep), in
+and ``wave (rows, L)`` (the chunks' samples, as the STFT framed them: the CQT),
+in training ``mask (K, R, 2)`` (the SpecAugment draws: ``mask_draws``), then ``lbl``, ``tid``, ``nchunks`` (chunks to keep), in
 training ``start (K,)`` (chunk offsets in the sample) and, for version-2 shards, ``seg``.
 A sample is a track or one segment of a long track (docs/shard-format.md). The MFCC
 (an orthonormal DCT-II, i.e. one small matrix) is applied in torch with the other filter
@@ -35,7 +36,7 @@ from nvidia.dali import math as dmath
 from nvidia.dali.pipeline import Pipeline
 
 from pipelines.config import AugmentConfig, FeatureConfig, Framing, LoaderConfig
-from pipelines.signal import cut_windows, feature_length, on_device, source
+from pipelines.signal import cut_windows, feature_length, length_of, on_device, source, train_lengths
 from shards.format import AUDIO_EXT, SEGMENT_FIELDS, MemberLayout
 
 READER = "reader"
@@ -95,6 +96,16 @@ def build_pipeline(
 ) -> Pipeline:
     """Build (not yet run) the DALI pipeline for ``spec``; ``checkpoint`` restores a reader position.
     ``graph`` defines the nodes (default: the audio graph; the image branch passes its own)."""
+    pipe = define_pipeline(spec, checkpoint, graph)
+    pipe.build()
+    return pipe
+
+
+def define_pipeline(
+    spec: GraphSpec, checkpoint: str | None = None, graph: Callable[[GraphSpec], Any] | None = None
+) -> Pipeline:
+    """The DALI pipeline for ``spec``, defined but not built (its operators: ``pipelines.bench``'s
+    ``--graph-ops`` counts them without CUDA, given an explicit ``spec.device_id``)."""
     device_id = None
     if spec.device == "gpu":
         device_id = spec.device_id if spec.device_id is not None else torch.cuda.current_device()
@@ -113,9 +124,7 @@ def build_pipeline(
         return (graph or _graph)(spec)
 
     kwargs = {"checkpoint": checkpoint} if checkpoint is not None else {}
-    pipe = music_pipeline(**kwargs)
-    pipe.build()
-    return pipe
+    return music_pipeline(**kwargs)  # type: ignore[no-any-return]
 
 
 def _read(spec: GraphSpec):  # type: ignore[no-untyped-def]
@@ -164,34 +173,31 @@ def chunk_count(n, chunk: int):  # type: ignore[no-untyped-def]
 
 
 def _train_rows(spec: GraphSpec, stored, n_in, n, seg):  # type: ignore[no-untyped-def]
-    """K random chunks per sample, stacked ``(K, L)`` on the device (short samples are
-    zero-padded), their starts ``(K,)``, and how many of them the loader keeps (``count``, see
+    """K random chunks per sample, ``(K, L)`` on the device (short samples are zero-padded),
+    their starts ``(K,)`` int32, and how many of them the loader keeps (``count``, see
     ``_keep_weight``). Only the chunks' windows of stored samples leave the CPU
-    (``pipelines.signal.cut_windows``), never the whole sample.
+    (``pipelines.signal.cut_windows``), never the whole sample; ``n_in`` / ``n`` are the
+    sample's int32 lengths (stored, feature rate: ``train_lengths``). Every step is one vector operator for the K.
 
     A chunk lies inside one sample (segment): its start is uniform over the sample's
-    ``max(n - L, 1)`` positions (``n``: the sample's length at the feature rate). Each of the K
-    is kept with the probability ``_keep_weight`` gives (the ``loader.track_weighting``), so
-    segment lengths never over-weight a track."""
-    L = spec.framing.chunk
-    room = dmath.max(n - int(L), 0)
-    starts = []
-    for _ in range(spec.loader.chunks_per_track):
-        u = fn.random.uniform(range=[0.0, 1.0], shape=[1])
-        starts.append(fn.cast(dmath.floor(u * room), dtype=types.DALIDataType.INT32))
+    ``max(n - L, 1)`` positions. Each of the K is kept with the probability ``_keep_weight``
+    gives (the ``loader.track_weighting``), so segment lengths never over-weight a track."""
     k = spec.loader.chunks_per_track
+    u = fn.random.uniform(range=[0.0, 1.0], shape=[k], dtype=types.DALIDataType.FLOAT64)
+    room = dmath.max(n - int(spec.framing.chunk), 0)
+    starts = fn.cast(dmath.floor(u * room), dtype=types.DALIDataType.INT32)
     weight = _keep_weight(spec, n, seg)
     if isinstance(weight, float):  # whole tracks, uniform_track: all K kept, no per-sample draw
         count = types.Constant(np.array([k], dtype=np.int64), device="cpu")
     else:
         keep = fn.random.uniform(range=[0.0, 1.0], shape=[k]) < weight
         count = fn.reductions.sum(fn.cast(keep, dtype=types.DALIDataType.INT64))
-    start_all = fn.cast(fn.cat(*starts), dtype=types.DALIDataType.INT64)
-    return cut_windows(spec, stored, n_in, starts), start_all, count
+    return cut_windows(spec, stored, n_in, n, starts), starts, count
 
 
 def _keep_weight(spec: GraphSpec, n, seg):  # type: ignore[no-untyped-def]
-    """Probability (<= 1) of keeping each drawn chunk of a sample of ``n`` samples (float64).
+    """Probability (<= 1, float64) of keeping each drawn chunk of a sample of ``n`` samples
+    (int32, at the feature rate).
 
     uniform_time: ``n / (longest sample of the split)``: every sample yields K chunks per
     longest-sample's worth of audio, so each second of the split is as likely to be drawn
@@ -201,7 +207,7 @@ def _keep_weight(spec: GraphSpec, n, seg):  # type: ignore[no-untyped-def]
     if spec.loader.track_weighting == "uniform_time":
         rate, src = int(spec.features.sample_rate), int(spec.shards_rate)
         longest = max(-(-spec.longest_sample * rate // src), 1)  # at the feature rate, as ``n`` is
-        return dmath.min(n / longest, 1)
+        return dmath.min(fn.cast(n, dtype=types.DALIDataType.FLOAT64) / longest, 1)
     if seg is None or spec.segment_samples is None:
         return 1.0  # whole tracks: keep all K (``_train_rows`` then skips the draw)
     i = SEGMENT_FIELDS.index
@@ -218,28 +224,42 @@ def _eval_rows(spec: GraphSpec, sig, n):  # type: ignore[no-untyped-def]
     return fn.reshape(padded, shape=[-1, L])
 
 
-def masks(a: AugmentConfig, k: int, f: int, t: int, device: str):  # type: ignore[no-untyped-def]
-    """SpecAugment keep-masks ``(K, F, T)`` uint8 for the K chunks (or image crops) of a sample:
-    DALI erases random bands of ones, anchors and widths drawn on the CPU from the pipeline's
-    seeded RNG. Shared by the audio and the image graph."""
-    mask = types.Constant(np.ones((k, f, t), dtype=np.uint8), device=device)
-    for count, width, extent, axis in (
-        (a.freq_masks, a.freq_width, f, 1),
-        (a.time_masks, a.time_width, t, 2),
-    ):
-        width = min(width, extent)
-        if count == 0 or width == 0:
-            continue
-        regions = k * count
-        chunk_of = types.Constant(np.repeat(np.arange(k, dtype=np.float32), count), device="cpu")
-        w = dmath.floor(fn.random.uniform(range=[0.0, width + 1.0], shape=[regions]))
-        w = dmath.min(w, float(width))
-        start = dmath.floor(fn.random.uniform(range=[0.0, 1.0], shape=[regions]) * (extent - w + 1.0))
-        ones = types.Constant(np.ones(regions, dtype=np.float32), device="cpu")
-        anchor = fn.reshape(fn.stack(chunk_of, start, axis=1), shape=[-1])
-        shape = fn.reshape(fn.stack(ones, w, axis=1), shape=[-1])
-        mask = fn.erase(mask, anchor=anchor, shape=shape, axes=[0, axis], fill_value=0)
-    return mask
+def mask_draws(a: AugmentConfig, k: int):  # type: ignore[no-untyped-def]
+    """The random numbers of the SpecAugment masks of a sample's K chunks (or image crops):
+    ``(K, R, 2)`` float32 uniform in [0, 1), R = ``freq_masks + time_masks`` bands, each a
+    (width, start) pair. One operator, drawn from the pipeline's seeded RNG (reproducible,
+    checkpointed); ``pipelines.feature_stack.masks_from_draws`` turns them into masks on the device.
+    Shared by the audio and the image graph."""
+    return fn.random.uniform(range=[0.0, 1.0], shape=[k, a.freq_masks + a.time_masks, 2])
+
+
+def _graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
+    features, framing = spec.features, spec.framing
+    members = _read(spec)
+    audio, lbl, tid = members[:3]
+    seg = members[3] if spec.segmented else None
+    stored = source(spec, audio)  # CPU, at the shards' rate
+    starts = None
+    if spec.mode == "train":
+        rows, starts, nchunks = _train_rows(spec, stored, *train_lengths(spec, stored), seg)
+    else:  # the whole sample (at most one segment) to the device
+        n = feature_length(spec, length_of(stored))
+        rows = _eval_rows(spec, on_device(spec, stored), n)
+        nchunks = chunk_count(n, framing.chunk)
+    laid = fn.slice(rows, start=[-framing.lead], shape=[framing.stride], axes=[1], out_of_bounds_policy="pad")
+    flat = fn.reshape(laid, shape=[-1])
+    power, mel_db = spectra(features, flat)
+    outs = [mel_db]
+    if features.needs_power:
+        outs.append(power)
+    if features.needs_wave:  # the chunks themselves: the CQT is computed from them in torch
+        outs.append(rows)
+    if spec.mode == "train" and spec.augment.active:
+        outs.append(mask_draws(spec.augment, spec.loader.chunks_per_track))
+    outs += [lbl, tid, nchunks]
+    if starts is not None:
+        outs.append(starts)
+    return (*outs, seg) if seg is not None else tuple(outs)
 
 
 def spectra(features: FeatureConfig, flat):  # type: ignore[no-untyped-def]
@@ -268,34 +288,3 @@ def spectra(features: FeatureConfig, flat):  # type: ignore[no-untyped-def]
     )
     mel_db = fn.to_decibels(mel, multiplier=10.0, reference=1.0, cutoff_db=features.db_floor)
     return power, mel_db
-
-
-def _graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
-    features, framing = spec.features, spec.framing
-    members = _read(spec)
-    audio, lbl, tid = members[:3]
-    seg = members[3] if spec.segmented else None
-    stored, n_in = source(spec, audio)  # CPU, at the shards' rate
-    n = feature_length(spec, n_in)
-    starts = None
-    if spec.mode == "train":
-        rows, starts, nchunks = _train_rows(spec, stored, n_in, n, seg)
-    else:  # the whole sample (at most one segment) to the device
-        rows = _eval_rows(spec, on_device(spec, stored), n)
-        nchunks = chunk_count(n, framing.chunk)
-    laid = fn.slice(rows, start=[-framing.lead], shape=[framing.stride], axes=[1], out_of_bounds_policy="pad")
-    flat = fn.reshape(laid, shape=[-1])
-    power, mel_db = spectra(features, flat)
-    outs = [mel_db]
-    if features.needs_power:
-        outs.append(power)
-    if features.needs_wave:  # the chunks themselves: the CQT is computed from them in torch
-        outs.append(rows)
-    if spec.mode == "train" and spec.augment.active:
-        outs.append(
-            masks(spec.augment, spec.loader.chunks_per_track, features.n_mels, framing.frames, spec.device)
-        )
-    outs += [lbl, tid, nchunks]
-    if starts is not None:
-        outs.append(starts)
-    return (*outs, seg) if seg is not None else tuple(outs)

@@ -63,3 +63,12 @@ class BufferLease:
         while self._held:
             event, _ = self._held.popleft()
             event.synchronize()
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device`` without making the host wait for the GPU: a pinned,
+    non-blocking copy (a plain ``.to("cuda")`` synchronises the stream, i.e. waits for
+    everything queued on it, such as the previous training step)."""
+    if device.type != "cuda" or t.device == device:
+        return t
+    return t.pin_memory().to(device, non_blocking=True)

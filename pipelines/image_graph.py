@@ -7,7 +7,7 @@ gray or RGB (``features.image_color``) and resized once (linear, antialiased) to
 ``(F, T) = (features.n_mels, features.image_frames)`` in evaluation. Training resizes each
 image once to ``(F, T / augment.time_crop)`` and takes K = ``loader.chunks_per_track`` random
 crops of T columns from it (``augment.time_crop`` of the width; the same windows for every
-channel of a sample), plus SpecAugment masks from the audio graph's ``masks``; evaluation
+channel of a sample), plus SpecAugment mask draws from the audio graph's ``mask_draws``; evaluation
 takes each image once, whole. ``ImageLoader`` then stacks the planes into
 the loader contract's ``(B, C, F, T)`` (C = channels x 1 or 3), normalised by the shared
 ``FeatureAssembler``, so every model family and the evaluator are unaware of the kind.
@@ -22,8 +22,9 @@ from nvidia.dali import fn, types
 from nvidia.dali import math as dmath
 
 from pipelines.config import FeatureConfig, LoaderConfig, framing
-from pipelines.graph import GraphSpec, masks, webdataset_reader
-from pipelines.loader import MusicLoader, chunks_mask, labels_to_y, to_device
+from pipelines.graph import GraphSpec, mask_draws, webdataset_reader
+from pipelines.handoff import to_device
+from pipelines.loader import MusicLoader, labels_to_y
 from pipelines.shard_checks import ShardError
 from shards.format import Manifest
 
@@ -92,7 +93,7 @@ def _image_graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
         starts = _crop_starts(spec, k, width, t)
         outs.append(fn.stack(*[fn.slice(image, start=s, shape=[t], axes=[1]) for s in starts]))
         if spec.augment.active:
-            outs.append(masks(spec.augment, k, f, t, spec.device))
+            outs.append(mask_draws(spec.augment, k))
     else:  # (F, T, C x planes): the whole image once
         outs.append(image)
     return (*outs, lbl, tid)
@@ -127,7 +128,7 @@ class ImageLoader(MusicLoader):
             a = a.index_select(0, idx)
         a = a.reshape(-1, *a.shape[-3:])  # (N, F, T, C x p)
         chans = [a[..., j] for j in range(a.shape[-1])]
-        mask = chunks_mask(out["mask"], keep) if "mask" in out else None
+        mask = self._masks(out["mask"][keep].flatten(0, 1), out["image"].device) if "mask" in out else None
         x = self.assembler.stack(to_unit(chans, self.spec.features), mask)
         y = labels_to_y(out["lbl"].to(torch.int64).cpu()[keep], self.task).repeat_interleave(per, dim=0)
         track = tid[keep].repeat_interleave(per)

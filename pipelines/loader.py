@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,10 +24,11 @@ import torch
 from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-from pipelines.config import AugmentConfig, FeatureConfig, Framing, LoaderConfig, framing
-from pipelines.feature_stack import FeatureAssembler, stats_path
+from pipelines.chunk_pick import ChunkPick
+from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig, framing
+from pipelines.feature_stack import FeatureAssembler, masks_from_draws, stats_path
 from pipelines.graph import READER, GraphSpec, build_pipeline
-from pipelines.handoff import BufferLease
+from pipelines.handoff import BufferLease, to_device
 from pipelines.memory import check_memory, release_pool_memory
 from pipelines.remote import CacheGate, ReaderInputs, reader_inputs
 from pipelines.shard_checks import load_manifest, read_fault, split_info, validate_split, verify_on_first_open
@@ -44,6 +44,12 @@ def labels_to_y(lbl: torch.Tensor, task: TaskSpec) -> torch.Tensor:
     if task.kind == "multi":
         return lbl.to(torch.float32)
     return lbl
+
+
+GRAPH_VERSION = 2
+"""The DALI graph's layout, saved with the loader's position: a DALI checkpoint restores only
+into the graph that wrote it (1: per-chunk window chains and erase masks; 2: the windows as
+one batch and one mask draw, issue 30)."""
 
 
 class MusicLoader:
@@ -214,7 +220,11 @@ class MusicLoader:
         power = out["power"].transpose(1, 2) if "power" in out else None
         wave = cut.real(out["wave"]) if "wave" in out else None
         raw = self.assembler.raw_channels(out["mel"].transpose(1, 2), None, power, wave)
-        mask = cut.real(out["mask"]).flatten(0, -3) if "mask" in out else None  # (N, F, T)
+        mask = None
+        if "mask" in out:  # the draws (B, K, R, 2), CPU: picked on the host, masks made on the device
+            m = out["mask"][:, :n_max]
+            m = m.flatten(0, 1) if pick is None else m[rows, cols]
+            mask = self._masks(m, out["mel"].device)
         per_chunk = self.assembler.per_chunk
         x = self.assembler.stack([c if n in per_chunk else cut.frames(c) for n, c in raw.items()], mask)
         y = labels_to_y(out["lbl"].to(torch.int64).cpu()[rows], self.task)
@@ -237,6 +247,11 @@ class MusicLoader:
             return offset + out["start"].to(torch.int64).cpu()[rows, cols]
         return offset + cols * sp.framing.chunk
 
+    def _masks(self, draws: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """SpecAugment masks ``(N, F, T)`` on ``device`` from the kept chunks' draws ``(N, R, 2)``."""
+        _, f, t = self.feature_shape
+        return masks_from_draws(to_device(draws, device), self.spec.augment, f, t)
+
     def _keep(self, ids: torch.Tensor) -> torch.Tensor:
         """CPU bool ``(B,)``: the samples to yield. Eval drops DALI's ``pad_last_batch`` repeats
         of the last sample by its unique id (a segment's own, not its track's); training keeps all."""
@@ -252,54 +267,32 @@ class MusicLoader:
         dali = (
             self._restore if self._dali is None and self._restore is not None else self._it.checkpoints()[0]
         )
-        return {"dali": dali, "epoch": self.epoch, "seen": sorted(self._seen), "batch": self._batch}
+        return {
+            "dali": dali,
+            "graph": GRAPH_VERSION,
+            "epoch": self.epoch,
+            "seen": sorted(self._seen),
+            "batch": self._batch,
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore the saved position: the next batches are the ones the saved loader would have
-        produced. The pipeline is rebuilt from it on first use (none is built here)."""
+        produced. The pipeline is rebuilt from it on first use (none is built here). A position
+        saved by another graph version is never fed to this graph: its epoch restarts."""
         self._shutdown()
-        self._restore = state["dali"]
         self.epoch = int(state["epoch"])
+        saved = int(state.get("graph", 1))
+        if saved != GRAPH_VERSION:
+            warnings.warn(
+                f"the loader position in this checkpoint was saved by input graph version {saved} "
+                f"(this one is {GRAPH_VERSION}): epoch {self.epoch} restarts from its beginning",
+                stacklevel=2,
+            )
+            self._restore, self._seen, self._batch = None, set(), 0
+            return
+        self._restore = state["dali"]
         self._seen = set(state.get("seen", []))
         self._batch = int(state.get("batch", 0))
-
-
-@dataclass(frozen=True)
-class ChunkPick:
-    """The real chunks of a DALI batch: the first ``n_max`` slots of every sample, or the
-    ``pick`` (sample, slot) index pairs (on DALI's device) when some slots are not real."""
-
-    n_max: int
-    pick: tuple[torch.Tensor, ...] | None
-    framing: Framing
-
-    def real(self, v: torch.Tensor) -> torch.Tensor:
-        """``(B, slots, ...)`` -> ``(B, n_max, ...)`` (a view) when every chunk is real, else ``(N, ...)``."""
-        v = v[:, : self.n_max]
-        return v if self.pick is None else v[self.pick[0], self.pick[1]]
-
-    def frames(self, a: torch.Tensor) -> torch.Tensor:
-        """``(B, rows, frames_all)`` -> the chunks ``(B, n_max, rows, T)`` or ``(N, rows, T)``:
-        frame ``j * stride_frames + t`` of the layout is frame t of chunk j."""
-        fr, (b, height, _), s = self.framing, a.shape, a.stride()
-        shape = (b, self.n_max, height, fr.frames)
-        return self.real(a.as_strided(shape, (s[0], fr.stride_frames * s[2], s[1], s[2])))
-
-
-def chunks_mask(mask: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """``(B, K, F, T)`` masks of kept tracks (``keep``: CPU bool) -> ``(N, F, T)`` (a view when all are kept)."""
-    if bool(keep.all()):
-        return mask.flatten(0, 1)
-    return mask.index_select(0, to_device(keep.nonzero().squeeze(1), mask.device)).flatten(0, 1)
-
-
-def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor on ``device`` without making the host wait for the GPU: a pinned,
-    non-blocking copy (a plain ``.to("cuda")`` synchronises the stream, i.e. waits for
-    everything queued on it, such as the previous training step)."""
-    if device.type != "cuda" or t.device == device:
-        return t
-    return t.pin_memory().to(device, non_blocking=True)
 
 
 def _warn_downsampling(shards_rate: int, rate: int) -> None:

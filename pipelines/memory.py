@@ -38,7 +38,7 @@ GRANULE = 2 * MIB  # an allocation's rounding in the pools (torch's large blocks
 CUDA_CONTEXT = 512 * MIB  # per process: the CUDA context, loaded kernels, cuBLAS/cuDNN/cuFFT handles
 CUFFT_STREAMS = 4  # DALI's GPU STFT runs its cuFFT plans on up to 4 streams, one work area each
 CUFFT_MAX_SIZE = 1 << 26  # DALI's largest plan: windows x n_fft <= 2^26 (stft_gpu_impl.cuh, kMaxSize)
-DALI_BUFFERS = 14  # buffers of one iteration (audio steps, STFT, mel, dB, masks): each rounded up
+DALI_BUFFERS = 14  # buffers of one iteration (audio steps, STFT, mel, dB): each rounded up
 TORCH_BUFFERS = 9  # filter-bank channels, chunk temporaries, x and the previous x
 CQT_BUFFERS = 20  # the CQT's temporaries alive at its peak (pipelines.cqt.workspace_bytes)
 
@@ -76,15 +76,14 @@ def memory_bound(spec: GraphSpec) -> MemoryBound:
     n_freq = f.n_fft // 2 + 1
     stft = frames * (f.n_fft + 2 * n_freq + n_freq) * F32  # windows, complex spectrum, power
     mels = 2 * frames * f.n_mels * F32  # mel, dB
-    if train:  # K windows: stored (<= 4 B), float, resampled, pre-emphasised; rows; their layout
-        window = windowing(spec).max_window()
-        audio = K * (2 * window * F32 + 2 * (window * f.sample_rate // spec.shards_rate + 1) * F32)
+    if train:  # K window rows: stored (<= 4 B), float; resampled, pre-emphasised, fix-up (2); chunks, layout
+        w = windowing(spec)
+        audio = K * (2 * w.width * F32 + 4 * w.out_width * F32)
         audio += K * (L + framing.stride) * F32
     else:  # the whole sample: stored, float, resampled, pre-emphasised, padded, laid out
         audio = 2 * spec.longest_sample * F32 + 2 * longest * F32 + rows * (L + framing.stride) * F32
-    masks = 3 * K * f.n_mels * framing.frames if train and spec.augment.active else 0
-    per_iteration = B * (audio + stft + mels + masks)
-    outputs = B * (frames * f.n_mels * F32 + (frames * n_freq * F32 if f.needs_power else 0) + masks)
+    per_iteration = B * (audio + stft + mels)
+    outputs = B * (frames * f.n_mels * F32 + (frames * n_freq * F32 if f.needs_power else 0))
     outputs += B * rows * L * F32 if f.needs_wave else 0  # the chunks' samples (the CQT's input)
     growth = dali_backend.GetDeviceBufferGrowthFactor()  # type: ignore[attr-defined]  # 1.1 in DALI 2.4
     # DALI over-allocates a growing buffer by its growth factor
@@ -99,7 +98,9 @@ def memory_bound(spec: GraphSpec) -> MemoryBound:
         filter_banks += B * rows * workspace_bytes(CqtParams.of(f), L) + CQT_BUFFERS * GRANULE
     chunk = n_chunks * f.n_mels * framing.frames * F32  # one channel's chunks at full height
     x = len(f.channels) * chunk  # the batch being built, and the previous one its consumer still holds
-    torch_side = filter_banks + 3 * chunk + 2 * x + TORCH_BUFFERS * GRANULE
+    # SpecAugment (training): the uint8 masks and their bool bands, made in torch from DALI's draws
+    masks = 4 * n_chunks * f.n_mels * framing.frames if train and spec.augment.active else 0
+    torch_side = filter_banks + 3 * chunk + 2 * x + masks + (TORCH_BUFFERS + (2 if masks else 0)) * GRANULE
     return MemoryBound(dali=dali, torch=torch_side, rows=rows, cufft=cufft)
 
 

@@ -7,13 +7,14 @@ GPU backend (the two use the same kernel: equal output on the CPU). Everything h
 after the transfer: the int16 -> float cast, resampling, pre-emphasis.
 
 Training cuts its K chunks **before** the transfer (:func:`cut_windows`): each chunk travels
-as a window of stored samples, never the whole sample. With resampling, a window carries a
-margin of the resampler's filter support either side and starts on a sample whose resampled
-position is a whole output sample, so the chunk cut from the resampled window equals the chunk
-cut from the resampled whole sample (up to DALI's float32 position arithmetic: 7e-4 of full
-scale measured for 16 -> 22.05 kHz, exactly for integer ratios; tests/test_pipeline_windows.py).
-At the sample's ends a window stops at the signal, where the whole-sample resampler and
-pre-emphasis see the same border.
+as a window of stored samples, never the whole sample, and the K windows travel and are
+processed as one batch, so the graph's operator count does not depend on K. With resampling, a
+window carries a margin of the resampler's filter support either side and starts on a sample
+whose resampled position is a whole output sample, so the chunk cut from the resampled window
+equals the chunk cut from the resampled whole sample (up to DALI's float32 position arithmetic:
+7e-4 of full scale measured for 16 -> 22.05 kHz; exactly for integer ratios but for the
+sample's very last output sample, 4e-9; tests/test_pipeline_windows.py). At the sample's end
+a window stops at the signal; zeros follow it in its row.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from nvidia.dali import fn, types
 from nvidia.dali import math as dmath
 
@@ -36,7 +38,13 @@ evaluates at the input rate whether up- or downsampling (the kernel does not low
 
 @dataclass(frozen=True)
 class Windowing:
-    """Where a training chunk's window of stored samples lies (all in samples at the shards' rate)."""
+    """Where a training chunk's window of stored samples lies (all in samples at the shards' rate).
+
+    A window starts ``period``-aligned (its resampled position is a whole output sample) at least
+    ``margin`` stored samples before its chunk, holds ``span`` stored samples (fewer at the
+    sample's end) and sits in a row of ``width`` samples whose tail is zeros: the K rows are
+    resampled and pre-emphasised as one signal, and the zeros keep each row's neighbours out of
+    its chunk (:func:`cut_windows`)."""
 
     src: int  # the shards' rate
     rate: int  # the feature rate
@@ -53,6 +61,11 @@ class Windowing:
         return self.src // math.gcd(self.src, self.rate)
 
     @property
+    def out_period(self) -> int:
+        """``period`` at the feature rate."""
+        return self.rate // math.gcd(self.src, self.rate)
+
+    @property
     def margin(self) -> int:
         """Stored samples kept before and after the chunk: the resampler's support (+2 for
         rounding) and one output sample for pre-emphasis's ``x[t-1]``."""
@@ -61,23 +74,42 @@ class Windowing:
             return pre
         return RESAMPLE_LOBES + 2 + pre
 
+    @property
+    def lead(self) -> int:
+        """Feature-rate samples a window starts before its chunk, at least (``margin`` stored ones)."""
+        return -(-self.margin * self.rate // self.src)
+
+    @property
+    def span(self) -> int:
+        """Stored samples a window holds: the chunk, up to ``lead + out_period - 1`` output
+        samples before it, and (resampling) ``margin`` after it."""
+        before = self.lead + self.out_period - 1 if self.resampling else self.lead
+        after = self.margin if self.resampling else 0
+        return -(-(before + self.chunk) * self.src // self.rate) + after
+
+    @property
+    def width(self) -> int:
+        """A window's row: ``span`` plus zeros (the resampler's support and one output sample
+        either side of a row boundary; one sample for pre-emphasis), whole periods long."""
+        tail = RESAMPLE_LOBES + 2 + -(-self.src // self.rate) if self.resampling else 1
+        return -(-(self.span + tail) // self.period) * self.period
+
+    @property
+    def out_width(self) -> int:
+        """``width`` at the feature rate (exact: ``width`` is whole periods)."""
+        return self.width // self.period * self.out_period
+
     def max_window(self) -> int:
-        """The longest window, in stored samples (the device memory bound uses it)."""
-        if not self.resampling:
-            return self.chunk + self.margin
-        return -(-self.chunk * self.src // self.rate) + 2 * self.margin + self.period + 2
+        """The longest window row, in stored samples (the device memory bound uses it)."""
+        return self.width
 
     def window(self, start: int, n_in: int) -> tuple[int, int, int]:
         """``(first stored sample, stored samples, chunk offset in the resampled window)`` for a
         chunk starting at ``start`` (feature rate) in a sample of ``n_in`` stored samples; the
-        plain-int twin of :func:`cut_windows`' DALI arithmetic (tests and docs use it)."""
-        s, src, rate, m = start, self.src, self.rate, self.margin
-        if not self.resampling:
-            a = max(s - m, 0)
-            return a, min(s + self.chunk, n_in) - a, s - a
-        a = max((math.floor(s * src / rate) - m) // self.period * self.period, 0)
-        end = min(math.ceil((s + self.chunk) * src / rate) + m, n_in)
-        return a, end - a, s - a * rate // src
+        plain-int twin of :func:`window_plan`'s DALI arithmetic (tests and docs use it)."""
+        block = max((start - self.lead) // self.out_period, 0)
+        a = block * self.period
+        return a, min(n_in - a, self.span), start - block * self.out_period
 
 
 def windowing(spec: GraphSpec) -> Windowing:
@@ -90,13 +122,13 @@ def length_of(signal: Any) -> Any:
     return fn.cast(signal.shape(), dtype=types.DALIDataType.FLOAT64)
 
 
-def source(spec: GraphSpec, audio: Any) -> tuple[Any, Any]:
-    """-> (the stored signal on the CPU at the shards' rate: the reader's int16 for pcm16, else
-    float32 decoded at the native rate, mono; its length as a float64 CPU node)."""
+def source(spec: GraphSpec, audio: Any) -> Any:
+    """The stored signal on the CPU at the shards' rate: the reader's int16 for pcm16, else
+    float32 decoded at the native rate, mono."""
     if spec.codec == "pcm16":
-        return audio, length_of(audio)
+        return audio
     sig, _ = fn.decoders.audio(audio, dtype=types.DALIDataType.FLOAT, downmix=True)
-    return sig, length_of(sig)
+    return sig
 
 
 def feature_length(spec: GraphSpec, n_in: Any) -> Any:
@@ -107,7 +139,18 @@ def feature_length(spec: GraphSpec, n_in: Any) -> Any:
     return n_in if rate == src else dmath.ceil(n_in * rate / src)
 
 
-def on_device(spec: GraphSpec, x: Any) -> Any:
+def train_lengths(spec: GraphSpec, signal: Any) -> tuple[Any, Any]:
+    """``(stored samples, feature-rate samples)`` of a CPU signal as int32 nodes (what the window
+    arithmetic and ``fn.multi_paste``'s anchors use): :func:`feature_length` computed in int64
+    (``ceil(n * out / in)`` exactly), then narrowed (a sample is far below 2**31 samples)."""
+    rate, src = int(spec.features.sample_rate), int(spec.shards_rate)
+    n_in = signal.shape()  # int64
+    i32 = types.DALIDataType.INT32
+    n_in32 = fn.cast(n_in, dtype=i32)
+    return n_in32, n_in32 if rate == src else fn.cast((n_in * rate + (src - 1)) // src, dtype=i32)
+
+
+def on_device(spec: GraphSpec, x: Any, border: str = "clamp") -> Any:
     """A CPU signal (or window) of stored samples -> float32 on ``spec.device`` at the feature
     rate, pre-emphasised (kaldi's ``y[0] = x[0] - c x[0]``: border "clamp")."""
     features = spec.features
@@ -117,35 +160,78 @@ def on_device(spec: GraphSpec, x: Any) -> Any:
     if spec.shards_rate != features.sample_rate:
         x = fn.audio_resample(x, in_rate=float(spec.shards_rate), out_rate=float(features.sample_rate))
     if features.preemphasis:
-        x = fn.preemphasis_filter(x, preemph_coeff=features.preemphasis, border="clamp")
+        x = fn.preemphasis_filter(x, preemph_coeff=features.preemphasis, border=border)
     return x
 
 
-def cut_windows(spec: GraphSpec, stored: Any, n_in: Any, starts: list[Any]) -> Any:
-    """The chunks at ``starts`` (INT32 CPU nodes, feature rate), stacked ``(K, L)`` on the device:
-    each cut on the CPU as a window of stored samples (:class:`Windowing`), moved and resampled
-    on its own, then trimmed to ``L`` (zero-padded past the sample's end, as before)."""
-    w, i32 = windowing(spec), types.DALIDataType.INT32
-    rows = []
-    for start in starts:
-        s = fn.cast(start, dtype=types.DALIDataType.FLOAT64)
-        if w.resampling:
-            first = dmath.floor(s * w.src / w.rate) - w.margin
-            a = dmath.max(dmath.floor(first / w.period) * w.period, 0)
-            end = dmath.min(dmath.ceil((s + w.chunk) * w.src / w.rate) + w.margin, n_in)
-            offset = s - a * w.rate / w.src  # a whole number: ``a`` is a multiple of the period
-        else:
-            a = dmath.max(s - w.margin, 0)
-            end = dmath.min(s + w.chunk, n_in)
-            offset = s - a
-        window = fn.slice(stored, start=fn.cast(a, dtype=i32), shape=fn.cast(end - a, dtype=i32), axes=[0])
-        rows.append(
-            fn.slice(
-                on_device(spec, window),
-                start=fn.cast(offset, dtype=i32),
-                shape=[w.chunk],
-                axes=[0],
-                out_of_bounds_policy="pad",
-            )
-        )
-    return fn.stack(*rows)
+@dataclass(frozen=True)
+class WindowPlan:
+    """The K windows of each sample as CPU int32 vectors ``(K,)`` (:func:`window_plan`)."""
+
+    first: Any  # first stored sample of each window
+    stored: Any  # stored samples in each window (<= Windowing.span)
+    offset: Any  # each chunk's offset in its resampled window row
+    keep: Any  # chunk samples before the sample's end (<= L; the rest is zeros)
+
+
+def window_plan(w: Windowing, starts: Any, n_in: Any, n: Any) -> WindowPlan:
+    """The windows of chunks at ``starts`` (int32 ``(K,)``, feature rate) in a sample of ``n_in``
+    stored / ``n`` feature-rate samples (int32, :func:`train_lengths`): :meth:`Windowing.window`,
+    one vector chain whatever K."""
+    if w.resampling:
+        block = dmath.max((starts - w.lead) // w.out_period, 0)
+        first, offset = block * w.period, starts - block * w.out_period
+    else:
+        first = dmath.max(starts - w.lead, 0)
+        offset = starts - first
+    stored = dmath.min(n_in - first, w.span)
+    return WindowPlan(first=first, stored=stored, offset=offset, keep=dmath.min(n - starts, w.chunk))
+
+
+def _int32(a: np.ndarray) -> Any:
+    """An int32 CPU constant (``fn.multi_paste`` takes int32 anchors and shapes)."""
+    return types.Constant(a.astype(np.int32), dtype=types.DALIDataType.INT32, device="cpu")
+
+
+def _as_image(x: Any) -> Any:
+    """A 1-D signal as a one-row ``HWC`` image (what ``fn.multi_paste`` cuts regions from)."""
+    return fn.reshape(x, shape=[1, -1, 1], layout="HWC")
+
+
+def cut_windows(spec: GraphSpec, stored: Any, n_in: Any, n: Any, starts: Any) -> Any:
+    """The training windows: the chunks at ``starts`` (int32 ``(K,)``, feature rate) of a sample
+    of ``n_in`` stored / ``n`` feature-rate samples (int32), ``(K, L)`` float32 on the device, zeros past
+    the sample's end. The operator count does not depend on K:
+
+    1. one ``multi_paste`` on the CPU cuts the K windows of stored samples (:class:`Windowing`)
+       into the rows of a ``(K, width)`` canvas, zeros after each window;
+    2. the canvas goes to the device as one signal: cast, resampled, pre-emphasised (border
+       "zero": a row's first sample is then fixed to kaldi's clamp, ``x0 - c x0``); the zeros
+       keep each row's resampling and pre-emphasis to its own window;
+    3. one ``multi_paste`` on the device cuts each chunk from its row at its own offset."""
+    w = windowing(spec)
+    k = spec.loader.chunks_per_track
+    plan = window_plan(w, starts, n_in, n)
+    zeros, ones, rows = _int32(np.zeros(k)), _int32(np.ones(k)), _int32(np.arange(k))
+    row_anchors = _int32(np.stack([np.arange(k), np.zeros(k)], axis=1))  # (k, 0): row k's start
+    canvas = fn.multi_paste(
+        *[_as_image(stored)] * k,  # the same sample K times: one region each
+        in_anchors=fn.stack(zeros, plan.first, axis=1),
+        shapes=fn.stack(ones, plan.stored, axis=1),
+        out_anchors=row_anchors,
+        output_size=[k, w.width],
+    )
+    x = on_device(spec, fn.reshape(canvas, shape=[-1]), border="zero")
+    x = fn.reshape(x, shape=[k, w.out_width, 1], layout="HWC")
+    if spec.features.preemphasis:
+        c = np.zeros((w.out_width, 1), np.float32)
+        c[0, 0] = spec.features.preemphasis
+        x = x - x * types.Constant(c, device=spec.device)
+    chunks = fn.multi_paste(
+        *[x] * k,
+        in_anchors=fn.stack(rows, plan.offset, axis=1),
+        shapes=fn.stack(ones, plan.keep, axis=1),
+        out_anchors=row_anchors,
+        output_size=[k, w.chunk],
+    )
+    return fn.reshape(chunks, shape=[k, w.chunk])

@@ -44,6 +44,11 @@ _FLAGS: list[tuple[str, str, dict[str, Any]]] = [
         "decode_timeout",
         dict(type=float, help="reject a file still decoding after this many s (default 600)"),
     ),
+    (
+        "--max-seconds",
+        "max_seconds",
+        dict(type=float, help="reject inputs longer than this, from their header (default 14400; 0 = none)"),
+    ),
     ("--part", "part", dict(help="array jobs: build slice I of N of the plan (I/N, 0-based)")),
 ]
 

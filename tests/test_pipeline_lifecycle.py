@@ -85,3 +85,21 @@ def test_lease_is_a_no_op_on_the_cpu():
     assert len(lease) == 0 and lease.waits == 0
     with pytest.raises(ValueError, match="depth"):
         BufferLease(torch.device("cpu"), depth=0)
+
+
+def test_a_position_from_another_graph_version_restarts_its_epoch(shards):
+    """A DALI checkpoint restores only into the graph that wrote it: a loader state saved before
+    the graph changed (no "graph" key) restarts its epoch, with a warning, instead of being fed
+    to this graph."""
+    src = make(shards, "train", batch_size=4)
+    it = iter(src)
+    next(it)
+    state = src.state_dict()
+    assert state["graph"] == 2
+    old = {k: v for k, v in state.items() if k != "graph"}
+    resumed = make(shards, "train", batch_size=4)
+    with pytest.warns(UserWarning, match="graph version 1 .* restarts from its beginning"):
+        resumed.load_state_dict(old)
+    fresh = make(shards, "train", batch_size=4)
+    assert resumed.epoch == src.epoch
+    assert torch.equal(next(iter(resumed))["x"], next(iter(fresh))["x"])

@@ -3,12 +3,16 @@ and the newest step file that still loads.
 
 A write goes to a temporary file beside the target and is renamed only when complete, so a
 failed write (a full disk, an I/O error) leaves the previous checkpoints as they were and
-is one ``WriteError`` line. On a file system without atomic rename a kill during the write
-can still leave a truncated newest file; ``newest_loadable`` reports it and takes the one before.
+is one ``WriteError`` line. The folder is fsynced after the rename, so the new name is on disk
+before the caller prunes older checkpoints (a power loss then cannot leave none). On a file
+system without atomic rename a kill during the write can still leave a truncated newest file;
+``newest_loadable`` reports it and takes the one before.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +65,20 @@ def write_checkpoint(state: dict[str, Any], path: Path, *, kept: str | None = No
             if sink.error is not None:
                 raise sink.error from None
             raise
+    fsync_folder(path.parent)  # before the caller prunes the older ones
+
+
+def fsync_folder(folder: Path) -> None:
+    """Make the renames in ``folder`` durable (a file's fsync does not cover its directory
+    entry); quiet where the file system cannot fsync a directory."""
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    except OSError as e:
+        if e.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
+    finally:
+        os.close(fd)
 
 
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -276,11 +276,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--batches", type=int, default=20)
     ap.add_argument("--json", action="store_true", help="print one JSON document instead of a table")
+    ap.add_argument(
+        "--graph-ops", action="store_true", help="count the gpu graph's DALI operators (train, eval) and exit"
+    )
     args, overrides = ap.parse_known_args(argv)
     rate = pipeline_config(args.config, overrides, args.workers)["features"].sample_rate
     shards = bench_shards(ap, args, rate, progress=not args.json)
     # read again now that the build exists: an image build's channels and sizes, unless set
     cfg = pipeline_config(args.config, overrides, args.workers, defaults=feature_defaults(shards))
+    if args.graph_ops:
+        from pipelines.bench.graph_ops import graph_ops_by_mode
+
+        ops = graph_ops_by_mode(shards, cfg, args.split)
+        print(json.dumps(ops) if args.json else "\n".join(f"{m}: {c}" for m, c in ops.items()))
+        return 0
     names = [n.strip() for n in args.pipelines.split(",") if n.strip()]
     bad = [n for n in names if n not in PIPELINES]
     if bad:

@@ -27,7 +27,7 @@ def say_error(message: str, *, every_rank: bool = False) -> None:
     """The one ``error:`` line (rank 0 only, unless the fault is this rank's alone)."""
     if every_rank or is_main_process():
         close_all()
-        print(f"error: {message}", file=sys.stderr, flush=True)
+        print(f"error: {logs.redact(message)}", file=sys.stderr, flush=True)
 
 
 def say_warning(message: str) -> None:

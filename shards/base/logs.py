@@ -10,7 +10,10 @@ shards|pipelines.bench|pipelines.stats|train|eval|...``, under torchrun or SLURM
   shows on every rank, prefixed ``[rank N]``; ``MUSICSTREAM_LOG_RANKS=all`` shows every rank's
   messages (debugging a hang);
 - one line each: an info line at most ``MAX_LINE`` characters (log viewers, ``grep``); a
-  warning keeps its reason (it names the fix) up to ``MAX_WARNING``, cut in the middle beyond.
+  warning keeps its reason (it names the fix) up to ``MAX_WARNING``, cut in the middle beyond;
+- never a credential: the formatter applies ``redact`` (the environment's keys, the ones
+  resolved from a profile or instance metadata that ``remember_secrets`` was told, and any
+  ``user:secret@`` of a URL) to every line, a library's warnings included.
 
 Errors keep their own path (``shards.base.errors.say_error``: one ``error:`` line from rank 0).
 Library code only creates loggers (``get_logger``); it never configures logging.
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import TextIO
@@ -33,6 +37,23 @@ MAX_LINE = 400
 MAX_WARNING = 1000
 PER_RANK = {"per_rank": True}
 """``log.warning(msg, extra=PER_RANK)``: this message differs per rank; every rank shows it."""
+SECRET_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
+"""Environment variables whose values never appear in an error line, log or stored file."""
+_SECRETS: set[str] = set()
+
+
+def remember_secrets(*values: str | None) -> None:
+    """Credential values resolved elsewhere than the environment (a profile, instance metadata):
+    ``redact`` removes them too, from now on, in this process."""
+    _SECRETS.update(v for v in values if v and len(v) >= 4)
+
+
+def redact(text: str) -> str:
+    """``text`` with every known credential value and any ``user:secret@`` of a URL as ``***``."""
+    env = (os.environ.get(name) for name in SECRET_VARS)
+    for value in {v for v in env if v and len(v) >= 4} | _SECRETS:
+        text = text.replace(value, "***")
+    return re.sub(r"(://)[^/@\s]+@", r"\1***@", text)
 
 
 def get_logger(name: str = "") -> logging.Logger:
@@ -61,9 +82,9 @@ class LineFormatter(logging.Formatter):
     (lengths: the module's docstring)."""
 
     def format(self, record: logging.LogRecord) -> str:
-        text = " ".join(record.getMessage().split())
+        text = redact(" ".join(record.getMessage().split()))
         if record.exc_info:
-            text += f" ({self.formatException(record.exc_info).strip().splitlines()[-1]})"
+            text += f" ({redact(self.formatException(record.exc_info).strip().splitlines()[-1])})"
         if record.levelno != logging.INFO:
             text = f"{record.levelname.lower()}: {text}"
         text = getattr(record, "rank_prefix", "") + text

@@ -20,8 +20,24 @@ from pathlib import Path
 from typing import Any
 
 _SERVER = """
-import sys
+import os, sys, time
 from moto.server import ThreadedMotoServer
+from moto.s3.responses import S3Response
+
+_put = S3Response.put_object
+_REFUSED = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>NotImplemented</Code><Message>A header "
+            b"you provided implies functionality that is not implemented</Message><Header>If-None-Match</Header></Error>")
+
+def put_object(self):  # faults a test asks for (LocalS3's put_delay, refuse_conditional)
+    key = self.parse_key_name()
+    delay = float(os.environ.get("MUSICSTREAM_S3_PUT_DELAY", "0"))
+    if delay and os.environ.get("MUSICSTREAM_S3_SLOW_KEYS", "") in key:
+        time.sleep(delay)
+    if os.environ.get("MUSICSTREAM_S3_REFUSE_CONDITIONAL") and self.headers.get("If-None-Match"):
+        return 501, {"Content-Type": "application/xml"}, _REFUSED
+    return _put(self)
+
+S3Response.put_object = put_object
 server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=True)
 server.start()
 print("PORT", server.get_host_and_port()[1], flush=True)
@@ -46,13 +62,26 @@ class LocalS3:
 
     ``auth_after``: moto's ``INITIAL_NO_AUTH_ACTION_COUNT``: after that many requests the server
     checks signatures and IAM policies (for access-denied and bad-credential tests).
+    ``put_delay``: seconds every PUT of a key containing ``slow_keys`` waits before it is
+    handled (a slow store); ``refuse_conditional``: a PUT with ``If-None-Match`` is answered
+    501 NotImplemented, as S3-compatible servers without conditional writes answer it.
     """
 
-    def __init__(self, *, auth_after: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        auth_after: int | None = None,
+        put_delay: float = 0.0,
+        slow_keys: str = "",
+        refuse_conditional: bool = False,
+    ) -> None:
         self._log = Path(tempfile.mkstemp(prefix="musicstream-s3-", suffix=".log")[1])
         env = dict(os.environ)
         if auth_after is not None:
             env["INITIAL_NO_AUTH_ACTION_COUNT"] = str(auth_after)
+        env["MUSICSTREAM_S3_PUT_DELAY"], env["MUSICSTREAM_S3_SLOW_KEYS"] = str(put_delay), slow_keys
+        if refuse_conditional:
+            env["MUSICSTREAM_S3_REFUSE_CONDITIONAL"] = "1"
         with open(self._log, "w") as log:
             self._proc = subprocess.Popen(
                 [sys.executable, "-c", _SERVER],

@@ -3,10 +3,12 @@
 - ``plan.json``: the plan (written first; every executor, array part and ``merge`` reads it);
 - ``shards/SPLIT/NNNNNN.part.json``: what a shard task wrote (``ShardPart``: its shard's
   entry for the manifest and its totals), ``NNNNNN.rejects.jsonl``: its rejects, and
-  ``NNNNNN.done``: the commit marker, written last (plan fingerprint, tar size).
+  ``NNNNNN.done``: the commit marker, written last (plan fingerprint and shard cut, tar size).
 
-A shard is *committed* when its marker carries the plan's fingerprint and its tar and index
-are there with the size the marker records; a committed shard is never built again.
+A shard is *committed* when its marker carries the plan's fingerprint and cut (two plans of one
+fingerprint can cut differently: a header read that timed out estimates zero bytes, so parts of
+different plans must never merge) and its tar and index are there with the size the marker
+records; a committed shard is never built again.
 """
 
 from __future__ import annotations
@@ -136,6 +138,11 @@ def write_plan(out: BuildOutput, plan: BuildPlan) -> None:
     out.write_text(PLAN, plan_json(plan))
 
 
+def create_plan(out: BuildOutput, plan: BuildPlan) -> bool:
+    """Write the plan only if there is none yet; False when another driver's got there first."""
+    return out.create(PLAN, plan_json(plan))
+
+
 def read_plan(out: BuildOutput) -> BuildPlan | None:
     """The plan written to ``out``; None when there is none."""
     text = out.read_text(PLAN)
@@ -147,7 +154,11 @@ def write_part(out: BuildOutput, part: ShardPart) -> None:
     stem = part_stem(part.split, part.index)
     out.write_text(f"{stem}.part.json", json.dumps(to_dict(part)) + "\n")
     out.write_text(f"{stem}.rejects.jsonl", "".join(json.dumps(r) + "\n" for r in part.rejects))
-    marker = {"fingerprint": part.fingerprint, "shard": None if part.shard is None else to_dict(part.shard)}
+    marker = {
+        "fingerprint": part.fingerprint,
+        "cut": part.cut,
+        "shard": None if part.shard is None else to_dict(part.shard),
+    }
     out.write_text(f"{stem}.done", json.dumps(marker) + "\n")
 
 
@@ -159,8 +170,9 @@ def _part_from(text: str) -> ShardPart:
     return ShardPart(**{**d, "stats": stats, "shard": shard})
 
 
-def committed(out: BuildOutput, shards: list[ShardPlan], fp: str) -> set[str]:
-    """Names (``SPLIT/NNNNNN``) of the shards already built for the plan ``fp``."""
+def committed(out: BuildOutput, shards: list[ShardPlan], ctx: ShardContext) -> set[str]:
+    """Names (``SPLIT/NNNNNN``) of the shards already built for the plan of ``ctx`` (its
+    fingerprint and its cut)."""
     done: set[str] = set()
     for split in dict.fromkeys(s.split for s in shards):
         markers = out.sizes(f"{PARTS}/{split}")
@@ -177,7 +189,7 @@ def committed(out: BuildOutput, shards: list[ShardPlan], fp: str) -> set[str]:
                 files.get(shard["tar"].rsplit("/", 1)[1]) == shard["bytes"]
                 and shard["index"].rsplit("/", 1)[1] in files
             )
-            if marker.get("fingerprint") == fp and ok:
+            if marker.get("fingerprint") == ctx.fingerprint and marker.get("cut", "") == ctx.cut and ok:
                 done.add(f"{split}/{rel.rsplit('/', 1)[1].removesuffix('.done')}")
     return done
 

@@ -62,6 +62,8 @@ class BuildConfig:
     """executor = ray: the cluster to join (auto, ray://host:10001); None = start Ray on this machine."""
     decode_timeout: float = 600.0
     """Seconds one file may take to read and decode before it is rejected as hung (0 = no limit)."""
+    max_seconds: float = 4 * 3600.0
+    """Inputs longer than this (from their header, before decoding) are rejected (0 = no limit)."""
     part: str | None = None
     """Array jobs: I/N builds the I-th of N slices of the plan (0-based); merge with `python -m shards merge`."""
     options: ImporterOptions | None = None
@@ -107,6 +109,8 @@ class BuildConfig:
             raise ValueError(f"executor: {self.executor!r} is not local or ray")
         if self.ray_address is not None and self.executor != "ray":
             warnings.warn("ray_address has no effect unless executor = ray", stacklevel=3)
+        if not self.max_seconds >= 0:
+            raise ValueError(f"max_seconds: must be >= 0 (0 = no limit), got {self.max_seconds}")
         if not self.decode_timeout >= 0:
             raise ValueError(f"decode_timeout: must be >= 0 (0 = no limit), got {self.decode_timeout}")
         if self.part is not None:
@@ -168,7 +172,17 @@ class BuildConfig:
         return d | d.pop("options")  # the importer's options as top-level keys
 
 
-RUN_FIELDS = ("workers", "force", "strict", "out", "executor", "ray_address", "decode_timeout", "part")
+RUN_FIELDS = (
+    "workers",
+    "force",
+    "strict",
+    "out",
+    "executor",
+    "ray_address",
+    "decode_timeout",
+    "max_seconds",
+    "part",
+)
 """Fields that say how and where to build, never what: outside the fingerprint and the manifest."""
 
 

@@ -15,13 +15,13 @@ import contextlib
 import json
 from collections.abc import Iterator
 from contextlib import closing
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from shards.base.progress import progress
-from shards.builder.build_files import PARTS, PLAN, committed, read_plan, write_plan
+from shards.builder.build_files import PARTS, PLAN, committed, create_plan, read_plan, write_plan
 from shards.builder.config import BuildConfig
 from shards.builder.executors import run_local
-from shards.builder.lock import hold_lease
+from shards.builder.lock import Lease, hold_lease
 from shards.builder.merge import merge, missing_shards
 from shards.builder.output import BuildOutput
 from shards.builder.plan import BuildPlan, ShardPlan, fingerprint, order_records, plan
@@ -58,16 +58,16 @@ def build(cfg: BuildConfig, *, progress: bool = True, dataset: Dataset | None = 
     out = BuildOutput(cfg.out)
     out.check()
     ds = dataset if dataset is not None else import_dataset(cfg)
-    with hold_lease(out, "driver"), worker_pool(cfg) as pool:
-        the_plan = ensure_plan(cfg, ds, out, show=progress, pool=pool)
+    with hold_lease(out, "driver") as lease, worker_pool(cfg) as pool:
+        the_plan = ensure_plan(cfg, ds, out, show=progress, pool=pool, lease=lease)
         done = _up_to_date(out, the_plan, cfg.force)
         if done is not None:
             return done
         for stale in (MANIFEST, REJECTS):
             out.remove(stale)
         pending = _pending(out, the_plan, the_plan.shards)
-        run_shards(cfg, the_plan, pending, out, show=progress, pool=pool)
-        return merge(out, the_plan)
+        run_shards(cfg, the_plan, pending, out, show=progress, pool=pool, lease=lease)
+        return merge(out, the_plan, confirm=lambda: lease.confirm(out))
 
 
 def build_part(cfg: BuildConfig, *, progress: bool = True) -> PartReport:
@@ -77,11 +77,11 @@ def build_part(cfg: BuildConfig, *, progress: bool = True) -> PartReport:
     out = BuildOutput(cfg.out)
     out.check()
     ds = import_dataset(cfg)
-    with hold_lease(out, f"part-{i}-of-{n}", alongside=("part-",)), worker_pool(cfg) as pool:
-        the_plan = ensure_plan(cfg, ds, out, show=progress, replace=False, pool=pool)
+    with hold_lease(out, f"part-{i}-of-{n}", alongside=("part-",)) as lease, worker_pool(cfg) as pool:
+        the_plan = ensure_plan(cfg, ds, out, show=progress, replace=False, pool=pool, lease=lease)
         mine = [s for k, s in enumerate(the_plan.shards) if k % n == i]
         pending = _pending(out, the_plan, mine)
-        run_shards(cfg, the_plan, pending, out, show=progress, pool=pool)
+        run_shards(cfg, the_plan, pending, out, show=progress, pool=pool, lease=lease)
         left = len(missing_shards(out, the_plan))
     return PartReport(
         part=(i, n), shards=len(mine), built=len(pending), missing=left, planned=len(the_plan.shards)
@@ -93,8 +93,8 @@ def plan_build(cfg: BuildConfig, *, progress: bool = True) -> BuildPlan:
     out = BuildOutput(cfg.out)
     out.check()
     ds = import_dataset(cfg)
-    with hold_lease(out, "plan"), worker_pool(cfg) as pool:
-        return ensure_plan(cfg, ds, out, show=progress, pool=pool)
+    with hold_lease(out, "plan") as lease, worker_pool(cfg) as pool:
+        return ensure_plan(cfg, ds, out, show=progress, pool=pool, lease=lease)
 
 
 def merge_build(where: str) -> Manifest:
@@ -103,8 +103,8 @@ def merge_build(where: str) -> Manifest:
     out.check()
     if out.read_text(PLAN) is None:  # before taking a lease, which would create the folder
         raise FileNotFoundError(f"{out.url(PLAN)}: no build plan here (run `python -m shards build` first)")
-    with hold_lease(out, "merge"):
-        return merge(out)
+    with hold_lease(out, "merge") as lease:
+        return merge(out, confirm=lambda: lease.confirm(out))
 
 
 def ensure_plan(
@@ -115,16 +115,20 @@ def ensure_plan(
     show: bool,
     replace: bool = True,
     pool: DecodePool | None = None,
+    lease: Lease | None = None,
 ) -> BuildPlan:
     """The plan in ``out`` when it was made from the same inputs and options (same fingerprint),
     else a new one written there first (``replace=False``, array parts: refuse instead, since
-    other parts may be building from the plan that is there)."""
+    other parts may be building from the plan that is there). Where there is no plan yet it is
+    created only if still absent: a part that planned at the same time as another uses the
+    plan that got there first (their cuts may differ: a header read that timed out)."""
     ordered = order_records(ds, cfg.seed)
     fp = fingerprint(cfg, ds, ordered)
+    damaged = False
     try:
         existing = read_plan(out)
-    except ValueError:  # another version's or a damaged plan: plan again
-        existing = None
+    except ValueError:  # another version's or a damaged plan: plan again (and replace it)
+        existing, damaged = None, True
     if existing is not None and existing.fingerprint == fp and not cfg.force:
         return existing
     if existing is not None and not replace:
@@ -137,8 +141,20 @@ def ensure_plan(
     if existing is not None or cfg.force:  # (no plan yet: the parts there may be other parts' of this one)
         out.remove_tree(PARTS)
     new = plan(cfg, ds, ordered=ordered, show=show, pool=pool)
-    write_plan(out, new)
-    return new
+    if lease is not None:
+        lease.confirm(out)
+    if existing is not None or damaged:
+        write_plan(out, new)  # replacing it: only the holder of the driver or plan lease gets here
+        return new
+    if create_plan(out, new):
+        return new
+    first = read_plan(out)  # another driver or part planned meanwhile
+    if first is None or first.fingerprint != fp:
+        raise ValueError(
+            f"{out}: another build wrote a plan from other inputs or options while this one planned; "
+            "run the same command again (add --force to start over)"
+        )
+    return first
 
 
 def _up_to_date(out: BuildOutput, the_plan: BuildPlan, force: bool) -> Manifest | None:
@@ -158,7 +174,7 @@ def _up_to_date(out: BuildOutput, the_plan: BuildPlan, force: bool) -> Manifest 
 
 
 def _pending(out: BuildOutput, the_plan: BuildPlan, shards: list[ShardPlan]) -> list[ShardPlan]:
-    done = committed(out, shards, the_plan.fingerprint)
+    done = committed(out, shards, the_plan.context)
     return [s for s in shards if s.name not in done]
 
 
@@ -182,14 +198,22 @@ def run_shards(
     *,
     show: bool,
     pool: DecodePool | None = None,
+    lease: Lease | None = None,
 ) -> None:
-    """Step 2 for ``shards``, by the configured executor, with one progress bar here."""
+    """Step 2 for ``shards``, by the configured executor, with one progress bar here; the
+    lease is checked at every tick (the build stops once it could not be refreshed)."""
     if not shards:  # every shard committed: no pool, no Ray to start
         return
-    ctx = the_plan.context
+    ctx = replace(the_plan.context, max_seconds=cfg.max_seconds)  # a limit of this run, as the timeout
     bar = progress(
         total=sum(len(s.records) for s in shards), desc=f"shards {ctx.source}", unit="track", enabled=show
     )
+
+    def tick(n: int) -> None:
+        bar.update(n)
+        if lease is not None:
+            lease.check(out)
+
     with closing(bar):
         if cfg.executor == "ray":
             from shards.builder.ray_executor import run_ray
@@ -201,7 +225,7 @@ def run_shards(
                 address=cfg.ray_address,
                 workers=cfg.num_workers,
                 timeout=cfg.decode_timeout,
-                tick=bar.update,
+                tick=tick,
             )
         else:
-            run_local(ctx, shards, out, pool=pool, timeout=cfg.decode_timeout, tick=bar.update)
+            run_local(ctx, shards, out, pool=pool, timeout=cfg.decode_timeout, tick=tick)

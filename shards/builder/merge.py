@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 
 from shards.builder.build_files import BUILD, PLAN, committed, read_parts, read_plan
 from shards.builder.output import BuildOutput
@@ -24,13 +25,16 @@ _TEMP_FILE = re.compile(r"^\.\d{6}\.(tar|idx)\..*\.tmp$")  # left by a killed ta
 
 def missing_shards(out: BuildOutput, plan: BuildPlan) -> list[str]:
     """Planned shards not committed yet, in plan order."""
-    done = committed(out, plan.shards, plan.fingerprint)
+    done = committed(out, plan.shards, plan.context)
     return [s.name for s in plan.shards if s.name not in done]
 
 
-def merge(out: BuildOutput, plan: BuildPlan | None = None) -> Manifest:
+def merge(
+    out: BuildOutput, plan: BuildPlan | None = None, *, confirm: Callable[[], None] | None = None
+) -> Manifest:
     """Write ``rejects.jsonl`` and then ``manifest.json`` from the committed shards of the plan
-    in ``out``; a shard not built yet is one error naming how many and which."""
+    in ``out``; a shard not built yet is one error naming how many and which. ``confirm`` runs
+    just before the manifest is written (the lease is still this driver's, or it raises)."""
     plan = plan or read_plan(out)
     if plan is None:
         raise FileNotFoundError(f"{out.url(PLAN)}: no build plan here (run `python -m shards build` first)")
@@ -48,6 +52,8 @@ def merge(out: BuildOutput, plan: BuildPlan | None = None) -> Manifest:
     rejects += [r for p in parts for r in p.rejects]
     out.write_text(REJECTS, "".join(json.dumps(r) + "\n" for r in rejects))
     remove_stale(out, manifest)
+    if confirm is not None:
+        confirm()
     out.write_text(MANIFEST, manifest.to_json())  # last: its presence means the build is complete
     if out.local is not None:
         return read_manifest(out.local)

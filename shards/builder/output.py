@@ -19,10 +19,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from shards.base.atomic import write_faults
+from shards.base.logs import get_logger
 from shards.format import storage
 
 _READERS = 16  # small objects fetched at once (markers, parts): a store answers each in ~10-50 ms
-_SETTLE_S = 0.5  # a store has no exclusive create: write, wait, read back (last writer wins)
+_SETTLE_S = 0.5  # a store without conditional writes: write, wait, read back (last writer wins)
+_UNCONDITIONAL: set[str] = set()  # endpoints (buckets) that refused a conditional write, warned once
+log = get_logger("shards.output")
 
 
 class BuildOutput:
@@ -70,8 +73,18 @@ class BuildOutput:
 
     def create(self, rel: str, text: str) -> bool:
         """Write ``rel`` only if it does not exist yet; False when another writer got there first
-        (local: exclusive creation; a store: write, wait, read back)."""
+        (local: exclusive creation; a store: a conditional create, or, where the store refuses
+        that, write, wait, read back, which two writers can both pass when a PUT is slow)."""
         if self.remote:
+            store = f"{storage.endpoint() or 'aws'} {str(self.where).split('/')[2]}"
+            if store not in _UNCONDITIONAL:
+                try:
+                    return storage.create_bytes(self.url(rel), text.encode("utf-8"))
+                except storage.NoConditionalWrite as e:
+                    _UNCONDITIONAL.add(store)
+                    log.warning(
+                        f"{e}; falling back to write, wait {_SETTLE_S} s, read back (see docs/building-at-scale.md)"
+                    )
             if self.read_text(rel) is not None:
                 return False
             self.write_text(rel, text)

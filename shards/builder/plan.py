@@ -93,13 +93,20 @@ class ShardContext:
     shard_bytes: int
     """The planned bound of a shard (for a full disk's message: the room a shard may need)."""
     fingerprint: str
+    cut: str = ""
+    """Hash of the shard cut (``cut_hash``): plans of one fingerprint may cut differently."""
+    max_seconds: float = 0.0
+    """Longer inputs are rejected from their header, before decoding (0: no limit); a limit of
+    the run, like the decode timeout, so not in the fingerprint."""
 
     @property
     def spec(self) -> AudioSpec | ImageSpec:
         """What the decoders make of each record."""
         if self.kind == "image":
             return ImageSpec(tuple(self.channels))
-        return AudioSpec(self.sample_rate, self.codec, self.min_seconds, self.segment_samples)
+        return AudioSpec(
+            self.sample_rate, self.codec, self.min_seconds, self.segment_samples, self.max_seconds
+        )
 
 
 @dataclass(kw_only=True)
@@ -174,6 +181,7 @@ def context_of(cfg: BuildConfig, ds: Dataset, fp: str) -> ShardContext:
         segment_samples=cfg.segment_samples,
         shard_bytes=cfg.shard_bytes,
         fingerprint=fp,
+        max_seconds=cfg.max_seconds,
     )
 
 
@@ -196,6 +204,7 @@ def plan(
     shards = []
     for split, items in ordered.items():
         shards += cut_shards(split, [(k, r, next(estimates)) for k, r in items], cfg.shard_bytes)
+    ctx.cut = cut_hash(shards)
     return BuildPlan(
         context=ctx,
         shards=shards,
@@ -203,6 +212,17 @@ def plan(
         num_inputs=ds.num_inputs,
         build=cfg.provenance() | {"fingerprint": ctx.fingerprint},
     )
+
+
+def cut_hash(shards: list[ShardPlan]) -> str:
+    """What a shard task's output depends on beyond the fingerprint: which records each shard
+    holds and their ids (committed shards of another cut are rebuilt, never merged)."""
+    h = hashlib.sha256()
+    for s in shards:
+        h.update(f"{s.split}\0{s.index}\0{s.extra_ids}\n".encode())
+        for p in s.records:
+            h.update(f"{p.key}\0{p.tid}\0{p.first_sample}\0{p.segments}\n".encode())
+    return h.hexdigest()[:32]
 
 
 def cut_shards(split: str, items: list[tuple[str, Record, Estimate]], max_bytes: int) -> list[ShardPlan]:

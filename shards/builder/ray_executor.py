@@ -6,7 +6,9 @@ KB), reads the raw files itself, writes its shard to the output and returns its 
 Inside a task the records are decoded in one child process, so a file that crashes its codec
 or hangs past the timeout is a reject exactly as on the local pool. A task whose worker
 dies (node lost, OOM killer, SIGKILL) is retried by Ray; the shard is rebuilt from the
-start and is the same bytes. Ray is an optional extra (``pip install .[ray]``) and is
+start and is the same bytes. The driver's wait has a deadline: when no task has finished
+for as long as the slowest shard may take (``task_deadline``), the tasks still out are
+cancelled and named in one line. Ray is an optional extra (``pip install .[ray]``) and is
 imported only here.
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import signal
 import threading
+import time
 from collections.abc import Callable
 from contextlib import closing
 from typing import Any
@@ -28,6 +31,18 @@ from shards.builder.workers import DecodePool, decode_pooled
 
 RETRIES = 3
 """Ray retries of a shard task whose worker died (node lost, OOM killer, SIGKILL)."""
+TASK_SLACK_S = 600.0
+"""Beyond its records' decode timeouts, what a shard task may take (scheduling, a retry,
+writing and uploading its shard)."""
+
+
+def task_deadline(shards: list[ShardPlan], timeout: float) -> float | None:
+    """Seconds without any shard task finishing after which the wait gives up: the largest
+    shard's records each at the decode timeout, plus ``TASK_SLACK_S``, for each of Ray's
+    tries; None when the decode timeout is off (0)."""
+    if not timeout:
+        return None
+    return (RETRIES + 1) * (timeout * max(len(s.records) for s in shards) + TASK_SLACK_S)
 
 
 _DECODER = DecodePool(1)
@@ -81,6 +96,20 @@ def _reason(e: BaseException) -> str:
     return first_line(cause if isinstance(cause, BaseException) else e)
 
 
+def _stuck(
+    ray: Any, out: BuildOutput, waiting: list[Any], refs: dict[Any, ShardPlan], deadline: Any
+) -> ValueError:
+    """Cancel the tasks still out; the one line naming them."""
+    for ref in waiting:
+        ray.cancel(ref, force=True)
+    names = [refs[r].name for r in waiting]
+    return ValueError(
+        f"{out}: no shard task finished in {deadline:.0f} s (still out: {', '.join(names[:5])}"
+        f"{f' and {len(names) - 5} more' if len(names) > 5 else ''}); cancelled them, the shards "
+        "already built stay committed: check the Ray cluster's nodes, then run the same command again"
+    )
+
+
 def run_ray(
     ctx: ShardContext,
     shards: list[ShardPlan],
@@ -106,8 +135,14 @@ def run_ray(
         refs = {task.remote(ctx, s, where, timeout): s for s in shards}
         parts, failed = [], []
         waiting = list(refs)
+        deadline = task_deadline(shards, timeout)
+        last = time.monotonic()
         while waiting:
-            done, waiting = ray.wait(waiting, num_returns=1)
+            left = None if deadline is None else max(0.0, deadline - (time.monotonic() - last))
+            done, waiting = ray.wait(waiting, num_returns=1, timeout=left)
+            if not done:
+                raise _stuck(ray, out, waiting, refs, deadline)
+            last = time.monotonic()
             shard = refs[done[0]]
             try:
                 parts.append(ray.get(done[0]))

@@ -44,10 +44,14 @@ def build_shard(
 ) -> ShardPart:
     """Build one shard from ``decoded`` (one result per record, in record order) unless it is
     already committed; returns its part. ``tick(1)`` after each record (progress)."""
-    if shard.name in committed(out, [shard], ctx.fingerprint):
+    if shard.name in committed(out, [shard], ctx):
         return read_parts(out, [shard])[shard.name]
     part = ShardPart(
-        split=shard.split, index=shard.index, fingerprint=ctx.fingerprint, records=len(shard.records)
+        split=shard.split,
+        index=shard.index,
+        fingerprint=ctx.fingerprint,
+        cut=ctx.cut,
+        records=len(shard.records),
     )
     results: Iterator[Result] = iter(decoded)
     with out.staging() as folder:

@@ -116,3 +116,5 @@ class ShardPart:
     stats: SplitStats = field(default_factory=SplitStats)
     rejects: list[dict[str, Any]] = field(default_factory=list)
     """``{"path", "reason", "key", "split"}`` in record order."""
+    cut: str = ""
+    """The plan's shard cut (``ShardContext.cut``) this part was built for."""

@@ -10,6 +10,12 @@ stalled on a dead network mount) has its process killed and becomes a reject (``
 result pipe, so killing one mid-write leaves the pool waiting forever for the rest of a
 message, and a broken pool does not say which job broke it.
 
+Every wait has a deadline: an exception inside a call is that call's result (a reject with
+its real reason, never a dead process); a process not ready ``START_TIMEOUT_S`` after it was
+started counts as one that died starting; a killed process that does not exit within
+``KILL_JOIN_S`` (uninterruptible I/O on a dead mount) is left behind with one warning naming
+its file, instead of blocking the build.
+
 Kept apart from the builder's state so a ``spawn``ed worker imports only this, the decoders
 and the record types: no torch, no builder.
 """
@@ -25,6 +31,8 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from shards.base.errors import first_line
+from shards.base.logs import get_logger
 from shards.builder.audio import AudioSpec, Encoded, transcode
 from shards.builder.images import EncodedImages, ImageSpec, pack_images
 
@@ -33,6 +41,11 @@ Job = tuple[int, Any, AudioSpec | ImageSpec]
 Result = tuple[int, Encoded | EncodedImages | str]
 AHEAD = 4  # jobs given out ahead of the next result to yield, per worker (results hold encoded audio)
 _START_FAILURES = 3  # consecutive worker processes dying before they are ready: give up
+START_TIMEOUT_S = 120.0
+"""A worker process not ready this long after its start (its imports hang) is replaced."""
+KILL_JOIN_S = 10.0
+"""How long a killed worker process may take to exit before it is left behind."""
+log = get_logger("shards.workers")
 
 
 def process_indexed(job: Job) -> Result:
@@ -54,8 +67,14 @@ def timed_out(seconds: float) -> str:
     return f"decode timed out after {seconds:g} s (a stalled read, e.g. a stale network mount?)"
 
 
+def failed(reason: str) -> str:
+    """The reject reason of a file whose call raised an exception in its worker."""
+    return f"decode failed: {reason}"
+
+
 def _serve(conn: Connection) -> None:
-    """A worker process: say it is ready (its imports done), then run ``(fn, args)`` messages."""
+    """A worker process: say it is ready (its imports done), then run ``(fn, args)`` messages;
+    a call that raises answers ``("error", one line)`` and the process goes on."""
     conn.send(("ready", os.getpid()))
     while True:
         try:
@@ -65,7 +84,11 @@ def _serve(conn: Connection) -> None:
         if msg is None:
             return
         fn, args = msg
-        conn.send(("done", fn(*args)))
+        try:
+            result = ("done", fn(*args))
+        except Exception as e:  # the call's own failure: its reason goes back, not a traceback
+            result = ("error", f"{type(e).__name__}: {first_line(e)}")
+        conn.send(result)
 
 
 @dataclass(frozen=True)
@@ -73,7 +96,9 @@ class Fault:
     """What became of a call whose process died twice (``"died"``) or ran past the timeout."""
 
     kind: str
+    """``"died"``, ``"timeout"`` or ``"error"`` (an exception inside the call: ``reason``)."""
     args: tuple[Any, ...]
+    reason: str = ""
 
 
 class _Worker:
@@ -88,6 +113,7 @@ class _Worker:
         self.pos: int | None = None
         self.args: tuple[Any, ...] | None = None
         self.since = 0.0
+        self.born = time.monotonic()
 
     def give(self, fn: Callable[..., Any], pos: int, args: tuple[Any, ...]) -> None:
         self.pos, self.args, self.since = pos, args, time.monotonic()
@@ -97,9 +123,23 @@ class _Worker:
             pass
 
     def kill(self) -> None:
+        """SIGKILL, then wait at most ``KILL_JOIN_S``: a process in uninterruptible I/O (a dead
+        network mount) cannot exit, and the build must not wait on it."""
         self.proc.kill()
-        self.proc.join()
+        self.proc.join(KILL_JOIN_S)
+        if self.proc.is_alive():
+            log.warning(
+                f"worker process {self.proc.pid} did not exit {KILL_JOIN_S:g} s after SIGKILL "
+                f"(stuck in I/O{_subject(self.args)}?); left behind, the build goes on"
+            )
         self.conn.close()
+
+
+def _subject(args: tuple[Any, ...] | None) -> str:
+    """`` on FILE`` for the call a worker was running (a decode job or a header read)."""
+    first = args[0] if args else None
+    path = getattr(first, "path", None) or (first[1] if isinstance(first, tuple) and len(first) > 1 else None)
+    return f" on {path}" if isinstance(path, (str, os.PathLike)) else ""
 
 
 class DecodePool:
@@ -140,9 +180,11 @@ class DecodePool:
         self.fill()
         now = time.monotonic()
         late = [w for w in self.busy() if timeout and now - w.since > timeout]
+        late += [w for w in self._all if not w.ready and now - w.born > START_TIMEOUT_S]
         if late:
             return [(w, "timeout") for w in late]
         left = [timeout - (now - w.since) for w in self.busy()] if timeout else []
+        left += [START_TIMEOUT_S - (now - w.born) for w in self._all if not w.ready]
         conns = wait([w.conn for w in self._all], timeout=max(0.0, min(left)) if left else None)
         out: list[tuple[_Worker, Any]] = []
         for w in self._all:
@@ -159,7 +201,11 @@ class DecodePool:
     def died_starting(self) -> None:
         self._start_failures += 1
         if self._start_failures >= _START_FAILURES:
-            raise RuntimeError(f"worker processes die before they start ({_START_FAILURES} in a row)")
+            raise ValueError(
+                f"decode worker processes die or hang before they start ({_START_FAILURES} in a row, "
+                f"{START_TIMEOUT_S:g} s allowed each): check that this Python can import numpy, "
+                "soundfile and soxr (python -c 'import soundfile, soxr')"
+            )
 
 
 def run_pooled(
@@ -201,9 +247,9 @@ def _handle(
     if isinstance(event, tuple) and event[0] == "ready":
         pool.started(w)
         return
-    if isinstance(event, tuple):  # ("done", result)
-        assert w.pos is not None
-        done[w.pos] = event[1]
+    if isinstance(event, tuple):  # ("done", result) or ("error", reason)
+        assert w.pos is not None and w.args is not None
+        done[w.pos] = event[1] if event[0] == "done" else Fault("error", w.args, event[1])
         w.pos, w.args = None, None
         return
     pos, args = w.pos, w.args
@@ -232,7 +278,8 @@ def decode_pooled(
         for r in run_pooled(process_indexed, [(job,) for job in jobs], procs, timeout):
             if isinstance(r, Fault):
                 job = r.args[0]
-                yield job[0], WORKER_DIED if r.kind == "died" else timed_out(timeout)
+                why = {"died": WORKER_DIED, "timeout": timed_out(timeout), "error": failed(r.reason)}
+                yield job[0], why[r.kind]
             else:
                 yield r
     finally:

@@ -22,6 +22,8 @@ READABLE_VERSIONS = (1, 2, 3)  # version 1 reads as one segment per track
 PACKED_VERSION = 3  # from this version on, samples carry ``ids`` instead of ``lbl``, ``tid``, ``seg``
 MANIFEST = "manifest.json"
 REJECTS = "rejects.jsonl"
+MAX_MANIFEST_BYTES = 64 << 20
+"""Larger is no manifest (100,000 shards take ~25 MB): refused before it is read into memory."""
 
 # Member extensions inside a sample (key.EXT). DALI takes everything after the first
 # dot as the extension, so keys never contain dots.
@@ -48,6 +50,11 @@ class ShardInfo:
     bytes: int
     index_sha256: str | None = None  # the index file's sha256 (absent in builds before it was recorded)
     index_bytes: int | None = None  # the index file's size in bytes (likewise)
+
+    def __post_init__(self) -> None:
+        for name in ("num_samples", "bytes", "index_bytes"):
+            if (getattr(self, name) or 0) < 0:
+                raise ValueError(f"shard {self.tar}: negative {name} ({getattr(self, name)})")
 
 
 @dataclass(kw_only=True)
@@ -232,10 +239,14 @@ def read_manifest(folder: storage.Location, *, check_files: bool = True) -> Mani
     root, path = _manifest_location(folder)
     if storage.is_remote(root):
         storage.check_access(root)
-    if not storage.exists(path):
+    try:
+        size = storage.stat(path).size
+    except FileNotFoundError:
         raise FileNotFoundError(
             f"{path}: no shard manifest here (build shards with `python -m shards build`)"
-        )
+        ) from None
+    if size > MAX_MANIFEST_BYTES:
+        raise ValueError(f"{path}: {size} bytes, over the {MAX_MANIFEST_BYTES >> 20} MiB of any manifest")
     manifest = parse_manifest(storage.read_text(path), str(path))
     manifest.root = root
     if storage.is_remote(root):

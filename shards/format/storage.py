@@ -22,6 +22,7 @@ object or the new one, never a part.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import importlib
 import importlib.util
@@ -35,7 +36,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from shards.base.atomic import atomic_path, atomic_write_text
-from shards.format.storage_errors import SECRET_VARS, StorageError, StorageNotFound, explain, redact
+from shards.format.storage_errors import (
+    SECRET_VARS,
+    StorageError,
+    StorageNotFound,
+    explain,
+    redact,
+    remember_credentials,
+)
 
 __all__ = [
     "SECRET_VARS",
@@ -156,6 +164,8 @@ def _filesystem(location: Location) -> Any:
                 + ("pip install 'musicstream[cloud]'" if package == "s3fs" else f"pip install {package}")
             )
         if scheme == "s3":
+            with storage_errors(location):  # a broken profile: one line
+                remember_credentials()
             s3fs = importlib.import_module("s3fs")
             fs = s3fs.S3FileSystem(
                 endpoint_url=endpoint(),
@@ -298,6 +308,30 @@ def write_text(location: Location, text: str) -> None:
         atomic_write_text(location, text)
         return
     write_bytes(location, text.encode("utf-8"))
+
+
+class NoConditionalWrite(StorageError):
+    """The store refused a conditional create (an S3-compatible server without ``If-None-Match``)."""
+
+
+def create_bytes(location: Location, data: bytes) -> bool:
+    """Write ``data`` only if nothing is there yet, in one request the store decides (fsspec's
+    ``mode="create"``: ``If-None-Match: *`` on S3, ``ifGenerationMatch=0`` on GCS); False when
+    the object exists. :class:`NoConditionalWrite` when the store refuses the condition."""
+    fs = _filesystem(location)
+    try:
+        fs.pipe_file(_key(location), data, mode="create")
+    except FileExistsError:  # 412 Precondition Failed: another writer's object is there
+        return False
+    except Exception as e:
+        text = f"{type(e).__name__} {e}"
+        if "ConditionalRequestConflict" in text:  # a concurrent conditional write is in flight
+            return False
+        code = getattr(e, "errno", 0)  # s3fs: 501 NotImplemented is ENOSYS, 400 InvalidArgument EINVAL
+        if isinstance(e, (TypeError, NotImplementedError)) or code in (errno.ENOSYS, errno.EINVAL):
+            raise NoConditionalWrite(f"{location}: the store refused a conditional write ({text})") from None
+        raise explain(e, location, endpoint()) from None
+    return True
 
 
 def upload(local: str | Path, dst: Location, *, sha256: str | None = None) -> None:

@@ -3,16 +3,18 @@
 ``storage.py``'s remote calls run inside ``storage_errors(url)``, which hands any exception to
 :func:`explain`: no credentials, endpoint unreachable, bucket or key missing, access denied,
 credentials rejected. botocore's exception classes are matched by name, so nothing here imports
-a cloud package. :func:`redact` removes the environment's credential values from any text.
+a cloud package at import time. :func:`redact` (``shards.base.logs.redact``, which the log
+formatter applies too) removes the credential values in use from any text: the environment's,
+and those botocore resolved from a profile or instance metadata (:func:`remember_credentials`).
 """
 
 from __future__ import annotations
 
-import os
-import re
+import importlib
 
-SECRET_VARS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN")
-"""Environment variables whose values never appear in an error line, log or stored file."""
+from shards.base.logs import SECRET_VARS, redact, remember_secrets
+
+__all__ = ["SECRET_VARS", "StorageError", "StorageNotFound", "explain", "redact", "remember_credentials"]
 
 
 class StorageError(ValueError):
@@ -33,14 +35,14 @@ class StorageNotFound(StorageError, FileNotFoundError):
         self.bucket = bucket
 
 
-def redact(text: str) -> str:
-    """``text`` with every credential value of the environment (and any ``user:secret@`` of a URL)
-    replaced by ``***``: applied to every error line this module raises."""
-    for name in SECRET_VARS:
-        value = os.environ.get(name)
-        if value and len(value) >= 4:
-            text = text.replace(value, "***")
-    return re.sub(r"(://)[^/@\s]+@", r"\1***@", text)
+def remember_credentials() -> None:
+    """The credentials botocore's chain resolves (environment, profile, instance metadata) join
+    what :func:`redact` removes: a key from ``~/.aws/credentials`` is as secret as one from the
+    environment. Called when an ``s3://`` client is made (the chain is resolved then anyway)."""
+    creds = importlib.import_module("botocore.session").get_session().get_credentials()
+    if creds is not None:
+        frozen = creds.get_frozen_credentials()
+        remember_secrets(frozen.access_key, frozen.secret_key, frozen.token)
 
 
 def _names(e: BaseException) -> set[str]:

@@ -224,19 +224,33 @@ class ShardWriter:
                 self._fail(e)
 
 
+MAX_INDEX_BYTES = 64 << 20
+"""Larger is no index of a shard (a line of ~100 bytes per sample): refused before reading it."""
+
+
 def read_index(path: str | Path) -> list[dict[str, tuple[int, int]]]:
-    """Parse a DALI index: one dict ``ext -> (offset, size)`` per sample."""
+    """Parse a DALI index: one dict ``ext -> (offset, size)`` per sample; a damaged or hostile
+    one (too large, not numbers, negative offsets or sizes) is one error naming the file."""
     path = Path(path)
-    lines = path.read_text().splitlines()
+    size = path.stat().st_size
+    if size > MAX_INDEX_BYTES:
+        raise ValueError(f"{path}: {size} bytes, over the {MAX_INDEX_BYTES >> 20} MiB of any shard index")
+    lines = path.read_text(errors="replace").splitlines()
     if not lines or not lines[0].startswith(INDEX_VERSION + " "):
         raise ValueError(f"{path}: not a DALI {INDEX_VERSION} webdataset index")
-    n = int(lines[0].split()[1])
     samples = []
-    for ln in lines[1 : n + 1]:
-        f = ln.split()
-        if len(f) % 4:
-            raise ValueError(f"{path}: malformed line {ln!r}")
-        samples.append({f[i]: (int(f[i + 1]), int(f[i + 2])) for i in range(0, len(f), 4)})
+    try:
+        n = int(lines[0].split()[1])
+        for ln in lines[1 : n + 1]:
+            f = ln.split()
+            if len(f) % 4:
+                raise ValueError(f"line {ln!r}")
+            samples.append({f[i]: (int(f[i + 1]), int(f[i + 2])) for i in range(0, len(f), 4)})
+    except (ValueError, IndexError) as e:
+        raise ValueError(f"{path}: malformed index ({e})") from None
+    bad = next(((k, v) for s in samples for k, v in s.items() if min(v) < 0), None)
+    if bad is not None:
+        raise ValueError(f"{path}: negative offset or size for member {bad[0]} {bad[1]}")
     if len(samples) != n:
         raise ValueError(f"{path}: header says {n} samples, found {len(samples)}")
     return samples

@@ -63,3 +63,15 @@ def slow_cli(argv: list[str]) -> int:
 
     workers.process_indexed = slow
     return main(argv)
+
+
+def raise_on_named(job: workers.Job) -> workers.Result:
+    """A decode that raises (a bug or an odd file inside a library) for a file named "raise"."""
+    if "raise" in str(job[1]):
+        raise ValueError("bad header field 7")
+    return REAL_DECODE(job)
+
+
+def hang_before_ready(conn: Any) -> None:
+    """A worker process whose start never finishes (an import stuck on a dead mount)."""
+    time.sleep(3600)

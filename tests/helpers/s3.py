@@ -66,16 +66,21 @@ def s3_environment(server: LocalS3) -> dict[str, str | None]:
     return env
 
 
+def point_at(server: LocalS3, mp: pytest.MonkeyPatch) -> None:
+    """Set (through ``mp``) the environment that makes every client use ``server`` only."""
+    for name, value in s3_environment(server).items():
+        if value is None:
+            mp.delenv(name, raising=False)
+        else:
+            mp.setenv(name, value)
+
+
 @pytest.fixture(scope="module")
 def s3() -> Iterator[S3]:
     """A moto S3 server (own process, 127.0.0.1) with bucket ``musicstream-test``, and the
     environment pointing at it, for one test module."""
     with LocalS3() as server, pytest.MonkeyPatch.context() as mp:
-        for name, value in s3_environment(server).items():
-            if value is None:
-                mp.delenv(name, raising=False)
-            else:
-                mp.setenv(name, value)
+        point_at(server, mp)
         server.create_bucket(BUCKET)
         assert os.environ["AWS_ENDPOINT_URL"].startswith("http://127.0.0.1:")
         yield S3(server)
