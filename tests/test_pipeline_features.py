@@ -13,7 +13,7 @@ from helpers.features import normalize_reference
 
 from pipelines.channels import dct_matrix
 from pipelines.config import FeatureConfig
-from pipelines.features import FeatureAssembler, nearest_rows, stats_key
+from pipelines.feature_stack import FeatureAssembler, nearest_rows, stats_key
 
 
 @pytest.mark.parametrize(
@@ -48,14 +48,14 @@ def _plain(asm: FeatureAssembler, chans, mask):
 @pytest.mark.parametrize("normalize", ["minmax", "meanstd", "none"])
 @pytest.mark.parametrize("masked", [False, True])
 def test_stack_equals_resize_stack_normalize_mask(tmp_path, normalize, masked):
-    fc = FeatureConfig(channels=["cqt", "mel", "mfcc", "chroma"], normalize="none")
+    fc = FeatureConfig(channels=["pseudo_cqt", "mel", "mfcc", "chroma"], normalize="none")
     stats = tmp_path / "feature_stats.json"
     stats.write_text(
         json.dumps(
             {
                 "features": stats_key(fc),
-                "mean": {"mel": -40.0, "mfcc": 3.0, "chroma": 0.4, "cqt": -50.0},
-                "std": {"mel": 20.0, "mfcc": 90.0, "chroma": 0.3, "cqt": 15.0},
+                "mean": {"mel": -40.0, "mfcc": 3.0, "chroma": 0.4, "pseudo_cqt": -50.0},
+                "std": {"mel": 20.0, "mfcc": 90.0, "chroma": 0.3, "pseudo_cqt": 15.0},
             }
         )
     )
