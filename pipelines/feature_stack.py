@@ -21,6 +21,9 @@ from shards.base.config import to_dict
 from shards.format import storage
 
 STATS_FILE = "feature_stats.json"
+CQT_DEFINITION = "librosa"
+"""Marks a stats file whose ``cqt`` is the true CQT (``pipelines.cqt``); files written before it
+hold the filter bank's numbers (now ``pseudo_cqt``) under ``cqt``."""
 _EPS = 1e-8
 
 
@@ -44,6 +47,11 @@ def load_stats(path: storage.Location, features: FeatureConfig) -> tuple[torch.T
     if missing:  # e.g. pseudo_cqt, in a file written before it was registered
         raise ValueError(
             f"{path}: no statistics for channel(s) {missing}: rerun `python -m pipelines.stats SHARDS`"
+        )
+    if "cqt" in features.channels and features.image_frames is None and data.get("cqt") != CQT_DEFINITION:
+        raise ValueError(  # an audio build's cqt is computed: its numbers must be the true CQT's
+            f"{path}: the cqt statistics were computed before cqt became the true constant-Q "
+            "transform (they describe pseudo_cqt): rerun `python -m pipelines.stats SHARDS`"
         )
     mean = torch.tensor([data["mean"][c] for c in features.channels], dtype=torch.float32)
     std = torch.tensor([data["std"][c] for c in features.channels], dtype=torch.float32)

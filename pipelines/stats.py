@@ -16,7 +16,7 @@ import torch
 from pipelines.channels import channel_names
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
 from pipelines.defaults import feature_defaults
-from pipelines.feature_stack import STATS_FILE, stats_key
+from pipelines.feature_stack import CQT_DEFINITION, STATS_FILE, stats_key
 from pipelines.loader import build_loader
 from shards.base.config import load_sections
 from shards.base.errors import CliParser, run_cli
@@ -72,7 +72,7 @@ def compute_stats(
         "chunks": chunks,
         "mean": {c: float(v) for c, v in zip(names, mean)},
         "std": {c: float(v) for c, v in zip(names, std)},
-    }
+    } | ({"cqt": CQT_DEFINITION} if manifest.kind == "audio" else {})
 
 
 def computable(features: FeatureConfig) -> list[str]:

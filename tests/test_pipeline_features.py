@@ -77,3 +77,32 @@ def test_stack_equals_resize_stack_normalize_mask(tmp_path, normalize, masked):
         ),
         atol=1e-3,
     )
+
+
+def _stats_file(tmp_path, features: FeatureConfig, **extra) -> str:
+    chans = ["mel", "cqt"]
+    data = {
+        "features": stats_key(features),
+        "mean": dict.fromkeys(chans, 0.5),
+        "std": dict.fromkeys(chans, 2.0),
+    }
+    path = tmp_path / "feature_stats.json"
+    path.write_text(json.dumps(data | extra))
+    return str(path)
+
+
+def test_audio_cqt_statistics_from_before_the_true_cqt_are_refused(tmp_path):
+    """A stats file written before ``cqt`` became the true CQT holds the filter bank's numbers
+    under ``cqt``: normalising the true CQT with them would be silently wrong."""
+    features = FeatureConfig(channels=["mel", "cqt"], normalize="meanstd")
+    with pytest.raises(ValueError, match="before cqt became the true constant-Q .* pipelines.stats"):
+        FeatureAssembler(features, "cpu", _stats_file(tmp_path, features))
+    asm = FeatureAssembler(features, "cpu", _stats_file(tmp_path, features, cqt="librosa"))
+    assert asm.mean is not None and asm.mean.flatten().tolist() == [0.5, 0.5]
+
+
+def test_image_cqt_statistics_need_no_mark(tmp_path):
+    """An image build's cqt is the dataset's own picture: its statistics never changed meaning."""
+    features = FeatureConfig(channels=["mel", "cqt"], normalize="meanstd", image_frames=64)
+    asm = FeatureAssembler(features, "cpu", _stats_file(tmp_path, features))
+    assert asm.std is not None and asm.std.flatten().tolist() == [2.0, 2.0]
