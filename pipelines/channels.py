@@ -3,9 +3,10 @@ from, and how (a builder that makes its filter banks once per feature config).
 
 ``features.channels`` may name any registered channel; a new channel is one
 ``register_channel(Channel(...))`` call in its own module (no branch to edit), and the
-pipeline hands over DALI's power spectrogram only when some requested channel needs it.
-Built in: mel (DALI's dB mel), mfcc (DCT-II of it), chroma and a pseudo-CQT (filter banks
-on the power spectrum, applied in torch: DALI 2.4 has neither operator).
+pipeline hands over DALI's power spectrogram (or the chunks' samples) only when some
+requested channel needs it. Built in: mel (DALI's dB mel), mfcc (DCT-II of it), chroma and
+pseudo_cqt (filter banks on the power spectrum, applied in torch: DALI 2.4 has neither
+operator), and cqt (librosa's constant-Q transform of the samples: ``pipelines.cqt``).
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 import torch
 
+from pipelines.cqt import build_cqt
 from shards.base.registry import Registry
 
 if TYPE_CHECKING:
     from pipelines.config import FeatureConfig
 
-DaliOutput = Literal["mel", "power"]
+DaliOutput = Literal["mel", "power", "wave"]
 _EPS = 1e-8
 
 
@@ -32,16 +34,25 @@ class ChannelInputs:
     """What DALI (or the reference) hands over for N chunks (or whole tracks) of T frames:
     ``mel_db (..., n_mels, T)``, ``power (..., n_fft//2+1, T)`` (None unless a requested
     channel needs it), ``mfcc (..., n_mfcc, T)`` when the producer computed it (the
-    reference), else None. Any of them may be a strided view."""
+    reference), else None. Any of them may be a strided view. ``wave (..., L)``: the chunks'
+    samples at the feature rate (None unless a channel needs them); frame t of a chunk is
+    centred on its sample ``t * hop``, so a channel computed from them is ``(..., rows, T)``
+    per chunk (the others are frame-major over a sample's whole layout: the loader cuts those)."""
 
     mel_db: torch.Tensor
     power: torch.Tensor | None = None
     mfcc: torch.Tensor | None = None
+    wave: torch.Tensor | None = None
 
     def need_power(self, channel: str) -> torch.Tensor:
         if self.power is None:
             raise ValueError(f"channel {channel!r} needs the power spectrogram, which was not handed over")
         return self.power
+
+    def need_wave(self, channel: str) -> torch.Tensor:
+        if self.wave is None:
+            raise ValueError(f"channel {channel!r} needs the chunks' samples, which were not handed over")
+        return self.wave
 
 
 ChannelFn = Callable[[ChannelInputs], torch.Tensor]
@@ -54,7 +65,8 @@ class Channel:
 
     name: str
     needs: DaliOutput
-    """The DALI output it is computed from: ``mel`` (dB mel) or ``power`` (power spectrogram)."""
+    """The DALI output it is computed from: ``mel`` (dB mel), ``power`` (power spectrogram) or
+    ``wave`` (the chunks' samples)."""
     build: Callable[[FeatureConfig, torch.device], ChannelFn]
 
 
@@ -133,7 +145,8 @@ def dct_matrix(n_mfcc: int, n_mels: int) -> np.ndarray:
 
 
 def cqt_filterbank(sample_rate: int, n_fft: int, bins: int, fmin: float) -> np.ndarray:
-    """``(bins, n_fft//2+1)`` pseudo-CQT: triangles 12 per octave from fmin on the power spectrum.
+    """``(bins, n_fft//2+1)`` pseudo-CQT: triangles 12 per octave from fmin on the power spectrum
+    (the ``pseudo_cqt`` channel; below a few hundred Hz its rows share FFT bins: ``cqt`` is exact).
 
     Bins above Nyquist or narrower than one FFT bin fall back to the nearest FFT bin, so
     no row is empty.
@@ -173,15 +186,16 @@ def _chroma(features: FeatureConfig, device: torch.device) -> ChannelFn:
     return chroma
 
 
-def _cqt(features: FeatureConfig, device: torch.device) -> ChannelFn:
+def _pseudo_cqt(features: FeatureConfig, device: torch.device) -> ChannelFn:
     fb = torch.from_numpy(
         cqt_filterbank(features.sample_rate, features.n_fft, features.cqt_bins, features.cqt_fmin)
     ).to(device)
     floor = 10.0 ** (features.db_floor / 10.0)
-    return lambda inp: torch.matmul(fb, inp.need_power("cqt")).clamp_min_(floor).log10_().mul_(10.0)
+    return lambda inp: torch.matmul(fb, inp.need_power("pseudo_cqt")).clamp_min_(floor).log10_().mul_(10.0)
 
 
 register_channel(Channel(name="mel", needs="mel", build=_mel))
 register_channel(Channel(name="mfcc", needs="mel", build=_mfcc))
 register_channel(Channel(name="chroma", needs="power", build=_chroma))
-register_channel(Channel(name="cqt", needs="power", build=_cqt))
+register_channel(Channel(name="cqt", needs="wave", build=build_cqt))
+register_channel(Channel(name="pseudo_cqt", needs="power", build=_pseudo_cqt))

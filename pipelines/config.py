@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from pipelines.channels import channel_names, get_channel
+from pipelines.cqt import CqtParams, check_params
 
 Normalize = Literal["minmax", "meanstd", "none"]
 MelFormula = Literal["slaney", "htk"]
@@ -80,12 +81,16 @@ class FeatureConfig:
     n_chroma: int = 12
     """Chroma bins, from the power spectrum (filter bank applied in torch)."""
     cqt_bins: int = 84
-    """Bins of the optional pseudo-CQT channel (12 per octave from cqt_fmin)."""
+    """Bins of the cqt channel (a constant-Q transform, librosa's) and of pseudo_cqt, from cqt_fmin."""
     cqt_fmin: float = 32.70
-    """Lowest pseudo-CQT centre frequency in Hz (C1)."""
+    """Lowest CQT centre frequency in Hz (C1)."""
+    cqt_bins_per_octave: int = 12
+    """CQT bins per octave (pseudo_cqt: always 12)."""
+    cqt_filter_scale: float = 1.0
+    """CQT filter length factor (librosa's filter_scale): Q = filter_scale / relative bandwidth."""
     channels: list[str] = field(default_factory=lambda: ["mel", "mfcc", "chroma"])
     """Channel stack, in order: names from the channel registry (built in: mel, mfcc, chroma,
-    cqt; see ``pipelines.channels``); each channel is resized (nearest) to n_mels rows."""
+    cqt, pseudo_cqt; see ``pipelines.channels``); each channel is resized (nearest) to n_mels rows."""
     normalize: Normalize = "minmax"
     """'minmax' per chunk and channel (seeds), 'meanstd' from stats_file, or 'none'."""
     stats_file: Path | None = None
@@ -123,14 +128,18 @@ class FeatureConfig:
             raise ValueError(f"features.n_mfcc: must be in 1..n_mels, got {self.n_mfcc}")
         if self.n_chroma <= 0:
             raise ValueError(f"features.n_chroma: must be positive, got {self.n_chroma}")
-        if self.cqt_bins <= 0 or self.cqt_fmin <= 0:
-            raise ValueError("features.cqt_bins/cqt_fmin: must be positive")
+        if min(self.cqt_bins, self.cqt_fmin, self.cqt_bins_per_octave, self.cqt_filter_scale) <= 0:
+            raise ValueError(
+                "features.cqt_bins/cqt_fmin/cqt_bins_per_octave/cqt_filter_scale: must be positive"
+            )
         if not self.channels:
             raise ValueError("features.channels: at least one channel is needed")
         known = channel_names()
         bad = [c for c in self.channels if c not in known]
         if bad or len(set(self.channels)) != len(self.channels):
             raise ValueError(f"features.channels: {self.channels} must be distinct names from {known}")
+        if "cqt" in self.channels:
+            check_params(CqtParams.of(self))
         if self.normalize not in ("minmax", "meanstd", "none"):
             raise ValueError(f"features.normalize: {self.normalize!r} is not minmax, meanstd or none")
         if self.image_frames is not None and self.image_frames < 2:
@@ -182,6 +191,21 @@ class FeatureConfig:
     def needs_power(self) -> bool:
         """Some channel (chroma, CQT) is computed from the power spectrum, which DALI then hands over."""
         return any(get_channel(c).needs == "power" for c in self.channels)
+
+    @property
+    def needs_wave(self) -> bool:
+        """Some channel (the CQT) is computed from the chunks' samples, which DALI then hands over."""
+        return any(get_channel(c).needs == "wave" for c in self.channels)
+
+
+def stored_features(section: dict[str, Any]) -> dict[str, Any]:
+    """A ``[features]`` section an audio checkpoint stored, in today's names: before the true
+    CQT (issue 32) the ``cqt`` channel was the filter bank now called ``pseudo_cqt``, and those
+    configs have no ``cqt_bins_per_octave``; the model must get the features it was trained on."""
+    channels = section.get("channels") or []
+    if "cqt" in channels and "cqt_bins_per_octave" not in section:
+        return {**section, "channels": ["pseudo_cqt" if c == "cqt" else c for c in channels]}
+    return section
 
 
 @dataclass(kw_only=True)

@@ -13,7 +13,8 @@ spectrogram takes only 1-D input), which equals a centred, zero-padded STFT of e
 chunk. Outputs per sample (a track or a segment), F_all = frames of the whole layout, all
 frame-major (``"tf"``, DALI's native spectrogram layout: its ``"ft"`` layout costs a
 transpose of the whole power spectrogram, half of the CPU graph's time):
-``mel (F_all, n_mels)`` in dB, optionally ``power (F_all, n_fft/2+1)`` (chroma/CQT),
+``mel (F_all, n_mels)`` in dB, optionally ``power (F_all, n_fft/2+1)`` (chroma, pseudo-CQT)
+and ``wave (rows, L)`` (the chunks' samples, as the STFT framed them: the CQT),
 in training ``mask (K, R, 2)`` (the SpecAugment draws: ``mask_draws``), then ``lbl``, ``tid``, ``nchunks`` (chunks to keep), in
 training ``start (K,)`` (chunk offsets in the sample) and, for version-2 shards, ``seg``.
 A sample is a track or one segment of a long track (docs/shard-format.md). The MFCC
@@ -80,6 +81,8 @@ class GraphSpec:
         names = ["mel"]
         if self.features.needs_power:
             names.append("power")
+        if self.features.needs_wave:
+            names.append("wave")
         if self.mode == "train" and self.augment.active:
             names.append("mask")
         names += ["lbl", "tid", "nchunks"]
@@ -225,7 +228,7 @@ def mask_draws(a: AugmentConfig, k: int):  # type: ignore[no-untyped-def]
     """The random numbers of the SpecAugment masks of a sample's K chunks (or image crops):
     ``(K, R, 2)`` float32 uniform in [0, 1), R = ``freq_masks + time_masks`` bands, each a
     (width, start) pair. One operator, drawn from the pipeline's seeded RNG (reproducible,
-    checkpointed); ``pipelines.features.masks_from_draws`` turns them into masks on the device.
+    checkpointed); ``pipelines.feature_stack.masks_from_draws`` turns them into masks on the device.
     Shared by the audio and the image graph."""
     return fn.random.uniform(range=[0.0, 1.0], shape=[k, a.freq_masks + a.time_masks, 2])
 
@@ -245,6 +248,24 @@ def _graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
         nchunks = chunk_count(n, framing.chunk)
     laid = fn.slice(rows, start=[-framing.lead], shape=[framing.stride], axes=[1], out_of_bounds_policy="pad")
     flat = fn.reshape(laid, shape=[-1])
+    power, mel_db = spectra(features, flat)
+    outs = [mel_db]
+    if features.needs_power:
+        outs.append(power)
+    if features.needs_wave:  # the chunks themselves: the CQT is computed from them in torch
+        outs.append(rows)
+    if spec.mode == "train" and spec.augment.active:
+        outs.append(mask_draws(spec.augment, spec.loader.chunks_per_track))
+    outs += [lbl, tid, nchunks]
+    if starts is not None:
+        outs.append(starts)
+    return (*outs, seg) if seg is not None else tuple(outs)
+
+
+def spectra(features: FeatureConfig, flat):  # type: ignore[no-untyped-def]
+    """A 1-D signal node (frames start every hop: pad it by the window's half to centre them)
+    -> its power spectrogram ``(frames, n_fft/2+1)`` and dB mel ``(frames, n_mels)``, frame-major.
+    Shared by the loader's graph and the whole-file features (``pipelines.whole_file``)."""
     window = torch.hann_window(features.window, periodic=True, dtype=torch.float64).tolist()
     power = fn.spectrogram(
         flat,
@@ -266,12 +287,4 @@ def _graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
         mel_formula=features.mel_formula,
     )
     mel_db = fn.to_decibels(mel, multiplier=10.0, reference=1.0, cutoff_db=features.db_floor)
-    outs = [mel_db]
-    if features.needs_power:
-        outs.append(power)
-    if spec.mode == "train" and spec.augment.active:
-        outs.append(mask_draws(spec.augment, spec.loader.chunks_per_track))
-    outs += [lbl, tid, nchunks]
-    if starts is not None:
-        outs.append(starts)
-    return (*outs, seg) if seg is not None else tuple(outs)
+    return power, mel_db

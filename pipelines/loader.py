@@ -24,8 +24,9 @@ import torch
 from nvidia.dali.plugin.base_iterator import LastBatchPolicy
 from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
+from pipelines.chunk_pick import ChunkPick
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig, framing
-from pipelines.features import FeatureAssembler, masks_from_draws, stats_path
+from pipelines.feature_stack import FeatureAssembler, masks_from_draws, stats_path
 from pipelines.graph import READER, GraphSpec, build_pipeline
 from pipelines.handoff import BufferLease, to_device
 from pipelines.memory import check_memory, release_pool_memory
@@ -212,28 +213,20 @@ class MusicLoader:
         # copied once to DALI's device for every channel
         pick = None if dense else tuple(to_device(i, out["mel"].device) for i in (rows, cols))
 
-        def chunks(a: torch.Tensor) -> torch.Tensor:
-            """(B, rows, frames_all) -> chunks (B, n_max, rows, T) as a view when every chunk is
-            real (training), else gathered (N, rows, T). Frame j*stride_frames + t is frame t of chunk j."""
-            b, height, _ = a.shape
-            s = a.stride()
-            v = a.as_strided(
-                (b, n_max, height, framing.frames), (s[0], framing.stride_frames * s[2], s[1], s[2])
-            )
-            if pick is None:
-                return v
-            return v[pick[0], pick[1]]
-
+        cut = ChunkPick(n_max, pick, framing)
         # DALI's outputs are frame-major (B, frames, rows): transposed views, no copy. The MFCC
-        # and chroma/CQT filter banks are matmuls on them, frame-local like everything up to here.
+        # and chroma filter banks are matmuls on them, frame-local like everything up to here;
+        # the CQT's input is the real chunks' samples (its output is per chunk already).
         power = out["power"].transpose(1, 2) if "power" in out else None
-        raw = self.assembler.raw_channels(out["mel"].transpose(1, 2), None, power)
+        wave = cut.real(out["wave"]) if "wave" in out else None
+        raw = self.assembler.raw_channels(out["mel"].transpose(1, 2), None, power, wave)
         mask = None
         if "mask" in out:  # the draws (B, K, R, 2), CPU: picked on the host, masks made on the device
             m = out["mask"][:, :n_max]
             m = m.flatten(0, 1) if pick is None else m[rows, cols]
             mask = self._masks(m, out["mel"].device)
-        x = self.assembler.stack([chunks(c) for c in raw.values()], mask)
+        per_chunk = self.assembler.per_chunk
+        x = self.assembler.stack([c if n in per_chunk else cut.frames(c) for n, c in raw.items()], mask)
         y = labels_to_y(out["lbl"].to(torch.int64).cpu()[rows], self.task)
         return {
             "x": x.to(self.device, non_blocking=True),

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 from nvidia.dali import backend as dali_backend
 
+from pipelines.cqt import CqtParams, workspace_bytes
 from pipelines.signal import windowing
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ CUFFT_STREAMS = 4  # DALI's GPU STFT runs its cuFFT plans on up to 4 streams, on
 CUFFT_MAX_SIZE = 1 << 26  # DALI's largest plan: windows x n_fft <= 2^26 (stft_gpu_impl.cuh, kMaxSize)
 DALI_BUFFERS = 14  # buffers of one iteration (audio steps, STFT, mel, dB): each rounded up
 TORCH_BUFFERS = 9  # filter-bank channels, chunk temporaries, x and the previous x
+CQT_BUFFERS = 20  # the CQT's temporaries alive at its peak (pipelines.cqt.workspace_bytes)
 
 
 @dataclass(frozen=True)
@@ -82,13 +84,18 @@ def memory_bound(spec: GraphSpec) -> MemoryBound:
         audio = 2 * spec.longest_sample * F32 + 2 * longest * F32 + rows * (L + framing.stride) * F32
     per_iteration = B * (audio + stft + mels)
     outputs = B * (frames * f.n_mels * F32 + (frames * n_freq * F32 if f.needs_power else 0))
+    outputs += B * rows * L * F32 if f.needs_wave else 0  # the chunks' samples (the CQT's input)
     growth = dali_backend.GetDeviceBufferGrowthFactor()  # type: ignore[attr-defined]  # 1.1 in DALI 2.4
     # DALI over-allocates a growing buffer by its growth factor
     dali = round(growth * (loader.prefetch * per_iteration + (loader.prefetch + 1) * outputs))
     cufft = cufft_work(B * frames, f.n_fft)
     dali += cufft + (DALI_BUFFERS * loader.prefetch + 3 * (loader.prefetch + 1)) * GRANULE
     n_chunks = B * rows
-    filter_banks = B * frames * (f.n_mfcc + 2 * f.n_chroma + f.cqt_bins) * F32  # mfcc, chroma (+ max), cqt
+    # mfcc, chroma (+ max), pseudo-cqt on whole frames; the constant-Q transform's temporaries
+    # per chunk (its spectrum, levels and octave responses: about 20 buffers, each rounded)
+    filter_banks = B * frames * (f.n_mfcc + 2 * f.n_chroma + f.cqt_bins) * F32
+    if "cqt" in f.channels:
+        filter_banks += B * rows * workspace_bytes(CqtParams.of(f), L) + CQT_BUFFERS * GRANULE
     chunk = n_chunks * f.n_mels * framing.frames * F32  # one channel's chunks at full height
     x = len(f.channels) * chunk  # the batch being built, and the previous one its consumer still holds
     # SpecAugment (training): the uint8 masks and their bool bands, made in torch from DALI's draws

@@ -16,7 +16,7 @@ import torch
 from pipelines.channels import channel_names
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
 from pipelines.defaults import feature_defaults
-from pipelines.features import STATS_FILE, stats_key
+from pipelines.feature_stack import CQT_DEFINITION, STATS_FILE, stats_key
 from pipelines.loader import build_loader
 from shards.base.config import load_sections
 from shards.base.errors import CliParser, run_cli
@@ -35,8 +35,9 @@ def compute_stats(
 ) -> dict:
     """Mean and std of every channel over all chunks of ``split`` (float64 accumulation)."""
     manifest = read_manifest(shards)
-    # image builds: their channels; audio: every registered channel, so any later choice finds its stats
-    names = list(manifest.images) if manifest.kind == "image" else list(channel_names())
+    # image builds: their channels; audio: every registered channel these settings can compute,
+    # so any later choice finds its stats
+    names = list(manifest.images) if manifest.kind == "image" else computable(features)
     # (images: gray, one plane per channel, as 'meanstd' needs)
     gray = dataclasses.replace(features, channels=names, normalize="none", image_color="gray")
     dl = build_loader(
@@ -71,7 +72,20 @@ def compute_stats(
         "chunks": chunks,
         "mean": {c: float(v) for c, v in zip(names, mean)},
         "std": {c: float(v) for c, v in zip(names, std)},
-    }
+    } | ({"cqt": CQT_DEFINITION} if manifest.kind == "audio" else {})
+
+
+def computable(features: FeatureConfig) -> list[str]:
+    """The registered channels ``features`` can compute (a CQT whose top bins would pass the
+    Nyquist frequency cannot: 84 bins from C1 need more than 8 kHz)."""
+    names = []
+    for name in channel_names():
+        try:
+            dataclasses.replace(features, channels=[name], normalize="none", norm_mean=None, norm_std=None)
+        except ValueError:
+            continue
+        names.append(name)
+    return names
 
 
 def write_stats(shards: str | Path, stats: dict, out: Path | None = None) -> storage.Location:

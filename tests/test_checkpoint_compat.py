@@ -62,3 +62,22 @@ def test_old_config_checkpoint_still_resumes(tmp_path: Path) -> None:
     result = resumed.train()
     resumed.close()
     assert result["step"] == 8 and result["epoch"] == 2 and "track/accuracy" in result["metrics"]
+
+
+def test_an_audio_checkpoint_from_before_the_true_cqt_keeps_its_pseudo_cqt(tmp_path: Path) -> None:
+    """Its ``cqt`` was the filter bank now named ``pseudo_cqt``: evaluation must rebuild that."""
+    path, trainer = _old_checkpoint(tmp_path)
+    state = read_checkpoint(path)
+    features = state["config"]["features"]
+    features["channels"] = ["mel", "mfcc", "cqt"]
+    for key in ("cqt_bins_per_octave", "cqt_filter_scale"):  # what a config of then did not have
+        features.pop(key, None)
+    write_checkpoint(state, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert load_trained_model(path).experiment.features.channels == ["mel", "mfcc", "pseudo_cqt"]
+    features["cqt_bins_per_octave"] = 12  # written by this version: the true CQT
+    write_checkpoint(state, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert load_trained_model(path).experiment.features.channels == ["mel", "mfcc", "cqt"]

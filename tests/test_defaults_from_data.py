@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.bench.throughput import main as bench_main
-from pipelines.features import load_stats
+from pipelines.feature_stack import load_stats
 from pipelines.stats import main as stats_main
 from shards.base.errors import run_cli
 from shards.format.manifest import read_manifest

@@ -17,7 +17,7 @@ from helpers.tars import read_tracks
 
 from pipelines.bench.reference import ReferenceFeatures, eval_chunks, preemphasize
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig, framing
-from pipelines.features import FeatureAssembler
+from pipelines.feature_stack import FeatureAssembler
 from pipelines.loader import build_loader
 from shards.bench.synth import TAGS, synth_track
 

@@ -28,8 +28,9 @@ TOOLS = (
     "train.gpu_proof",
     "train.demo",
 )
-# Where the stages are composed (a CLI may hand one stage's function to another)
-ENTRY_POINTS = {"train.__main__", "eval.cli", "eval.__main__", "eval.predict"}
+# Where the stages are composed (a CLI may hand one stage's function to another), and the CLIs
+# that read audio files as the shard build does (``pipelines.features``: shards.builder.audio)
+ENTRY_POINTS = {"train.__main__", "eval.cli", "eval.__main__", "eval.predict", "pipelines.features"}
 # A CLI subcommand that runs a tool: `python -m shards bench|synth`
 TOOL_DISPATCH = {("shards.cli", "shards.bench.build_speed"), ("shards.cli", "shards.bench.synth")}
 # the [eval] section's dataclass: part of every experiment file and checkpoint config

@@ -13,7 +13,7 @@ from helpers.old_formats import as_version
 
 from pipelines.bench.small import small_configs, small_overrides
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
-from pipelines.features import STATS_FILE
+from pipelines.feature_stack import STATS_FILE
 from pipelines.loader import build_loader
 from pipelines.shard_checks import ShardError
 from pipelines.stats import compute_stats, write_stats
@@ -177,7 +177,7 @@ def test_toml_sections(tmp_path):
 
 def test_meanstd_statistics(shards):
     fc, aug, lc = small_configs()
-    ms = dataclasses.replace(fc, normalize="meanstd", channels=["cqt", "mel"])
+    ms = dataclasses.replace(fc, normalize="meanstd", channels=["pseudo_cqt", "mel"])
     with pytest.raises(FileNotFoundError, match=STATS_FILE):
         build_loader(shards, "train", mode="eval", features=ms, augment=aug, loader=lc)
     assert stats_main([str(shards), *small_overrides()]) == 0

@@ -13,7 +13,7 @@ from helpers.features import normalize_reference
 
 from pipelines.channels import dct_matrix
 from pipelines.config import FeatureConfig
-from pipelines.features import FeatureAssembler, nearest_rows, stats_key
+from pipelines.feature_stack import FeatureAssembler, nearest_rows, stats_key
 
 
 @pytest.mark.parametrize(
@@ -48,14 +48,14 @@ def _plain(asm: FeatureAssembler, chans, mask):
 @pytest.mark.parametrize("normalize", ["minmax", "meanstd", "none"])
 @pytest.mark.parametrize("masked", [False, True])
 def test_stack_equals_resize_stack_normalize_mask(tmp_path, normalize, masked):
-    fc = FeatureConfig(channels=["cqt", "mel", "mfcc", "chroma"], normalize="none")
+    fc = FeatureConfig(channels=["pseudo_cqt", "mel", "mfcc", "chroma"], normalize="none")
     stats = tmp_path / "feature_stats.json"
     stats.write_text(
         json.dumps(
             {
                 "features": stats_key(fc),
-                "mean": {"mel": -40.0, "mfcc": 3.0, "chroma": 0.4, "cqt": -50.0},
-                "std": {"mel": 20.0, "mfcc": 90.0, "chroma": 0.3, "cqt": 15.0},
+                "mean": {"mel": -40.0, "mfcc": 3.0, "chroma": 0.4, "pseudo_cqt": -50.0},
+                "std": {"mel": 20.0, "mfcc": 90.0, "chroma": 0.3, "pseudo_cqt": 15.0},
             }
         )
     )
@@ -77,3 +77,32 @@ def test_stack_equals_resize_stack_normalize_mask(tmp_path, normalize, masked):
         ),
         atol=1e-3,
     )
+
+
+def _stats_file(tmp_path, features: FeatureConfig, **extra) -> str:
+    chans = ["mel", "cqt"]
+    data = {
+        "features": stats_key(features),
+        "mean": dict.fromkeys(chans, 0.5),
+        "std": dict.fromkeys(chans, 2.0),
+    }
+    path = tmp_path / "feature_stats.json"
+    path.write_text(json.dumps(data | extra))
+    return str(path)
+
+
+def test_audio_cqt_statistics_from_before_the_true_cqt_are_refused(tmp_path):
+    """A stats file written before ``cqt`` became the true CQT holds the filter bank's numbers
+    under ``cqt``: normalising the true CQT with them would be silently wrong."""
+    features = FeatureConfig(channels=["mel", "cqt"], normalize="meanstd")
+    with pytest.raises(ValueError, match="before cqt became the true constant-Q .* pipelines.stats"):
+        FeatureAssembler(features, "cpu", _stats_file(tmp_path, features))
+    asm = FeatureAssembler(features, "cpu", _stats_file(tmp_path, features, cqt="librosa"))
+    assert asm.mean is not None and asm.mean.flatten().tolist() == [0.5, 0.5]
+
+
+def test_image_cqt_statistics_need_no_mark(tmp_path):
+    """An image build's cqt is the dataset's own picture: its statistics never changed meaning."""
+    features = FeatureConfig(channels=["mel", "cqt"], normalize="meanstd", image_frames=64)
+    asm = FeatureAssembler(features, "cpu", _stats_file(tmp_path, features))
+    assert asm.std is not None and asm.std.flatten().tolist() == [2.0, 2.0]

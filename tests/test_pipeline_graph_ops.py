@@ -12,7 +12,7 @@ import torch
 
 from pipelines.bench.throughput import main
 from pipelines.config import AugmentConfig, LoaderConfig
-from pipelines.features import masks_from_draws
+from pipelines.feature_stack import masks_from_draws
 
 SEED = Path(__file__).resolve().parents[1] / "configs" / "fma_small_efficientnet_b2.toml"
 

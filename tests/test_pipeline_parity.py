@@ -1,7 +1,7 @@
 """DALI features vs the torchaudio reference and the webdataset baseline; codecs and resampling.
 
 Tolerances (float32 throughout; DALI's FFT and filter-bank summation order differ from
-torch's): mel and pseudo-CQT within 0.5 dB anywhere and 0.01 dB on average, MFCC within
+torch's): mel, CQT and pseudo-CQT within 0.5 dB anywhere and 0.01 dB on average, MFCC within
 0.25 (values span about +-1600), chroma within 1e-4 (range 0..1), min-max normalised
 channels within 5e-3.
 """
@@ -22,12 +22,18 @@ from pipelines.bench.baseline import BaselineLoader
 from pipelines.bench.reference import ReferenceFeatures, eval_chunks
 from pipelines.bench.small import small_configs
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig, framing
-from pipelines.features import FeatureAssembler
+from pipelines.feature_stack import FeatureAssembler
 from pipelines.loader import build_loader
 from shards.bench.synth import GENRE_BANDS
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
-TOL = {"mel": (0.5, 0.01), "mfcc": (0.25, 0.01), "chroma": (1e-4, 1e-6), "cqt": (0.5, 0.01)}
+TOL = {
+    "mel": (0.5, 0.01),
+    "mfcc": (0.25, 0.01),
+    "chroma": (1e-4, 1e-6),
+    "cqt": (0.5, 0.01),
+    "pseudo_cqt": (0.5, 0.01),
+}
 
 
 def by_track(batches) -> dict[int, dict[str, torch.Tensor]]:
@@ -46,7 +52,7 @@ def by_track(batches) -> dict[int, dict[str, torch.Tensor]]:
 def test_dali_matches_reference_per_channel(synth_shards, device):
     """Seed feature sizes (22050 Hz, n_fft 2048, hop 512, 256 mels, 40 MFCC), every channel."""
     path = synth_shards(tracks=6, seconds=3.0, sample_rate=22050)
-    fc = FeatureConfig(channels=["mel", "mfcc", "chroma", "cqt"], normalize="none")
+    fc = FeatureConfig(channels=["mel", "mfcc", "chroma", "cqt", "pseudo_cqt"], normalize="none")
     lc = LoaderConfig(
         chunk_seconds=2.0, eval_tracks_per_batch=2, num_threads=1, batch_size=4, chunks_per_track=2
     )
@@ -61,9 +67,10 @@ def test_dali_matches_reference_per_channel(synth_shards, device):
     minmax = FeatureAssembler(dataclasses.replace(fc, normalize="minmax"))
     for tid, tr in tracks.items():
         with torch.no_grad():
-            want = asm(*ref(eval_chunks(torch.from_numpy(tr.signal), fr.chunk)))
+            chunks = eval_chunks(torch.from_numpy(tr.signal), fr.chunk)
+            want = asm(*ref(chunks), wave=chunks)  # the CQT from the chunks' samples, DALI's "wave"
         got = dali[tid]["x"]
-        assert got.shape == want.shape == (2, 4, 256, 1 + fr.chunk // 512)
+        assert got.shape == want.shape == (2, 5, 256, 1 + fr.chunk // 512)
         for c, name in enumerate(fc.channels):
             err = (got[:, c] - want[:, c]).abs()
             assert float(err.max()) <= TOL[name][0], f"{name}: max error {float(err.max())}"

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from pipelines.config import stored_features
 from shards.base.atomic import WriteError, remove_quietly
 from shards.base.distributed import all_gather_object, broadcast_object
 from shards.base.errors import say_warning
@@ -364,7 +365,11 @@ def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> 
     for key in ("model", "config", "task", "input_shape"):
         if key not in ckpt:
             raise ValueError(f"{path}: not a musicstream checkpoint (no {key!r})")
-    exp = experiment_from_tree(ckpt["config"], str(path), strict=False)  # outlives config changes
+    kind = str(ckpt.get("sample_kind", "audio"))  # absent in checkpoints written before image shards
+    config = ckpt["config"]
+    if kind == "audio" and isinstance(config.get("features"), dict):  # image builds' cqt is an image
+        config = {**config, "features": stored_features(config["features"])}
+    exp = experiment_from_tree(config, str(path), strict=False)  # outlives config changes
     exp.model.pretrained = None  # the checkpoint carries the weights
     task = checkpoint_task(ckpt, path)
     shape = tuple(ckpt["input_shape"])
@@ -375,5 +380,4 @@ def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> 
     if exp.train.channels_last:
         model.to(memory_format=torch.channels_last)
     name = f"{exp.model.family}:{Path(path).name}"
-    kind = str(ckpt.get("sample_kind", "audio"))  # absent in checkpoints written before image shards
     return TrainedModel(model, task, exp, name=name, device=dev, sample_kind=kind)

@@ -26,7 +26,7 @@ from pipelines.bench.reference import (
     spec_augment_mask,
 )
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig, framing
-from pipelines.features import FeatureAssembler, stats_path
+from pipelines.feature_stack import FeatureAssembler, stats_path
 from pipelines.loader import labels_to_y
 from pipelines.shard_checks import load_manifest, validate_split
 from shards.base.distributed import resolve_rank
@@ -89,7 +89,7 @@ class _Featurize:
             )
         with torch.no_grad():
             mel_db, mfcc, power = self._ref(chunks)
-            x = self._asm(mel_db, mfcc, power, mask)
+            x = self._asm(mel_db, mfcc, power, mask, wave=chunks)
         lbl, tid = self.ids(sample)
         n = x.shape[0]
         return {"x": x, "lbl": lbl.expand(n, -1), "track": torch.full((n,), tid, dtype=torch.int64)}

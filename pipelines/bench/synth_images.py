@@ -21,7 +21,7 @@ from PIL import Image
 
 from pipelines.bench.reference import ReferenceFeatures
 from pipelines.config import FeatureConfig
-from pipelines.features import FeatureAssembler
+from pipelines.feature_stack import FeatureAssembler
 from shards.base.atomic import atomic_path, atomic_write_text
 from shards.bench.synth import make_synth
 from shards.builder.audio import decode, to_mono
@@ -34,8 +34,9 @@ def render(signal: np.ndarray, features: FeatureConfig = RENDER) -> dict[str, np
     """Mono float32 at ``features.sample_rate`` -> one uint8 image ``(rows, frames)`` per channel."""
     ref, asm = ReferenceFeatures(features), FeatureAssembler(features, "cpu")
     with torch.no_grad():
-        mel_db, mfcc, power = ref(torch.from_numpy(signal)[None])
-        raw = asm.raw_channels(mel_db, mfcc, power)
+        wave = torch.from_numpy(signal)[None]
+        mel_db, mfcc, power = ref(wave)
+        raw = asm.raw_channels(mel_db, mfcc, power, wave)
     out = {}
     for name, c in raw.items():
         a = c[0].numpy()

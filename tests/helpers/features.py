@@ -6,7 +6,7 @@ import torch
 
 from pipelines.bench.reference import ReferenceFeatures, eval_chunks, preemphasize
 from pipelines.config import FeatureConfig, Framing
-from pipelines.features import FeatureAssembler
+from pipelines.feature_stack import FeatureAssembler
 
 _EPS = 1e-8
 
@@ -31,4 +31,5 @@ def reference_track(
     ref = ReferenceFeatures(features)
     asm = assembler or FeatureAssembler(features, "cpu")
     with torch.no_grad():
-        return asm(*ref(eval_chunks(preemphasize(signal, features.preemphasis), fr.chunk)))
+        chunks = eval_chunks(preemphasize(signal, features.preemphasis), fr.chunk)
+        return asm(*ref(chunks), wave=chunks)
