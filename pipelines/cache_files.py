@@ -24,6 +24,7 @@ import contextlib
 import errno
 import fcntl
 import hashlib
+import logging
 import os
 import socket
 import stat
@@ -31,6 +32,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from shards.base.atomic import atomic_path, write_error, write_faults
+from shards.base.logs import get_logger, log_per_rank
 from shards.format import ShardInfo, storage
 
 SLOTS = 8
@@ -133,6 +135,10 @@ def claim_folder(base: Path) -> tuple[Path, FolderLock]:
         folder = private_dir(base if k == 0 else base.with_name(f"{base.name}-{k}"))
         lock = FolderLock(folder)
         if lock.acquire():
+            if refused:  # said once per cache: the job reads its shards into a folder of its own
+                log_per_rank(
+                    get_logger("cache"), logging.INFO, f"{base}: {refused[0].reason}; using {folder}"
+                )
             return folder, lock
         refused.append(lock)
         if lock.unlockable:  # the same file system for every folder beside it: never run unlocked

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import logging
 import os
 import signal
 import subprocess
@@ -118,7 +119,7 @@ def _alternate(loaders: list, iters: list, got: list[list]) -> None:
                 got[k].append(_clone(batch))
 
 
-def test_two_processes_never_share_a_cache_folder(one_per_shard, tmp_path: Path) -> None:
+def test_two_processes_never_share_a_cache_folder(one_per_shard, tmp_path: Path, caplog) -> None:
     """Two loaders alive at once on one cache root with a cache of 60% of the split, the second
     started while the first is mid-epoch (so their windows differ and each evicts): the second
     works in a folder beside the first, and both read exactly the local batches."""
@@ -129,8 +130,10 @@ def test_two_processes_never_share_a_cache_folder(one_per_shard, tmp_path: Path)
     one = make(url, "train", tmp_path / "shared", **kw)
     first = iter(one)
     head = [_clone(next(first)) for _ in range(6)]
-    two = make(url, "train", tmp_path / "shared", **dict(kw, seed=1))
+    with caplog.at_level(logging.INFO, logger="musicstream"):
+        two = make(url, "train", tmp_path / "shared", **dict(kw, seed=1))
     assert two.gate.cache.folder == one.gate.cache.folder.with_name("rank0-1")
+    assert f"{one.gate.cache.folder}: in use by pid {os.getpid()} on host " in caplog.text
     got: list[list[list]] = [[head], [[]]]
     _alternate([one, two], [first, iter(two)], [got[0][0], got[1][0]])
     got[0].append([])
