@@ -7,16 +7,18 @@ write the report. Runs under ``torchrun`` too (every rank scores its share of tr
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from eval import runner
 from eval import thresholds as th
-from eval.config import EvalConfig
+from eval.config import LOADER_KEYS, EvalConfig
 from eval.report import write_report
+from pipelines.config import LoaderConfig
 from shards.base import distributed
-from shards.base.config import load_sections
+from shards.base.config import apply_overrides, from_dict, load_sections
 from shards.base.distributed import is_main_process
 from shards.base.errors import CliParser, run_cli
 from shards.base.progress import progress
@@ -76,9 +78,14 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
     ap.add_argument("--out", type=Path, help="report folder")
     ap.add_argument("--config", type=Path, help="experiment TOML (its [eval] section is used)")
     args, rest = ap.parse_known_args(argv)
-    bad = [a for a in rest if not a.startswith("--eval.")]
+    bad = [a for a in rest if not a.startswith(("--eval.", "--loader."))]
     if bad:
-        ap.error(f"unrecognized arguments: {' '.join(bad)} (config overrides look like --eval.key=value)")
+        ap.error(
+            f"unrecognized arguments: {' '.join(bad)} (config overrides look like --eval.key=value "
+            "or --loader.key=value)"
+        )
+    loader = _loader_overrides([a for a in rest if a.startswith("--loader.")])
+    rest = [a for a in rest if not a.startswith("--loader.")]
     flags = {
         "checkpoints": args.checkpoint,
         "shards": args.shards,
@@ -88,6 +95,8 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
         "out": args.out,
     }
     flags = {k: v for k, v in flags.items() if v is not None}
+    if loader:
+        flags["loader"] = loader
     sections = load_sections(
         {"eval": EvalConfig, "data": DataConfig}, args.config, rest, allow_other=True, values={"eval": flags}
     )
@@ -99,6 +108,14 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
     if cfg.shards is None:
         ap.error("no shard folder given (--shards DIR)")
     return cfg
+
+
+def _loader_overrides(args: list[str]) -> dict[str, Any]:
+    """``--loader.KEY=VALUE`` -> ``{KEY: value}``, typed and checked as ``LoaderConfig`` checks them
+    (which keys an evaluation may set: ``EvalConfig.__post_init__``)."""
+    given = apply_overrides({}, args).get("loader", {})
+    typed = from_dict(LoaderConfig, {k: v for k, v in given.items() if k in LOADER_KEYS}, "--loader")
+    return {k: getattr(typed, k) if k in LOADER_KEYS else v for k, v in given.items()}
 
 
 def run(cfg: EvalConfig) -> dict[str, runner.EvalResult]:
@@ -122,7 +139,8 @@ def run(cfg: EvalConfig) -> dict[str, runner.EvalResult]:
     for path, predictor in zip(cfg.checkpoints, predictors):  # every mismatch before any scoring
         check_vocab(predictor.task, task, path, cfg.shards)
     for path, predictor in zip(cfg.checkpoints, predictors):
-        confs = predictor.configs  # features, augment, loader
+        confs = dict(predictor.configs)  # features, augment, loader (this machine's keys set)
+        confs["loader"] = dataclasses.replace(confs["loader"], **cfg.loader)
 
         def make_loader(split: str, confs: dict[str, Any] = confs) -> Iterable[dict[str, Any]]:
             loader = build_loader(manifest, split, mode="eval", rank=info.rank, world_size=info.world_size,

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 Aggregate = Literal["mean", "max"]
+
+
+LOADER_KEYS = ("cache_dir", "cache_gb", "remote", "eval_tracks_per_batch", "num_threads", "verify")
+"""``[loader]`` keys an evaluation may set: where and how shards are read on this machine."""
 
 
 @dataclass(kw_only=True)
@@ -32,9 +36,18 @@ class EvalConfig:
     """Multi-label: PR curves drawn for this many most frequent tags (plus the micro average)."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the model runs: auto = cuda:LOCAL_RANK when CUDA is visible, else cpu."""
+    loader: dict[str, Any] = field(default_factory=dict)
+    """This machine's settings over the checkpoint's ``[loader]`` (``--loader.KEY=VALUE``): only
+    the keys of ``LOADER_KEYS``; the rest is the model's and stays as trained."""
 
     def __post_init__(self) -> None:
         self.checkpoints = [Path(p) for p in self.checkpoints]
+        unknown = sorted(set(self.loader) - set(LOADER_KEYS))
+        if unknown:
+            raise ValueError(
+                f"loader.{unknown[0]}: evaluation uses the checkpoint's loader; only "
+                f"{', '.join(LOADER_KEYS)} can be set (--loader.KEY=VALUE)"
+            )
         if self.threshold_split == "":
             self.threshold_split = None
         if not self.split:

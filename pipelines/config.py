@@ -293,12 +293,17 @@ class LoaderConfig:
     cache_ahead: int = 8
     """Shards fetched ahead of the reader's position (more than the parallel downloads: the
     window that streams while the step trains)."""
+    cache_stall_s: float = 300.0
+    """Seconds a shard's download may deliver no byte while the reader waits for it; then the
+    run stops with one line naming the shard (after a checkpoint, in one process)."""
 
     def __post_init__(self) -> None:
         if self.remote not in ("cache", "direct"):
             raise ValueError(f"loader.remote: {self.remote!r} is not 'cache' or 'direct'")
         if not self.cache_gb > 0:
             raise ValueError(f"loader.cache_gb: must be positive, got {self.cache_gb}")
+        if not self.cache_stall_s > 0:
+            raise ValueError(f"loader.cache_stall_s: must be positive, got {self.cache_stall_s}")
         for name in ("cache_workers", "cache_ahead"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"loader.{name}: must be positive, got {getattr(self, name)}")

@@ -168,7 +168,7 @@ class MusicLoader:
                         yield batch
         self._seen.clear()
         self._batch = 0
-        self.epoch += 1
+        self.epoch += 1  # before reset(): a shard-cache gate waits on exactly (epoch, 0) there
         if self.mode == "eval":  # nothing stays resident between validations
             self.close()
         else:
@@ -383,7 +383,8 @@ def build_loader(
     spec = _graph_spec(manifest, split, mode, features, augment, loader, r, w, dev, image_exts, inputs)
     if manifest.kind == "audio":  # before reading any shard
         check_memory(spec, split, manifest.where, dev)
-    if loader.verify == "first_open":
+    cache_checks = manifest.remote and loader.remote == "cache"  # the shard cache hashes each shard itself
+    if loader.verify == "first_open" and not cache_checks:
         verify_on_first_open(manifest, split, train=train, rank=r, world_size=w, workers=loader.num_threads)
     cls = ImageLoader if manifest.kind == "image" else MusicLoader
     samples = manifest.split(split).num_samples

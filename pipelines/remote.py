@@ -4,8 +4,8 @@
 cache (:mod:`pipelines.shard_cache`); DALI reads local files. ``"direct"``: DALI reads the
 ``s3://`` tars itself, one ranged GET per sample member (its S3 client is configured from the
 same environment: ``AWS_ENDPOINT_URL``, the credential chain, ``AWS_REGION``). In both modes the
-small index files are downloaded once into the cache folder, so validation reads them locally
-and DALI's start-up costs no request per index.
+small index files are downloaded into the cache folder (and used only while they match the
+manifest), so validation reads them locally and DALI's start-up costs no request per index.
 """
 
 from __future__ import annotations
@@ -43,10 +43,16 @@ def cache_root(cfg: LoaderConfig) -> Path:
 
 
 def cache_folder(manifest: Manifest, split: str, cfg: LoaderConfig, rank: int) -> Path:
-    """One folder per build URL, split and rank: ranks never share (or race on) a file."""
+    """One folder per build (its URL and the digest of the split's shard entries: a rebuild at
+    the same URL never meets the old files), split and rank. One process per folder: the cache
+    locks it and moves beside it when another process holds it (:mod:`pipelines.cache_files`)."""
     url = str(manifest.root).rstrip("/")
     readable = re.sub(r"[^A-Za-z0-9_.-]+", "-", url.split("://", 1)[-1])[-60:]
-    key = hashlib.sha256(url.encode()).hexdigest()[:10]
+    entries = [url] + [
+        f"{s.tar} {s.sha256} {s.bytes} {s.index} {s.index_sha256} {s.index_bytes}"
+        for s in manifest.split(split).shards
+    ]
+    key = hashlib.sha256("\n".join(entries).encode()).hexdigest()[:12]
     return cache_root(cfg) / f"{readable}-{key}" / split / f"rank{rank}"
 
 
@@ -54,7 +60,9 @@ def reader_inputs(
     manifest: Manifest, split: str, cfg: LoaderConfig, *, rank: int, world_size: int, train: bool, batch: int
 ) -> ReaderInputs:
     """Local builds: their own paths. Object-store builds: local index copies, and either the
-    cache (local tar files filled ahead of the reader) or the tar URLs for DALI's direct reads."""
+    cache (local tar files filled ahead of the reader) or the tar URLs for DALI's direct reads.
+    In cache mode with ``loader.verify = "first_open"`` the cache's own sha256 check is the
+    check (no second download); shards found in the cache are hashed again once."""
     tars, idxs = manifest.urls(split)
     if not manifest.remote:
         return ReaderInputs(tars, idxs)
@@ -67,10 +75,14 @@ def reader_inputs(
         max_bytes=int(cfg.cache_gb * 1e9),
         workers=cfg.cache_workers,
         ahead=cfg.cache_ahead,
+        stall_s=cfg.cache_stall_s,
+        verify_hits=cfg.verify == "first_open" and cfg.remote == "cache",
+        where=manifest.where,
+        local_tars=cfg.remote == "cache",
     )
     local_idxs = [str(p) for p in cache.indexes]
     if cfg.remote == "direct":
-        cache.close()
+        cache.close()  # the indexes are verified copies; the tars are read from the store
         return ReaderInputs(tars, local_idxs)
     order = ReadOrder(
         counts=tuple(s.num_samples for s in info.shards),
@@ -117,9 +129,9 @@ class GatedIterator:
         return len(self._it)
 
     def reset(self) -> None:
-        """DALI's reset starts the next epoch's prefetch: gate on that epoch's first batch."""
-        epoch, _ = self._position()
-        self._gate.wait(epoch + 1, 0)
+        """DALI's reset starts the next epoch's prefetch: gate on that epoch's first batch. The
+        loader has already moved its position there (epoch + 1, batch 0): wait on it as it is."""
+        self._gate.wait(*self._position())
         self._it.reset()
 
     def checkpoints(self) -> list[str]:

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pipelines.config import FeatureConfig, LoaderConfig, framing
+from shards.base.progress import progress
 from shards.format import (
     BadShard,
     Manifest,
@@ -229,21 +230,35 @@ def verify_on_first_open(
         lo, hi = rank * info.num_samples // world_size, (rank + 1) * info.num_samples // world_size
         ends = [sum(s.num_samples for s in shards[: k + 1]) for k in range(len(shards))]
         shards = [s for s, end in zip(shards, ends) if end > lo and end - s.num_samples < hi]
+    # an object store: one download per shard before step 0, so say so while it runs
+    step = max(1, workers) if manifest.remote else max(1, len(shards))
+    bar = progress(total=len(shards), desc=f"loader.verify=first_open: downloading {split} to check", unit="shard",
+                   enabled=manifest.remote)  # fmt: skip
     try:
-        verify_first_open(
-            files_of(manifest), shards, workers=workers, every_rank=not train and world_size > 1
-        )
+        for k in range(0, len(shards), step):
+            verify_first_open(
+                files_of(manifest),
+                shards[k : k + step],
+                workers=workers,
+                every_rank=not train and world_size > 1,
+            )
+            bar.update(len(shards[k : k + step]))
     except BadShard as e:
         hint = f"(loader.verify=first_open; `python -m shards verify {manifest.root}` lists every bad shard)"
         raise BadShard(e.shard, f"{e.problem} {hint}") from None
+    finally:
+        bar.close()
 
 
 def read_fault(manifest: Manifest, tars: Sequence[str | Path], error: BaseException) -> BadShard | None:
     """The bad shard behind a reader error mid-run (truncated or damaged under the run), or
     None when every shard it reads is intact (then the error is not the data's). An object-store
-    build's reader reads the shard cache, whose files were verified when fetched: not diagnosed."""
-    if manifest.root is None or storage.is_remote(manifest.root):
+    build's reader reads the shard cache, whose files were verified when fetched: only a read of
+    a file the cache did not hold complete is named."""
+    if manifest.root is None:
         return None
+    if storage.is_remote(manifest.root):
+        return _cache_fault(manifest, tars, str(error))
     wanted = {str(t) for t in tars}
     shards = [
         s
@@ -252,3 +267,24 @@ def read_fault(manifest: Manifest, tars: Sequence[str | Path], error: BaseExcept
         if str(Path(manifest.root) / s.tar) in wanted
     ]
     return diagnose(files_of(manifest), shards, str(error))
+
+
+def _cache_fault(manifest: Manifest, tars: Sequence[str | Path], message: str) -> BadShard | None:
+    """A reader error on a shard-cache file the cache did not hold complete (it is kept empty
+    until verified, so such a read fails instead of returning zeros): one line naming the shard."""
+    assert manifest.root is not None
+    shards = {s.tar.replace("/", "-"): s for info in manifest.splits.values() for s in info.shards}
+    for tar in tars:
+        p, s = Path(tar), shards.get(Path(tar).name)
+        if s is None or storage.is_remote(str(tar)):
+            continue  # direct reads: DALI's own error
+        named = p.name in message or s.index.replace("/", "-") in message
+        if named and (not p.is_file() or p.stat().st_size != s.bytes):
+            err = BadShard(
+                str(storage.join(manifest.root, s.tar)),
+                f"read while the shard cache ({p.parent}) did not hold it complete (evicted or still "
+                "downloading); no wrong byte was used",
+            )
+            err.advice = "resume with checkpoint.resume=auto (the shard is fetched again)"  # type: ignore[attr-defined]
+            return err
+    return None

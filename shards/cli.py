@@ -234,14 +234,19 @@ def _synth(a: argparse.Namespace) -> int:
 
 
 def _copy(a: argparse.Namespace) -> int:
-    from shards.format.copy import copy_build
+    from shards.format.copy import CopyReport, copy_build
 
     if a.workers <= 0:
         raise ValueError(f"--workers: must be positive, got {a.workers}")
-    r = copy_build(a.src, a.dst, workers=a.workers, show=False if a.quiet else None)
-    print(
-        f"{a.dst}: {r.copied} shard(s) copied ({r.bytes / 1e6:.1f} MB), {r.skipped} already there; manifest written"
-    )
+    r = CopyReport()
+    done = "no manifest: the copy stopped (run the same command again to resume)"
+    try:
+        copy_build(a.src, a.dst, workers=a.workers, show=False if a.quiet else None, report=r)
+        done = "manifest written"
+    finally:  # a failed copy reports what it did too (then the error line)
+        print(
+            f"{a.dst}: {r.copied} shard(s) copied ({r.bytes / 1e6:.1f} MB), {r.skipped} already there; {done}"
+        )
     return 0
 
 

@@ -153,3 +153,18 @@ def test_end_to_end_multi_label(tmp_path: Path) -> None:
     md = (out / "report.md").read_text()
     assert "## Summary" in md and "### per tag" in md
     assert list(out.glob("*_pr_curves.png"))
+
+
+def test_loader_overrides_set_this_machines_keys(capsys: pytest.CaptureFixture) -> None:
+    """``--loader.KEY=VALUE`` as ``python -m train`` takes it, for the keys that belong to the
+    machine (cache, reading mode, batch, threads, verify); the model's keys stay the checkpoint's."""
+    base = ["--checkpoint", "a.pt", "--shards", "s"]
+    cfg = parse_args([*base, "--loader.cache_gb=2.5", "--loader.remote=direct", "--loader.cache_dir=/c",
+                      "--loader.eval_tracks_per_batch=2", "--loader.num_threads=1", "--loader.verify=first_open"])  # fmt: skip
+    assert cfg.loader == {"cache_gb": 2.5, "remote": "direct", "cache_dir": "/c", "eval_tracks_per_batch": 2,
+                          "num_threads": 1, "verify": "first_open"}  # fmt: skip
+    for bad, said in (("--loader.chunk_seconds=2", "loader.chunk_seconds: evaluation uses the checkpoint's"),
+                      ("--loader.remote=nearby", "--loader remote: 'nearby' is not one of")):  # fmt: skip
+        assert main([*base, bad]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and said in err, err

@@ -61,6 +61,7 @@ def test_training_batches_from_s3_equal_the_local_build(build, tmp_path, s3: S3)
     assert stats.fetched == shards and stats.hits == 0  # every shard once; epoch 2 read the cache
     gets = (s3.server.requests() - before)["GET"]
     assert gets == 1 + 2 * shards  # the manifest, then one per tar and one per index: none per sample
+    remote.gate.cache.close()  # the first process ends: its folder is free again
     again = make(url, "train", tmp_path / "cache")  # a restart finds the verified shards
     same(ref, epochs(again))
     assert again.gate.cache.stats.fetched == 0 and again.gate.cache.stats.hits == shards

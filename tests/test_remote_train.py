@@ -74,10 +74,14 @@ def test_eval_metrics_from_s3_equal_local(build, s3: S3, tmp_path: Path, capsys)
                        "--train.epochs=1", *[f"--{t}" for t in TINY]]) == 0  # fmt: skip
     best = str(out / "checkpoints" / "best.pt")
     metrics = {}
+    machine = {"local": [], "s3": [f"--loader.cache_dir={tmp_path / 'eval-cache'}", "--loader.cache_gb=1",
+                                  "--loader.eval_tracks_per_batch=3", "--loader.num_threads=1"]}  # fmt: skip
     for name, shards in (("local", str(local)), ("s3", url)):
-        assert eval_main(["--checkpoint", best, "--shards", shards, "--out", str(tmp_path / name)]) == 0
+        args = ["--checkpoint", best, "--shards", shards, "--out", str(tmp_path / name), *machine[name]]
+        assert eval_main(args) == 0
         metrics[name] = json.loads((tmp_path / name / "metrics.json").read_text())
     assert metrics["s3"] == metrics["local"] and metrics["local"]
+    assert list((tmp_path / "eval-cache").glob("*/test/rank0/*.tar"))  # --loader.cache_dir was used
     _no_secrets(s3, *capsys.readouterr(), folder=out)
 
 

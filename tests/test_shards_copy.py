@@ -77,3 +77,39 @@ def test_missing_bucket_is_one_line(local: Path, s3: S3, capsys) -> None:
     assert main(["copy", str(local), "s3://no-such-bucket-x/b", "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "bucket 'no-such-bucket-x' does not exist" in err
+
+
+def test_a_failed_copy_over_a_build_leaves_no_manifest(
+    synth_shards, local: Path, tmp_path: Path, capsys
+) -> None:
+    """A copy of build B over build A that fails after its first shard: DST has no manifest (not
+    A's over a mix of A's and B's shards), and the copy's report is printed before the error."""
+    other = synth_shards(tracks=13, seconds=2.5, sample_rate=8000, shard_size_mb=0.1, seed=1)
+    dst = tmp_path / "dst"
+    assert main(["copy", str(local), str(dst), "--quiet"]) == 0
+    bad = _shards(other)[1]
+    src = tmp_path / "other"
+    assert main(["copy", str(other), str(src), "--quiet"]) == 0
+    capsys.readouterr()
+    (src / bad.tar).write_bytes(b"\0" * bad.bytes)  # same size: only its sha256 tells
+    assert main(["copy", str(src), str(dst), "--quiet", "--workers", "1"]) == 2
+    out, err = capsys.readouterr()
+    assert out.startswith(f"{dst}: 1 shard(s) copied") and "no manifest" in out, out
+    assert err.count("\n") == 1 and err.startswith(f"error: {src / bad.tar}: sha256"), err
+    assert not (dst / MANIFEST).exists() and not (dst / "rejects.jsonl").exists()
+    with pytest.raises(FileNotFoundError, match="no shard manifest"):
+        read_manifest(dst)
+
+
+def test_an_index_that_does_not_match_the_manifest_is_refused(
+    local: Path, s3: S3, tmp_path: Path, capsys
+) -> None:
+    url = s3.put_build(local, "copy-bad-index")
+    s = _shards(local)[0]
+    data = bytearray((local / s.index).read_bytes())
+    data[-3:-1] = b"99"  # same size: an offset changed
+    s3.client().put_object(Bucket=s3.bucket, Key=f"copy-bad-index/{s.index}", Body=bytes(data))
+    assert main(["copy", url, str(tmp_path / "out"), "--quiet", "--workers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"error: {url}/{s.index}: "), err
+    assert not (tmp_path / "out" / MANIFEST).exists()

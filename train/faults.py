@@ -37,10 +37,11 @@ def stop_on_bad_shard(trainer: Trainer, e: BadShard) -> BadShard:
         if latest is not None
         else "no checkpoint written yet"
     )
-    err = BadShard(
-        e.shard,
-        f"{e.problem}; the run stopped at {where} ({kept}): rebuild or copy the shard again "
-        f"(python -m shards verify lists every bad one), then resume with checkpoint.resume=auto",
+    # the fault's own advice where it has one (a stalled or signalled shard-cache wait)
+    advice = getattr(e, "advice", None) or (
+        "rebuild or copy the shard again (python -m shards verify lists every bad one), then resume "
+        "with checkpoint.resume=auto"
     )
+    err = BadShard(e.shard, f"{e.problem}; the run stopped at {where} ({kept}): {advice}")
     err.every_rank = info.distributed
     return err

@@ -5,13 +5,17 @@ file). Every shard's sha256 is checked against the manifest on the bytes actuall
 received; uploads record it in the object's metadata (``x-amz-meta-sha256``), so later checks
 (``read_manifest``'s sizes, ``validate_split(checksums=True)``, a resumed copy) need no
 download. Resumable: a shard already at DST with the manifest's size and sha256 is skipped.
-The manifest is written LAST, so a DST with a manifest is a complete build, as after
-``python -m shards build``.
+DST's own ``manifest.json`` and ``rejects.jsonl`` are removed before the first shard is written
+and the new manifest is written LAST, so a DST with a manifest is a complete build, as after
+``python -m shards build``: a failed or killed copy over an older build leaves no manifest over
+a mix of old and new shards. Index files are checked against the manifest's ``index_sha256``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,26 +35,46 @@ class CopyReport:
     bytes: int = 0  # shard bytes sent
 
 
-def copy_build(src: str | Path, dst: str | Path, *, workers: int = 4, show: bool | None = None) -> CopyReport:
-    """Copy the build at ``src`` to ``dst`` (see the module docstring); one error line on failure."""
+def copy_build(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    workers: int = 4,
+    show: bool | None = None,
+    report: CopyReport | None = None,
+) -> CopyReport:
+    """Copy the build at ``src`` to ``dst`` (see the module docstring); one error line on failure.
+    ``report``: filled as shards go (what a failed copy had done, for its caller to print)."""
     manifest = read_manifest(src)  # every listed object there, at its size
     assert manifest.root is not None
     root = manifest.root
     storage.check_location(dst)
     storage.check_access(dst, must_exist=False)
+    for name in (MANIFEST, REJECTS):  # DST is no build until its new manifest is written
+        storage.delete(storage.join(dst, name))
     present = storage.list_files(dst)
     shards = [s for info in manifest.splits.values() for s in info.shards]
-    report = CopyReport()
+    report = report if report is not None else CopyReport()
+    failed = threading.Event()
     bar = progress(total=len(shards), desc="copy", unit="shard", enabled=show)
 
     def one(s: ShardInfo) -> None:
+        if failed.is_set():  # no shard starts after a failure
+            return
+        try:
+            _one(s)
+        except BaseException:
+            failed.set()
+            raise
+
+    def _one(s: ShardInfo) -> None:
         if _already_there(storage.join(dst, s.tar), s, present):
             report.skipped += 1
         else:
             _copy_shard(storage.join(root, s.tar), storage.join(dst, s.tar), s)
             report.copied += 1
             report.bytes += s.bytes
-        storage.copy_file(storage.join(root, s.index), storage.join(dst, s.index))
+        _copy_index(storage.join(root, s.index), storage.join(dst, s.index), s)
         bar.update(1)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -84,6 +108,21 @@ def _copy_shard(src: storage.Location, dst: storage.Location, s: ShardInfo) -> N
         storage.download(src, local)
         _verify(local, s, src)
         storage.upload(local, dst, sha256=s.sha256)
+
+
+def _copy_index(src: storage.Location, dst: storage.Location, s: ShardInfo) -> None:
+    """One index file (small: read whole), checked against the manifest's sha256 (or size, for
+    builds that record none) before DST holds it."""
+    data = storage.read_bytes(src)
+    got = hashlib.sha256(data).hexdigest()
+    if (s.index_sha256 is not None and got != s.index_sha256) or (
+        s.index_bytes is not None and len(data) != s.index_bytes
+    ):
+        raise ValueError(
+            f"{src}: {len(data)} bytes with sha256 {got[:12]}..., the manifest records {s.index_bytes} "
+            f"bytes, {str(s.index_sha256)[:12]}... (an index that does not belong to this build; rebuild it)"
+        )
+    storage.write_bytes(dst, data, sha256=got)
 
 
 def _verify(path: Path, s: ShardInfo, name: storage.Location) -> None:

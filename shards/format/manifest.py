@@ -271,8 +271,9 @@ def _check_objects(manifest: Manifest, where: str, check_files: bool) -> None:
             for rel in (_relative(where, s.tar), _relative(where, s.index)):
                 if check_files and rel not in listed:
                     missing.append(rel)
-            if check_files and s.tar in listed and listed[s.tar] != s.bytes:
-                wrong.append(f"{s.tar} ({listed[s.tar]} bytes, manifest {s.bytes})")
+            for rel, size in ((s.tar, s.bytes), (s.index, s.index_bytes)):  # index: None in old builds
+                if check_files and size is not None and rel in listed and listed[rel] != size:
+                    wrong.append(f"{rel} ({listed[rel]} bytes, manifest {size})")
     if missing:
         raise storage.StorageNotFound(
             f"{where}: names {len(missing)} object(s) that are not in the store: "
@@ -281,7 +282,7 @@ def _check_objects(manifest: Manifest, where: str, check_files: bool) -> None:
         )
     if wrong:
         raise ValueError(
-            f"{where}: {len(wrong)} shard(s) differ in size from the manifest: {', '.join(wrong[:5])} "
+            f"{where}: {len(wrong)} shard or index file(s) differ in size from the manifest: {', '.join(wrong[:5])} "
             "(truncated or replaced objects; re-run `python -m shards copy`)"
         )
 

@@ -271,11 +271,12 @@ def open_read(location: Location) -> Iterator[IO[bytes]]:
         yield f
 
 
-def read_bytes(location: Location) -> bytes:
+def read_bytes(location: Location, start: int | None = None, end: int | None = None) -> bytes:
+    """The bytes of ``location`` (``[start, end)`` when given: one ranged GET, no HEAD before it)."""
     if not is_remote(location):
-        return Path(location).read_bytes()
+        return Path(location).read_bytes()[start:end]
     with storage_errors(location):
-        return bytes(_filesystem(location).cat_file(_key(location)))
+        return bytes(_filesystem(location).cat_file(_key(location), start=start, end=end))
 
 
 def read_text(location: Location) -> str:
