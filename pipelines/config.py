@@ -138,7 +138,7 @@ class FeatureConfig:
         bad = [c for c in self.channels if c not in known]
         if bad or len(set(self.channels)) != len(self.channels):
             raise ValueError(f"features.channels: {self.channels} must be distinct names from {known}")
-        if "cqt" in self.channels:
+        if "cqt" in self.channels and self.image_frames is None:  # an image build's cqt is a picture
             check_params(CqtParams.of(self))
         if self.normalize not in ("minmax", "meanstd", "none"):
             raise ValueError(f"features.normalize: {self.normalize!r} is not minmax, meanstd or none")

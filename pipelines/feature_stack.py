@@ -33,8 +33,11 @@ def nearest_rows(rows: int, out: int) -> np.ndarray:
     return np.minimum(np.floor(np.arange(out, dtype=np.float32) * scale).astype(np.int64), rows - 1)
 
 
-def load_stats(path: storage.Location, features: FeatureConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean/std ``(C,)`` for 'meanstd'; refuses stats made for other features."""
+def load_stats(
+    path: storage.Location, features: FeatureConfig, *, computed: bool = True
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean/std ``(C,)`` for 'meanstd'; refuses stats made for other features.
+    ``computed``: the channels are computed from audio (an image build's are its pictures)."""
     if not storage.exists(path):
         raise FileNotFoundError(f"{path}: no feature statistics (run `python -m pipelines.stats SHARDS`)")
     data = json.loads(storage.read_text(path))
@@ -48,7 +51,7 @@ def load_stats(path: storage.Location, features: FeatureConfig) -> tuple[torch.T
         raise ValueError(
             f"{path}: no statistics for channel(s) {missing}: rerun `python -m pipelines.stats SHARDS`"
         )
-    if "cqt" in features.channels and features.image_frames is None and data.get("cqt") != CQT_DEFINITION:
+    if "cqt" in features.channels and computed and data.get("cqt") != CQT_DEFINITION:
         raise ValueError(  # an audio build's cqt is computed: its numbers must be the true CQT's
             f"{path}: the cqt statistics were computed before cqt became the true constant-Q "
             "transform (they describe pseudo_cqt): rerun `python -m pipelines.stats SHARDS`"
@@ -93,15 +96,19 @@ class FeatureAssembler:
         stats: storage.Location | None = None,
         *,
         channels_last: bool = False,
+        computed: bool = True,
     ):
+        """``computed``: the channels are computed from DALI's audio outputs (False: an image
+        build's pictures, only stacked; no filter bank or CQT kernel is built)."""
         self.cfg = features
         self.device = torch.device(device)
         # x is allocated in the layout the model consumes (no conversion copy per step)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         # each requested channel's compute function, filter banks built once (pipelines.channels)
-        self.channels = {c: get_channel(c).build(features, self.device) for c in features.channels}
+        names = features.channels if computed else []
+        self.channels = {c: get_channel(c).build(features, self.device) for c in names}
         # channels computed from the chunks' samples (the CQT): their output is per chunk already
-        self.per_chunk = frozenset(c for c in features.channels if get_channel(c).needs == "wave")
+        self.per_chunk = frozenset(c for c in names if get_channel(c).needs == "wave")
         self._rows: dict[tuple[int, torch.device], torch.Tensor] = {}
         self.mean = self.std = None
         if features.normalize == "meanstd" and features.norm_mean is not None:
@@ -111,7 +118,7 @@ class FeatureAssembler:
         elif features.normalize == "meanstd":
             if stats is None:
                 raise ValueError("features.normalize='meanstd' needs a stats file (features.stats_file)")
-            mean, std = load_stats(stats, features)
+            mean, std = load_stats(stats, features, computed=computed)
             self.mean = mean.to(self.device).view(1, -1, 1, 1)
             self.std = std.clamp_min(_EPS).to(self.device).view(1, -1, 1, 1)
 

@@ -80,7 +80,11 @@ class MusicLoader:
         self.mode = spec.mode
         self.epoch = 0
         self.assembler = FeatureAssembler(
-            spec.features, device, stats_path(spec.features, manifest.root), channels_last=channels_last
+            spec.features,
+            device,
+            stats_path(spec.features, manifest.root),
+            channels_last=channels_last,
+            computed=manifest.kind == "audio",
         )
         self.lease = BufferLease(device, depth=spec.loader.prefetch)  # DALI outputs torch still reads
         self._dali: Any = None  # the DALI iterator (gated for object-store caches), built on first use

@@ -82,7 +82,7 @@ def test_stats_and_training_resolve_the_same_image_features(images: Path, tmp_pa
     )
     f = exp.features
     assert (f.channels, f.n_mels, f.image_frames) == _sizes(images)
-    mean, std = load_stats(out, f)  # accepted: computed for exactly these features
+    mean, std = load_stats(out, f, computed=False)  # accepted: made for exactly these features (images)
     assert mean.tolist() == pytest.approx([stats["mean"][c] for c in f.channels])
     stored = json.loads(json.dumps(exp.to_dict()))["features"]  # what checkpoints and config.json store
     assert stored["channels"] == ["mel", "chroma", "cqt"] and stored["n_mels"] == 84

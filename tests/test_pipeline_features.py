@@ -103,6 +103,7 @@ def test_audio_cqt_statistics_from_before_the_true_cqt_are_refused(tmp_path):
 
 def test_image_cqt_statistics_need_no_mark(tmp_path):
     """An image build's cqt is the dataset's own picture: its statistics never changed meaning."""
-    features = FeatureConfig(channels=["mel", "cqt"], normalize="meanstd", image_frames=64)
-    asm = FeatureAssembler(features, "cpu", _stats_file(tmp_path, features))
+    features = FeatureConfig(channels=["mel", "cqt"], normalize="meanstd", image_frames=64, sample_rate=8000)
+    asm = FeatureAssembler(features, "cpu", _stats_file(tmp_path, features), computed=False)
     assert asm.std is not None and asm.std.flatten().tolist() == [2.0, 2.0]
+    assert asm.channels == {}  # nothing computed: no CQT kernels (84 bins pass 8 kHz's Nyquist)
