@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 from collections.abc import Callable  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import pytest  # noqa: E402
 
@@ -40,31 +42,22 @@ def synth_shards(tmp_path_factory: pytest.TempPathFactory) -> Callable[..., Path
     from shards.bench.synth import build_synth_shards
 
     cache: dict[tuple, Path] = {}
+    signature = inspect.signature(build_synth_shards)
+    fixed = {"out", "workers", "raw", "progress"}  # chosen here, not by the tests
 
-    def make(
-        task: str = "single",
-        codec: str = "pcm16",
-        tracks: int = 24,
-        seconds: float = 8.0,
-        sample_rate: int = 22050,
-        seed: int = 0,
-        shard_size_mb: float = 2.0,
-    ) -> Path:
-        key = (task, codec, tracks, float(seconds), sample_rate, seed, float(shard_size_mb))
+    def make(**settings: Any) -> Path:
+        """``build_synth_shards``'s settings (its defaults apply), one build per distinct set."""
+        if fixed & settings.keys():
+            raise TypeError(f"synth_shards: {sorted(fixed & settings.keys())} are the fixture's own")
+        bound = signature.bind(None, **settings)
+        bound.apply_defaults()
+        chosen = {k: v for k, v in bound.arguments.items() if k not in fixed}
+        key = tuple(
+            (k, float(v) if k in ("seconds", "shard_size_mb") else v) for k, v in sorted(chosen.items())
+        )
         if key not in cache:
-            base = tmp_path_factory.mktemp(f"synth-{task}-{codec}-{tracks}")
-            cache[key] = build_synth_shards(
-                base / "shards",
-                task=task,
-                codec=codec,
-                tracks=tracks,
-                seconds=seconds,
-                sample_rate=sample_rate,
-                seed=seed,
-                shard_size_mb=shard_size_mb,
-                workers=1,
-                raw=base / "raw",
-            )
+            base = tmp_path_factory.mktemp(f"synth-{chosen['task']}-{chosen['codec']}-{chosen['tracks']}")
+            cache[key] = build_synth_shards(base / "shards", workers=1, raw=base / "raw", **chosen)
         return cache[key]
 
     return make
