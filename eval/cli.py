@@ -102,7 +102,10 @@ def parse_args(argv: list[str] | None = None) -> EvalConfig:
     )
     cfg: EvalConfig = sections["eval"]
     if cfg.shards is None and args.config is not None:
-        cfg.shards = sections["data"].shards  # the experiment's own build
+        builds = sections["data"].builds  # the experiment's own build
+        if len(builds) > 1:
+            ap.error(f"the experiment mixes {len(builds)} builds; name the one to evaluate (--shards DIR)")
+        cfg.shards = builds[0] if builds else None
     if not cfg.checkpoints:
         ap.error("no checkpoint given (--checkpoint CKPT [CKPT ...])")
     if cfg.shards is None:

@@ -31,6 +31,16 @@ class BatchLoader(Protocol):
         """``(C, F, T)`` of one chunk."""
         ...
 
+    @property
+    def batches_done(self) -> int:
+        """Batches of the current epoch behind the position (what a resume continues after)."""
+        ...
+
+    @property
+    def skipped_shards(self) -> list[str]:
+        """Shards left out of the plan (``loader.on_bad_shard = "skip"``); [] when none."""
+        ...
+
     def state_dict(self) -> dict[str, Any]:
         """Plain data: where the loader is (resumed by ``load_state_dict``)."""
         ...

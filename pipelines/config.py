@@ -44,6 +44,8 @@ FEATURE_PRESETS: dict[str, dict[str, Any]] = {
     },
 }
 TrackWeighting = Literal["uniform_time", "uniform_track"]
+Balance = Literal["none", "class", "sqrt"]
+OnBadShard = Literal["stop", "skip"]
 ShardVerify = Literal["none", "first_open"]
 ImageColor = Literal["gray", "rgb"]
 
@@ -252,11 +254,25 @@ class LoaderConfig:
     num_threads: int = 4
     """DALI CPU worker threads."""
     shuffle: bool = True
-    """Shuffle tracks in training (buffer of initial_fill samples)."""
+    """Shuffle the training samples every epoch (blocks of shards, samples within a block)."""
     initial_fill: int = 256
-    """Shuffle buffer size in tracks (shards are shuffled across tars when written)."""
+    """Samples per shuffle block: each epoch the shards are permuted and grouped into blocks of at
+    least this many samples, shuffled within (the reader's working set: a block of shards)."""
     seed: int = 0
-    """Base seed: shuffling, chunk offsets and masks are reproducible from it."""
+    """Base seed: the epoch plan (order, chunk offsets, masks) is a function of it, the epoch and the data."""
+    balance: Balance = "none"
+    """Training chunks per class: 'none' (as the data has them), 'class' (an equal share per
+    class), 'sqrt' (a share proportional to the square root of the class's sample count); met
+    per epoch by a stratified plan (docs/training.md). Multi-label: a sample's rarest tag."""
+    balance_level: int = -1
+    """Hierarchical tasks: the level ``balance`` balances (0 = coarsest, -1 = finest)."""
+    on_bad_shard: OnBadShard = "stop"
+    """A training shard that fails its check (loader.verify=first_open, or the shard cache's
+    sha256): 'stop' the run with one line, or 'skip' it (dropped from the plan on every rank
+    from the next epoch on; its samples in the current batch are replaced; the run's log names it)."""
+    trace: str | None = None
+    """Folder for a per-rank trace of the training chunks (DIR/rank{r}.jsonl: epoch, step, tid,
+    start seconds, labels, source); none: off."""
     prefetch: int = 2
     """DALI prefetch queue depth (batches computed ahead)."""
     track_weighting: TrackWeighting = "uniform_time"
@@ -327,6 +343,10 @@ class LoaderConfig:
             raise ValueError(
                 f"loader.device_memory_gb: must be positive or none, got {self.device_memory_gb}"
             )
+        if self.balance not in ("none", "class", "sqrt"):
+            raise ValueError(f"loader.balance: {self.balance!r} is not none, class or sqrt")
+        if self.on_bad_shard not in ("stop", "skip"):
+            raise ValueError(f"loader.on_bad_shard: {self.on_bad_shard!r} is not stop or skip")
         if self.track_weighting not in ("uniform_time", "uniform_track"):
             raise ValueError(
                 f"loader.track_weighting: {self.track_weighting!r} is not uniform_time or uniform_track"

@@ -34,13 +34,16 @@ def image_features(manifest: Manifest) -> dict[str, Any]:
 
 def feature_defaults(shards: str | Path | None) -> Callable[[dict[str, Any]], Defaults]:
     """``defaults(tree)`` for ``load_sections``: the build's ``[features]`` values under the
-    config's. ``shards=None``: the tree's own ``data.shards`` (an experiment file). No manifest
+    config's. ``shards=None``: the tree's own ``data.shards`` (an experiment file; its first
+    build when it lists several). No manifest
     there yet (a config printed before its build exists): no defaults; a preset's keys stay
     the preset's."""
 
     def defaults(tree: dict[str, Any]) -> Defaults:
         data = _table(tree, "data")
         where = shards if shards is not None else data.get("shards")
+        if isinstance(where, list) and where:  # mixed builds: the first one's image settings apply
+            where = where[0]
         if not isinstance(where, (str, Path)) or data.get("synthetic") is True or not _built(where):
             return {}
         values = image_features(read_manifest(where, check_files=False))

@@ -15,8 +15,10 @@ frame-major (``"tf"``, DALI's native spectrogram layout: its ``"ft"`` layout cos
 transpose of the whole power spectrogram, half of the CPU graph's time):
 ``mel (F_all, n_mels)`` in dB, optionally ``power (F_all, n_fft/2+1)`` (chroma, pseudo-CQT)
 and ``wave (rows, L)`` (the chunks' samples, as the STFT framed them: the CQT),
-in training ``mask (K, R, 2)`` (the SpecAugment draws: ``mask_draws``), then ``lbl``, ``tid``, ``nchunks`` (chunks to keep), in
-training ``start (K,)`` (chunk offsets in the sample) and, for version-2 shards, ``seg``.
+in training ``mask (K, R, 2)`` (the plan's SpecAugment draws), then ``lbl``, ``tid``, ``nchunks`` (chunks to keep), in
+training ``start (K,)`` (chunk offsets in the sample) and ``src`` (the sample's build), and, for version-2 shards, ``seg``.
+Training samples come from the sample plan (``pipelines.sample_plan``, an external source: the
+order and every random number), evaluation's from DALI's webdataset reader.
 A sample is a track or one segment of a long track (docs/shard-format.md). The MFCC
 (an orthonormal DCT-II, i.e. one small matrix) is applied in torch with the other filter
 banks: DALI's CPU ``fn.mfcc`` costs as much as the mel filter bank and the dB together.
@@ -37,7 +39,7 @@ from nvidia.dali.pipeline import Pipeline
 
 from pipelines.config import AugmentConfig, FeatureConfig, Framing, LoaderConfig
 from pipelines.signal import cut_windows, feature_length, length_of, on_device, source, train_lengths
-from shards.format import AUDIO_EXT, SEGMENT_FIELDS, MemberLayout
+from shards.format import AUDIO_EXT, MemberLayout
 
 READER = "reader"
 Mode = Literal["train", "eval"]
@@ -65,6 +67,7 @@ class GraphSpec:
     longest_sample: int = 0  # samples of the split's longest sample at shards_rate (uniform_time)
     image_exts: list[str] = field(default_factory=list)  # image builds: per channel, "mel.jpg;mel.png"
     plain_reads: bool = False  # open tars without mmap: the shard cache fills them in place (remote.py)
+    plan: Any = field(default=None, compare=False)  # training: the sample plan's source (train_stream)
 
     @property
     def segmented(self) -> bool:
@@ -87,7 +90,7 @@ class GraphSpec:
             names.append("mask")
         names += ["lbl", "tid", "nchunks"]
         if self.mode == "train":
-            names.append("start")
+            names += ["start", "src"]
         return [*names, "seg"] if self.segmented else names
 
 
@@ -117,7 +120,7 @@ def define_pipeline(
         device_id=device_id,
         seed=seed,
         prefetch_queue_depth=spec.loader.prefetch,
-        enable_checkpointing=True,
+        enable_checkpointing=spec.mode == "eval",  # training's position is the plan's (train_stream)
         exec_dynamic=True,
     )  # type: ignore[call-overload]  # DALI stubs lack exec_dynamic
     def music_pipeline():  # type: ignore[no-untyped-def]
@@ -127,26 +130,59 @@ def define_pipeline(
     return music_pipeline(**kwargs)  # type: ignore[no-any-return]
 
 
-def _read(spec: GraphSpec):  # type: ignore[no-untyped-def]
+@dataclass
+class SampleNodes:
+    """A batch's samples as CPU nodes: media, ids and (training) the plan's draws."""
+
+    media: list[Any]
+    lbl: Any
+    tid: Any
+    seg: Any = None  # segmented audio builds
+    u: Any = None  # training: chunk (crop) start fractions (K,) float64
+    mask: Any = None  # training with SpecAugment: the draws (K, R, 2) float32
+    src: Any = None  # training: the sample's build (index into data.shards), int64 (1,)
+
+
+def _read(spec: GraphSpec) -> SampleNodes:
     audio_dtype = types.DALIDataType.INT16 if spec.codec == "pcm16" else types.DALIDataType.UINT8
-    return webdataset_reader(spec, [AUDIO_EXT[spec.codec]], [audio_dtype])
+    return read_samples(spec, [AUDIO_EXT[spec.codec]], [audio_dtype])
 
 
-def webdataset_reader(spec: GraphSpec, media: list[str], dtypes: list[types.DALIDataType]) -> list[Any]:
-    """The webdataset reader's nodes: ``media`` members (ext alternatives as ``"a;b"``) then
-    ``lbl``, ``tid`` (and ``seg`` for segmented shards), CPU int64 nodes whichever members hold
-    them (``spec.members``: one ``ids`` member per sample from version 3 on, sliced here; DALI
-    reads each member with its own request, so fewer members is fewer requests on ``s3://``).
-    Shuffled and moving across shards in training; each rank's contiguous range in evaluation."""
+def read_samples(spec: GraphSpec, media: list[str], dtypes: list[types.DALIDataType]) -> SampleNodes:
+    """Training: the sample plan's batches (``spec.plan``, an external source: its order, its
+    random numbers). Evaluation: DALI's webdataset reader of ``media`` members (ext alternatives
+    as ``"a;b"``) and the ids members, each rank its contiguous range (``spec.members``: one
+    ``ids`` member per sample from version 3 on, sliced here)."""
+    if spec.mode == "train":
+        return _plan_inputs(spec, dtypes)
     fixed = list(spec.members.members)
     nodes = _reader(spec, [*media, *fixed], [*dtypes, *[types.DALIDataType.INT64] * len(fixed)])
     fields = spec.members.split(nodes[len(media) :])
-    return [*nodes[: len(media)], fields["lbl"], fields["tid"], *([fields["seg"]] if spec.segmented else [])]
+    return SampleNodes(
+        nodes[: len(media)], fields["lbl"], fields["tid"], fields.get("seg") if spec.segmented else None
+    )
+
+
+def _plan_inputs(spec: GraphSpec, dtypes: list[types.DALIDataType]) -> SampleNodes:
+    """One external source over the plan's batches (``pipelines.train_stream``), in its output order."""
+    i64, masks = types.DALIDataType.INT64, spec.augment.active
+    out_types = [*dtypes, i64, i64, *([i64] * spec.segmented), types.DALIDataType.FLOAT64]
+    out_types += [types.DALIDataType.FLOAT] * masks + [i64]
+    nodes = list(
+        fn.external_source(
+            source=spec.plan, num_outputs=len(out_types), batch=True, cycle="raise", dtype=out_types
+        )
+    )
+    media, rest = nodes[: len(dtypes)], nodes[len(dtypes) :]
+    lbl, tid = rest[0], rest[1]
+    seg = rest[2] if spec.segmented else None
+    at = 2 + spec.segmented
+    return SampleNodes(media, lbl, tid, seg, u=rest[at], mask=rest[at + 1] if masks else None, src=rest[-1])
 
 
 def _reader(spec: GraphSpec, ext: list[str], dtypes: list[types.DALIDataType]) -> list[Any]:
-    """DALI's webdataset reader of ``ext`` (one output node each, in order)."""
-    train = spec.mode == "train"
+    """DALI's webdataset reader of ``ext`` (one output node each, in order): evaluation, each
+    rank its contiguous range."""
     nodes = fn.readers.webdataset(
         paths=[str(p) for p in spec.tars],
         index_paths=[str(p) for p in spec.idxs],
@@ -155,10 +191,9 @@ def _reader(spec: GraphSpec, ext: list[str], dtypes: list[types.DALIDataType]) -
         missing_component_behavior="error",
         shard_id=spec.rank,
         num_shards=spec.world_size,
-        random_shuffle=train and spec.loader.shuffle,
-        initial_fill=spec.loader.initial_fill,
+        random_shuffle=False,
         pad_last_batch=True,
-        stick_to_shard=not train,
+        stick_to_shard=True,
         # plain reads: the shard cache fills files in place, and a shard truncated mid-run is an
         # error instead of a SIGBUS (loader.mmap = false)
         dont_use_mmap=spec.plain_reads or not spec.loader.mmap,
@@ -172,48 +207,16 @@ def chunk_count(n, chunk: int):  # type: ignore[no-untyped-def]
     return fn.cast(dmath.max(dmath.ceil(n / int(chunk)), 1), dtype=types.DALIDataType.INT64)
 
 
-def _train_rows(spec: GraphSpec, stored, n_in, n, seg):  # type: ignore[no-untyped-def]
-    """K random chunks per sample, ``(K, L)`` on the device (short samples are zero-padded),
-    their starts ``(K,)`` int32, and how many of them the loader keeps (``count``, see
-    ``_keep_weight``). Only the chunks' windows of stored samples leave the CPU
+def _train_rows(spec: GraphSpec, stored, n_in, n, u):  # type: ignore[no-untyped-def]
+    """The K chunks of a sample, ``(K, L)`` on the device (short samples are zero-padded), and
+    their starts ``(K,)`` int32. Only the chunks' windows of stored samples leave the CPU
     (``pipelines.signal.cut_windows``), never the whole sample; ``n_in`` / ``n`` are the
-    sample's int32 lengths (stored, feature rate: ``train_lengths``). Every step is one vector operator for the K.
-
-    A chunk lies inside one sample (segment): its start is uniform over the sample's
-    ``max(n - L, 1)`` positions. Each of the K is kept with the probability ``_keep_weight``
-    gives (the ``loader.track_weighting``), so segment lengths never over-weight a track."""
-    k = spec.loader.chunks_per_track
-    u = fn.random.uniform(range=[0.0, 1.0], shape=[k], dtype=types.DALIDataType.FLOAT64)
+    sample's int32 lengths (stored, feature rate: ``train_lengths``). Every step is one vector
+    operator for the K. A chunk lies inside one sample (segment): its start is the plan's
+    fraction ``u`` of the sample's ``max(n - L, 0)`` free positions."""
     room = dmath.max(n - int(spec.framing.chunk), 0)
     starts = fn.cast(dmath.floor(u * room), dtype=types.DALIDataType.INT32)
-    weight = _keep_weight(spec, n, seg)
-    if isinstance(weight, float):  # whole tracks, uniform_track: all K kept, no per-sample draw
-        count = types.Constant(np.array([k], dtype=np.int64), device="cpu")
-    else:
-        keep = fn.random.uniform(range=[0.0, 1.0], shape=[k]) < weight
-        count = fn.reductions.sum(fn.cast(keep, dtype=types.DALIDataType.INT64))
-    return cut_windows(spec, stored, n_in, n, starts), starts, count
-
-
-def _keep_weight(spec: GraphSpec, n, seg):  # type: ignore[no-untyped-def]
-    """Probability (<= 1, float64) of keeping each drawn chunk of a sample of ``n`` samples
-    (int32, at the feature rate).
-
-    uniform_time: ``n / (longest sample of the split)``: every sample yields K chunks per
-    longest-sample's worth of audio, so each second of the split is as likely to be drawn
-    as any other (averaged over its sample). uniform_track: ``segment / track`` length:
-    each track yields K chunks on average, spread over its segments by their length (a
-    whole-track sample keeps all K: the pre-segment behaviour)."""
-    if spec.loader.track_weighting == "uniform_time":
-        rate, src = int(spec.features.sample_rate), int(spec.shards_rate)
-        longest = max(-(-spec.longest_sample * rate // src), 1)  # at the feature rate, as ``n`` is
-        return dmath.min(fn.cast(n, dtype=types.DALIDataType.FLOAT64) / longest, 1)
-    if seg is None or spec.segment_samples is None:
-        return 1.0  # whole tracks: keep all K (``_train_rows`` then skips the draw)
-    i = SEGMENT_FIELDS.index
-    start = fn.cast(seg[i("start")], dtype=types.DALIDataType.FLOAT64)
-    total = fn.cast(seg[i("track_samples")], dtype=types.DALIDataType.FLOAT64)
-    return dmath.min(total - start, int(spec.segment_samples)) / total  # shard-rate samples
+    return cut_windows(spec, stored, n_in, n, starts), starts
 
 
 def _eval_rows(spec: GraphSpec, sig, n):  # type: ignore[no-untyped-def]
@@ -224,24 +227,15 @@ def _eval_rows(spec: GraphSpec, sig, n):  # type: ignore[no-untyped-def]
     return fn.reshape(padded, shape=[-1, L])
 
 
-def mask_draws(a: AugmentConfig, k: int):  # type: ignore[no-untyped-def]
-    """The random numbers of the SpecAugment masks of a sample's K chunks (or image crops):
-    ``(K, R, 2)`` float32 uniform in [0, 1), R = ``freq_masks + time_masks`` bands, each a
-    (width, start) pair. One operator, drawn from the pipeline's seeded RNG (reproducible,
-    checkpointed); ``pipelines.feature_stack.masks_from_draws`` turns them into masks on the device.
-    Shared by the audio and the image graph."""
-    return fn.random.uniform(range=[0.0, 1.0], shape=[k, a.freq_masks + a.time_masks, 2])
-
-
 def _graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
     features, framing = spec.features, spec.framing
-    members = _read(spec)
-    audio, lbl, tid = members[:3]
-    seg = members[3] if spec.segmented else None
-    stored = source(spec, audio)  # CPU, at the shards' rate
+    read = _read(spec)
+    stored = source(spec, read.media[0])  # CPU, at the shards' rate
     starts = None
     if spec.mode == "train":
-        rows, starts, nchunks = _train_rows(spec, stored, *train_lengths(spec, stored), seg)
+        rows, starts = _train_rows(spec, stored, *train_lengths(spec, stored), read.u)
+        k = spec.loader.chunks_per_track
+        nchunks = types.Constant(np.array([k], dtype=np.int64), device="cpu")
     else:  # the whole sample (at most one segment) to the device
         n = feature_length(spec, length_of(stored))
         rows = _eval_rows(spec, on_device(spec, stored), n)
@@ -254,12 +248,12 @@ def _graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
         outs.append(power)
     if features.needs_wave:  # the chunks themselves: the CQT is computed from them in torch
         outs.append(rows)
-    if spec.mode == "train" and spec.augment.active:
-        outs.append(mask_draws(spec.augment, spec.loader.chunks_per_track))
-    outs += [lbl, tid, nchunks]
+    if read.mask is not None:
+        outs.append(read.mask)
+    outs += [read.lbl, read.tid, nchunks]
     if starts is not None:
-        outs.append(starts)
-    return (*outs, seg) if seg is not None else tuple(outs)
+        outs += [starts, read.src]
+    return (*outs, read.seg) if read.seg is not None else tuple(outs)
 
 
 def spectra(features: FeatureConfig, flat):  # type: ignore[no-untyped-def]

@@ -7,7 +7,7 @@ gray or RGB (``features.image_color``) and resized once (linear, antialiased) to
 ``(F, T) = (features.n_mels, features.image_frames)`` in evaluation. Training resizes each
 image once to ``(F, T / augment.time_crop)`` and takes K = ``loader.chunks_per_track`` random
 crops of T columns from it (``augment.time_crop`` of the width; the same windows for every
-channel of a sample), plus SpecAugment mask draws from the audio graph's ``mask_draws``; evaluation
+channel of a sample), plus SpecAugment mask draws, all from the sample plan; evaluation
 takes each image once, whole. ``ImageLoader`` then stacks the planes into
 the loader contract's ``(B, C, F, T)`` (C = channels x 1 or 3), normalised by the shared
 ``FeatureAssembler``, so every model family and the evaluator are unaware of the kind.
@@ -22,9 +22,9 @@ from nvidia.dali import fn, types
 from nvidia.dali import math as dmath
 
 from pipelines.config import FeatureConfig, LoaderConfig, framing
-from pipelines.graph import GraphSpec, mask_draws, webdataset_reader
+from pipelines.graph import GraphSpec, read_samples
 from pipelines.handoff import to_device
-from pipelines.loader import MusicLoader, labels_to_y
+from pipelines.music_loader import MusicLoader, labels_to_y
 from pipelines.shard_checks import ShardError
 from shards.format import Manifest
 
@@ -43,7 +43,7 @@ def output_names(spec: GraphSpec) -> list[str]:
     names: list[str] = ["image"]
     if spec.mode == "train" and spec.augment.active:
         names.append("mask")
-    return [*names, "lbl", "tid"]
+    return [*names, "lbl", "tid", *(["src"] if spec.mode == "train" else [])]
 
 
 def crop_width(spec: GraphSpec) -> int:
@@ -53,15 +53,13 @@ def crop_width(spec: GraphSpec) -> int:
     return max(t, round(t / spec.augment.time_crop)) if spec.mode == "train" else t
 
 
-def _crop_starts(spec: GraphSpec, k: int, width: int, t: int) -> list[Any]:
-    """K random column offsets (INT32 CPU nodes) of a T-wide crop in a ``width``-wide image."""
+def _crop_starts(u, k: int, width: int, t: int) -> list[Any]:  # type: ignore[no-untyped-def]
+    """K column offsets (INT32 CPU nodes) of a T-wide crop in a ``width``-wide image, from the
+    plan's start fractions ``u (K,)``."""
     room = float(width - t + 1)
     return [
-        fn.cast(
-            dmath.min(dmath.floor(fn.random.uniform(range=[0.0, 1.0], shape=[1]) * room), room - 1.0),
-            dtype=types.DALIDataType.INT32,
-        )  # fmt: skip
-        for _ in range(k)
+        fn.cast(dmath.min(dmath.floor(u[j : j + 1] * room), room - 1.0), dtype=types.DALIDataType.INT32)
+        for j in range(k)
     ]
 
 
@@ -71,9 +69,7 @@ def _image_graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
     of K x C. DALI resizes each sample of a batch to its own ROI and size, but a sample's channel
     images are separate tensors (their sizes may differ), so the C resizes remain."""
     train = spec.mode == "train"
-    *images, lbl, tid = webdataset_reader(
-        spec, spec.image_exts, [types.DALIDataType.UINT8] * len(spec.image_exts)
-    )
+    read = read_samples(spec, spec.image_exts, [types.DALIDataType.UINT8] * len(spec.image_exts))
     f, t, k = spec.features.n_mels, image_frames(spec.features, spec.loader), spec.loader.chunks_per_track
     width = crop_width(spec)
     color = types.DALIImageType.RGB if spec.features.image_color == "rgb" else types.DALIImageType.GRAY
@@ -85,18 +81,18 @@ def _image_graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
             resize_x=float(width),
             dtype=types.DALIDataType.FLOAT,
         )  # fmt: skip
-        for data in images
+        for data in read.media
     ]
     image = fn.cat(*planes_, axis=2) if len(planes_) > 1 else planes_[0]  # (F, width, C x planes)
     outs: list[Any] = []
     if train:  # (K, F, T, C x planes): the same windows for every channel of the sample
-        starts = _crop_starts(spec, k, width, t)
+        starts = _crop_starts(read.u, k, width, t)
         outs.append(fn.stack(*[fn.slice(image, start=s, shape=[t], axes=[1]) for s in starts]))
-        if spec.augment.active:
-            outs.append(mask_draws(spec.augment, k))
+        if read.mask is not None:
+            outs.append(read.mask)
     else:  # (F, T, C x planes): the whole image once
         outs.append(image)
-    return (*outs, lbl, tid)
+    return (*outs, read.lbl, read.tid) if not train else (*outs, read.lbl, read.tid, read.src)
 
 
 class ImageLoader(MusicLoader):

@@ -1,353 +1,37 @@
-"""``build_loader`` / ``MusicLoader``: the DALI pipeline as the trainer and evaluator see it.
+"""``build_loader``: validate a split's shards against the configs, then build a rank's loader.
 
-Yields ``{x: float32 (B, C, F, T) on device, y: labels, track: int64 (B,)}``. How the
-contract's guarantees are met (details in docs/pipeline.md):
-
-- equal batches per rank in training: the reader pads every rank's shard to the same
-  length (``pad_last_batch``) and the iterator drops the last partial batch, with its
-  epoch length taken from the reader's global metadata (``reader_name``);
-- exactly-once evaluation: each rank sticks to its contiguous shard, the last batch is
-  partial, and DALI's padding repeats are dropped here by their track id;
-- resumable: DALI reader checkpointing (the reader position and every RNG) plus our epoch
-  counter, rebuilt into an identical pipeline by ``load_state_dict``.
+The loader itself is ``pipelines.music_loader.MusicLoader`` (``pipelines.image_graph.ImageLoader``
+for image builds); training reads the sample plan (``pipelines.plan_inputs``), evaluation DALI's
+webdataset reader over one build (``pipelines.remote`` for builds in object storage).
 """
 
 from __future__ import annotations
 
-import contextlib
-import warnings
-from collections.abc import Iterator
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
-from nvidia.dali.plugin.base_iterator import LastBatchPolicy
-from nvidia.dali.plugin.pytorch import DALIGenericIterator
 
-from pipelines.chunk_pick import ChunkPick
-from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig, framing
-from pipelines.feature_stack import FeatureAssembler, masks_from_draws, stats_path
-from pipelines.graph import READER, GraphSpec, build_pipeline
-from pipelines.handoff import BufferLease, to_device
-from pipelines.memory import check_memory, release_pool_memory
-from pipelines.remote import CacheGate, ReaderInputs, reader_inputs
-from pipelines.shard_checks import load_manifest, read_fault, split_info, validate_split, verify_on_first_open
+from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
+from pipelines.graph import GraphSpec
+from pipelines.loader_spec import graph_spec, warn_downsampling
+from pipelines.memory import check_memory
+from pipelines.music_loader import MusicLoader
+from pipelines.plan_inputs import train_inputs
+from pipelines.remote import CacheGate, reader_inputs
+from pipelines.shard_checks import ShardError, load_manifest, split_info, validate_split, verify_on_first_open
+from pipelines.train_stream import TrainStream
 from shards.base.distributed import resolve_device, resolve_rank
 from shards.base.tasks import TaskSpec
-from shards.format import SEGMENT_FIELDS, Manifest, member_layout
+from shards.format import AUDIO_EXT, Manifest, MemberLayout, member_layout
 
-
-def labels_to_y(lbl: torch.Tensor, task: TaskSpec) -> torch.Tensor:
-    """``lbl (B, label_width)`` int64 -> single ``(B,)`` int64, multi ``(B, n)`` float32, hier ``(B, L)``."""
-    if task.kind == "single":
-        return lbl[:, 0]
-    if task.kind == "multi":
-        return lbl.to(torch.float32)
-    return lbl
-
-
-GRAPH_VERSION = 2
-"""The DALI graph's layout, saved with the loader's position: a DALI checkpoint restores only
-into the graph that wrote it (1: per-chunk window chains and erase masks; 2: the windows as
-one batch and one mask draw, issue 30)."""
-
-
-class MusicLoader:
-    """Re-iterable loader: one ``for batch in loader`` pass is one epoch on this rank.
-
-    The DALI pipeline is built on first use (a resume's ``load_state_dict`` never builds one only
-    to replace it) and runs no batch before the first ``next()``. An evaluation loader shuts
-    its pipeline down after every pass and gives DALI's pooled device memory back, so the
-    validation pipeline holds nothing while the model trains. ``close()`` releases it for good
-    (before the process group goes: DALI issue #6166)."""
-
-    def __init__(
-        self,
-        spec: GraphSpec,
-        manifest: Manifest,
-        task: TaskSpec,
-        device: torch.device,
-        samples: int | None = None,
-        channels_last: bool = False,
-        gate: CacheGate | None = None,
-    ) -> None:
-        self.spec = spec
-        self.gate = gate  # object-store builds in cache mode: holds each batch until its shards are local
-        self.samples = samples  # samples (segments) in the split, all ranks: len()
-        self.manifest = manifest
-        self.task = task
-        self.device = device
-        self.mode = spec.mode
-        self.epoch = 0
-        self.assembler = FeatureAssembler(
-            spec.features,
-            device,
-            stats_path(spec.features, manifest.root),
-            channels_last=channels_last,
-            computed=manifest.kind == "audio",
-        )
-        self.lease = BufferLease(device, depth=spec.loader.prefetch)  # DALI outputs torch still reads
-        self._dali: Any = None  # the DALI iterator (gated for object-store caches), built on first use
-        self._pipe: Any = None  # its pipeline
-        self._restore: str | None = None  # a DALI checkpoint the next pipeline starts from
-        self._seen: set[int] = set()  # eval: samples already yielded this epoch (drops DALI padding)
-        self._batch = 0  # DALI batches consumed in this epoch (== len(self._it) at its end)
-
-    graph: Any = None  # the DALI graph function (None: the audio graph); the image loader sets its own
-
-    @property
-    def output_names(self) -> list[str]:
-        return self.spec.output_names
-
-    @property
-    def _it(self) -> Any:
-        """The DALI iterator, built on first use from the pending checkpoint (if any)."""
-        if self._dali is None:
-            self._dali = self._make_iterator(self._restore)
-            self._restore = None
-        return self._dali
-
-    def _make_iterator(self, checkpoint: str | None) -> Any:
-        if self.gate is not None:  # DALI reads ahead from the moment the iterator exists
-            self.gate.wait(self.epoch, self._batch, restored=checkpoint is not None)
-        pipe = self._pipe = build_pipeline(self.spec, checkpoint, graph=self.graph)
-        policy = LastBatchPolicy.DROP if self.mode == "train" else LastBatchPolicy.PARTIAL
-        it = DALIGenericIterator(
-            [pipe],
-            self.output_names,
-            reader_name=READER,
-            last_batch_policy=policy,
-            auto_reset=False,
-            prepare_first_batch=False,  # no batch is computed (nor held) before the first next()
-        )
-        return it if self.gate is None else self.gate.wrap(it, lambda: (self.epoch, self._batch))
-
-    def close(self) -> None:
-        """Shut the DALI pipeline down and give its pooled memory back. The loader stays usable:
-        a later pass builds a new pipeline (training: from the position reached)."""
-        if self._dali is not None and self.mode == "train":
-            self._restore = self._dali.checkpoints()[0]
-        self._shutdown()
-        release_pool_memory(self.device)
-
-    def _shutdown(self) -> None:
-        """Wait for torch's reads of the held outputs, then stop the pipeline's threads and free
-        its buffers now (``Pipeline._shutdown`` is DALI's own atexit path; dropping the last
-        reference would leave it to the garbage collector)."""
-        self.lease.release_all()
-        if self._pipe is not None:
-            self._pipe._shutdown()
-        self._dali = self._pipe = None
-
-    @property
-    def feature_shape(self) -> tuple[int, int, int]:
-        """``(C, F, T)`` of one chunk."""
-        f = self.spec.features
-        return len(f.channels), f.n_mels, self.spec.framing.frames
-
-    def __len__(self) -> int:
-        """Batches one pass yields on this rank. Training: DALI's DROP length, the same on every
-        rank, ``(samples // world_size) // tracks_per_batch`` (the smallest rank's range in whole
-        batches; from the manifest, so no pipeline is built for it). Evaluation: this rank's own
-        samples in whole or partial batches; DALI's length is the largest rank's, whose extra
-        batch would hold only padding repeats (dropped here)."""
-        if self.samples is None:
-            return len(self._it)
-        n, w, r = self.samples, self.spec.world_size, self.spec.rank
-        if self.mode == "train":
-            return (n // w) // self.spec.batch_size
-        mine = (r + 1) * n // w - r * n // w  # the reader's contiguous range for this shard
-        return -(-mine // self.spec.batch_size)
-
-    def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
-        it = self._it
-        if self._batch < len(it):  # else restored at the end of an epoch: this pass is its (empty) rest
-            with self._read_faults():
-                for out in it:
-                    self._batch += 1
-                    batch = self._convert(out[0])
-                    self.lease.hold(out[0])  # DALI gets these buffers back once torch has read them
-                    out = None  # the lease's reference is the only one left (close() can free them)
-                    if batch is not None:
-                        yield batch
-        self._seen.clear()
-        self._batch = 0
-        self.epoch += 1  # before reset(): a shard-cache gate waits on exactly (epoch, 0) there
-        if self.mode == "eval":  # nothing stays resident between validations
-            self.close()
-        else:
-            it.reset()
-
-    @contextlib.contextmanager
-    def _read_faults(self) -> Iterator[None]:
-        """A reader error mid-epoch from a shard truncated or damaged under the run becomes
-        ``shards.format.verify.BadShard`` naming it (one line, not DALI's trace); other errors pass."""
-        try:
-            yield
-        except RuntimeError as e:
-            found = read_fault(self.manifest, self.spec.tars, e)
-            if found is None:
-                raise
-            raise found from None
-
-    def _convert(self, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
-        """One DALI batch -> ``{x, y, track}`` on ``self.device``.
-
-        ``lbl``, ``tid`` and ``nchunks`` are CPU outputs (the reader is CPU-only and they never
-        go to the GPU), so all bookkeeping is host-side; what reaches the GPU goes as pinned,
-        non-blocking copies and is indexed with integer tensors, so no step here waits for the
-        GPU (a blocking ``.to(cuda)``, a boolean-mask index or ``repeat_interleave`` with device
-        repeats would each synchronise the host with the training stream every batch).
-        """
-        framing = self.spec.framing
-        tid = out["tid"][:, 0].to(torch.int64).cpu()  # .cpu(): no-ops, they are CPU outputs
-        seg = out["seg"].to(torch.int64).cpu() if "seg" in out else None
-        uid = seg[:, 0] if seg is not None else tid  # unique per sample (segment)
-        nchunks = out["nchunks"].reshape(-1).to(torch.int64).cpu()
-        keep = self._keep(uid)
-        if not keep.any():
-            return None
-        if self.mode == "train" and int(nchunks.sum()) == 0:  # every draw thinned away (rare):
-            nchunks = nchunks.clone()  # a batch is still owed to DDP
-            nchunks[0] = 1
-        n_max = int(nchunks.max())
-        sel = keep[:, None] & (torch.arange(n_max)[None, :] < nchunks[:, None])
-        dense = bool(sel.all())
-        rows, cols = sel.nonzero(as_tuple=True)  # (sample, chunk) of each real chunk, on the host
-        # copied once to DALI's device for every channel
-        pick = None if dense else tuple(to_device(i, out["mel"].device) for i in (rows, cols))
-
-        cut = ChunkPick(n_max, pick, framing)
-        # DALI's outputs are frame-major (B, frames, rows): transposed views, no copy. The MFCC
-        # and chroma filter banks are matmuls on them, frame-local like everything up to here;
-        # the CQT's input is the real chunks' samples (its output is per chunk already).
-        power = out["power"].transpose(1, 2) if "power" in out else None
-        wave = cut.real(out["wave"]) if "wave" in out else None
-        raw = self.assembler.raw_channels(out["mel"].transpose(1, 2), None, power, wave)
-        mask = None
-        if "mask" in out:  # the draws (B, K, R, 2), CPU: picked on the host, masks made on the device
-            m = out["mask"][:, :n_max]
-            m = m.flatten(0, 1) if pick is None else m[rows, cols]
-            mask = self._masks(m, out["mel"].device)
-        per_chunk = self.assembler.per_chunk
-        x = self.assembler.stack([c if n in per_chunk else cut.frames(c) for n, c in raw.items()], mask)
-        y = labels_to_y(out["lbl"].to(torch.int64).cpu()[rows], self.task)
-        return {
-            "x": x.to(self.device, non_blocking=True),
-            "y": to_device(y, self.device),
-            "track": to_device(tid[rows], self.device),
-            "start": to_device(self._starts(out, seg, rows, cols), self.device),
-        }
-
-    def _starts(
-        self, out: dict[str, torch.Tensor], seg: torch.Tensor | None, rows: torch.Tensor, cols: torch.Tensor
-    ) -> torch.Tensor:
-        """Each chunk's first sample within its track, at the feature rate (host int64)."""
-        sp = self.spec
-        offset = torch.zeros_like(rows)
-        if seg is not None:
-            offset = seg[rows, SEGMENT_FIELDS.index("start")] * sp.features.sample_rate // sp.shards_rate
-        if "start" in out:  # training: the drawn offsets within the sample
-            return offset + out["start"].to(torch.int64).cpu()[rows, cols]
-        return offset + cols * sp.framing.chunk
-
-    def _masks(self, draws: torch.Tensor, device: torch.device) -> torch.Tensor:
-        """SpecAugment masks ``(N, F, T)`` on ``device`` from the kept chunks' draws ``(N, R, 2)``."""
-        _, f, t = self.feature_shape
-        return masks_from_draws(to_device(draws, device), self.spec.augment, f, t)
-
-    def _keep(self, ids: torch.Tensor) -> torch.Tensor:
-        """CPU bool ``(B,)``: the samples to yield. Eval drops DALI's ``pad_last_batch`` repeats
-        of the last sample by its unique id (a segment's own, not its track's); training keeps all."""
-        keep = torch.ones(ids.numel(), dtype=torch.bool)
-        if self.mode == "eval":
-            for i, t in enumerate(ids.tolist()):
-                keep[i] = t not in self._seen
-                self._seen.add(t)
-        return keep
-
-    def state_dict(self) -> dict[str, Any]:
-        """Plain data: the DALI checkpoint (reader position, RNG states) and the epoch counter."""
-        dali = (
-            self._restore if self._dali is None and self._restore is not None else self._it.checkpoints()[0]
-        )
-        return {
-            "dali": dali,
-            "graph": GRAPH_VERSION,
-            "epoch": self.epoch,
-            "seen": sorted(self._seen),
-            "batch": self._batch,
-        }
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the saved position: the next batches are the ones the saved loader would have
-        produced. The pipeline is rebuilt from it on first use (none is built here). A position
-        saved by another graph version is never fed to this graph: its epoch restarts."""
-        self._shutdown()
-        self.epoch = int(state["epoch"])
-        saved = int(state.get("graph", 1))
-        if saved != GRAPH_VERSION:
-            warnings.warn(
-                f"the loader position in this checkpoint was saved by input graph version {saved} "
-                f"(this one is {GRAPH_VERSION}): epoch {self.epoch} restarts from its beginning",
-                stacklevel=2,
-            )
-            self._restore, self._seen, self._batch = None, set(), 0
-            return
-        self._restore = state["dali"]
-        self._seen = set(state.get("seen", []))
-        self._batch = int(state.get("batch", 0))
-
-
-def _warn_downsampling(shards_rate: int, rate: int) -> None:
-    """DALI 2.4's resampler evaluates its sinc at the input rate, so it
-    does not low-pass when downsampling (content above rate/2 aliases)."""
-    warnings.warn(
-        f"shards are at {shards_rate} Hz and features at {rate} Hz: DALI's audio_resample does not "
-        f"low-pass when downsampling, so content above {rate / 2:.0f} Hz folds into the features; "
-        f"build the shards at {rate} Hz (python -m shards ... sample_rate={rate}) for clean features",
-        stacklevel=3,
-    )
-
-
-def _graph_spec(
-    manifest: Manifest,
-    split: str,
-    mode: Literal["train", "eval"],
-    features: FeatureConfig,
-    augment: AugmentConfig,
-    loader: LoaderConfig,
-    rank: int,
-    world_size: int,
-    dev: torch.device,
-    image_exts: list[str],
-    inputs: ReaderInputs,
-) -> GraphSpec:
-    """What the DALI graph of this split, mode and rank depends on."""
-    return GraphSpec(
-        tars=inputs.tars,
-        idxs=inputs.idxs,
-        codec=manifest.codec,
-        shards_rate=manifest.sample_rate,
-        features=features,
-        augment=augment,
-        loader=loader,
-        framing=framing(features, loader),
-        mode=mode,
-        device="gpu" if dev.type == "cuda" else "cpu",
-        rank=rank,
-        world_size=world_size,
-        device_id=dev.index if dev.type == "cuda" else None,
-        members=member_layout(manifest),
-        segment_samples=manifest.segment_samples,
-        longest_sample=round(manifest.split(split).longest_sample_seconds * manifest.sample_rate),
-        image_exts=image_exts,
-        plain_reads=inputs.plain_reads,
-    )
+__all__ = ["build_loader", "label_index", "resolve_device"]
 
 
 def build_loader(
-    shards: str | Path | Manifest,
+    shards: str | Path | Manifest | Sequence[str | Path | Manifest],
     split: str,
     *,
     mode: Literal["train", "eval"],
@@ -358,9 +42,13 @@ def build_loader(
     world_size: int | None = None,
     device: str | torch.device = "cpu",
     channels_last: bool = False,
+    weights: Sequence[float] | None = None,
+    vocabulary: TaskSpec | None = None,
 ) -> MusicLoader:
     """Validate the shards against the configs, then build this rank's loader.
 
+    Training reads one build or a list of them (mixed by ``weights``: ``pipelines.plan_inputs``);
+    evaluation one build, its labels given in ``vocabulary`` (a mixed run's) when set.
     DALI runs on the GPU when ``device`` is CUDA, CPU-only (``device_id=None``) otherwise.
     ``channels_last``: allocate ``x`` channels-last (a convnet trained channels-last then
     needs no copy per step). No pipeline is built until the first pass (or ``state_dict``).
@@ -368,30 +56,106 @@ def build_loader(
     if mode not in ("train", "eval"):
         raise ValueError(f"mode: {mode!r} is not 'train' or 'eval'")
     r, w = resolve_rank(rank, world_size)
-    dev = resolve_device(device)
-    manifest = load_manifest(shards)  # an object store: reachable, every listed object there (one LIST)
-    split_info(manifest, split)
-    train = mode == "train"
-    batch = loader.tracks_per_batch if train else loader.eval_tracks_per_batch
-    inputs = reader_inputs(manifest, split, loader, rank=r, world_size=w, train=train, batch=batch)
-    validate_split(
-        manifest, split, features=features, loader=loader, world_size=w, train=train, indexes=inputs.idxs
+    given: list[str | Path | Manifest] = (
+        [shards] if isinstance(shards, (str, Path, Manifest)) else list(shards)
     )
+    manifests = _manifests(given, split, train=mode == "train")
+    manifest = manifests[0]
     image_exts: list[str] = []
     if manifest.kind == "image":  # spectrogram-image shards: their own DALI branch, the same contract
         from pipelines.image_graph import ImageLoader, image_member_exts
 
         image_exts = image_member_exts(manifest, features)
     elif manifest.sample_rate > features.sample_rate:
-        _warn_downsampling(manifest.sample_rate, features.sample_rate)
-    spec = _graph_spec(manifest, split, mode, features, augment, loader, r, w, dev, image_exts, inputs)
+        warn_downsampling(manifest.sample_rate, features.sample_rate)
+    req = _Request(split, mode, (features, augment, loader), r, w, resolve_device(device), image_exts)
+    stream, gate, label_map = None, None, None
+    if mode == "train":
+        spec, task, stream = _train_spec(req, manifests, weights)
+    else:
+        spec, task, gate, label_map = _eval_spec(req, manifest, vocabulary)
     if manifest.kind == "audio":  # before reading any shard
-        check_memory(spec, split, manifest.where, dev)
-    cache_checks = manifest.remote and loader.remote == "cache"  # the shard cache hashes each shard itself
-    if loader.verify == "first_open" and not cache_checks:
-        verify_on_first_open(manifest, split, train=train, rank=r, world_size=w, workers=loader.num_threads)
+        check_memory(spec, split, manifest.where, req.dev)
     cls = ImageLoader if manifest.kind == "image" else MusicLoader
     samples = manifest.split(split).num_samples
-    return cls(
-        spec, manifest, manifest.task, dev, samples=samples, channels_last=channels_last, gate=inputs.gate
+    return cls(spec, manifest, task, req.dev, samples=samples, channels_last=channels_last, gate=gate,
+               stream=stream, label_map=label_map)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class _Request:
+    """What ``build_loader`` was asked for, resolved."""
+
+    split: str
+    mode: Literal["train", "eval"]
+    configs: tuple[FeatureConfig, AugmentConfig, LoaderConfig]
+    rank: int
+    world: int
+    dev: torch.device
+    image_exts: list[str]
+
+
+def _manifests(given: list[str | Path | Manifest], split: str, *, train: bool) -> list[Manifest]:
+    """The builds' manifests (an object store: reachable, every object there, one LIST each),
+    refused in one line when they cannot be read together."""
+    manifests = [load_manifest(s) for s in given]
+    first = manifests[0]
+    if len(manifests) > 1 and not train:
+        raise ValueError("evaluation reads one build at a time (mixed builds are validated one by one)")
+    for m in manifests:
+        split_info(m, split)
+        if m.kind != first.kind or (m.kind == "image" and list(m.images) != list(first.images)):
+            raise ShardError(f"{m.where}: a {m.kind} build cannot be mixed with {first.where} ({first.kind}); "
+                             "mixed builds need the same kind (and image channels)")  # fmt: skip
+    return manifests
+
+
+def _train_spec(
+    req: _Request, manifests: list[Manifest], weights: Sequence[float] | None
+) -> tuple[GraphSpec, TaskSpec, TrainStream]:
+    """The sample plan over ``manifests`` and the graph that reads it."""
+    features, augment, loader = req.configs
+    first = manifests[0]
+    media = req.image_exts or [AUDIO_EXT[first.codec]]
+    got = train_inputs(manifests, req.split, loader=loader, augment=augment, media=media, rank=req.rank,
+                       world_size=req.world, weights=weights, image=first.kind == "image")  # fmt: skip
+    for m, idxs in zip(manifests, got.idxs):
+        validate_split(m, req.split, features=features, loader=loader, world_size=req.world, train=True,
+                       indexes=idxs)  # fmt: skip
+    members = MemberLayout(
+        member_layout(first).version, got.task.label_width, got.stream.samples.seg is not None
     )
+    spec = graph_spec(first, req.split, req.mode, req.configs, tars=[], idxs=[], codec=got.target.codec,
+                      rate=got.target.rate, members=members, rank=req.rank, world_size=req.world, dev=req.dev,
+                      image_exts=req.image_exts)  # fmt: skip
+    spec.plan = got.stream
+    return spec, got.task, got.stream
+
+
+def _eval_spec(
+    req: _Request, manifest: Manifest, vocabulary: TaskSpec | None
+) -> tuple[GraphSpec, TaskSpec, CacheGate | None, torch.Tensor | None]:
+    """DALI's reader over this rank's range of one build, and its labels in ``vocabulary``."""
+    features, _, loader = req.configs
+    inputs = reader_inputs(manifest, req.split, loader, rank=req.rank, world_size=req.world,
+                           batch=loader.eval_tracks_per_batch)  # fmt: skip
+    validate_split(manifest, req.split, features=features, loader=loader, world_size=req.world,
+                   indexes=inputs.idxs)  # fmt: skip
+    spec = graph_spec(manifest, req.split, req.mode, req.configs, tars=inputs.tars, idxs=inputs.idxs,
+                      plain_reads=inputs.plain_reads, rank=req.rank, world_size=req.world, dev=req.dev,
+                      image_exts=req.image_exts)  # fmt: skip
+    if loader.verify == "first_open" and not (manifest.remote and loader.remote == "cache"):
+        verify_on_first_open(manifest, req.split, train=False, rank=req.rank, world_size=req.world,
+                             workers=loader.num_threads)  # the shard cache hashes each shard itself  # fmt: skip
+    label_map = None if vocabulary is None else label_index(manifest, vocabulary)
+    return spec, vocabulary or manifest.task, inputs.gate, label_map
+
+
+def label_index(manifest: Manifest, vocabulary: TaskSpec) -> torch.Tensor | None:
+    """A build's label indices in a mixed run's vocabulary (merged by name), or None when equal."""
+    if manifest.task.vocab() == vocabulary.vocab() or vocabulary.kind == "hier":
+        return None
+    missing = [c for c in manifest.task.classes if c not in vocabulary.classes]
+    if missing:
+        raise ShardError(f"{manifest.where}: classes {missing[:5]} are not in the run's vocabulary")
+    return torch.tensor([vocabulary.classes.index(c) for c in manifest.task.classes], dtype=torch.int64)

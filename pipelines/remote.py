@@ -57,10 +57,12 @@ def cache_folder(manifest: Manifest, split: str, cfg: LoaderConfig, rank: int) -
 
 
 def reader_inputs(
-    manifest: Manifest, split: str, cfg: LoaderConfig, *, rank: int, world_size: int, train: bool, batch: int
+    manifest: Manifest, split: str, cfg: LoaderConfig, *, rank: int, world_size: int, batch: int
 ) -> ReaderInputs:
-    """Local builds: their own paths. Object-store builds: local index copies, and either the
-    cache (local tar files filled ahead of the reader) or the tar URLs for DALI's direct reads.
+    """What an evaluation loader's reader is given (training reads the sample plan:
+    ``pipelines.plan_inputs``). Local builds: their own paths. Object-store builds: local index
+    copies, and either the cache (local tar files filled ahead of the reader) or the tar URLs for
+    DALI's direct reads.
     In cache mode with ``loader.verify = "first_open"`` the cache's own sha256 check is the
     check (no second download); shards found in the cache are hashed again once."""
     tars, idxs = manifest.urls(split)
@@ -89,9 +91,7 @@ def reader_inputs(
         rank=rank,
         world_size=world_size,
         batch=batch,
-        fill=cfg.initial_fill if train and cfg.shuffle else 1,
         prefetch=cfg.prefetch,
-        train=train,
     )
     return ReaderInputs([str(p) for p in cache.tars], local_idxs, CacheGate(cache, order), plain_reads=True)
 

@@ -64,6 +64,10 @@ class CacheWaitStopped(BadShard):
     advice = "resume with checkpoint.resume=auto once the store answers (loader.cache_stall_s)"
 
 
+class CorruptShard(BadShard):
+    """A fetched shard whose bytes are not the manifest's (``loader.on_bad_shard`` decides)."""
+
+
 @dataclass
 class _Entry:
     url: str
@@ -237,10 +241,11 @@ class ShardCache:
                     break
                 if attempt == 2:
                     truncate(e.local)
-                    raise ValueError(
-                        f"{e.url}: {size} bytes with sha256 {digest[:12]}..., the manifest says "
+                    raise CorruptShard(
+                        e.url,
+                        f"{size} bytes with sha256 {digest[:12]}..., the manifest says "
                         f"{e.info.bytes} bytes, {e.info.sha256[:12]}... (a corrupt or replaced object; "
-                        "re-run `python -m shards copy`)"
+                        "re-run `python -m shards copy`)",
                     )
             atomic_write_text(_marker(e.local), e.info.sha256 + "\n")
         except BaseException:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import tempfile
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pipelines.config import FeatureConfig, LoaderConfig, framing
@@ -16,6 +17,7 @@ from shards.format import (
     BadShard,
     Manifest,
     SplitInfo,
+    check_shard,
     diagnose,
     files_of,
     member_layout,
@@ -248,6 +250,19 @@ def verify_on_first_open(
         raise BadShard(e.shard, f"{e.problem} {hint}") from None
     finally:
         bar.close()
+
+
+def verify_bad_shards(manifest: Manifest, split: str, *, workers: int, stop: bool) -> list[str]:
+    """``loader.verify = "first_open"`` for a training split under the sample plan: every shard's
+    sha256 (every rank reads from all of them). ``stop``: the first bad one is one line; else
+    the names of the bad ones (``loader.on_bad_shard = "skip"`` leaves them out of the plan)."""
+    files, shards = files_of(manifest), manifest.split(split).shards
+    with ThreadPoolExecutor(max(1, min(workers, len(shards)))) as pool:
+        bad = [f for f in pool.map(lambda s: check_shard(files, s), shards) if f is not None]
+    if bad and stop:
+        hint = f"(loader.verify=first_open; `python -m shards verify {manifest.root}` lists every bad shard)"
+        raise BadShard(bad[0].shard, f"{bad[0].problem} {hint}")
+    return [f.shard for f in bad]
 
 
 def read_fault(manifest: Manifest, tars: Sequence[str | Path], error: BaseException) -> BadShard | None:

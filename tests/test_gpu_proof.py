@@ -85,7 +85,7 @@ def test_cpu_dry_run_fills_every_stage_with_real_figures(tmp_path: Path) -> None
     assert r["passed"] and cpu.sigterm_after <= r["stopped_at_step"] < cpu.resume_steps
     c = r["comparison"]
     assert c["position_full"] == c["position_resumed"] and c["position_full"]["step"] == cpu.resume_steps
-    assert all(c["checks"].values()) and c["dali_checkpoint_equal"]
+    assert all(c["checks"].values()) and c["plan_position_equal"]
     assert c["weights_rel_l2"] < 1e-6  # CPU kernels are deterministic
     assert c["loss_full"] > 0 and math.isclose(c["loss_full"], c["loss_resumed"], rel_tol=1e-6)
     md = (out / "gpu-proof.md").read_text()
@@ -176,7 +176,7 @@ def test_markdown_of_a_gpu_run_shows_its_gpu_only_figures() -> None:
     shards = {"tracks": 2000, "seconds": 30.0, "codec": "pcm16", "sample_rate": 22050, "distinct": 64,
               "gb": 2.65, "splits": {"train": 1376, "validation": 312, "test": 312}}  # fmt: skip
     row = {"chunks_per_s": 21000.0, "cpu_cores": 3.5, "gpu_mem_device_mib": 900.0}
-    checks = {"same_step_and_loader_position": True, "same_dali_reader_state": True}
+    checks = {"same_step_and_loader_position": True, "same_plan_position": True}
     pos = {"step": 200, "epoch": 2, "batch_in_epoch": 28, "loader_epoch": 2, "loader_batch": 28}
     doc = {
         "started": "2026-12-02T15:00:00Z", "command": "python3 -m train.gpu_proof", "elapsed_s": 400.0,
@@ -190,7 +190,7 @@ def test_markdown_of_a_gpu_run_shows_its_gpu_only_figures() -> None:
             "resume": {"status": "ok", "budget_s": 90, "seconds": 60.0, "backend": "nccl", "nccl_version": "2.27.7",
                        "steps": 200, "signalled_at_logged_step": 100, "stopped_at_step": 101, "resume_s": 20.0,
                        "passed": True,
-                       "comparison": {"position_full": pos, "position_resumed": pos, "dali_checkpoint_equal": True,
+                       "comparison": {"position_full": pos, "position_resumed": pos, "plan_position_equal": True,
                                       "lr_full": 1e-5, "lr_resumed": 1e-5, "loss_full": 1.2, "loss_resumed": 1.2,
                                       "loss_rel_diff": 0.0, "weights_rel_l2": 2e-5, "weights_max_abs": 1e-6,
                                       "tolerances": {"weights_rel_l2": 1e-3, "loss_rel_diff": 1e-2}, "checks": checks}},

@@ -183,7 +183,9 @@ def test_track_results_equal_the_whole_track_reference(long_build: Path) -> None
 @pytest.mark.slow
 @pytest.mark.parametrize("weighting", ["uniform_time", "uniform_track"])
 def test_training_draws_follow_the_weighting(long_build: Path, weighting: str) -> None:
-    """Chunks per track match the expectation (4 sigma) and never straddle a segment."""
+    """Chunks per track match the plan's expectation (4 sigma) and never straddle a segment: an
+    epoch is as many K-chunk items as the split has samples, dealt in proportion to a track's
+    audio (uniform_time) or one track's worth each (uniform_track)."""
     fc, _, lc = configs()
     fr = framing(fc, lc)
     k, epochs = 8, 12
@@ -201,18 +203,18 @@ def test_training_draws_follow_the_weighting(long_build: Path, weighting: str) -
     first = None
     for _ in range(epochs):
         for b in loader:
-            assert b["x"].shape[0] <= 4 * k
+            assert b["x"].shape[0] == 4 * k  # every item yields its K chunks
             first = b if first is None else first
             for t, s in zip(b["track"].tolist(), b["start"].tolist()):
                 n = tracks[t].signal.size
                 got[t] += 1
                 assert 0 <= s and (s + fr.chunk <= n or s == 0)
                 assert n <= SEG or s // SEG == (s + fr.chunk - 1) // SEG  # within one segment
-    longest = max(min(SEG, t.signal.size) for t in tracks.values())
+    items = read_manifest(long_build).split("train").num_samples
+    mass = {t: (v.signal.size if weighting == "uniform_time" else 1.0) for t, v in tracks.items()}
     for tid, t in tracks.items():
         n = t.signal.size
-        per_epoch = k * (n / longest if weighting == "uniform_time" else 1.0)
-        want = epochs * per_epoch  # uniform_time: in proportion to the audio; uniform_track: K per track
+        want = epochs * k * items * mass[tid] / sum(mass.values())
         assert abs(got[tid] - want) <= 4 * math.sqrt(want) + 1, (tid, n, got[tid], want)
     assert first is not None  # drawn chunks are the reference's features of those samples
     for x, t, s in zip(first["x"], first["track"].tolist(), first["start"].tolist()):

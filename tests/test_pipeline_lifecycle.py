@@ -40,15 +40,17 @@ def test_no_pipeline_before_first_use_and_none_built_for_a_resume(shards):
     resumed = make(shards, "train", batch_size=4)
     resumed.load_state_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
     assert resumed._dali is None  # nothing built (and prefetched) only to be replaced
-    assert resumed.state_dict()["dali"] == src.state_dict()["dali"]  # the pending state, as saved
+    assert resumed.state_dict() == src.state_dict()  # the pending position, as saved
     assert torch.equal(next(iter(resumed))["x"], next(it)["x"]) and not torch.equal(first["x"], next(it)["x"])
 
 
 @pytest.mark.parametrize(("world_size", "batch_size"), [(1, 4), (1, 8), (2, 4), (3, 2)])
-def test_train_len_from_the_manifest_is_dalis(shards, world_size, batch_size):
+def test_train_len_from_the_manifest_is_the_plans(shards, world_size, batch_size):
+    """Every rank yields the plan's whole batches of its stream: (samples // world) // tracks."""
     for rank in range(world_size):
         loader = make(shards, "train", rank=rank, world_size=world_size, batch_size=batch_size)
-        assert len(loader) == len(loader._it) == sum(1 for _ in loader)
+        want = (loader.samples // world_size) // loader.spec.loader.tracks_per_batch
+        assert len(loader) == want == sum(1 for _ in loader) == sum(1 for _ in loader)
 
 
 def test_eval_pipeline_is_shut_down_after_each_pass(shards):
@@ -88,14 +90,13 @@ def test_lease_is_a_no_op_on_the_cpu():
 
 
 def test_a_position_from_another_graph_version_restarts_its_epoch(shards):
-    """A DALI checkpoint restores only into the graph that wrote it: a loader state saved before
-    the graph changed (no "graph" key) restarts its epoch, with a warning, instead of being fed
-    to this graph."""
+    """A loader state saved by another layout (no "graph" key: a DALI checkpoint of the first
+    graph) restarts its epoch, with a warning, instead of being fed to this loader."""
     src = make(shards, "train", batch_size=4)
     it = iter(src)
     next(it)
     state = src.state_dict()
-    assert state["graph"] == 2
+    assert state["graph"] == 3
     old = {k: v for k, v in state.items() if k != "graph"}
     resumed = make(shards, "train", batch_size=4)
     with pytest.warns(UserWarning, match="graph version 1 .* restarts from its beginning"):

@@ -125,13 +125,14 @@ def test_a_corrupt_object_is_refused_before_the_pipeline(build, s3: S3, tmp_path
 
 
 def test_read_order_matches_dalis_sharding() -> None:
-    order = ReadOrder(counts=(3, 3, 3, 3), rank=1, world_size=2, batch=2, fill=1, prefetch=1, train=True)
-    needed, rest = order.window(0, 0)  # rank 1 starts at sample 6 (tar 2), reads 1 + 2 x 4 ahead
-    assert needed == [2, 3, 0] and rest == [1]
-    needed, rest = order.window(0, 0, restored=True)  # after a restore: 3 samples back (tar 1)
-    assert needed == [1, 2, 3, 0] and rest == []
-    ev = ReadOrder(counts=(3, 3, 3, 3), rank=0, world_size=2, batch=2, fill=1, prefetch=1, train=False)
+    order = ReadOrder(counts=(3, 3, 3, 3), rank=1, world_size=2, batch=2, prefetch=1)
+    needed, rest = order.window(0, 0)  # rank 1 reads samples 6..11 (tars 2, 3), 1 + 2 x 4 ahead
+    assert needed == [2, 3] and rest == []
+    needed, rest = order.window(0, 2, restored=True)  # after a restore: 3 samples back
+    assert needed == [2, 3] and rest == []
+    ev = ReadOrder(counts=(3, 3, 3, 3), rank=0, world_size=2, batch=2, prefetch=1)
     assert set(sum(ev.window(5, 7), [])) == {0, 1}  # evaluation never leaves its range
+    assert ReadOrder(counts=(4, 4, 4, 4), rank=0, world_size=1, batch=1, prefetch=0).window(0, 0) == ([0], [1, 2, 3])
 
 
 def test_shard_checks_use_object_metadata_not_downloads(build, s3: S3) -> None:

@@ -97,7 +97,7 @@ def no_pipeline(monkeypatch: pytest.MonkeyPatch) -> None:
         raise AssertionError("a pipeline was built before the error")
 
     monkeypatch.setattr(pipelines.graph, "build_pipeline", refuse)
-    monkeypatch.setattr("pipelines.loader.build_pipeline", refuse)
+    monkeypatch.setattr("pipelines.music_loader.build_pipeline", refuse)
 
 
 def _train(url: str, tmp_path: Path) -> int:

@@ -24,8 +24,12 @@ AmpMode = Literal["bf16", "fp16", "auto", "none"]
 class DataConfig:
     """Where the batches come from: a shard build, or the synthetic loader."""
 
-    shards: str | None = None
-    """Shard build folder or ``s3://bucket/prefix`` (holds manifest.json); required unless ``synthetic``."""
+    shards: str | list[str] | None = None
+    """Shard build folder or ``s3://bucket/prefix`` (holds manifest.json), or a list of builds
+    trained on together (mixed per epoch by ``weights``); required unless ``synthetic``."""
+    weights: list[float] | None = None
+    """Mixed builds: each one's share of an epoch's training chunks (normalised); none: in
+    proportion to their audio."""
     train_split: str = "train"
     """Split trained on."""
     val_split: str | None = "validation"
@@ -49,7 +53,16 @@ class DataConfig:
     synthetic_signal: float = 0.3
     """Amplitude of the class patterns relative to unit noise (lower = harder)."""
 
+    @property
+    def builds(self) -> list[str]:
+        """``shards`` as a list (one entry for a single build)."""
+        if self.shards is None:
+            return []
+        return [self.shards] if isinstance(self.shards, str) else list(self.shards)
+
     def __post_init__(self) -> None:
+        if isinstance(self.shards, list) and len(self.shards) == 1:
+            self.shards = self.shards[0]
         if self.val_split == "":
             self.val_split = None
         if len(self.synthetic_shape) != 3 or min(self.synthetic_shape) < 1:
@@ -58,6 +71,10 @@ class DataConfig:
             )
         if not self.synthetic_classes or min(self.synthetic_classes) < 2:
             raise ValueError(f"data.synthetic_classes: need sizes >= 2, got {self.synthetic_classes}")
+        if self.weights is not None and (len(self.weights) != len(self.builds) or min(self.weights) <= 0):
+            raise ValueError(
+                f"data.weights: need {len(self.builds)} positive shares (one per data.shards entry)"
+            )
         if self.synthetic_batches < 1 or self.synthetic_batch_size < 1:
             raise ValueError("data.synthetic_batches/synthetic_batch_size: must be >= 1")
 

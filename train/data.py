@@ -6,8 +6,9 @@ loaders with this rank's share, all with the ``MusicLoader`` interface.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, TypedDict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 import torch
 
@@ -17,21 +18,58 @@ from train.config import Experiment
 from train.synthetic import SyntheticLoader, synthetic_task
 
 if TYPE_CHECKING:
-    from pipelines.batches import BatchLoader
+    from pipelines.batches import Batch, BatchLoader
 
 
 @dataclass
 class DataBundle:
     task: TaskSpec
     train: BatchLoader  # MusicLoader | SyntheticLoader
-    val: BatchLoader | None
+    val: BatchLoader | None  # several builds: all of them in turn (the mixed validation)
     feature_shape: tuple[int, int, int]
+    val_parts: dict[str, BatchLoader] = field(default_factory=dict)  # several builds: each one's own
 
     def close(self) -> None:
         """Release the loaders' pipelines (DALI's threads and device memory)."""
-        for loader in (self.train, self.val):
+        for loader in (self.train, self.val, *self.val_parts.values()):
             if loader is not None:
                 loader.close()
+
+
+class ChainedLoader:
+    """Evaluation loaders of several builds read one after the other, as one validation set
+    (track ids tagged with their build, so tracks of different builds never merge)."""
+
+    def __init__(self, loaders: list[BatchLoader]) -> None:
+        self.loaders = loaders
+
+    def __iter__(self) -> Iterator[Batch]:
+        for b, loader in enumerate(self.loaders):
+            for batch in loader:
+                yield {**batch, "track": batch["track"] + (b << 40)}
+
+    def __len__(self) -> int:
+        return sum(len(x) for x in self.loaders)
+
+    @property
+    def feature_shape(self) -> tuple[int, int, int]:
+        return self.loaders[0].feature_shape
+
+    skipped_shards: list[str] = []  # validation skips nothing
+
+    @property
+    def batches_done(self) -> int:
+        return 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Validation holds no position."""
+
+    def close(self) -> None:
+        for loader in self.loaders:
+            loader.close()
 
 
 class _SyntheticCommon(TypedDict):
@@ -47,42 +85,59 @@ class _SyntheticCommon(TypedDict):
     channels_last: bool
 
 
-def data_source(exp: Experiment) -> tuple[Manifest | None, TaskSpec]:
-    """The shards' manifest (read once per start; None for synthetic data) and the task."""
+def data_source(exp: Experiment) -> tuple[list[Manifest], TaskSpec]:
+    """The builds' manifests (read once per start; none for synthetic data) and the run's task
+    (several builds: their vocabularies merged by name)."""
     if exp.data.synthetic:
-        return None, synthetic_task(exp.data.synthetic_task, exp.data.synthetic_classes)
-    assert exp.data.shards is not None  # Experiment checks it
-    manifest = read_manifest(exp.data.shards)
-    return manifest, manifest.task
+        return [], synthetic_task(exp.data.synthetic_task, exp.data.synthetic_classes)
+    manifests = [read_manifest(b) for b in exp.data.builds]
+    if len(manifests) == 1:
+        return manifests, manifests[0].task
+    from pipelines.plan_inputs import mixed_task  # DALI-free, but the pipelines stage: only for shards
+
+    return manifests, mixed_task(manifests)
 
 
 def build_data(
     exp: Experiment,
     task: TaskSpec,
-    manifest: Manifest | None,
+    manifests: list[Manifest],
     *,
     rank: int,
     world_size: int,
     device: torch.device,
 ) -> DataBundle:
-    """This rank's train and validation loaders (``manifest`` from ``data_source``)."""
-    if manifest is None:
+    """This rank's train and validation loaders (``manifests`` from ``data_source``)."""
+    if not manifests:
         return _synthetic(exp, task, rank, world_size, device)
     from pipelines.loader import build_loader  # DALI: imported only for a shard-fed run
 
-    def loader(split: str, mode: Literal["train", "eval"]) -> BatchLoader:
-        return build_loader(manifest, split, mode=mode, features=exp.features, augment=exp.augment,
-                            loader=exp.loader, rank=rank, world_size=world_size, device=device,
-                            channels_last=exp.train.channels_last)  # fmt: skip
+    mixed = len(manifests) > 1
 
-    train = loader(exp.data.train_split, "train")
-    val = loader(exp.data.val_split, "eval") if exp.data.val_split else None
-    if val is not None:  # each fits alone (build_loader); both hold device memory while validating
+    def loader(shards: list[Manifest] | Manifest, split: str, mode: Literal["train", "eval"]) -> BatchLoader:
+        return build_loader(shards, split, mode=mode, features=exp.features, augment=exp.augment,
+                            loader=exp.loader, rank=rank, world_size=world_size, device=device,
+                            channels_last=exp.train.channels_last, weights=exp.data.weights if mode == "train" else None,
+                            vocabulary=task if mixed and mode == "eval" else None)  # fmt: skip
+
+    train = loader(manifests, exp.data.train_split, "train")
+    parts: dict[str, BatchLoader] = {}
+    if exp.data.val_split:
+        parts = {_name(m, b): loader(m, exp.data.val_split, "eval") for b, m in enumerate(manifests)}
+    val = (ChainedLoader(list(parts.values())) if mixed else next(iter(parts.values()))) if parts else None
+    if parts:  # each fits alone (build_loader); both hold device memory while validating
         from pipelines.memory import check_together
 
-        check_together([train, val], manifest.where, device)
+        check_together([train, *parts.values()], manifests[0].where, device)
     c, f, t = train.feature_shape
-    return DataBundle(task=task, train=train, val=val, feature_shape=(c, f, t))
+    return DataBundle(
+        task=task, train=train, val=val, feature_shape=(c, f, t), val_parts=parts if mixed else {}
+    )
+
+
+def _name(m: Manifest, b: int) -> str:
+    """A build's name in validation metrics: its folder's name (and its position if names repeat)."""
+    return f"{b}-" + str(m.root).rstrip("/").rsplit("/", 1)[-1]
 
 
 def _synthetic(exp: Experiment, task: TaskSpec, rank: int, world: int, device: torch.device) -> DataBundle:

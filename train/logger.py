@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from shards.base.atomic import write_faults
+from shards.base.logs import get_logger
 from train.progress import TrainProgress
 
 
@@ -80,3 +81,14 @@ def validation_line(
     text = ", ".join(f"{k}={m[k]:.4g}" for k in keys)
     room = width - len(head) - len(tail)
     return head + (text if len(text) <= room else text[: max(0, room - 3)] + "...") + tail
+
+
+def with_skipped(stats: dict[str, Any], skipped: list[str]) -> dict[str, Any]:
+    """An epoch's stats with the shards ``loader.on_bad_shard = "skip"`` left out of the plan
+    (their count logged as a metric, their names in a warning line), unchanged when none."""
+    if not skipped:
+        return stats
+    get_logger("train").warning(
+        "shards left out of the plan (loader.on_bad_shard=skip): %s", ", ".join(skipped)
+    )
+    return {**stats, "loader/skipped_shards": len(skipped)}

@@ -38,6 +38,24 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total_steps, cfg))
 
 
+def move_schedule(
+    sched: torch.optim.lr_scheduler.LambdaLR,
+    epoch: int,
+    batch: int,
+    per_epoch: int,
+    total: int,
+    cfg: OptimConfig,
+) -> None:
+    """Put the schedule at ``batch`` of ``epoch`` (``per_epoch`` batches, ``total`` steps): a
+    resume on another rank count, the same share of the run in this count's steps, with the
+    learning rates set to match."""
+    step = sched.last_epoch = epoch * max(1, -(-per_epoch // cfg.grad_accum)) + batch // cfg.grad_accum
+    factor = lr_factor(step, total, cfg)
+    for group, base in zip(sched.optimizer.param_groups, sched.base_lrs):
+        group["lr"] = base * factor
+    sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]  # what get_last_lr() reports
+
+
 class EMA:
     """Exponential moving average of parameters (buffers copied), validated and checkpointed."""
 

@@ -8,6 +8,8 @@ gradient average by hand covers the one step DDP cannot sync itself.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn as nn
 
@@ -39,3 +41,13 @@ def weight_fingerprints(model: nn.Module) -> list[float]:
         for t in tensors
     )
     return [float(v) for v in all_gather_object(fp)]
+
+
+def weight_spread(model: nn.Module) -> tuple[list[float], float]:
+    """Every rank's fingerprint and their largest difference (collective); a warning when ranks
+    ended with different weights."""
+    prints = weight_fingerprints(model)
+    diff = max(prints) - min(prints)
+    if diff != 0.0:
+        warnings.warn(f"ranks ended with different weights (fingerprints {prints})", stacklevel=3)
+    return prints, diff

@@ -102,8 +102,17 @@ class SyntheticLoader:
         """Epoch and batch position: everything needed to continue the stream."""
         return {"epoch": self.epoch, "position": self.position}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_state_dict(self, state: dict[str, Any] | list[dict[str, Any]]) -> None:
+        if isinstance(state, list):  # saved per rank (before issue 31): every rank's was the same
+            state = state[0]
         self.epoch, self.position = int(state["epoch"]), int(state["position"])
+
+    skipped_shards: list[str] = []  # synthetic batches come from no shard
+
+    @property
+    def batches_done(self) -> int:
+        """Batches of the current epoch behind the position."""
+        return self.position
 
     def _make(self, epoch: int, index: int) -> dict[str, torch.Tensor]:
         """Batch ``index`` of ``epoch`` on this rank: tracks x K chunks."""

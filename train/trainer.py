@@ -38,13 +38,13 @@ from train.curves import plot_run_curves
 from train.data import build_data, data_source
 from train.data_wait import DataWait, wait_postfix
 from train.faults import BadShard, stop_on_bad_shard
-from train.logger import MetricsLogger, validation_line
+from train.logger import MetricsLogger, validation_line, with_skipped
 from train.loss import TaskLoss
 from train.models.registry import FitContext, build_model, get_family
-from train.optim import EMA, build_optimizer, build_scheduler
+from train.optim import EMA, build_optimizer, build_scheduler, move_schedule
 from train.precision import amp_dtype, deterministic_kernels
 from train.progress import TrainProgress
-from train.rank_sync import average_grads, broadcast_buffers, weight_fingerprints
+from train.rank_sync import average_grads, broadcast_buffers, weight_spread
 from train.stopping import StopSignal
 
 if TYPE_CHECKING:
@@ -82,18 +82,18 @@ class Trainer:
             self.out / "checkpoints", exp.checkpoint, is_main=i.is_main, rank=i.rank, world_size=i.world_size
         )
         # Everything that can refuse the run happens before model/loader (GPU) work.
-        manifest, self.task = data_source(exp)  # the manifest, read once per start
+        manifests, self.task = data_source(exp)  # the manifests, read once per start
         self.family = get_family(exp.model.family)  # model section checked when the config was read
         self.family.check_task(self.task.kind)
         resume, self.resume_state = self.checkpointer.resume()  # auto: the newest that loads
         if resume is not None and self.resume_state is not None:
             hint = "; use a fresh train.out or checkpoint.resume=none"
-            data = exp.data.shards or "synthetic data"
+            data = ", ".join(exp.data.builds) or "synthetic data"
             check_vocab(checkpoint_task(self.resume_state, resume), self.task, resume, data, hint)
         self.data = build_data(
-            exp, self.task, manifest, rank=i.rank, world_size=i.world_size, device=self.device
+            exp, self.task, manifests, rank=i.rank, world_size=i.world_size, device=self.device
         )
-        self.sample_kind = manifest.kind if manifest is not None else "audio"
+        self.sample_kind = manifests[0].kind if manifests else "audio"
         self.head = TaskLoss(self.task, label_smoothing=exp.train.label_smoothing)
         self.model = self._build_model()
         # same init on every rank (above); from here each rank draws its own dropout /
@@ -145,7 +145,7 @@ class Trainer:
             "run", RunDescription(self.exp, self.task, self.data.feature_shape, self.sample_kind), fields=True
         )
         c.register("rng", RNGState(), per_rank=True)
-        c.register("loader", self.data.train, per_rank=True)
+        c.register("loader", self.data.train)  # the plan's position: the same on every rank
 
     def _build_optimisation(self) -> None:
         """Optimiser, schedule, scaler, EMA and DDP: the gradient loop's parts (registered)."""
@@ -305,9 +305,8 @@ class Trainer:
     def _fit_once(self, fit: Callable[..., dict[str, float]]) -> dict[str, Any]:
         """A family with its own fit (gbm): one pass over the training loader, then the
         same validation, logging and checkpointing as an epoch end."""
-        stats = fit(
-            self.model, self.data.train, self.task, FitContext(self.info.is_main, self.exp.train.threads)
-        )
+        context = FitContext(self.info.is_main, self.exp.train.threads)
+        stats = fit(self.model, self.data.train, self.task, context)
         self.step, self.epoch = 1, self.exp.train.epochs
         self._end_of_epoch(stats)
         return self.summary()
@@ -332,6 +331,10 @@ class Trainer:
         if self.data.val is None or self._validate is None:
             return {}
         metrics = self._validate(self.predictor(), self.data.val, self.task)
+        for name, part in self.data.val_parts.items():  # mixed builds: each one's own too
+            metrics |= {
+                f"{name}/{k}": v for k, v in self._validate(self.predictor(), part, self.task).items()
+            }
         self.model.train()
         return metrics
 
@@ -339,6 +342,7 @@ class Trainer:
         """Validate, log, save (each epoch end; once more when a run stops inside one). The best is
         updated *before* the step file is written: a resumed run never overwrites a better best.pt."""
         self.metrics = self.validate()
+        stats = with_skipped(stats, self.data.train.skipped_shards)  # loader.on_bad_shard=skip
         self.logger.log(self.step, self.epoch, {**stats, **{f"val/{k}": v for k, v in self.metrics.items()}})
         improved = self._update_best()
         if self.metrics:  # the log's line per validation (the full set is in metrics.jsonl)
@@ -360,11 +364,16 @@ class Trainer:
 
     # ------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        """Every registered component's state, as tensors and plain data (weights_only); collective."""
-        return self.checkpointer.state_dict()
+        return self.checkpointer.state_dict()  # tensors and plain data (weights_only); collective
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore every component; on another rank count the loader's plan position is the same
+        epoch's, counted in this count's batches, and the LR schedule moves to that share of the run."""
         self.checkpointer.load_state_dict(state)
+        self.batch_in_epoch = self.data.train.batches_done
+        if int(state.get("world_size", 1)) != self.info.world_size and self.family.trainable:
+            o, n = self.exp.optim, len(self.data.train)
+            move_schedule(self.scheduler, self.epoch, self.batch_in_epoch, n, self.total_steps, o)
 
     def save(self) -> None:
         self.checkpointer.save_state(self.step)  # collective (gathers RNG/loader state): every rank calls it
@@ -373,20 +382,14 @@ class Trainer:
 
     def rank_weight_spread(self) -> float:
         """Max difference of a float64 weight fingerprint across ranks (0.0 when in step); logged."""
-        prints = weight_fingerprints(self.model)
-        diff = max(prints) - min(prints)
+        prints, diff = weight_spread(self.model)
         self.logger.log(self.step, self.epoch, {"sync/fingerprints": prints, "sync/max_diff": diff})
-        if diff != 0.0:
-            warnings.warn(f"ranks ended with different weights (fingerprints {prints})", stacklevel=2)
         return diff
 
     def summary(self) -> dict[str, Any]:
-        return {
-            "step": self.step,
-            "epoch": self.epoch,
-            "metrics": dict(self.metrics),
-            "stopped": self.stopped,
-        }
+        skipped = self.data.train.skipped_shards  # loader.on_bad_shard=skip: the shards left out
+        return {"step": self.step, "epoch": self.epoch, "metrics": dict(self.metrics), "stopped": self.stopped,
+                **({"skipped_shards": skipped} if skipped else {})}  # fmt: skip
 
     def close(self) -> None:
         """Release the loaders' DALI pipelines (before the caller destroys the process group:

@@ -27,7 +27,7 @@ from pipelines.bench.reference import (
 )
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig, framing
 from pipelines.feature_stack import FeatureAssembler, stats_path
-from pipelines.loader import labels_to_y
+from pipelines.music_loader import labels_to_y
 from pipelines.shard_checks import load_manifest, validate_split
 from shards.base.distributed import resolve_rank
 from shards.format import Manifest, member_layout

@@ -32,7 +32,8 @@ import torch
 
 from pipelines.bench.small import small_configs
 from pipelines.handoff import BufferLease
-from pipelines.loader import MusicLoader, build_loader
+from pipelines.loader import build_loader
+from pipelines.music_loader import MusicLoader
 from shards.base.errors import CliParser, first_line, run_cli
 
 SLEEP_CYCLES = 20_000_000  # ~10 ms of GPU time per batch at H100/H200 clocks

@@ -37,9 +37,8 @@ def _epochs(make: Any, epochs: int, server: LocalS3, samples: int) -> list[dict[
         out.append({"chunks": chunks, "seconds": round(t1 - t0, 2), "chunks_per_s": round(chunks / (t1 - t0), 1),
                     "requests": reqs, "requests_per_sample": round(reqs / samples, 3)})  # fmt: skip
         t0, r0 = t1, r1
-    gate = getattr(loader, "gate", None)
-    if gate is not None:
-        out[0]["cache_wait_s"] = round(gate.cache.stats.wait_seconds, 2)
+    if loader.caches:
+        out[0]["cache_wait_s"] = round(loader.caches[0].stats.wait_seconds, 2)
     return out
 
 

@@ -20,6 +20,7 @@ import os
 import platform
 import time
 from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -135,8 +136,10 @@ def time_batches(
     return res
 
 
-def make_loader(name: str, shards: Path, cfg: dict[str, Any], workers: int, split: str) -> Any:
-    """One of PIPELINES as an iterable of training batches."""
+def make_loader(
+    name: str, shards: Path, cfg: dict[str, Any], workers: int, split: str, mix: MixArgs | None = None
+) -> Any:
+    """One of PIPELINES as an iterable of training batches (``mix``: DALI mixing more builds in)."""
     from pipelines.bench.baseline import BaselineLoader
     from pipelines.bench.image_baseline import ImageBaselineLoader
     from pipelines.loader import build_loader
@@ -148,9 +151,19 @@ def make_loader(name: str, shards: Path, cfg: dict[str, Any], workers: int, spli
             raise ValueError(f"{shards}: the baseline reads local builds only; --pipelines=dali-cpu")
         base = ImageBaselineLoader if load_manifest(shards).kind == "image" else BaselineLoader
         return base(shards, split, workers=workers, rank=0, world_size=1, device=resolve_device("auto"), **kw)
-    return build_loader(
-        shards, split, rank=0, world_size=1, device="cuda" if name == "dali-gpu" else "cpu", **kw
-    )
+    device = "cuda" if name == "dali-gpu" else "cpu"
+    if mix is not None and mix.builds:
+        both: list[str | Path] = [shards, *mix.builds]
+        return build_loader(both, split, rank=0, world_size=1, device=device, weights=mix.weights, **kw)
+    return build_loader(shards, split, rank=0, world_size=1, device=device, **kw)
+
+
+@dataclass(frozen=True)
+class MixArgs:
+    """``--mix`` builds trained on with the first one, and ``--weights`` (one per build)."""
+
+    builds: tuple[str, ...]
+    weights: tuple[float, ...] | None
 
 
 def bench_pipeline(name: str, shards: Path, cfg: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -159,14 +172,17 @@ def bench_pipeline(name: str, shards: Path, cfg: dict[str, Any], args: argparse.
         torch.cuda.synchronize()
         free0 = torch.cuda.mem_get_info()[0]
         torch.cuda.reset_peak_memory_stats()
-    loader = make_loader(name, shards, cfg, args.workers, args.split)
+    mix = MixArgs(tuple(args.mix), tuple(float(w) for w in args.weights.split(",")) if args.weights else None)
+    if name == "baseline" and mix.builds:
+        raise ValueError("--mix: the baseline reads one build; use --pipelines=dali-cpu")
+    loader = make_loader(name, shards, cfg, args.workers, args.split, mix)
     res: dict[str, Any] = time_batches(
         loader, warmup=args.warmup, batches=args.batches, chunk_seconds=cfg["loader"].chunk_seconds
     )
     res["pipeline"] = name
-    gate = getattr(loader, "gate", None)
-    if gate is not None:  # an object-store build through the shard cache
-        stats = gate.cache.stats
+    caches = getattr(loader, "caches", [])  # the baselines have none
+    if caches:  # an object-store build through the shard cache
+        stats = caches[0].stats
         res |= {
             "cache_fetched": stats.fetched,
             "cache_hits": stats.hits,
@@ -273,6 +289,10 @@ def main(argv: list[str] | None = None) -> int:
         default=os.cpu_count() or 2,
         help="baseline DataLoader workers and DALI num_threads (overrides loader.num_threads)",
     )
+    ap.add_argument(
+        "--mix", action="append", default=[], help="another build mixed in (repeatable; DALI only)"
+    )
+    ap.add_argument("--weights", help="comma list: each build's share of an epoch (the first, then --mix's)")
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--batches", type=int, default=20)
     ap.add_argument("--json", action="store_true", help="print one JSON document instead of a table")

@@ -31,7 +31,7 @@ from shards.format.manifest import (
 )
 from shards.format.members import MemberLayout, member_layout
 from shards.format.storage_errors import StorageError
-from shards.format.verify import BadShard, diagnose, files_of, sha256_of, verify_first_open
+from shards.format.verify import BadShard, check_shard, diagnose, files_of, sha256_of, verify_first_open
 from shards.format.writer import read_index
 
 __all__ = [
@@ -56,4 +56,5 @@ __all__ = [
     "sha256_of",
     "storage",
     "verify_first_open",
+    "check_shard",
 ]

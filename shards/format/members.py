@@ -58,6 +58,11 @@ class MemberLayout:
         return out
 
     @property
+    def order(self) -> list[str]:
+        """The fields in the order their entries are stored (all members' bytes concatenated)."""
+        return list(self.widths) if self.packed else [f for f in SEPARATE if f in self.widths]
+
+    @property
     def members(self) -> dict[str, int]:
         """Member extension -> its size in bytes, in the order a sample stores them."""
         widths = self.widths

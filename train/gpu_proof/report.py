@@ -111,8 +111,8 @@ def _resume(stage: dict[str, Any]) -> list[str]:
         f"torchrun 1 rank, {stage['steps']} steps; SIGTERM at logged step {stage['signalled_at_logged_step']}, stopped "
         f"at step {stage['stopped_at_step']}, `--checkpoint.resume=auto` to {pos['step']} ({stage.get('resume_s')} s) vs "
         f"uninterrupted: position {pos['epoch']}/{pos['batch_in_epoch']} (epoch/batch) "
-        f"{'equal' if c['checks']['same_step_and_loader_position'] else 'DIFFERENT'}, DALI reader state "
-        f"{'equal' if c['dali_checkpoint_equal'] else 'DIFFERENT'}, lr {c['lr_full']:.3g} vs {c['lr_resumed']:.3g}, "
+        f"{'equal' if c['checks']['same_step_and_loader_position'] else 'DIFFERENT'}, plan position "
+        f"{'equal' if c['plan_position_equal'] else 'DIFFERENT'}, lr {c['lr_full']:.3g} vs {c['lr_resumed']:.3g}, "
         f"loss {c['loss_full']:.5f} vs {c['loss_resumed']:.5f} (rel {c['loss_rel_diff']:.1e} <= "
         f"{c['tolerances']['loss_rel_diff']:g}), weights rel L2 {c['weights_rel_l2']:.1e} <= "
         f"{c['tolerances']['weights_rel_l2']:g} (max abs {c['weights_max_abs']:.1e}): **{verdict}**.",

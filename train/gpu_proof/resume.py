@@ -7,7 +7,7 @@ then ``--checkpoint.resume=auto`` on the same folder continues it to the end. Un
 trainer joins a process group even with one rank, so on CUDA this is the NCCL + DDP code path.
 
 Passed when: both end at the same step; the loader position in their final checkpoints is the
-same (epoch, batch in epoch, the DALI reader checkpoint); the last logged learning rate is equal;
+same (epoch, batch in epoch, the sample plan's position); the last logged learning rate is equal;
 the final weights differ by at most ``WEIGHT_RTOL`` in relative L2 norm and the last logged
 training loss by at most ``LOSS_RTOL`` relative; on CUDA, NCCL was initialised. The GPU profile
 trains with ``--train.deterministic=true`` (deterministic cuDNN/cuBLAS kernels,
@@ -81,9 +81,9 @@ def final_state(out: Path, step: int) -> dict[str, Any]:
 
 
 def position(state: dict[str, Any]) -> dict[str, Any]:
-    loader = state["loader"][0]
+    loader = state["loader"]
     return {"step": state["step"], "epoch": state["epoch"], "batch_in_epoch": state["batch_in_epoch"],
-            "loader_epoch": loader["epoch"], "loader_batch": loader["batch"]}  # fmt: skip
+            "loader_epoch": loader["epoch"], "loader_batch": loader["taken"]}  # fmt: skip
 
 
 def last_logged(out: Path, step: int) -> dict[str, float]:
@@ -109,7 +109,7 @@ def compare(full: dict[str, Any], resumed: dict[str, Any], full_log: dict[str, f
     c = {
         "position_full": position(full),
         "position_resumed": position(resumed),
-        "dali_checkpoint_equal": full["loader"][0]["dali"] == resumed["loader"][0]["dali"],
+        "plan_position_equal": full["loader"] == resumed["loader"],
         "lr_full": full_log["lr"],
         "lr_resumed": resumed_log["lr"],
         "loss_full": full_log["loss"],
@@ -121,7 +121,7 @@ def compare(full: dict[str, Any], resumed: dict[str, Any], full_log: dict[str, f
     }
     c["checks"] = {
         "same_step_and_loader_position": c["position_full"] == c["position_resumed"],
-        "same_dali_reader_state": c["dali_checkpoint_equal"],
+        "same_plan_position": c["plan_position_equal"],
         "same_lr": math.isclose(full_log["lr"], resumed_log["lr"], rel_tol=1e-9, abs_tol=0.0),
         "weights_within_tolerance": rel <= WEIGHT_RTOL,
         "loss_within_tolerance": loss_rel <= LOSS_RTOL,

@@ -1,0 +1,73 @@
+"""The sample plan over a build in object storage (a local S3 server in its own process): the
+shard cache fetches each batch's shards as the plan reads them; a shard whose object fails the
+cache's sha256 stops the run (``on_bad_shard = "stop"``) or leaves the plan from the next epoch
+on (``"skip"``), the batch it fell in still full."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from helpers.s3 import S3
+from helpers.tars import tar_samples
+
+from pipelines.bench.small import small_configs
+from pipelines.loader import build_loader
+from pipelines.shard_cache import CorruptShard
+from shards.format.manifest import read_manifest
+
+SR = 8000
+
+
+def loader(url: str, cache: Path, **kw):  # type: ignore[no-untyped-def]
+    fc, aug, lc = small_configs(cache_dir=str(cache), cache_gb=1.0, batch_size=4, **kw)
+    return build_loader(url, "train", mode="train", features=fc, augment=aug, loader=lc, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def local(synth_shards) -> Path:
+    return synth_shards(tracks=24, seconds=1.5, sample_rate=SR, shard_size_mb=0.1)
+
+
+def corrupt(s3: S3, local: Path, prefix: str) -> tuple[str, str, set[int]]:
+    """Upload ``local`` under ``prefix`` with its second train shard's bytes changed (same size)."""
+    url = s3.put_build(local, prefix)
+    shard = read_manifest(local).split("train").shards[1]
+    data = bytearray((local / shard.tar).read_bytes())
+    data[2048:2064] = bytes(16)
+    s3.client().put_object(Bucket=s3.bucket, Key=f"{prefix}/{shard.tar}", Body=bytes(data))
+    lost = {json.loads(s["json"])["tid"] for s in tar_samples(local / shard.tar).values()}
+    return url, f"{url}/{shard.tar}", lost
+
+
+def test_the_plan_reads_an_s3_build_as_the_local_one(local: Path, s3: S3, tmp_path: Path) -> None:
+    url = s3.put_build(local, "same")
+    here, remote = loader(str(local), tmp_path / "unused"), loader(url, tmp_path / "cache")
+    a = [b for _ in range(2) for b in here]
+    b = [b for _ in range(2) for b in remote]
+    assert len(a) == len(b) == 16 and all((x["x"] == y["x"]).all() for x, y in zip(a, b))
+    assert remote.caches[0].stats.fetched == len(read_manifest(local).split("train").shards)  # each once
+
+
+def test_a_corrupt_object_stops_the_run_by_default(local: Path, s3: S3, tmp_path: Path) -> None:
+    url, tar, _ = corrupt(s3, local, "stop")
+    with pytest.raises(CorruptShard, match=r"sha256 .* the manifest says") as e:
+        [b for b in loader(url, tmp_path / "cache")]
+    assert str(e.value).startswith(tar) and "\n" not in str(e.value)
+
+
+def test_a_corrupt_object_is_skipped_from_the_next_epoch_on(local: Path, s3: S3, tmp_path: Path) -> None:
+    url, tar, lost = corrupt(s3, local, "skip")
+    trace = tmp_path / "trace"
+    ld = loader(url, tmp_path / "cache", on_bad_shard="skip", trace=str(trace))
+    with pytest.warns(UserWarning, match="on_bad_shard=skip: .*sha256"):
+        first = list(ld)
+    second = list(ld)
+    assert ld.skipped_shards == [tar]
+    assert len(first) == 8 and all(b["x"].shape[0] == 4 for b in first)  # every batch still full
+    assert len(second) == (16 - len(lost)) // 2  # the plan without the shard's tracks
+    rows = [json.loads(ln) for ln in (trace / "rank0.jsonl").read_text().splitlines()]
+    by_epoch = Counter((r["epoch"], r["tid"] in lost) for r in rows)
+    assert by_epoch[(0, True)] == 0 and by_epoch[(1, True)] == 0  # no chunk of the bad shard, ever
