@@ -49,7 +49,9 @@ def test_stopped_on_two_ranks_resumed_on_one_trains_the_same_epochs(shards: Path
     lrs = [r["train/lr"] for r in read_metrics(tmp_path / "cut") if "train/lr" in r]
     one = run(shards, tmp_path / "one", tmp_path / "one-trace", 1)
     one_lrs = [r["train/lr"] for r in read_metrics(tmp_path / "one") if "train/lr" in r]
-    assert one["step"] == 16 and lrs[-1] == pytest.approx(one_lrs[-1])  # the schedule ends where 1 rank's does
+    assert one["step"] == 16 and lrs[-1] == pytest.approx(
+        one_lrs[-1]
+    )  # the schedule ends where 1 rank's does
     assert lrs[-4:] == pytest.approx(one_lrs[-4:])
 
 

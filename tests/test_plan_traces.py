@@ -67,7 +67,9 @@ def test_balance_gives_each_class_its_share_of_every_epoch(imbalanced: Path, tmp
 
 def test_two_builds_weighted_3_to_1_give_75_percent(synth_shards, tmp_path: Path) -> None:
     a = synth_shards(tracks=24, seconds=1.5, sample_rate=SR, shard_size_mb=0.1)
-    b = synth_shards(tracks=24, seconds=1.5, sample_rate=11025, seed=1, shard_size_mb=0.1)  # resampled to 8 kHz
+    b = synth_shards(
+        tracks=24, seconds=1.5, sample_rate=11025, seed=1, shard_size_mb=0.1
+    )  # resampled to 8 kHz
     ld = loader([a, b], weights=[3.0, 1.0], trace=str(tmp_path), batch_size=8)
     batches = [x for _ in range(2) for x in ld]
     assert all(x["x"].isfinite().all() for x in batches)
@@ -96,13 +98,17 @@ def test_a_resume_on_another_rank_count_draws_the_rest_of_the_same_epoch(synth_s
     ref = loader(shards, trace=str(tmp_path / "ref"), batch_size=4)
     for _ in range(2):
         list(ref)
-    ranks = [loader(shards, rank=r, world=first, trace=str(tmp_path / "cut"), batch_size=4) for r in range(first)]
+    ranks = [
+        loader(shards, rank=r, world=first, trace=str(tmp_path / "cut"), batch_size=4) for r in range(first)
+    ]
     for ld in ranks:
         it = iter(ld)
         next(it), next(it)
     state = ranks[0].state_dict()
     assert all(ld.state_dict() == state for ld in ranks)  # one plan position, whatever the rank
-    resumed = [loader(shards, rank=r, world=then, trace=str(tmp_path / "cut"), batch_size=4) for r in range(then)]
+    resumed = [
+        loader(shards, rank=r, world=then, trace=str(tmp_path / "cut"), batch_size=4) for r in range(then)
+    ]
     for ld in resumed:
         ld.load_state_dict(state)
         assert ld.batches_done == 2 * first // then and len(ld) == 16 // (2 * then)

@@ -132,7 +132,10 @@ def test_read_order_matches_dalis_sharding() -> None:
     assert needed == [2, 3] and rest == []
     ev = ReadOrder(counts=(3, 3, 3, 3), rank=0, world_size=2, batch=2, prefetch=1)
     assert set(sum(ev.window(5, 7), [])) == {0, 1}  # evaluation never leaves its range
-    assert ReadOrder(counts=(4, 4, 4, 4), rank=0, world_size=1, batch=1, prefetch=0).window(0, 0) == ([0], [1, 2, 3])
+    assert ReadOrder(counts=(4, 4, 4, 4), rank=0, world_size=1, batch=1, prefetch=0).window(0, 0) == (
+        [0],
+        [1, 2, 3],
+    )
 
 
 def test_shard_checks_use_object_metadata_not_downloads(build, s3: S3) -> None:

@@ -50,7 +50,9 @@ def test_the_epoch_order_changes_with_the_epoch_and_the_seed_but_not_the_rank_co
     cfg = PlanConfig(seed=1, shuffle=True, balance="none", block=16)
     a, b = epoch_items(cat, cfg, 0), epoch_items(cat, cfg, 1)
     assert sorted(a[:, 0].tolist()) == sorted(b[:, 0].tolist()) and not np.array_equal(a, b)
-    assert not np.array_equal(a, epoch_items(cat, PlanConfig(seed=2, shuffle=True, balance="none", block=16), 0))
+    assert not np.array_equal(
+        a, epoch_items(cat, PlanConfig(seed=2, shuffle=True, balance="none", block=16), 0)
+    )
     assert float(uniform(1, 0, 5, 0, 3)) == float(uniform(1, 0, 5, 0, 3)) != float(uniform(1, 0, 5, 0, 4))
 
 
@@ -70,8 +72,12 @@ def consumed(legs: list[tuple[Leg, int]], batch: int) -> list[int]:
     return out
 
 
-@pytest.mark.parametrize(("first", "then", "n", "stop"), [(2, 1, 48, 3), (1, 2, 48, 4), (4, 3, 96, 2), (3, 2, 60, 1)])
-def test_a_resume_on_another_rank_count_takes_the_rest_none_twice(first: int, then: int, n: int, stop: int) -> None:
+@pytest.mark.parametrize(
+    ("first", "then", "n", "stop"), [(2, 1, 48, 3), (1, 2, 48, 4), (4, 3, 96, 2), (3, 2, 60, 1)]
+)
+def test_a_resume_on_another_rank_count_takes_the_rest_none_twice(
+    first: int, then: int, n: int, stop: int
+) -> None:
     batch = 4
     leg = Leg.whole(n, first)
     saved = Leg(leg.ranges, leg.world, stop)

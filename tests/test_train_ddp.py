@@ -56,7 +56,9 @@ def test_two_ranks_end_with_identical_weights(tmp_path: Path) -> None:
     val = [r for r in rows if "val/track/count" in r][-1]
     assert val["val/track/count"] == 2 * 2 * 4  # ranks x batches x tracks per batch
     ckpt = torch.load(out / "checkpoints" / "step_00000004.pt", weights_only=True)
-    assert len(ckpt["rng"]) == 2 and ckpt["loader"]["epoch"] == 2 and ckpt["world_size"] == 2  # one plan position
+    assert (
+        len(ckpt["rng"]) == 2 and ckpt["loader"]["epoch"] == 2 and ckpt["world_size"] == 2
+    )  # one plan position
 
 
 @pytest.mark.slow
