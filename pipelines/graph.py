@@ -43,8 +43,8 @@ from pipelines.signal import (
     feature_length,
     length_of,
     on_device,
+    row_width,
     source,
-    speed_factor,
     speed_range,
     train_lengths,
 )
@@ -195,8 +195,8 @@ def _train_rows(spec: GraphSpec, stored, n_in, n, seg):  # type: ignore[no-untyp
     gives (the ``loader.track_weighting``), so segment lengths never over-weight a track."""
     k = spec.loader.chunks_per_track
     u = fn.random.uniform(range=[0.0, 1.0], shape=[k], dtype=types.DALIDataType.FLOAT64)
-    factor = speed_factor(spec, speed_draws(spec)) if speed_range(spec) else None
-    room = dmath.max(n - chunk_extent(spec, factor), 0)
+    width = row_width(spec, speed_draws(spec)) if speed_range(spec) else None  # the speed factor
+    room = dmath.max(n - chunk_extent(spec, width), 0)
     starts = fn.cast(dmath.floor(u * room), dtype=types.DALIDataType.INT32)
     weight = _keep_weight(spec, n, seg)
     if isinstance(weight, float):  # whole tracks, uniform_track: all K kept, no per-sample draw
@@ -204,7 +204,7 @@ def _train_rows(spec: GraphSpec, stored, n_in, n, seg):  # type: ignore[no-untyp
     else:
         keep = fn.random.uniform(range=[0.0, 1.0], shape=[k]) < weight
         count = fn.reductions.sum(fn.cast(keep, dtype=types.DALIDataType.INT64))
-    return cut_windows(spec, stored, n_in, n, starts, factor), starts, count
+    return cut_windows(spec, stored, n_in, n, starts, width), starts, count
 
 
 def _keep_weight(spec: GraphSpec, n, seg):  # type: ignore[no-untyped-def]
@@ -247,7 +247,7 @@ def mask_draws(a: AugmentConfig, k: int):  # type: ignore[no-untyped-def]
 
 def speed_draws(spec: GraphSpec):  # type: ignore[no-untyped-def]
     """A sample's speed-perturbation draw: float64 ``(1,)`` uniform in [0, 1) (its K chunks share
-    it; ``pipelines.signal.speed_factor`` maps it into ``augment.speed``)."""
+    it; ``pipelines.signal.row_width`` maps it into ``augment.speed``)."""
     return fn.random.uniform(range=[0.0, 1.0], shape=[1], dtype=types.DALIDataType.FLOAT64)
 
 

@@ -123,9 +123,9 @@ class SpeedWindowing:
 
     A sample with factor f has its chunks cover ``L f`` feature-rate samples (``L f src / rate``
     stored ones), resampled to L: pitch and tempo move together. Each of its K rows holds
-    ``row_width(f)`` stored samples (a window, then zeros) and is resampled to ``out_width``
-    samples, the same for every factor (the resampler's ``out_length``), so the factor in effect
-    is ``row_width * rate / (out_width * src)``: f to within 1 / row_width. A window starts on a
+    ``width ~ f out_width src / rate`` stored samples (a window, then zeros) and is resampled to
+    ``out_width`` samples, the same for every factor (the resampler's ``out_length``), so the
+    factor in effect is ``width rate / (out_width src)``: f to within 1 / width. A window starts on a
     whole stored sample ``margin`` before its chunk, and the chunk on the output sample nearest to
     its drawn start (no whole-sample reference to match: the phase alignment of
     :class:`Windowing` is not needed)."""
@@ -153,16 +153,37 @@ class SpeedWindowing:
         """The longest row in stored samples (at ``hi``; the device memory bound uses it)."""
         return math.ceil(self.out_width * self.base.src * self.hi / self.base.rate) + 1
 
-    def window(self, start: int, n_in: int, factor: float) -> tuple[int, int, int, float]:
-        """``(first stored sample, stored samples, chunk offset in the row, stored samples per
-        output sample)`` of a chunk at ``start`` (feature rate) with ``factor``: the plain twin
-        of :func:`speed_plan`'s DALI arithmetic (tests and docs use it)."""
+    def constants(self) -> dict[str, float]:
+        """The float constants of :func:`row_width` and :func:`speed_plan` as DALI's arithmetic
+        holds them (a Python float enters it as float32): ``width = floor(draw a + b)`` stored
+        samples per row, a chunk's start in stored samples ``start x per_start``, the
+        feature-rate samples it covers ``ceil(width / out_width x per_width)``."""
         b, out = self.base, self.out_width
-        width = math.floor(factor * out * b.src / b.rate + 0.5)
-        at = start * b.src / b.rate
+        return {
+            "a": _f32((self.hi - self.lo) * out * b.src / b.rate),
+            "b": _f32(self.lo * out * b.src / b.rate + 0.5),
+            "per_start": _f32(b.src / b.rate),
+            "per_width": _f32(b.chunk * b.rate / b.src),
+        }
+
+    def row_width(self, draw: float) -> int:
+        """The plain twin of :func:`row_width`: a sample's row width from its draw in [0, 1)."""
+        c = self.constants()
+        return math.floor(draw * c["a"] + c["b"])
+
+    def window(self, start: int, n_in: int, width: int) -> tuple[int, int, int, float]:
+        """``(first stored sample, stored samples, chunk offset in the row, stored samples per
+        output sample)`` of a chunk at ``start`` (feature rate) in rows of ``width``: the plain
+        twin of :func:`speed_plan`'s DALI arithmetic (tests and docs use it)."""
+        per_out = width / self.out_width
+        at = start * self.constants()["per_start"]
         first = max(math.floor(at) - self.margin, 0)
-        offset = math.floor((at - first) / (width / out) + 0.5)
-        return first, min(n_in - first, width - self.margin), offset, width / out
+        offset = math.floor((at - first) / per_out + 0.5)
+        return first, min(n_in - first, width - self.margin), offset, per_out
+
+
+def _f32(x: float) -> float:
+    return float(np.float32(x))
 
 
 def speed_range(spec: GraphSpec) -> tuple[float, float] | None:
@@ -177,16 +198,21 @@ def speed_windowing(spec: GraphSpec) -> SpeedWindowing:
     return SpeedWindowing(windowing(spec), *speed)
 
 
-def speed_factor(spec: GraphSpec, draw: Any) -> Any:
-    """A sample's speed factor (float64 CPU node ``(1,)``) from its draw in [0, 1)."""
-    lo, hi = speed_range(spec) or (1.0, 1.0)
-    return draw * (hi - lo) + lo
+def row_width(spec: GraphSpec, draw: Any) -> Any:
+    """A sample's speed factor from its draw in [0, 1) (float64 ``(1,)``), as what the graph
+    uses: the stored samples of its window rows (whole numbers, float64 ``(1,)``), each resampled
+    to ``SpeedWindowing.out_width``; the factor in effect is ``width rate / (out_width src)``."""
+    c = speed_windowing(spec).constants()
+    return dmath.floor(draw * c["a"] + c["b"])
 
 
-def chunk_extent(spec: GraphSpec, factor: Any) -> Any:
-    """Feature-rate samples a training chunk covers: L, or ``ceil(L factor)`` (int32 CPU node)."""
-    L = int(spec.framing.chunk)
-    return L if factor is None else fn.cast(dmath.ceil(factor * L), dtype=types.DALIDataType.INT32)
+def chunk_extent(spec: GraphSpec, width: Any) -> Any:
+    """Feature-rate samples a training chunk covers (float64 ``(1,)`` node, or an int): L, or
+    ``ceil(L factor)`` for a sample whose rows are ``width`` (:func:`row_width`) stored samples."""
+    if width is None:
+        return int(spec.framing.chunk)
+    sw = speed_windowing(spec)
+    return dmath.ceil(width / sw.out_width * sw.constants()["per_width"])
 
 
 def row_widths(spec: GraphSpec) -> tuple[int, int]:
@@ -273,25 +299,22 @@ def window_plan(w: Windowing, starts: Any, n_in: Any, n: Any) -> WindowPlan:
     return WindowPlan(first=first, stored=stored, offset=offset, keep=dmath.min(n - starts, w.chunk))
 
 
-def speed_plan(sw: SpeedWindowing, factor: Any, starts: Any, n_in: Any) -> WindowPlan:
+def speed_plan(sw: SpeedWindowing, width: Any, starts: Any, n_in: Any) -> WindowPlan:
     """The windows of chunks at ``starts`` (int32 ``(K,)``, feature rate) in a sample of ``n_in``
-    stored samples whose speed factor is ``factor`` (float64 ``(1,)``), with the sample's row
-    width: :class:`SpeedWindowing`'s geometry as one vector chain (float64, int32 results)."""
-    i32, f64 = types.DALIDataType.INT32, types.DALIDataType.FLOAT64
-    b, out = sw.base, sw.out_width
-    width = dmath.floor(factor * out * b.src / b.rate + 0.5)  # stored samples per row
-    per_out = width / out  # stored samples per output sample: the factor in effect x src / rate
-    at = fn.cast(starts, dtype=f64) * b.src / b.rate  # each chunk's start, in stored samples
+    stored samples whose rows are ``width`` stored samples (float64 ``(1,)``, :func:`row_width`):
+    :class:`SpeedWindowing`'s geometry as one vector chain (float64, int32 results)."""
+    i32 = types.DALIDataType.INT32
+    per_out = width / sw.out_width  # stored samples per output sample: the factor in effect x src / rate
+    at = fn.cast(starts, dtype=types.DALIDataType.FLOAT64) * sw.constants()["per_start"]  # in stored samples
     first = dmath.max(dmath.floor(at) - sw.margin, 0)
     offset = dmath.floor((at - first) / per_out + 0.5)
-    n_stored = fn.cast(n_in, dtype=f64)
-    stored = dmath.min(n_stored - first, width - sw.margin)  # the row ends in ``margin`` zeros
-    keep = dmath.ceil((n_stored - first) / per_out) - offset  # output samples before the end
+    rest = n_in - first  # stored samples from the window's start to the sample's end
+    keep = dmath.ceil(rest / per_out) - offset  # output samples before the sample's end
     return WindowPlan(
         first=fn.cast(first, dtype=i32),
-        stored=fn.cast(stored, dtype=i32),
+        stored=fn.cast(dmath.min(rest, width - sw.margin), dtype=i32),  # the row ends in ``margin`` zeros
         offset=fn.cast(offset, dtype=i32),
-        keep=fn.cast(dmath.clamp(keep, 0, b.chunk), dtype=i32),
+        keep=fn.cast(dmath.clamp(keep, 0, sw.base.chunk), dtype=i32),
         width=fn.cast(width, dtype=i32),
     )
 
@@ -314,11 +337,12 @@ def _as_image(x: Any) -> Any:
     return fn.reshape(x, shape=[1, -1, 1], layout="HWC")
 
 
-def cut_windows(spec: GraphSpec, stored: Any, n_in: Any, n: Any, starts: Any, factor: Any = None) -> Any:
+def cut_windows(spec: GraphSpec, stored: Any, n_in: Any, n: Any, starts: Any, width: Any = None) -> Any:
     """The training windows: the chunks at ``starts`` (int32 ``(K,)``, feature rate) of a sample
     of ``n_in`` stored / ``n`` feature-rate samples (int32), ``(K, L)`` float32 on the device, zeros past
-    the sample's end. ``factor``: the sample's speed factor (float64 ``(1,)``, :func:`speed_factor`;
-    None: no speed perturbation, rows as :class:`Windowing`, else :class:`SpeedWindowing`).
+    the sample's end. ``width``: the sample's speed factor as its rows' stored width (float64
+    ``(1,)``, :func:`row_width`; None: no speed perturbation, rows as :class:`Windowing`, else
+    :class:`SpeedWindowing`).
     The operator count does not depend on K:
 
     1. one ``multi_paste`` on the CPU cuts the K windows of stored samples (:class:`Windowing`)
@@ -329,12 +353,12 @@ def cut_windows(spec: GraphSpec, stored: Any, n_in: Any, n: Any, starts: Any, fa
     3. one ``multi_paste`` on the device cuts each chunk from its row at its own offset."""
     k = spec.loader.chunks_per_track
     zeros, ones, rows = _int32(np.zeros(k)), _int32(np.ones(k)), _int32(np.arange(k))
-    if factor is None:
+    if width is None:
         w = windowing(spec)
         plan, size, out_width, out_length = window_plan(w, starts, n_in, n), [k, w.width], w.out_width, None
     else:
         sw = speed_windowing(spec)
-        plan, out_width = speed_plan(sw, factor, starts, n_in), sw.out_width
+        plan, out_width = speed_plan(sw, width, starts, n_in), sw.out_width
         size, out_length = fn.cat(_int32(np.array([k])), plan.width), k * out_width
     row_anchors = _int32(np.stack([np.arange(k), np.zeros(k)], axis=1))  # (k, 0): row k's start
     canvas = fn.multi_paste(

@@ -21,8 +21,8 @@ from pipelines.signal import (
     RESAMPLE_LOBES,
     apply_gain,
     cut_windows,
+    row_width,
     source,
-    speed_factor,
     speed_windowing,
     train_lengths,
 )
@@ -47,15 +47,15 @@ def _run(pipe_fn, iterations: int = 1) -> list[list[np.ndarray]]:  # type: ignor
     return [[np.asarray(o.as_tensor())[0] for o in p.run()] for _ in range(iterations)]
 
 
-def _speed_chunks(spec: SimpleNamespace, signal: np.ndarray, starts: list[int], factor: float) -> np.ndarray:
-    """The graph's training chunks ``(K, L)`` of ``signal`` at ``starts`` with a speed factor."""
+def _speed_chunks(spec: SimpleNamespace, signal: np.ndarray, starts: list[int], width: int) -> np.ndarray:
+    """The graph's training chunks ``(K, L)`` of ``signal`` at ``starts`` in rows of ``width``."""
 
     def pipe():  # type: ignore[no-untyped-def]
         audio = fn.external_source(source=lambda: [signal], batch=True, dtype=types.INT16)
         stored = source(spec, audio)
-        f = fn.external_source(source=lambda: [np.array([factor])], batch=True, dtype=types.FLOAT64)
+        w = fn.external_source(source=lambda: [np.array([float(width)])], batch=True, dtype=types.FLOAT64)
         vector = types.Constant(np.array(starts, np.int32), dtype=types.INT32, device="cpu")
-        return cut_windows(spec, stored, *train_lengths(spec, stored), vector, f)
+        return cut_windows(spec, stored, *train_lengths(spec, stored), vector, w)
 
     return _run(pipe)[0][0]
 
@@ -74,8 +74,11 @@ def test_speed_factor_moves_a_sines_pitch_by_the_factor(
     signal = np.round(np.sin(2 * np.pi * f0 * t / src) * 16000).astype(np.int16)
     spec = _spec(src, rate, preemphasis, k=3, speed=[0.8, 1.25])
     n_out = -(-signal.size * rate // src)
+    sw = speed_windowing(spec)
+    width = round(factor * sw.out_width * src / rate)
+    factor = width * rate / (sw.out_width * src)  # in effect (within 1 / width of the asked one)
     starts = [0, 4321, n_out - int(np.ceil(rate * factor))]  # the last start the graph may draw
-    got = _speed_chunks(spec, signal, starts, factor)
+    got = _speed_chunks(spec, signal, starts, width)
     assert got.shape == (3, rate)
     window = np.hanning(rate)
     for row, start in zip(got, starts):
@@ -83,7 +86,7 @@ def test_speed_factor_moves_a_sines_pitch_by_the_factor(
         assert abs(np.argmax(spectrum) * rate / row.size - f0 * factor) <= 1.5  # 1-s chunks: 1 Hz bins
         if preemphasis:
             continue  # the peak only: pre-emphasis reshapes the amplitude
-        first, _, offset, per_out = speed_windowing(spec).window(start, signal.size, factor)
+        first, _, offset, per_out = sw.window(start, signal.size, width)
         want = np.sin(2 * np.pi * f0 * (first + (offset + np.arange(rate)) * per_out) / src) * 16000 / 32768
         inner = slice(1, -RESAMPLE_LOBES) if start == starts[-1] else slice(None)  # the sample's end
         assert float(np.abs(row - want)[inner].max()) <= 0.01
@@ -93,11 +96,12 @@ def test_speed_windows_stay_inside_their_rows():
     spec = _spec(16000, 22050, 0.97, k=2, speed=[0.9, 1.5])
     sw = speed_windowing(spec)
     n_in = 10 * 16000
-    for factor in (0.9, 1.0, 1.5):
-        width = round(factor * sw.out_width * 16000 / 22050)
+    for draw in (0.0, 0.5, 1 - 1e-9):
+        width = sw.row_width(draw)
         assert width <= sw.max_window()
-        for start in (0, 5, 22050, 9 * 22050 - int(np.ceil(22050 * factor))):
-            first, stored, offset, per_out = sw.window(start, n_in, factor)
+        extent = int(np.ceil(width / sw.out_width * sw.constants()["per_width"]))
+        for start in (0, 5, 22050, 9 * 22050 - extent):
+            first, stored, offset, per_out = sw.window(start, n_in, width)
             assert offset + 22050 <= sw.out_width and stored + sw.margin <= width
             # the chunk's support lies in the window (or the window reaches the sample's ends)
             assert first == 0 or first + offset * per_out - RESAMPLE_LOBES >= first
@@ -107,21 +111,23 @@ def test_speed_windows_stay_inside_their_rows():
 
 def test_speed_draws_map_into_the_range_and_gain_scales_each_chunk_by_its_db():
     spec = _spec(8000, 8000, 0.0, k=5, speed=[0.7, 1.3], gain_db=6.0)
+    sw = speed_windowing(spec)
     rows = np.random.default_rng(0).standard_normal((5, 400)).astype(np.float32)
 
     def pipe():  # type: ignore[no-untyped-def]
         x = fn.external_source(source=lambda: [rows], batch=True)
-        g = gain_draws(spec)
-        return speed_factor(spec, speed_draws(spec)), g, apply_gain(spec, x, g)
+        g, s = gain_draws(spec), speed_draws(spec)
+        return s, row_width(spec, s), g, apply_gain(spec, x, g)
 
     factors, draws = [], []
-    for f, g, out in _run(pipe, 8):
-        factors.append(float(f[0]))
+    for s, width, g, out in _run(pipe, 8):
+        assert s.shape == (1,) and width[0] == sw.row_width(float(s[0]))  # the graph and its twin
+        factors.append(float(width[0]) / sw.out_width)  # src = rate
         draws.append(g)
         rms_db = 20 * np.log10(np.sqrt((out**2).mean(axis=1)) / np.sqrt((rows**2).mean(axis=1)))
         np.testing.assert_allclose(rms_db, 6.0 * (2 * g - 1), atol=1e-4)
         assert g.shape == (5,) and np.all(np.abs(rms_db) <= 6.0)
-    assert all(0.7 <= f < 1.3 for f in factors) and np.ptp(factors) > 0.1
+    assert all(0.7 - 1e-3 <= f <= 1.3 + 1e-3 for f in factors) and np.ptp(factors) > 0.1
     assert np.ptp(np.concatenate(draws)) > 0.5  # chunks get different gains
 
 
