@@ -206,6 +206,18 @@ def test_neutral_settings_are_exactly_off(shards):
     assert _same(_epoch(shards, "train"), _epoch(shards, "train", speed=[1.0, 1.0], gain_db=0.0))
 
 
+def test_the_augmented_graph_does_not_grow_with_chunks_per_track(shards):
+    from pipelines.bench.graph_ops import graph_ops
+
+    counts = []
+    for k in (2, 4):
+        fc, aug, lc = small_configs(chunks_per_track=k, batch_size=2 * k)
+        augment = dataclasses.replace(aug, speed=[0.9, 1.1], gain_db=3.0)
+        loader = build_loader(shards, "train", mode="train", features=fc, augment=augment, loader=lc)
+        counts.append(graph_ops(loader.spec, loader.graph))
+    assert counts[0] == counts[1]
+
+
 @pytest.mark.parametrize(
     ("kw", "message"),
     [({"speed": [1.2, 1.1]}, "augment.speed"), ({"speed": [0.0, 1.0]}, "augment.speed"),
