@@ -226,3 +226,15 @@ def test_the_augmented_graph_does_not_grow_with_chunks_per_track(shards):
 def test_bad_settings_are_refused(kw: dict, message: str):
     with pytest.raises(ValueError, match=message):
         AugmentConfig(**kw)  # type: ignore[arg-type]
+
+
+def test_image_shards_warn_that_speed_and_gain_have_no_effect(synth_image_shards):
+    images = synth_image_shards(tracks=24, seconds=3.0)
+    features = FeatureConfig(n_mels=32, n_mfcc=8, image_frames=48, channels=["mel", "cqt", "chroma"])
+    _, aug, lc = small_configs()
+    for augment in (dataclasses.replace(aug, speed=[0.9, 1.1]), dataclasses.replace(aug, gain_db=3.0)):
+        loader = build_loader(images, "train", mode="train", features=features, augment=augment, loader=lc)
+        with pytest.warns(
+            UserWarning, match=r"augment.speed / augment.gain_db have no effect on image shards"
+        ):
+            next(iter(loader))
