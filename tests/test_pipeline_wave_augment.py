@@ -238,3 +238,38 @@ def test_image_shards_warn_that_speed_and_gain_have_no_effect(synth_image_shards
             UserWarning, match=r"augment.speed / augment.gain_db have no effect on image shards"
         ):
             next(iter(loader))
+
+
+def _train_losses(shards, out, extra: list[str]) -> tuple[list[float], object]:  # type: ignore[no-untyped-def]
+    """A tiny customcnn run through ``Trainer`` (tests/test_train_e2e.py's settings): its losses."""
+    from test_train_e2e import _train
+
+    from train.logger import read_metrics
+
+    trainer = _train(shards, out, ["train.epochs=2", "data.val_split=''", "optim.min_lr_ratio=1.0", *extra])
+    return [r["train/loss"] for r in read_metrics(out) if "train/loss" in r], trainer
+
+
+@pytest.mark.slow
+def test_speed_and_gain_change_a_training_runs_losses_and_resume_exactly(synth_shards, tmp_path):
+    import os
+    import signal
+
+    from test_train_e2e import _train
+
+    single = synth_shards(task="single", tracks=24, seconds=3.0, sample_rate=8000)
+    on = ["augment.speed=[0.8,1.25]", "augment.gain_db=6", "features.normalize=none"]
+    off_losses, _ = _train_losses(single, tmp_path / "off", ["features.normalize=none"])
+    on_losses, full = _train_losses(single, tmp_path / "on", on)
+    assert len(on_losses) == len(off_losses) > 0 and on_losses != off_losses
+
+    def preempt(trainer) -> None:  # type: ignore[no-untyped-def]
+        if trainer.step == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    extra = ["train.epochs=2", "data.val_split=''", "optim.min_lr_ratio=1.0", *on]
+    assert _train(single, tmp_path / "cut", extra, hooks=[preempt]).step == 1
+    resumed = _train(single, tmp_path / "cut", extra)
+    assert resumed.step == full.step  # type: ignore[attr-defined]
+    for k, v in full.model.state_dict().items():  # type: ignore[attr-defined]
+        assert torch.allclose(v.float(), resumed.model.state_dict()[k].float(), atol=1e-5), k
