@@ -61,7 +61,8 @@ def _speed_chunks(spec: SimpleNamespace, signal: np.ndarray, starts: list[int], 
 
 
 @pytest.mark.parametrize(
-    ("src", "rate", "preemphasis"), [(8000, 8000, 0.0), (16000, 22050, 0.0), (8000, 8000, 0.97)]
+    ("src", "rate", "preemphasis"),
+    [(8000, 8000, 0.0), (16000, 22050, 0.0), (8000, 8000, 0.97), (16000, 22050, 0.97)],
 )
 @pytest.mark.parametrize("factor", [0.8, 1.0, 1.25])
 def test_speed_factor_moves_a_sines_pitch_by_the_factor(
@@ -84,12 +85,16 @@ def test_speed_factor_moves_a_sines_pitch_by_the_factor(
     for row, start in zip(got, starts):
         spectrum = np.abs(np.fft.rfft(row * window))
         assert abs(np.argmax(spectrum) * rate / row.size - f0 * factor) <= 1.5  # 1-s chunks: 1 Hz bins
-        if preemphasis:
-            continue  # the peak only: pre-emphasis reshapes the amplitude
         first, _, offset, per_out = sw.window(start, signal.size, width)
-        want = np.sin(2 * np.pi * f0 * (first + (offset + np.arange(rate)) * per_out) / src) * 16000 / 32768
-        inner = slice(1, -RESAMPLE_LOBES) if start == starts[-1] else slice(None)  # the sample's end
-        assert float(np.abs(row - want)[inner].max()) <= 0.01
+        # the sine at each output sample's stored position (and the one before, for pre-emphasis)
+        sine = (
+            np.sin(2 * np.pi * f0 * (first + (offset + np.arange(-1, rate)) * per_out) / src) * 16000 / 32768
+        )
+        want = sine[1:] - preemphasis * (sine[:-1] if offset else np.r_[sine[1], sine[1:-1]])  # kaldi's clamp
+        # at the sample's ends the resampler sees zeros where the sine would go on
+        inner = slice(RESAMPLE_LOBES if start == 0 else 0, -RESAMPLE_LOBES if start == starts[-1] else None)
+        # 4.5e-4 measured (16 -> 22.05 kHz: DALI's float32 positions); a chunk one output sample off: ~0.2
+        assert float(np.abs(row - want)[inner].max()) <= 2e-3
 
 
 def test_speed_windows_stay_inside_their_rows():
