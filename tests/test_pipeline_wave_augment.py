@@ -28,6 +28,7 @@ from pipelines.signal import (
 )
 
 SR, SECONDS, TRACKS = 8000, 2.5, 13
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]  # DALI's cpu graph, and its gpu graph
 
 
 def _spec(src: int, rate: int, preemphasis: float, k: int, **augment: object) -> SimpleNamespace:
@@ -141,11 +142,13 @@ def shards(synth_shards):
     return synth_shards(tracks=TRACKS, seconds=SECONDS, sample_rate=SR, shard_size_mb=0.1)
 
 
-def _epoch(shards, mode: str, *, seed: int = 0, features=None, **augment: object) -> list[dict]:  # type: ignore[no-untyped-def]
+def _epoch(
+    shards, mode: str, *, seed: int = 0, features=None, device: str = "cpu", **augment: object
+) -> list[dict]:  # type: ignore[no-untyped-def]
     fc, aug, lc = small_configs(seed=seed)
     loader = build_loader(
         shards, "train", mode=mode, features=features or fc, augment=dataclasses.replace(aug, **augment),
-        loader=lc, device="cpu",
+        loader=lc, device=device,
     )  # fmt: skip
     return [{k: v.cpu() for k, v in b.items()} for b in loader]
 
@@ -156,12 +159,13 @@ def _same(a: list[dict], b: list[dict]) -> bool:
     )
 
 
-def test_gain_shifts_each_chunks_mel_by_one_db_value_within_the_range(shards):
+@pytest.mark.parametrize("device", DEVICES)
+def test_gain_shifts_each_chunks_mel_by_one_db_value_within_the_range(shards, device):
     """normalize 'none', dB mel: a chunk's gain of g dB moves its mel by g (above the floor)."""
     fc, _, _ = small_configs()
     features = dataclasses.replace(fc, normalize="none", channels=["mel"])
-    off = _epoch(shards, "train", features=features, enabled=False)
-    on = _epoch(shards, "train", features=features, enabled=False, gain_db=6.0)
+    off = _epoch(shards, "train", features=features, device=device, enabled=False)
+    on = _epoch(shards, "train", features=features, device=device, enabled=False, gain_db=6.0)
     shifts = []
     for a, b in zip(off, on):
         assert torch.equal(a["start"], b["start"]) and b["x"].shape == a["x"].shape
@@ -173,13 +177,14 @@ def test_gain_shifts_each_chunks_mel_by_one_db_value_within_the_range(shards):
     assert all(abs(s) <= 6.0 + 1e-3 for s in shifts) and np.ptp(shifts) > 3.0
 
 
-def test_speed_and_gain_are_deterministic_under_a_seed_and_change_training_batches(shards):
-    kw = dict(speed=[0.8, 1.25], gain_db=6.0)
+@pytest.mark.parametrize("device", DEVICES)
+def test_speed_and_gain_are_deterministic_under_a_seed_and_change_training_batches(shards, device):
+    kw = dict(speed=[0.8, 1.25], gain_db=6.0, device=device)
     first, again = _epoch(shards, "train", **kw), _epoch(shards, "train", **kw)
     assert _same(first, again)
     assert not _same(first, _epoch(shards, "train", seed=1, **kw))
-    assert not _same(first, _epoch(shards, "train"))
-    assert first[0]["x"].shape == _epoch(shards, "train")[0]["x"].shape
+    assert not _same(first, _epoch(shards, "train", device=device))
+    assert first[0]["x"].shape == _epoch(shards, "train", device=device)[0]["x"].shape
 
 
 def test_the_memory_bound_grows_with_the_highest_speed(shards):
@@ -190,8 +195,10 @@ def test_the_memory_bound_grows_with_the_highest_speed(shards):
     assert sizes[0] < sizes[1] < sizes[2] < sizes[3]
 
 
-def test_evaluation_is_never_perturbed(shards):
-    assert _same(_epoch(shards, "eval"), _epoch(shards, "eval", speed=[0.8, 1.25], gain_db=6.0))
+@pytest.mark.parametrize("device", DEVICES)
+def test_evaluation_is_never_perturbed(shards, device):
+    plain = _epoch(shards, "eval", device=device)
+    assert _same(plain, _epoch(shards, "eval", device=device, speed=[0.8, 1.25], gain_db=6.0))
 
 
 def test_neutral_settings_are_exactly_off(shards):
@@ -209,6 +216,14 @@ def test_neutral_settings_are_exactly_off(shards):
     neutral = ops(speed=[1, 1], gain_db=0.0)
     assert neutral == ops() < ops(speed=[1.0, 1.1]) and neutral < ops(gain_db=1.0)
     assert _same(_epoch(shards, "train"), _epoch(shards, "train", speed=[1.0, 1.0], gain_db=0.0))
+
+
+@pytest.mark.gpu
+def test_neutral_settings_are_exactly_off_on_the_gpu(shards):
+    cuda = {"device": "cuda"}
+    assert _same(
+        _epoch(shards, "train", **cuda), _epoch(shards, "train", **cuda, speed=[1.0, 1.0], gain_db=0.0)
+    )
 
 
 def test_the_augmented_graph_does_not_grow_with_chunks_per_track(shards):
