@@ -193,6 +193,7 @@ def test_the_memory_bound_grows_with_the_highest_speed(shards):
     sizes = [memory_bound(dataclasses.replace(spec, augment=AugmentConfig(speed=s))).dali
              for s in ([1, 1], [0.9, 1.1], [0.9, 1.5], [0.5, 1.5])]  # fmt: skip
     assert sizes[0] < sizes[1] < sizes[2] < sizes[3]
+    assert memory_bound(dataclasses.replace(spec, augment=AugmentConfig(gain_db=3.0))).dali > sizes[0]
 
 
 @pytest.mark.parametrize("device", DEVICES)
