@@ -38,7 +38,18 @@ from nvidia.dali import math as dmath
 from nvidia.dali.pipeline import Pipeline
 
 from pipelines.config import AugmentConfig, FeatureConfig, Framing, LoaderConfig
-from pipelines.signal import cut_windows, feature_length, length_of, on_device, source, train_lengths
+from pipelines.signal import (
+    apply_gain,
+    chunk_extent,
+    cut_windows,
+    feature_length,
+    length_of,
+    on_device,
+    row_width,
+    source,
+    speed_range,
+    train_lengths,
+)
 from shards.format import AUDIO_EXT, MemberLayout
 
 READER = "reader"
@@ -140,12 +151,18 @@ class SampleNodes:
     seg: Any = None  # segmented audio builds
     u: Any = None  # training: chunk (crop) start fractions (K,) float64
     mask: Any = None  # training with SpecAugment: the draws (K, R, 2) float32
+    speed: Any = None  # training with augment.speed: the sample's draw (1,) float64
+    gain: Any = None  # training with augment.gain_db: the chunks' draws (K,) float32
     src: Any = None  # training: the sample's build (index into data.shards), int64 (1,)
 
 
+def audio_dtype(codec: str) -> types.DALIDataType:
+    """How the audio member reaches the graph: int16 samples (pcm16) or the file's bytes."""
+    return types.DALIDataType.INT16 if codec == "pcm16" else types.DALIDataType.UINT8
+
+
 def _read(spec: GraphSpec) -> SampleNodes:
-    audio_dtype = types.DALIDataType.INT16 if spec.codec == "pcm16" else types.DALIDataType.UINT8
-    return read_samples(spec, [AUDIO_EXT[spec.codec]], [audio_dtype])
+    return read_samples(spec, [AUDIO_EXT[spec.codec]], [audio_dtype(spec.codec)])
 
 
 def read_samples(spec: GraphSpec, media: list[str], dtypes: list[types.DALIDataType]) -> SampleNodes:
@@ -163,21 +180,30 @@ def read_samples(spec: GraphSpec, media: list[str], dtypes: list[types.DALIDataT
     )
 
 
-def _plan_inputs(spec: GraphSpec, dtypes: list[types.DALIDataType]) -> SampleNodes:
-    """One external source over the plan's batches (``pipelines.train_stream``), in its output order."""
-    i64, masks = types.DALIDataType.INT64, spec.augment.active
-    out_types = [*dtypes, i64, i64, *([i64] * spec.segmented), types.DALIDataType.FLOAT64]
-    out_types += [types.DALIDataType.FLOAT] * masks + [i64]
-    nodes = list(
-        fn.external_source(
-            source=spec.plan, num_outputs=len(out_types), batch=True, cycle="raise", dtype=out_types
-        )
+def plan_outputs(spec: GraphSpec, media: list[types.DALIDataType]) -> list[tuple[str, types.DALIDataType]]:
+    """The plan source's outputs per sample, in order (``pipelines.train_stream`` yields them):
+    the media, ``lbl``, ``tid`` (, ``seg``), ``u``, then the draws the augmentation in use needs,
+    then ``src``."""
+    i64, f32, f64 = types.DALIDataType.INT64, types.DALIDataType.FLOAT, types.DALIDataType.FLOAT64
+    out = [(f"media{j}", t) for j, t in enumerate(media)] + [("lbl", i64), ("tid", i64)]
+    out += [("seg", i64)] * spec.segmented + [("u", f64)] + [("mask", f32)] * spec.augment.active
+    wave = not spec.image_exts  # speed and gain act on the waveform (image builds warn)
+    out += [("speed", f64)] * (wave and speed_range(spec) is not None) + [("gain", f32)] * (
+        wave and spec.augment.gain_db > 0
     )
-    media, rest = nodes[: len(dtypes)], nodes[len(dtypes) :]
-    lbl, tid = rest[0], rest[1]
-    seg = rest[2] if spec.segmented else None
-    at = 2 + spec.segmented
-    return SampleNodes(media, lbl, tid, seg, u=rest[at], mask=rest[at + 1] if masks else None, src=rest[-1])
+    return [*out, ("src", i64)]
+
+
+def _plan_inputs(spec: GraphSpec, dtypes: list[types.DALIDataType]) -> SampleNodes:
+    """One external source over the plan's batches (``pipelines.train_stream``)."""
+    outputs = plan_outputs(spec, dtypes)
+    nodes = fn.external_source(
+        source=spec.plan, num_outputs=len(outputs), batch=True, cycle="raise", dtype=[t for _, t in outputs]
+    )
+    named = dict(zip((n for n, _ in outputs), nodes))  # type: ignore[arg-type]  # several outputs: a list
+    media = [named[f"media{j}"] for j in range(len(dtypes))]
+    fields = {k: named.get(k) for k in ("seg", "u", "mask", "speed", "gain", "src")}
+    return SampleNodes(media, named["lbl"], named["tid"], **fields)
 
 
 def _reader(spec: GraphSpec, ext: list[str], dtypes: list[types.DALIDataType]) -> list[Any]:
@@ -207,16 +233,19 @@ def chunk_count(n, chunk: int):  # type: ignore[no-untyped-def]
     return fn.cast(dmath.max(dmath.ceil(n / int(chunk)), 1), dtype=types.DALIDataType.INT64)
 
 
-def _train_rows(spec: GraphSpec, stored, n_in, n, u):  # type: ignore[no-untyped-def]
+def _train_rows(spec: GraphSpec, stored, n_in, n, u, speed):  # type: ignore[no-untyped-def]
     """The K chunks of a sample, ``(K, L)`` on the device (short samples are zero-padded), and
     their starts ``(K,)`` int32. Only the chunks' windows of stored samples leave the CPU
     (``pipelines.signal.cut_windows``), never the whole sample; ``n_in`` / ``n`` are the
     sample's int32 lengths (stored, feature rate: ``train_lengths``). Every step is one vector
     operator for the K. A chunk lies inside one sample (segment): its start is the plan's
-    fraction ``u`` of the sample's ``max(n - L, 0)`` free positions."""
-    room = dmath.max(n - int(spec.framing.chunk), 0)
+    fraction ``u`` of the sample's ``max(n - L, 0)`` free positions (``n - ceil(L f)`` with speed
+    perturbation: a chunk then covers ``L f`` samples, f the plan's per-sample draw ``speed``,
+    ``pipelines.signal.row_width``)."""
+    width = row_width(spec, speed) if speed is not None else None  # the speed factor
+    room = dmath.max(n - chunk_extent(spec, width), 0)
     starts = fn.cast(dmath.floor(u * room), dtype=types.DALIDataType.INT32)
-    return cut_windows(spec, stored, n_in, n, starts), starts
+    return cut_windows(spec, stored, n_in, n, starts, width), starts
 
 
 def _eval_rows(spec: GraphSpec, sig, n):  # type: ignore[no-untyped-def]
@@ -233,7 +262,9 @@ def _graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
     stored = source(spec, read.media[0])  # CPU, at the shards' rate
     starts = None
     if spec.mode == "train":
-        rows, starts = _train_rows(spec, stored, *train_lengths(spec, stored), read.u)
+        rows, starts = _train_rows(spec, stored, *train_lengths(spec, stored), read.u, read.speed)
+        if read.gain is not None:
+            rows = apply_gain(spec, rows, read.gain)
         k = spec.loader.chunks_per_track
         nchunks = types.Constant(np.array([k], dtype=np.int64), device="cpu")
     else:  # the whole sample (at most one segment) to the device

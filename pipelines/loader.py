@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from nvidia.dali import types
 
 from pipelines.config import AugmentConfig, FeatureConfig, LoaderConfig
-from pipelines.graph import GraphSpec
+from pipelines.graph import GraphSpec, audio_dtype, plan_outputs
 from pipelines.loader_spec import graph_spec, warn_downsampling
 from pipelines.memory import check_memory
 from pipelines.music_loader import MusicLoader
@@ -129,6 +130,8 @@ def _train_spec(
                       rate=got.target.rate, members=members, rank=req.rank, world_size=req.world, dev=req.dev,
                       image_exts=req.image_exts)  # fmt: skip
     spec.plan = got.stream
+    dtypes = [types.DALIDataType.UINT8] * len(media) if req.image_exts else [audio_dtype(got.target.codec)]
+    got.stream.shape.outputs = [name for name, _ in plan_outputs(spec, dtypes)]
     return spec, got.task, got.stream
 
 

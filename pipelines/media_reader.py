@@ -18,6 +18,7 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import soundfile as sf
@@ -88,8 +89,13 @@ class MediaReader:
             found = check_shard(files_of(m), info, checksums=False)
             if found is not None:
                 return found
-        where = tar if storage.is_remote(tar) else f"{tar} (the shard cache's copy)"
-        return BadShard(where, f"read {what}: the file ended under the run; no wrong byte was used")
+        if storage.is_remote(tar):  # direct reads: the store answered short
+            return BadShard(tar, f"read {what}: the object ended under the run; no wrong byte was used")
+        err = BadShard(str(storage.join(m.root, info.tar)) if m.root is not None else tar,
+                       f"read {what} while the shard cache ({Path(tar).parent}) did not hold it complete "
+                       "(evicted or still downloading); no wrong byte was used")  # fmt: skip
+        err.advice = "resume with checkpoint.resume=auto (the shard is fetched again)"  # type: ignore[attr-defined]
+        return err
 
     def read_batch(self, members: Sequence[tuple[int, int, int]]) -> list[bytes]:
         """Many members (direct object-store reads in parallel, local ones in order)."""

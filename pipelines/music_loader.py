@@ -116,6 +116,8 @@ class MusicLoader:
     def _make_iterator(self, checkpoint: str | None) -> Any:
         if self.gate is not None:  # DALI reads ahead from the moment the iterator exists
             self.gate.wait(self.epoch, self._batch, restored=checkpoint is not None)
+        if self.stream is not None and self.stream.reader.caches:
+            self.stream.warm()
         pipe = self._pipe = build_pipeline(self.spec, checkpoint, graph=self.graph)
         # training: the plan's source ends each epoch (size -1); evaluation: the reader's ranges
         size = {"size": -1} if self.mode == "train" else {"reader_name": READER}

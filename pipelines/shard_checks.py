@@ -257,8 +257,14 @@ def verify_bad_shards(manifest: Manifest, split: str, *, workers: int, stop: boo
     sha256 (every rank reads from all of them). ``stop``: the first bad one is one line; else
     the names of the bad ones (``loader.on_bad_shard = "skip"`` leaves them out of the plan)."""
     files, shards = files_of(manifest), manifest.split(split).shards
-    with ThreadPoolExecutor(max(1, min(workers, len(shards)))) as pool:
-        bad = [f for f in pool.map(lambda s: check_shard(files, s), shards) if f is not None]
+    bar = progress(total=len(shards), desc=f"loader.verify=first_open: downloading {split} to check", unit="shard",
+                   enabled=manifest.remote)  # an object store: one download per shard before step 0  # fmt: skip
+
+    bad: list[BadShard] = []
+    with bar, ThreadPoolExecutor(max(1, min(workers, len(shards)))) as pool:
+        for found in pool.map(lambda s: check_shard(files, s), shards):
+            bar.update(1)
+            bad += [found] if found is not None else []
     if bad and stop:
         hint = f"(loader.verify=first_open; `python -m shards verify {manifest.root}` lists every bad shard)"
         raise BadShard(bad[0].shard, f"{bad[0].problem} {hint}")

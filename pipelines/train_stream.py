@@ -23,7 +23,7 @@ import torch
 
 from pipelines.catalog import Samples
 from pipelines.media_reader import MediaReader
-from pipelines.sample_plan import MASK, START, Leg, PlanConfig, epoch_items, uniform
+from pipelines.sample_plan import GAIN, MASK, SPEED, START, Leg, PlanConfig, epoch_items, uniform
 from pipelines.shard_cache import CorruptShard
 from shards.format import BadShard
 
@@ -41,6 +41,7 @@ class StreamShape:
     media: int  # media outputs (1 audio member, or one image per channel)
     image: bool
     multi: bool  # multi-label: a chunk's labels are its positive tags
+    outputs: list[str] = field(default_factory=list)  # the graph's order (pipelines.graph.plan_outputs)
 
 
 @dataclass
@@ -115,6 +116,13 @@ class TrainStream:
         for j in range(start, self.leg.batches(self.shape.batch)):
             yield self._batch(j)
 
+    def warm(self) -> None:
+        """Fetch the next batch's shards before a pipeline is built over the plan (a build in
+        object storage: a shard that cannot be had stops here, before any DALI work)."""
+        j = self.consumed
+        if j < self.leg.batches(self.shape.batch):
+            self._readable(self._rows(j), [])
+
     def _positions(self, j: int) -> np.ndarray:
         """Epoch positions of this rank's batch ``j`` in the leg (its stream, cached per leg)."""
         if self._stream is None or self._stream[0] is not self.leg:
@@ -146,19 +154,35 @@ class TrainStream:
             ]
             for m in range(self.shape.media)
         ]
-        uid = s.catalog.uid[rows][:, None]
-        k = np.arange(self.shape.k)[None, :]
-        u = uniform(self.plan.seed, self.epoch, uid, visits[:, None], k, START)
-        out = [*media, list(s.lbl[rows]), list(s.tid[rows][:, None])]
-        if s.seg is not None and not self.shape.image:
-            out.append(list(s.seg[rows]))
-        out.append(list(u))
-        if self.shape.bands:
-            cells = np.arange(self.shape.k * self.shape.bands * 2)[None, :]
-            draws = uniform(self.plan.seed, self.epoch, uid, visits[:, None], cells, MASK).astype(np.float32)
-            out.append(list(draws.reshape(len(rows), self.shape.k, self.shape.bands, 2)))
-        out.append(list(s.catalog.source[rows][:, None]))
-        return out
+        fields = {f"media{m}": media[m] for m in range(self.shape.media)}
+        fields |= {
+            "lbl": list(s.lbl[rows]),
+            "tid": list(s.tid[rows][:, None]),
+            "src": list(s.catalog.source[rows][:, None]),
+        }
+        if s.seg is not None:
+            fields["seg"] = list(s.seg[rows])
+        draws = self._draws(s.catalog.uid[rows][:, None], visits[:, None])
+        return [fields[name] if name in fields else draws[name]() for name in self.shape.outputs]
+
+    def _draws(self, uid: np.ndarray, visit: np.ndarray) -> dict[str, Any]:
+        """The plan's random numbers of a batch's items, by output name (computed when asked)."""
+        seed, epoch, k, bands = self.plan.seed, self.epoch, self.shape.k, self.shape.bands
+
+        def mask() -> list[np.ndarray]:
+            cells = np.arange(k * bands * 2)[None, :]
+            return list(
+                uniform(seed, epoch, uid, visit, cells, MASK).astype(np.float32).reshape(-1, k, bands, 2)
+            )
+
+        return {
+            "u": lambda: list(uniform(seed, epoch, uid, visit, np.arange(k)[None, :], START)),
+            "mask": mask,
+            "speed": lambda: list(uniform(seed, epoch, uid, visit, SPEED)),
+            "gain": lambda: list(
+                uniform(seed, epoch, uid, visit, np.arange(k)[None, :], GAIN).astype(np.float32)
+            ),
+        }
 
     def _decode(self, shard: int, data: bytes) -> np.ndarray:
         return np.frombuffer(data, np.uint8) if self.shape.image else self.reader.audio(shard, data)

@@ -65,7 +65,7 @@ def test_a_rebuild_at_the_same_url_reads_its_own_indexes(builds, s3: S3, tmp_pat
     copy_build(a, url, show=False)
     first = make(url, "train", tmp_path / "cache")
     epochs(first, 1)
-    first.gate.cache.close()
+    first.caches[0].close()
     copy_build(b, url, show=False)  # a new build at the same prefix, the old cache still on disk
     same(epochs(make(b, "train"), 1), epochs(make(url, "train", tmp_path / "cache"), 1))
     for remote in ("direct", "cache"):  # the index copies DALI is given are the new manifest's
@@ -82,13 +82,13 @@ def test_a_local_index_that_differs_from_the_manifest_is_fetched_again(builds, s
     url = s3.put_build(local, "stale-index")
     first = make(url, "train", tmp_path / "cache")
     ref = epochs(first, 1)
-    idx = first.gate.cache.indexes[0]
-    first.gate.cache.close()
+    idx = first.caches[0].indexes[0]
+    first.caches[0].close()
     data = bytearray(idx.read_bytes())
     data[-3:-1] = b"99"  # same size, another offset
     idx.write_bytes(bytes(data))
     again = make(url, "train", tmp_path / "cache")
-    assert again.gate.cache.folder == first.gate.cache.folder
+    assert again.caches[0].folder == first.caches[0].folder
     assert storage.sha256_file(idx) == _train_shards(local)[0].index_sha256
     same(ref, epochs(again, 1))
 
@@ -132,8 +132,8 @@ def test_two_processes_never_share_a_cache_folder(one_per_shard, tmp_path: Path,
     head = [_clone(next(first)) for _ in range(6)]
     with caplog.at_level(logging.INFO, logger="musicstream"):
         two = make(url, "train", tmp_path / "shared", **dict(kw, seed=1))
-    assert two.gate.cache.folder == one.gate.cache.folder.with_name("rank0-1")
-    assert f"{one.gate.cache.folder}: in use by pid {os.getpid()} on host " in caplog.text
+    assert two.caches[0].folder == one.caches[0].folder.with_name("rank0-1")
+    assert f"{one.caches[0].folder}: in use by pid {os.getpid()} on host " in caplog.text
     got: list[list[list]] = [[head], [[]]]
     _alternate([one, two], [first, iter(two)], [got[0][0], got[1][0]])
     got[0].append([])
@@ -141,7 +141,7 @@ def test_two_processes_never_share_a_cache_folder(one_per_shard, tmp_path: Path,
     _alternate([one, two], [iter(one), iter(two)], [got[0][1], got[1][1]])
     same(epochs(make(local, "train", **kw)), got[0])
     same(epochs(make(local, "train", **dict(kw, seed=1))), got[1])
-    assert one.gate.cache.stats.evicted > 0 and two.gate.cache.stats.evicted > 0
+    assert one.caches[0].stats.evicted > 0 and two.caches[0].stats.evicted > 0
 
 
 def test_a_held_or_unlockable_folder_is_never_used(one_per_shard, tmp_path: Path, monkeypatch) -> None:
@@ -213,14 +213,16 @@ def test_two_ranks_three_epochs_with_a_small_cache_equal_local(one_per_shard, tm
     for rank in (0, 1):
         ref = epochs(make(local, "train", rank=rank, world_size=2, **kw), 3)
         remote = make(url, "train", tmp_path / "two", rank=rank, world_size=2, **kw)
-        asked: list[int] = []
-        real = remote.gate.wait
-        remote.gate.wait = lambda e, b, real=real, asked=asked, **k: (asked.append(e), real(e, b, **k))[1]
+        asked: list[list[int]] = []
+        real = remote.caches[0].ensure
+        remote.caches[0].ensure = lambda n, u=(), real=real, asked=asked: (asked.append(list(n)), real(n, u))[
+            1
+        ]
         same(ref, epochs(remote, 3))
-        # epochs 0-2, and epoch 3's start at the last reset: never an epoch the reader is not in
-        assert sorted(set(asked)) == [0, 1, 2, 3] and asked[-1] == 3, asked
-        assert remote.gate.cache.stats.evicted > 0
-        remote.gate.cache.close()
+        # each batch waits for exactly its own shards: 2 tracks, one shard each
+        assert asked and all(1 <= len(n) <= 2 for n in asked), asked
+        assert remote.caches[0].stats.evicted > 0
+        remote.caches[0].close()
 
 
 def test_a_full_cache_disk_is_a_write_error_not_the_stores(builds, s3: S3, tmp_path: Path) -> None:
@@ -251,8 +253,8 @@ def test_cache_files_are_private_and_never_followed(builds, s3: S3, tmp_path: Pa
     local, _ = builds
     url = s3.put_build(local, "hardened")
     first = make(url, "train", tmp_path / "cache")
-    folder, tar = first.gate.cache.folder, first.gate.cache.tars[0]
-    first.gate.cache.close()
+    folder, tar = first.caches[0].folder, first.caches[0].tars[0]
+    first.caches[0].close()
     target = tmp_path / "victim"
     target.write_bytes(b"precious")
     tar.unlink()
@@ -342,8 +344,8 @@ def test_a_read_of_a_shard_the_cache_does_not_hold_is_one_line(builds, s3: S3, t
     loader = make(url, "train", tmp_path / "cache", batch_size=4, shuffle=False, initial_fill=1)
     it = iter(loader)
     next(it)
-    loader.gate.cache.ensure = lambda *a, **k: None  # the gate lets everything through
-    for e in loader.gate.cache.entries:
+    loader.caches[0].ensure = lambda *a, **k: None  # the gate lets everything through
+    for e in loader.caches[0].entries:
         e.local.write_bytes(b"")  # every file empty, as the cache leaves one it does not hold
     with pytest.raises(BadShard, match="did not hold it complete") as e:
         list(it)
@@ -360,8 +362,10 @@ def test_first_open_in_cache_mode_downloads_nothing_twice(
     before = s3.server.requests()
     loader = make(url, "train", tmp_path / "cache", verify="first_open")
     shards = len(_train_shards(local))
-    assert (s3.server.requests() - before)["GET"] == 1 + shards  # the manifest and the indexes
-    loader.gate.cache.close()
+    samples = read_manifest(local).split("train").num_samples
+    # the manifest, the indexes, and each sample's ids member (the plan's catalog, kept for later runs)
+    assert (s3.server.requests() - before)["GET"] == 1 + shards + samples
+    loader.caches[0].close()
     monkeypatch.setenv("MUSICSTREAM_PROGRESS", "lines")
     make(url, "train", tmp_path / "cache", verify="first_open", remote="direct")
     assert (

@@ -57,14 +57,19 @@ def test_training_batches_from_s3_equal_the_local_build(build, tmp_path, s3: S3)
     got = epochs(remote)
     same(ref, got)
     shards = len(read_manifest(local).split("train").shards)
-    stats = remote.gate.cache.stats
+    stats = remote.caches[0].stats
     assert stats.fetched == shards and stats.hits == 0  # every shard once; epoch 2 read the cache
     gets = (s3.server.requests() - before)["GET"]
-    assert gets == 1 + 2 * shards  # the manifest, then one per tar and one per index: none per sample
-    remote.gate.cache.close()  # the first process ends: its folder is free again
+    samples = read_manifest(local).split("train").num_samples
+    # the manifest, one per tar and one per index, and the catalog's read of each sample's ids
+    # member (once per cache folder: a restart reads none)
+    assert gets == 1 + 2 * shards + samples
+    remote.caches[0].close()  # the first process ends: its folder is free again
+    before = s3.server.requests()
     again = make(url, "train", tmp_path / "cache")  # a restart finds the verified shards
     same(ref, epochs(again))
-    assert again.gate.cache.stats.fetched == 0 and again.gate.cache.stats.hits == shards
+    assert (s3.server.requests() - before)["GET"] == 1  # the manifest; indexes and ids are kept
+    assert again.caches[0].stats.fetched == 0 and again.caches[0].stats.hits == shards
 
 
 def test_mid_epoch_resume_from_s3(build, tmp_path) -> None:
@@ -103,9 +108,9 @@ def test_streaming_with_eviction_gives_the_same_batches(synth_shards, s3: S3, tm
     bound = 15 * max(s.bytes for s in info.shards) / 1e9
     remote = make(url, "train", tmp_path / "small", cache_gb=bound, **kw)
     same(ref, epochs(remote))
-    stats = remote.gate.cache.stats
+    stats = remote.caches[0].stats
     assert stats.evicted > 0 and stats.fetched > len(info.shards)
-    assert remote.gate.cache.resident_bytes() <= bound * 1e9
+    assert remote.caches[0].resident_bytes() <= bound * 1e9
 
 
 def test_a_corrupt_object_is_refused_before_the_pipeline(build, s3: S3, tmp_path) -> None:

@@ -58,7 +58,7 @@ def test_two_gloo_ranks_train_from_s3(build, s3: S3, tmp_path: Path) -> None:
     val = [r for r in rows if "val/track/count" in r][-1]
     assert val["val/track/count"] == read_manifest(local).split("validation").tracks  # each track once
     ckpt = torch.load(sorted((out / "checkpoints").glob("step_*.pt"))[-1], weights_only=True)
-    assert [state["epoch"] for state in ckpt["loader"]] == [1, 1]  # both ranks ended the epoch...
+    assert ckpt["loader"]["epoch"] == 1  # the ranks ended the epoch (one plan position for both)...
     n = read_manifest(local).split("train").num_samples
     assert ckpt["step"] == (n // 2) // 4 > 0  # ...after the same batches: floor(N / ranks / tracks per batch)
     waits = [r for r in rows if "data/slowest_rank" in r]
