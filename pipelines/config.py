@@ -231,10 +231,15 @@ class AugmentConfig:
                 raise ValueError(f"augment.{name}: must be >= 0, got {getattr(self, name)}")
         if not 0 < self.time_crop <= 1:
             raise ValueError(f"augment.time_crop: must be in (0, 1], got {self.time_crop}")
+        if not 0 <= self.mixup_alpha < float("inf"):  # NaN and inf refused too
+            raise ValueError(f"augment.mixup_alpha: must be >= 0 (0 = off), got {self.mixup_alpha}")
 
     @property
     def active(self) -> bool:
         return self.enabled and (self.freq_masks * self.freq_width + self.time_masks * self.time_width) > 0
+
+    mixup_alpha: float = 0.0
+    """Mixup of each training batch (train.mixup): lam ~ Beta(alpha, alpha) per batch; 0 = off."""
 
 
 @dataclass(kw_only=True)

@@ -40,6 +40,7 @@ from train.data_wait import DataWait, wait_postfix
 from train.faults import BadShard, stop_on_bad_shard
 from train.logger import MetricsLogger, validation_line
 from train.loss import TaskLoss
+from train.mixup import Mixup
 from train.models.registry import FitContext, build_model, get_family
 from train.optim import EMA, build_optimizer, build_scheduler
 from train.precision import amp_dtype, deterministic_kernels
@@ -95,6 +96,10 @@ class Trainer:
         )
         self.sample_kind = manifest.kind if manifest is not None else "audio"
         self.head = TaskLoss(self.task, label_smoothing=exp.train.label_smoothing)
+        alpha = exp.augment.mixup_alpha  # identity at 0; training only (validation never calls it)
+        self.mixup = Mixup(
+            alpha, self.task, seed=exp.train.seed, rank=i.rank, trainable=self.family.trainable
+        )
         self.model = self._build_model()
         # same init on every rank (above); from here each rank draws its own dropout /
         # drop-path masks (identical masks on every rank would correlate the noise)
@@ -146,6 +151,7 @@ class Trainer:
         )
         c.register("rng", RNGState(), per_rank=True)
         c.register("loader", self.data.train, per_rank=True)
+        c.register("mixup", self.mixup, per_rank=True)
 
     def _build_optimisation(self) -> None:
         """Optimiser, schedule, scaler, EMA and DDP: the gradient loop's parts (registered)."""
@@ -252,7 +258,7 @@ class Trainer:
         """Forward/backward one micro-batch; steps the optimiser every grad_accum calls.
 
         Returns the detached loss on the device (no host sync per step; ``.item()`` it to read)."""
-        x, y = batch["x"], batch["y"]
+        x, y = self.mixup(batch["x"], batch["y"])  # (x, y) itself when augment.mixup_alpha = 0
         if self.exp.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.micro == 0:
