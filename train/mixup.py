@@ -43,7 +43,7 @@ class Mixup:
     """Mixes a training batch's inputs and targets; a stateful component (its generator's
     state, per rank). At ``alpha == 0`` it is the identity and draws nothing: exactly off."""
 
-    def __init__(self, alpha: float, spec: TaskSpec, *, seed: int, rank: int, trainable: bool = True) -> None:
+    def __init__(self, alpha: float, spec: TaskSpec, seed: int, rank: int, trainable: bool = True) -> None:
         if alpha < 0:
             raise ValueError(f"augment.mixup_alpha: must be >= 0, got {alpha}")
         if alpha > 0 and not trainable:

@@ -96,10 +96,7 @@ class Trainer:
         )
         self.sample_kind = manifest.kind if manifest is not None else "audio"
         self.head = TaskLoss(self.task, label_smoothing=exp.train.label_smoothing)
-        alpha = exp.augment.mixup_alpha  # identity at 0; training only (validation never calls it)
-        self.mixup = Mixup(
-            alpha, self.task, seed=exp.train.seed, rank=i.rank, trainable=self.family.trainable
-        )
+        self.mixup = Mixup(exp.augment.mixup_alpha, self.task, exp.train.seed, i.rank, self.family.trainable)
         self.model = self._build_model()
         # same init on every rank (above); from here each rank draws its own dropout /
         # drop-path masks (identical masks on every rank would correlate the noise)
@@ -258,7 +255,7 @@ class Trainer:
         """Forward/backward one micro-batch; steps the optimiser every grad_accum calls.
 
         Returns the detached loss on the device (no host sync per step; ``.item()`` it to read)."""
-        x, y = self.mixup(batch["x"], batch["y"])  # (x, y) itself when augment.mixup_alpha = 0
+        x, y = self.mixup(batch["x"], batch["y"])  # training only; (x, y) itself when mixup_alpha = 0
         if self.exp.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.micro == 0:
