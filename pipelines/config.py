@@ -224,6 +224,16 @@ class AugmentConfig:
     """Maximum time mask width in frames (width drawn in 0..time_width)."""
     time_crop: float = 0.9
     """Image shards, training: each crop keeps this fraction of the image width (random start), resized to T."""
+    speed: list[float] = field(default_factory=lambda: [1.0, 1.0])
+    """Audio, training: speed perturbation [lo, hi] (0 < lo <= hi): one factor per track sample,
+    uniform in [lo, hi], shared by its K chunks; a chunk covers chunk x factor seconds resampled to
+    the chunk (pitch and tempo move together, as NeMo's speed perturbation). [1, 1] = off."""
+    gain_db: float = 0.0
+    """Audio, training: a gain uniform in +-gain_db dB per chunk on the waveform before the STFT
+    (0 = off)."""
+    mixup_alpha: float = 0.0
+    """Training: mixup of each batch's inputs and targets on the device (train.mixup), one
+    lam ~ Beta(alpha, alpha) per batch; 0 = off."""
 
     def __post_init__(self) -> None:
         for name in ("freq_masks", "freq_width", "time_masks", "time_width"):
@@ -231,15 +241,16 @@ class AugmentConfig:
                 raise ValueError(f"augment.{name}: must be >= 0, got {getattr(self, name)}")
         if not 0 < self.time_crop <= 1:
             raise ValueError(f"augment.time_crop: must be in (0, 1], got {self.time_crop}")
+        if len(self.speed) != 2 or not 0 < self.speed[0] <= self.speed[1]:
+            raise ValueError(f"augment.speed: must be [lo, hi] with 0 < lo <= hi, got {self.speed}")
+        if not self.gain_db >= 0:
+            raise ValueError(f"augment.gain_db: must be >= 0, got {self.gain_db}")
         if not 0 <= self.mixup_alpha < float("inf"):  # NaN and inf refused too
             raise ValueError(f"augment.mixup_alpha: must be >= 0 (0 = off), got {self.mixup_alpha}")
 
     @property
     def active(self) -> bool:
         return self.enabled and (self.freq_masks * self.freq_width + self.time_masks * self.time_width) > 0
-
-    mixup_alpha: float = 0.0
-    """Mixup of each training batch (train.mixup): lam ~ Beta(alpha, alpha) per batch; 0 = off."""
 
 
 @dataclass(kw_only=True)

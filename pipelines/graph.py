@@ -36,7 +36,18 @@ from nvidia.dali import math as dmath
 from nvidia.dali.pipeline import Pipeline
 
 from pipelines.config import AugmentConfig, FeatureConfig, Framing, LoaderConfig
-from pipelines.signal import cut_windows, feature_length, length_of, on_device, source, train_lengths
+from pipelines.signal import (
+    apply_gain,
+    chunk_extent,
+    cut_windows,
+    feature_length,
+    length_of,
+    on_device,
+    row_width,
+    source,
+    speed_range,
+    train_lengths,
+)
 from shards.format import AUDIO_EXT, SEGMENT_FIELDS, MemberLayout
 
 READER = "reader"
@@ -184,7 +195,8 @@ def _train_rows(spec: GraphSpec, stored, n_in, n, seg):  # type: ignore[no-untyp
     gives (the ``loader.track_weighting``), so segment lengths never over-weight a track."""
     k = spec.loader.chunks_per_track
     u = fn.random.uniform(range=[0.0, 1.0], shape=[k], dtype=types.DALIDataType.FLOAT64)
-    room = dmath.max(n - int(spec.framing.chunk), 0)
+    width = row_width(spec, speed_draws(spec)) if speed_range(spec) else None  # the speed factor
+    room = dmath.max(n - chunk_extent(spec, width), 0)
     starts = fn.cast(dmath.floor(u * room), dtype=types.DALIDataType.INT32)
     weight = _keep_weight(spec, n, seg)
     if isinstance(weight, float):  # whole tracks, uniform_track: all K kept, no per-sample draw
@@ -192,7 +204,7 @@ def _train_rows(spec: GraphSpec, stored, n_in, n, seg):  # type: ignore[no-untyp
     else:
         keep = fn.random.uniform(range=[0.0, 1.0], shape=[k]) < weight
         count = fn.reductions.sum(fn.cast(keep, dtype=types.DALIDataType.INT64))
-    return cut_windows(spec, stored, n_in, n, starts), starts, count
+    return cut_windows(spec, stored, n_in, n, starts, width), starts, count
 
 
 def _keep_weight(spec: GraphSpec, n, seg):  # type: ignore[no-untyped-def]
@@ -233,6 +245,18 @@ def mask_draws(a: AugmentConfig, k: int):  # type: ignore[no-untyped-def]
     return fn.random.uniform(range=[0.0, 1.0], shape=[k, a.freq_masks + a.time_masks, 2])
 
 
+def speed_draws(spec: GraphSpec):  # type: ignore[no-untyped-def]
+    """A sample's speed-perturbation draw: float64 ``(1,)`` uniform in [0, 1) (its K chunks share
+    it; ``pipelines.signal.row_width`` maps it into ``augment.speed``)."""
+    return fn.random.uniform(range=[0.0, 1.0], shape=[1], dtype=types.DALIDataType.FLOAT64)
+
+
+def gain_draws(spec: GraphSpec):  # type: ignore[no-untyped-def]
+    """The gain draws of a sample's K chunks: float32 ``(K,)`` uniform in [0, 1)
+    (``pipelines.signal.apply_gain`` maps them to +-``augment.gain_db`` dB)."""
+    return fn.random.uniform(range=[0.0, 1.0], shape=[spec.loader.chunks_per_track])
+
+
 def _graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
     features, framing = spec.features, spec.framing
     members = _read(spec)
@@ -242,6 +266,8 @@ def _graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
     starts = None
     if spec.mode == "train":
         rows, starts, nchunks = _train_rows(spec, stored, *train_lengths(spec, stored), seg)
+        if spec.augment.gain_db > 0:
+            rows = apply_gain(spec, rows, gain_draws(spec))
     else:  # the whole sample (at most one segment) to the device
         n = feature_length(spec, length_of(stored))
         rows = _eval_rows(spec, on_device(spec, stored), n)

@@ -25,7 +25,7 @@ import torch
 from nvidia.dali import backend as dali_backend
 
 from pipelines.cqt import CqtParams, workspace_bytes
-from pipelines.signal import windowing
+from pipelines.signal import row_widths
 
 if TYPE_CHECKING:
     from pipelines.graph import GraphSpec
@@ -77,8 +77,8 @@ def memory_bound(spec: GraphSpec) -> MemoryBound:
     stft = frames * (f.n_fft + 2 * n_freq + n_freq) * F32  # windows, complex spectrum, power
     mels = 2 * frames * f.n_mels * F32  # mel, dB
     if train:  # K window rows: stored (<= 4 B), float; resampled, pre-emphasised, fix-up (2); chunks, layout
-        w = windowing(spec)
-        audio = K * (2 * w.width * F32 + 4 * w.out_width * F32)
+        width, out_width = row_widths(spec)  # speed perturbation: its longest rows (augment.speed's hi)
+        audio = K * (2 * width * F32 + 4 * out_width * F32)
         audio += K * (L + framing.stride) * F32
     else:  # the whole sample: stored, float, resampled, pre-emphasised, padded, laid out
         audio = 2 * spec.longest_sample * F32 + 2 * longest * F32 + rows * (L + framing.stride) * F32
