@@ -3,9 +3,9 @@
 Zhang et al. 2018 (and its reference code, facebookresearch/mixup-cifar10; timm's ``Mixup``
 in its default ``mode="batch"``): ONE ``lam ~ Beta(alpha, alpha)`` per batch and a random
 permutation of the batch; ``x = lam * x + (1 - lam) * x[perm]`` and the targets likewise.
-One lambda per batch is what those defaults do: it is a Python scalar (no per-sample
-weight tensor, no broadcast), and per-sample lambdas change accuracy little in timm's
-and the paper's ablations. Targets become soft, ``(B, sum(head_sizes))`` float:
+One lambda per batch is what those defaults do: a Python scalar, so the mix is two fused
+element-wise passes with no per-sample weight tensor (timm's per-sample ``elem``/``pair``
+modes are options, not its default). Targets become soft, ``(B, sum(head_sizes))`` float:
 single = a mix of two one-hots, multi = a mix of two multi-hots (BCE with soft targets),
 hier = one mixed one-hot per level (each level's cross-entropy on its own block). The run's
 label smoothing is applied by the loss, as for hard labels (``train.loss.TaskLoss``).
