@@ -167,3 +167,16 @@ def test_resume_mid_epoch_with_mixup_is_exact(tmp_path: Path) -> None:
 def test_negative_alpha_is_refused() -> None:
     with pytest.raises(ValueError, match="augment.mixup_alpha"):
         load_experiment_tree(["data.synthetic=true", "augment.mixup_alpha=-0.1"])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kind", sorted(TASKS))
+def test_mixup_on_the_gpu_matches_the_cpu(kind: str) -> None:
+    """The same draws mix a CUDA batch in place on the device (CPU generator, index sent over)."""
+    spec = synthetic_task(kind, TASKS[kind])
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(16, 3, 8, 7, generator=g), _labels(spec, 16, g)
+    cx, cq = Mixup(0.4, spec, seed=5, rank=0)(x, y)
+    gx, gq = Mixup(0.4, spec, seed=5, rank=0)(x.cuda(), y.cuda())
+    assert gx.device.type == gq.device.type == "cuda"
+    assert torch.allclose(gx.cpu(), cx, atol=1e-6) and torch.allclose(gq.cpu(), cq, atol=1e-6)
