@@ -172,7 +172,7 @@ def test_negative_alpha_is_refused() -> None:
 @pytest.mark.gpu
 @pytest.mark.parametrize("kind", sorted(TASKS))
 def test_mixup_on_the_gpu_matches_the_cpu(kind: str) -> None:
-    """The same draws mix a CUDA batch in place on the device (CPU generator, index sent over)."""
+    """The same draws mix a CUDA batch on the device (CPU generator, the index sent over)."""
     spec = synthetic_task(kind, TASKS[kind])
     g = torch.Generator().manual_seed(4)
     x, y = torch.randn(16, 3, 8, 7, generator=g), _labels(spec, 16, g)
