@@ -191,8 +191,10 @@ def _train_rows(spec: GraphSpec, stored, n_in, n, seg):  # type: ignore[no-untyp
     sample's int32 lengths (stored, feature rate: ``train_lengths``). Every step is one vector operator for the K.
 
     A chunk lies inside one sample (segment): its start is uniform over the sample's
-    ``max(n - L, 1)`` positions. Each of the K is kept with the probability ``_keep_weight``
-    gives (the ``loader.track_weighting``), so segment lengths never over-weight a track."""
+    ``max(n - L, 1)`` positions (``n - ceil(L f)`` with speed perturbation: a chunk then covers
+    ``L f`` samples, f drawn once per sample, ``pipelines.signal.row_width``). Each of the K is
+    kept with the probability ``_keep_weight`` gives (the ``loader.track_weighting``), so segment
+    lengths never over-weight a track."""
     k = spec.loader.chunks_per_track
     u = fn.random.uniform(range=[0.0, 1.0], shape=[k], dtype=types.DALIDataType.FLOAT64)
     width = row_width(spec, speed_draws(spec)) if speed_range(spec) else None  # the speed factor

@@ -15,6 +15,7 @@ the loader contract's ``(B, C, F, T)`` (C = channels x 1 or 3), normalised by th
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ from pipelines.graph import GraphSpec, mask_draws, webdataset_reader
 from pipelines.handoff import to_device
 from pipelines.loader import MusicLoader, labels_to_y
 from pipelines.shard_checks import ShardError
+from pipelines.signal import speed_range
 from shards.format import Manifest
 
 
@@ -71,6 +73,11 @@ def _image_graph(spec: GraphSpec):  # type: ignore[no-untyped-def]
     of K x C. DALI resizes each sample of a batch to its own ROI and size, but a sample's channel
     images are separate tensors (their sizes may differ), so the C resizes remain."""
     train = spec.mode == "train"
+    if train and (speed_range(spec) or spec.augment.gain_db > 0):
+        warnings.warn(
+            "augment.speed / augment.gain_db have no effect on image shards (they act on the waveform)",
+            stacklevel=2,
+        )
     *images, lbl, tid = webdataset_reader(
         spec, spec.image_exts, [types.DALIDataType.UINT8] * len(spec.image_exts)
     )

@@ -79,7 +79,9 @@ def memory_bound(spec: GraphSpec) -> MemoryBound:
     if train:  # K window rows: stored (<= 4 B), float; resampled, pre-emphasised, fix-up (2); chunks, layout
         width, out_width = row_widths(spec)  # speed perturbation: its longest rows (augment.speed's hi)
         audio = K * (2 * width * F32 + 4 * out_width * F32)
-        audio += K * (L + framing.stride) * F32
+        audio += (
+            K * (L + framing.stride + (L if spec.augment.gain_db > 0 else 0)) * F32
+        )  # (+ the gained chunks)
     else:  # the whole sample: stored, float, resampled, pre-emphasised, padded, laid out
         audio = 2 * spec.longest_sample * F32 + 2 * longest * F32 + rows * (L + framing.stride) * F32
     per_iteration = B * (audio + stft + mels)

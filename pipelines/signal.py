@@ -323,7 +323,7 @@ def apply_gain(spec: GraphSpec, rows: Any, draws: Any) -> Any:
     """Training chunks ``(K, L)`` on the device, each scaled by a gain of ``G (2 u - 1)`` dB
     (``augment.gain_db`` = G) from its draw u (float32 CPU ``(K,)`` in [0, 1))."""
     g = float(spec.augment.gain_db)
-    scale = fn.reshape(dmath.pow(10.0, (draws * (2.0 * g) - g) * (1.0 / 20.0)), shape=[-1, 1])
+    scale = fn.reshape(dmath.pow(10.0, draws * (g / 10) - g / 20), shape=[-1, 1])  # 10^(dB / 20)
     return rows * (scale.gpu() if spec.device == "gpu" else scale)
 
 
