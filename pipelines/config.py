@@ -233,6 +233,9 @@ class AugmentConfig:
     gain_db: float = 0.0
     """Audio, training: a gain uniform in +-gain_db dB per chunk on the waveform before the STFT
     (0 = off)."""
+    mixup_alpha: float = 0.0
+    """Training: mixup of each batch's inputs and targets on the device (train.mixup), one
+    lam ~ Beta(alpha, alpha) per batch; 0 = off."""
 
     def __post_init__(self) -> None:
         for name in ("freq_masks", "freq_width", "time_masks", "time_width"):
@@ -244,6 +247,8 @@ class AugmentConfig:
             raise ValueError(f"augment.speed: must be [lo, hi] with 0 < lo <= hi, got {self.speed}")
         if not self.gain_db >= 0:
             raise ValueError(f"augment.gain_db: must be >= 0, got {self.gain_db}")
+        if not 0 <= self.mixup_alpha < float("inf"):  # NaN and inf refused too
+            raise ValueError(f"augment.mixup_alpha: must be >= 0 (0 = off), got {self.mixup_alpha}")
 
     @property
     def active(self) -> bool:

@@ -102,3 +102,18 @@ def test_other_tasks_on_shards(
     trainer = _train(shards, tmp_path, ["train.epochs=1"])
     assert metric in trainer.metrics
     assert trainer.task.kind == task
+
+
+def test_augmentations_change_the_losses_and_are_exactly_off_at_neutral(single: Path, tmp_path: Path) -> None:
+    """Issue 33: speed, gain and mixup all on -> other losses at every step; all three at their
+    neutral settings -> the losses of a run without the keys, bit for bit."""
+
+    def losses(name: str, extra: list[str]) -> list[float]:
+        _train(single, tmp_path / name, ["train.epochs=1", "data.val_split=''", *extra])
+        return [r["train/loss"] for r in read_metrics(tmp_path / name) if "train/loss" in r]
+
+    plain = losses("plain", [])
+    neutral = losses("neutral", ["augment.speed=[1.0, 1.0]", "augment.gain_db=0", "augment.mixup_alpha=0"])
+    on = losses("on", ["augment.speed=[0.8, 1.25]", "augment.gain_db=6", "augment.mixup_alpha=0.4"])
+    assert len(plain) == len(on) > 1 and neutral == plain
+    assert all(a != b for a, b in zip(on, plain))

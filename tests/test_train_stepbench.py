@@ -42,3 +42,18 @@ def test_real_and_synthetic_step_time_the_same_network(synth_shards):
     r = bench_real_loader(ROOT / "configs" / "demo_customcnn.toml", shards, "ast", 1, 1, extra)
     assert 6 < r["params_m"] < 10  # AST base at depth 1 (7.7M); tiny at depth 1 would be 0.5M
     assert r["real_steps_per_s"] > 0 and r["synthetic_steps_per_s"] > 0
+
+
+def test_mixup_flag_times_the_resident_step_with_mixup_on_and_off(synth_shards, capsys):
+    """--mixup ALPHA: the resident step with augment.mixup_alpha=ALPHA vs 0 (same network) and the mix alone."""
+    shards = synth_shards(task="single", tracks=24, seconds=4.0, sample_rate=16000)
+    args = [str(shards), "--family", "customcnn", "--json", "--warmup", "1", "--batches", "2"]
+    args += ["--mixup", "0.4", "--mixup-rounds", "1", "--loader.batch_size=8", "--loader.chunks_per_track=2"]
+    assert main([*args, "--loader.num_threads=1"]) == 0
+    rows = json.loads(capsys.readouterr().out)["results"]
+    off, on = rows[2:]
+    assert (off["mixup_alpha"], on["mixup_alpha"]) == (0.0, 0.4) and off["params_m"] == on[
+        "params_m"
+    ] == rows[0]["params_m"]
+    assert on["vs_mixup_off"] == pytest.approx(on["steps_per_s"] / off["steps_per_s"], abs=0.01)
+    assert on["mix_ms_per_batch"] > 0

@@ -40,6 +40,7 @@ from train.data_wait import DataWait, wait_postfix
 from train.faults import BadShard, stop_on_bad_shard
 from train.logger import MetricsLogger, validation_line, with_skipped
 from train.loss import TaskLoss
+from train.mixup import Mixup
 from train.models.registry import FitContext, build_model, get_family
 from train.optim import EMA, build_optimizer, build_scheduler, move_schedule
 from train.precision import amp_dtype, deterministic_kernels
@@ -95,6 +96,7 @@ class Trainer:
         )
         self.sample_kind = manifests[0].kind if manifests else "audio"
         self.head = TaskLoss(self.task, label_smoothing=exp.train.label_smoothing)
+        self.mixup = Mixup(exp.augment.mixup_alpha, self.task, exp.train.seed, i.rank, self.family.trainable)
         self.model = self._build_model()
         # same init on every rank (above); from here each rank draws its own dropout /
         # drop-path masks (identical masks on every rank would correlate the noise)
@@ -146,6 +148,7 @@ class Trainer:
         )
         c.register("rng", RNGState(), per_rank=True)
         c.register("loader", self.data.train)  # the plan's position: the same on every rank
+        c.register("mixup", self.mixup, per_rank=True)
 
     def _build_optimisation(self) -> None:
         """Optimiser, schedule, scaler, EMA and DDP: the gradient loop's parts (registered)."""
@@ -197,7 +200,8 @@ class Trainer:
         # must not make one rank skip a collective save that the others enter
         if not self.stopped and self._saved_step != self.step:
             self.save()
-        self.rank_weight_spread()
+        prints, diff = weight_spread(self.model)  # ranks in step: 0.0 (else a warning)
+        self.logger.log(self.step, self.epoch, {"sync/fingerprints": prints, "sync/max_diff": diff})
         return self.summary()
 
     def _run_epoch(self) -> bool:
@@ -252,7 +256,7 @@ class Trainer:
         """Forward/backward one micro-batch; steps the optimiser every grad_accum calls.
 
         Returns the detached loss on the device (no host sync per step; ``.item()`` it to read)."""
-        x, y = batch["x"], batch["y"]
+        x, y = self.mixup(batch["x"], batch["y"])  # training only; (x, y) itself when mixup_alpha = 0
         if self.exp.train.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         if self.micro == 0:
@@ -379,12 +383,6 @@ class Trainer:
         self.checkpointer.save_state(self.step)  # collective (gathers RNG/loader state): every rank calls it
         self._saved_step = self.step
         distributed.barrier()
-
-    def rank_weight_spread(self) -> float:
-        """Max difference of a float64 weight fingerprint across ranks (0.0 when in step); logged."""
-        prints, diff = weight_spread(self.model)
-        self.logger.log(self.step, self.epoch, {"sync/fingerprints": prints, "sync/max_diff": diff})
-        return diff
 
     def summary(self) -> dict[str, Any]:
         skipped = self.data.train.skipped_shards  # loader.on_bad_shard=skip: the shards left out

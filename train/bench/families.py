@@ -134,7 +134,8 @@ def bench_real_loader(
             f"{family}: synthetic bench built {synth_row['params_m']}M params, the real run {params}M"
         )
     return {"family": family, "shape": list(shape), "batch": batch, "params_m": params,
-            "real_steps_per_s": round(real, 3), "synthetic_steps_per_s": synth, "ratio": round(real / synth, 3)}  # fmt: skip
+            "real_steps_per_s": round(real, 3), "synthetic_steps_per_s": synth, "ratio": round(real / synth, 3),
+            "synthetic_overrides": [*same_model, *extra]}  # fmt: skip
 
 
 def _inline_table(d: dict[str, Any]) -> str:
