@@ -16,7 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pipelines.config import FEATURE_PRESETS, FeatureConfig
+from pipelines.config import FeatureConfig
+from pipelines.feature_presets import FEATURE_PRESETS
 from shards.format import MANIFEST, Manifest, StorageError, read_manifest, storage
 
 Defaults = dict[str, dict[str, Any]]
