@@ -21,10 +21,11 @@ from shards.builder.driver import build
 SR = 8000
 
 
-def loader(shards: Any, rank: int = 0, world: int = 1, weights: list[float] | None = None, **kw: Any):  # type: ignore[no-untyped-def]
+def loader(shards: Any, rank: int = 0, world: int = 1, weights: list[float] | None = None, device: str = "cpu",
+           **kw: Any):  # type: ignore[no-untyped-def]  # fmt: skip
     fc, aug, lc = small_configs(**kw)
     return build_loader(shards, "train", mode="train", features=fc, augment=aug, loader=lc, rank=rank,
-                        world_size=world, device="cpu", weights=weights)  # fmt: skip
+                        world_size=world, device=device, weights=weights)  # fmt: skip
 
 
 def read_trace(folder: Path) -> list[dict[str, Any]]:
@@ -117,3 +118,15 @@ def test_a_resume_on_another_rank_count_draws_the_rest_of_the_same_epoch(synth_s
     a, b = read_trace(tmp_path / "ref"), read_trace(tmp_path / "cut")
     for epoch in (0, 1):
         assert chunks(a, epoch) == chunks(b, epoch) and max(chunks(b, epoch).values()) == 1
+
+
+@pytest.mark.gpu
+def test_the_gpu_graph_draws_the_cpu_graphs_chunks(synth_shards, tmp_path: Path) -> None:
+    """The plan is the graph's input in both: DALI on the GPU trains the same (track, start) as on the CPU."""
+    shards = synth_shards(tracks=24, seconds=1.5, sample_rate=SR, shard_size_mb=0.1)
+    for device in ("cpu", "cuda"):
+        ld = loader(shards, device=device, trace=str(tmp_path / device), batch_size=4, balance="class")
+        for _ in range(2):
+            assert all(b["x"].device.type == device for b in ld)
+    for epoch in (0, 1):
+        assert chunks(read_trace(tmp_path / "cpu"), epoch) == chunks(read_trace(tmp_path / "cuda"), epoch)
