@@ -90,7 +90,8 @@ def train_inputs(
     tars, idxs, caches = _locations(manifests, split, loader, rank)
     parts = [BuildPart(m, split, t, i, media, mp) for m, t, i, mp in zip(manifests, tars, idxs, maps)]
     level = loader.balance_level % len(task.levels) if task.kind == "hier" else 0
-    samples = read_samples(parts, task, weighting=loader.track_weighting, balance_level=level)
+    samples = read_samples(parts, task, weighting=loader.track_weighting, balance_level=level,
+                           workers=8 * loader.cache_workers)  # ids of a remote build: small ranged GETs  # fmt: skip
     target = target_of(manifests)
     build_of = [b for b, _ in samples.shard_info]
     local = [sum(1 for c in build_of[:s] if c == b) for s, b in enumerate(build_of)]
