@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.sample_plan import Catalog
+from shards.base.atomic import atomic_write_text
 from shards.base.tasks import TaskSpec
 from shards.format import (
     SEGMENT_FIELDS,
@@ -192,7 +193,7 @@ def _shard_ids(tar: str, idx: Path, rows: list[dict[str, tuple[int, int]]], layo
     tmp = kept.with_name(f".{kept.name}.{os.getpid()}.tmp.npy")
     np.save(tmp, out)
     os.replace(tmp, kept)
-    stamp.write_text((shard.index_sha256 or shard.sha256) + "\n")
+    atomic_write_text(stamp, (shard.index_sha256 or shard.sha256) + "\n")
     return out
 
 

@@ -148,7 +148,7 @@ def _eval_spec(
                       plain_reads=inputs.plain_reads, rank=req.rank, world_size=req.world, dev=req.dev,
                       image_exts=req.image_exts)  # fmt: skip
     if loader.verify == "first_open" and not (manifest.remote and loader.remote == "cache"):
-        verify_on_first_open(manifest, req.split, train=False, rank=req.rank, world_size=req.world,
+        verify_on_first_open(manifest, req.split, rank=req.rank, world_size=req.world,
                              workers=loader.num_threads)  # the shard cache hashes each shard itself  # fmt: skip
     label_map = None if vocabulary is None else label_index(manifest, vocabulary)
     return spec, vocabulary or manifest.task, inputs.gate, label_map

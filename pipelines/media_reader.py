@@ -25,6 +25,7 @@ import soundfile as sf
 import soxr
 
 from pipelines.shard_cache import ShardCache
+from pipelines.shard_checks import not_in_cache
 from shards.format import BadShard, Manifest, ShardInfo, check_shard, files_of, storage
 
 
@@ -91,11 +92,8 @@ class MediaReader:
                 return found
         if storage.is_remote(tar):  # direct reads: the store answered short
             return BadShard(tar, f"read {what}: the object ended under the run; no wrong byte was used")
-        err = BadShard(str(storage.join(m.root, info.tar)) if m.root is not None else tar,
-                       f"read {what} while the shard cache ({Path(tar).parent}) did not hold it complete "
-                       "(evicted or still downloading); no wrong byte was used")  # fmt: skip
-        err.advice = "resume with checkpoint.resume=auto (the shard is fetched again)"  # type: ignore[attr-defined]
-        return err
+        url = str(storage.join(m.root, info.tar)) if m.root is not None else tar
+        return not_in_cache(url, Path(tar).parent, f" {what}")
 
     def read_batch(self, members: Sequence[tuple[int, int, int]]) -> list[bytes]:
         """Many members (direct object-store reads in parallel, local ones in order)."""

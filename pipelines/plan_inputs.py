@@ -17,7 +17,7 @@ from pathlib import Path
 from pipelines.catalog import BuildPart, Samples, merge_tasks, read_samples
 from pipelines.config import AugmentConfig, LoaderConfig
 from pipelines.media_reader import MediaReader, Target
-from pipelines.remote import cache_folder
+from pipelines.remote import open_cache
 from pipelines.sample_plan import PlanConfig
 from pipelines.shard_cache import ShardCache
 from pipelines.shard_checks import verify_bad_shards
@@ -55,14 +55,8 @@ def _locations(
     for b, m in enumerate(manifests):
         t, i = m.urls(split)
         if m.remote:
-            info = m.split(split)
-            share = sum(s.bytes for s in info.shards) / remote_bytes
-            cache = ShardCache(
-                t, i, info.shards, cache_folder(m, split, cfg, rank), max_bytes=int(cfg.cache_gb * 1e9 * share),
-                workers=cfg.cache_workers, ahead=cfg.cache_ahead, stall_s=cfg.cache_stall_s,
-                verify_hits=cfg.verify == "first_open" and cfg.remote == "cache", where=m.where,
-                local_tars=cfg.remote == "cache",
-            )  # fmt: skip
+            share = sum(s.bytes for s in m.split(split).shards) / remote_bytes
+            cache = open_cache(m, split, cfg, rank, share)
             i = [str(p) for p in cache.indexes]
             if cfg.remote == "cache":
                 t, caches[b] = [str(p) for p in cache.tars], cache

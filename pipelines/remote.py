@@ -56,6 +56,28 @@ def cache_folder(manifest: Manifest, split: str, cfg: LoaderConfig, rank: int) -
     return cache_root(cfg) / f"{readable}-{key}" / split / f"rank{rank}"
 
 
+def open_cache(
+    manifest: Manifest, split: str, cfg: LoaderConfig, rank: int, share: float = 1.0
+) -> ShardCache:
+    """The shard cache of an object-store build's split for this rank (``share`` of
+    ``loader.cache_gb``: builds mixed in one run share it). Direct reads (``remote = "direct"``)
+    use it for the verified index copies only; the caller closes it then."""
+    tars, idxs = manifest.urls(split)
+    return ShardCache(
+        tars,
+        idxs,
+        manifest.split(split).shards,
+        cache_folder(manifest, split, cfg, rank),
+        max_bytes=int(cfg.cache_gb * 1e9 * share),
+        workers=cfg.cache_workers,
+        ahead=cfg.cache_ahead,
+        stall_s=cfg.cache_stall_s,
+        verify_hits=cfg.verify == "first_open" and cfg.remote == "cache",
+        where=manifest.where,
+        local_tars=cfg.remote == "cache",
+    )
+
+
 def reader_inputs(
     manifest: Manifest, split: str, cfg: LoaderConfig, *, rank: int, world_size: int, batch: int
 ) -> ReaderInputs:
@@ -69,19 +91,7 @@ def reader_inputs(
     if not manifest.remote:
         return ReaderInputs(tars, idxs)
     info = manifest.split(split)
-    cache = ShardCache(
-        tars,
-        idxs,
-        info.shards,
-        cache_folder(manifest, split, cfg, rank),
-        max_bytes=int(cfg.cache_gb * 1e9),
-        workers=cfg.cache_workers,
-        ahead=cfg.cache_ahead,
-        stall_s=cfg.cache_stall_s,
-        verify_hits=cfg.verify == "first_open" and cfg.remote == "cache",
-        where=manifest.where,
-        local_tars=cfg.remote == "cache",
-    )
+    cache = open_cache(manifest, split, cfg, rank)
     local_idxs = [str(p) for p in cache.indexes]
     if cfg.remote == "direct":
         cache.close()  # the indexes are verified copies; the tars are read from the store
@@ -127,12 +137,6 @@ class GatedIterator:
 
     def __len__(self) -> int:
         return len(self._it)
-
-    def reset(self) -> None:
-        """DALI's reset starts the next epoch's prefetch: gate on that epoch's first batch. The
-        loader has already moved its position there (epoch + 1, batch 0): wait on it as it is."""
-        self._gate.wait(*self._position())
-        self._it.reset()
 
     def checkpoints(self) -> list[str]:
         return list(self._it.checkpoints())

@@ -219,19 +219,19 @@ def _sha256(path: Path) -> str:
         return sha256_of(f)
 
 
-def verify_on_first_open(
-    manifest: Manifest, split: str, *, train: bool, rank: int, world_size: int, workers: int
-) -> None:
-    """``loader.verify = "first_open"``: the sha256 of every shard this rank's reader can open
-    (in training all of them: ranks move across shards each epoch; in evaluation its own
-    range), each checked once per process. A bad one stops here, before DALI reads it."""
+def _verify_hint(manifest: Manifest) -> str:
+    return f"(loader.verify=first_open; `python -m shards verify {manifest.root}` lists every bad shard)"
+
+
+def verify_on_first_open(manifest: Manifest, split: str, *, rank: int, world_size: int, workers: int) -> None:
+    """``loader.verify = "first_open"`` in evaluation: the sha256 of every shard in this rank's
+    range (its reader's contiguous samples), each checked once per process. A bad one stops here,
+    before DALI reads it. (Training checks every shard: :func:`verify_bad_shards`.)"""
     assert manifest.root is not None
     info = manifest.split(split)
-    shards = info.shards
-    if not train:  # the reader's contiguous range of samples for this rank
-        lo, hi = rank * info.num_samples // world_size, (rank + 1) * info.num_samples // world_size
-        ends = [sum(s.num_samples for s in shards[: k + 1]) for k in range(len(shards))]
-        shards = [s for s, end in zip(shards, ends) if end > lo and end - s.num_samples < hi]
+    lo, hi = rank * info.num_samples // world_size, (rank + 1) * info.num_samples // world_size
+    ends = [sum(s.num_samples for s in info.shards[: k + 1]) for k in range(len(info.shards))]
+    shards = [s for s, end in zip(info.shards, ends) if end > lo and end - s.num_samples < hi]
     # an object store: one download per shard before step 0, so say so while it runs
     step = max(1, workers) if manifest.remote else max(1, len(shards))
     bar = progress(total=len(shards), desc=f"loader.verify=first_open: downloading {split} to check", unit="shard",
@@ -242,12 +242,11 @@ def verify_on_first_open(
                 files_of(manifest),
                 shards[k : k + step],
                 workers=workers,
-                every_rank=not train and world_size > 1,
+                every_rank=world_size > 1,
             )
             bar.update(len(shards[k : k + step]))
     except BadShard as e:
-        hint = f"(loader.verify=first_open; `python -m shards verify {manifest.root}` lists every bad shard)"
-        raise BadShard(e.shard, f"{e.problem} {hint}") from None
+        raise BadShard(e.shard, f"{e.problem} {_verify_hint(manifest)}") from None
     finally:
         bar.close()
 
@@ -266,8 +265,7 @@ def verify_bad_shards(manifest: Manifest, split: str, *, workers: int, stop: boo
             bar.update(1)
             bad += [found] if found is not None else []
     if bad and stop:
-        hint = f"(loader.verify=first_open; `python -m shards verify {manifest.root}` lists every bad shard)"
-        raise BadShard(bad[0].shard, f"{bad[0].problem} {hint}")
+        raise BadShard(bad[0].shard, f"{bad[0].problem} {_verify_hint(manifest)}")
     return [f.shard for f in bad]
 
 
@@ -301,11 +299,15 @@ def _cache_fault(manifest: Manifest, tars: Sequence[str | Path], message: str) -
             continue  # direct reads: DALI's own error
         named = p.name in message or s.index.replace("/", "-") in message
         if named and (not p.is_file() or p.stat().st_size != s.bytes):
-            err = BadShard(
-                str(storage.join(manifest.root, s.tar)),
-                f"read while the shard cache ({p.parent}) did not hold it complete (evicted or still "
-                "downloading); no wrong byte was used",
-            )
-            err.advice = "resume with checkpoint.resume=auto (the shard is fetched again)"  # type: ignore[attr-defined]
-            return err
+            return not_in_cache(str(storage.join(manifest.root, s.tar)), p.parent)
     return None
+
+
+def not_in_cache(url: str, folder: Path, what: str = "") -> BadShard:
+    """A read of a shard-cache file the cache did not hold complete (it keeps such a file empty,
+    so the read fails instead of returning zeros): one line naming the shard's URL. ``what``:
+    the read, when the reader says (``pipelines.media_reader``)."""
+    err = BadShard(url, f"read{what} while the shard cache ({folder}) did not hold it complete (evicted or "
+                        "still downloading); no wrong byte was used")  # fmt: skip
+    err.advice = "resume with checkpoint.resume=auto (the shard is fetched again)"  # type: ignore[attr-defined]
+    return err

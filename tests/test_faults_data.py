@@ -178,9 +178,9 @@ def test_first_open_checks_each_rank_range_once(damaged: tuple[Path, dict[str, s
     m = read_manifest(out, check_files=False)
     bad = out / "train" / "000001.tar"
     # evaluation: 16 train samples in 8 shards, rank 0 reads shards 0-3, rank 1 shards 4-7
-    verify_on_first_open(m, "train", train=False, rank=1, world_size=2, workers=2)
+    verify_on_first_open(m, "train", rank=1, world_size=2, workers=2)
     with pytest.raises(BadShard) as e:
-        verify_on_first_open(m, "train", train=False, rank=0, world_size=2, workers=2)
+        verify_on_first_open(m, "train", rank=0, world_size=2, workers=2)
     assert e.value.shard == str(bad) and e.value.every_rank  # only rank 0 reads it: rank 0 says so
     assert str(e.value).endswith(
         f"(loader.verify=first_open; `python -m shards verify {out}` lists every bad shard)"

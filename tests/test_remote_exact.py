@@ -23,7 +23,7 @@ from test_remote_shards import epochs, make, same
 
 import pipelines.cache_files as cache_files
 from pipelines.bench.small import small_configs
-from pipelines.remote import GatedIterator, reader_inputs
+from pipelines.remote import reader_inputs
 from pipelines.shard_cache import CacheWaitStopped, ShardCache
 from shards.base.atomic import WriteError
 from shards.format import BadShard, storage
@@ -180,27 +180,6 @@ def test_evicted_and_pending_shards_are_empty_never_zeros(one_per_shard, tmp_pat
     assert sizes[-1] == shards[-1].bytes and sizes[0] == 0  # evicted: truncated to nothing
     assert oct(cache.folder.stat().st_mode & 0o777) == oct(0o700)
     cache.close()
-
-
-class _Gate:
-    def __init__(self) -> None:
-        self.waits: list[tuple[int, int]] = []
-
-    def wait(self, epoch: int, batch: int, *, restored: bool = False) -> None:
-        self.waits.append((epoch, batch))
-
-
-class _It:
-    def reset(self) -> None:
-        pass
-
-
-def test_the_gate_waits_on_the_readers_epoch_at_reset() -> None:
-    """The loader moves to (epoch + 1, batch 0) before DALI's reset: the gate waits on exactly that."""
-    gate = _Gate()
-    position = (3, 0)
-    GatedIterator(_It(), gate, lambda: position).reset()  # type: ignore[arg-type]
-    assert gate.waits == [(3, 0)]
 
 
 def test_two_ranks_three_epochs_with_a_small_cache_equal_local(one_per_shard, tmp_path: Path) -> None:
