@@ -9,13 +9,16 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
 from helpers.s3 import S3
 from helpers.tars import tar_samples
 
 from pipelines.bench.small import small_configs
 from pipelines.loader import build_loader
 from pipelines.shard_cache import CorruptShard
+from shards.format import StorageError
 from shards.format.manifest import read_manifest
 
 SR = 8000
@@ -71,3 +74,44 @@ def test_a_corrupt_object_is_skipped_from_the_next_epoch_on(local: Path, s3: S3,
     rows = [json.loads(ln) for ln in (trace / "rank0.jsonl").read_text().splitlines()]
     by_epoch = Counter((r["epoch"], r["tid"] in lost) for r in rows)
     assert by_epoch[(0, True)] == 0 and by_epoch[(1, True)] == 0  # no chunk of the bad shard, ever
+
+
+def test_kept_ids_survive_a_kill_halfway_and_a_failing_store_is_one_line(
+    local: Path, s3: S3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The catalog keeps a remote build's ids beside the index copies (written to a temporary name,
+    then its stamp): a run killed between the two leaves no stamp, and the next run reads the ids
+    again (never trusting the unstamped file); a store that fails those reads is one line naming
+    the tar, before any pipeline."""
+    import s3fs.core
+
+    url = s3.put_build(local, "kept-ids")
+    ref = [b["x"] for b in loader(str(local), tmp_path / "unused")]
+    first = loader(url, tmp_path / "cache")
+    folder = first.caches[0].folder
+    first.caches[0].close()
+    stamps = sorted(folder.glob("*.ids.sha256"))
+    assert stamps and len(stamps) == len(sorted(folder.glob("*.ids.npy")))
+    for stamp in stamps:  # killed after each ids file, before its stamp; one file scrambled too
+        stamp.unlink()
+    kept = sorted(folder.glob("*.ids.npy"))[0]
+    np.save(kept, np.zeros_like(np.load(kept)))
+    (folder / ".leftover.ids.npy.99.tmp.npy").write_bytes(b"half")
+    before = s3.server.requests()
+    again = loader(url, tmp_path / "cache")
+    samples = read_manifest(local).split("train").num_samples
+    assert (s3.server.requests() - before)["GET"] >= samples  # every sample's ids read again
+    assert all(torch.equal(x, b["x"]) for x, b in zip(ref, again, strict=True))
+    again.caches[0].close()
+
+    real = s3fs.core.S3FileSystem._call_s3
+
+    async def refuse(self, method, *args, **kw):  # type: ignore[no-untyped-def]
+        if method == "get_object" and not str(kw.get("Range", "bytes=0-")).startswith("bytes=0-"):
+            raise ConnectionError("the store stopped answering")
+        return await real(self, method, *args, **kw)
+
+    monkeypatch.setattr(s3fs.core.S3FileSystem, "_call_s3", refuse)
+    with pytest.raises(StorageError) as e:
+        loader(s3.put_build(local, "refused"), tmp_path / "other")
+    assert str(e.value).startswith(f"{s3.url('refused')}/train/") and "\n" not in str(e.value)
