@@ -247,7 +247,11 @@ class ShardCache:
                         f"{e.info.bytes} bytes, {e.info.sha256[:12]}... (a corrupt or replaced object; "
                         "re-run `python -m shards copy`)",
                     )
-            atomic_write_text(_marker(e.local), e.info.sha256 + "\n")
+            atomic_write_text(
+                _marker(e.local),
+                e.info.sha256 + "\n",
+                what=f"the cached copy of {e.local.name} (its sha256 marker, shard cache)",
+            )
         except BaseException:
             with self._lock:
                 e.future = None

@@ -9,6 +9,7 @@ import dataclasses
 import errno
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -217,6 +218,36 @@ def test_a_full_cache_disk_is_a_write_error_not_the_stores(builds, s3: S3, tmp_p
     text = str(e.value)
     assert text.startswith(f"{mnt / 'r'}: no space left on device while writing the cached copy of ")
     assert "\n" not in text and "needs" in text and "s3" not in text.split(" while ")[0]
+
+
+def test_a_shard_that_fits_with_no_room_for_its_marker_is_the_same_write_error(
+    builds, s3: S3, tmp_path: Path
+) -> None:
+    """Downloads run in parallel, so the write that meets a full disk may be a marker's: the
+    user is told the same thing (which shard's cached copy, how much it needs)."""
+    local, _ = builds
+    url = s3.put_build(local, "marker-full")
+    shards = _train_shards(local)
+    urls, idxs = read_manifest(url).urls("train")
+    page = os.sysconf("SC_PAGE_SIZE")
+    pages = -(-shards[0].bytes // page)
+    with tmpfs(tmp_path / "exact", (pages + 64) * page) as mnt:
+        cache = ShardCache(urls, idxs, shards, mnt / "r", max_bytes=10**9, ahead=1)
+        # leave exactly the shard's pages free (the lock and index copies are already written)
+        (mnt / "ballast").write_bytes(bytes(shutil.disk_usage(mnt).free - pages * page))
+        assert shutil.disk_usage(mnt).free == pages * page
+        with pytest.raises(WriteError) as e:
+            cache.ensure([0])
+        copies = [p for p in (mnt / "r").rglob("*.tar") if p.stat().st_size]
+        assert len(copies) == 1 and copies[0].stat().st_size == shards[0].bytes  # the shard fitted
+        assert not copies[0].with_name(copies[0].name + ".sha256").exists()  # not present
+        cache.close()
+    text = str(e.value)
+    assert text.startswith(
+        f"{copies[0].parent}: no space left on device while writing the cached copy of {copies[0].name} "
+        "(its sha256 marker"
+    ), text
+    assert "\n" not in text and "needs 65 B" in text
 
 
 def test_a_read_only_cache_is_a_write_error_not_access_denied(builds, s3: S3, tmp_path: Path) -> None:
