@@ -152,15 +152,20 @@ def claim_folder(base: Path) -> tuple[Path, FolderLock]:
     )
 
 
+def local_name(rel: str) -> str:
+    """A build file's flat name in a cache folder (``train/000000.idx`` -> ``train-000000.idx``)."""
+    return rel.replace("/", "-")
+
+
 def local_names(shards: Sequence[ShardInfo], where: str) -> tuple[list[str], list[str]]:
     """Flat file names of each shard's tar and index in one cache folder; names that would
     collide (``a/b.tar`` and ``a-b.tar``, or a marker's name) are refused naming both."""
-    tars = [s.tar.replace("/", "-") for s in shards]
-    idxs = [s.index.replace("/", "-") for s in shards]
+    tars = [local_name(s.tar) for s in shards]
+    idxs = [local_name(s.index) for s in shards]
     seen: dict[str, str] = {}
     for rel, name in [
         *zip([s.tar for s in shards], tars),
-        *zip([s.index for s in shards], idxs),
+        *((c[0], local_name(c[0])) for s in shards for c in s.companions()),
         *((s.tar + " (its marker)", t + ".sha256") for s, t in zip(shards, tars)),
     ]:
         if name in seen or name.startswith("."):
@@ -214,30 +219,31 @@ def _disk_fault(e: OSError, path: Path, need: int | None, written: int) -> OSErr
     return err or e
 
 
-def index_matches(path: Path, s: ShardInfo) -> bool:
-    """The local index is the one the manifest records: its sha256, else (older builds) its size."""
+def copy_matches(path: Path, sha256: str | None, size: int | None) -> bool:
+    """The local copy is the file the manifest records: its sha256, else (older builds) its size."""
     if not path.is_file() or path.is_symlink():
         return False
-    if s.index_sha256 is not None:
-        return storage.sha256_file(path) == s.index_sha256
-    return s.index_bytes is None or path.stat().st_size == s.index_bytes
+    if sha256 is not None:
+        return storage.sha256_file(path) == sha256
+    return size is None or path.stat().st_size == size
 
 
-def fetch_index(url: str, path: Path, s: ShardInfo) -> bool:
-    """Make ``path`` the manifest's index of ``s`` (fetched atomically unless the local copy
-    matches); True when fetched. A fetched index that does not match is one line naming ``url``."""
-    if index_matches(path, s):
+def fetch_copy(url: str, path: Path, sha256: str | None, size: int | None, what: str = "index") -> bool:
+    """Make ``path`` the manifest's small file at ``url`` (an index or ids file: fetched
+    atomically unless the local copy matches); True when fetched. A fetched file that does not
+    match is one line naming ``url``."""
+    if copy_matches(path, sha256, size):
         return False
     # small: one GET (no HEAD when the size is recorded); written below, so a disk fault is the disk's
-    data = storage.read_bytes(url, 0, s.index_bytes) if s.index_bytes else storage.read_bytes(url)
-    digest, want = hashlib.sha256(data).hexdigest(), (s.index_sha256, s.index_bytes)
-    if (want[0] is not None and digest != want[0]) or (want[1] is not None and len(data) != want[1]):
+    data = storage.read_bytes(url, 0, size) if size else storage.read_bytes(url)
+    digest = hashlib.sha256(data).hexdigest()
+    if (sha256 is not None and digest != sha256) or (size is not None and len(data) != size):
         raise ValueError(
-            f"{url}: index of {len(data)} bytes with sha256 {digest[:12]}..., the manifest records "
-            f"{want[1]} bytes, {str(want[0])[:12]}... (a build replaced under the manifest? re-run "
+            f"{url}: {what} of {len(data)} bytes with sha256 {digest[:12]}..., the manifest records "
+            f"{size} bytes, {str(sha256)[:12]}... (a build replaced under the manifest? re-run "
             "`python -m shards copy`)"
         )
-    with atomic_path(path, what=f"the cached index {path.name} (shard cache)", need=len(data)) as tmp:
+    with atomic_path(path, what=f"the cached {what} {path.name} (shard cache)", need=len(data)) as tmp:
         with opened(tmp, os.O_WRONLY) as fd:
             _write_all(fd, data)
     return True

@@ -2,10 +2,13 @@
 
 Per sample: where its media members lie (from the shard indexes), its ids (``tid``, labels,
 segment fields: the ``ids`` member, or ``lbl``/``tid``/``seg`` in older versions, read at their
-index offsets) and its length (for ``loader.track_weighting``). Local builds are read in place;
-a build in object storage by one ranged read per sample member, kept beside the cache's index
-copies (``NAME.ids.npy``, valid while its index matches the manifest), so a second run reads no
-object. Labels of several builds are merged by name (:func:`merge_tasks`).
+index offsets) and its length (for ``loader.track_weighting``). A shard's ids come from its ids
+file (``NNNNNN.ids``: every sample's ``ids`` member back to back), read in place or, from object
+storage, fetched whole (one GET per shard) and kept verified beside the cache's index copies.
+Builds written before ids files are read member by member: in place, or from a store by one
+ranged read per sample member, kept beside the index copies (``NAME.ids.npy``, valid while its
+index matches the manifest), so a second run reads no object. Labels of several builds are
+merged by name (:func:`merge_tasks`).
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.cache_files import fetch_copy, local_name
 from pipelines.sample_plan import Catalog
+from pipelines.shard_checks import check_ids_file
 from shards.base.atomic import atomic_write_text
 from shards.base.tasks import TaskSpec
 from shards.format import (
@@ -106,9 +111,9 @@ def read_samples(
         m, info = part.manifest, part.manifest.split(part.split)
         layout = member_layout(m)
         sources = m.urls(part.split)[0]  # the ids are read where the build lives (not the cache's files)
-        for tar, src, idx, shard in zip(part.tars, sources, part.idxs, info.shards):
-            rows = read_index(idx)
-            ids = _shard_ids(src, Path(idx), rows, layout, shard, workers)
+        indexes = [read_index(idx) for idx in part.idxs]
+        all_ids = _all_ids(m, sources, part.idxs, indexes, layout, info.shards, workers)
+        for tar, idx, rows, ids, shard in zip(part.tars, part.idxs, indexes, all_ids, info.shards):
             fields = _fields(ids, layout)
             off, size = _media(rows, part.media, idx)
             cols["off"].append(off)
@@ -169,6 +174,49 @@ def _media(
                 raise ValueError(f"{idx}: sample {i} has no {alts} member")
             off[i, j], size[i, j] = hit
     return off, size
+
+
+def _all_ids(
+    m: Manifest,
+    tars: Sequence[str],
+    idxs: Sequence[str],
+    indexes: list[list[dict[str, tuple[int, int]]]],
+    layout: MemberLayout,
+    shards: Sequence[ShardInfo],
+    workers: int,
+) -> list[np.ndarray]:
+    """Every shard's ids ``(n, int64 entries)``: from its ids file where the build wrote one
+    (read in place, or fetched whole into the cache folder: one GET per shard, ``workers`` at a
+    time), else from its samples' members (:func:`_shard_ids`)."""
+    want = sum(layout.members.values()) // 8
+    out: list[np.ndarray | None] = [None] * len(shards)
+    with_file = [i for i, s in enumerate(shards) if s.ids is not None]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        got = pool.map(lambda i: _ids_file(m, Path(idxs[i]), len(indexes[i]), shards[i], want), with_file)
+        for i, ids in zip(with_file, got):
+            out[i] = ids
+    for i in (i for i, s in enumerate(shards) if s.ids is None):
+        out[i] = _shard_ids(tars[i], Path(idxs[i]), indexes[i], layout, shards[i], workers)
+    return [ids for ids in out if ids is not None]
+
+
+def _ids_file(m: Manifest, idx: Path, rows: int, shard: ShardInfo, want: int) -> np.ndarray:
+    """One shard's ids file as ``(rows, want)``; a remote one is kept, verified, beside the
+    cache's index copy (fetched again whenever its sha256 differs from the manifest's)."""
+    assert m.root is not None and shard.ids is not None
+    where = storage.join(m.root, shard.ids)
+    path = Path(where) if not storage.is_remote(where) else idx.with_name(local_name(shard.ids))
+    if storage.is_remote(where):
+        fetch_copy(str(where), path, shard.ids_sha256, shard.ids_bytes, "ids file")
+    else:
+        check_ids_file(m, shard)  # its size, before it is read (its sha256: loader.verify)
+    size = path.stat().st_size
+    if size != rows * want * 8:
+        raise ValueError(
+            f"{path}: {size} bytes, its shard's {rows} samples need {rows * want * 8} "
+            "(a truncated or foreign ids file; run `python -m shards verify`)"
+        )
+    return np.fromfile(path, "<i8").reshape(rows, want)
 
 
 def _shard_ids(tar: str, idx: Path, rows: list[dict[str, tuple[int, int]]], layout: MemberLayout, shard: ShardInfo, workers: int) -> np.ndarray:  # fmt: skip

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipelines.cache_files import claim_folder, fetch_index, local_names, opened, stream_into, truncate
+from pipelines.cache_files import claim_folder, fetch_copy, local_names, opened, stream_into, truncate
 from shards.base.atomic import atomic_write_text
 from shards.format import BadShard, ShardInfo, storage
 
@@ -128,7 +128,12 @@ class ShardCache:
         """Every index of the split, whole and as the manifest records it (small; DALI parses
         them all at build): a local copy that does not match is fetched again."""
         paths = [self.folder / n for n in names]
-        fetched = list(self._pool.map(lambda a: fetch_index(*a), zip(urls, paths, shards)))
+        fetched = list(
+            self._pool.map(
+                lambda a: fetch_copy(a[0], a[1], a[2].index_sha256, a[2].index_bytes),
+                zip(urls, paths, shards),
+            )
+        )
         self.stats.requests += sum(fetched)
         return paths
 

@@ -16,6 +16,7 @@ from shards.base.progress import progress
 from shards.format import (
     BadShard,
     Manifest,
+    ShardInfo,
     SplitInfo,
     check_shard,
     diagnose,
@@ -106,6 +107,7 @@ def validate_split(
                 _check_shard(
                     Path(tar), Path(idx), shard.bytes, shard.num_samples, manifest, checksums and shard.sha256
                 )
+                check_ids_file(manifest, shard, checksums)
             total += shard.num_samples
     if total != info.num_samples:
         raise ShardError(
@@ -152,6 +154,20 @@ def _check_shard(tar: Path, idx: Path, size: int, count: int, manifest: Manifest
         raise ShardError(f"{tar}: sha256 does not match the manifest (corrupt shard)")
     samples = _check_index(tar, idx, actual, count, manifest)
     _check_headers(tar, idx, samples)
+
+
+def check_ids_file(manifest: Manifest, shard: ShardInfo, checksums: bool = False) -> None:
+    """A local build's ids file (the training catalog's labels) at the manifest's size (and sha256)."""
+    if shard.ids is None:
+        return
+    path = Path(storage.join(manifest.root, shard.ids))  # type: ignore[arg-type]
+    actual = path.stat().st_size
+    if actual != shard.ids_bytes:
+        raise ShardError(
+            f"{path}: {actual} bytes, the manifest says {shard.ids_bytes} (truncated or corrupt ids file)"
+        )
+    if checksums and _sha256(path) != shard.ids_sha256:
+        raise ShardError(f"{path}: sha256 does not match the manifest (corrupt ids file)")
 
 
 def _check_index(

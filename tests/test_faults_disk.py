@@ -79,9 +79,10 @@ def _check_build_fault(out: Path, err: str, free: int, raw: Path, reference: Pat
     assert not (out / "manifest.json").exists()
     ref = _splits(reference)["train"]["shards"]
     on_disk = sorted(p.name for p in (out / "train").iterdir())
-    assert on_disk == sorted(n for s in ref[:k] for n in (Path(s["tar"]).name, Path(s["index"]).name))
+    files = ("tar", "index", "ids")  # with the sha256 each is recorded under
+    assert on_disk == sorted(Path(s[f]).name for s in ref[:k] for f in files)
     for s in ref[:k]:  # committed before the fault: unchanged, the bytes an uninterrupted build writes
-        assert sha(out / s["tar"]) == s["sha256"] and sha(out / s["index"]) == s["index_sha256"]
+        assert [sha(out / s[f]) for f in files] == [s["sha256"], s["index_sha256"], s["ids_sha256"]]
     # the commit markers (the builder's bookkeeping) name only shards that match the reference
     state = [json.loads(p.read_text())["shard"] for p in sorted((out / PARTS / "train").glob("*.done"))]
     assert [s["sha256"] for s in state] == [s["sha256"] for s in ref[: len(state)]] and len(state) <= k
@@ -124,6 +125,20 @@ def test_writer_abort_never_raises_a_second_time(tmp_path: Path, monkeypatch) ->
         "1.0 MiB, 2.9 KiB free); free some space and run the same command again"
     )
     assert e.value.errno == errno.ENOSPC and isinstance(e.value.__context__, OSError)  # the first fault only
+    assert temp_files(tmp_path) == [] and not list((tmp_path / "train").iterdir())
+
+
+def test_a_full_disk_at_the_ids_file_keeps_neither_the_index_nor_the_tar(tmp_path: Path, monkeypatch) -> None:
+    """The index and ids file are written before the tar is committed: a fault at the ids file
+    removes the index just written and the tar's temporary file (a committed tar always has both)."""
+    disk = FailingWrites(tmp_path, ".000000.ids.*.tmp", after=0, free=10).install(monkeypatch)
+    w = ShardWriter(tmp_path, "train", max_bytes=1 << 20)
+    with pytest.raises(WriteError) as e, w:
+        w.write("a", {"pcm": b"x" * 10000, "ids": bytes(56)})
+    assert disk.hits
+    assert str(e.value).startswith(
+        f"{tmp_path / 'train'}: no space left on device while writing shard train/000000.ids (needs 56 B"
+    ), str(e.value)
     assert temp_files(tmp_path) == [] and not list((tmp_path / "train").iterdir())
 
 

@@ -19,6 +19,7 @@ from pipelines.shard_checks import ShardError
 from pipelines.stats import compute_stats, write_stats
 from pipelines.stats import main as stats_main
 from shards.base.config import load_sections
+from shards.format import BadShard
 
 
 @pytest.fixture
@@ -61,6 +62,35 @@ def test_index_not_matching_its_tar(shards):
         ShardError, match=r"000000\.idx: .*does not match 000000\.tar|000000\.idx: .*does not fit"
     ):
         load(shards)
+
+
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_a_truncated_ids_file_is_named_before_any_batch(shards, mode):
+    """The training catalog takes its labels from the ids files: one cut short is one line
+    before DALI (in training, before the plan is made from it)."""
+    ids = shards / "train" / "000000.ids"
+    data = ids.read_bytes()
+    ids.write_bytes(data[:-8])
+    with pytest.raises(ShardError) as e:
+        load(shards, mode=mode)
+    assert str(e.value) == (
+        f"{ids}: {len(data) - 8} bytes, the manifest says {len(data)} (truncated or corrupt ids file)"
+    )
+
+
+def test_a_changed_ids_file_stops_training_before_its_shard_is_read(shards):
+    """Same size, other bytes: loader.verify="first_open" checks the ids file with its shard,
+    before any chunk of that shard (labelled from it) is trained."""
+    ids = shards / "train" / "000000.ids"
+    data = ids.read_bytes()
+    ids.write_bytes(data[:8] + bytes([data[8] ^ 1]) + data[9:])
+    with pytest.raises(BadShard) as e:
+        list(load(shards, mode="train", verify="first_open"))
+    text = str(e.value)
+    assert text.startswith(str(shards / "train" / "000000.tar")) and "ids file 000000.ids sha256" in text, (
+        text
+    )
+    assert "\n" not in text
 
 
 def test_index_with_wrong_sample_count(shards):

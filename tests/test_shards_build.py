@@ -334,3 +334,36 @@ def test_track_resampled_to_nothing_is_rejected() -> None:
     buf = io.BytesIO()
     sf.write(buf, np.ones(2, dtype=np.float32) * 0.1, 48000, format="WAV")
     assert transcode(buf.getvalue(), AudioSpec(8000, "pcm16", 0.0)) == "too short: no samples left at 8000 Hz"
+
+
+def test_each_shard_has_its_ids_members_back_to_back_and_verify_checks_them(
+    raw: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """``NNNNNN.ids`` is every sample's ``ids`` member in index order (read here from the tar with
+    ``tarfile``), recorded in the manifest with its size and sha256; ``shards verify`` names a
+    damaged one, and the build command rewrites it once its shard's tar is deleted."""
+    import hashlib
+
+    from helpers.tars import tar_samples
+
+    out = tmp_path / "out"
+    assert _run("--root", str(raw), "--out", str(out), "--shard-size", "0.05") == 0
+    shards = [s for info in read_manifest(out).splits.values() for s in info.shards]
+    for s in shards:
+        data = (out / s.ids).read_bytes()
+        assert s.ids == s.tar.removesuffix(".tar") + ".ids"
+        assert data == b"".join(m["ids"] for m in tar_samples(out / s.tar).values())
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (s.ids_bytes, s.ids_sha256)
+    s = shards[0]
+    original = (out / s.ids).read_bytes()
+    damaged = bytearray(original)
+    damaged[8] ^= 1  # the first sample's first label
+    (out / s.ids).write_bytes(bytes(damaged))
+    capsys.readouterr()
+    assert main(["verify", str(out), "--quiet"]) != 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 1 and f"ids file {Path(s.ids).name} sha256" in lines[0], lines
+    (out / s.tar).unlink()
+    assert _run("--root", str(raw), "--out", str(out), "--shard-size", "0.05") == 0
+    assert (out / s.ids).read_bytes() == original
+    assert main(["verify", str(out), "--quiet"]) == 0

@@ -101,15 +101,18 @@ def test_a_failed_copy_over_a_build_leaves_no_manifest(
         read_manifest(dst)
 
 
-def test_an_index_that_does_not_match_the_manifest_is_refused(
-    local: Path, s3: S3, tmp_path: Path, capsys
+@pytest.mark.parametrize("which", ["index", "ids"])
+def test_an_index_or_ids_file_that_does_not_match_the_manifest_is_refused(
+    local: Path, s3: S3, tmp_path: Path, capsys, which: str
 ) -> None:
-    url = s3.put_build(local, "copy-bad-index")
+    url = s3.put_build(local, f"copy-bad-{which}")
     s = _shards(local)[0]
-    data = bytearray((local / s.index).read_bytes())
-    data[-3:-1] = b"99"  # same size: an offset changed
-    s3.client().put_object(Bucket=s3.bucket, Key=f"copy-bad-index/{s.index}", Body=bytes(data))
+    rel = getattr(s, which)
+    data = bytearray((local / rel).read_bytes())
+    data[-3:-1] = b"99" if which == "index" else bytes([data[-3] ^ 1, data[-2]])  # same size
+    s3.client().put_object(Bucket=s3.bucket, Key=f"copy-bad-{which}/{rel}", Body=bytes(data))
     assert main(["copy", url, str(tmp_path / "out"), "--quiet", "--workers", "1"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"error: {url}/{s.index}: "), err
+    assert err.count("\n") == 1 and err.startswith(f"error: {url}/{rel}: "), err
+    assert "does not belong to this build" in err
     assert not (tmp_path / "out" / MANIFEST).exists()

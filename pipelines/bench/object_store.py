@@ -8,6 +8,7 @@ and DALI's direct member reads; requests per sample counted at the server for ea
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -88,19 +89,30 @@ def run(local: Path, cfg: dict[str, Any], *, rounds: int, workers: int, cache: P
     return res
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = CliParser(prog="python -m pipelines.bench.object_store", description=__doc__.splitlines()[0])
+def add_store_args(ap: CliParser, shard_mb: float) -> None:
+    """The object-store benchmarks' input: SHARDS or ``--synth DIR`` (shards of ``shard_mb``),
+    an experiment file, and how many threads."""
     add_shard_args(ap)
     ap.add_argument("--config", type=Path, help="experiment TOML ([features] [augment] [loader])")
-    ap.add_argument("--rounds", type=int, default=3, help="alternations of local and cached runs")
-    ap.add_argument("--synth-shard-mb", type=float, default=16.0, help="shard size of a --synth build")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="DALI threads and downloads")
+    ap.add_argument("--synth-shard-mb", type=float, default=shard_mb, help="shard size of a --synth build")
+    ap.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="DALI threads and transfers")
+
+
+def store_input(ap: CliParser, argv: list[str] | None) -> tuple[argparse.Namespace, dict[str, Any], Path]:
+    """(arguments, pipeline configs, the local build: built first for ``--synth``) of ``add_store_args``."""
     args, overrides = ap.parse_known_args(argv)
     cfg = pipeline_config(args.config, overrides, args.workers)
     if args.synth is not None and not (args.synth / "manifest.json").is_file():
         build_synth_shards(args.synth, tracks=args.synth_tracks, seconds=args.synth_seconds,
                            sample_rate=cfg["features"].sample_rate, shard_size_mb=args.synth_shard_mb)  # fmt: skip
-    local = Path(bench_shards(ap, args, cfg["features"].sample_rate, progress=False))
+    return args, cfg, Path(bench_shards(ap, args, cfg["features"].sample_rate, progress=False))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = CliParser(prog="python -m pipelines.bench.object_store", description=__doc__.splitlines()[0])
+    add_store_args(ap, shard_mb=16.0)
+    ap.add_argument("--rounds", type=int, default=3, help="alternations of local and cached runs")
+    args, cfg, local = store_input(ap, argv)
     with tempfile.TemporaryDirectory(prefix="musicstream-cache-") as cache:
         res = run(local, cfg, rounds=args.rounds, workers=args.workers, cache=Path(cache))
     res["machine"] = machine()

@@ -153,6 +153,13 @@ class LocalS3:
             counts["LIST" if listing else method] += 1
         return counts
 
+    def requests_by_key(self) -> Counter[tuple[str, str]]:
+        """Requests answered so far, by (method, path without its query): which objects were read."""
+        counts: Counter[tuple[str, str]] = Counter()
+        for method, path, _status in _REQUEST.findall(self._log.read_text(errors="replace")):
+            counts[method, path.split("?", 1)[0]] += 1
+        return counts
+
     def stop(self) -> None:
         if self._proc.poll() is None:
             assert self._proc.stdin is not None

@@ -187,7 +187,7 @@ def committed(out: BuildOutput, shards: list[ShardPlan], ctx: ShardContext) -> s
             shard = marker.get("shard")
             ok = shard is None or (
                 files.get(shard["tar"].rsplit("/", 1)[1]) == shard["bytes"]
-                and shard["index"].rsplit("/", 1)[1] in files
+                and all(shard[k].rsplit("/", 1)[1] in files for k in ("index", "ids") if shard.get(k))
             )
             if marker.get("fingerprint") == ctx.fingerprint and marker.get("cut", "") == ctx.cut and ok:
                 done.add(f"{split}/{rel.rsplit('/', 1)[1].removesuffix('.done')}")

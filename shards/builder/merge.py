@@ -19,8 +19,8 @@ from shards.builder.plan import BuildPlan
 from shards.builder.stats import ShardPart, SplitStats, image_channels
 from shards.format.manifest import MANIFEST, REJECTS, VERSION, Manifest, read_manifest
 
-_SHARD_FILE = re.compile(r"^\d{6}\.(tar|idx)$")
-_TEMP_FILE = re.compile(r"^\.\d{6}\.(tar|idx)\..*\.tmp$")  # left by a killed task (atomic_path)
+_SHARD_FILE = re.compile(r"^\d{6}\.(tar|idx|ids)$")
+_TEMP_FILE = re.compile(r"^\.\d{6}\.(tar|idx|ids)\..*\.tmp$")  # left by a killed task (atomic_path)
 
 
 def missing_shards(out: BuildOutput, plan: BuildPlan) -> list[str]:
@@ -101,7 +101,7 @@ def remove_stale(out: BuildOutput, manifest: Manifest) -> None:
     """Delete shard files the manifest does not list (an older, different build's) and the
     temporary files of killed tasks."""
     keep = {s.tar for info in manifest.splits.values() for s in info.shards}
-    keep |= {s.index for info in manifest.splits.values() for s in info.shards}
+    keep |= {c[0] for info in manifest.splits.values() for s in info.shards for c in s.companions()}
     for folder in out.folders():
         if folder == BUILD:
             continue

@@ -68,7 +68,8 @@ def build_shard(
         if writer.output:
             (part.shard,) = writer.output
             out.publish(folder, part.shard.tar, sha256=part.shard.sha256)
-            out.publish(folder, part.shard.index)
+            for rel, sha256, _ in part.shard.companions():
+                out.publish(folder, rel, sha256=sha256)
     assert part.stats.tracks + len(part.rejects) == part.records, part
     write_part(out, part)
     return part

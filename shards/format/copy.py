@@ -8,7 +8,7 @@ download. Resumable: a shard already at DST with the manifest's size and sha256 
 DST's own ``manifest.json`` and ``rejects.jsonl`` are removed before the first shard is written
 and the new manifest is written LAST, so a DST with a manifest is a complete build, as after
 ``python -m shards build``: a failed or killed copy over an older build leaves no manifest over
-a mix of old and new shards. Index files are checked against the manifest's ``index_sha256``.
+a mix of old and new shards. Index and ids files are checked against the manifest's sha256s.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from shards.base.progress import progress
 from shards.format.manifest import MANIFEST, REJECTS, ShardInfo, read_manifest
 
 EXTRAS = (REJECTS, "feature_stats.json")
-"""Files of a build copied when present (besides shards, indexes and the manifest)."""
+"""Files of a build copied when present (besides shards, their index and ids files and the manifest)."""
 
 
 @dataclass
@@ -74,7 +74,8 @@ def copy_build(
             _copy_shard(storage.join(root, s.tar), storage.join(dst, s.tar), s)
             report.copied += 1
             report.bytes += s.bytes
-        _copy_index(storage.join(root, s.index), storage.join(dst, s.index), s)
+        for rel, sha256, size in s.companions():
+            _copy_small(storage.join(root, rel), storage.join(dst, rel), sha256, size)
         bar.update(1)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -110,17 +111,15 @@ def _copy_shard(src: storage.Location, dst: storage.Location, s: ShardInfo) -> N
         storage.upload(local, dst, sha256=s.sha256)
 
 
-def _copy_index(src: storage.Location, dst: storage.Location, s: ShardInfo) -> None:
-    """One index file (small: read whole), checked against the manifest's sha256 (or size, for
-    builds that record none) before DST holds it."""
+def _copy_small(src: storage.Location, dst: storage.Location, sha256: str | None, size: int | None) -> None:
+    """One index or ids file (small: read whole), checked against the manifest's sha256 (or
+    size, for builds that record none) before DST holds it."""
     data = storage.read_bytes(src)
     got = hashlib.sha256(data).hexdigest()
-    if (s.index_sha256 is not None and got != s.index_sha256) or (
-        s.index_bytes is not None and len(data) != s.index_bytes
-    ):
+    if (sha256 is not None and got != sha256) or (size is not None and len(data) != size):
         raise ValueError(
-            f"{src}: {len(data)} bytes with sha256 {got[:12]}..., the manifest records {s.index_bytes} "
-            f"bytes, {str(s.index_sha256)[:12]}... (an index that does not belong to this build; rebuild it)"
+            f"{src}: {len(data)} bytes with sha256 {got[:12]}..., the manifest records {size} "
+            f"bytes, {str(sha256)[:12]}... (a file that does not belong to this build; rebuild it)"
         )
     storage.write_bytes(dst, data, sha256=got)
 

@@ -50,11 +50,24 @@ class ShardInfo:
     bytes: int
     index_sha256: str | None = None  # the index file's sha256 (absent in builds before it was recorded)
     index_bytes: int | None = None  # the index file's size in bytes (likewise)
+    ids: str | None = None  # every sample's ``ids`` member in index order, e.g. "train/000000.ids"
+    ids_sha256: str | None = None  # (absent in builds before it was written; with ``ids`` always)
+    ids_bytes: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("num_samples", "bytes", "index_bytes"):
+        for name in ("num_samples", "bytes", "index_bytes", "ids_bytes"):
             if (getattr(self, name) or 0) < 0:
                 raise ValueError(f"shard {self.tar}: negative {name} ({getattr(self, name)})")
+        if self.ids is not None and (self.ids_sha256 is None or self.ids_bytes is None):
+            raise ValueError(f"shard {self.tar}: its ids file {self.ids!r} has no sha256 or size")
+
+    def companions(self) -> list[tuple[str, str | None, int | None]]:
+        """The small files beside the tar, as (path, sha256, bytes): its index, and its ids file
+        where the build wrote one (sha256/bytes None in builds that recorded none)."""
+        out = [(self.index, self.index_sha256, self.index_bytes)]
+        if self.ids is not None:
+            out.append((self.ids, self.ids_sha256, self.ids_bytes))
+        return out
 
 
 @dataclass(kw_only=True)
@@ -174,6 +187,11 @@ class Manifest:
         if self.kind == "audio":  # absent = audio: audio manifests read the same by older readers
             d.pop("kind")
             d.pop("images")
+        for info in d["splits"].values():  # absent = no ids file (builds that wrote none)
+            for shard in info["shards"]:
+                if shard.get("ids") is None:
+                    for key in ("ids", "ids_sha256", "ids_bytes"):
+                        shard.pop(key, None)
         return json.dumps(d, indent=2, sort_keys=False) + "\n"
 
 
@@ -254,7 +272,7 @@ def read_manifest(folder: storage.Location, *, check_files: bool = True) -> Mani
         return manifest
     for name, info in manifest.splits.items():
         for s in info.shards:
-            for rel in (s.tar, s.index):
+            for rel in (s.tar, *(c[0] for c in s.companions())):
                 p = _inside(Path(root), rel)
                 if check_files and not p.is_file():
                     raise FileNotFoundError(f"{p}: listed in {path} (split {name}) but missing")
@@ -268,10 +286,10 @@ def _check_objects(manifest: Manifest, where: str, check_files: bool) -> None:
     missing, wrong = [], []
     for info in manifest.splits.values():
         for s in info.shards:
-            for rel in (_relative(where, s.tar), _relative(where, s.index)):
+            for rel in (_relative(where, s.tar), *(_relative(where, c[0]) for c in s.companions())):
                 if check_files and rel not in listed:
                     missing.append(rel)
-            for rel, size in ((s.tar, s.bytes), (s.index, s.index_bytes)):  # index: None in old builds
+            for rel, _, size in ((s.tar, s.sha256, s.bytes), *s.companions()):  # index: None in old builds
                 if check_files and size is not None and rel in listed and listed[rel] != size:
                     wrong.append(f"{rel} ({listed[rel]} bytes, manifest {size})")
     if missing:
@@ -282,7 +300,7 @@ def _check_objects(manifest: Manifest, where: str, check_files: bool) -> None:
         )
     if wrong:
         raise ValueError(
-            f"{where}: {len(wrong)} shard or index file(s) differ in size from the manifest: {', '.join(wrong[:5])} "
+            f"{where}: {len(wrong)} shard, index or ids file(s) differ in size from the manifest: {', '.join(wrong[:5])} "
             "(truncated or replaced objects; re-run `python -m shards copy`)"
         )
 

@@ -115,7 +115,7 @@ def open_build(build: str | Path) -> tuple[Manifest, Files]:
     url = str(storage.join(build, MANIFEST))
     manifest = parse_manifest(storage.read_text(url), url)
     for s in (s for info in manifest.splits.values() for s in info.shards):
-        for rel in (s.tar, s.index):
+        for rel in (s.tar, *(c[0] for c in s.companions())):
             if rel.startswith("/") or ".." in rel.split("/"):
                 raise ValueError(f"{url}: path {rel!r} points outside the build")
     return manifest, RemoteFiles(str(build))
@@ -157,7 +157,7 @@ def _size_problem(files: Files, rel: str, want: int, what: str) -> str | None:
 
 
 def shard_problems(files: Files, info: ShardInfo, *, checksums: bool = True) -> list[str]:
-    """What is wrong with one shard's tar and index (empty: both match the manifest).
+    """What is wrong with one shard's tar, index and ids file (empty: all match the manifest).
     ``checksums=False``: sizes only (a stat each), for a quick look."""
     problems = []
     tar_bad = _size_problem(files, info.tar, info.bytes, "tar")
@@ -173,7 +173,14 @@ def shard_problems(files: Files, info: ShardInfo, *, checksums: bool = True) -> 
         idx_bad = _index_matches_tar(files, info)
     else:
         idx_bad = None
-    return problems + ([idx_bad] if idx_bad else [])
+    problems += [idx_bad] if idx_bad else []
+    if info.ids is not None and info.ids_sha256 is not None and info.ids_bytes is not None:
+        what = f"ids file {info.ids.rsplit('/', 1)[-1]}"
+        ids_bad = _size_problem(files, info.ids, info.ids_bytes, what)
+        if ids_bad is None and checksums:
+            ids_bad = _digest_problem(files, info.ids, info.ids_sha256, what)
+        problems += [ids_bad] if ids_bad else []
+    return problems
 
 
 def _digest_problem(files: Files, rel: str, want: str, what: str) -> str | None:

@@ -1,8 +1,10 @@
 """The one shard writer: size-bounded WebDataset tars with a DALI index beside each.
 
 Importers only yield records; this writer owns the on-disk layout (``SPLIT/%06d.tar``
-plus ``SPLIT/%06d.idx``), the checksums and the atomic renames. The index is written
-here, from the offsets we just wrote, so DALI never has to scan a tar at start-up.
+plus ``SPLIT/%06d.idx``, and ``SPLIT/%06d.ids`` when every sample has an ``ids`` member), the
+checksums and the atomic renames. The index is written here, from the offsets we just wrote,
+so DALI never has to scan a tar at start-up; the ids file holds the shard's ``ids`` members
+back to back, so a trainer learns every sample's labels from a store in one GET per shard.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from types import TracebackType
 from typing import NoReturn
 
 from shards.base.atomic import atomic_path, remove_quietly, write_error
-from shards.format.manifest import ShardInfo
+from shards.format.manifest import IDS_EXT, ShardInfo
 
 INDEX_VERSION = "v1.2"  # the version DALI's wds2idx writes
 MAX_KEY = 80  # characters: KEY.EXT stays within USTAR's 100-character member names
@@ -96,6 +98,7 @@ class ShardWriter:
         self._hf: _HashingFile | None = None
         self._raw: io.BufferedWriter | None = None
         self._lines: list[str] = []
+        self._ids: list[bytes | None] = []
         self._keys: set[str] = set()
 
     def __enter__(self) -> ShardWriter:
@@ -115,7 +118,7 @@ class ShardWriter:
         self._raw = open(tmp, "wb")
         self._hf = _HashingFile(self._raw)
         self._tar = tarfile.open(fileobj=self._hf, mode="w", format=tarfile.USTAR_FORMAT)  # type: ignore[arg-type]
-        self._lines, self._keys = [], set()
+        self._lines, self._ids, self._keys = [], [], set()
 
     def _what(self, suffix: str = ".tar") -> str:
         return f"shard {self.split}/{shard_name(self.next_index)}{suffix}"
@@ -174,6 +177,7 @@ class ShardWriter:
             self._tar.addfile(info, io.BytesIO(data))  # type: ignore[union-attr]
             parts.append(index_line(ext, offset, len(data), name))
         self._lines.append(" ".join(parts))
+        self._ids.append(components.get(IDS_EXT))
 
     def _finish(self) -> None:
         """Close the tar, write its index, then commit the tar: an index is never missing
@@ -183,12 +187,26 @@ class ShardWriter:
         self._raw.close()  # type: ignore[union-attr]
         idx_path = self._tar_path.with_suffix(".idx")
         index = index_text(self._lines)
-        with atomic_path(idx_path, what=self._what(".idx"), need=len(index), kept=self._kept()) as tmp:
-            tmp.write_bytes(index)
+        ids = _ids_file(self._ids)
+        ids_path = self._tar_path.with_suffix(".ids")
+        written: list[Path] = []
+        try:
+            for path, data in ((idx_path, index), (ids_path, ids)):
+                if data is not None:
+                    with atomic_path(
+                        path, what=self._what(path.suffix), need=len(data), kept=self._kept()
+                    ) as tmp:
+                        tmp.write_bytes(data)
+                    written.append(path)
+        except BaseException:
+            for path in written:
+                remove_quietly(path)
+            raise  # the tar is still open: the caller's abort drops its temporary file
         try:
             self._ctx.__exit__(None, None, None)  # fsync + rename the tar
         except BaseException:
-            remove_quietly(idx_path)
+            for path in written:
+                remove_quietly(path)
             self._tar = None
             raise
         root = self.dir.parent
@@ -201,6 +219,9 @@ class ShardWriter:
                 bytes=self._hf.tell(),
                 index_sha256=hashlib.sha256(index).hexdigest(),
                 index_bytes=len(index),
+                ids=None if ids is None else ids_path.relative_to(root).as_posix(),
+                ids_sha256=None if ids is None else hashlib.sha256(ids).hexdigest(),
+                ids_bytes=None if ids is None else len(ids),
             )
         )
         self._tar = None
@@ -222,6 +243,15 @@ class ShardWriter:
                 self._finish()
             except OSError as e:
                 self._fail(e)
+
+
+def _ids_file(members: list[bytes | None]) -> bytes | None:
+    """The shard's ``ids`` members back to back (one row per sample, in index order), or None
+    when a sample has none or their sizes differ (older layouts: no ids file)."""
+    rows = [m for m in members if m is not None]
+    if not rows or len(rows) != len(members) or any(len(m) != len(rows[0]) for m in rows):
+        return None
+    return b"".join(rows)
 
 
 MAX_INDEX_BYTES = 64 << 20
