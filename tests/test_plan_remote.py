@@ -182,7 +182,7 @@ def test_a_new_build_at_the_same_url_is_read_with_its_own_labels(local: Path, s3
 
 
 def test_a_builds_ids_cost_one_get_per_shard_kept_verified_in_the_cache(
-    local: Path, s3: S3, tmp_path: Path
+    local: Path, s3: S3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The catalog fetches each shard's ids file whole (not one ranged read per sample), keeps it
     beside the index copies and checks it against the manifest's sha256 on every run: a copy
@@ -227,6 +227,21 @@ def test_a_builds_ids_cost_one_get_per_shard_kept_verified_in_the_cache(
         loader(url, tmp_path / "other")
     text = str(e.value)
     assert text.startswith(f"{url}/{shard.ids}: ids file of {len(data)} bytes") and "\n" not in text, text
+
+    import s3fs.core
+
+    real = s3fs.core.S3FileSystem._call_s3
+
+    async def refuse(self, method, *args, **kw):  # type: ignore[no-untyped-def]
+        if method == "get_object" and str(kw.get("Key", "")).endswith(".ids"):
+            raise ConnectionError("the store stopped answering")
+        return await real(self, method, *args, **kw)
+
+    monkeypatch.setattr(s3fs.core.S3FileSystem, "_call_s3", refuse)
+    with pytest.raises(StorageError) as e:  # a store that stops answering: one line, before any pipeline
+        loader(s3.put_build(local, "ids-refused"), tmp_path / "refused")
+    text = str(e.value)
+    assert text.startswith(f"{s3.url('ids-refused')}/train/") and ".ids" in text and "\n" not in text, text
 
 
 def test_the_catalog_benchmark_counts_one_get_per_shard_against_one_per_sample(
