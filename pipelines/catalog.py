@@ -204,11 +204,11 @@ def _ids_file(m: Manifest, idx: Path, rows: int, shard: ShardInfo, want: int) ->
     """One shard's ids file as ``(rows, want)``; a remote one is kept, verified, beside the
     cache's index copy (fetched again whenever its sha256 differs from the manifest's)."""
     assert m.root is not None and shard.ids is not None
-    where = storage.join(m.root, shard.ids)
-    path = Path(where) if not storage.is_remote(where) else idx.with_name(local_name(shard.ids))
-    if storage.is_remote(where):
-        fetch_copy(str(where), path, shard.ids_sha256, shard.ids_bytes, "ids file")
+    if m.remote:
+        path = idx.with_name(local_name(shard.ids))
+        fetch_copy(str(storage.join(m.root, shard.ids)), path, shard.ids_sha256, shard.ids_bytes, "ids file")
     else:
+        path = Path(storage.join(m.root, shard.ids))
         check_ids_file(m, shard)  # its size, before it is read (its sha256: loader.verify)
     size = path.stat().st_size
     if size != rows * want * 8:

@@ -147,27 +147,25 @@ def _check_object(url: str, sha: str | None) -> None:
 
 
 def _check_shard(tar: Path, idx: Path, size: int, count: int, manifest: Manifest, sha: str | bool) -> None:
-    actual = tar.stat().st_size
-    if actual != size:
-        raise ShardError(f"{tar}: {actual} bytes, the manifest says {size} (truncated or corrupt shard)")
-    if sha and _sha256(tar) != sha:  # (full checks: shards.format.verify, `python -m shards verify`)
-        raise ShardError(f"{tar}: sha256 does not match the manifest (corrupt shard)")
-    samples = _check_index(tar, idx, actual, count, manifest)
+    _check_file(tar, size, sha, "shard")  # (full checks: shards.format.verify, `python -m shards verify`)
+    samples = _check_index(tar, idx, size, count, manifest)
     _check_headers(tar, idx, samples)
 
 
 def check_ids_file(manifest: Manifest, shard: ShardInfo, checksums: bool = False) -> None:
     """A local build's ids file (the training catalog's labels) at the manifest's size (and sha256)."""
-    if shard.ids is None:
-        return
-    path = Path(storage.join(manifest.root, shard.ids))  # type: ignore[arg-type]
+    if shard.ids is not None and shard.ids_bytes is not None:
+        path = Path(storage.join(manifest.root, shard.ids))  # type: ignore[arg-type]
+        _check_file(path, shard.ids_bytes, checksums and shard.ids_sha256, "ids file")
+
+
+def _check_file(path: Path, size: int, sha: str | bool | None, what: str) -> None:
+    """``path`` at the manifest's ``size``, and its ``sha`` when given: one line naming it."""
     actual = path.stat().st_size
-    if actual != shard.ids_bytes:
-        raise ShardError(
-            f"{path}: {actual} bytes, the manifest says {shard.ids_bytes} (truncated or corrupt ids file)"
-        )
-    if checksums and _sha256(path) != shard.ids_sha256:
-        raise ShardError(f"{path}: sha256 does not match the manifest (corrupt ids file)")
+    if actual != size:
+        raise ShardError(f"{path}: {actual} bytes, the manifest says {size} (truncated or corrupt {what})")
+    if sha and _sha256(path) != sha:
+        raise ShardError(f"{path}: sha256 does not match the manifest (corrupt {what})")
 
 
 def _check_index(

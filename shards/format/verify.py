@@ -159,28 +159,24 @@ def _size_problem(files: Files, rel: str, want: int, what: str) -> str | None:
 def shard_problems(files: Files, info: ShardInfo, *, checksums: bool = True) -> list[str]:
     """What is wrong with one shard's tar, index and ids file (empty: all match the manifest).
     ``checksums=False``: sizes only (a stat each), for a quick look."""
-    problems = []
-    tar_bad = _size_problem(files, info.tar, info.bytes, "tar")
-    if tar_bad is None and checksums:
-        tar_bad = _digest_problem(files, info.tar, info.sha256, "tar")
-    problems += [tar_bad] if tar_bad else []
-    if info.index_sha256 is not None and info.index_bytes is not None:
-        what = f"index {info.index.rsplit('/', 1)[-1]}"
-        idx_bad = _size_problem(files, info.index, info.index_bytes, what)
-        if idx_bad is None and checksums:
-            idx_bad = _digest_problem(files, info.index, info.index_sha256, what)
-    elif checksums and tar_bad is None:  # an older build: the index must be the tar's own
-        idx_bad = _index_matches_tar(files, info)
-    else:
-        idx_bad = None
-    problems += [idx_bad] if idx_bad else []
-    if info.ids is not None and info.ids_sha256 is not None and info.ids_bytes is not None:
-        what = f"ids file {info.ids.rsplit('/', 1)[-1]}"
-        ids_bad = _size_problem(files, info.ids, info.ids_bytes, what)
-        if ids_bad is None and checksums:
-            ids_bad = _digest_problem(files, info.ids, info.ids_sha256, what)
-        problems += [ids_bad] if ids_bad else []
+    tar_bad = _file_problem(files, info.tar, info.sha256, info.bytes, "tar", checksums)
+    problems = [tar_bad] if tar_bad else []
+    for rel, sha256, size in info.companions():
+        what = f"{'index' if rel == info.index else 'ids file'} {rel.rsplit('/', 1)[-1]}"
+        if sha256 is not None and size is not None:
+            bad = _file_problem(files, rel, sha256, size, what, checksums)
+        elif checksums and tar_bad is None:  # an older build's index: it must be the tar's own
+            bad = _index_matches_tar(files, info)
+        else:
+            bad = None
+        problems += [bad] if bad else []
     return problems
+
+
+def _file_problem(files: Files, rel: str, sha256: str, size: int, what: str, checksums: bool) -> str | None:
+    """``rel``'s size, then (``checksums``) its sha256, against the manifest's."""
+    bad = _size_problem(files, rel, size, what)
+    return _digest_problem(files, rel, sha256, what) if bad is None and checksums else bad
 
 
 def _digest_problem(files: Files, rel: str, want: str, what: str) -> str | None:
