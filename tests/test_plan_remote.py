@@ -104,10 +104,10 @@ def test_an_older_builds_kept_ids_survive_a_kill_halfway_and_a_failing_store_is_
     kept = sorted(folder.glob("*.ids.npy"))[0]
     np.save(kept, np.zeros_like(np.load(kept)))
     (folder / ".leftover.ids.npy.99.tmp.npy").write_bytes(b"half")
-    before = s3.server.requests()
+    before = s3.server.requests(under=url)
     again = loader(url, tmp_path / "cache")
     samples = read_manifest(local).split("train").num_samples
-    assert (s3.server.requests() - before)["GET"] >= samples  # every sample's ids read again
+    assert (s3.server.requests(under=url) - before)["GET"] >= samples  # every sample's ids read again
     assert all(torch.equal(x, b["x"]) for x, b in zip(ref, again, strict=True))
     again.caches[0].close()
 

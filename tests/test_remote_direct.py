@@ -22,9 +22,9 @@ def test_direct_member_reads_give_the_local_batches(synth_shards, s3: S3, tmp_pa
     fc, aug, lc = small_configs(batch_size=4)
     ref = build_loader(local, "train", mode="train", features=fc, augment=aug, loader=lc)
     lc = dataclasses.replace(lc, remote="direct", cache_dir=str(tmp_path))
-    before = s3.server.requests()
+    before = s3.server.requests(under=url)
     remote = build_loader(url, "train", mode="train", features=fc, augment=aug, loader=lc)
-    built = s3.server.requests()
+    built = s3.server.requests(under=url)
     assert remote.gate is None and not remote.caches  # the plan reads the members from the store
     assert all(t.startswith("s3://") for t in remote.stream.samples.shard_tars)
     for _ in range(2):
@@ -39,7 +39,7 @@ def test_direct_member_reads_give_the_local_batches(synth_shards, s3: S3, tmp_pa
     # batch (DALI prefetches it when the second ends), nothing else
     tracks = lc.tracks_per_batch
     read = (info.num_samples // tracks) * tracks  # an epoch's whole batches
-    assert (s3.server.requests() - built)["GET"] == 2 * read + tracks
+    assert (s3.server.requests(under=url) - built)["GET"] == 2 * read + tracks
 
 
 def test_direct_reads_cost_two_requests_per_audio_sample(synth_shards, s3: S3, tmp_path) -> None:
@@ -56,9 +56,9 @@ def test_direct_reads_cost_two_requests_per_audio_sample(synth_shards, s3: S3, t
     for name, local in (("v3", v3), ("v2", v2)):
         url = s3.put_build(local, f"members-{name}")
         loader = build_loader(url, "train", mode="eval", features=fc, augment=aug, loader=lc)
-        before = s3.server.requests()
+        before = s3.server.requests(under=url)
         out[name] = list(loader)
-        gets[name] = (s3.server.requests() - before)["GET"]
+        gets[name] = (s3.server.requests(under=url) - before)["GET"]
     assert len(out["v3"]) == len(out["v2"]) > 0
     for x, y in zip(out["v3"], out["v2"]):
         assert all(torch.equal(x[k], y[k]) for k in x)

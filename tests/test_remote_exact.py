@@ -323,7 +323,7 @@ def test_a_stalled_download_ends_the_wait_with_one_line(builds, s3: S3, tmp_path
         BadShard, match=r"its download delivered no byte for \d+ s \(loader.cache_stall_s\)"
     ) as e:
         next(iter(loader))
-    assert time.monotonic() - t0 < 5.0 and str(e.value).startswith(f"{url}/train/") and loader._pipe is None
+    assert time.monotonic() - t0 < 5.5 and str(e.value).startswith(f"{url}/train/") and loader._pipe is None
 
 
 def test_a_caught_sigterm_ends_a_blocked_wait(builds, s3: S3, tmp_path: Path, monkeypatch) -> None:
@@ -340,7 +340,7 @@ def test_a_caught_sigterm_ends_a_blocked_wait(builds, s3: S3, tmp_path: Path, mo
         t0 = time.monotonic()
         with pytest.raises(CacheWaitStopped, match="SIGTERM while the reader waited for this shard"):
             next(iter(loader))
-        assert time.monotonic() - t0 < 4.0 and got == [signal.SIGTERM]
+        assert time.monotonic() - t0 < 5.5 and got == [signal.SIGTERM]  # the stall is 6 s
     finally:
         timer.cancel()
         signal.signal(signal.SIGTERM, old)
@@ -360,6 +360,7 @@ def test_a_read_of_a_shard_the_cache_does_not_hold_is_one_line(builds, s3: S3, t
     with pytest.raises(BadShard, match="did not hold it complete") as e:
         list(it)
     assert str(e.value).startswith(f"{url}/train/") and "\n" not in str(e.value)
+    loader.caches[0].close()  # its read-ahead must not run on into the next test
 
 
 def test_first_open_in_cache_mode_downloads_nothing_twice(
@@ -369,11 +370,11 @@ def test_first_open_in_cache_mode_downloads_nothing_twice(
     the first batch). Direct mode: the download it costs shows a progress line."""
     local, _ = builds
     url = s3.put_build(local, "first-open")
-    before = s3.server.requests()
+    before = s3.server.requests(under=url)
     loader = make(url, "train", tmp_path / "cache", verify="first_open")
     shards = len(_train_shards(local))
     # the manifest, the indexes and the ids files (the plan's catalog, kept for later runs)
-    assert (s3.server.requests() - before)["GET"] == 1 + 2 * shards
+    assert (s3.server.requests(under=url) - before)["GET"] == 1 + 2 * shards
     loader.caches[0].close()
     monkeypatch.setenv("MUSICSTREAM_PROGRESS", "lines")
     make(url, "train", tmp_path / "cache", verify="first_open", remote="direct")
@@ -444,11 +445,11 @@ def test_the_cache_sends_one_get_per_shard_and_index_and_nothing_else(builds, s3
     url = s3.put_build(local, "requests")
     shards = _train_shards(local)
     urls, idxs = read_manifest(url).urls("train")
-    before = s3.server.requests()
+    before = s3.server.requests(under=url)
     cache = ShardCache(urls, idxs, shards, tmp_path / "b" / "s" / "r", max_bytes=10**9)
     cache.ensure(list(range(len(shards))))
     cache.close()
-    assert dict(s3.server.requests() - before) == {"GET": 2 * len(shards)}  # no HEAD, no LIST
+    assert dict(s3.server.requests(under=url) - before) == {"GET": 2 * len(shards)}  # no HEAD, no LIST
 
 
 @pytest.mark.slow

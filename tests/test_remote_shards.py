@@ -52,23 +52,23 @@ def same(a, b) -> None:
 def test_training_batches_from_s3_equal_the_local_build(build, tmp_path, s3: S3) -> None:
     local, url = build
     ref = epochs(make(local, "train"))
-    before = s3.server.requests()
+    before = s3.server.requests(under=url)
     remote = make(url, "train", tmp_path / "cache")
     got = epochs(remote)
     same(ref, got)
     shards = len(read_manifest(local).split("train").shards)
     stats = remote.caches[0].stats
     assert stats.fetched == shards and stats.hits == 0  # every shard once; epoch 2 read the cache
-    gets = (s3.server.requests() - before)["GET"]
+    gets = (s3.server.requests(under=url) - before)["GET"]
     samples = read_manifest(local).split("train").num_samples
     # the manifest, one per tar, one per index and one per ids file (the catalog's, once per
     # cache folder: a restart reads none)
     assert gets == 1 + 3 * shards and shards < samples
     remote.caches[0].close()  # the first process ends: its folder is free again
-    before = s3.server.requests()
+    before = s3.server.requests(under=url)
     again = make(url, "train", tmp_path / "cache")  # a restart finds the verified shards
     same(ref, epochs(again))
-    assert (s3.server.requests() - before)["GET"] == 1  # the manifest; indexes and ids are kept
+    assert (s3.server.requests(under=url) - before)["GET"] == 1  # the manifest; indexes and ids are kept
     assert again.caches[0].stats.fetched == 0 and again.caches[0].stats.hits == shards
 
 
@@ -153,9 +153,11 @@ def test_shard_checks_use_object_metadata_not_downloads(build, s3: S3) -> None:
     fc, _, lc = small_configs()
     copied = s3.url("checked")
     copy_build(local, copied, show=False)
-    before = s3.server.requests()
+    before = s3.server.requests(under=copied)
     validate_split(read_manifest(copied), "train", features=fc, loader=lc, checksums=True)
     shards = len(read_manifest(local).split("train").shards)
-    assert (s3.server.requests() - before)["GET"] == 1 + shards  # the manifest and the indexes only
+    assert (s3.server.requests(under=copied) - before)[
+        "GET"
+    ] == 1 + shards  # the manifest and the indexes only
     with pytest.raises(ShardError, match="no sha256 in the object's metadata"):
         validate_split(read_manifest(plain), "train", features=fc, loader=lc, checksums=True)

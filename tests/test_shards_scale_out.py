@@ -187,6 +187,6 @@ def test_build_to_s3_equals_the_local_build(raw: Path, ref: Path, s3, tmp_path: 
     assert sorted(n for n in objects if not n.startswith(".")) == want
     for name in want:
         assert read_bytes(f"{url}/{name}") == (ref / name).read_bytes(), name
-    puts = s3.server.requests()["PUT"]
+    puts = s3.server.requests(under=url)["PUT"]
     assert main([*build_args(raw, url), "--workers", "2"]) == 0  # up to date: no shard written again
-    assert s3.server.requests()["PUT"] - puts <= 2  # the lease, nothing else
+    assert s3.server.requests(under=url)["PUT"] - puts <= 2  # the lease, nothing else

@@ -18,6 +18,7 @@ import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 _SERVER = """
 import os, sys, time
@@ -144,21 +145,31 @@ class LocalS3:
             client.upload_file(str(path), bucket, key)
         return url
 
-    def requests(self) -> Counter[str]:
+    def requests(self, under: str | None = None) -> Counter[str]:
         """Requests answered so far, by method (``GET``, ``HEAD``, ``PUT``...; ``LIST`` for a GET
-        of a bucket listing; ``RANGE`` is not told apart from ``GET``)."""
+        of a bucket listing; ``RANGE`` is not told apart from ``GET``). ``under`` (``s3://bucket/
+        prefix``) counts only that build's: another test's downloads still finishing in the
+        background are not this one's."""
         counts: Counter[str] = Counter()
-        for method, path, _status in _REQUEST.findall(self._log.read_text(errors="replace")):
+        for method, path, _status in self._answered(under):
             listing = method == "GET" and ("list-type" in path or path.rstrip("/").count("/") <= 1)
             counts["LIST" if listing else method] += 1
         return counts
 
-    def requests_by_key(self) -> Counter[tuple[str, str]]:
+    def requests_by_key(self, under: str | None = None) -> Counter[tuple[str, str]]:
         """Requests answered so far, by (method, path without its query): which objects were read."""
-        counts: Counter[tuple[str, str]] = Counter()
-        for method, path, _status in _REQUEST.findall(self._log.read_text(errors="replace")):
-            counts[method, path.split("?", 1)[0]] += 1
-        return counts
+        return Counter((method, path.split("?", 1)[0]) for method, path, _ in self._answered(under))
+
+    def _answered(self, under: str | None) -> list[tuple[str, str, str]]:
+        found = _REQUEST.findall(self._log.read_text(errors="replace"))
+        if under is None:
+            return found
+        bucket, _, prefix = under.removeprefix("s3://").partition("/")
+        key = f"/{bucket}/{prefix.strip('/')}/"
+        listed = f"prefix={quote(prefix.strip('/'), safe='')}"
+        return [
+            r for r in found if r[1].startswith(key) or (r[1].startswith(f"/{bucket}?") and listed in r[1])
+        ]
 
     def stop(self) -> None:
         if self._proc.poll() is None:
