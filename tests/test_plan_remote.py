@@ -194,11 +194,11 @@ def test_a_builds_ids_cost_one_get_per_shard_kept_verified_in_the_cache(
     def ids_gets(before) -> int:  # type: ignore[no-untyped-def]
         return sum(
             n
-            for (method, key), n in (s3.server.requests_by_key() - before).items()
+            for (method, key), n in (s3.server.requests_by_key(under=url) - before).items()
             if method == "GET" and key.endswith(".ids")
         )
 
-    before = s3.server.requests_by_key()
+    before = s3.server.requests_by_key(under=url)
     first = loader(url, tmp_path / "cache")
     assert ids_gets(before) == len(info.shards) < info.num_samples
     assert all(torch.equal(x, b["x"]) for x, b in zip(ref, first, strict=True))
@@ -207,13 +207,13 @@ def test_a_builds_ids_cost_one_get_per_shard_kept_verified_in_the_cache(
     copies = sorted(folder.glob("*.ids"))
     assert [p.read_bytes() for p in copies] == [(local / s.ids).read_bytes() for s in info.shards]
 
-    before = s3.server.requests_by_key()
+    before = s3.server.requests_by_key(under=url)
     loader(url, tmp_path / "cache").caches[0].close()
     assert ids_gets(before) == 0  # kept: none read again
 
     copies[0].write_bytes(copies[0].read_bytes()[:-8])  # killed halfway through its write
     copies[1].write_bytes(bytes(len(copies[1].read_bytes())))  # same size, other bytes
-    before = s3.server.requests_by_key()
+    before = s3.server.requests_by_key(under=url)
     again = loader(url, tmp_path / "cache")
     assert ids_gets(before) == 2
     assert all(torch.equal(x, b["x"]) for x, b in zip(ref, again, strict=True))
