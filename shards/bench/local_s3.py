@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -155,6 +156,20 @@ class LocalS3:
             listing = method == "GET" and ("list-type" in path or path.rstrip("/").count("/") <= 1)
             counts["LIST" if listing else method] += 1
         return counts
+
+    def requests_at_rest(
+        self, under: str | None = None, quiet: float = 2.0, limit: float = 60.0
+    ) -> Counter[str]:
+        """:meth:`requests` once no new one has been answered for ``quiet`` seconds (at most
+        ``limit``): a reader that runs ahead (DALI's prefetch) has filled its queues and stopped,
+        so a count no longer depends on when it is taken."""
+        last, since, end = self.requests(under), time.monotonic(), time.monotonic() + limit
+        while time.monotonic() - since < quiet and time.monotonic() < end:
+            time.sleep(0.2)
+            now = self.requests(under)
+            if now != last:
+                last, since = now, time.monotonic()
+        return last
 
     def requests_by_key(self, under: str | None = None) -> Counter[tuple[str, str]]:
         """Requests answered so far, by (method, path without its query): which objects were read."""
