@@ -156,8 +156,7 @@ def test_shard_checks_use_object_metadata_not_downloads(build, s3: S3) -> None:
     before = s3.server.requests(under=copied)
     validate_split(read_manifest(copied), "train", features=fc, loader=lc, checksums=True)
     shards = len(read_manifest(local).split("train").shards)
-    assert (s3.server.requests(under=copied) - before)[
-        "GET"
-    ] == 1 + shards  # the manifest and the indexes only
+    gets = (s3.server.requests(under=copied) - before)["GET"]
+    assert gets == 1 + shards  # the manifest and the indexes only
     with pytest.raises(ShardError, match="no sha256 in the object's metadata"):
         validate_split(read_manifest(plain), "train", features=fc, loader=lc, checksums=True)

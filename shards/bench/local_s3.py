@@ -19,7 +19,7 @@ import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import parse_qs
 
 _SERVER = """
 import os, sys, time
@@ -180,11 +180,8 @@ class LocalS3:
         if under is None:
             return found
         bucket, _, prefix = under.removeprefix("s3://").partition("/")
-        key = f"/{bucket}/{prefix.strip('/')}/"
-        listed = f"prefix={quote(prefix.strip('/'), safe='')}"
-        return [
-            r for r in found if r[1].startswith(key) or (r[1].startswith(f"/{bucket}?") and listed in r[1])
-        ]
+        prefix = prefix.strip("/")
+        return [r for r in found if _inside(r[1], bucket, prefix)]
 
     def stop(self) -> None:
         if self._proc.poll() is None:
@@ -204,3 +201,13 @@ class LocalS3:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _inside(path: str, bucket: str, prefix: str) -> bool:
+    """Whether a request path reads ``prefix``'s objects or lists them (a listing's own
+    ``prefix=`` is ``prefix`` or under it, not a sibling such as ``prefix2``)."""
+    if path.startswith(f"/{bucket}/{prefix}/"):
+        return True
+    route, _, query = path.partition("?")
+    listed = parse_qs(query).get("prefix", [""])[0].rstrip("/")
+    return route.rstrip("/") == f"/{bucket}" and (listed == prefix or listed.startswith(f"{prefix}/"))
